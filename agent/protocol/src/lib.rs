@@ -1,0 +1,3 @@
+//! The shim⇄agent ttrpc protocol.
+//!
+//! Not built yet: see the agent issue.

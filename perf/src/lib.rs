@@ -1,0 +1,3 @@
+//! `hull-bench`: benchmarks that measure hull against a peer in the same run.
+//!
+//! Not built yet: see the perf issue.

@@ -1,0 +1,7 @@
+//! The containerd shim v2 for hull (`containerd-shim-hull-v2`) and the `hull` CLI.
+//!
+//! Owns the shim's task service, the sandbox and container managers, host-side resources and
+//! the `Hypervisor` seam with its `builtin`, `qemu` and `none` backends. It does not own the
+//! guest side (the agent) or the data plane of devices (the vhost-user backends).
+//!
+//! Not built yet: see the shim issue. Nothing here claims to work until it has tests.

@@ -1,0 +1,44 @@
+//! Where `make image` leaves the guest kernel and initrd: `$HULL_CACHE_DIR` (default
+//! `~/.cache/hull`), as `vmlinux`, `bzImage` and `initrd.img`. `HULL_KERNEL` and `HULL_INITRD`
+//! name other files instead.
+
+use std::env;
+use std::path::PathBuf;
+
+use crate::prereq::Missing;
+
+/// The cache directory hull's build uses.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = env::var_os("HULL_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/hull")
+}
+
+fn artifact(env_var: &str, name: &str) -> Result<PathBuf, Missing> {
+    let path = env::var_os(env_var).map_or_else(|| cache_dir().join(name), PathBuf::from);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Missing::new(
+            format!("guest {name} at {}", path.display()),
+            "run 'make image' (or set ".to_owned() + env_var + ")",
+        ))
+    }
+}
+
+/// The guest kernel as an ELF vmlinux (PVH entry).
+pub fn vmlinux() -> Result<PathBuf, Missing> {
+    artifact("HULL_KERNEL", "vmlinux")
+}
+
+/// The guest kernel as a bzImage.
+pub fn bzimage() -> Result<PathBuf, Missing> {
+    artifact("HULL_BZIMAGE", "bzImage")
+}
+
+/// The guest initrd with hull-agent as /init.
+pub fn initrd() -> Result<PathBuf, Missing> {
+    artifact("HULL_INITRD", "initrd.img")
+}

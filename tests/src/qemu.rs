@@ -1,0 +1,171 @@
+//! A guest under QEMU for tests: started with the hull image, its serial console captured,
+//! and killed when the handle drops, so a failing test leaves no QEMU behind.
+//!
+//! Uses TCG where the host has no hardware virtualization (see ARCHITECTURE.md, "The machine
+//! we test on"); the shim's qemu backend, not this module, is what users run.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::prereq::{find_program, hardware_virtualization, Missing};
+
+/// How a test guest is started.
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    /// Kernel: ELF vmlinux (PVH) or bzImage.
+    pub kernel: PathBuf,
+    /// Initrd.
+    pub initrd: PathBuf,
+    /// Kernel command line, after `console=ttyS0 reboot=t panic=-1`.
+    pub extra_cmdline: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+}
+
+/// Errors of a test guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// QEMU could not be started.
+    #[error("starting {program}")]
+    Spawn {
+        /// The QEMU binary.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guest did not stop within the bound the test gave.
+    #[error("guest still running after {timeout:?}; console so far:\n{console}")]
+    Timeout {
+        /// The bound.
+        timeout: Duration,
+        /// Console output so far.
+        console: String,
+    },
+    /// Waiting for QEMU failed.
+    #[error("waiting for QEMU")]
+    Wait(#[source] std::io::Error),
+}
+
+/// The console output and exit of a guest that stopped.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Everything the guest wrote to its serial console, then QEMU's own stderr.
+    pub console: String,
+    /// QEMU's exit status.
+    pub status: std::process::ExitStatus,
+}
+
+/// A running guest. Dropping it kills QEMU and reaps it.
+pub struct Guest {
+    child: Child,
+    console: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// The QEMU accelerator to use: KVM where full guests run on it, else TCG.
+pub fn accelerator() -> &'static str {
+    if hardware_virtualization().is_ok() {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+impl Guest {
+    /// Boots a microvm guest with the serial console on QEMU's stdout.
+    pub fn start(config: &GuestConfig) -> Result<Result<Self, Error>, Missing> {
+        let qemu = find_program("qemu-system-x86_64", "qemu-system-x86")?;
+        Ok(Self::spawn(&qemu, config))
+    }
+
+    fn spawn(qemu: &Path, config: &GuestConfig) -> Result<Self, Error> {
+        let accel = accelerator();
+        let cpu = if accel == "kvm" { "host" } else { "max" };
+        let cmdline = format!("console=ttyS0 reboot=t panic=-1 {}", config.extra_cmdline);
+        let mut child = Command::new(qemu)
+            .args(["-M", "microvm,acpi=off", "-accel", accel, "-cpu", cpu])
+            .args(["-m", &config.memory_mib.to_string(), "-smp", &config.vcpus.to_string()])
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .args(["-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&config.kernel)
+            .arg("-initrd")
+            .arg(&config.initrd)
+            .args(["-append", &cmdline])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Spawn { program: qemu.to_owned(), source })?;
+        let console = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(collect(out, Arc::clone(&console), ""));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(collect(err, Arc::clone(&console), "qemu: "));
+        }
+        Ok(Self { child, console, readers })
+    }
+
+    /// The console output so far.
+    pub fn console(&self) -> String {
+        self.console.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Waits for the guest to stop by itself, at most `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Result<Finished, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(Error::Wait)? {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return Ok(Finished { console: self.console(), status });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout { timeout, console: self.console() });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(
+    stream: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+    prefix: &'static str,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        while let Ok(n) = reader.read_until(b'\n', &mut line) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&line);
+            if let Ok(mut sink) = sink.lock() {
+                sink.push_str(prefix);
+                sink.push_str(text.trim_end_matches(['\r', '\n']));
+                sink.push('\n');
+            }
+            line.clear();
+        }
+    })
+}

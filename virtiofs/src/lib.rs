@@ -1,0 +1,3 @@
+//! `hull-fs`: a vhost-user-fs backend confined to one shared directory.
+//!
+//! Not built yet: see the virtiofs issue.
