@@ -27,7 +27,11 @@ pub struct Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ignored kernel command line option '{}': {}", self.word, self.reason)
+        write!(
+            f,
+            "ignored kernel command line option '{}': {}",
+            self.word, self.reason
+        )
     }
 }
 
@@ -43,7 +47,10 @@ pub fn parse(cmdline: &str) -> (AgentOptions, Vec<Warning>) {
             Some((key, value)) => (key, Some(value)),
             None => (option, None),
         };
-        let warn = |reason| Warning { word: word.clone(), reason };
+        let warn = |reason| Warning {
+            word: word.clone(),
+            reason,
+        };
         match key {
             "selftest" => match value.map(parse_bool) {
                 None => options.selftest = true,
@@ -72,7 +79,9 @@ fn parse_bool(value: &str) -> Option<bool> {
 
 fn valid_hostname(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Splits a command line into words the way the kernel does: on white space, except inside
@@ -124,7 +133,10 @@ mod tests {
         assert_eq!(options.hostname.as_deref(), Some("pod-1"));
         assert!(warnings.is_empty());
         let (options, _) = parse("agent.selftest=1 agent.selftest=0");
-        assert!(!options.selftest, "the last occurrence wins, as for kernel options");
+        assert!(
+            !options.selftest,
+            "the last occurrence wins, as for kernel options"
+        );
     }
 
     #[test]
@@ -133,7 +145,14 @@ mod tests {
             parse("agent.selftest=maybe agent.hostname=a/b agent.frobnicate=1");
         assert_eq!(options, AgentOptions::default());
         let words: Vec<_> = warnings.iter().map(|w| w.word.as_str()).collect();
-        assert_eq!(words, ["agent.selftest=maybe", "agent.hostname=a/b", "agent.frobnicate=1"]);
+        assert_eq!(
+            words,
+            [
+                "agent.selftest=maybe",
+                "agent.hostname=a/b",
+                "agent.frobnicate=1"
+            ]
+        );
         assert!(warnings[2].to_string().contains("unknown agent option"));
     }
 

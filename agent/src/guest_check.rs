@@ -62,7 +62,11 @@ impl GuestReport {
 
     /// Names of the checks that failed.
     pub fn failures(&self) -> Vec<&str> {
-        self.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect()
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect()
     }
 
     /// One line per area: what the guest has, and what it lacks.
@@ -109,8 +113,7 @@ pub fn inspect() -> GuestReport {
         },
     );
     let proc_filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    let controllers =
-        fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    let controllers = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
     let mut checks = Vec::new();
     for fs_name in REQUIRED_FILESYSTEMS {
         checks.push(Check {
@@ -130,12 +133,25 @@ pub fn inspect() -> GuestReport {
             ok: controllers.split_whitespace().any(|c| c == *ctl),
         });
     }
-    checks.push(Check { name: "syscalls vsock".into(), ok: vsock_available() });
-    checks.push(Check { name: "syscalls io_uring".into(), ok: io_uring_available() });
-    checks.push(Check { name: "syscalls seccomp".into(), ok: seccomp_available() });
+    checks.push(Check {
+        name: "syscalls vsock".into(),
+        ok: vsock_available(),
+    });
+    checks.push(Check {
+        name: "syscalls io_uring".into(),
+        ok: io_uring_available(),
+    });
+    checks.push(Check {
+        name: "syscalls seccomp".into(),
+        ok: seccomp_available(),
+    });
     checks.push(Check {
         name: "syscalls pty".into(),
-        ok: fs::OpenOptions::new().read(true).write(true).open("/dev/pts/ptmx").is_ok(),
+        ok: fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/pts/ptmx")
+            .is_ok(),
     });
     GuestReport {
         kernel,
@@ -152,7 +168,9 @@ pub fn inspect() -> GuestReport {
 
 /// Whether `name` is a line's last field in /proc/filesystems (`nodev\tproc` or `\text4`).
 fn filesystem_listed(proc_filesystems: &str, name: &str) -> bool {
-    proc_filesystems.lines().any(|l| l.split_whitespace().last() == Some(name))
+    proc_filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(name))
 }
 
 /// MemTotal from /proc/meminfo, in KiB.
@@ -162,14 +180,20 @@ fn mem_total_kib(meminfo: &str) -> Option<u64> {
 }
 
 fn vsock_available() -> bool {
-    socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).is_ok()
+    socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .is_ok()
 }
 
 fn io_uring_available() -> bool {
     let mut params = [0u8; 120]; // struct io_uring_params is 120 bytes since Linux 5.1
-    // SAFETY: io_uring_setup reads and writes at most sizeof(struct io_uring_params) bytes
-    // through the pointer, which points at a zeroed buffer of exactly that size that outlives
-    // the call.
+                                 // SAFETY: io_uring_setup reads and writes at most sizeof(struct io_uring_params) bytes
+                                 // through the pointer, which points at a zeroed buffer of exactly that size that outlives
+                                 // the call.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
     if fd < 0 {
         return false;
@@ -234,9 +258,18 @@ mod tests {
     #[test]
     fn check_lines_group_by_area_and_flag_what_is_missing() {
         let r = report(vec![
-            Check { name: "filesystems proc".into(), ok: true },
-            Check { name: "filesystems virtiofs".into(), ok: false },
-            Check { name: "syscalls vsock".into(), ok: true },
+            Check {
+                name: "filesystems proc".into(),
+                ok: true,
+            },
+            Check {
+                name: "filesystems virtiofs".into(),
+                ok: false,
+            },
+            Check {
+                name: "syscalls vsock".into(),
+                ok: true,
+            },
         ]);
         assert_eq!(
             r.check_lines(),
@@ -252,6 +285,9 @@ mod tests {
     fn host_probes_do_not_fail_on_a_linux_host() {
         // The CI host is Linux with io_uring and seccomp; these probe real syscalls.
         assert!(io_uring_available(), "io_uring_setup failed on the host");
-        assert!(seccomp_available(), "prctl(PR_GET_SECCOMP) failed on the host");
+        assert!(
+            seccomp_available(),
+            "prctl(PR_GET_SECCOMP) failed on the host"
+        );
     }
 }

@@ -33,12 +33,26 @@ pub struct GuestMount {
     pub data: Option<&'static str>,
 }
 
-const SECURE: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
+const SECURE: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
 
 /// The guest's own mounts, in order (parents before children).
 pub const GUEST_MOUNTS: &[GuestMount] = &[
-    GuestMount { source: "proc", target: "/proc", fstype: "proc", flags: SECURE, data: None },
-    GuestMount { source: "sysfs", target: "/sys", fstype: "sysfs", flags: SECURE, data: None },
+    GuestMount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: SECURE,
+        data: None,
+    },
+    GuestMount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: SECURE,
+        data: None,
+    },
     GuestMount {
         source: "devtmpfs",
         target: "/dev",
@@ -145,7 +159,10 @@ fn selftest(report: &GuestReport) -> anyhow::Result<()> {
     }
     let failed = report.failures();
     if failed.is_empty() {
-        println!("hull-agent: self-test passed ({} checks)", report.checks().len());
+        println!(
+            "hull-agent: self-test passed ({} checks)",
+            report.checks().len()
+        );
     } else {
         println!("hull-agent: self-test FAILED: {}", failed.join(", "));
     }

@@ -4,4 +4,9 @@
 //! the `Hypervisor` seam with its `builtin`, `qemu` and `none` backends. It does not own the
 //! guest side (the agent) or the data plane of devices (the vhost-user backends).
 //!
-//! Not built yet: see the shim issue. Nothing here claims to work until it has tests.
+//! Built so far: [`config`] (configuration files, drop-ins, annotation overrides) and
+//! [`paths`] (where hull finds its files). The task service and the hypervisor backends are
+//! the shim issue's remaining work.
+
+pub mod config;
+pub mod paths;

@@ -23,12 +23,20 @@ pub struct Missing {
 impl Missing {
     /// Something `make deps`/`make image` can provide: strict runs fail without it.
     pub fn new(what: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { what: what.into(), fix: fix.into(), installable: true }
+        Self {
+            what: what.into(),
+            fix: fix.into(),
+            installable: true,
+        }
     }
 
     /// Something of the machine itself (hardware virtualization, a device): always a skip.
     pub fn hardware(what: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { what: what.into(), fix: fix.into(), installable: false }
+        Self {
+            what: what.into(),
+            fix: fix.into(),
+            installable: false,
+        }
     }
 }
 
@@ -75,13 +83,17 @@ pub fn find_program(name: &str, package: &str) -> Result<PathBuf, Missing> {
         .map(|dir| dir.join(name))
         .find(|p| is_executable(p))
         .ok_or_else(|| {
-            Missing::new(format!("program {name}"), format!("apt-get install {package}"))
+            Missing::new(
+                format!("program {name}"),
+                format!("apt-get install {package}"),
+            )
         })
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Whether this host can run full Linux guests on KVM: /dev/kvm opens and the CPU reports
@@ -116,7 +128,10 @@ mod tests {
 
     #[test]
     fn missing_names_what_and_how() {
-        let m = Missing::new("program qemu-system-x86_64", "apt-get install qemu-system-x86");
+        let m = Missing::new(
+            "program qemu-system-x86_64",
+            "apt-get install qemu-system-x86",
+        );
         assert_eq!(
             m.to_string(),
             "missing program qemu-system-x86_64 (apt-get install qemu-system-x86)"
@@ -126,7 +141,9 @@ mod tests {
     #[test]
     fn find_program_reports_the_package() {
         let err = find_program("hull-no-such-program", "hull-no-such-package").unwrap_err();
-        assert!(err.to_string().contains("apt-get install hull-no-such-package"));
+        assert!(err
+            .to_string()
+            .contains("apt-get install hull-no-such-package"));
         assert!(find_program("sh", "dash").is_ok());
     }
 }

@@ -91,8 +91,19 @@ impl Guest {
         let cmdline = format!("console=ttyS0 reboot=t panic=-1 {}", config.extra_cmdline);
         let mut child = Command::new(qemu)
             .args(["-M", "microvm,acpi=off", "-accel", accel, "-cpu", cpu])
-            .args(["-m", &config.memory_mib.to_string(), "-smp", &config.vcpus.to_string()])
-            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .args([
+                "-m",
+                &config.memory_mib.to_string(),
+                "-smp",
+                &config.vcpus.to_string(),
+            ])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
             .args(["-serial", "stdio"])
             .arg("-kernel")
             .arg(&config.kernel)
@@ -103,7 +114,10 @@ impl Guest {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| Error::Spawn { program: qemu.to_owned(), source })?;
+            .map_err(|source| Error::Spawn {
+                program: qemu.to_owned(),
+                source,
+            })?;
         let console = Arc::new(Mutex::new(String::new()));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -112,7 +126,11 @@ impl Guest {
         if let Some(err) = child.stderr.take() {
             readers.push(collect(err, Arc::clone(&console), "qemu: "));
         }
-        Ok(Self { child, console, readers })
+        Ok(Self {
+            child,
+            console,
+            readers,
+        })
     }
 
     /// The console output so far.
@@ -128,10 +146,16 @@ impl Guest {
                 for reader in self.readers.drain(..) {
                     let _ = reader.join();
                 }
-                return Ok(Finished { console: self.console(), status });
+                return Ok(Finished {
+                    console: self.console(),
+                    status,
+                });
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout { timeout, console: self.console() });
+                return Err(Error::Timeout {
+                    timeout,
+                    console: self.console(),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }

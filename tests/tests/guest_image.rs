@@ -19,21 +19,33 @@ fn boot_selftest(test: &str, kernel: std::path::PathBuf) {
         vcpus: 2,
     };
     let guest = require!(test, Guest::start(&config)).expect("QEMU starts");
-    let finished = guest.wait(BOOT_BOUND).expect("the guest stops by itself after its self-test");
+    let finished = guest
+        .wait(BOOT_BOUND)
+        .expect("the guest stops by itself after its self-test");
     let console = finished.console;
     println!("{console}");
 
-    assert!(console.contains("Linux version 6.1"), "no kernel banner on the console");
+    assert!(
+        console.contains("Linux version 6.1"),
+        "no kernel banner on the console"
+    );
     let start = console
         .lines()
         .find(|l| l.starts_with("hull-agent ") && l.contains(" started as PID 1: "))
         .expect("hull-agent announced itself as PID 1");
-    assert!(start.contains(", 2 vCPU, "), "the agent saw both vCPUs: {start}");
+    assert!(
+        start.contains(", 2 vCPU, "),
+        "the agent saw both vCPUs: {start}"
+    );
     assert!(
         console.contains("hull-agent: self-test passed"),
         "the agent's self-test failed; what it lacks is marked MISSING above"
     );
-    assert!(finished.status.success(), "QEMU exited with {}", finished.status);
+    assert!(
+        finished.status.success(),
+        "QEMU exited with {}",
+        finished.status
+    );
 }
 
 #[test]
