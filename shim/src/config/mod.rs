@@ -349,8 +349,7 @@ mod tests {
 
     #[test]
     fn none_hypervisor_needs_explicit_consent() {
-        let mut config = Config::default();
-        config.hypervisor = HypervisorKind::None;
+        let mut config = Config { hypervisor: HypervisorKind::None, ..Default::default() };
         let err = config.validate("x").unwrap_err().to_string();
         assert!(err.contains("enable_none_hypervisor"), "{err}");
         config.runtime.enable_none_hypervisor = true;
