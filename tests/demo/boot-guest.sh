@@ -33,7 +33,7 @@ step "the guest stopped itself after $(printf '%.1f' "$(echo "$end - $start" | b
 log=${TMPDIR:-/tmp}/hull-demo-console.log
 if grep -q 'hull-agent: self-test passed' "$log"; then
     step "proof from inside the guest:"
-    grep -E '^hull-agent ' "$log" | sed 's/^/    /'
+    grep -E '^hull-agent[ :]' "$log" | sed 's/^/    /'
     rm -f "$log"
 else
     die "the guest did not pass the agent's self-test; console log kept in $log"
