@@ -349,7 +349,10 @@ mod tests {
 
     #[test]
     fn none_hypervisor_needs_explicit_consent() {
-        let mut config = Config { hypervisor: HypervisorKind::None, ..Default::default() };
+        let mut config = Config {
+            hypervisor: HypervisorKind::None,
+            ..Default::default()
+        };
         let err = config.validate("x").unwrap_err().to_string();
         assert!(err.contains("enable_none_hypervisor"), "{err}");
         config.runtime.enable_none_hypervisor = true;
