@@ -9,4 +9,5 @@
 //! the shim issue's remaining work.
 
 pub mod config;
+pub mod host;
 pub mod paths;

@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Checks whether this host can run hull pods, and how to fix what is missing.
+    Check,
     /// Configuration files.
     Config {
         #[command(subcommand)]
@@ -50,6 +52,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     use hull_shim::paths;
 
     match cli.command {
+        Command::Check => {
+            use hull_shim::host::{check, HostFacts, Verdict};
+            let loaded =
+                load(&ConfigSearch::from_env(cli.config)).context("loading the configuration")?;
+            println!("pass  configuration: {}", loaded.origin());
+            let lines = check(&HostFacts::probe(&loaded.config), &loaded.config);
+            for line in &lines {
+                println!("{line}");
+            }
+            let failed = lines.iter().filter(|l| l.verdict == Verdict::Fail).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} check(s) failed: this host lacks what hull needs");
+            }
+            println!("this host has what hull needs");
+        }
         Command::Config {
             command: ConfigCommand::ShowDefaultPaths,
         } => {

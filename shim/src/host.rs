@@ -1,0 +1,340 @@
+//! What this host offers hull, and whether it can run hull at all (`hull check`).
+//!
+//! Facts are gathered once ([`HostFacts::probe`]) and judged by a pure function
+//! ([`check`]), so the verdicts are tested on any host by giving them facts. The same facts
+//! decide what `hypervisor = "auto"` means ([`HostFacts::auto_hypervisor`]).
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::config::{Config, HypervisorKind};
+use crate::paths;
+
+/// The helper binaries a pod may start, found next to the running binary or on PATH.
+pub const HELPERS: &[&str] = &["hull-fs", "hull-vsock", "hull-blk", "hull-net"];
+
+/// Facts about the host, as gathered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// Whether /dev/kvm opens read-write, or why not.
+    pub kvm: Result<(), String>,
+    /// Whether the CPU reports VMX or SVM (hardware virtualization for full guests).
+    pub hw_virt: bool,
+    /// The QEMU binary the configuration names, if found, with its `--version` first line.
+    pub qemu: Option<(PathBuf, String)>,
+    /// Whether the configured kernel and initrd exist.
+    pub kernel: (PathBuf, bool),
+    /// See `kernel`.
+    pub initrd: (PathBuf, bool),
+    /// Each helper binary and where it was found.
+    pub helpers: Vec<(&'static str, Option<PathBuf>)>,
+    /// `containerd --version`, if containerd is installed.
+    pub containerd: Option<String>,
+}
+
+impl HostFacts {
+    /// Looks at this host, with `config` saying which QEMU, kernel and initrd to look for.
+    pub fn probe(config: &Config) -> Self {
+        let kvm = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map(drop)
+            .map_err(|e| e.to_string());
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let exe = std::env::current_exe().ok();
+        let path = std::env::var_os("PATH");
+        let qemu = find_program(&config.qemu.path, path.as_deref())
+            .map(|p| (first_line_of(&p, "--version").unwrap_or_default(), p))
+            .map(|(version, p)| (p, version));
+        let kernel = config.kernel();
+        let initrd = config.initrd();
+        Self {
+            kvm,
+            hw_virt: cpu_has_hw_virt(&cpuinfo),
+            qemu,
+            kernel: (kernel.clone(), kernel.is_file()),
+            initrd: (initrd.clone(), initrd.is_file()),
+            helpers: HELPERS
+                .iter()
+                .map(|&h| (h, paths::find_helper(h, exe.as_deref(), path.as_deref())))
+                .collect(),
+            containerd: find_program(Path::new("containerd"), path.as_deref())
+                .and_then(|p| first_line_of(&p, "--version")),
+        }
+    }
+
+    /// Whether full Linux guests can run on KVM here.
+    pub fn full_guests_on_kvm(&self) -> bool {
+        self.kvm.is_ok() && self.hw_virt
+    }
+
+    /// What `hypervisor = "auto"` selects: `builtin` where full guests run on KVM, else
+    /// `qemu` (which then uses TCG).
+    pub fn auto_hypervisor(&self) -> HypervisorKind {
+        if self.full_guests_on_kvm() {
+            HypervisorKind::Builtin
+        } else {
+            HypervisorKind::Qemu
+        }
+    }
+}
+
+/// Whether a /proc/cpuinfo lists VMX (Intel) or SVM (AMD).
+pub fn cpu_has_hw_virt(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+fn find_program(name: &Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    if name.is_absolute() {
+        return name.is_file().then(|| name.to_owned());
+    }
+    let name = name.to_str()?;
+    paths::find_helper(name, None, path)
+}
+
+fn first_line_of(program: &Path, arg: &str) -> Option<String> {
+    let output = Command::new(program).arg(arg).output().ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Works.
+    Pass,
+    /// Works, degraded.
+    Warn,
+    /// hull cannot run pods until this is fixed.
+    Fail,
+}
+
+/// One line of `hull check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckLine {
+    /// How it came out.
+    pub verdict: Verdict,
+    /// What was checked.
+    pub what: &'static str,
+    /// What was found.
+    pub found: String,
+    /// How to fix it (for Warn and Fail).
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.verdict {
+            Verdict::Pass => "pass",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        write!(f, "{tag}  {}: {}", self.what, self.found)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n      fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Judges whether this host can run pods with `config`.
+pub fn check(facts: &HostFacts, config: &Config) -> Vec<CheckLine> {
+    let line = |verdict, what, found: String, fix: Option<&str>| CheckLine {
+        verdict,
+        what,
+        found,
+        fix: fix.map(str::to_owned),
+    };
+    let mut lines = Vec::new();
+    let hypervisor = match config.hypervisor {
+        HypervisorKind::Auto => facts.auto_hypervisor(),
+        other => other,
+    };
+    lines.push(match (&facts.kvm, facts.hw_virt) {
+        (Ok(()), true) => line(Verdict::Pass, "kvm", "/dev/kvm with hardware virtualization".into(), None),
+        (Ok(()), false) => line(
+            Verdict::Warn,
+            "kvm",
+            "/dev/kvm opens, but the CPU has no vmx/svm: full guests run only under QEMU TCG (slow)".into(),
+            Some("run on bare metal or enable nested virtualization"),
+        ),
+        (Err(err), _) => line(
+            Verdict::Warn,
+            "kvm",
+            format!("/dev/kvm unusable ({err}): guests run only under QEMU TCG (slow)"),
+            Some("load kvm_intel or kvm_amd and give this user access to /dev/kvm"),
+        ),
+    });
+    let hypervisor_line = match hypervisor {
+        HypervisorKind::Builtin if !facts.full_guests_on_kvm() => line(
+            Verdict::Fail,
+            "hypervisor",
+            "builtin needs KVM with hardware virtualization, which this host lacks".into(),
+            Some("set hypervisor = \"qemu\" or \"auto\" in the configuration"),
+        ),
+        HypervisorKind::None => line(
+            Verdict::Warn,
+            "hypervisor",
+            "none: containers run on the host WITHOUT a VM (no isolation)".into(),
+            Some("use only for development and measurement"),
+        ),
+        kind => line(
+            Verdict::Pass,
+            "hypervisor",
+            format!("{kind:?}").to_lowercase(),
+            None,
+        ),
+    };
+    lines.push(hypervisor_line);
+    if hypervisor == HypervisorKind::Qemu {
+        lines.push(match &facts.qemu {
+            Some((path, version)) => line(
+                Verdict::Pass,
+                "qemu",
+                format!("{} ({version})", path.display()),
+                None,
+            ),
+            None => line(
+                Verdict::Fail,
+                "qemu",
+                format!("{} not found", config.qemu.path.display()),
+                Some("apt-get install qemu-system-x86, or set qemu.path"),
+            ),
+        });
+    }
+    if hypervisor != HypervisorKind::None {
+        for (what, (path, exists)) in [("kernel", &facts.kernel), ("initrd", &facts.initrd)] {
+            lines.push(if *exists {
+                line(Verdict::Pass, what, path.display().to_string(), None)
+            } else {
+                line(
+                    Verdict::Fail,
+                    what,
+                    format!("{} does not exist", path.display()),
+                    Some("run 'make image' in the hull tree, or set vm.kernel / vm.initrd"),
+                )
+            });
+        }
+    }
+    for (name, found) in &facts.helpers {
+        lines.push(match found {
+            Some(path) => line(Verdict::Pass, name, path.display().to_string(), None),
+            None => line(
+                Verdict::Warn,
+                name,
+                "not found next to this binary or on PATH".into(),
+                Some("run 'make build' and put target/release on PATH, or 'make install'"),
+            ),
+        });
+    }
+    lines.push(match &facts.containerd {
+        Some(version) => line(Verdict::Pass, "containerd", version.clone(), None),
+        None => line(
+            Verdict::Warn,
+            "containerd",
+            "not installed".into(),
+            Some("apt-get install containerd"),
+        ),
+    });
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> HostFacts {
+        HostFacts {
+            kvm: Ok(()),
+            hw_virt: true,
+            qemu: Some((
+                "/usr/bin/qemu-system-x86_64".into(),
+                "QEMU emulator version 7.2".into(),
+            )),
+            kernel: ("/k/vmlinux".into(), true),
+            initrd: ("/k/initrd.img".into(), true),
+            helpers: HELPERS
+                .iter()
+                .map(|&h| (h, Some(PathBuf::from("/bin").join(h))))
+                .collect(),
+            containerd: Some("containerd 1.6.20".into()),
+        }
+    }
+
+    fn verdict_of(lines: &[CheckLine], what: &str) -> Verdict {
+        lines
+            .iter()
+            .find(|l| l.what == what)
+            .map(|l| l.verdict)
+            .expect(what)
+    }
+
+    #[test]
+    fn healthy_host_passes_everything_with_builtin() {
+        let facts = healthy();
+        assert_eq!(facts.auto_hypervisor(), HypervisorKind::Builtin);
+        let lines = check(&facts, &Config::default());
+        assert!(
+            lines.iter().all(|l| l.verdict == Verdict::Pass),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.iter().all(|l| l.what != "qemu"),
+            "builtin needs no qemu"
+        );
+    }
+
+    #[test]
+    fn no_hardware_virtualization_means_qemu_and_a_warning() {
+        let facts = HostFacts {
+            hw_virt: false,
+            ..healthy()
+        };
+        assert_eq!(facts.auto_hypervisor(), HypervisorKind::Qemu);
+        let lines = check(&facts, &Config::default());
+        assert_eq!(verdict_of(&lines, "kvm"), Verdict::Warn);
+        assert_eq!(verdict_of(&lines, "qemu"), Verdict::Pass);
+        let config = Config {
+            hypervisor: HypervisorKind::Builtin,
+            ..Config::default()
+        };
+        let lines = check(&facts, &config);
+        assert_eq!(verdict_of(&lines, "hypervisor"), Verdict::Fail);
+    }
+
+    #[test]
+    fn missing_pieces_fail_with_their_fix() {
+        let facts = HostFacts {
+            hw_virt: false,
+            qemu: None,
+            kernel: ("/nowhere/vmlinux".into(), false),
+            ..healthy()
+        };
+        let lines = check(&facts, &Config::default());
+        let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
+        let text = text.join("\n");
+        assert_eq!(verdict_of(&lines, "qemu"), Verdict::Fail);
+        assert_eq!(verdict_of(&lines, "kernel"), Verdict::Fail);
+        assert!(text.contains("apt-get install qemu-system-x86"), "{text}");
+        assert!(text.contains("/nowhere/vmlinux does not exist"), "{text}");
+        assert!(text.contains("make image"), "{text}");
+    }
+
+    #[test]
+    fn reads_hw_virt_flags() {
+        assert!(cpu_has_hw_virt(
+            "processor: 0\nflags\t\t: fpu vme vmx sse\n"
+        ));
+        assert!(cpu_has_hw_virt("flags : svm lm\n"));
+        assert!(!cpu_has_hw_virt("flags : fpu hypervisor lm\n"));
+        assert!(!cpu_has_hw_virt("model name : vmx-like cpu\n"));
+    }
+}
