@@ -1,0 +1,246 @@
+//! The `qemu` hypervisor backend: one child `qemu-system-x86_64` per pod, KVM where the host
+//! has hardware virtualization and TCG otherwise, with guest memory in a shared memfd so the
+//! vhost-user backends can serve its devices.
+//!
+//! Owns the QEMU process from spawn to reaping, its per-VM run directory (QMP socket, console
+//! log, QEMU's stderr), and control through QMP. It does not start the device backends or
+//! talk to the agent: the sandbox does, with the sockets it puts in the [`VmSpec`].
+
+pub mod command;
+pub mod qmp;
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+pub use command::Accel;
+pub use qmp::{Qmp, QmpError};
+
+use crate::config::QemuMachine;
+use crate::vm_spec::VmSpec;
+
+/// How long QEMU may take to answer on QMP after it is spawned.
+const QMP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Errors of the QEMU backend.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The run directory could not be made.
+    #[error("creating the VM run directory {path}")]
+    RunDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU could not be started at all.
+    #[error("starting {binary}")]
+    Spawn {
+        /// The QEMU binary.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU exited while starting; its own message says why.
+    #[error("QEMU exited while starting the VM ({status}): {stderr}")]
+    Exited {
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// QEMU did not open its QMP socket in time.
+    #[error("QEMU did not answer on {qmp} within {deadline:?}")]
+    NoQmp {
+        /// The socket.
+        qmp: PathBuf,
+        /// The bound.
+        deadline: Duration,
+    },
+    /// A QMP command failed.
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    /// Waiting for QEMU failed.
+    #[error("waiting for QEMU (pid {pid:?})")]
+    Wait {
+        /// Its pid.
+        pid: Option<u32>,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Which QEMU, and how it runs guests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuOptions {
+    /// The binary.
+    pub binary: PathBuf,
+    /// Machine type.
+    pub machine: QemuMachine,
+    /// Accelerator.
+    pub accel: Accel,
+}
+
+/// A running QEMU VM. Dropping it kills QEMU and removes its run directory; [`QemuVm::stop`]
+/// is the orderly way.
+#[derive(Debug)]
+pub struct QemuVm {
+    child: Child,
+    qmp: Qmp,
+    pid: Option<u32>,
+    run_dir: RunDir,
+}
+
+/// The VM's run directory, removed with everything in it when dropped.
+#[derive(Debug)]
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.0.display(), %err, "could not remove the VM run directory");
+            }
+        }
+    }
+}
+
+impl QemuVm {
+    /// Starts QEMU for `spec` with its files in `run_dir` (created 0700, must not exist) and
+    /// returns once QEMU answers on QMP. The guest is then booting.
+    pub async fn start(spec: &VmSpec, options: &QemuOptions, run_dir: &Path) -> Result<Self> {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(run_dir)
+            .map_err(|source| Error::RunDir {
+                path: run_dir.to_owned(),
+                source,
+            })?;
+        let run_dir = RunDir(run_dir.to_owned());
+        let stderr_path = run_dir.0.join("qemu.stderr");
+        let stderr = fs::File::create(&stderr_path).map_err(|source| Error::RunDir {
+            path: stderr_path.clone(),
+            source,
+        })?;
+        let args = command::arguments(spec, options.machine, options.accel, &run_dir.0);
+        tracing::info!(vm = %spec.id, binary = %options.binary.display(), accel = ?options.accel, "starting QEMU");
+        tracing::debug!(?args, "QEMU arguments");
+        let mut child = Command::new(&options.binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                binary: options.binary.clone(),
+                source,
+            })?;
+        let pid = child.id();
+
+        let qmp_path = run_dir.0.join("qmp.sock");
+        let deadline = tokio::time::Instant::now() + QMP_DEADLINE;
+        let qmp = loop {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|source| Error::Wait { pid, source })?
+            {
+                let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+                return Err(Error::Exited {
+                    status,
+                    stderr: stderr.trim().to_owned(),
+                });
+            }
+            if qmp_path.exists() {
+                match Qmp::connect(&qmp_path).await {
+                    Ok(qmp) => break qmp,
+                    Err(QmpError::Io { .. }) => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NoQmp {
+                    qmp: qmp_path,
+                    deadline: QMP_DEADLINE,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Ok(Self {
+            child,
+            qmp,
+            pid,
+            run_dir,
+        })
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// The file the guest's serial console is written to.
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir.0.join("console.log")
+    }
+
+    /// The VM's run state as QEMU reports it (`running`, `paused`, ...).
+    pub async fn status(&mut self) -> Result<String> {
+        Ok(self.qmp.status().await?)
+    }
+
+    /// Stops the vCPUs; the guest's memory and devices stay as they are.
+    pub async fn pause(&mut self) -> Result<()> {
+        self.qmp.execute("stop", None).await?;
+        Ok(())
+    }
+
+    /// Resumes the vCPUs after [`QemuVm::pause`].
+    pub async fn resume(&mut self) -> Result<()> {
+        self.qmp.execute("cont", None).await?;
+        Ok(())
+    }
+
+    /// Waits until QEMU exits by itself (the guest stopped, or QEMU died). Cancel-safe.
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        let pid = self.pid;
+        self.child
+            .wait()
+            .await
+            .map_err(|source| Error::Wait { pid, source })
+    }
+
+    /// Asks QEMU to quit, and kills it if it has not exited within `grace`. Returns once it
+    /// is reaped and its run directory removed.
+    pub async fn stop(mut self, grace: Duration) -> Result<ExitStatus> {
+        // QEMU may exit before it answers `quit`: a closed socket here is success.
+        if let Err(err) = self.qmp.execute("quit", None).await {
+            tracing::debug!(%err, "QMP quit");
+        }
+        let pid = self.pid;
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status.map_err(|source| Error::Wait { pid, source }),
+            Err(_) => {
+                tracing::warn!(?pid, ?grace, "QEMU did not quit in time; killing it");
+                self.child
+                    .kill()
+                    .await
+                    .map_err(|source| Error::Wait { pid, source })?;
+                self.child
+                    .wait()
+                    .await
+                    .map_err(|source| Error::Wait { pid, source })
+            }
+        }
+    }
+}

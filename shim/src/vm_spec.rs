@@ -1,0 +1,52 @@
+//! What a pod's VM is made of, independent of the hypervisor that runs it: kernel, initrd,
+//! command line, size, and the vhost-user devices whose backends serve its data plane.
+
+use std::path::PathBuf;
+
+/// A VM to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// The sandbox id, used in process and file names.
+    pub id: String,
+    /// Guest kernel: ELF vmlinux (PVH) or bzImage.
+    pub kernel: PathBuf,
+    /// Guest initrd.
+    pub initrd: PathBuf,
+    /// Kernel command line words, hull's and the configuration's.
+    pub kernel_params: Vec<String>,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB; always a shared memfd, so vhost-user backends can map it.
+    pub memory_mib: u32,
+    /// Devices, in the order the guest sees them.
+    pub devices: Vec<VmDevice>,
+}
+
+/// A device of the VM, served by a vhost-user backend listening on `socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmDevice {
+    /// virtio-vsock (hull-vsock): the shim⇄agent link.
+    VhostUserVsock {
+        /// The backend's vhost-user socket.
+        socket: PathBuf,
+    },
+    /// virtio-fs (hull-fs), mounted in the guest by `tag`.
+    VhostUserFs {
+        /// The backend's vhost-user socket.
+        socket: PathBuf,
+        /// The mount tag, 1 to 36 bytes.
+        tag: String,
+    },
+    /// virtio-blk (hull-blk).
+    VhostUserBlk {
+        /// The backend's vhost-user socket.
+        socket: PathBuf,
+    },
+    /// virtio-net (hull-net).
+    VhostUserNet {
+        /// The backend's vhost-user socket.
+        socket: PathBuf,
+        /// The guest interface's MAC address.
+        mac: [u8; 6],
+    },
+}
