@@ -5,5 +5,7 @@
 //! a real containerd; nothing here fakes them.
 
 pub mod artifacts;
+pub mod containerd;
+pub mod oci_image;
 pub mod prereq;
 pub mod qemu;
