@@ -4,13 +4,14 @@
 //! the `Hypervisor` seam with its `builtin`, `qemu` and `none` backends. It does not own the
 //! guest side (the agent) or the data plane of devices (the vhost-user backends).
 //!
-//! Built so far: [`config`] (configuration files, drop-ins, annotation overrides),
-//! [`paths`] (where hull finds its files), [`host`] (`hull check`), [`vm_spec`] and the
-//! [`qemu`] backend's VM process management. The task service, the sandbox and the other
-//! hypervisor backends are the shim issue's remaining work.
+//! Built so far: [`config`] (configuration files, drop-ins, annotation overrides), [`paths`]
+//! (where hull finds its files), [`host`] (`hull check`), [`hybrid_vsock`] (the shim side of
+//! the agent link), [`vm_spec`] and the [`qemu`] backend's VM process management. The task
+//! service, the sandbox and the other hypervisor backends are the shim issue's remaining work.
 
 pub mod config;
 pub mod host;
+pub mod hybrid_vsock;
 pub mod paths;
 pub mod qemu;
 pub mod vm_spec;
