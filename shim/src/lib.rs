@@ -14,4 +14,5 @@ pub mod host;
 pub mod hybrid_vsock;
 pub mod paths;
 pub mod qemu;
+pub mod sandbox;
 pub mod vm_spec;

@@ -1,0 +1,396 @@
+//! What a sandbox owns on the host — processes, mounts, files — written to disk as it is
+//! acquired, so that whoever finds the record (a `shim delete` after the shim died, or the
+//! shim itself at shutdown) can release all of it.
+//!
+//! Processes are recorded with their start time (field 22 of /proc/PID/stat): cleanup kills a
+//! PID only if it still names the same process, never one the kernel has reused.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The record's format version; a record of another version is refused, not guessed at.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Longest record accepted, in bytes: a record is small, and a huge file is not one.
+const MAX_RECORD: u64 = 1 << 20;
+
+/// Errors of the persisted record.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing the record failed.
+    #[error("sandbox state {path}")]
+    Io {
+        /// The record file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The record is not one this shim can read.
+    #[error("sandbox state {path} is not a valid record: {reason}")]
+    Invalid {
+        /// The record file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A process the sandbox started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedProcess {
+    /// What it is (`qemu`, `hull-fs`, ...), for messages.
+    pub role: String,
+    /// Its pid.
+    pub pid: i32,
+    /// Its start time in clock ticks after boot, from /proc/PID/stat.
+    pub start_time: u64,
+}
+
+impl OwnedProcess {
+    /// Records a running process by pid; `None` if it does not exist.
+    pub fn of(role: &str, pid: i32) -> Option<Self> {
+        Some(Self {
+            role: role.to_owned(),
+            pid,
+            start_time: process_start_time(pid)?,
+        })
+    }
+}
+
+/// Everything a sandbox owns on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// The sandbox id.
+    pub sandbox_id: String,
+    /// Processes, killed in reverse order (the VM before its backends).
+    pub processes: Vec<OwnedProcess>,
+    /// Host mount points the shim made, unmounted deepest first.
+    pub mounts: Vec<PathBuf>,
+    /// Files, sockets and directories the shim made, removed after the mounts.
+    pub paths: Vec<PathBuf>,
+}
+
+/// What a cleanup did, and what it could not do.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Processes killed (role, pid).
+    pub killed: Vec<(String, i32)>,
+    /// Recorded processes already gone or replaced by another process with the same pid.
+    pub already_gone: Vec<(String, i32)>,
+    /// Mount points unmounted.
+    pub unmounted: Vec<PathBuf>,
+    /// Paths removed.
+    pub removed: Vec<PathBuf>,
+    /// What failed, one line each.
+    pub errors: Vec<String>,
+}
+
+impl SandboxRecord {
+    /// An empty record for `sandbox_id`.
+    pub fn new(sandbox_id: &str) -> Self {
+        Self {
+            version: FORMAT_VERSION,
+            sandbox_id: sandbox_id.to_owned(),
+            processes: Vec::new(),
+            mounts: Vec::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    /// Writes the record atomically: a crash leaves the old record or the new, never half.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let tmp = path.with_extension("tmp");
+        let mut file = fs::File::create(&tmp).map_err(io)?;
+        file.write_all(&json).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Reads a record.
+    pub fn load(path: &Path) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let len = fs::metadata(path).map_err(io)?.len();
+        if len > MAX_RECORD {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                reason: format!("{len} bytes is too large"),
+            });
+        }
+        let bytes = fs::read(path).map_err(io)?;
+        let record: Self = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if record.version != FORMAT_VERSION {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                reason: format!(
+                    "format version {} (this shim reads {FORMAT_VERSION})",
+                    record.version
+                ),
+            });
+        }
+        Ok(record)
+    }
+
+    /// Releases everything recorded: kills the processes, unmounts, removes the paths.
+    /// Idempotent: what is already gone is reported as such, not as an error.
+    pub fn cleanup(&self) -> CleanupReport {
+        let mut report = CleanupReport::default();
+        for process in self.processes.iter().rev() {
+            let id = (process.role.clone(), process.pid);
+            if process_start_time(process.pid) != Some(process.start_time) {
+                report.already_gone.push(id);
+                continue;
+            }
+            // SAFETY: kill(2) takes plain integers; the pid was checked above to still name
+            // the recorded process (same start time).
+            if unsafe { libc::kill(process.pid, libc::SIGKILL) } != 0 {
+                let err = std::io::Error::last_os_error();
+                report.errors.push(format!(
+                    "killing {} (pid {}): {err}",
+                    process.role, process.pid
+                ));
+                continue;
+            }
+            if wait_gone(process, Duration::from_secs(5)) {
+                report.killed.push(id);
+            } else {
+                report.errors.push(format!(
+                    "{} (pid {}) survived SIGKILL for 5s",
+                    process.role, process.pid
+                ));
+            }
+        }
+        let mut mounts = self.mounts.clone();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for mount in mounts {
+            match unmount(&mount) {
+                Ok(true) => report.unmounted.push(mount),
+                Ok(false) => {}
+                Err(err) => report
+                    .errors
+                    .push(format!("unmounting {}: {err}", mount.display())),
+            }
+        }
+        for path in &self.paths {
+            let result = match fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+                Ok(_) => fs::remove_file(path),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(()) => report.removed.push(path.clone()),
+                Err(err) => report
+                    .errors
+                    .push(format!("removing {}: {err}", path.display())),
+            }
+        }
+        report
+    }
+}
+
+/// A process's start time, in clock ticks after boot (field 22 of /proc/PID/stat), or `None`
+/// if there is no such process or it is a zombie.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: parse after it.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // `rest` starts at field 3 (state); the start time is field 22.
+    fields.nth(22 - 4)?.parse().ok()
+}
+
+fn wait_gone(process: &OwnedProcess, bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
+    while process_start_time(process.pid) == Some(process.start_time) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Unmounts `target` (lazily, so a busy mount still leaves the namespace). `Ok(false)` if it
+/// was not mounted.
+fn unmount(target: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: umount2 reads a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn start_time_identifies_a_live_process() {
+        let mut child = Command::new("sleep").arg("100").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = process_start_time(pid).expect("a live process has a start time");
+        assert_eq!(process_start_time(pid), Some(start), "stable while it runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(process_start_time(pid), None);
+    }
+
+    #[test]
+    fn save_and_load_round_trip_and_refuse_other_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sandbox.json");
+        let mut record = SandboxRecord::new("pod-1");
+        record.processes.push(OwnedProcess {
+            role: "qemu".into(),
+            pid: 42,
+            start_time: 7,
+        });
+        record.paths.push(dir.path().join("run"));
+        record.save(&path).unwrap();
+        assert_eq!(SandboxRecord::load(&path).unwrap(), record);
+
+        record.version = 99;
+        record.save(&path).unwrap();
+        let err = SandboxRecord::load(&path).unwrap_err().to_string();
+        assert!(err.contains("format version 99"), "{err}");
+        fs::write(&path, b"{\"version\": 1").unwrap();
+        assert!(matches!(
+            SandboxRecord::load(&path),
+            Err(Error::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn cleanup_kills_recorded_processes_and_removes_paths_then_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep").arg("100").spawn().unwrap();
+        let pid = child.id() as i32;
+        let run = dir.path().join("run");
+        fs::create_dir_all(run.join("nested")).unwrap();
+        let sock = dir.path().join("vsock.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mut record = SandboxRecord::new("pod-1");
+        record
+            .processes
+            .push(OwnedProcess::of("hull-fs", pid).unwrap());
+        record.paths.extend([run.clone(), sock.clone()]);
+
+        // Reap the child concurrently, as the kernel would for an orphan after a shim crash.
+        let reaper = std::thread::spawn(move || child.wait());
+        let report = record.cleanup();
+        reaper.join().unwrap().unwrap();
+        assert_eq!(report.killed, [("hull-fs".to_owned(), pid)]);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(!run.exists() && !sock.exists());
+
+        let again = record.cleanup();
+        assert!(again.killed.is_empty() && again.removed.is_empty() && again.errors.is_empty());
+        assert_eq!(again.already_gone, [("hull-fs".to_owned(), pid)]);
+    }
+
+    #[test]
+    fn cleanup_never_kills_a_process_that_reused_the_pid() {
+        let mut child = Command::new("sleep").arg("100").spawn().unwrap();
+        let pid = child.id() as i32;
+        let real = process_start_time(pid).unwrap();
+        let mut record = SandboxRecord::new("pod-1");
+        record.processes.push(OwnedProcess {
+            role: "qemu".into(),
+            pid,
+            start_time: real + 1,
+        });
+        let report = record.cleanup();
+        assert_eq!(report.already_gone.len(), 1);
+        assert_eq!(
+            process_start_time(pid),
+            Some(real),
+            "the other process must live"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn cleanup_unmounts_deepest_first() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let missing = hull_tests::prereq::Missing::hardware("root", "run the tests as root");
+            hull_tests::prereq::skip("cleanup_unmounts_deepest_first", &missing);
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let outer = dir.path().join("outer");
+        let inner = outer.join("inner");
+        fs::create_dir_all(&outer).unwrap();
+        mount_tmpfs(&outer);
+        fs::create_dir_all(&inner).unwrap();
+        mount_tmpfs(&inner);
+        let mut record = SandboxRecord::new("pod-1");
+        record.mounts.extend([outer.clone(), inner.clone()]);
+        let report = record.cleanup();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.unmounted, [inner, outer.clone()]);
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mountinfo.contains(outer.to_str().unwrap()),
+            "still mounted"
+        );
+    }
+
+    fn mount_tmpfs(target: &Path) {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    proptest::proptest! {
+        /// Any bytes as a record: an error or a record, never a panic.
+        #[test]
+        fn arbitrary_records_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sandbox.json");
+            fs::write(&path, &bytes).unwrap();
+            let _ = SandboxRecord::load(&path);
+        }
+    }
+}
