@@ -15,4 +15,5 @@ pub mod hybrid_vsock;
 pub mod paths;
 pub mod qemu;
 pub mod sandbox;
+pub mod service;
 pub mod vm_spec;

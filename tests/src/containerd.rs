@@ -70,7 +70,7 @@ impl Containerd {
              disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
              [grpc]\n  address = \"{d}/containerd.sock\"\n\
              [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
-             [debug]\n  level = \"info\"\n"
+             [debug]\n  level = \"debug\"\n"
         );
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).map_err(io("writing containerd's config"))?;
