@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use virtiofsd::passthrough;
+use virtiofsd::passthrough::{self, InodeFileHandlesMode};
 
 /// How long the guest may cache file data, names and attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +102,13 @@ impl Config {
             root_dir,
             xattr: self.xattr,
             readdirplus: self.cache != CachePolicy::Never,
+            // Tell the guest where host mount points are, so it gives them their own inode
+            // numbers (upstream's default).
+            announce_submounts: true,
+            // O_PATH descriptors, never file handles: opening by handle needs
+            // CAP_DAC_READ_SEARCH, which reaches every inode of the host file system around
+            // the sandbox (see sandbox::KEPT_CAPABILITIES).
+            inode_file_handles: InodeFileHandlesMode::Never,
             // Guest uids/gids are host uids/gids: no translation in this slice.
             uid_map: Some(Vec::new()),
             gid_map: Some(Vec::new()),
