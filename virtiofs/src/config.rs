@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use virtiofsd::passthrough::{self, InodeFileHandlesMode};
 
+use crate::sandbox::ConfinedRoot;
+
 /// How long the guest may cache file data, names and attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CachePolicy {
@@ -91,15 +93,20 @@ impl Config {
         }
     }
 
-    /// The settings of upstream's passthrough file system serving `root_dir` (the shared
-    /// directory as the serving process sees it, `/` once inside a sandbox).
-    pub(crate) fn passthrough(&self, root_dir: String) -> passthrough::Config {
+    /// The settings of upstream's passthrough file system serving `root`, the shared
+    /// directory as a confined process sees it, with at most `guest_fd_limit` descriptors
+    /// open on the guest's behalf.
+    pub fn passthrough(&self, root: ConfinedRoot, guest_fd_limit: u64) -> passthrough::Config {
         let timeout = self.cache.timeout();
         passthrough::Config {
+            root_dir: root.root_dir,
+            mountinfo_prefix: root.mountinfo_prefix,
+            proc_sfd_rawfd: root.proc_self_fd,
+            proc_mountinfo_rawfd: root.mountinfo,
+            guest_fd_limit,
             entry_timeout: timeout,
             attr_timeout: timeout,
             cache_policy: self.cache.upstream(),
-            root_dir,
             xattr: self.xattr,
             readdirplus: self.cache != CachePolicy::Never,
             // Tell the guest where host mount points are, so it gives them their own inode
@@ -121,11 +128,20 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn root(dir: &str) -> ConfinedRoot {
+        ConfinedRoot {
+            root_dir: dir.into(),
+            mountinfo_prefix: None,
+            proc_self_fd: None,
+            mountinfo: None,
+        }
+    }
+
     #[test]
     fn cache_never_disables_readdirplus_and_caching() {
         let mut config = Config::new("/run/fs.sock", "/srv");
         config.cache = CachePolicy::Never;
-        let fs = config.passthrough("/".into());
+        let fs = config.passthrough(root("/"), 1000);
         assert!(!fs.readdirplus);
         assert_eq!(fs.entry_timeout, Duration::ZERO);
         assert_eq!(fs.attr_timeout, Duration::ZERO);
@@ -137,9 +153,11 @@ mod tests {
         assert_eq!(config.cache, CachePolicy::Auto);
         assert_eq!(config.sandbox, SandboxMode::Namespace);
         assert!(config.seccomp && !config.readonly && !config.xattr);
-        let fs = config.passthrough("/".into());
+        let fs = config.passthrough(root("/"), 1000);
         assert!(fs.readdirplus);
         assert_eq!(fs.entry_timeout, Duration::from_secs(1));
         assert_eq!(fs.root_dir, "/");
+        assert_eq!(fs.guest_fd_limit, 1000);
+        assert_eq!(fs.inode_file_handles, InodeFileHandlesMode::Never);
     }
 }

@@ -37,6 +37,14 @@ pub const KEPT_CAPABILITIES: &[&str] = &[
 pub struct Entered {
     /// The vhost-user listener, carried across the sandbox's forks.
     pub listener: Listener,
+    /// The shared directory as seen from inside.
+    pub root: ConfinedRoot,
+}
+
+/// The shared directory as a confined process sees it, with the descriptors it opened
+/// before its root changed.
+#[derive(Debug)]
+pub struct ConfinedRoot {
     /// The shared directory as the process now sees it (`/` inside a sandbox).
     pub root_dir: String,
     /// Prefix to strip from mountinfo paths (chroot mode only).
@@ -75,10 +83,12 @@ pub fn enter(shared_dir: &Path, mode: SandboxMode, listener: Listener) -> Result
     let listener = sandbox.enter(listener).map_err(err)?;
     Ok(Entered {
         listener,
-        root_dir: sandbox.get_root_dir(),
-        mountinfo_prefix,
-        proc_self_fd: sandbox.get_proc_self_fd(),
-        mountinfo: sandbox.get_mountinfo_fd(),
+        root: ConfinedRoot {
+            root_dir: sandbox.get_root_dir(),
+            mountinfo_prefix,
+            proc_self_fd: sandbox.get_proc_self_fd(),
+            mountinfo: sandbox.get_mountinfo_fd(),
+        },
     })
 }
 

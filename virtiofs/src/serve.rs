@@ -56,11 +56,7 @@ pub fn serve(config: &Config, listener: Listener) -> Result<Shutdown> {
     // of its namespace, which the kernel only signals when a handler is installed.
     let signals = StopSignals::install()?;
 
-    let mut fs_config = config.passthrough(entered.root_dir.clone());
-    fs_config.mountinfo_prefix = entered.mountinfo_prefix;
-    fs_config.proc_sfd_rawfd = entered.proc_self_fd;
-    fs_config.proc_mountinfo_rawfd = entered.mountinfo;
-    fs_config.guest_fd_limit = guest_fd_limit;
+    let fs_config = config.passthrough(entered.root, guest_fd_limit);
     let fs_err = |source| Error::FileSystem {
         dir: config.shared_dir.clone(),
         source,
