@@ -119,7 +119,7 @@ fn main() -> ExitCode {
                 }
                 Outcome::ServerKilled { signal } => error!(
                     "exiting: the server was killed by {signal} \
-                     (SIGSYS means a syscall outside the seccomp filter)"
+                     (SIGSYS: a syscall outside the seccomp filter; SIGABRT: a panic, see above)"
                 ),
             }
             ExitCode::from(u8::try_from(code).unwrap_or(1))

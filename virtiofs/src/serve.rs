@@ -57,6 +57,7 @@ pub fn serve(config: &Config, listener: Listener) -> Result<Shutdown> {
     let signals = StopSignals::install()?;
 
     let fs_config = config.passthrough(entered.root, guest_fd_limit);
+    exit_on_panic();
     let fs_err = |source| Error::FileSystem {
         dir: config.shared_dir.clone(),
         source,
@@ -134,6 +135,18 @@ where
         // Both senders gone without a word: the daemon thread panicked.
         Err(mpsc::RecvError) => Err(Error::DaemonPanicked),
     }
+}
+
+/// Makes a panic on any server thread end the server process. Upstream's queue workers
+/// panic on some malformed guest input (see tests/fuse_decode.rs); the thread would die and
+/// leave the guest's queue hung with the process looking healthy. Ending the process instead
+/// shows the failure to the frontend (disconnect) and to the supervisor (SIGABRT), and the
+/// damage stays with this guest's share.
+fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("server thread panicked, aborting: {info}");
+        std::process::abort();
+    }));
 }
 
 fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<()> {

@@ -23,6 +23,9 @@ use crate::{Config, Error, Result};
 /// is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How often a stop signal is repeated while the server has not stopped.
+const STOP_REPEAT: Duration = Duration::from_millis(200);
+
 /// Exit status of a worker whose server stopped because of a signal.
 const EXIT_SIGNALLED: i32 = 0;
 /// Exit status of a worker whose server saw the frontend disconnect.
@@ -46,7 +49,7 @@ pub enum Outcome {
         status: i32,
     },
     /// The server was killed by a signal it did not handle (SIGSYS: a syscall outside the
-    /// seccomp filter).
+    /// seccomp filter; SIGABRT: a thread panicked).
     ServerKilled {
         /// The signal.
         signal: Signal,
@@ -79,13 +82,8 @@ pub fn run(config: &Config) -> Result<Outcome> {
         return Err(Error::Threaded { threads });
     }
 
-    let pid_path = PathBuf::from(format!("{}.pid", config.socket_path.display()));
-    let pid_file = virtiofsd::util::write_pid_file(&pid_path).map_err(|source| Error::PidFile {
-        path: pid_path.clone(),
-        source,
-    })?;
-    let socket = BoundSocket::bind(&config.socket_path)?;
-
+    // Blocked before anything is created, so that a stop signal from now on is waited for
+    // (and cleans up) rather than killing this process.
     let stop_signals = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
     let mut waited = SigSet::empty();
     for signal in stop_signals.into_iter().chain([Signal::SIGCHLD]) {
@@ -95,6 +93,19 @@ pub fn run(config: &Config) -> Result<Outcome> {
         what: "blocking signals",
         source,
     })?;
+
+    let pid_path = PathBuf::from(format!("{}.pid", config.socket_path.display()));
+    let pid_file = virtiofsd::util::write_pid_file(&pid_path).map_err(|source| Error::PidFile {
+        path: pid_path.clone(),
+        source,
+    })?;
+    let socket = match BoundSocket::bind(&config.socket_path) {
+        Ok(socket) => socket,
+        Err(err) => {
+            let _ = fs::remove_file(&pid_path);
+            return Err(err);
+        }
+    };
 
     // SAFETY: the process is single-threaded (checked above), so the child is a complete
     // copy with no lock held by a thread that does not exist in it.
@@ -245,7 +256,9 @@ fn wait_for_worker(worker: Pid, waited: &SigSet) -> Result<Outcome> {
             }
         }
         let timeout = match stop {
-            Some((_, deadline)) => deadline.saturating_duration_since(Instant::now()),
+            Some((_, deadline)) => deadline
+                .saturating_duration_since(Instant::now())
+                .min(STOP_REPEAT),
             None => Duration::from_secs(3600),
         };
         match wait_signal(waited, timeout) {
@@ -257,12 +270,18 @@ fn wait_for_worker(worker: Pid, waited: &SigSet) -> Result<Outcome> {
                 stop = Some((signal, Instant::now() + STOP_GRACE));
             }
             Some(_) => {}
-            None => {
-                if stop.is_some_and(|(_, deadline)| Instant::now() >= deadline) {
+            None => match stop {
+                Some((_, deadline)) if Instant::now() >= deadline => {
                     let _ = killpg(worker, Signal::SIGKILL);
                     let _ = kill(worker, Signal::SIGKILL);
                 }
-            }
+                // A server still starting up ignores stop signals until it has installed
+                // its handlers: repeat the signal until it takes.
+                Some((signal, _)) => {
+                    let _ = killpg(worker, signal);
+                }
+                None => {}
+            },
         }
     }
 }

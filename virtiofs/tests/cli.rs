@@ -112,12 +112,7 @@ fn sigterm_stops_every_process_and_removes_the_socket() {
         3,
         "supervisor, worker and server run"
     );
-    assert!(
-        fs.log_text()
-            .contains("waiting for the vhost-user frontend"),
-        "{}",
-        fs.log_text()
-    );
+    fs.wait_for_log("waiting for the vhost-user frontend");
 
     fs.signal(libc::SIGTERM);
     let status = fs.wait(PROCESS_BOUND);
@@ -156,5 +151,30 @@ fn a_second_instance_on_the_same_socket_is_refused() {
     assert!(
         socket.exists(),
         "the second instance removed the first one's socket"
+    );
+}
+
+#[test]
+fn sigterm_during_start_up_still_stops_promptly() {
+    // The signal may reach the server before it has installed its handlers; the supervisor
+    // repeats it, so the run ends by the signal, not by the kill after the grace period.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share dir");
+    let socket = dir.path().join("fs.sock");
+    let mut fs = HullFs::start(&socket, &share, &[], &dir.path().join("hull-fs.log"));
+    fs.wait_for_socket();
+    fs.signal(libc::SIGTERM);
+    let status = fs.wait(PROCESS_BOUND);
+    let log = fs.log_text();
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(log.contains("exiting: stopped by SIGTERM"), "{log}");
+    assert!(
+        !log.contains("killed it"),
+        "the server had to be killed:\n{log}"
+    );
+    assert_eq!(
+        processes_mentioning(&socket.display().to_string()),
+        Vec::<i32>::new()
     );
 }

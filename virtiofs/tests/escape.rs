@@ -43,11 +43,8 @@ fn main() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
-        let code =
-            match std::panic::catch_unwind(|| confined(dir.path(), &share, &secret, root_ino)) {
-                Ok(code) => code,
-                Err(_) => 1,
-            };
+        let code = std::panic::catch_unwind(|| confined(dir.path(), &share, &secret, root_ino))
+            .unwrap_or(1);
         std::process::exit(code);
     }
     let mut status = 0;

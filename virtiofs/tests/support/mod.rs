@@ -74,13 +74,11 @@ impl HullFs {
 
     /// Sends `signal` to the supervisor.
     pub fn signal(&self, signal: i32) {
+        let pid = self.pid();
         // SAFETY: kill(2) on our own child's pid, which is not reaped yet (self.child is
         // Some), so the pid cannot have been reused.
-        assert_eq!(
-            unsafe { libc::kill(self.pid(), signal) },
-            0,
-            "signalling hull-fs"
-        );
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "signalling hull-fs");
     }
 
     /// Waits for hull-fs to exit by itself, at most `bound`; panics with its log if not.
@@ -104,6 +102,25 @@ impl HullFs {
         let status = child.try_wait().expect("waitpid on hull-fs")?;
         self.child = None;
         Some(status)
+    }
+
+    /// Waits until the log contains `text`, or panics with the log.
+    pub fn wait_for_log(&mut self, text: &str) {
+        let deadline = Instant::now() + PROCESS_BOUND;
+        while !self.log_text().contains(text) {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "hull-fs exited with {status} before logging {text:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} after {PROCESS_BOUND:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Its log so far.
