@@ -149,7 +149,22 @@ impl Drop for Qemu {
 
 #[test]
 fn guest_works_on_the_share_and_the_host_sees_its_tree() {
-    let test = "guest_works_on_the_share_and_the_host_sees_its_tree";
+    guest_session(
+        "guest_works_on_the_share_and_the_host_sees_its_tree",
+        &["--xattr"],
+    );
+}
+
+#[test]
+fn same_with_a_thread_pool_and_no_caching() {
+    guest_session(
+        "same_with_a_thread_pool_and_no_caching",
+        &["--xattr", "--thread-pool-size", "4", "--cache", "never"],
+    );
+}
+
+/// Boots the guest against hull-fs started with `args` and checks what both sides see.
+fn guest_session(test: &str, args: &[&str]) {
     let qemu = require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
     let kernel = require!(test, artifacts::vmlinux());
     let rustc = require!(test, rustc());
@@ -162,7 +177,7 @@ fn guest_works_on_the_share_and_the_host_sees_its_tree() {
     std::os::unix::fs::symlink("/etc/passwd", share.join("escape")).expect("host symlink");
 
     let socket = dir.path().join("fs.sock");
-    let mut fs = HullFs::start(&socket, &share, &[], &dir.path().join("hull-fs.log"));
+    let mut fs = HullFs::start(&socket, &share, args, &dir.path().join("hull-fs.log"));
     fs.wait_for_socket();
     let mut guest = Qemu::start(
         &qemu,
@@ -224,6 +239,10 @@ fn guest_works_on_the_share_and_the_host_sees_its_tree() {
     assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
     assert_eq!(meta.nlink(), 2);
     assert_eq!(
+        xattr(&greeting, "user.hull").as_deref(),
+        Some(&b"pod-1"[..])
+    );
+    assert_eq!(
         std::fs::metadata(share.join("hardlink.txt"))
             .expect("hard link")
             .ino(),
@@ -233,4 +252,23 @@ fn guest_works_on_the_share_and_the_host_sees_its_tree() {
         std::fs::read_link(share.join("link")).expect("symlink"),
         Path::new("dir/greeting.txt")
     );
+}
+
+/// The value of extended attribute `name` of `path`, if it has one.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut value = vec![0u8; 256];
+    // SAFETY: NUL-terminated path and name; `value` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    value.truncate(usize::try_from(n).ok()?);
+    Some(value)
 }
