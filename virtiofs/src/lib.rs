@@ -4,7 +4,8 @@
 //! The file system itself (FUSE decoding, the passthrough file system, the vhost-user-fs
 //! device) is upstream virtiofsd used as a library; README.md says what is reused and why.
 //! hull adds the process life cycle (a supervisor that owns the socket and signals, a worker
-//! that is confined before it serves) and its choices of confinement.
+//! that is confined before it serves) and its choices of confinement, including a check of
+//! every name the guest sends (`name_guard`).
 //!
 //! Process picture, in the default namespace sandbox:
 //! ```text
@@ -17,6 +18,7 @@
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod config;
+pub mod name_guard;
 pub mod sandbox;
 pub mod serve;
 pub mod supervisor;

@@ -18,6 +18,7 @@ use virtiofsd::passthrough::PassthroughFs;
 use virtiofsd::vhost_user::VhostUserFsBackendBuilder;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::name_guard::NameGuard;
 use crate::{sandbox, Config, Error, Result};
 
 /// Descriptors kept back from the guest's share of the open file limit: one per guest memory
@@ -73,10 +74,20 @@ pub fn serve(config: &Config, listener: Listener) -> Result<Shutdown> {
     let listener = entered.listener;
     if config.readonly {
         let fs = PassthroughFsRo::new(fs_config).map_err(fs_err)?;
-        run_daemon(fs, listener, config.thread_pool_size, signals)
+        run_daemon(
+            NameGuard::new(fs),
+            listener,
+            config.thread_pool_size,
+            signals,
+        )
     } else {
         let fs = PassthroughFs::new(fs_config).map_err(fs_err)?;
-        run_daemon(fs, listener, config.thread_pool_size, signals)
+        run_daemon(
+            NameGuard::new(fs),
+            listener,
+            config.thread_pool_size,
+            signals,
+        )
     }
 }
 

@@ -1,8 +1,10 @@
 //! A hostile guest kernel sends FUSE requests crafted to reach files outside the shared
 //! directory; each must fail. The requests go through upstream virtiofsd's `Server` and
-//! passthrough file system exactly as in `hull-fs`, inside hull-fs's sandbox (namespace mode:
-//! the share is the root of a private mount namespace), with its seccomp filter and
-//! capabilities, driven by the fake frontend in `support/fuse.rs`.
+//! passthrough file system as in `hull-fs`, driven by the fake frontend in
+//! `support/fuse.rs`. hull-fs has two walls, each tested alone: the sandbox (namespace mode:
+//! the share is the root of a private mount namespace; with the seccomp filter and
+//! capabilities) with upstream's file system unwrapped, and the name guard without the
+//! sandbox. A control shows the requests do escape with neither.
 //!
 //! Without the libtest harness: entering the sandbox forks, which needs a single-threaded
 //! process.
@@ -12,6 +14,7 @@ mod support;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use hull_fs::name_guard::NameGuard;
 use hull_fs::{sandbox, Config, SandboxMode};
 use support::fuse::{entry, Frontend};
 use vhost::vhost_user::Listener;
@@ -25,7 +28,7 @@ const EXIT_NO_SANDBOX: i32 = 77;
 const CYCLES: usize = 2000;
 
 fn main() {
-    let test = "fuse_requests_cannot_reach_outside_the_share";
+    let test = "sandbox_keeps_fuse_requests_inside_the_share";
     let dir = tempfile::tempdir().expect("temp dir");
     let outside = dir.path().join("outside");
     let share = dir.path().join("share");
@@ -79,20 +82,82 @@ fn main() {
     }
     assert!(!outside.join("taken.txt").exists() && !outside.join("linked").exists());
 
+    // The second wall alone: without the sandbox, hull-fs's name guard refuses every name
+    // that is not one path component, before upstream's file system sees it.
+    let guarded = "name_guard_refuses_paths_without_the_sandbox";
+    let config = Config::new(dir.path().join("unused.sock"), &share);
+    let fs = PassthroughFs::new(config.passthrough(unconfined_root(&share), 10_000)).expect("fs");
+    let mut guest = Frontend::new(NameGuard::new(fs));
+    guest.init();
+    let einval = |what: &str, reply: &support::fuse::Reply| {
+        assert_eq!(
+            reply.errno(),
+            libc::EINVAL,
+            "{what}: not refused by the name guard"
+        );
+        println!("name guard refused: {what}");
+    };
+    einval("LOOKUP ..", &guest.lookup(ROOT, b".."));
+    einval(
+        "LOOKUP ../outside/secret.txt",
+        &guest.lookup(ROOT, b"../outside/secret.txt"),
+    );
+    einval("LOOKUP /etc/passwd", &guest.lookup(ROOT, b"/etc/passwd"));
+    einval(
+        "RENAME ../outside/secret.txt in",
+        &guest.rename(ROOT, b"../outside/secret.txt", ROOT, b"stolen"),
+    );
+    einval(
+        "RENAME inside.txt out",
+        &guest.rename(ROOT, b"inside.txt", ROOT, b"../outside/taken.txt"),
+    );
+    einval(
+        "MKDIR ../escaped-dir",
+        &guest.mkdir(ROOT, b"../escaped-dir"),
+    );
+    einval("MKDIR a/b", &guest.mkdir(ROOT, b"abs_dir/made-outside"));
+    einval(
+        "UNLINK ../outside/secret.txt",
+        &guest.unlink(ROOT, b"../outside/secret.txt"),
+    );
+    einval(
+        "SYMLINK ../planted",
+        &guest.symlink(ROOT, b"../planted", b"/"),
+    );
+    let inside = entry(&guest.lookup(ROOT, b"inside.txt"))
+        .expect("inside.txt")
+        .nodeid;
+    einval(
+        "LINK as ../outside/linked",
+        &guest.link(inside, ROOT, b"../outside/linked"),
+    );
+    einval("LINK as an empty name", &guest.link(inside, ROOT, b""));
+    // Ordinary names still work.
+    assert_eq!(
+        guest.mkdir(ROOT, b"made-by-guest").error,
+        0,
+        "MKDIR of a plain name"
+    );
+    assert_eq!(
+        guest.rename(ROOT, b"made-by-guest", ROOT, b"renamed").error,
+        0,
+        "RENAME"
+    );
+    assert!(share.join("renamed").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("secret still there"),
+        SECRET
+    );
+    assert!(!outside.join("made-outside").exists() && !outside.join("linked").exists());
+    println!("test {guarded} ... ok");
+
     // The control: without the sandbox the same RENAME does take the secret. Upstream's
     // LOOKUP resolves names with openat2(RESOLVE_IN_ROOT) relative to the parent, but its
     // RENAME, MKDIR, UNLINK and friends pass the guest's name to renameat/mkdirat/unlinkat
     // as is; only the sandbox's root stops `..` there (so `--sandbox none` is for debugging
     // only), and this shows the test would see an escape if there were one.
     let control = "without_the_sandbox_a_rename_escapes";
-    let config = Config::new(dir.path().join("unused.sock"), &share);
-    let root = sandbox::ConfinedRoot {
-        root_dir: share.to_str().expect("utf-8 temp path").to_owned(),
-        mountinfo_prefix: None,
-        proc_self_fd: None,
-        mountinfo: None,
-    };
-    let fs = PassthroughFs::new(config.passthrough(root, 10_000)).expect("passthrough");
+    let fs = PassthroughFs::new(config.passthrough(unconfined_root(&share), 10_000)).expect("fs");
     let mut guest = Frontend::new(fs);
     guest.init();
     let renamed = guest.rename(ROOT, b"../outside/secret.txt", ROOT, b"stolen");
@@ -276,6 +341,16 @@ fn hostile_guest(guest: &mut Frontend<PassthroughFs>, secret: &Path, root_ino: u
         b"inside\n"
     );
     guest.release(inside.nodeid, fh);
+}
+
+/// The share as an unconfined process sees it.
+fn unconfined_root(share: &Path) -> sandbox::ConfinedRoot {
+    sandbox::ConfinedRoot {
+        root_dir: share.to_str().expect("utf-8 temp path").to_owned(),
+        mountinfo_prefix: None,
+        proc_self_fd: None,
+        mountinfo: None,
+    }
 }
 
 fn inside_ino(guest: &mut Frontend<PassthroughFs>) -> u64 {

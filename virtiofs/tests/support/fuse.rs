@@ -83,7 +83,8 @@ impl<F: FileSystem + Sync> Frontend<F> {
         let queue = MockSplitQueue::new(&self.mem, 16);
         let request_len = u32::try_from(request.len()).expect("bounded above");
         let mut descs = Vec::new();
-        if request_len > 0 {
+        // A chain has at least one descriptor: an empty request is a zero-length one.
+        if request_len > 0 || reply_len == 0 {
             descs.push(RawDescriptor::from(SplitDescriptor::new(
                 REQUEST_ADDR,
                 request_len,
