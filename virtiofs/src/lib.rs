@@ -38,8 +38,14 @@ pub enum Error {
         /// The directory given.
         path: PathBuf,
     },
-    /// Another process holds the pid file, or it cannot be written.
-    #[error("cannot lock pid file {path} (is another hull-fs serving this socket?)")]
+    /// Another process holds the pid file.
+    #[error("pid file {path} is locked: another hull-fs serves this socket")]
+    PidFileLocked {
+        /// `<socket>.pid`.
+        path: PathBuf,
+    },
+    /// The pid file cannot be written.
+    #[error("cannot write pid file {path}")]
     PidFile {
         /// `<socket>.pid`.
         path: PathBuf,

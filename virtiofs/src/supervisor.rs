@@ -95,9 +95,17 @@ pub fn run(config: &Config) -> Result<Outcome> {
     })?;
 
     let pid_path = PathBuf::from(format!("{}.pid", config.socket_path.display()));
-    let pid_file = virtiofsd::util::write_pid_file(&pid_path).map_err(|source| Error::PidFile {
-        path: pid_path.clone(),
-        source,
+    let pid_file = virtiofsd::util::write_pid_file(&pid_path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::WouldBlock {
+            Error::PidFileLocked {
+                path: pid_path.clone(),
+            }
+        } else {
+            Error::PidFile {
+                path: pid_path.clone(),
+                source,
+            }
+        }
     })?;
     let socket = match BoundSocket::bind(&config.socket_path) {
         Ok(socket) => socket,

@@ -147,7 +147,11 @@ fn a_second_instance_on_the_same_socket_is_refused() {
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pid file"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is locked: another hull-fs serves this socket"),
+        "{stderr}"
+    );
     assert!(
         socket.exists(),
         "the second instance removed the first one's socket"

@@ -163,11 +163,64 @@ fn same_with_a_thread_pool_and_no_caching() {
     );
 }
 
+#[test]
+fn unprivileged_server_serves_the_guest() {
+    // hull-fs as `nobody`: its sandbox is then a user namespace (plus mount, pid, net), and
+    // every file the guest creates belongs to nobody on the host.
+    let test = "unprivileged_server_serves_the_guest";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        hull_tests::prereq::skip(
+            test,
+            &Missing::hardware(
+                "root, to start hull-fs as another user",
+                "run the tests as root",
+            ),
+        );
+        return;
+    }
+    let setpriv = require!(test, find_program("setpriv", "util-linux"));
+    let setpriv = setpriv.to_str().expect("utf-8 path");
+    let wrapper = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"];
+    let Some(dir) = guest_session_under(test, &wrapper, &["--xattr"], Some(NOBODY)) else {
+        return;
+    };
+    for name in ["big.bin", "dir", "dir/greeting.txt", "link"] {
+        let meta = std::fs::symlink_metadata(dir.path().join("share").join(name)).expect(name);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (NOBODY, NOBODY),
+            "owner of {name}"
+        );
+    }
+}
+
+/// The uid and gid of `nobody`.
+const NOBODY: u32 = 65534;
+
 /// Boots the guest against hull-fs started with `args` and checks what both sides see.
 fn guest_session(test: &str, args: &[&str]) {
-    let qemu = require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
-    let kernel = require!(test, artifacts::vmlinux());
-    let rustc = require!(test, rustc());
+    guest_session_under(test, &[], args, None);
+}
+
+/// As [`guest_session`], with hull-fs run through `wrapper` and the test's files owned by
+/// `owner`. Returns the temp dir (with `share/` in it), or `None` when skipped.
+fn guest_session_under(
+    test: &str,
+    wrapper: &[&str],
+    args: &[&str],
+    owner: Option<u32>,
+) -> Option<tempfile::TempDir> {
+    let prereqs = find_program("qemu-system-x86_64", "qemu-system-x86")
+        .and_then(|qemu| Ok((qemu, artifacts::vmlinux()?, rustc()?)));
+    let (qemu, kernel, rustc) = match prereqs {
+        Ok(found) => found,
+        Err(missing) => {
+            hull_tests::prereq::skip(test, &missing);
+            return None;
+        }
+    };
 
     let dir = tempfile::tempdir().expect("temp dir");
     let initrd = build_guest_initrd(&rustc, dir.path());
@@ -175,9 +228,20 @@ fn guest_session(test: &str, args: &[&str]) {
     std::fs::create_dir(&share).expect("share dir");
     std::fs::write(share.join("from-host.txt"), "written by the host\n").expect("host file");
     std::os::unix::fs::symlink("/etc/passwd", share.join("escape")).expect("host symlink");
+    if let Some(owner) = owner {
+        // hull-fs creates its socket and pid file in the temp dir and serves the share.
+        for path in [
+            dir.path().to_owned(),
+            share.clone(),
+            share.join("from-host.txt"),
+        ] {
+            std::os::unix::fs::chown(&path, Some(owner), Some(owner)).expect("chown");
+        }
+    }
 
     let socket = dir.path().join("fs.sock");
-    let mut fs = HullFs::start(&socket, &share, args, &dir.path().join("hull-fs.log"));
+    let log = dir.path().join("hull-fs.log");
+    let mut fs = HullFs::start_under(wrapper, &socket, &share, args, &log);
     fs.wait_for_socket();
     let mut guest = Qemu::start(
         &qemu,
@@ -252,6 +316,7 @@ fn guest_session(test: &str, args: &[&str]) {
         std::fs::read_link(share.join("link")).expect("symlink"),
         Path::new("dir/greeting.txt")
     );
+    Some(dir)
 }
 
 /// The value of extended attribute `name` of `path`, if it has one.

@@ -28,8 +28,29 @@ impl HullFs {
     /// Starts hull-fs on `socket` serving `shared_dir`, with `extra` arguments, logging into
     /// `log`.
     pub fn start(socket: &Path, shared_dir: &Path, extra: &[&str], log: &Path) -> Self {
+        Self::start_under(&[], socket, shared_dir, extra, log)
+    }
+
+    /// Like [`HullFs::start`], run through `wrapper` (a program and its arguments that execs
+    /// the rest of its command line, e.g. `setpriv --reuid=...`).
+    pub fn start_under(
+        wrapper: &[&str],
+        socket: &Path,
+        shared_dir: &Path,
+        extra: &[&str],
+        log: &Path,
+    ) -> Self {
         let stderr = File::create(log).expect("hull-fs log file can be created");
-        let child = Command::new(env!("CARGO_BIN_EXE_hull-fs"))
+        let hull_fs = env!("CARGO_BIN_EXE_hull-fs");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(hull_fs);
+                command
+            }
+            None => Command::new(hull_fs),
+        };
+        let child = command
             .arg("--socket-path")
             .arg(socket)
             .arg("--shared-dir")
