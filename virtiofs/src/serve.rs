@@ -52,8 +52,8 @@ pub fn serve(config: &Config, listener: Listener) -> Result<Shutdown> {
     let entered = sandbox::enter(&config.shared_dir, config.sandbox, listener)?;
     info!(dir = %config.shared_dir.display(), sandbox = ?config.sandbox, "confined");
 
-    // Handlers are installed before the seccomp filter (which does not allow rt_sigaction
-    // later) and before any thread starts. In the namespace sandbox this process is pid 1
+    // Handlers and their pipe are set up before the seccomp filter (which does not allow
+    // pipe2) and before any thread starts. In the namespace sandbox this process is pid 1
     // of its namespace, which the kernel only signals when a handler is installed.
     let signals = StopSignals::install()?;
 
