@@ -40,6 +40,7 @@ fn main() {
     std::os::unix::fs::symlink(&secret, share.join("abs_link")).expect("symlink");
     std::os::unix::fs::symlink(&outside, share.join("abs_dir")).expect("symlink");
     std::os::unix::fs::symlink("../outside/secret.txt", share.join("rel_link")).expect("symlink");
+    std::fs::create_dir(share.join("racy")).expect("racy dir");
     let root_ino = std::fs::metadata(&share).expect("share").ino();
 
     // SAFETY: this process is single-threaded (no test harness, no thread started yet).
@@ -66,6 +67,12 @@ fn main() {
                 "mount/pid/net namespaces for the sandbox",
                 "run as root or where unprivileged user namespaces are allowed",
             ),
+        ),
+        // Upstream's sandbox exits with 256 - signal when the confined process is killed.
+        code if code > 128 => panic!(
+            "test {test} failed: the confined process was killed by signal {} \
+             (31 = SIGSYS: a syscall outside the seccomp filter)",
+            256 - code
         ),
         code => panic!("test {test} failed: the confined child exited with {code} (see above)"),
     }
@@ -271,6 +278,34 @@ fn hostile_guest(guest: &mut Frontend<PassthroughFs>, secret: &Path, root_ino: u
     refused(
         "LOOKUP below a symlink inode",
         &guest.lookup(dir_link.nodeid, b"secret.txt"),
+    );
+
+    // A symlink race: the host swaps a directory the guest has already looked up for a
+    // symlink to the outside. (Inside the sandbox the share is `/`, so this process plays
+    // the host through `/racy`.) The guest's node id still means the old directory, and the
+    // new name is a symlink the server does not follow.
+    let racy = entry(&guest.lookup(ROOT, b"racy")).expect("racy dir");
+    // renameat and symlinkat: the seccomp filter allows these, not rename and symlink.
+    nix::fcntl::renameat(None, "/racy", None, "/racy-old").expect("host renames the dir away");
+    let outside_abs = secret.parent().expect("outside dir");
+    nix::unistd::symlinkat(outside_abs, None, "/racy").expect("host plants a symlink");
+    refused(
+        "LOOKUP in a directory swapped for a symlink",
+        &guest.lookup(racy.nodeid, b"secret.txt"),
+    );
+    refused(
+        "LOOKUP through the swapped-in symlink",
+        &guest.lookup(ROOT, b"racy/secret.txt"),
+    );
+    let swapped = entry(&guest.lookup(ROOT, b"racy")).expect("the new racy");
+    assert_eq!(
+        swapped.attr.mode & libc::S_IFMT,
+        libc::S_IFLNK,
+        "racy was followed"
+    );
+    refused(
+        "LOOKUP below the swapped-in symlink",
+        &guest.lookup(swapped.nodeid, b"secret.txt"),
     );
 
     // Symlinks the guest makes: same rules.
