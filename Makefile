@@ -15,7 +15,8 @@ AGENT_BIN := target/$(HOST_TRIPLE)/release/hull-agent
 # (QEMU's pull in a GUI), so firmware and helpers are listed by name.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 \
 	linux-source-6.1 qemu-system-x86 qemu-system-data seabios qemu-system-common \
-	busybox-static containerd runc iproute2 procps
+	busybox-static containerd runc iproute2 procps util-linux \
+	libseccomp-dev libcap-ng-dev
 
 .PHONY: help deps build agent image lint test demo clean-cache
 
