@@ -58,9 +58,14 @@ impl VsockDevice {
     /// added (the caller decides whether to notify).
     pub fn process_tx(&mut self, queue: &mut Queue, mem: &Mem) -> Result<bool> {
         let mut used = false;
+        if !queue.ready() {
+            return Ok(false);
+        }
         loop {
             queue.disable_notification(mem).map_err(Error::Queue)?;
+            let mut popped = false;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                popped = true;
                 let head = chain.head_index();
                 match TxPacket::from_chain(chain, mem) {
                     Ok(mut packet) => {
@@ -75,7 +80,9 @@ impl VsockDevice {
                 queue.add_used(mem, head, 0).map_err(Error::Queue)?;
                 used = true;
             }
-            if !queue.enable_notification(mem).map_err(Error::Queue)? {
+            // More work after re-enabling means the guest added packets meanwhile; if this
+            // round found none, the ring's index lies and looking again would spin.
+            if !queue.enable_notification(mem).map_err(Error::Queue)? || !popped {
                 return Ok(used);
             }
         }
@@ -84,10 +91,17 @@ impl VsockDevice {
     /// Fills rx buffers with the packets the muxer has for the guest, while both last.
     pub fn process_rx(&mut self, queue: &mut Queue, mem: &Mem) -> Result<bool> {
         let mut used = false;
+        if !queue.ready() {
+            return Ok(false);
+        }
+        let mut rearmed = false;
         while self.muxer.has_pending_rx() {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                // Out of buffers: ask for a kick when the guest adds some, unless it already did.
-                if queue.enable_notification(mem).map_err(Error::Queue)? {
+                // Out of buffers: ask for a kick when the guest adds some, and look once more
+                // in case it added some meanwhile. Only once: a ring whose index lies must not
+                // keep this thread spinning.
+                if !rearmed && queue.enable_notification(mem).map_err(Error::Queue)? {
+                    rearmed = true;
                     continue;
                 }
                 break;
