@@ -103,6 +103,7 @@ impl TermSignals {
 /// Serves vhost-user frontends on `config.socket` until one disconnects (or, with
 /// `keep_listening`, forever) or a termination signal arrives.
 pub fn run_vsock(config: &VsockConfig, signals: &TermSignals) -> Result<ExitReason> {
+    check_guest_cid(config.guest_cid)?;
     let mut listener = Listener::new(&config.socket, true).map_err(|source| Error::Listen {
         path: config.socket.clone(),
         source,
@@ -191,6 +192,16 @@ pub fn serve_vsock_frontend(
             vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
         )) => Ok(Outcome::FrontendDisconnected),
         Err(err) => Err(Error::Daemon(err.to_string())),
+    }
+}
+
+/// CIDs 0 to 2 are reserved (hypervisor, local, host); the socket API holds 32 bits and
+/// reserves `u32::MAX` for "any".
+fn check_guest_cid(cid: u64) -> Result<()> {
+    if (3..=0xffff_fffe).contains(&cid) {
+        Ok(())
+    } else {
+        Err(Error::InvalidGuestCid { cid })
     }
 }
 
