@@ -425,6 +425,11 @@ impl Connection {
                 self.rx_cnt += Wrapping(header.len);
                 // A full read suggests more is waiting; otherwise let epoll say when.
                 self.host_readable = n == room;
+                if self.host_readable && self.peer_credit() == 0 && !self.credit_requested {
+                    // More to send but the guest's buffer is full: ask where it stands.
+                    self.credit_requested = true;
+                    self.pending.credit_request = true;
+                }
                 self.write_header(buf, &header)
                     .then(|| HDR_SIZE as u32 + header.len)
             }
