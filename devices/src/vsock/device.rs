@@ -618,4 +618,80 @@ mod tests {
         assert!(!device.process_rx(&mut guest.rxq, &mem).expect("rx"));
         assert_eq!(guest.tx_used(), 0);
     }
+
+    fn descriptor() -> impl proptest::strategy::Strategy<Value = (u64, u32, u16, u16)> {
+        use proptest::prelude::*;
+        let addr = prop_oneof![
+            Just(0x10_0000u64),
+            0x10_0000u64..0x10_2000,
+            (MEM_SIZE - 64)..(MEM_SIZE + 64),
+            any::<u64>(),
+        ];
+        let len = prop_oneof![0u32..200, Just(HDR_SIZE as u32), any::<u32>()];
+        // NEXT, WRITE and INDIRECT in any combination, plus garbage bits.
+        let flags = prop_oneof![0u16..8, any::<u16>()];
+        let next = prop_oneof![0u16..12, any::<u16>()];
+        (addr, len, flags, next)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever the guest writes into its descriptor tables and packet bytes, the device
+        /// neither panics nor loses track of its queues.
+        #[test]
+        fn arbitrary_descriptor_tables_and_headers_never_panic(
+            tx in proptest::collection::vec(descriptor(), 1..10),
+            rx in proptest::collection::vec(descriptor(), 1..10),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let dir = TestDir::new("fuzz");
+            let mem = test_memory();
+            let mut guest = MockGuest::new(&mem);
+            let mut device = test_device(&dir);
+            guest.place(&bytes);
+            guest.tx_raw(&tx);
+            guest.rx_raw(&rx);
+            let _ = device.process_tx(&mut guest.txq, &mem);
+            let _ = device.process_rx(&mut guest.rxq, &mem);
+            // The device still answers a well-formed request afterwards.
+            guest.send(&guest_packet(Op::Request, 1, 7005), &[]);
+            let _ = device.process_tx(&mut guest.txq, &mem);
+            proptest::prop_assert!(device.muxer().connection_count() <= 1);
+        }
+
+        /// Arbitrary packets on a live connection (any op, flags, credit fields, lengths that
+        /// match their payload) never panic, and the connection table stays bounded.
+        #[test]
+        fn arbitrary_packets_on_a_live_connection_never_panic(
+            packets in proptest::collection::vec(
+                (0u16..10, 0u32..8, proptest::prelude::any::<u32>(), proptest::prelude::any::<u32>(), 0usize..300, proptest::prelude::any::<bool>()),
+                1..24,
+            ),
+        ) {
+            let dir = TestDir::new("fuzzconn");
+            let mem = test_memory();
+            let mut guest = MockGuest::new(&mem);
+            let mut device = test_device(&dir);
+            let (mut host, local_port) = host_connect(&dir, &mut device, &mut guest, 77);
+            host.set_nonblocking(true).expect("nonblocking");
+            for (op, flags, buf_alloc, fwd_cnt, len, to_conn) in packets {
+                let mut raw = guest_packet(Op::Rw, 77, if to_conn { local_port } else { 77 }).to_bytes();
+                raw[30..32].copy_from_slice(&op.to_le_bytes());
+                let mut header = Header::parse(&raw);
+                header.flags = flags;
+                header.buf_alloc = buf_alloc;
+                header.fwd_cnt = fwd_cnt;
+                header.len = u32::try_from(len).expect("small");
+                guest.send(&header, &vec![0x5a; len]);
+                let _ = device.process_tx(&mut guest.txq, &mem);
+                let _ = host.write(b"host data");
+                let mut sink = [0u8; 1024];
+                let _ = host.read(&mut sink);
+                device.muxer().process_host_events();
+                let _ = guest.receive(&mut device);
+            }
+            proptest::prop_assert!(device.muxer().connection_count() <= 1);
+        }
+    }
 }

@@ -331,3 +331,39 @@ impl<'a> RxBuffer<'a> {
             .min(MAX_PKT_DATA)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any 44 bytes decode to typed values and encode back to the same bytes: unknown
+        /// operations and socket types are kept, not rejected or altered.
+        #[test]
+        fn header_decoding_is_total_and_lossless(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), HDR_SIZE)) {
+            let mut bytes = [0u8; HDR_SIZE];
+            bytes.copy_from_slice(&raw);
+            proptest::prop_assert_eq!(Header::parse(&bytes).to_bytes(), bytes);
+        }
+    }
+
+    #[test]
+    fn header_fields_sit_where_the_virtio_spec_puts_them() {
+        let mut header = Header::control((3, 1024), (2, 5000), Op::Shutdown);
+        header.len = 0x11;
+        header.flags = SHUTDOWN_SEND;
+        header.buf_alloc = 0x2233;
+        header.fwd_cnt = 0x4455;
+        let bytes = header.to_bytes();
+        assert_eq!(bytes[0..8], 3u64.to_le_bytes());
+        assert_eq!(bytes[8..16], 2u64.to_le_bytes());
+        assert_eq!(bytes[16..20], 1024u32.to_le_bytes());
+        assert_eq!(bytes[20..24], 5000u32.to_le_bytes());
+        assert_eq!(bytes[24..28], 0x11u32.to_le_bytes());
+        assert_eq!(bytes[28..30], 1u16.to_le_bytes(), "type STREAM");
+        assert_eq!(bytes[30..32], 4u16.to_le_bytes(), "op SHUTDOWN");
+        assert_eq!(bytes[32..36], 2u32.to_le_bytes());
+        assert_eq!(bytes[36..40], 0x2233u32.to_le_bytes());
+        assert_eq!(bytes[40..44], 0x4455u32.to_le_bytes());
+    }
+}
