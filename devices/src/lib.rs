@@ -1,9 +1,9 @@
 //! Standalone vhost-user device backends, each its own process: `hull-vsock` today,
 //! `hull-blk` and `hull-net` later, and what they share.
 //!
-//! - [`chain`]: validating guest descriptor chains before a device acts on them.
-//! - [`vsock`]: the virtio-vsock device with a hybrid-vsock host side.
-//! - [`serve`]: serving vhost-user frontends on a socket, until a signal or disconnect.
+//! - [`chain`], validating guest descriptor chains before a device acts on them.
+//! - [`vsock`], the virtio-vsock device with a hybrid-vsock host side.
+//! - [`serve`], serving vhost-user frontends on a socket, until a signal or disconnect.
 
 #![warn(clippy::cast_possible_truncation)]
 

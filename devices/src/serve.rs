@@ -235,3 +235,175 @@ fn wait_readable(fd: std::os::fd::RawFd, stop: BorrowedFd<'_>) -> Result<bool> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::time::Duration;
+
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+    use super::*;
+    use crate::vsock::packet::Op;
+    use crate::vsock::test_utils::{
+        guest_packet, shared_test_memory, MockGuest, TestDir, GUEST_CID,
+    };
+
+    fn wait_for(fd: &EventFd) -> bool {
+        // SAFETY: `fd` is borrowed from an EventFd that outlives this call.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+        let mut fds = [PollFd::new(borrowed, PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::from(10_000u16)), Ok(n) if n > 0) && fd.read().is_ok()
+    }
+
+    /// A backend thread serving one frontend on `<dir>/vu.sock`; returns its outcome.
+    fn spawn_backend(
+        dir: &TestDir,
+        stop: &Arc<UnixStream>,
+    ) -> (std::thread::JoinHandle<Result<Outcome>>, VsockConfig) {
+        let config = VsockConfig {
+            socket: dir.path().join("vu.sock"),
+            uds: dir.path().join("v.sock"),
+            guest_cid: GUEST_CID,
+            keep_listening: false,
+        };
+        let mut listener = Listener::new(&config.socket, true).expect("listener");
+        let thread_config = config.clone();
+        let stop = Arc::clone(stop);
+        let thread = std::thread::spawn(move || {
+            serve_vsock_frontend(&mut listener, &thread_config, stop.as_fd())
+        });
+        (thread, config)
+    }
+
+    /// The vhost-user protocol end to end, in process: a `vhost` crate frontend negotiates,
+    /// reads the config space, shares memory and rings, and a guest request travels through
+    /// the backend's worker thread to a host listener and back as a RESPONSE.
+    #[test]
+    fn vhost_user_frontend_negotiates_and_drives_the_queues_until_it_disconnects() {
+        let dir = TestDir::new("frontend");
+        let (_stop_tx, stop) = UnixStream::pair().expect("socketpair");
+        let stop = Arc::new(stop);
+        let (backend, config) = spawn_backend(&dir, &stop);
+
+        let mut frontend = Frontend::connect(&config.socket, 3).expect("frontend connects");
+        frontend.set_owner().expect("owner");
+        let features = frontend.get_features().expect("features");
+        assert_ne!(
+            features & (1 << VIRTIO_F_VERSION_1_BIT),
+            0,
+            "a modern device"
+        );
+        // Without EVENT_IDX every used buffer is signalled, which keeps this test simple.
+        frontend
+            .set_features(features & !(1 << 29))
+            .expect("set features");
+        let protocol = frontend.get_protocol_features().expect("protocol features");
+        frontend
+            .set_protocol_features(protocol)
+            .expect("set protocol features");
+        let (_, cid) = frontend
+            .get_config(0, 8, VhostUserConfigFlags::empty(), &[0; 8])
+            .expect("config");
+        assert_eq!(
+            cid,
+            GUEST_CID.to_le_bytes(),
+            "the config space holds the guest CID"
+        );
+
+        let (mem, file) = shared_test_memory();
+        let host_base = mem.get_host_address(GuestAddress(0)).expect("mapped") as u64;
+        let region = mem.find_region(GuestAddress(0)).expect("region");
+        let region = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
+        let _keep_open = file;
+        frontend.set_mem_table(&[region]).expect("mem table");
+
+        let mut guest = MockGuest::new(&mem);
+        let kicks: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+            .collect();
+        let calls: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+            .collect();
+        for (index, rx) in [(0, true), (1, false)] {
+            let (desc, avail, used) = guest.ring_addrs(rx);
+            frontend.set_vring_num(index, 256).expect("vring num");
+            let ring = VringConfigData {
+                queue_max_size: 256,
+                queue_size: 256,
+                flags: 0,
+                desc_table_addr: host_base + desc,
+                used_ring_addr: host_base + used,
+                avail_ring_addr: host_base + avail,
+                log_addr: None,
+            };
+            frontend.set_vring_addr(index, &ring).expect("vring addr");
+            frontend.set_vring_base(index, 0).expect("vring base");
+            frontend.set_vring_call(index, &calls[index]).expect("call");
+            frontend.set_vring_kick(index, &kicks[index]).expect("kick");
+            frontend.set_vring_enable(index, true).expect("enable");
+        }
+
+        let listener = UnixListener::bind(dir.path().join("v.sock_6000")).expect("host listener");
+        guest.offer_rx(4, 4096);
+        guest.send(&guest_packet(Op::Request, 3000, 6000), &[]);
+        kicks[1].write(1).expect("kick tx");
+        assert!(wait_for(&calls[0]), "the backend signals the rx queue");
+        let packets: Vec<_> = guest
+            .rx_used()
+            .into_iter()
+            .filter_map(|(_, _, p)| p)
+            .collect();
+        assert_eq!(packets.len(), 1);
+        assert_eq!(packets[0].0.op, Op::Response);
+        listener.set_nonblocking(true).expect("nonblocking");
+        assert!(
+            listener.accept().is_ok(),
+            "the host listener has the guest's connection"
+        );
+
+        drop(frontend);
+        let outcome = backend.join().expect("backend thread").expect("serving");
+        assert_eq!(outcome, Outcome::FrontendDisconnected);
+        assert!(
+            !config.uds.exists(),
+            "the hybrid socket is removed with the device"
+        );
+    }
+
+    #[test]
+    fn stop_request_ends_serving_while_a_frontend_is_connected() {
+        let dir = TestDir::new("stop");
+        let (stop_tx, stop) = UnixStream::pair().expect("socketpair");
+        let stop = Arc::new(stop);
+        let (backend, config) = spawn_backend(&dir, &stop);
+        let frontend = Frontend::connect(&config.socket, 3).expect("frontend connects");
+        frontend.set_owner().expect("owner");
+        (&stop_tx).write_all(b"x").expect("stop");
+        let outcome = backend.join().expect("backend thread").expect("serving");
+        assert_eq!(outcome, Outcome::Stopped);
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            frontend.get_features().is_err(),
+            "the backend closed the connection"
+        );
+    }
+
+    #[test]
+    fn stop_request_ends_the_wait_for_a_frontend() {
+        let dir = TestDir::new("stopwait");
+        let (stop_tx, stop) = UnixStream::pair().expect("socketpair");
+        let stop = Arc::new(stop);
+        let (backend, _config) = spawn_backend(&dir, &stop);
+        (&stop_tx).write_all(b"x").expect("stop");
+        let outcome = backend.join().expect("backend thread").expect("serving");
+        assert_eq!(outcome, Outcome::Stopped);
+    }
+
+    const VIRTIO_F_VERSION_1_BIT: u64 = 32;
+}

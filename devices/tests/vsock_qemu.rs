@@ -1,7 +1,7 @@
 //! hull-vsock as users run it: the real binary, a real vhost-user frontend (QEMU TCG with a
 //! Linux guest), and host programs on the hybrid-vsock socket.
 //!
-//! The guest is `tests/vsock_guest/main.rs`, compiled here with one `rustc` call into a static
+//! The guest is `tests/guest/vsock_echo.rs`, compiled here with one `rustc` call into a static
 //! binary (or taken from `HULL_VSOCK_GUEST`) and packed as `/init` of a test initrd by
 //! `agent/image/build-initrd.sh`; the kernel is the hull guest kernel (`make image`).
 
@@ -110,7 +110,7 @@ fn guest_binary(dir: &Path) -> PathBuf {
     if let Some(path) = std::env::var_os("HULL_VSOCK_GUEST") {
         return PathBuf::from(path);
     }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vsock_guest/main.rs");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock_echo.rs");
     let out = dir.join("vsock-echo-guest");
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let output = Command::new(rustc)

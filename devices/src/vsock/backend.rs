@@ -29,7 +29,8 @@ use crate::Result;
 
 /// Event id of the muxer's epoll descriptor in the worker's loop (ids up to the number of
 /// queues are the library's).
-pub const BACKEND_EVENT: u16 = NUM_QUEUES as u16 + 1;
+pub const BACKEND_EVENT: u16 = 4;
+const _: () = assert!(BACKEND_EVENT as usize == NUM_QUEUES + 1);
 
 /// Largest queue the device accepts, in descriptors.
 const MAX_QUEUE_SIZE: usize = 1024;

@@ -19,7 +19,9 @@ use std::os::unix::net::UnixStream;
 
 use virtio_queue::Reader;
 
-use super::packet::{Header, Op, RxBuffer, HDR_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND};
+use super::packet::{
+    Header, Op, RxBuffer, HDR_LEN, HDR_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND,
+};
 
 /// Receive buffer this device advertises to the guest for each connection, in bytes: the most
 /// guest data waiting for a slow host stream.
@@ -229,7 +231,7 @@ impl Connection {
                 }
             }
             (State::Established, Op::Rw) if !self.peer_shut_send => {
-                self.from_guest(payload, scratch)
+                self.forward_to_host(payload, scratch)
             }
             (State::Established, Op::CreditUpdate) => GuestEffect::Handled,
             (State::Established, Op::CreditRequest) => {
@@ -256,7 +258,7 @@ impl Connection {
 
     /// Guest data for the host stream: written at once where the stream takes it, buffered
     /// otherwise.
-    fn from_guest(&mut self, payload: &mut Reader<'_>, scratch: &mut [u8]) -> GuestEffect {
+    fn forward_to_host(&mut self, payload: &mut Reader<'_>, scratch: &mut [u8]) -> GuestEffect {
         let len = payload.available_bytes().min(scratch.len());
         let Some(buf) = scratch.get_mut(..len) else {
             return self.reset();
@@ -386,7 +388,7 @@ impl Connection {
         if op == Op::Shutdown {
             header.flags = std::mem::take(&mut self.pending.shutdown);
         }
-        self.write_header(buf, &header).then_some(HDR_SIZE as u32)
+        self.write_header(buf, &header).then_some(HDR_LEN)
     }
 
     fn data_to_guest(&mut self, buf: &mut RxBuffer<'_>, scratch: &mut [u8]) -> Option<u32> {
@@ -410,11 +412,11 @@ impl Connection {
                 if self.peer_shut_send {
                     self.state = State::Killed;
                     let header = self.header(Op::Rst);
-                    return self.write_header(buf, &header).then_some(HDR_SIZE as u32);
+                    return self.write_header(buf, &header).then_some(HDR_LEN);
                 }
                 let mut header = self.header(Op::Shutdown);
                 header.flags = SHUTDOWN_SEND;
-                self.write_header(buf, &header).then_some(HDR_SIZE as u32)
+                self.write_header(buf, &header).then_some(HDR_LEN)
             }
             Ok(n) => {
                 let data = chunk.get(..n)?;
@@ -431,7 +433,7 @@ impl Connection {
                     self.pending.credit_request = true;
                 }
                 self.write_header(buf, &header)
-                    .then(|| HDR_SIZE as u32 + header.len)
+                    .then(|| HDR_LEN + header.len)
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 self.host_readable = false;
@@ -441,7 +443,7 @@ impl Connection {
                 self.reset();
                 self.pending = Pending::default();
                 let header = self.header(Op::Rst);
-                self.write_header(buf, &header).then_some(HDR_SIZE as u32)
+                self.write_header(buf, &header).then_some(HDR_LEN)
             }
         }
     }

@@ -132,6 +132,8 @@ impl VsockDevice {
 }
 
 #[cfg(test)]
+// Test values (descriptor flags, header sizes, small lengths) all fit their targets.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};

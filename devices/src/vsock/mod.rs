@@ -1,12 +1,12 @@
 //! The virtio-vsock device with a hybrid-vsock host side, split the way Firecracker splits
 //! its vsock device:
 //!
-//! - [`packet`]: the packet header, typed, and parsing a packet out of a descriptor chain.
-//! - [`connection`]: one connection's state machine and credit-based flow control.
-//! - [`muxer`]: the host side: the hybrid unix socket, host streams, rx scheduling.
-//! - [`device`]: moving packets between the virtqueues and the muxer.
-//! - [`backend`]: the vhost-user backend around the device.
-//! - [`metrics`]: counters.
+//! - [`packet`], the packet header, typed, and parsing a packet out of a descriptor chain.
+//! - [`connection`], one connection's state machine and credit-based flow control.
+//! - [`muxer`], the host side: the hybrid unix socket, host streams, rx scheduling.
+//! - [`device`], moving packets between the virtqueues and the muxer.
+//! - [`backend`], the vhost-user backend around the device.
+//! - [`metrics`], counters.
 
 pub mod backend;
 pub mod connection;

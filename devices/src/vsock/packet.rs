@@ -19,7 +19,10 @@ use crate::chain::{self, ChainError, Direction};
 pub type Mem = GuestMemoryMmap<()>;
 
 /// Size of the packet header in bytes.
-pub const HDR_SIZE: usize = 44;
+pub const HDR_LEN: u32 = 44;
+
+/// [`HDR_LEN`] as a buffer size.
+pub const HDR_SIZE: usize = HDR_LEN as usize;
 
 /// Largest payload of one packet, in bytes (Linux's `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`). Longer
 /// packets from the guest are dropped; packets to the guest are cut to this size.

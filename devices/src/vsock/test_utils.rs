@@ -2,6 +2,9 @@
 //! guest that drives the device through `virtio-queue`'s mock split queues, the way Firecracker
 //! tests devices without a VM.
 
+// Test values (descriptor flags, header sizes, small lengths) all fit their targets.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -60,6 +63,9 @@ pub struct MockGuest<'a> {
     rx_bufs: std::collections::HashMap<u16, u64>,
 }
 
+/// An rx buffer the device returned: head index, length written, and the packet in it.
+pub type RxUsed = (u32, u32, Option<(Header, Vec<u8>)>);
+
 /// The guest's context id in device tests.
 pub const GUEST_CID: u64 = 3;
 
@@ -73,6 +79,22 @@ const BUF_START: u64 = 0x10_0000;
 pub fn test_memory() -> Mem {
     Mem::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).expect("fits"))])
         .expect("test memory")
+}
+
+/// Guest memory backed by a memfd, shareable with a vhost-user backend.
+pub fn shared_test_memory() -> (Mem, std::fs::File) {
+    let fd = nix::sys::memfd::memfd_create(
+        c"hull-test-guest",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .expect("memfd");
+    let file = std::fs::File::from(fd);
+    file.set_len(MEM_SIZE).expect("sizing the memfd");
+    let offset = vm_memory::FileOffset::new(file.try_clone().expect("dup"), 0);
+    let size = usize::try_from(MEM_SIZE).expect("fits");
+    let mem = Mem::from_ranges_with_files(&[(GuestAddress(0), size, Some(offset))])
+        .expect("shared memory");
+    (mem, file)
 }
 
 impl<'a> MockGuest<'a> {
@@ -95,6 +117,12 @@ impl<'a> MockGuest<'a> {
             tx_used_seen: 0,
             rx_bufs: std::collections::HashMap::new(),
         }
+    }
+
+    /// Guest addresses of a queue's descriptor table, avail ring and used ring.
+    pub fn ring_addrs(&self, rx: bool) -> (u64, u64, u64) {
+        let q = if rx { &self.rx } else { &self.tx };
+        (q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
     }
 
     fn alloc(&mut self, len: u64) -> u64 {
@@ -210,7 +238,7 @@ impl<'a> MockGuest<'a> {
 
     /// Rx buffers the device returned since the last call, as (head, length, packet); the
     /// packet is `None` when the buffer came back empty.
-    pub fn rx_used(&mut self) -> Vec<(u32, u32, Option<(Header, Vec<u8>)>)> {
+    pub fn rx_used(&mut self) -> Vec<RxUsed> {
         let (idx, entries) = self.used(&self.rx, self.rx_used_seen);
         self.rx_used_seen = idx;
         entries

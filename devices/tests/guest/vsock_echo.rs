@@ -7,7 +7,8 @@
 //!    on `<uds>_5001`).
 //! 3. Prints `vsock-echo-guest: PASS` or `vsock-echo-guest: FAIL <why>` and stops the VM.
 //!
-//! It depends on nothing but std, so the test compiles it with a single `rustc` call
+//! It lives outside cargo's test discovery (not `tests/*.rs`, not `tests/*/main.rs`): it is a
+//! guest program, not a host test. It depends on nothing but std, so the test compiles it with a single `rustc` call
 //! (`-C target-feature=+crt-static`: the initrd has no shared libraries) instead of a cargo
 //! build; the few libc calls it needs are declared in [`sys`].
 
@@ -137,6 +138,10 @@ fn check(rc: i32, what: &str) -> Result<(), String> {
 /// Ends the VM: with `reboot=t` a restart is a triple fault, which QEMU under `-no-reboot`
 /// treats as the end.
 fn stop_vm() {
+    if std::process::id() != 1 {
+        // Run by mistake outside a test VM: never restart a real machine.
+        std::process::exit(2);
+    }
     // SAFETY: we are PID 1 of a throwaway test VM; restarting it is the point.
     unsafe {
         libc::sync();
