@@ -1,5 +1,5 @@
-//! hull-vsock as users run it: the real binary, a real vhost-user frontend (QEMU TCG with a
-//! Linux guest), and host programs on the hybrid-vsock socket.
+//! hull-vsock as users run it: the real binary, real vhost-user frontends (the `vhost` crate's,
+//! and QEMU TCG with a Linux guest), and host programs on the hybrid-vsock socket.
 //!
 //! The guest is `tests/guest/vsock_echo.rs`, compiled here with one `rustc` call into a static
 //! binary (or taken from `HULL_VSOCK_GUEST`) and packed as `/init` of a test initrd by
@@ -67,6 +67,14 @@ impl Drop for Reaped {
 }
 
 fn start_backend(dir: &Path, guest_cid: u64) -> (Reaped, PathBuf, PathBuf, PathBuf) {
+    start_backend_with(dir, guest_cid, &[])
+}
+
+fn start_backend_with(
+    dir: &Path,
+    guest_cid: u64,
+    extra: &[&str],
+) -> (Reaped, PathBuf, PathBuf, PathBuf) {
     let socket = dir.join("vhost-user.sock");
     let uds = dir.join("vsock.sock");
     let log = dir.join("hull-vsock.log");
@@ -77,6 +85,7 @@ fn start_backend(dir: &Path, guest_cid: u64) -> (Reaped, PathBuf, PathBuf, PathB
         .arg(&uds)
         .arg("--guest-cid")
         .arg(guest_cid.to_string())
+        .args(extra)
         .env("HULL_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -356,4 +365,62 @@ fn reserved_guest_cid_is_refused_with_a_message_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("guest CID 2 is invalid"), "{stderr}");
+}
+
+fn terminate(backend: &mut Reaped, log: &Path) {
+    let pid = i32::try_from(backend.0.id()).expect("pid fits");
+    // SAFETY: sending SIGTERM to a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = backend
+        .wait_bounded(STARTUP_BOUND)
+        .expect("hull-vsock exits on SIGTERM");
+    let log_text = read(log);
+    assert!(status.success(), "exit status {status}; log:\n{log_text}");
+    assert!(
+        log_text.contains("received SIGTERM"),
+        "exit message; log:\n{log_text}"
+    );
+}
+
+/// A vhost-user frontend that negotiates a little and goes away.
+fn brief_frontend(socket: &Path) {
+    use vhost::vhost_user::Frontend;
+    use vhost::VhostBackend;
+    let frontend = Frontend::connect(socket, 3).expect("frontend connects");
+    frontend.set_owner().expect("owner");
+    let features = frontend.get_features().expect("the backend answers");
+    assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1 offered");
+}
+
+#[test]
+fn frontend_disconnect_ends_hull_vsock_with_status_0_and_says_why() {
+    let dir = TempDir::new("disconnect");
+    let (mut backend, socket, uds, log) = start_backend(&dir.0, 3);
+    brief_frontend(&socket);
+    let status = backend
+        .wait_bounded(STARTUP_BOUND)
+        .expect("hull-vsock exits after the frontend left");
+    let log_text = read(&log);
+    assert!(status.success(), "exit status {status}; log:\n{log_text}");
+    assert!(
+        log_text.contains("frontend disconnected"),
+        "exit message; log:\n{log_text}"
+    );
+    assert!(!socket.exists() && !uds.exists(), "sockets removed");
+}
+
+#[test]
+fn keep_listening_serves_the_next_frontend_until_sigterm() {
+    let dir = TempDir::new("keep");
+    let (mut backend, socket, _uds, log) = start_backend_with(&dir.0, 3, &["--keep-listening"]);
+    for _ in 0..3 {
+        brief_frontend(&socket);
+    }
+    assert!(
+        backend.0.try_wait().expect("try_wait").is_none(),
+        "still serving: {}",
+        read(&log)
+    );
+    terminate(&mut backend, &log);
+    assert!(!socket.exists(), "vhost-user socket removed");
 }
