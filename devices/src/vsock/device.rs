@@ -139,7 +139,9 @@ mod tests {
     use std::os::unix::net::{UnixListener, UnixStream};
     use std::time::Duration;
 
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
 
     use super::*;
     use crate::vsock::connection::CONN_BUF_ALLOC;
@@ -434,6 +436,66 @@ mod tests {
         assert!(rest.is_empty());
         assert_eq!(device.counters().host_connects_rejected, 1);
         assert!(guest.receive(&mut device).is_empty());
+    }
+
+    #[test]
+    fn guest_ignoring_credit_is_reset_and_buffering_stays_capped() {
+        let dir = TestDir::new("overrun");
+        let mem = test_memory();
+        let mut guest = MockGuest::new(&mem);
+        let mut device = test_device(&dir);
+        // The host never reads: once its socket buffer is full, guest data is buffered, up
+        // to the credit we gave; a guest that sends more is reset.
+        let (_host, local_port) = host_connect(&dir, &mut device, &mut guest, 5);
+        let chunk = vec![0x42u8; MAX_PKT_DATA];
+        let mut rw = guest_packet(Op::Rw, 5, local_port);
+        rw.len = MAX_PKT_DATA as u32;
+        let mut reset = false;
+        for _ in 0..64 {
+            guest.send(&rw, &chunk);
+            guest.kick_tx(&mut device);
+            if guest
+                .receive(&mut device)
+                .iter()
+                .any(|(h, _)| h.op == Op::Rst)
+            {
+                reset = true;
+                break;
+            }
+        }
+        assert!(
+            reset,
+            "4 MiB into a host that never reads must overrun a 256 KiB credit"
+        );
+        assert_eq!(device.muxer().connection_count(), 0);
+    }
+
+    #[test]
+    fn tx_packet_in_an_indirect_table_is_accepted() {
+        let dir = TestDir::new("indirect");
+        let mem = test_memory();
+        let mut guest = MockGuest::new(&mem);
+        let mut device = test_device(&dir);
+        let _listener = UnixListener::bind(dir.path().join("v.sock_7006")).expect("host listener");
+        let hdr = guest.place(&guest_packet(Op::Request, 9, 7006).to_bytes());
+        let mut table = Vec::new();
+        for (addr, len, flags, next) in [(hdr, 20u32, NEXT, 1u16), (hdr + 20, 24, 0, 0)] {
+            table.extend_from_slice(&addr.to_le_bytes());
+            table.extend_from_slice(&len.to_le_bytes());
+            table.extend_from_slice(&flags.to_le_bytes());
+            table.extend_from_slice(&next.to_le_bytes());
+        }
+        let table_addr = guest.place(&table);
+        let indirect = VRING_DESC_F_INDIRECT as u16;
+        guest.tx_raw(&[(table_addr, 32, indirect, 0)]);
+        guest.kick_tx(&mut device);
+        assert_eq!(device.counters().tx_malformed, 0);
+        let packets = guest.receive(&mut device);
+        assert_eq!(
+            packets.iter().map(|(h, _)| h.op).collect::<Vec<_>>(),
+            [Op::Response],
+            "a header split across an indirect table"
+        );
     }
 
     /// Runs `descs` through the tx queue and checks the chain was returned, counted as
