@@ -364,8 +364,8 @@ impl Connection {
     }
 
     /// Fills `buf` with the next packet for the guest, if any; returns the bytes written
-    /// (header and payload).
-    pub fn to_guest(&mut self, buf: &mut RxBuffer<'_>, scratch: &mut [u8]) -> Option<u32> {
+    /// (header and payload) and the packet's operation.
+    pub fn to_guest(&mut self, buf: &mut RxBuffer<'_>, scratch: &mut [u8]) -> Option<(u32, Op)> {
         let op = if self.pending.rst {
             self.pending = Pending::default();
             Op::Rst
@@ -388,10 +388,10 @@ impl Connection {
         if op == Op::Shutdown {
             header.flags = std::mem::take(&mut self.pending.shutdown);
         }
-        self.write_header(buf, &header).then_some(HDR_LEN)
+        self.write_header(buf, &header).then_some((HDR_LEN, op))
     }
 
-    fn data_to_guest(&mut self, buf: &mut RxBuffer<'_>, scratch: &mut [u8]) -> Option<u32> {
+    fn data_to_guest(&mut self, buf: &mut RxBuffer<'_>, scratch: &mut [u8]) -> Option<(u32, Op)> {
         let room = buf
             .payload_room()
             .min(self.peer_credit() as usize)
@@ -412,11 +412,14 @@ impl Connection {
                 if self.peer_shut_send {
                     self.state = State::Killed;
                     let header = self.header(Op::Rst);
-                    return self.write_header(buf, &header).then_some(HDR_LEN);
+                    return self
+                        .write_header(buf, &header)
+                        .then_some((HDR_LEN, Op::Rst));
                 }
                 let mut header = self.header(Op::Shutdown);
                 header.flags = SHUTDOWN_SEND;
-                self.write_header(buf, &header).then_some(HDR_LEN)
+                self.write_header(buf, &header)
+                    .then_some((HDR_LEN, Op::Shutdown))
             }
             Ok(n) => {
                 let data = chunk.get(..n)?;
@@ -433,7 +436,7 @@ impl Connection {
                     self.pending.credit_request = true;
                 }
                 self.write_header(buf, &header)
-                    .then(|| HDR_LEN + header.len)
+                    .then(|| (HDR_LEN + header.len, Op::Rw))
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 self.host_readable = false;
@@ -443,7 +446,8 @@ impl Connection {
                 self.reset();
                 self.pending = Pending::default();
                 let header = self.header(Op::Rst);
-                self.write_header(buf, &header).then_some(HDR_LEN)
+                self.write_header(buf, &header)
+                    .then_some((HDR_LEN, Op::Rst))
             }
         }
     }

@@ -25,7 +25,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{ConnKey, Connection, GuestEffect, Interest};
 use super::metrics::Counters;
-use super::packet::{Header, Op, RxBuffer, SocketType, HDR_SIZE, HOST_CID};
+use super::packet::{Header, Op, RxBuffer, SocketType, HDR_LEN, HOST_CID};
 use crate::{Error, Result};
 
 /// Most connections at once; more are refused with a reset (guest) or a closed stream (host).
@@ -204,7 +204,7 @@ impl Muxer {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", key.local_port));
-        let stream = UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s));
+        let stream = connect_nonblocking(Path::new(&path));
         match stream {
             Ok(stream) => {
                 debug!(?key, path = ?path, "guest connected to host listener");
@@ -286,7 +286,7 @@ impl Muxer {
             if buf.writer.write_all(&header.to_bytes()).is_ok() {
                 self.counters.rst_sent += 1;
                 self.counters.rx_packets += 1;
-                return u32::try_from(HDR_SIZE).ok();
+                return Some(HDR_LEN);
             }
             return None;
         }
@@ -295,14 +295,14 @@ impl Muxer {
                 continue;
             };
             let written = conn.to_guest(buf, scratch);
-            if let Some(len) = written {
-                self.counters.rx_packets += 1;
-                let payload = len.saturating_sub(u32::try_from(HDR_SIZE).unwrap_or(0));
-                self.counters.rx_bytes += u64::from(payload);
-            }
             self.refresh(key);
-            if written.is_some() {
-                return written;
+            if let Some((len, op)) = written {
+                self.counters.rx_packets += 1;
+                self.counters.rx_bytes += u64::from(len.saturating_sub(HDR_LEN));
+                if op == Op::Rst {
+                    self.counters.rst_sent += 1;
+                }
+                return Some(len);
             }
         }
         None
@@ -450,6 +450,17 @@ impl Drop for Muxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
     }
+}
+
+/// Connects to a host listener without ever blocking the worker thread: a listener whose
+/// backlog is full answers `EAGAIN`, which refuses the guest's connection like a missing one.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+    let addr = UnixAddr::new(path)?;
+    connect(fd.as_raw_fd(), &addr)?;
+    Ok(UnixStream::from(fd))
 }
 
 /// Parses `CONNECT <port>` (the newline already stripped).
