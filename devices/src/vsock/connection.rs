@@ -16,6 +16,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use virtio_queue::Reader;
 
@@ -113,14 +114,25 @@ pub struct Connection {
     peer_shut_send: bool,
     peer_shut_rcv: bool,
     host_write_shut: bool,
+    /// How long the guest has to answer our REQUEST.
+    connect_timeout: Duration,
+    /// When the guest's RESPONSE is overdue (set once the REQUEST is delivered).
+    connect_deadline: Option<Instant>,
 }
 
 impl Connection {
     /// A connection the host asked for with `CONNECT <peer_port>`: a REQUEST to the guest is
     /// queued. `stream` must be non-blocking.
-    pub fn host_initiated(stream: UnixStream, key: ConnKey, guest_cid: u64) -> Self {
+    /// The guest must answer within `connect_timeout` of receiving the REQUEST.
+    pub fn host_initiated(
+        stream: UnixStream,
+        key: ConnKey,
+        guest_cid: u64,
+        connect_timeout: Duration,
+    ) -> Self {
         let mut conn = Self::new(stream, key, guest_cid, State::LocalInit);
         conn.pending.request = true;
+        conn.connect_timeout = connect_timeout;
         conn
     }
 
@@ -157,7 +169,26 @@ impl Connection {
             peer_shut_send: false,
             peer_shut_rcv: false,
             host_write_shut: false,
+            connect_timeout: Duration::ZERO,
+            connect_deadline: None,
         }
+    }
+
+    /// Whether the connection waits for the guest to answer its REQUEST.
+    pub fn awaits_response(&self) -> bool {
+        self.state == State::LocalInit
+    }
+
+    /// Gives up on a REQUEST the guest has not answered by its deadline: the host stream is
+    /// closed at once (the host sees EOF instead of `OK`) and the guest gets a RST. Returns
+    /// whether it expired.
+    pub fn expire_if_due(&mut self, now: Instant) -> bool {
+        let due = self.state == State::LocalInit && self.connect_deadline.is_some_and(|d| d <= now);
+        if due {
+            let _ = self.stream.shutdown(Shutdown::Both);
+            self.reset();
+        }
+        due
     }
 
     /// The connection's address.
@@ -385,6 +416,9 @@ impl Connection {
             return None;
         };
         let mut header = self.header(op);
+        if op == Op::Request {
+            self.connect_deadline = Some(Instant::now() + self.connect_timeout);
+        }
         if op == Op::Shutdown {
             header.flags = std::mem::take(&mut self.pending.shutdown);
         }
@@ -480,7 +514,7 @@ mod tests {
             local_port: 1,
             peer_port: 2,
         };
-        let mut conn = Connection::host_initiated(a, key, 3);
+        let mut conn = Connection::host_initiated(a, key, 3, Duration::from_secs(1));
         conn.peer_buf_alloc = 100;
         conn.rx_cnt = Wrapping(u32::MAX - 10);
         conn.peer_fwd_cnt = Wrapping(u32::MAX - 40);

@@ -439,6 +439,50 @@ mod tests {
     }
 
     #[test]
+    fn unanswered_host_connect_closes_the_host_stream_and_resets_the_guest() {
+        let dir = TestDir::new("timeout");
+        let mem = test_memory();
+        let mut guest = MockGuest::new(&mem);
+        let mut device = test_device(&dir);
+        device
+            .muxer()
+            .set_connect_timeout(Duration::from_millis(20));
+        let mut host = UnixStream::connect(dir.path().join("v.sock")).expect("connect");
+        host.write_all(b"CONNECT 4242\n").expect("CONNECT");
+        pump_host(&mut device);
+        let packets = guest.receive(&mut device);
+        assert_eq!(
+            packets.iter().map(|(h, _)| h.op).collect::<Vec<_>>(),
+            [Op::Request]
+        );
+        // The guest never answers: after the deadline the host sees EOF, not OK.
+        host.set_nonblocking(true).expect("nonblocking");
+        let mut eof = false;
+        for _ in 0..2000 {
+            device.muxer().process_host_events();
+            let mut buf = [0u8; 16];
+            match host.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => panic!("unexpected {:?}", &buf[..n]),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        assert!(eof, "the host stream is closed once the request expired");
+        let packets = guest.receive(&mut device);
+        assert_eq!(
+            packets
+                .iter()
+                .map(|(h, _)| (h.op, h.dst_port))
+                .collect::<Vec<_>>(),
+            [(Op::Rst, 4242)]
+        );
+        assert_eq!(device.muxer().connection_count(), 0);
+    }
+
+    #[test]
     fn guest_ignoring_credit_is_reset_and_buffering_stays_capped() {
         let dir = TestDir::new("overrun");
         let mem = test_memory();

@@ -18,10 +18,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 use virtio_queue::Reader;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnKey, Connection, GuestEffect, Interest};
 use super::metrics::Counters;
@@ -41,12 +43,18 @@ const MAX_CONNECT_LINE: usize = 32;
 /// ours, the range below is for guest-initiated connections to well-known host ports.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
+/// How long the guest has to answer a host-initiated connection request (Firecracker's
+/// figure); the host then sees its stream closed instead of `OK`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Host streams polled per call of [`Muxer::process_host_events`].
 const EVENTS_PER_ROUND: usize = 64;
 
 /// What a host file descriptor in the epoll set is.
 enum Endpoint {
     Listener,
+    /// Ticks while connection requests wait for the guest.
+    Timer,
     /// A host stream that has not finished its `CONNECT` line.
     Handshake {
         stream: UnixStream,
@@ -70,6 +78,9 @@ pub struct Muxer {
     orphan_resets: VecDeque<Header>,
     next_local_port: u32,
     counters: Counters,
+    timer: TimerFd,
+    timer_armed: bool,
+    connect_timeout: Duration,
 }
 
 impl Muxer {
@@ -98,6 +109,7 @@ impl Muxer {
                 source,
             })?;
         let epoll = Epoll::new().map_err(Error::Epoll)?;
+        let timer = TimerFd::new().map_err(|e| Error::Epoll(e.into()))?;
         let mut muxer = Self {
             guest_cid,
             uds_path: uds_path.to_owned(),
@@ -110,13 +122,62 @@ impl Muxer {
             orphan_resets: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             counters: Counters::default(),
+            timer,
+            timer_armed: false,
+            connect_timeout: CONNECT_TIMEOUT,
         };
         let fd = muxer.listener.as_raw_fd();
         muxer
             .epoll_ctl(ControlOperation::Add, fd, EventSet::IN)
             .map_err(Error::Epoll)?;
         muxer.endpoints.insert(fd, Endpoint::Listener);
+        let fd = muxer.timer.as_raw_fd();
+        muxer
+            .epoll_ctl(ControlOperation::Add, fd, EventSet::IN)
+            .map_err(Error::Epoll)?;
+        muxer.endpoints.insert(fd, Endpoint::Timer);
         Ok(muxer)
+    }
+
+    /// Sets how long the guest has to answer a host-initiated request (default
+    /// [`CONNECT_TIMEOUT`]).
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.connect_timeout = timeout;
+    }
+
+    /// Resets connection requests the guest left unanswered past their deadline.
+    fn expire_requests(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<ConnKey> = self
+            .conns
+            .iter_mut()
+            .filter_map(|(key, conn)| conn.expire_if_due(now).then_some(*key))
+            .collect();
+        for key in expired {
+            info!(
+                ?key,
+                "the guest did not answer a host connection request in time"
+            );
+            self.refresh(key);
+        }
+        self.arm_timer();
+    }
+
+    /// Keeps the timer ticking exactly while some request waits for the guest.
+    fn arm_timer(&mut self) {
+        let waiting = self.conns.values().any(Connection::awaits_response);
+        let result = match (waiting, self.timer_armed) {
+            (true, false) => {
+                let tick = (self.connect_timeout / 2).max(Duration::from_millis(10));
+                self.timer.reset(tick, Some(tick))
+            }
+            (false, true) => self.timer.clear(),
+            _ => return,
+        };
+        match result {
+            Ok(()) => self.timer_armed = waiting,
+            Err(err) => warn!(%err, "cannot arm the connection request timer"),
+        }
     }
 
     /// The epoll descriptor that is readable when a host stream needs attention.
@@ -333,6 +394,10 @@ impl Muxer {
     fn host_event(&mut self, fd: RawFd, set: EventSet) {
         match self.endpoints.get_mut(&fd) {
             Some(Endpoint::Listener) => self.accept_host(),
+            Some(Endpoint::Timer) => {
+                let _ = self.timer.wait();
+                self.expire_requests();
+            }
             Some(Endpoint::Handshake { .. }) => self.read_connect_line(fd),
             Some(Endpoint::Connection(key)) => {
                 let key = *key;
@@ -431,7 +496,9 @@ impl Muxer {
         };
         debug!(?key, "host connects to guest port {port}");
         self.counters.conns_opened += 1;
-        self.add_connection(Connection::host_initiated(stream, key, self.guest_cid));
+        let conn = Connection::host_initiated(stream, key, self.guest_cid, self.connect_timeout);
+        self.add_connection(conn);
+        self.arm_timer();
     }
 
     fn allocate_local_port(&mut self) -> Option<u32> {
