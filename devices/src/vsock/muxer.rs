@@ -110,6 +110,12 @@ impl Muxer {
             })?;
         let epoll = Epoll::new().map_err(Error::Epoll)?;
         let timer = TimerFd::new().map_err(|e| Error::Epoll(e.into()))?;
+        // Non-blocking, so reading a tick that a re-arm already cleared cannot stall the loop.
+        nix::fcntl::fcntl(
+            timer.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| Error::Epoll(e.into()))?;
         let mut muxer = Self {
             guest_cid,
             uds_path: uds_path.to_owned(),
