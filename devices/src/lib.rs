@@ -1,4 +1,70 @@
-//! Standalone vhost-user device backends (`hull-blk`, `hull-net`, `hull-vsock`) and the
-//! io_uring vring worker they share.
+//! Standalone vhost-user device backends, each its own process: `hull-vsock` today,
+//! `hull-blk` and `hull-net` later, and what they share.
 //!
-//! Not built yet: see the devices issue.
+//! - [`chain`], validating guest descriptor chains before a device acts on them.
+//! - [`vsock`], the virtio-vsock device with a hybrid-vsock host side.
+//! - [`serve`], serving vhost-user frontends on a socket, until a signal or disconnect.
+
+#![warn(clippy::cast_possible_truncation)]
+
+use std::path::PathBuf;
+
+pub mod chain;
+pub mod serve;
+pub mod vsock;
+
+/// Errors of the device backends.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The hybrid-vsock socket path holds something that is not a socket.
+    #[error("{path} exists and is not a socket: remove it or choose another --uds path")]
+    UdsPathTaken {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Binding a unix socket failed.
+    #[error("cannot listen on {path}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting up epoll failed.
+    #[error("epoll")]
+    Epoll(#[source] std::io::Error),
+    /// A virtqueue's rings are not usable (outside guest memory).
+    #[error("virtqueue")]
+    Queue(#[source] virtio_queue::Error),
+    /// The guest context id is reserved or too large.
+    #[error("guest CID {cid} is invalid: use a value from 3 to 4294967294")]
+    InvalidGuestCid {
+        /// The CID given.
+        cid: u64,
+    },
+    /// Listening on the vhost-user socket failed.
+    #[error("cannot listen for vhost-user frontends on {path}")]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    /// The vhost-user daemon failed (its error type carries no source chain).
+    #[error("vhost-user daemon: {0}")]
+    Daemon(String),
+    /// Setting up signal handling or waiting failed.
+    #[error("{what}")]
+    Os {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result of the device backends.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,409 @@
+//! Serving vhost-user frontends on a socket: wait for a frontend (or a stop request), run the
+//! device for it until it disconnects (or a stop request), and say which happened.
+//!
+//! Termination signals are blocked and read from a signalfd, so a SIGTERM is an ordinary event
+//! here rather than an asynchronous handler: it ends the wait for a frontend, or shuts the
+//! frontend's connection down so the daemon returns, and the device is dropped normally (its
+//! unix socket removed, host streams closed).
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use tracing::info;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::vsock::backend::BACKEND_EVENT;
+use crate::vsock::{Muxer, VsockBackend, VsockDevice};
+use crate::{Error, Result};
+
+/// What `hull-vsock` serves, from its command line.
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    /// The vhost-user socket the frontend connects to.
+    pub socket: PathBuf,
+    /// The hybrid-vsock unix socket for host connections.
+    pub uds: PathBuf,
+    /// The guest's context id.
+    pub guest_cid: u64,
+    /// Serve the next frontend after one disconnects, instead of exiting.
+    pub keep_listening: bool,
+}
+
+/// Why serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The frontend disconnected (and `keep_listening` was off).
+    FrontendDisconnected,
+    /// A termination signal arrived.
+    Signal(Signal),
+}
+
+/// How serving one frontend ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The frontend closed its connection.
+    FrontendDisconnected,
+    /// The stop descriptor became readable.
+    Stopped,
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP for the process and reads them from a signalfd instead.
+/// Call before any thread starts, so that every thread inherits the mask.
+pub struct TermSignals {
+    fd: SignalFd,
+}
+
+impl TermSignals {
+    /// Blocks the signals and opens the signalfd.
+    pub fn block() -> Result<Self> {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGHUP);
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(
+            |e| Error::Os {
+                what: "blocking termination signals",
+                source: e.into(),
+            },
+        )?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| Error::Os {
+                what: "opening a signalfd",
+                source: e.into(),
+            })?;
+        Ok(Self { fd })
+    }
+
+    /// The descriptor that is readable once a signal is pending.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The pending signal (SIGTERM if it cannot be told).
+    pub fn read(&self) -> Signal {
+        match self.fd.read_signal() {
+            Ok(Some(info)) => i32::try_from(info.ssi_signo)
+                .ok()
+                .and_then(|n| Signal::try_from(n).ok())
+                .unwrap_or(Signal::SIGTERM),
+            _ => Signal::SIGTERM,
+        }
+    }
+}
+
+/// Serves vhost-user frontends on `config.socket` until one disconnects (or, with
+/// `keep_listening`, forever) or a termination signal arrives.
+pub fn run_vsock(config: &VsockConfig, signals: &TermSignals) -> Result<ExitReason> {
+    check_guest_cid(config.guest_cid)?;
+    let mut listener = Listener::new(&config.socket, true).map_err(|source| Error::Listen {
+        path: config.socket.clone(),
+        source,
+    })?;
+    info!(socket = %config.socket.display(), uds = %config.uds.display(), guest_cid = config.guest_cid,
+        "hull-vsock listening for a vhost-user frontend");
+    loop {
+        match serve_vsock_frontend(&mut listener, config, signals.fd())? {
+            Outcome::Stopped => return Ok(ExitReason::Signal(signals.read())),
+            Outcome::FrontendDisconnected if config.keep_listening => {
+                info!("frontend disconnected; waiting for the next one (--keep-listening)");
+            }
+            Outcome::FrontendDisconnected => return Ok(ExitReason::FrontendDisconnected),
+        }
+    }
+}
+
+/// Serves one frontend from `listener` with a fresh vsock device (its host socket bound at
+/// `config.uds` for as long as the frontend stays). Returns early when `stop` becomes readable.
+pub fn serve_vsock_frontend(
+    listener: &mut Listener,
+    config: &VsockConfig,
+    stop: BorrowedFd<'_>,
+) -> Result<Outcome> {
+    if !(3..=0xffff_fffe).contains(&config.guest_cid) {
+        return Err(Error::InvalidGuestCid {
+            cid: config.guest_cid,
+        });
+    }
+    let muxer = Muxer::new(&config.uds, config.guest_cid)?;
+    let mut backend = VsockBackend::new(VsockDevice::new(muxer), config.guest_cid);
+    let host_fd = backend.host_event_fd();
+    let backend = Arc::new(RwLock::new(backend));
+    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let mut daemon = VhostUserDaemon::new("hull-vsock".into(), Arc::clone(&backend), memory)
+        .map_err(|e| Error::Daemon(e.to_string()))?;
+    for handler in daemon.get_epoll_handlers() {
+        handler
+            .register_listener(host_fd, EventSet::IN, u64::from(BACKEND_EVENT))
+            .map_err(|source| Error::Os {
+                what: "polling the host side",
+                source,
+            })?;
+    }
+
+    if !wait_readable(listener.as_raw_fd(), stop)? {
+        return Ok(Outcome::Stopped);
+    }
+    daemon
+        .start(listener)
+        .map_err(|e| Error::Daemon(e.to_string()))?;
+    info!("vhost-user frontend connected");
+
+    let done = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Os {
+        what: "creating an eventfd",
+        source,
+    })?;
+    let stopped = AtomicBool::new(false);
+    let shutdown = daemon.shutdown_handle();
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Either the stop descriptor or `done` (the daemon returned) ends this wait.
+            if let Ok(false) = wait_readable(done.as_raw_fd(), stop) {
+                stopped.store(true, Ordering::Release);
+                if let Some(handle) = &shutdown {
+                    handle.shutdown();
+                }
+            }
+        });
+        let result = daemon.wait();
+        let _ = done.write(1);
+        result
+    });
+    // Stop the worker thread and drop the device with it.
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
+    drop(daemon);
+    if let Ok(backend) = backend.read() {
+        info!(counters = ?backend.counters(), "device counters");
+    }
+    match result {
+        _ if stopped.load(Ordering::Acquire) => Ok(Outcome::Stopped),
+        Ok(()) => Ok(Outcome::FrontendDisconnected),
+        Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => Ok(Outcome::FrontendDisconnected),
+        Err(err) => Err(Error::Daemon(err.to_string())),
+    }
+}
+
+/// CIDs 0 to 2 are reserved (hypervisor, local, host); the socket API holds 32 bits and
+/// reserves `u32::MAX` for "any".
+fn check_guest_cid(cid: u64) -> Result<()> {
+    if (3..=0xffff_fffe).contains(&cid) {
+        Ok(())
+    } else {
+        Err(Error::InvalidGuestCid { cid })
+    }
+}
+
+/// Waits until `fd` or `stop` is readable; `true` for `fd`, `false` for `stop`.
+fn wait_readable(fd: std::os::fd::RawFd, stop: BorrowedFd<'_>) -> Result<bool> {
+    // SAFETY: `fd` is open for the duration of this call: callers pass descriptors they own
+    // and do not close while waiting.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    loop {
+        let mut fds = [
+            PollFd::new(fd, PollFlags::POLLIN),
+            PollFd::new(stop, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                let ready = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+                if ready(&fds[1]) {
+                    return Ok(false);
+                }
+                if ready(&fds[0]) {
+                    return Ok(true);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                return Err(Error::Os {
+                    what: "waiting for a frontend",
+                    source: e.into(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::time::Duration;
+
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+    use super::*;
+    use crate::vsock::packet::Op;
+    use crate::vsock::test_utils::{
+        guest_packet, shared_test_memory, MockGuest, TestDir, GUEST_CID,
+    };
+
+    fn wait_for(fd: &EventFd) -> bool {
+        // SAFETY: `fd` is borrowed from an EventFd that outlives this call.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+        let mut fds = [PollFd::new(borrowed, PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::from(10_000u16)), Ok(n) if n > 0) && fd.read().is_ok()
+    }
+
+    /// A backend thread serving one frontend on `<dir>/vu.sock`; returns its outcome.
+    fn spawn_backend(
+        dir: &TestDir,
+        stop: &Arc<UnixStream>,
+    ) -> (std::thread::JoinHandle<Result<Outcome>>, VsockConfig) {
+        let config = VsockConfig {
+            socket: dir.path().join("vu.sock"),
+            uds: dir.path().join("v.sock"),
+            guest_cid: GUEST_CID,
+            keep_listening: false,
+        };
+        let mut listener = Listener::new(&config.socket, true).expect("listener");
+        let thread_config = config.clone();
+        let stop = Arc::clone(stop);
+        let thread = std::thread::spawn(move || {
+            serve_vsock_frontend(&mut listener, &thread_config, stop.as_fd())
+        });
+        (thread, config)
+    }
+
+    /// The vhost-user protocol end to end, in process: a `vhost` crate frontend negotiates,
+    /// reads the config space, shares memory and rings, and a guest request travels through
+    /// the backend's worker thread to a host listener and back as a RESPONSE.
+    #[test]
+    fn vhost_user_frontend_negotiates_and_drives_the_queues_until_it_disconnects() {
+        let dir = TestDir::new("frontend");
+        let (_stop_tx, stop) = UnixStream::pair().expect("socketpair");
+        let stop = Arc::new(stop);
+        let (backend, config) = spawn_backend(&dir, &stop);
+
+        let mut frontend = Frontend::connect(&config.socket, 3).expect("frontend connects");
+        frontend.set_owner().expect("owner");
+        let features = frontend.get_features().expect("features");
+        assert_ne!(
+            features & (1 << VIRTIO_F_VERSION_1_BIT),
+            0,
+            "a modern device"
+        );
+        // Without EVENT_IDX every used buffer is signalled, which keeps this test simple.
+        frontend
+            .set_features(features & !(1 << 29))
+            .expect("set features");
+        let protocol = frontend.get_protocol_features().expect("protocol features");
+        frontend
+            .set_protocol_features(protocol)
+            .expect("set protocol features");
+        let (_, cid) = frontend
+            .get_config(0, 8, VhostUserConfigFlags::empty(), &[0; 8])
+            .expect("config");
+        assert_eq!(
+            cid,
+            GUEST_CID.to_le_bytes(),
+            "the config space holds the guest CID"
+        );
+
+        let (mem, file) = shared_test_memory();
+        let host_base = mem.get_host_address(GuestAddress(0)).expect("mapped") as u64;
+        let region = mem.find_region(GuestAddress(0)).expect("region");
+        let region = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
+        let _keep_open = file;
+        frontend.set_mem_table(&[region]).expect("mem table");
+
+        let mut guest = MockGuest::new(&mem);
+        let kicks: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+            .collect();
+        let calls: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+            .collect();
+        for (index, rx) in [(0, true), (1, false)] {
+            let (desc, avail, used) = guest.ring_addrs(rx);
+            frontend.set_vring_num(index, 256).expect("vring num");
+            let ring = VringConfigData {
+                queue_max_size: 256,
+                queue_size: 256,
+                flags: 0,
+                desc_table_addr: host_base + desc,
+                used_ring_addr: host_base + used,
+                avail_ring_addr: host_base + avail,
+                log_addr: None,
+            };
+            frontend.set_vring_addr(index, &ring).expect("vring addr");
+            frontend.set_vring_base(index, 0).expect("vring base");
+            frontend.set_vring_call(index, &calls[index]).expect("call");
+            frontend.set_vring_kick(index, &kicks[index]).expect("kick");
+            frontend.set_vring_enable(index, true).expect("enable");
+        }
+
+        let listener = UnixListener::bind(dir.path().join("v.sock_6000")).expect("host listener");
+        guest.offer_rx(4, 4096);
+        guest.send(&guest_packet(Op::Request, 3000, 6000), &[]);
+        kicks[1].write(1).expect("kick tx");
+        assert!(wait_for(&calls[0]), "the backend signals the rx queue");
+        let packets: Vec<_> = guest
+            .rx_used()
+            .into_iter()
+            .filter_map(|(_, _, p)| p)
+            .collect();
+        assert_eq!(packets.len(), 1);
+        assert_eq!(packets[0].0.op, Op::Response);
+        listener.set_nonblocking(true).expect("nonblocking");
+        assert!(
+            listener.accept().is_ok(),
+            "the host listener has the guest's connection"
+        );
+
+        drop(frontend);
+        let outcome = backend.join().expect("backend thread").expect("serving");
+        assert_eq!(outcome, Outcome::FrontendDisconnected);
+        assert!(
+            !config.uds.exists(),
+            "the hybrid socket is removed with the device"
+        );
+    }
+
+    #[test]
+    fn stop_request_ends_serving_while_a_frontend_is_connected() {
+        let dir = TestDir::new("stop");
+        let (stop_tx, stop) = UnixStream::pair().expect("socketpair");
+        let stop = Arc::new(stop);
+        let (backend, config) = spawn_backend(&dir, &stop);
+        let frontend = Frontend::connect(&config.socket, 3).expect("frontend connects");
+        frontend.set_owner().expect("owner");
+        (&stop_tx).write_all(b"x").expect("stop");
+        let outcome = backend.join().expect("backend thread").expect("serving");
+        assert_eq!(outcome, Outcome::Stopped);
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            frontend.get_features().is_err(),
+            "the backend closed the connection"
+        );
+    }
+
+    #[test]
+    fn stop_request_ends_the_wait_for_a_frontend() {
+        let dir = TestDir::new("stopwait");
+        let (stop_tx, stop) = UnixStream::pair().expect("socketpair");
+        let stop = Arc::new(stop);
+        let (backend, _config) = spawn_backend(&dir, &stop);
+        (&stop_tx).write_all(b"x").expect("stop");
+        let outcome = backend.join().expect("backend thread").expect("serving");
+        assert_eq!(outcome, Outcome::Stopped);
+    }
+
+    const VIRTIO_F_VERSION_1_BIT: u64 = 32;
+}

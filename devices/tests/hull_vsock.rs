@@ -1,0 +1,426 @@
+//! hull-vsock as users run it: the real binary, real vhost-user frontends (the `vhost` crate's,
+//! and QEMU TCG with a Linux guest), and host programs on the hybrid-vsock socket.
+//!
+//! The guest is `tests/guest/vsock_echo.rs`, compiled here with one `rustc` call into a static
+//! binary (or taken from `HULL_VSOCK_GUEST`) and packed as `/init` of a test initrd by
+//! `agent/image/build-initrd.sh`; the kernel is the hull guest kernel (`make image`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_tests::prereq::{find_program, Missing};
+use hull_tests::{artifacts, require};
+
+/// Bounds for a TCG guest on a loaded 2-core machine: failure detectors, not expectations.
+const GUEST_BOUND: Duration = Duration::from_secs(300);
+const STARTUP_BOUND: Duration = Duration::from_secs(30);
+
+/// Guest port the guest program listens on, and host port it connects to (see the program).
+const GUEST_ECHO_PORT: u32 = 5000;
+const HOST_PORT: u32 = 5001;
+const GREETING: &[u8] = b"hello from the guest over hull-vsock\n";
+
+/// A temporary directory removed on drop, even when the test fails.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("hull-vsock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct Reaped(Child);
+
+impl Reaped {
+    fn wait_bounded(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn start_backend(dir: &Path, guest_cid: u64) -> (Reaped, PathBuf, PathBuf, PathBuf) {
+    start_backend_with(dir, guest_cid, &[])
+}
+
+fn start_backend_with(
+    dir: &Path,
+    guest_cid: u64,
+    extra: &[&str],
+) -> (Reaped, PathBuf, PathBuf, PathBuf) {
+    let socket = dir.join("vhost-user.sock");
+    let uds = dir.join("vsock.sock");
+    let log = dir.join("hull-vsock.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_hull-vsock"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--uds")
+        .arg(&uds)
+        .arg("--guest-cid")
+        .arg(guest_cid.to_string())
+        .args(extra)
+        .env("HULL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("hull-vsock starts");
+    let mut backend = Reaped(child);
+    let deadline = Instant::now() + STARTUP_BOUND;
+    while !socket.exists() {
+        assert!(
+            backend.0.try_wait().expect("try_wait").is_none(),
+            "hull-vsock exited early: {}",
+            read(&log)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "hull-vsock did not create {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (backend, socket, uds, log)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The guest program as a static binary: `HULL_VSOCK_GUEST`, else compiled with `rustc`.
+fn guest_binary(dir: &Path) -> PathBuf {
+    if let Some(path) = std::env::var_os("HULL_VSOCK_GUEST") {
+        return PathBuf::from(path);
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock_echo.rs");
+    let out = dir.join("vsock-echo-guest");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc)
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+        ])
+        .args(["-C", "debuginfo=0", "-C", "strip=symbols", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .output()
+        .expect("running rustc");
+    assert!(
+        output.status.success(),
+        "compiling the guest program failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+fn test_initrd(dir: &Path, guest: &Path) -> Result<PathBuf, Missing> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/image/build-initrd.sh");
+    let out = dir.join("initrd.img");
+    let output = Command::new(&script)
+        .arg(guest)
+        .arg(&out)
+        .output()
+        .map_err(|e| {
+            Missing::new(
+                format!("initrd builder {} ({e})", script.display()),
+                "check out the whole hull tree",
+            )
+        })?;
+    if !output.status.success() {
+        return Err(Missing::new(
+            format!(
+                "a working initrd builder: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+            "make deps",
+        ));
+    }
+    Ok(out)
+}
+
+fn start_qemu(qemu: &Path, kernel: &Path, initrd: &Path, socket: &Path, console: &Path) -> Reaped {
+    let chardev = format!("socket,id=vsock0,path={}", socket.display());
+    let child = Command::new(qemu)
+        .args([
+            "-M",
+            "microvm,acpi=off,memory-backend=mem",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+        ])
+        .args([
+            "-m",
+            "256",
+            "-object",
+            "memory-backend-memfd,id=mem,size=256M,share=on",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-serial", "stdio", "-kernel"])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 reboot=t panic=-1"])
+        .args([
+            "-chardev",
+            &chardev,
+            "-device",
+            "vhost-user-vsock-device,chardev=vsock0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(console).expect("console file"))
+        .stderr(Stdio::from(
+            std::fs::File::create(console.with_extension("err")).expect("stderr file"),
+        ))
+        .spawn()
+        .expect("QEMU starts");
+    Reaped(child)
+}
+
+/// Connects through the hybrid socket, retrying until the guest listens.
+fn connect_to_guest(uds: &Path, port: u32, console: &Path) -> (UnixStream, String) {
+    let deadline = Instant::now() + GUEST_BOUND;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never accepted port {port}; console:\n{}",
+            read(console)
+        );
+        if let Ok(mut stream) = UnixStream::connect(uds) {
+            stream
+                .write_all(format!("CONNECT {port}\n").as_bytes())
+                .expect("writing CONNECT");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_ok() && line.starts_with("OK ") {
+                return (stream, line);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
+    let test = "guest_and_host_echo_both_ways_through_hull_vsock_under_qemu";
+    let qemu = require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
+    let kernel = require!(test, artifacts::vmlinux());
+    let dir = TempDir::new("qemu");
+    let guest = guest_binary(&dir.0);
+    let initrd = require!(test, test_initrd(&dir.0, &guest));
+    let (mut backend, socket, uds, log) = start_backend(&dir.0, 3);
+
+    // The guest-initiated direction: the guest connects to host port 5001.
+    let host_listener =
+        UnixListener::bind(format!("{}_{HOST_PORT}", uds.display())).expect("binding <uds>_5001");
+    let host_side = std::thread::spawn(move || -> Vec<u8> {
+        let (mut stream, _) = host_listener
+            .accept()
+            .expect("the guest connects to the host");
+        stream.set_read_timeout(Some(GUEST_BOUND)).expect("timeout");
+        let mut greeting = Vec::new();
+        stream
+            .read_to_end(&mut greeting)
+            .expect("reading the guest's greeting");
+        stream.write_all(&greeting).expect("echoing the greeting");
+        greeting
+    });
+
+    let console = dir.0.join("console.log");
+    let mut qemu_child = start_qemu(&qemu, &kernel, &initrd, &socket, &console);
+
+    // The host-initiated direction: 1 MiB through CONNECT 5000, more than the credit window,
+    // echoed back by the guest.
+    let (stream, ok_line) = connect_to_guest(&uds, GUEST_ECHO_PORT, &console);
+    let port: u32 = ok_line
+        .trim()
+        .strip_prefix("OK ")
+        .and_then(|p| p.parse().ok())
+        .expect("OK <port>");
+    assert!(port > 0, "a host port in {ok_line:?}");
+    stream.set_read_timeout(Some(GUEST_BOUND)).expect("timeout");
+    let payload: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(7) % 251) as u8)
+        .collect();
+    let mut writer = stream.try_clone().expect("clone");
+    let sent = payload.clone();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&sent).expect("sending to the guest");
+        writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+    });
+    let mut echoed = Vec::new();
+    (&stream)
+        .read_to_end(&mut echoed)
+        .expect("reading the echo");
+    sender.join().expect("sender thread");
+    assert_eq!(
+        echoed.len(),
+        payload.len(),
+        "echo length; console:\n{}",
+        read(&console)
+    );
+    assert!(echoed == payload, "the echo differs from what was sent");
+
+    let greeting = host_side.join().expect("host listener thread");
+    assert_eq!(greeting, GREETING, "the guest's greeting arrived intact");
+
+    let status = qemu_child.wait_bounded(GUEST_BOUND);
+    let console_text = read(&console);
+    assert!(
+        status.is_some(),
+        "the guest did not stop; console:\n{console_text}"
+    );
+    assert!(
+        console_text.contains("vsock-echo-guest: PASS"),
+        "guest verdict; console:\n{console_text}"
+    );
+
+    // QEMU gone: hull-vsock notices the frontend left, says so, exits 0 and cleans up.
+    let status = backend
+        .wait_bounded(STARTUP_BOUND)
+        .expect("hull-vsock exits after QEMU");
+    let log_text = read(&log);
+    assert!(
+        status.success(),
+        "hull-vsock exit status {status}; log:\n{log_text}"
+    );
+    assert!(
+        log_text.contains("frontend disconnected"),
+        "exit message; log:\n{log_text}"
+    );
+    assert!(
+        !socket.exists() && !uds.exists(),
+        "hull-vsock removed its sockets"
+    );
+}
+
+#[test]
+fn sigterm_stops_hull_vsock_cleanly_before_any_frontend() {
+    let dir = TempDir::new("sigterm");
+    let (mut backend, socket, uds, log) = start_backend(&dir.0, 3);
+    let pid = i32::try_from(backend.0.id()).expect("pid fits");
+    // SAFETY: sending SIGTERM to a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = backend
+        .wait_bounded(STARTUP_BOUND)
+        .expect("hull-vsock exits on SIGTERM");
+    let log_text = read(&log);
+    assert!(status.success(), "exit status {status}; log:\n{log_text}");
+    assert!(
+        log_text.contains("received SIGTERM"),
+        "exit message; log:\n{log_text}"
+    );
+    assert!(!socket.exists() && !uds.exists(), "sockets removed");
+}
+
+#[test]
+fn reserved_guest_cid_is_refused_with_a_message_naming_it() {
+    let dir = TempDir::new("cid");
+    let output = Command::new(env!("CARGO_BIN_EXE_hull-vsock"))
+        .arg("--socket")
+        .arg(dir.0.join("vu.sock"))
+        .arg("--uds")
+        .arg(dir.0.join("v.sock"))
+        .args(["--guest-cid", "2"])
+        .output()
+        .expect("hull-vsock runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("guest CID 2 is invalid"), "{stderr}");
+}
+
+fn terminate(backend: &mut Reaped, log: &Path) {
+    let pid = i32::try_from(backend.0.id()).expect("pid fits");
+    // SAFETY: sending SIGTERM to a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = backend
+        .wait_bounded(STARTUP_BOUND)
+        .expect("hull-vsock exits on SIGTERM");
+    let log_text = read(log);
+    assert!(status.success(), "exit status {status}; log:\n{log_text}");
+    assert!(
+        log_text.contains("received SIGTERM"),
+        "exit message; log:\n{log_text}"
+    );
+}
+
+/// A vhost-user frontend that negotiates a little and goes away.
+fn brief_frontend(socket: &Path) {
+    use vhost::vhost_user::Frontend;
+    use vhost::VhostBackend;
+    let frontend = Frontend::connect(socket, 3).expect("frontend connects");
+    frontend.set_owner().expect("owner");
+    let features = frontend.get_features().expect("the backend answers");
+    assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1 offered");
+}
+
+#[test]
+fn frontend_disconnect_ends_hull_vsock_with_status_0_and_says_why() {
+    let dir = TempDir::new("disconnect");
+    let (mut backend, socket, uds, log) = start_backend(&dir.0, 3);
+    brief_frontend(&socket);
+    let status = backend
+        .wait_bounded(STARTUP_BOUND)
+        .expect("hull-vsock exits after the frontend left");
+    let log_text = read(&log);
+    assert!(status.success(), "exit status {status}; log:\n{log_text}");
+    assert!(
+        log_text.contains("frontend disconnected"),
+        "exit message; log:\n{log_text}"
+    );
+    assert!(!socket.exists() && !uds.exists(), "sockets removed");
+}
+
+#[test]
+fn keep_listening_serves_the_next_frontend_until_sigterm() {
+    let dir = TempDir::new("keep");
+    let (mut backend, socket, _uds, log) = start_backend_with(&dir.0, 3, &["--keep-listening"]);
+    for _ in 0..3 {
+        brief_frontend(&socket);
+    }
+    assert!(
+        backend.0.try_wait().expect("try_wait").is_none(),
+        "still serving: {}",
+        read(&log)
+    );
+    terminate(&mut backend, &log);
+    assert!(!socket.exists(), "vhost-user socket removed");
+}
