@@ -1,0 +1,107 @@
+//! The 16550A serial port at COM1 (0x3f8, IRQ 4), vm-superio's model, writing what the guest
+//! transmits to stdout, a file, or any writer the embedder passes.
+//!
+//! Input to the guest is not wired yet; the interrupt line is an eventfd that the VM registers
+//! as an irqfd when it has an in-kernel interrupt controller.
+
+use std::io::Write;
+
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial as Uart, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+use crate::{Error, Result};
+
+/// COM1's first port.
+pub const COM1_PORT: u64 = 0x3f8;
+/// Ports covered: 8 registers.
+pub const COM1_PORT_LEN: u64 = 8;
+/// COM1's ISA interrupt line.
+pub const COM1_IRQ: u32 = 4;
+
+/// The interrupt line of the serial port.
+#[derive(Debug)]
+pub struct IrqLine(EventFd);
+
+impl Trigger for IrqLine {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where the guest's serial output goes.
+pub type SerialOutput = Box<dyn Write + Send>;
+
+/// COM1 on the port bus.
+pub struct Serial {
+    uart: Uart<IrqLine, NoEvents, SerialOutput>,
+}
+
+impl Serial {
+    /// A serial port writing to `out`.
+    pub fn new(out: SerialOutput) -> Result<Self> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        Ok(Self { uart: Uart::new(IrqLine(irq), out) })
+    }
+
+    /// The eventfd signalled when the port raises its interrupt.
+    pub fn irq_eventfd(&self) -> &EventFd {
+        &self.uart.interrupt_evt().0
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = u8::try_from(offset).map_or(0xff, |offset| self.uart.read(offset));
+        data.fill(value);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(offset), [value]) = (u8::try_from(offset), data) {
+            if let Err(err) = self.uart.write(offset, *value) {
+                tracing::warn!(?err, "serial output failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bytes_written_to_the_data_register_reach_the_output() {
+        let sink = Sink::default();
+        let mut serial = Serial::new(Box::new(sink.clone())).unwrap();
+        for byte in b"hi\n" {
+            serial.write(0, &[*byte]);
+        }
+        assert_eq!(sink.0.lock().unwrap().as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn line_status_reports_the_transmitter_empty() {
+        let mut serial = Serial::new(Box::new(Sink::default())).unwrap();
+        let mut lsr = [0u8];
+        serial.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 0x60, 0x60, "THRE and TEMT set: guests poll these before sending");
+    }
+}
