@@ -11,7 +11,9 @@ use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{self, BzImage, Elf, KernelLoader, KernelLoaderResult};
 use vm_memory::{Bytes, GuestAddress};
@@ -51,8 +53,10 @@ const PVH_MEMMAP_MAX: usize = ((PVH_MODLIST_START - PVH_MEMMAP_START) / 24) as u
 
 /// Builds the kernel command line, checking its length against what the kernel accepts.
 pub fn build_cmdline(cmdline: &str) -> Result<Cmdline> {
-    Cmdline::try_from(cmdline, CMDLINE_MAX_SIZE)
-        .map_err(|err| Error::Cmdline { cmdline: cmdline.to_owned(), reason: err.to_string() })
+    Cmdline::try_from(cmdline, CMDLINE_MAX_SIZE).map_err(|err| Error::Cmdline {
+        cmdline: cmdline.to_owned(),
+        reason: err.to_string(),
+    })
 }
 
 /// Where the initrd was put.
@@ -74,7 +78,10 @@ fn initrd_address(size: u64, kernel_end: u64, limit: u64) -> Option<u64> {
 pub fn load(memory: &GuestMemory, config: &BootConfig) -> Result<EntryMode> {
     let cmdline = build_cmdline(&config.cmdline)?;
     let kernel_path = &config.kernel;
-    let read_err = |source| Error::KernelRead { path: kernel_path.clone(), source };
+    let read_err = |source| Error::KernelRead {
+        path: kernel_path.clone(),
+        source,
+    };
     let mut kernel = File::open(kernel_path).map_err(read_err)?;
     let mut magic = [0u8; 4];
     kernel.read_exact(&mut magic).map_err(read_err)?;
@@ -93,16 +100,26 @@ pub fn load(memory: &GuestMemory, config: &BootConfig) -> Result<EntryMode> {
     if loaded.kernel_end > memory.low_end() {
         return Err(Error::KernelMalformed {
             path: kernel_path.clone(),
-            reason: format!("it ends at {:#x}, beyond guest RAM below 4 GiB", loaded.kernel_end),
+            reason: format!(
+                "it ends at {:#x}, beyond guest RAM below 4 GiB",
+                loaded.kernel_end
+            ),
         });
     }
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(|err| Error::Cmdline {
-        cmdline: config.cmdline.clone(),
-        reason: err.to_string(),
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(|err| {
+        Error::Cmdline {
+            cmdline: config.cmdline.clone(),
+            reason: err.to_string(),
+        }
     })?;
-    let cmdline_size = cmdline.as_cstring().map(|c| c.as_bytes_with_nul().len()).unwrap_or(1);
+    let cmdline_size = cmdline
+        .as_cstring()
+        .map(|c| c.as_bytes_with_nul().len())
+        .unwrap_or(1);
     let initrd_limit = match loaded.setup_header {
-        Some(hdr) if hdr.initrd_addr_max != 0 => memory.low_end().min(u64::from(hdr.initrd_addr_max) + 1),
+        Some(hdr) if hdr.initrd_addr_max != 0 => {
+            memory.low_end().min(u64::from(hdr.initrd_addr_max) + 1)
+        }
         _ => memory.low_end(),
     };
     let initrd = match &config.initrd {
@@ -113,7 +130,10 @@ pub fn load(memory: &GuestMemory, config: &BootConfig) -> Result<EntryMode> {
         PvhBootCapability::PvhEntryPresent(entry) => {
             write_pvh_start_info(memory, initrd)?;
             tracing::info!(entry = entry.0, "booting ELF kernel through PVH");
-            Ok(EntryMode::Pvh { entry: entry.0, start_info: PVH_INFO_START })
+            Ok(EntryMode::Pvh {
+                entry: entry.0,
+                start_info: PVH_INFO_START,
+            })
         }
         _ => {
             write_zero_page(memory, &loaded, cmdline_size, initrd)?;
@@ -123,16 +143,27 @@ pub fn load(memory: &GuestMemory, config: &BootConfig) -> Result<EntryMode> {
                 None => loaded.kernel_load.0,
             };
             tracing::info!(entry, "booting kernel at its 64-bit entry");
-            Ok(EntryMode::Long { entry, boot_params: ZERO_PAGE_START })
+            Ok(EntryMode::Long {
+                entry,
+                boot_params: ZERO_PAGE_START,
+            })
         }
     }
 }
 
 fn load_initrd(memory: &GuestMemory, path: &Path, kernel_end: u64, limit: u64) -> Result<Initrd> {
-    let read_err = |source| Error::InitrdRead { path: path.to_owned(), source };
+    let read_err = |source| Error::InitrdRead {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
-    let too_large = || Error::InitrdTooLarge { path: path.to_owned(), size, kernel_end, limit };
+    let too_large = || Error::InitrdTooLarge {
+        path: path.to_owned(),
+        size,
+        kernel_end,
+        limit,
+    };
     let addr = initrd_address(size, kernel_end, limit).ok_or_else(too_large)?;
     let len = usize::try_from(size).map_err(|_| too_large())?;
     memory
@@ -150,7 +181,12 @@ fn write_pvh_start_info(memory: &GuestMemory, initrd: Option<Initrd>) -> Result<
     let memmap: Vec<hvm_memmap_table_entry> = e820_entries(memory.size())
         .into_iter()
         .take(PVH_MEMMAP_MAX)
-        .map(|e| hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind.raw(), reserved: 0 })
+        .map(|e| hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind.raw(),
+            reserved: 0,
+        })
         .collect();
     let mut start_info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
@@ -161,7 +197,11 @@ fn write_pvh_start_info(memory: &GuestMemory, initrd: Option<Initrd>) -> Result<
         ..Default::default()
     };
     let modules: Vec<hvm_modlist_entry> = initrd
-        .map(|i| hvm_modlist_entry { paddr: i.addr, size: i.size, ..Default::default() })
+        .map(|i| hvm_modlist_entry {
+            paddr: i.addr,
+            size: i.size,
+            ..Default::default()
+        })
         .into_iter()
         .collect();
     if !modules.is_empty() {
@@ -197,8 +237,16 @@ fn write_zero_page(
         params.hdr.ramdisk_size = u32::try_from(initrd.size).map_err(boot_params_err)?;
     }
     let entries = e820_entries(memory.size());
-    for (slot, entry) in params.e820_table.iter_mut().zip(entries.iter().take(E820_MAX_ZEROPAGE)) {
-        *slot = boot_e820_entry { addr: entry.addr, size: entry.size, r#type: entry.kind.raw() };
+    for (slot, entry) in params
+        .e820_table
+        .iter_mut()
+        .zip(entries.iter().take(E820_MAX_ZEROPAGE))
+    {
+        *slot = boot_e820_entry {
+            addr: entry.addr,
+            size: entry.size,
+            r#type: entry.kind.raw(),
+        };
     }
     params.e820_entries = u8::try_from(entries.len().min(E820_MAX_ZEROPAGE)).expect("at most 128");
     LinuxBootConfigurator::write_bootparams(
@@ -211,7 +259,6 @@ fn write_zero_page(
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-
 
     use super::*;
 
@@ -251,13 +298,28 @@ mod tests {
         let long = "a".repeat(CMDLINE_MAX_SIZE);
         let err = build_cmdline(&long).unwrap_err();
         assert!(matches!(err, Error::Cmdline { .. }), "{err}");
-        assert_eq!(build_cmdline(DEFAULT_CMDLINE).unwrap().as_cstring().unwrap().to_str().unwrap(), DEFAULT_CMDLINE);
+        assert_eq!(
+            build_cmdline(DEFAULT_CMDLINE)
+                .unwrap()
+                .as_cstring()
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            DEFAULT_CMDLINE
+        );
     }
 
     #[test]
     fn initrd_goes_page_aligned_at_the_top_below_the_limit() {
-        assert_eq!(initrd_address(0x1800, 0x20_0000, 0x100_0000), Some(0xff_e000));
-        assert_eq!(initrd_address(0x100_0000, 0x20_0000, 0x100_0000), None, "would overlap the kernel");
+        assert_eq!(
+            initrd_address(0x1800, 0x20_0000, 0x100_0000),
+            Some(0xff_e000)
+        );
+        assert_eq!(
+            initrd_address(0x100_0000, 0x20_0000, 0x100_0000),
+            None,
+            "would overlap the kernel"
+        );
         assert_eq!(initrd_address(u64::MAX, 0, 0x100_0000), None);
     }
 
@@ -279,10 +341,17 @@ mod tests {
         let memory = GuestMemory::new(16).unwrap();
         for bytes in [vec![0u8; 8192], b"\x7fELF\x01\x02".to_vec(), b"MZ".to_vec()] {
             let file = temp_file(&bytes);
-            let config = BootConfig { kernel: file.0.clone(), initrd: None, cmdline: String::new() };
+            let config = BootConfig {
+                kernel: file.0.clone(),
+                initrd: None,
+                cmdline: String::new(),
+            };
             let err = load(&memory, &config).unwrap_err();
             assert!(
-                matches!(err, Error::KernelMalformed { .. } | Error::KernelRead { .. }),
+                matches!(
+                    err,
+                    Error::KernelMalformed { .. } | Error::KernelRead { .. }
+                ),
                 "{bytes:x?}: {err}"
             );
             assert!(err.to_string().contains(&file.0.display().to_string()));
@@ -328,7 +397,13 @@ mod tests {
             cmdline: "console=ttyS0".into(),
         };
         let entry = load(&memory, &config).unwrap();
-        assert_eq!(entry, EntryMode::Long { entry: HIMEM_START, boot_params: ZERO_PAGE_START });
+        assert_eq!(
+            entry,
+            EntryMode::Long {
+                entry: HIMEM_START,
+                boot_params: ZERO_PAGE_START
+            }
+        );
         let mem = memory.mmap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(HIMEM_START)).unwrap(), 0xf4);
         let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
@@ -336,15 +411,23 @@ mod tests {
         assert_eq!({ hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
         assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
         let mut cmdline = [0u8; 14];
-        mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_START)).unwrap();
+        mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_START))
+            .unwrap();
         assert_eq!(&cmdline, b"console=ttyS0\0");
         let (addr, size) = ({ hdr.ramdisk_image }, { hdr.ramdisk_size });
         assert_eq!(size, 5000);
         assert_eq!(u64::from(addr) % PAGE_SIZE, 0);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(u64::from(addr) + 4999)).unwrap(), 0x5a);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(u64::from(addr) + 4999))
+                .unwrap(),
+            0x5a
+        );
         assert_eq!({ params.e820_entries }, 2);
         let top = params.e820_table[1];
-        assert_eq!(({ top.addr }, { top.size }), (HIMEM_START, 32 * crate::memory::MIB - HIMEM_START));
+        assert_eq!(
+            ({ top.addr }, { top.size }),
+            (HIMEM_START, 32 * crate::memory::MIB - HIMEM_START)
+        );
     }
 
     #[test]

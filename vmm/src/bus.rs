@@ -40,7 +40,10 @@ pub struct Bus {
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ranges: Vec<_> = self.ranges.iter().map(|(base, e)| (*base, e.len)).collect();
-        f.debug_struct("Bus").field("name", &self.name).field("ranges", &ranges).finish()
+        f.debug_struct("Bus")
+            .field("name", &self.name)
+            .field("ranges", &ranges)
+            .finish()
     }
 }
 
@@ -56,14 +59,25 @@ pub enum Access {
 impl Bus {
     /// An empty bus; `name` ("pio", "mmio") appears in errors.
     pub fn new(name: &'static str) -> Self {
-        Self { name, ranges: BTreeMap::new(), unmapped: AtomicU64::new(0) }
+        Self {
+            name,
+            ranges: BTreeMap::new(),
+            unmapped: AtomicU64::new(0),
+        }
     }
 
     /// Maps `[base, base + len)` to `device`. Fails if the range is empty, wraps, or overlaps
     /// a range already mapped.
     pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<()> {
-        let invalid = || Error::BusRangeInvalid { bus: self.name, base, len };
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or_else(invalid)?;
+        let invalid = || Error::BusRangeInvalid {
+            bus: self.name,
+            base,
+            len,
+        };
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or_else(invalid)?;
         // The only candidates for an overlap: the last range starting before `end`.
         if let Some((&other_base, other)) = self.ranges.range(..end).next_back() {
             if other_base + other.len > base {
@@ -131,7 +145,9 @@ impl Bus {
 /// Locks a device; a device whose lock a panicking vCPU poisoned is still usable, as its
 /// state is plain registers that each access leaves consistent.
 fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -184,7 +200,14 @@ mod tests {
         for (base, len) in [(0x1000, 1), (0xf00, 0x101), (0x10ff, 0x10), (0x0, 0x2000)] {
             let err = bus.insert(base, len, recorder().1).unwrap_err();
             assert!(
-                matches!(err, Error::BusOverlap { other_base: 0x1000, other_len: 0x100, .. }),
+                matches!(
+                    err,
+                    Error::BusOverlap {
+                        other_base: 0x1000,
+                        other_len: 0x100,
+                        ..
+                    }
+                ),
                 "{base:#x}+{len:#x}: {err}"
             );
         }
@@ -196,7 +219,10 @@ mod tests {
     #[test]
     fn rejects_empty_and_wrapping_ranges() {
         let mut bus = Bus::new("mmio");
-        assert!(matches!(bus.insert(0x10, 0, recorder().1), Err(Error::BusRangeInvalid { .. })));
+        assert!(matches!(
+            bus.insert(0x10, 0, recorder().1),
+            Err(Error::BusRangeInvalid { .. })
+        ));
         assert!(matches!(
             bus.insert(u64::MAX, 2, recorder().1),
             Err(Error::BusRangeInvalid { .. })

@@ -66,8 +66,13 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         hidden_cpu_features: args.hide_cpu_features.into_iter().map(Into::into).collect(),
     };
     let mut vm = Vm::new(config).context("cannot create the VM")?;
-    vm.add_serial(Box::new(std::io::stdout())).context("cannot add the serial console")?;
-    let boot = BootConfig { kernel: args.kernel, initrd: args.initrd, cmdline: args.cmdline };
+    vm.add_serial(Box::new(std::io::stdout()))
+        .context("cannot add the serial console")?;
+    let boot = BootConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+    };
     let entry = boot::load(vm.memory(), &boot).context("cannot load the kernel")?;
     let running = vm.start(entry).context("cannot start the vCPUs")?;
     Ok(running.wait())

@@ -69,9 +69,17 @@ pub struct RamRange {
 /// The RAM ranges of a guest with `size` bytes of RAM: below the MMIO hole, then above 4 GiB.
 pub fn ram_ranges(size: u64) -> Vec<RamRange> {
     let low = size.min(MMIO_GAP_START);
-    let mut ranges = vec![RamRange { guest_addr: 0, size: low, file_offset: 0 }];
+    let mut ranges = vec![RamRange {
+        guest_addr: 0,
+        size: low,
+        file_offset: 0,
+    }];
     if size > low {
-        ranges.push(RamRange { guest_addr: MMIO_GAP_END, size: size - low, file_offset: low });
+        ranges.push(RamRange {
+            guest_addr: MMIO_GAP_END,
+            size: size - low,
+            file_offset: low,
+        });
     }
     ranges
 }
@@ -107,12 +115,20 @@ pub struct E820Entry {
 /// real-mode RAM below the EBDA, RAM from 1 MiB up to the MMIO hole, and RAM above 4 GiB.
 /// Anything not listed (EBDA, VGA, BIOS, MMIO hole) is reserved to the kernel.
 pub fn e820_entries(size: u64) -> Vec<E820Entry> {
-    let mut entries = vec![E820Entry { addr: 0, size: EBDA_START, kind: E820Kind::Ram }];
+    let mut entries = vec![E820Entry {
+        addr: 0,
+        size: EBDA_START,
+        kind: E820Kind::Ram,
+    }];
     for range in ram_ranges(size) {
         let start = range.guest_addr.max(HIMEM_START);
         let end = range.guest_addr + range.size;
         if end > start {
-            entries.push(E820Entry { addr: start, size: end - start, kind: E820Kind::Ram });
+            entries.push(E820Entry {
+                addr: start,
+                size: end - start,
+                kind: E820Kind::Ram,
+            });
         }
     }
     entries
@@ -131,14 +147,21 @@ impl GuestMemory {
     /// Creates `mib` MiB of guest RAM in a new memfd.
     pub fn new(mib: u64) -> Result<Self> {
         if mib < MIN_MEMORY_MIB {
-            return Err(Error::MemoryTooSmall { mib, min_mib: MIN_MEMORY_MIB });
+            return Err(Error::MemoryTooSmall {
+                mib,
+                min_mib: MIN_MEMORY_MIB,
+            });
         }
         if mib > MAX_MEMORY_MIB || usize::try_from(mib * MIB).is_err() {
             return Err(Error::MemoryTooLarge { mib });
         }
         let size = mib * MIB;
-        let name = CStr::from_bytes_with_nul(b"hull-guest-ram\0").expect("literal is NUL-terminated");
-        let memfd_err = |source: std::io::Error| Error::Memfd { bytes: size, source };
+        let name =
+            CStr::from_bytes_with_nul(b"hull-guest-ram\0").expect("literal is NUL-terminated");
+        let memfd_err = |source: std::io::Error| Error::Memfd {
+            bytes: size,
+            source,
+        };
         let memfd: File = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
             .map_err(|errno| memfd_err(errno.into()))?
             .into();
@@ -154,8 +177,14 @@ impl GuestMemory {
                 Some(FileOffset::new(file, range.file_offset)),
             ));
         }
-        let mmap = GuestMemoryMmap::from_ranges_with_files(&regions).map_err(Error::GuestMemoryMap)?;
-        Ok(Self { memfd, size, ranges, mmap })
+        let mmap =
+            GuestMemoryMmap::from_ranges_with_files(&regions).map_err(Error::GuestMemoryMap)?;
+        Ok(Self {
+            memfd,
+            size,
+            ranges,
+            mmap,
+        })
     }
 
     /// Total RAM in bytes.
@@ -193,12 +222,27 @@ mod tests {
     #[test]
     fn small_guest_has_one_range_and_ram_below_ebda_and_from_1mib() {
         let size = 64 * MIB;
-        assert_eq!(ram_ranges(size), vec![RamRange { guest_addr: 0, size, file_offset: 0 }]);
+        assert_eq!(
+            ram_ranges(size),
+            vec![RamRange {
+                guest_addr: 0,
+                size,
+                file_offset: 0
+            }]
+        );
         assert_eq!(
             e820_entries(size),
             vec![
-                E820Entry { addr: 0, size: EBDA_START, kind: E820Kind::Ram },
-                E820Entry { addr: HIMEM_START, size: size - HIMEM_START, kind: E820Kind::Ram },
+                E820Entry {
+                    addr: 0,
+                    size: EBDA_START,
+                    kind: E820Kind::Ram
+                },
+                E820Entry {
+                    addr: HIMEM_START,
+                    size: size - HIMEM_START,
+                    kind: E820Kind::Ram
+                },
             ]
         );
     }
@@ -213,8 +257,13 @@ mod tests {
         assert_eq!(ranges[1].file_offset, MMIO_GAP_START);
         assert_eq!(ranges[0].size + ranges[1].size, size);
         let e820 = e820_entries(size);
-        assert!(e820.iter().all(|e| e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END));
-        assert_eq!(e820.last().map(|e| e.addr + e.size), Some(MMIO_GAP_END + size - MMIO_GAP_START));
+        assert!(e820
+            .iter()
+            .all(|e| e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END));
+        assert_eq!(
+            e820.last().map(|e| e.addr + e.size),
+            Some(MMIO_GAP_END + size - MMIO_GAP_START)
+        );
     }
 
     #[test]
@@ -242,20 +291,31 @@ mod tests {
     #[test]
     fn rejects_too_little_memory_naming_the_minimum() {
         let err = GuestMemory::new(MIN_MEMORY_MIB - 1).unwrap_err();
-        assert!(matches!(err, Error::MemoryTooSmall { mib: 15, min_mib: MIN_MEMORY_MIB }));
+        assert!(matches!(
+            err,
+            Error::MemoryTooSmall {
+                mib: 15,
+                min_mib: MIN_MEMORY_MIB
+            }
+        ));
         assert!(err.to_string().contains("at least 16 MiB"));
     }
 
     #[test]
     fn rejects_absurd_memory_sizes() {
-        assert!(matches!(GuestMemory::new(u64::MAX), Err(Error::MemoryTooLarge { .. })));
+        assert!(matches!(
+            GuestMemory::new(u64::MAX),
+            Err(Error::MemoryTooLarge { .. })
+        ));
     }
 
     #[test]
     fn guest_ram_is_the_memfd_at_the_recorded_offsets() {
         use std::os::unix::fs::FileExt;
         let mem = GuestMemory::new(MIN_MEMORY_MIB).unwrap();
-        mem.mmap().write_obj(0xdead_beef_u32, GuestAddress(0x1234)).unwrap();
+        mem.mmap()
+            .write_obj(0xdead_beef_u32, GuestAddress(0x1234))
+            .unwrap();
         let mut buf = [0u8; 4];
         mem.memfd().read_exact_at(&mut buf, 0x1234).unwrap();
         assert_eq!(u32::from_le_bytes(buf), 0xdead_beef);
@@ -269,6 +329,9 @@ mod tests {
         let mem = GuestMemory::new(MIN_MEMORY_MIB).unwrap();
         let end = GuestAddress(MIN_MEMORY_MIB * MIB - 2);
         assert!(mem.mmap().write_obj(0u32, end).is_err());
-        assert!(mem.mmap().read_obj::<u64>(GuestAddress(u64::MAX - 3)).is_err());
+        assert!(mem
+            .mmap()
+            .read_obj::<u64>(GuestAddress(u64::MAX - 3))
+            .is_err());
     }
 }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::signal::Killable;
@@ -69,7 +71,10 @@ impl Vm {
     pub fn new(config: VmConfig) -> Result<Self> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-            return Err(Error::VcpuCount { count: config.vcpus, max: MAX_VCPUS });
+            return Err(Error::VcpuCount {
+                count: config.vcpus,
+                max: MAX_VCPUS,
+            });
         }
         let memory = GuestMemory::new(config.memory_mib)?;
         let kvm = Kvm::new().map_err(Error::Kvm)?;
@@ -77,7 +82,10 @@ impl Vm {
         for (slot, region) in memory.mmap().iter().enumerate() {
             let host = region
                 .get_host_address(MemoryRegionAddress(0))
-                .map_err(|_| Error::GuestMemoryAccess { addr: region.start_addr().0, len: 0 })?;
+                .map_err(|_| Error::GuestMemoryAccess {
+                    addr: region.start_addr().0,
+                    len: 0,
+                })?;
             let slot = kvm_userspace_memory_region {
                 slot: u32::try_from(slot).expect("at most two RAM regions"),
                 guest_phys_addr: region.start_addr().0,
@@ -88,12 +96,20 @@ impl Vm {
             // SAFETY: the range [host, host + len) is a live shared mapping owned by `memory`,
             // which this struct keeps until after `vm_fd` (declared before it) is closed, so
             // KVM never sees the slot's memory unmapped while the VM exists.
-            unsafe { vm_fd.set_user_memory_region(slot) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { vm_fd.set_user_memory_region(slot) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
         if config.interrupt_controller {
-            vm_fd.set_tss_address(KVM_TSS_ADDRESS).map_err(ioctl("KVM_SET_TSS_ADDR"))?;
-            vm_fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-            let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            vm_fd
+                .set_tss_address(KVM_TSS_ADDRESS)
+                .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+            vm_fd
+                .create_irq_chip()
+                .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
             vm_fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
         }
         let state = Arc::new(RunState::new());
@@ -101,8 +117,22 @@ impl Vm {
         let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(Arc::clone(&state))));
         pio.insert(I8042_PORT, I8042_PORT_LEN, i8042)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(vm = id, memory_mib = config.memory_mib, vcpus = config.vcpus, "VM created");
-        Ok(Self { id, config, kvm, pio, mmio: Bus::new("mmio"), state, vm_fd, memory })
+        tracing::info!(
+            vm = id,
+            memory_mib = config.memory_mib,
+            vcpus = config.vcpus,
+            "VM created"
+        );
+        Ok(Self {
+            id,
+            config,
+            kvm,
+            pio,
+            mmio: Bus::new("mmio"),
+            state,
+            vm_fd,
+            memory,
+        })
     }
 
     /// Guest memory, to load a kernel or test code into.
@@ -123,7 +153,8 @@ impl Vm {
                 .register_irqfd(serial.irq_eventfd(), COM1_IRQ)
                 .map_err(ioctl("KVM_IRQFD"))?;
         }
-        self.pio.insert(COM1_PORT, COM1_PORT_LEN, Arc::new(Mutex::new(serial)))
+        self.pio
+            .insert(COM1_PORT, COM1_PORT_LEN, Arc::new(Mutex::new(serial)))
     }
 
     /// Maps a device at ports `[base, base + len)`.
@@ -146,9 +177,17 @@ impl Vm {
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         let mut fds = Vec::with_capacity(usize::from(self.config.vcpus));
         for id in 0..self.config.vcpus {
-            let fd = self.vm_fd.create_vcpu(u64::from(id)).map_err(ioctl("KVM_CREATE_VCPU"))?;
+            let fd = self
+                .vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(ioctl("KVM_CREATE_VCPU"))?;
             let mut cpuid = supported.clone();
-            cpuid::filter(&mut cpuid, id, self.config.vcpus, &self.config.hidden_cpu_features);
+            cpuid::filter(
+                &mut cpuid,
+                id,
+                self.config.vcpus,
+                &self.config.hidden_cpu_features,
+            );
             fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
             regs::setup_msrs(&fd)?;
             regs::setup_fpu(&fd)?;
@@ -207,7 +246,10 @@ impl Drop for PanicStops {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let detail = "vCPU thread panicked".to_owned();
-            self.0.request_stop(StopReason::VcpuError { vcpu: self.1, detail });
+            self.0.request_stop(StopReason::VcpuError {
+                vcpu: self.1,
+                detail,
+            });
         }
     }
 }

@@ -38,8 +38,15 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 // Leaf 1 EDX.
 const EDX_HTT: u32 = 1 << 28;
 // Leaf 7 EBX: AVX2 and the AVX-512 family, which need XSAVE-managed state.
-const EBX7_AVX_FAMILY: u32 =
-    (1 << 5) | (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
+const EBX7_AVX_FAMILY: u32 = (1 << 5)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 21)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 28)
+    | (1 << 30)
+    | (1 << 31);
 
 /// Shapes `cpuid` (from KVM_GET_SUPPORTED_CPUID) for vCPU `vcpu_id` of `vcpu_count`.
 pub fn filter(cpuid: &mut CpuId, vcpu_id: u8, vcpu_count: u8, hidden: &[CpuFeature]) {
@@ -92,11 +99,23 @@ mod tests {
     use super::*;
 
     fn leaf(function: u32, index: u32, value: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, eax: value, ebx: value, ecx: value, edx: value, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: value,
+            ebx: value,
+            ecx: value,
+            edx: value,
+            ..Default::default()
+        }
     }
 
     fn find(cpuid: &CpuId, function: u32) -> kvm_cpuid_entry2 {
-        *cpuid.as_slice().iter().find(|e| e.function == function).unwrap()
+        *cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function)
+            .unwrap()
     }
 
     #[test]
@@ -109,7 +128,11 @@ mod tests {
         assert_eq!((features.ebx >> 16) & 0xff, 4);
         assert_ne!(features.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(features.edx & EDX_HTT, 0);
-        assert!(cpuid.as_slice().iter().filter(|e| e.function == 0xb).all(|e| e.edx == 3));
+        assert!(cpuid
+            .as_slice()
+            .iter()
+            .filter(|e| e.function == 0xb)
+            .all(|e| e.edx == 3));
     }
 
     #[test]
@@ -123,10 +146,18 @@ mod tests {
 
     #[test]
     fn hidden_features_are_cleared_with_what_depends_on_them() {
-        let mut cpuid =
-            CpuId::from_entries(&[leaf(1, 0, u32::MAX), leaf(7, 0, u32::MAX), leaf(0xd, 0, u32::MAX)])
-                .unwrap();
-        filter(&mut cpuid, 0, 1, &[CpuFeature::Cx16, CpuFeature::Popcnt, CpuFeature::Xsave]);
+        let mut cpuid = CpuId::from_entries(&[
+            leaf(1, 0, u32::MAX),
+            leaf(7, 0, u32::MAX),
+            leaf(0xd, 0, u32::MAX),
+        ])
+        .unwrap();
+        filter(
+            &mut cpuid,
+            0,
+            1,
+            &[CpuFeature::Cx16, CpuFeature::Popcnt, CpuFeature::Xsave],
+        );
         let ecx = find(&cpuid, 1).ecx;
         for bit in [ECX_CX16, ECX_POPCNT, ECX_XSAVE, ECX_OSXSAVE, ECX_AVX] {
             assert_eq!(ecx & bit, 0, "bit {bit:#x} still set");

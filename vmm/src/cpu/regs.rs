@@ -7,9 +7,7 @@ use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::cpu::EntryMode;
-use crate::memory::{
-    BOOT_STACK_POINTER, GDT_START, IDT_START, PDE_START, PDPTE_START, PML4_START,
-};
+use crate::memory::{BOOT_STACK_POINTER, GDT_START, IDT_START, PDE_START, PDPTE_START, PML4_START};
 use crate::{Error, Result};
 
 const CR0_PE: u64 = 1;
@@ -36,7 +34,11 @@ pub fn segment(index: u16, entry: u64) -> kvm_segment {
     let bit = |n: u32| ((entry >> n) & 1) as u8;
     let raw_limit = (entry & 0xffff) | ((entry >> 32) & 0xf_0000);
     let granular = bit(55) == 1;
-    let limit = if granular { (raw_limit << 12) | 0xfff } else { raw_limit };
+    let limit = if granular {
+        (raw_limit << 12) | 0xfff
+    } else {
+        raw_limit
+    };
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
         limit: u32::try_from(limit).unwrap_or(u32::MAX),
@@ -71,7 +73,10 @@ const GDT_PVH: [u64; 4] = [
 
 fn write_guest<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, value: T, addr: u64) -> Result<()> {
     mem.write_obj(value, GuestAddress(addr))
-        .map_err(|_| Error::GuestMemoryAccess { addr, len: std::mem::size_of::<T>() })
+        .map_err(|_| Error::GuestMemoryAccess {
+            addr,
+            len: std::mem::size_of::<T>(),
+        })
 }
 
 fn write_gdt(mem: &GuestMemoryMmap, gdt: &[u64]) -> Result<()> {
@@ -132,7 +137,11 @@ pub fn setup_entry(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: EntryMode) -> Re
     vcpu.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))
 }
 
-fn load_gdt(sregs: &mut kvm_bindings::kvm_sregs, mem: &GuestMemoryMmap, gdt: &[u64; 4]) -> Result<()> {
+fn load_gdt(
+    sregs: &mut kvm_bindings::kvm_sregs,
+    mem: &GuestMemoryMmap,
+    gdt: &[u64; 4],
+) -> Result<()> {
     write_gdt(mem, gdt)?;
     sregs.gdt.base = GDT_START;
     sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
@@ -166,7 +175,11 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     const MISC_ENABLE_FAST_STRING: u64 = 1;
     const MTRR_ENABLE: u64 = 1 << 11;
     const MTRR_TYPE_WB: u64 = 6;
-    let entry = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    let entry = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     vec![
         entry(MSR_IA32_SYSENTER_CS, 0),
         entry(MSR_IA32_SYSENTER_ESP, 0),
@@ -199,7 +212,11 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<()> {
 
 /// Sets the x87 control word and MXCSR to their reset values.
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<()> {
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(ioctl("KVM_SET_FPU"))
 }
 
@@ -239,8 +256,14 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_the_segments_they_describe() {
         let code = segment(1, GDT_LONG[1]);
-        assert_eq!((code.selector, code.l, code.db, code.present, code.type_), (8, 1, 0, 1, 0xb));
-        assert_eq!(code.limit, 0xffff_ffff, "4 KiB granular limit 0xfffff spans 4 GiB");
+        assert_eq!(
+            (code.selector, code.l, code.db, code.present, code.type_),
+            (8, 1, 0, 1, 0xb)
+        );
+        assert_eq!(
+            code.limit, 0xffff_ffff,
+            "4 KiB granular limit 0xfffff spans 4 GiB"
+        );
         let data = segment(2, GDT_PVH[2]);
         assert_eq!((data.selector, data.db, data.s, data.type_), (16, 1, 1, 3));
         let tss = segment(3, GDT_PVH[3]);

@@ -103,14 +103,20 @@ impl Vcpu {
                     return VcpuEnd::Halted;
                 }
                 Ok(VcpuExit::Shutdown) => return stop(StopReason::TripleFault { vcpu: id }),
-                Ok(VcpuExit::SystemEvent(kind, _)) => return stop(StopReason::SystemEvent { kind }),
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    return stop(StopReason::SystemEvent { kind })
+                }
                 Ok(VcpuExit::Intr) => {}
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    let detail = format!("KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on host CPU {cpu}");
+                    let detail = format!(
+                        "KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on host CPU {cpu}"
+                    );
                     return stop(StopReason::VcpuError { vcpu: id, detail });
                 }
                 Ok(VcpuExit::InternalError) => {
-                    let detail = "KVM_EXIT_INTERNAL_ERROR (often an instruction KVM cannot emulate)".to_owned();
+                    let detail =
+                        "KVM_EXIT_INTERNAL_ERROR (often an instruction KVM cannot emulate)"
+                            .to_owned();
                     return stop(StopReason::VcpuError { vcpu: id, detail });
                 }
                 Ok(other) => {

@@ -34,7 +34,9 @@ pub struct I8042 {
 impl I8042 {
     /// A controller whose reset command stops the VM of `state`.
     pub fn new(state: Arc<RunState>) -> Self {
-        Self { inner: I8042Device::new(ResetLine(state)) }
+        Self {
+            inner: I8042Device::new(ResetLine(state)),
+        }
     }
 }
 
@@ -62,7 +64,10 @@ mod tests {
         let mut i8042 = I8042::new(Arc::clone(&state));
         i8042.write(4, &[0x01]);
         i8042.write(0, &[0xfe]);
-        assert!(!state.stop_requested(), "only 0xfe on the command port resets");
+        assert!(
+            !state.stop_requested(),
+            "only 0xfe on the command port resets"
+        );
         i8042.write(4, &[0xfe]);
         assert_eq!(state.wait(), StopReason::I8042Reset);
     }

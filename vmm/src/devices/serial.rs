@@ -44,7 +44,9 @@ impl Serial {
     /// A serial port writing to `out`.
     pub fn new(out: SerialOutput) -> Result<Self> {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-        Ok(Self { uart: Uart::new(IrqLine(irq), out) })
+        Ok(Self {
+            uart: Uart::new(IrqLine(irq), out),
+        })
     }
 
     /// The eventfd signalled when the port raises its interrupt.
@@ -102,6 +104,10 @@ mod tests {
         let mut serial = Serial::new(Box::new(Sink::default())).unwrap();
         let mut lsr = [0u8];
         serial.read(5, &mut lsr);
-        assert_eq!(lsr[0] & 0x60, 0x60, "THRE and TEMT set: guests poll these before sending");
+        assert_eq!(
+            lsr[0] & 0x60,
+            0x60,
+            "THRE and TEMT set: guests poll these before sending"
+        );
     }
 }
