@@ -409,7 +409,7 @@ mod tests {
         let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         let hdr = params.hdr;
         assert_eq!({ hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
-        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!(u64::from(hdr.cmd_line_ptr), CMDLINE_START);
         let mut cmdline = [0u8; 14];
         mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_START))
             .unwrap();

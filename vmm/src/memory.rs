@@ -6,7 +6,6 @@
 //! the low part. This module owns the addresses of everything the VMM places in guest memory
 //! at boot; it does not own KVM memory slots (see [`crate::vm`]).
 
-use std::ffi::CStr;
 use std::fs::File;
 
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
@@ -54,6 +53,10 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO hole (4 GiB).
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+
+// The boot stack grows down from between the zero page and the page tables.
+const _: () =
+    assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000 && BOOT_STACK_POINTER < PML4_START);
 
 /// One stretch of guest RAM and where it lives in the memfd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,8 +159,7 @@ impl GuestMemory {
             return Err(Error::MemoryTooLarge { mib });
         }
         let size = mib * MIB;
-        let name =
-            CStr::from_bytes_with_nul(b"hull-guest-ram\0").expect("literal is NUL-terminated");
+        let name = c"hull-guest-ram";
         let memfd_err = |source: std::io::Error| Error::Memfd {
             bytes: size,
             source,
@@ -285,7 +287,6 @@ mod tests {
             assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:x?} overlap");
         }
         assert!(areas.iter().all(|(a, len)| a + len <= EBDA_START));
-        assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000 && BOOT_STACK_POINTER < PML4_START);
     }
 
     #[test]

@@ -144,7 +144,7 @@ fn load_gdt(
 ) -> Result<()> {
     write_gdt(mem, gdt)?;
     sregs.gdt.base = GDT_START;
-    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
+    sregs.gdt.limit = u16::try_from(gdt.len() * 8 - 1).expect("a four-entry GDT");
     sregs.idt.base = IDT_START;
     sregs.idt.limit = 7;
     let data = segment(2, gdt[2]);
