@@ -278,6 +278,11 @@ impl RunningVm {
         reason
     }
 
+    /// The VM's run state: whether a stop was asked for, and why.
+    pub fn run_state(&self) -> Arc<RunState> {
+        Arc::clone(&self.state)
+    }
+
     /// Guest memory, for inspection by tests and tools.
     pub fn memory(&self) -> &GuestMemory {
         &self.memory
