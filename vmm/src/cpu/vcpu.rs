@@ -38,6 +38,14 @@ pub fn install_kick_handler() -> Result<()> {
     result
 }
 
+/// Where the guest was, for error reports (" at guest RIP 0x…"), or nothing if KVM cannot
+/// say.
+fn guest_ip(fd: &VcpuFd) -> String {
+    fd.get_regs()
+        .map(|regs| format!(" at guest RIP {:#x}", regs.rip))
+        .unwrap_or_default()
+}
+
 /// Everything a vCPU thread owns or shares.
 pub struct Vcpu {
     /// Index of the vCPU (its APIC ID).
@@ -114,13 +122,15 @@ impl Vcpu {
                     return stop(StopReason::VcpuError { vcpu: id, detail });
                 }
                 Ok(VcpuExit::InternalError) => {
-                    let detail =
-                        "KVM_EXIT_INTERNAL_ERROR (often an instruction KVM cannot emulate)"
-                            .to_owned();
+                    let detail = format!(
+                        "KVM_EXIT_INTERNAL_ERROR (often an instruction KVM cannot emulate){}",
+                        guest_ip(&self.fd)
+                    );
                     return stop(StopReason::VcpuError { vcpu: id, detail });
                 }
                 Ok(other) => {
-                    let detail = format!("unhandled exit {other:?}");
+                    let other = format!("{other:?}");
+                    let detail = format!("unhandled exit {other}{}", guest_ip(&self.fd));
                     return stop(StopReason::VcpuError { vcpu: id, detail });
                 }
                 Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {}
