@@ -3,10 +3,10 @@
 //! stop requested from outside. Each test checks what the guest did and that every vCPU
 //! thread is gone afterwards. Skips loudly where /dev/kvm is unusable.
 
-use std::io::Write;
+mod common;
+
 use std::sync::{Arc, Mutex};
 
-use hull_tests::prereq::Missing;
 use hull_tests::require;
 use hull_vmm::bus::BusDevice;
 use hull_vmm::cpu::cpuid::CpuFeature;
@@ -15,46 +15,14 @@ use hull_vmm::lifecycle::StopReason;
 use hull_vmm::vm::{RunningVm, Vm, VmConfig};
 use vm_memory::{Bytes, GuestAddress};
 
+use common::{kvm, Console};
+
 /// Where real-mode test code goes (segment 0x100, offset 0).
 const REAL_MODE_CODE: u64 = 0x1000;
 /// Where 64-bit test code goes.
 const LONG_MODE_CODE: u64 = 0x10_0000;
 /// A test device's MMIO window: above the 16 MiB of RAM, inside the identity-mapped GiB.
 const TEST_MMIO_BASE: u64 = 0x2000_0000;
-
-fn kvm() -> Result<(), Missing> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|err| {
-            Missing::hardware(
-                format!("usable /dev/kvm ({err})"),
-                "load the kvm module and grant access to /dev/kvm",
-            )
-        })
-}
-
-/// What the guest wrote to its serial port.
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// A VM without in-kernel interrupt controllers (so HLT reaches the VMM), with `code` at
 /// `addr` and COM1 captured.

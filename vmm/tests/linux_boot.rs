@@ -3,52 +3,20 @@
 //! its banner, command line and memory map, then dies on an instruction the emulator cannot
 //! handle; the test asserts the first lines and stops the VM itself.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use hull_tests::prereq::Missing;
 use hull_tests::{artifacts, require};
 use hull_vmm::boot::{self, BootConfig};
 use hull_vmm::cpu::cpuid::CpuFeature;
 use hull_vmm::lifecycle::StopReason;
 use hull_vmm::vm::{Vm, VmConfig};
 
+use common::{kvm, Console};
+
 /// How long to wait for the first lines before giving up (not a performance bound).
 const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
-
-fn kvm() -> Result<(), Missing> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|err| {
-            Missing::hardware(
-                format!("usable /dev/kvm ({err})"),
-                "load the kvm module and grant access to /dev/kvm",
-            )
-        })
-}
-
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 const CMDLINE: &str = "console=ttyS0 earlyprintk=serial reboot=t panic=-1";
 
