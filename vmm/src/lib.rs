@@ -9,6 +9,7 @@
 //!   the vCPU thread that blocks in `KVM_RUN` and handles PIO/MMIO exits on itself.
 //! - [`boot`]: ELF vmlinux (PVH entry or 64-bit entry) and bzImage loading with linux-loader,
 //!   boot parameters, kernel command line, initrd.
+//! - [`mptable`]: the MP table announcing the vCPUs and the IOAPIC to the kernel.
 //! - [`devices`]: the 16550 serial port (vm-superio) and the i8042 reset line.
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
 //!   every fd closed when the [`vm::Vm`] is dropped).
@@ -26,6 +27,7 @@ pub mod devices;
 mod error;
 pub mod lifecycle;
 pub mod memory;
+pub mod mptable;
 pub mod vm;
 
 pub use error::{Error, Result};

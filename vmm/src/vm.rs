@@ -26,6 +26,7 @@ use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::serial::{Serial, SerialOutput, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::lifecycle::{RunState, StopReason};
 use crate::memory::GuestMemory;
+use crate::mptable;
 use crate::{Error, Result};
 
 /// Most vCPUs a VM may have.
@@ -167,14 +168,18 @@ impl Vm {
         self.mmio.insert(base, len, device)
     }
 
-    /// Configures every vCPU (CPUID, MSRs, FPU, LAPIC, and the entry state of the boot vCPU)
-    /// and starts their threads.
+    /// Configures every vCPU (CPUID, MSRs, FPU, LAPIC, and the entry state of the boot vCPU),
+    /// writes the MP table when the guest has interrupt controllers, and starts the vCPU
+    /// threads.
     pub fn start(self, entry: EntryMode) -> Result<RunningVm> {
         vcpu::install_kick_handler()?;
         let supported = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        if self.config.interrupt_controller {
+            mptable::write(self.memory.mmap(), self.config.vcpus)?;
+        }
         let mut fds = Vec::with_capacity(usize::from(self.config.vcpus));
         for id in 0..self.config.vcpus {
             let fd = self

@@ -4,7 +4,9 @@
 //! Input to the guest is not wired yet; the interrupt line is an eventfd that the VM registers
 //! as an irqfd when it has an in-kernel interrupt controller.
 
+use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::Path;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial as Uart, Trigger};
@@ -34,6 +36,19 @@ impl Trigger for IrqLine {
 
 /// Where the guest's serial output goes.
 pub type SerialOutput = Box<dyn Write + Send>;
+
+/// Serial output appended to the file at `path` (created if missing).
+pub fn file_output(path: &Path) -> Result<SerialOutput> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| Error::SerialFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(Box::new(file))
+}
 
 /// COM1 on the port bus.
 pub struct Serial {
@@ -97,6 +112,31 @@ mod tests {
             serial.write(0, &[*byte]);
         }
         assert_eq!(sink.0.lock().unwrap().as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn output_to_a_file_appends_what_the_guest_sends() {
+        let path = std::env::temp_dir().join(format!("hull-vmm-serial-{}", std::process::id()));
+        struct Remove<'a>(&'a Path);
+        impl Drop for Remove<'_> {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+        let _guard = Remove(&path);
+        std::fs::write(&path, b"earlier\n").unwrap();
+        let mut serial = Serial::new(file_output(&path).unwrap()).unwrap();
+        serial.write(0, b"x");
+        drop(serial);
+        assert_eq!(std::fs::read(&path).unwrap(), b"earlier\nx");
+    }
+
+    #[test]
+    fn unopenable_output_file_is_an_error_naming_it() {
+        let err = file_output(Path::new("/nonexistent/dir/console.log"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("/nonexistent/dir/console.log"));
     }
 
     #[test]
