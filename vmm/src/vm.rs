@@ -20,7 +20,7 @@ use vmm_sys_util::signal::Killable;
 
 use crate::bus::{Bus, SharedDevice};
 use crate::cpu::cpuid::{self, CpuFeature};
-use crate::cpu::vcpu::{self, Vcpu, VcpuEnd};
+use crate::cpu::vcpu::{self, ExitCounters, ExitCounts, Vcpu, VcpuEnd};
 use crate::cpu::{regs, EntryMode};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::serial::{Serial, SerialOutput, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
@@ -205,17 +205,22 @@ impl Vm {
             }
             fds.push(fd);
         }
+        let pio = Arc::new(self.pio);
+        let mmio = Arc::new(self.mmio);
         let mut running = RunningVm {
             thread_prefix: format!("vm{}-", self.id),
             threads: Vec::with_capacity(fds.len()),
+            exits: Vec::with_capacity(fds.len()),
+            pio: Arc::clone(&pio),
+            mmio: Arc::clone(&mmio),
             state: self.state,
             vm_fd: self.vm_fd,
             memory: self.memory,
         };
-        let pio = Arc::new(self.pio);
-        let mmio = Arc::new(self.mmio);
         let alive = Arc::new(AtomicU8::new(self.config.vcpus));
         for (id, fd) in (0..).zip(fds) {
+            let exits = Arc::new(ExitCounters::default());
+            running.exits.push(Arc::clone(&exits));
             let vcpu = Vcpu {
                 id,
                 fd,
@@ -223,6 +228,7 @@ impl Vm {
                 mmio: Arc::clone(&mmio),
                 state: Arc::clone(&running.state),
                 running: Arc::clone(&alive),
+                exits: Arc::clone(&exits),
             };
             let name = format!("{}vcpu{id}", running.thread_prefix);
             let guard = PanicStops(Arc::clone(&running.state), id);
@@ -263,6 +269,9 @@ impl Drop for PanicStops {
 pub struct RunningVm {
     thread_prefix: String,
     threads: Vec<JoinHandle<VcpuEnd>>,
+    exits: Vec<Arc<ExitCounters>>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
     state: Arc<RunState>,
     // Dropped after the threads are joined (in `Drop`), and before `memory`.
     vm_fd: VmFd,
@@ -277,15 +286,30 @@ impl RunningVm {
     }
 
     /// Waits until the VM stops, joins every vCPU thread, and returns why it stopped.
-    pub fn wait(mut self) -> StopReason {
+    pub fn wait(self) -> StopReason {
+        self.wait_with_counts().0
+    }
+
+    /// Like [`Self::wait`], also returning each vCPU's final exit counts.
+    pub fn wait_with_counts(mut self) -> (StopReason, Vec<ExitCounts>) {
         let reason = self.state.wait();
         self.join_vcpus();
-        reason
+        (reason, self.exit_counts())
     }
 
     /// The VM's run state: whether a stop was asked for, and why.
     pub fn run_state(&self) -> Arc<RunState> {
         Arc::clone(&self.state)
+    }
+
+    /// Exits handled so far, per vCPU (index = vCPU ID).
+    pub fn exit_counts(&self) -> Vec<ExitCounts> {
+        self.exits.iter().map(|exits| exits.snapshot()).collect()
+    }
+
+    /// Guest accesses that hit no device so far: (port I/O, MMIO).
+    pub fn unmapped_accesses(&self) -> (u64, u64) {
+        (self.pio.unmapped_accesses(), self.mmio.unmapped_accesses())
     }
 
     /// Guest memory, for inspection by tests and tools.

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use hull_tests::require;
 use hull_vmm::bus::BusDevice;
 use hull_vmm::cpu::cpuid::CpuFeature;
+use hull_vmm::cpu::vcpu::ExitCounts;
 use hull_vmm::cpu::EntryMode;
 use hull_vmm::lifecycle::StopReason;
 use hull_vmm::vm::{RunningVm, Vm, VmConfig};
@@ -53,17 +54,17 @@ fn vcpu_threads_alive(prefix: &str) -> Vec<String> {
 }
 
 /// Waits for the VM to stop and checks its vCPU threads are gone.
-fn wait_and_check_joined(running: RunningVm, vcpus: usize) -> StopReason {
+fn wait_and_check_joined(running: RunningVm, vcpus: usize) -> (StopReason, Vec<ExitCounts>) {
     let prefix = running.thread_prefix().to_owned();
     let before = vcpu_threads_alive(&prefix).len();
     assert!(before <= vcpus, "{before} threads named {prefix}*");
-    let reason = running.wait();
+    let (reason, counts) = running.wait_with_counts();
     assert_eq!(
         vcpu_threads_alive(&prefix),
         Vec::<String>::new(),
         "vCPU threads left after the stop"
     );
-    reason
+    (reason, counts)
 }
 
 /// Real mode: `mov dx, 0x3f8`, then `mov al, c; out dx, al` for each byte.
@@ -89,8 +90,10 @@ fn real_mode_guest_prints_hello_on_serial_and_halts() {
             ip: 0,
         })
         .unwrap();
-    assert_eq!(wait_and_check_joined(running, 1), StopReason::Halted);
+    let (reason, counts) = wait_and_check_joined(running, 1);
+    assert_eq!(reason, StopReason::Halted);
     assert_eq!(console.text(), "hello");
+    assert_eq!(counts[0].pio_out, 5, "one port write exit per byte");
 }
 
 #[test]
@@ -112,7 +115,7 @@ fn long_mode_guest_prints_a_64bit_register_on_serial() {
             boot_params: 0,
         })
         .unwrap();
-    assert_eq!(wait_and_check_joined(running, 1), StopReason::Halted);
+    assert_eq!(wait_and_check_joined(running, 1).0, StopReason::Halted);
     assert_eq!(console.text(), "hello64!");
 }
 
@@ -161,7 +164,12 @@ fn mmio_writes_and_reads_reach_the_device_and_the_guest_sees_its_answer() {
             boot_params: 0,
         })
         .unwrap();
-    assert_eq!(wait_and_check_joined(running, 1), StopReason::Halted);
+    let (reason, counts) = wait_and_check_joined(running, 1);
+    assert_eq!(reason, StopReason::Halted);
+    assert_eq!(
+        (counts[0].mmio_write, counts[0].mmio_read, counts[0].pio_out),
+        (1, 1, 2)
+    );
     let device = device.lock().unwrap();
     assert_eq!(
         device.writes,
@@ -187,7 +195,7 @@ fn i8042_reset_stops_the_vm() {
             ip: 0,
         })
         .unwrap();
-    assert_eq!(wait_and_check_joined(running, 1), StopReason::I8042Reset);
+    assert_eq!(wait_and_check_joined(running, 1).0, StopReason::I8042Reset);
 }
 
 #[test]
@@ -203,7 +211,7 @@ fn triple_fault_stops_the_vm() {
         })
         .unwrap();
     assert_eq!(
-        wait_and_check_joined(running, 1),
+        wait_and_check_joined(running, 1).0,
         StopReason::TripleFault { vcpu: 0 }
     );
 }
@@ -231,7 +239,7 @@ fn two_vcpus_each_print_their_apic_id_and_the_vm_stops_when_both_halt() {
             ip: 0,
         })
         .unwrap();
-    assert_eq!(wait_and_check_joined(running, 2), StopReason::Halted);
+    assert_eq!(wait_and_check_joined(running, 2).0, StopReason::Halted);
     let mut ids: Vec<char> = console.text().chars().collect();
     ids.sort_unstable();
     assert_eq!(ids, vec!['0', '1']);
@@ -257,7 +265,7 @@ fn stop_from_outside_ends_a_spinning_guest_and_joins_its_vcpus() {
         std::thread::yield_now();
     }
     running.stop();
-    assert_eq!(wait_and_check_joined(running, 2), StopReason::Requested);
+    assert_eq!(wait_and_check_joined(running, 2).0, StopReason::Requested);
 }
 
 #[test]
@@ -331,7 +339,7 @@ fn guest_cpuid_carries_the_apic_id_the_hypervisor_bit_and_hides_cx16() {
             ip: 0,
         })
         .unwrap();
-    assert_eq!(wait_and_check_joined(running, 1), StopReason::Halted);
+    assert_eq!(wait_and_check_joined(running, 1).0, StopReason::Halted);
     let regs = latch.lock().unwrap().0.clone();
     eprintln!("guest CPUID.1 = {regs:08x?}");
     let (ebx, ecx) = (regs[1], regs[2]);

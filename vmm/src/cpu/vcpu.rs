@@ -6,7 +6,7 @@
 //! signal is re-sent until the thread has ended, so a kick that lands just before KVM_RUN
 //! is never lost.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Once};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -46,6 +46,49 @@ fn guest_ip(fd: &VcpuFd) -> String {
         .unwrap_or_default()
 }
 
+/// Exits of one vCPU, by kind; written by its thread only, read by anyone.
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    pio_in: AtomicU64,
+    pio_out: AtomicU64,
+    mmio_read: AtomicU64,
+    mmio_write: AtomicU64,
+    interrupted: AtomicU64,
+}
+
+/// A snapshot of [`ExitCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// Port reads (`in`).
+    pub pio_in: u64,
+    /// Port writes (`out`).
+    pub pio_out: u64,
+    /// MMIO reads.
+    pub mmio_read: u64,
+    /// MMIO writes.
+    pub mmio_write: u64,
+    /// KVM_RUN interrupted by a signal (kicks).
+    pub interrupted: u64,
+}
+
+impl ExitCounters {
+    /// The counts so far.
+    pub fn snapshot(&self) -> ExitCounts {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ExitCounts {
+            pio_in: get(&self.pio_in),
+            pio_out: get(&self.pio_out),
+            mmio_read: get(&self.mmio_read),
+            mmio_write: get(&self.mmio_write),
+            interrupted: get(&self.interrupted),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Everything a vCPU thread owns or shares.
 pub struct Vcpu {
     /// Index of the vCPU (its APIC ID).
@@ -60,6 +103,8 @@ pub struct Vcpu {
     pub state: Arc<RunState>,
     /// vCPUs still running; the last one to halt stops the VM.
     pub running: Arc<AtomicU8>,
+    /// This vCPU's exit counters.
+    pub exits: Arc<ExitCounters>,
 }
 
 /// How a vCPU's loop ended.
@@ -92,15 +137,19 @@ impl Vcpu {
             };
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    bump(&self.exits.pio_out);
                     self.pio.write(u64::from(port), data);
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    bump(&self.exits.pio_in);
                     self.pio.read(u64::from(port), data);
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    bump(&self.exits.mmio_write);
                     self.mmio.write(addr, data);
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    bump(&self.exits.mmio_read);
                     self.mmio.read(addr, data);
                 }
                 Ok(VcpuExit::Hlt) => {
@@ -114,7 +163,7 @@ impl Vcpu {
                 Ok(VcpuExit::SystemEvent(kind, _)) => {
                     return stop(StopReason::SystemEvent { kind })
                 }
-                Ok(VcpuExit::Intr) => {}
+                Ok(VcpuExit::Intr) => bump(&self.exits.interrupted),
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     let detail = format!(
                         "KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on host CPU {cpu}"
@@ -133,7 +182,9 @@ impl Vcpu {
                     let detail = format!("unhandled exit {other}{}", guest_ip(&self.fd));
                     return stop(StopReason::VcpuError { vcpu: id, detail });
                 }
-                Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {}
+                Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
+                    bump(&self.exits.interrupted);
+                }
                 Err(err) => {
                     let detail = format!("KVM_RUN failed: {err}");
                     return stop(StopReason::VcpuError { vcpu: id, detail });
