@@ -358,36 +358,97 @@ mod tests {
         }
     }
 
-    /// A minimal 64-bit ELF with one PT_LOAD segment of `code` at 1 MiB, entry at its start.
-    fn tiny_elf(code: &[u8]) -> Vec<u8> {
-        let mut elf = vec![0u8; 0x78];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2; // 64-bit
-        elf[5] = 1; // little-endian
-        elf[6] = 1;
-        elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        elf[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // x86-64
-        elf[20..24].copy_from_slice(&1u32.to_le_bytes());
-        elf[24..32].copy_from_slice(&HIMEM_START.to_le_bytes()); // e_entry
-        elf[32..40].copy_from_slice(&0x40u64.to_le_bytes()); // e_phoff
-        elf[52..54].copy_from_slice(&0x40u16.to_le_bytes()); // e_ehsize
-        elf[54..56].copy_from_slice(&0x38u16.to_le_bytes()); // e_phentsize
-        elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
-        let ph = 0x40;
-        elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-        elf[ph + 8..ph + 16].copy_from_slice(&0x78u64.to_le_bytes()); // p_offset
-        elf[ph + 16..ph + 24].copy_from_slice(&HIMEM_START.to_le_bytes()); // p_vaddr
-        elf[ph + 24..ph + 32].copy_from_slice(&HIMEM_START.to_le_bytes()); // p_paddr
-        elf[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
-        elf[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    /// A minimal 64-bit ELF with one PT_LOAD segment of `code` at 1 MiB (entry at its start)
+    /// and, with `pvh_entry`, a PT_NOTE holding the Xen PVH entry note.
+    fn tiny_elf(code: &[u8], pvh_entry: Option<u32>) -> Vec<u8> {
+        fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+            buf[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
+        let data_start = 0x40 + 0x38 * usize::from(phnum);
+        let mut elf = vec![0u8; data_start];
+        put(&mut elf, 0, b"\x7fELF\x02\x01\x01"); // 64-bit, little-endian, version 1
+        put(&mut elf, 16, &2u16.to_le_bytes()); // ET_EXEC
+        put(&mut elf, 18, &0x3eu16.to_le_bytes()); // x86-64
+        put(&mut elf, 20, &1u32.to_le_bytes());
+        put(&mut elf, 24, &HIMEM_START.to_le_bytes()); // e_entry
+        put(&mut elf, 32, &0x40u64.to_le_bytes()); // e_phoff
+        put(&mut elf, 52, &0x40u16.to_le_bytes()); // e_ehsize
+        put(&mut elf, 54, &0x38u16.to_le_bytes()); // e_phentsize
+        put(&mut elf, 56, &phnum.to_le_bytes());
+        let segment =
+            |elf: &mut Vec<u8>, ph: usize, kind: u32, offset: usize, addr: u64, len: usize| {
+                put(elf, ph, &kind.to_le_bytes());
+                put(elf, ph + 8, &(offset as u64).to_le_bytes());
+                put(elf, ph + 16, &addr.to_le_bytes());
+                put(elf, ph + 24, &addr.to_le_bytes());
+                put(elf, ph + 32, &(len as u64).to_le_bytes());
+                put(elf, ph + 40, &(len as u64).to_le_bytes());
+            };
+        segment(&mut elf, 0x40, 1, data_start, HIMEM_START, code.len());
         elf.extend_from_slice(code);
+        if let Some(entry) = pvh_entry {
+            let note_start = elf.len();
+            elf.extend_from_slice(&4u32.to_le_bytes()); // namesz
+            elf.extend_from_slice(&4u32.to_le_bytes()); // descsz
+            elf.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+            elf.extend_from_slice(b"Xen\0");
+            elf.extend_from_slice(&entry.to_le_bytes());
+            let len = elf.len() - note_start;
+            segment(&mut elf, 0x78, 4, note_start, 0, len);
+        }
         elf
+    }
+
+    #[test]
+    fn elf_with_pvh_note_boots_through_pvh_with_start_info_memory_map_and_initrd() {
+        let memory = GuestMemory::new(32).unwrap();
+        let kernel = temp_file(&tiny_elf(&[0xf4], Some(0x10_0000)));
+        let initrd = temp_file(&[0x77; 300]);
+        let config = BootConfig {
+            kernel: kernel.0.clone(),
+            initrd: Some(initrd.0.clone()),
+            cmdline: DEFAULT_CMDLINE.into(),
+        };
+        let entry = load(&memory, &config).unwrap();
+        assert_eq!(
+            entry,
+            EntryMode::Pvh {
+                entry: 0x10_0000,
+                start_info: PVH_INFO_START
+            }
+        );
+        let mem = memory.mmap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC);
+        assert_eq!(info.cmdline_paddr, CMDLINE_START);
+        assert_eq!(
+            (info.memmap_paddr, info.memmap_entries),
+            (PVH_MEMMAP_START, 2)
+        );
+        let high: hvm_memmap_table_entry =
+            mem.read_obj(GuestAddress(PVH_MEMMAP_START + 24)).unwrap();
+        assert_eq!(
+            (high.addr, high.size, high.type_),
+            (HIMEM_START, (32 << 20) - HIMEM_START, 1)
+        );
+        assert_eq!(
+            (info.nr_modules, info.modlist_paddr),
+            (1, PVH_MODLIST_START)
+        );
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
+        assert_eq!(module.size, 300);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(module.paddr + 299))
+                .unwrap(),
+            0x77
+        );
     }
 
     #[test]
     fn elf_without_pvh_note_boots_at_its_64bit_entry_with_a_zero_page() {
         let memory = GuestMemory::new(32).unwrap();
-        let kernel = temp_file(&tiny_elf(&[0xf4]));
+        let kernel = temp_file(&tiny_elf(&[0xf4], None));
         let mut initrd_bytes = vec![0x5a; 5000];
         initrd_bytes.flush().unwrap();
         let initrd = temp_file(&initrd_bytes);
@@ -433,7 +494,7 @@ mod tests {
     #[test]
     fn initrd_too_large_for_guest_memory_is_an_error_naming_it() {
         let memory = GuestMemory::new(16).unwrap();
-        let kernel = temp_file(&tiny_elf(&[0xf4]));
+        let kernel = temp_file(&tiny_elf(&[0xf4], None));
         let initrd = temp_file(&vec![0u8; 17 << 20]);
         let config = BootConfig {
             kernel: kernel.0.clone(),

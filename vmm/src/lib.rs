@@ -6,17 +6,21 @@
 //!   physical layout and the e820 map.
 //! - [`bus`]: address ranges → devices, for port I/O and MMIO exits.
 //! - [`cpu`]: CPUID filtering, MSRs, FPU, LAPIC, GDT and page tables for each entry mode, and
-//!   the vCPU thread that blocks in `KVM_RUN` and handles PIO/MMIO exits on itself.
+//!   the vCPU thread that blocks in `KVM_RUN`, handles PIO/MMIO exits on itself and counts
+//!   them.
 //! - [`boot`]: ELF vmlinux (PVH entry or 64-bit entry) and bzImage loading with linux-loader,
 //!   boot parameters, kernel command line, initrd.
 //! - [`mptable`]: the MP table announcing the vCPUs and the IOAPIC to the kernel.
 //! - [`devices`]: the 16550 serial port (vm-superio) and the i8042 reset line.
+//! - [`lifecycle`]: whether the VM runs and why it stopped (HLT, triple fault, i8042 reset,
+//!   system event, request, vCPU failure).
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
-//!   every fd closed when the [`vm::Vm`] is dropped).
+//!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
-//! Not there yet (later slices of the issue): virtio-mmio transport and devices, the in-VMM
-//! vsock, vhost-user frontends, the io_uring device loop, pause/resume, seccomp filters, the
-//! control socket and the in-process API for the shim beyond create/run/stop, an RTC.
+//! Not there yet (later slices of the issue): virtio-mmio transport and devices, ioeventfd
+//! kicks, the in-VMM vsock, vhost-user frontends, the io_uring device loop, pause/resume,
+//! seccomp filters, the control socket and the in-process API for the shim beyond
+//! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
 
 #![warn(clippy::cast_possible_truncation)]
 
