@@ -10,6 +10,7 @@ use hull_vmm::boot::{self, BootConfig, DEFAULT_CMDLINE};
 use hull_vmm::cpu::cpuid::CpuFeature;
 use hull_vmm::lifecycle::StopReason;
 use hull_vmm::vm::{Vm, VmConfig, MAX_VCPUS};
+use nix::sys::signal::{SigSet, Signal};
 
 /// Boot a Linux kernel in a KVM microVM; the guest's serial console (COM1) goes to stdout.
 #[derive(Debug, Parser)]
@@ -74,6 +75,24 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         cmdline: args.cmdline,
     };
     let entry = boot::load(vm.memory(), &boot).context("cannot load the kernel")?;
+    // SIGINT and SIGTERM stop the VM cleanly: blocked here, before the vCPU threads inherit
+    // the mask, and taken by one thread that asks the VM to stop.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .context("cannot block SIGINT and SIGTERM")?;
+    let state = vm.run_state();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                tracing::info!(%signal, "stopping the VM");
+                state.request_stop(StopReason::Requested);
+            }
+        })
+        .context("cannot spawn the signal thread")?;
     let running = vm.start(entry).context("cannot start the vCPUs")?;
     Ok(running.wait())
 }

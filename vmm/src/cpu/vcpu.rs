@@ -121,7 +121,9 @@ impl Vcpu {
     pub fn run(mut self) -> VcpuEnd {
         let id = self.id;
         let end = self.run_loop();
-        tracing::debug!(vcpu = id, ?end, "vCPU loop ended");
+        // Where the guest was helps to tell a stuck guest from a slow one.
+        let rip = self.fd.get_regs().map(|regs| regs.rip).ok();
+        tracing::debug!(vcpu = id, ?end, ?rip, "vCPU loop ended");
         end
     }
 
