@@ -348,3 +348,25 @@ fn guest_cpuid_carries_the_apic_id_the_hypervisor_bit_and_hides_cx16() {
     assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
     assert_eq!(ecx & (1 << 13), 0, "cx16 hidden");
 }
+
+#[test]
+fn rep_outsb_string_reaches_the_serial_port_whole() {
+    require!("rep_outsb_string_reaches_the_serial_port_whole", kvm());
+    let code = [
+        0xbe, 0x0c, 0x10, // mov si, 0x100c (the text below; ds base 0)
+        0xb9, 0x05, 0x00, // mov cx, 5
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xf3, 0x6e, // rep outsb
+        HLT, b'h', b'e', b'l', b'l', b'o',
+    ];
+    let (vm, console) = test_vm(1, REAL_MODE_CODE, &code);
+    let running = vm
+        .start(EntryMode::Real {
+            segment: 0x100,
+            ip: 0,
+        })
+        .unwrap();
+    // KVM may hand the string over in one exit or one per byte (kvm_pvm does the latter).
+    assert_eq!(wait_and_check_joined(running, 1).0, StopReason::Halted);
+    assert_eq!(console.text(), "hello");
+}

@@ -71,13 +71,23 @@ impl Serial {
 }
 
 impl BusDevice for Serial {
+    /// Each byte is one register access: KVM hands a `rep insb` over as one exit with
+    /// several bytes for the same port.
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let value = u8::try_from(offset).map_or(0xff, |offset| self.uart.read(offset));
-        data.fill(value);
+        match u8::try_from(offset) {
+            Ok(offset) => data
+                .iter_mut()
+                .for_each(|byte| *byte = self.uart.read(offset)),
+            Err(_) => data.fill(0xff),
+        }
     }
 
+    /// Each byte is one register access (`rep outsb` arrives as one exit).
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(offset), [value]) = (u8::try_from(offset), data) {
+        let Ok(offset) = u8::try_from(offset) else {
+            return;
+        };
+        for value in data {
             if let Err(err) = self.uart.write(offset, *value) {
                 tracing::warn!(?err, "serial output failed");
             }
@@ -137,6 +147,14 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("/nonexistent/dir/console.log"));
+    }
+
+    #[test]
+    fn a_string_io_exit_writes_every_byte_in_order() {
+        let sink = Sink::default();
+        let mut serial = Serial::new(Box::new(sink.clone())).unwrap();
+        serial.write(0, b"hello");
+        assert_eq!(sink.0.lock().unwrap().as_slice(), b"hello");
     }
 
     #[test]
