@@ -1,4 +1,37 @@
-//! The built-in KVM VMM: vCPUs, guest memory, kernel loading, legacy devices, virtio-mmio and
-//! vhost-user frontends.
+//! The built-in KVM VMM of hull: one microVM, its guest memory, its vCPU threads and its
+//! legacy devices, usable in-process by the shim and from the standalone `hull-vmm`.
 //!
-//! Not built yet: see the vmm issue.
+//! What is here (first slice of the vmm issue):
+//! - [`memory`]: guest RAM in one memfd (so vhost-user backends can map it), the x86 guest
+//!   physical layout and the e820 map.
+//! - [`bus`]: address ranges → devices, for port I/O and MMIO exits.
+//! - [`cpu`]: CPUID filtering, MSRs, FPU, LAPIC, GDT and page tables for each entry mode, and
+//!   the vCPU thread that blocks in `KVM_RUN`, handles PIO/MMIO exits on itself and counts
+//!   them.
+//! - [`boot`]: ELF vmlinux (PVH entry or 64-bit entry) and bzImage loading with linux-loader,
+//!   boot parameters, kernel command line, initrd.
+//! - [`mptable`]: the MP table announcing the vCPUs and the IOAPIC to the kernel.
+//! - [`devices`]: the 16550 serial port (vm-superio) and the i8042 reset line.
+//! - [`lifecycle`]: whether the VM runs and why it stopped (HLT, triple fault, i8042 reset,
+//!   system event, request, vCPU failure).
+//! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
+//!   every fd closed when the [`vm::RunningVm`] is dropped).
+//!
+//! Not there yet (later slices of the issue): virtio-mmio transport and devices, ioeventfd
+//! kicks, the in-VMM vsock, vhost-user frontends, the io_uring device loop, pause/resume,
+//! seccomp filters, the control socket and the in-process API for the shim beyond
+//! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
+
+#![warn(clippy::cast_possible_truncation)]
+
+pub mod boot;
+pub mod bus;
+pub mod cpu;
+pub mod devices;
+mod error;
+pub mod lifecycle;
+pub mod memory;
+pub mod mptable;
+pub mod vm;
+
+pub use error::{Error, Result};

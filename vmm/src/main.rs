@@ -1,0 +1,120 @@
+//! `hull-vmm`: boots one microVM from a kernel (and initrd) with the serial console on
+//! stdout, and exits when the guest stops.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use hull_vmm::boot::{self, BootConfig, DEFAULT_CMDLINE};
+use hull_vmm::cpu::cpuid::CpuFeature;
+use hull_vmm::lifecycle::StopReason;
+use hull_vmm::vm::{Vm, VmConfig, MAX_VCPUS};
+use nix::sys::signal::{SigSet, Signal};
+
+/// Boot a Linux kernel in a KVM microVM; the guest's serial console (COM1) goes to stdout.
+#[derive(Debug, Parser)]
+#[command(name = "hull-vmm", version)]
+struct Args {
+    /// Kernel to boot: an ELF vmlinux (PVH entry if it has one) or a bzImage.
+    #[arg(long, value_name = "FILE")]
+    kernel: PathBuf,
+    /// Initial ramdisk to load for the kernel.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Guest RAM in MiB (at least 16).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_VCPUS)))]
+    vcpus: u8,
+    /// CPU features to hide from the guest, comma-separated (for KVMs whose instruction
+    /// emulator cannot handle them).
+    #[arg(long, value_name = "FEATURES", value_delimiter = ',')]
+    hide_cpu_features: Vec<Feature>,
+}
+
+/// CPU features that can be hidden.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Feature {
+    /// CMPXCHG16B.
+    Cx16,
+    /// POPCNT.
+    Popcnt,
+    /// XSAVE and the AVX family that depends on it.
+    Xsave,
+}
+
+impl From<Feature> for CpuFeature {
+    fn from(feature: Feature) -> Self {
+        match feature {
+            Feature::Cx16 => CpuFeature::Cx16,
+            Feature::Popcnt => CpuFeature::Popcnt,
+            Feature::Xsave => CpuFeature::Xsave,
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<StopReason> {
+    let config = VmConfig {
+        memory_mib: args.memory,
+        vcpus: args.vcpus,
+        interrupt_controller: true,
+        hidden_cpu_features: args.hide_cpu_features.into_iter().map(Into::into).collect(),
+    };
+    let mut vm = Vm::new(config).context("cannot create the VM")?;
+    vm.add_serial(Box::new(std::io::stdout()))
+        .context("cannot add the serial console")?;
+    let boot = BootConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+    };
+    let entry = boot::load(vm.memory(), &boot).context("cannot load the kernel")?;
+    // SIGINT and SIGTERM stop the VM cleanly: blocked here, before the vCPU threads inherit
+    // the mask, and taken by one thread that asks the VM to stop.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .context("cannot block SIGINT and SIGTERM")?;
+    let state = vm.run_state();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                tracing::info!(%signal, "stopping the VM");
+                state.request_stop(StopReason::Requested);
+            }
+        })
+        .context("cannot spawn the signal thread")?;
+    let running = vm.start(entry).context("cannot start the vCPUs")?;
+    Ok(running.wait())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(StopReason::VcpuError { vcpu, detail }) => {
+            eprintln!("hull-vmm: vCPU {vcpu} failed: {detail}");
+            ExitCode::FAILURE
+        }
+        Ok(reason) => {
+            tracing::info!(?reason, "guest stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("hull-vmm: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

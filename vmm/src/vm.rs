@@ -1,0 +1,352 @@
+//! A VM: KVM VM and memory slots, the buses with their legacy devices, the vCPU threads, and
+//! a clean stop.
+//!
+//! [`Vm`] is the VM being put together (memory, devices); [`Vm::start`] configures the vCPUs
+//! and starts one thread per vCPU, giving a [`RunningVm`]. Waiting on or dropping the running
+//! VM stops every vCPU and joins its thread; dropping it then closes the vCPU fds, the VM fd
+//! and guest memory, in that order.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::signal::Killable;
+
+use crate::bus::{Bus, SharedDevice};
+use crate::cpu::cpuid::{self, CpuFeature};
+use crate::cpu::vcpu::{self, ExitCounters, ExitCounts, Vcpu, VcpuEnd};
+use crate::cpu::{regs, EntryMode};
+use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::serial::{Serial, SerialOutput, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
+use crate::lifecycle::{RunState, StopReason};
+use crate::memory::GuestMemory;
+use crate::mptable;
+use crate::{Error, Result};
+
+/// Most vCPUs a VM may have.
+pub const MAX_VCPUS: u8 = 64;
+/// Address of the TSS KVM needs on Intel hosts: three pages just below the BIOS area.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// What a VM is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs, 1 to [`MAX_VCPUS`].
+    pub vcpus: u8,
+    /// Whether KVM emulates the interrupt controllers (PIC, IOAPIC, LAPIC) and the PIT, as a
+    /// Linux guest needs. Without them HLT exits to the VMM and ends the vCPU (small test
+    /// guests), and every vCPU starts at the entry point.
+    pub interrupt_controller: bool,
+    /// CPU features hidden from the guest.
+    pub hidden_cpu_features: Vec<CpuFeature>,
+}
+
+fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::KvmIoctl { op, source }
+}
+
+/// A VM being assembled.
+pub struct Vm {
+    id: u64,
+    config: VmConfig,
+    kvm: Kvm,
+    pio: Bus,
+    mmio: Bus,
+    state: Arc<RunState>,
+    // Declared before `memory`: KVM's slots point into it, so the VM goes first.
+    vm_fd: VmFd,
+    memory: GuestMemory,
+}
+
+impl Vm {
+    /// Creates the KVM VM with its memory, interrupt controllers (if configured) and the
+    /// i8042 reset line.
+    pub fn new(config: VmConfig) -> Result<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+            return Err(Error::VcpuCount {
+                count: config.vcpus,
+                max: MAX_VCPUS,
+            });
+        }
+        let memory = GuestMemory::new(config.memory_mib)?;
+        let kvm = Kvm::new().map_err(Error::Kvm)?;
+        let vm_fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        for (slot, region) in memory.mmap().iter().enumerate() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|_| Error::GuestMemoryAccess {
+                    addr: region.start_addr().0,
+                    len: 0,
+                })?;
+            let slot = kvm_userspace_memory_region {
+                slot: u32::try_from(slot).expect("at most two RAM regions"),
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the range [host, host + len) is a live shared mapping owned by `memory`,
+            // which this struct keeps until after `vm_fd` (declared before it) is closed, so
+            // KVM never sees the slot's memory unmapped while the VM exists.
+            unsafe { vm_fd.set_user_memory_region(slot) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        if config.interrupt_controller {
+            vm_fd
+                .set_tss_address(KVM_TSS_ADDRESS)
+                .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+            vm_fd
+                .create_irq_chip()
+                .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm_fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+        }
+        let state = Arc::new(RunState::new());
+        let mut pio = Bus::new("pio");
+        let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(Arc::clone(&state))));
+        pio.insert(I8042_PORT, I8042_PORT_LEN, i8042)?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            vm = id,
+            memory_mib = config.memory_mib,
+            vcpus = config.vcpus,
+            "VM created"
+        );
+        Ok(Self {
+            id,
+            config,
+            kvm,
+            pio,
+            mmio: Bus::new("mmio"),
+            state,
+            vm_fd,
+            memory,
+        })
+    }
+
+    /// Guest memory, to load a kernel or test code into.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// The VM's run state, to request a stop from a device or another thread.
+    pub fn run_state(&self) -> Arc<RunState> {
+        Arc::clone(&self.state)
+    }
+
+    /// Adds COM1, writing the guest's output to `out`.
+    pub fn add_serial(&mut self, out: SerialOutput) -> Result<()> {
+        let serial = Serial::new(out)?;
+        if self.config.interrupt_controller {
+            self.vm_fd
+                .register_irqfd(serial.irq_eventfd(), COM1_IRQ)
+                .map_err(ioctl("KVM_IRQFD"))?;
+        }
+        self.pio
+            .insert(COM1_PORT, COM1_PORT_LEN, Arc::new(Mutex::new(serial)))
+    }
+
+    /// Maps a device at ports `[base, base + len)`.
+    pub fn add_pio_device(&mut self, base: u16, len: u16, device: SharedDevice) -> Result<()> {
+        self.pio.insert(u64::from(base), u64::from(len), device)
+    }
+
+    /// Maps a device at guest physical addresses `[base, base + len)`.
+    pub fn add_mmio_device(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<()> {
+        self.mmio.insert(base, len, device)
+    }
+
+    /// Configures every vCPU (CPUID, MSRs, FPU, LAPIC, and the entry state of the boot vCPU),
+    /// writes the MP table when the guest has interrupt controllers, and starts the vCPU
+    /// threads.
+    pub fn start(self, entry: EntryMode) -> Result<RunningVm> {
+        vcpu::install_kick_handler()?;
+        let supported = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        if self.config.interrupt_controller {
+            mptable::write(self.memory.mmap(), self.config.vcpus)?;
+        }
+        let mut fds = Vec::with_capacity(usize::from(self.config.vcpus));
+        for id in 0..self.config.vcpus {
+            let fd = self
+                .vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(ioctl("KVM_CREATE_VCPU"))?;
+            let mut cpuid = supported.clone();
+            cpuid::filter(
+                &mut cpuid,
+                id,
+                self.config.vcpus,
+                &self.config.hidden_cpu_features,
+            );
+            fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+            regs::setup_msrs(&fd)?;
+            regs::setup_fpu(&fd)?;
+            if self.config.interrupt_controller {
+                regs::setup_lapic(&fd)?;
+            }
+            // With an in-kernel LAPIC the other vCPUs wait for INIT/SIPI from the boot vCPU.
+            if id == 0 || !self.config.interrupt_controller {
+                regs::setup_entry(&fd, self.memory.mmap(), entry)?;
+            }
+            fds.push(fd);
+        }
+        let pio = Arc::new(self.pio);
+        let mmio = Arc::new(self.mmio);
+        let mut running = RunningVm {
+            thread_prefix: format!("vm{}-", self.id),
+            threads: Vec::with_capacity(fds.len()),
+            exits: Vec::with_capacity(fds.len()),
+            pio: Arc::clone(&pio),
+            mmio: Arc::clone(&mmio),
+            state: self.state,
+            vm_fd: self.vm_fd,
+            memory: self.memory,
+        };
+        let alive = Arc::new(AtomicU8::new(self.config.vcpus));
+        for (id, fd) in (0..).zip(fds) {
+            let exits = Arc::new(ExitCounters::default());
+            running.exits.push(Arc::clone(&exits));
+            let vcpu = Vcpu {
+                id,
+                fd,
+                pio: Arc::clone(&pio),
+                mmio: Arc::clone(&mmio),
+                state: Arc::clone(&running.state),
+                running: Arc::clone(&alive),
+                exits: Arc::clone(&exits),
+            };
+            let name = format!("{}vcpu{id}", running.thread_prefix);
+            let guard = PanicStops(Arc::clone(&running.state), id);
+            let thread = std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    let end = vcpu.run();
+                    drop(guard);
+                    end
+                })
+                .map_err(|source| Error::Spawn { name, source });
+            match thread {
+                Ok(thread) => running.threads.push(thread),
+                // Dropping `running` stops and joins the vCPUs already started.
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(running)
+    }
+}
+
+/// Stops the VM if a vCPU thread unwinds, so that nobody waits forever on it.
+struct PanicStops(Arc<RunState>, u8);
+
+impl Drop for PanicStops {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let detail = "vCPU thread panicked".to_owned();
+            self.0.request_stop(StopReason::VcpuError {
+                vcpu: self.1,
+                detail,
+            });
+        }
+    }
+}
+
+/// A VM whose vCPUs run.
+pub struct RunningVm {
+    thread_prefix: String,
+    threads: Vec<JoinHandle<VcpuEnd>>,
+    exits: Vec<Arc<ExitCounters>>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    state: Arc<RunState>,
+    // Dropped after the threads are joined (in `Drop`), and before `memory`.
+    vm_fd: VmFd,
+    memory: GuestMemory,
+}
+
+impl RunningVm {
+    /// Asks the VM to stop; [`Self::wait`] then returns [`StopReason::Requested`] unless the
+    /// guest stopped first.
+    pub fn stop(&self) {
+        self.state.request_stop(StopReason::Requested);
+    }
+
+    /// Waits until the VM stops, joins every vCPU thread, and returns why it stopped.
+    pub fn wait(self) -> StopReason {
+        self.wait_with_counts().0
+    }
+
+    /// Like [`Self::wait`], also returning each vCPU's final exit counts.
+    pub fn wait_with_counts(mut self) -> (StopReason, Vec<ExitCounts>) {
+        let reason = self.state.wait();
+        self.join_vcpus();
+        (reason, self.exit_counts())
+    }
+
+    /// The VM's run state: whether a stop was asked for, and why.
+    pub fn run_state(&self) -> Arc<RunState> {
+        Arc::clone(&self.state)
+    }
+
+    /// Exits handled so far, per vCPU (index = vCPU ID).
+    pub fn exit_counts(&self) -> Vec<ExitCounts> {
+        self.exits.iter().map(|exits| exits.snapshot()).collect()
+    }
+
+    /// Guest accesses that hit no device so far: (port I/O, MMIO).
+    pub fn unmapped_accesses(&self) -> (u64, u64) {
+        (self.pio.unmapped_accesses(), self.mmio.unmapped_accesses())
+    }
+
+    /// Guest memory, for inspection by tests and tools.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// The KVM VM.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// Prefix of this VM's vCPU thread names (`vm<N>-vcpu<M>`).
+    pub fn thread_prefix(&self) -> &str {
+        &self.thread_prefix
+    }
+
+    fn join_vcpus(&mut self) {
+        self.state.request_stop(StopReason::Requested);
+        for thread in self.threads.drain(..) {
+            // Re-kick until the thread is out: one signal may land before it enters KVM_RUN.
+            while !thread.is_finished() {
+                if let Err(err) = thread.kill(vcpu::kick_signal()) {
+                    tracing::warn!(%err, "cannot kick a vCPU thread");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if thread.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.join_vcpus();
+    }
+}
