@@ -1,9 +1,9 @@
 //! hull-vsock as users run it: the real binary, real vhost-user frontends (the `vhost` crate's,
 //! and QEMU TCG with a Linux guest), and host programs on the hybrid-vsock socket.
 //!
-//! The guest is `tests/guest/vsock_echo.rs`, compiled here with one `rustc` call into a static
-//! binary (or taken from `HULL_VSOCK_GUEST`) and packed as `/init` of a test initrd by
-//! `agent/image/build-initrd.sh`; the kernel is the hull guest kernel (`make image`).
+//! The guest is `tests/guest/vsock_echo.rs`, built into a static binary and packed as `/init`
+//! of a test initrd by `hull_tests::guest_program`; the kernel is the hull guest kernel
+//! (`make image`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hull_tests::prereq::{find_program, Missing};
-use hull_tests::{artifacts, require};
+use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
+use hull_tests::{artifacts, guest_program, require};
 
 /// Bounds for a TCG guest on a loaded 2-core machine: failure detectors, not expectations.
 const GUEST_BOUND: Duration = Duration::from_secs(300);
@@ -114,113 +114,14 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// The guest program as a static binary: `HULL_VSOCK_GUEST`, else compiled with `rustc`.
-fn guest_binary(dir: &Path) -> PathBuf {
-    if let Some(path) = std::env::var_os("HULL_VSOCK_GUEST") {
-        return PathBuf::from(path);
-    }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock_echo.rs");
-    let out = dir.join("vsock-echo-guest");
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let output = Command::new(rustc)
-        .args([
-            "--edition",
-            "2021",
-            "-O",
-            "-C",
-            "target-feature=+crt-static",
-        ])
-        .args(["-C", "debuginfo=0", "-C", "strip=symbols", "-o"])
-        .arg(&out)
-        .arg(&source)
-        .output()
-        .expect("running rustc");
-    assert!(
-        output.status.success(),
-        "compiling the guest program failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
-}
-
-fn test_initrd(dir: &Path, guest: &Path) -> Result<PathBuf, Missing> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/image/build-initrd.sh");
-    let out = dir.join("initrd.img");
-    let output = Command::new(&script)
-        .arg(guest)
-        .arg(&out)
-        .output()
-        .map_err(|e| {
-            Missing::new(
-                format!("initrd builder {} ({e})", script.display()),
-                "check out the whole hull tree",
-            )
-        })?;
-    if !output.status.success() {
-        return Err(Missing::new(
-            format!(
-                "a working initrd builder: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-            "make deps",
-        ));
-    }
-    Ok(out)
-}
-
-fn start_qemu(qemu: &Path, kernel: &Path, initrd: &Path, socket: &Path, console: &Path) -> Reaped {
-    let chardev = format!("socket,id=vsock0,path={}", socket.display());
-    let child = Command::new(qemu)
-        .args([
-            "-M",
-            "microvm,acpi=off,memory-backend=mem",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-        ])
-        .args([
-            "-m",
-            "256",
-            "-object",
-            "memory-backend-memfd,id=mem,size=256M,share=on",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args(["-serial", "stdio", "-kernel"])
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 reboot=t panic=-1"])
-        .args([
-            "-chardev",
-            &chardev,
-            "-device",
-            "vhost-user-vsock-device,chardev=vsock0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(console).expect("console file"))
-        .stderr(Stdio::from(
-            std::fs::File::create(console.with_extension("err")).expect("stderr file"),
-        ))
-        .spawn()
-        .expect("QEMU starts");
-    Reaped(child)
-}
-
 /// Connects through the hybrid socket, retrying until the guest listens.
-fn connect_to_guest(uds: &Path, port: u32, console: &Path) -> (UnixStream, String) {
+fn connect_to_guest(uds: &Path, port: u32, guest: &Guest) -> (UnixStream, String) {
     let deadline = Instant::now() + GUEST_BOUND;
     loop {
         assert!(
             Instant::now() < deadline,
             "the guest never accepted port {port}; console:\n{}",
-            read(console)
+            guest.console()
         );
         if let Ok(mut stream) = UnixStream::connect(uds) {
             stream
@@ -239,11 +140,11 @@ fn connect_to_guest(uds: &Path, port: u32, console: &Path) -> (UnixStream, Strin
 #[test]
 fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
     let test = "guest_and_host_echo_both_ways_through_hull_vsock_under_qemu";
-    let qemu = require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
     let kernel = require!(test, artifacts::vmlinux());
     let dir = TempDir::new("qemu");
-    let guest = guest_binary(&dir.0);
-    let initrd = require!(test, test_initrd(&dir.0, &guest));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock_echo.rs");
+    let initrd =
+        require!(test, guest_program::build_initrd(&source, &dir.0)).expect("the guest builds");
     let (mut backend, socket, uds, log) = start_backend(&dir.0, 3);
 
     // The guest-initiated direction: the guest connects to host port 5001.
@@ -262,12 +163,22 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
         greeting
     });
 
-    let console = dir.0.join("console.log");
-    let mut qemu_child = start_qemu(&qemu, &kernel, &initrd, &socket, &console);
+    let config = GuestConfig {
+        kernel,
+        initrd,
+        extra_cmdline: String::new(),
+        memory_mib: 256,
+        vcpus: 1,
+        devices: vec![VhostUserDevice {
+            socket: socket.clone(),
+            model: "vhost-user-vsock-device".into(),
+        }],
+    };
+    let guest = require!(test, Guest::start(&config)).expect("QEMU starts");
 
     // The host-initiated direction: 1 MiB through CONNECT 5000, more than the credit window,
     // echoed back by the guest.
-    let (stream, ok_line) = connect_to_guest(&uds, GUEST_ECHO_PORT, &console);
+    let (stream, ok_line) = connect_to_guest(&uds, GUEST_ECHO_PORT, &guest);
     let port: u32 = ok_line
         .trim()
         .strip_prefix("OK ")
@@ -295,19 +206,15 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
         echoed.len(),
         payload.len(),
         "echo length; console:\n{}",
-        read(&console)
+        guest.console()
     );
     assert!(echoed == payload, "the echo differs from what was sent");
 
     let greeting = host_side.join().expect("host listener thread");
     assert_eq!(greeting, GREETING, "the guest's greeting arrived intact");
 
-    let status = qemu_child.wait_bounded(GUEST_BOUND);
-    let console_text = read(&console);
-    assert!(
-        status.is_some(),
-        "the guest did not stop; console:\n{console_text}"
-    );
+    let finished = guest.wait(GUEST_BOUND).expect("the guest stops by itself");
+    let console_text = finished.console;
     assert!(
         console_text.contains("vsock-echo-guest: PASS"),
         "guest verdict; console:\n{console_text}"
