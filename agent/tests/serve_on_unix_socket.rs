@@ -245,6 +245,43 @@ async fn undecodable_payloads_and_unknown_methods_do_not_take_the_agent_down() {
         .expect("Check after garbage");
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever bytes arrive as the payload of any call, the agent answers (a result or an
+    /// error status) and keeps serving: a request never panics it or hangs a connection.
+    #[test]
+    fn every_call_answers_arbitrary_payloads(
+        payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        FUZZED_AGENT.with(|agent| {
+            runtime.block_on(async {
+                let raw = agent.raw_client().await;
+                for call in Call::ALL {
+                    let mut request = ttrpc::Request::new();
+                    request.service = SERVICE_NAME.into();
+                    request.method = call.name().into();
+                    request.payload = payload.clone();
+                    request.timeout_nano = ctx().timeout_nano;
+                    match raw.request(request).await {
+                        Ok(_) | Err(ttrpc::Error::RpcStatus(_)) => {}
+                        Err(other) => panic!("{call} with payload {payload:02x?}: {other:?}"),
+                    }
+                }
+            })
+        });
+    }
+}
+
+thread_local! {
+    /// One agent for all the cases of the property test, stopped when its thread ends.
+    static FUZZED_AGENT: AgentProcess = AgentProcess::start("fuzz");
+}
+
 #[test]
 fn sigterm_stops_the_agent_and_removes_its_socket() {
     let mut agent = AgentProcess::start("sigterm");
