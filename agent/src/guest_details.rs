@@ -10,7 +10,12 @@ use nix::unistd::{sysconf, SysconfVar};
 use crate::guest_check::mem_total_kib;
 
 /// The calls this agent serves; every other call answers UNIMPLEMENTED.
-pub const SERVED_CALLS: &[Call] = &[Call::Check, Call::GetGuestDetails, Call::SetGuestDateTime];
+pub const SERVED_CALLS: &[Call] = &[
+    Call::Check,
+    Call::GetGuestDetails,
+    Call::GetMetrics,
+    Call::SetGuestDateTime,
+];
 
 /// Gathers the details from the running kernel.
 pub fn gather() -> GuestDetailsResponse {

@@ -13,6 +13,7 @@ pub mod container_request;
 pub mod guest_check;
 pub mod guest_details;
 pub mod listen;
+pub mod metrics;
 pub mod pid1;
 pub mod reaper;
 pub mod rpc_error;

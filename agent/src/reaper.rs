@@ -4,7 +4,11 @@
 //!
 //! Not owned here yet: handing the exit status of a container's process to its waiter. When
 //! the container service lands, it registers the PIDs it started and this module routes their
-//! statuses to it instead of dropping them.
+//! statuses to it instead of dropping them. Anything else that waits for a child itself (a
+//! blocking `waitpid(pid)` in a container runtime, `tokio::process`) races with the
+//! `waitpid(-1)` here and can lose its child's status: such code must hold the reaper off
+//! (Kata's agent serialises both behind one lock) or the reaper must peek first
+//! (`waitid(WNOWAIT)`) and leave PIDs it does not own.
 
 use std::io;
 

@@ -134,7 +134,7 @@ async fn guest_details_describe_this_hosts_kernel_and_the_agent() {
     assert_eq!(details.protocol_version, PROTOCOL_VERSION);
     assert!(details.cpus >= 1, "{details:?}");
     assert!(details.memory_bytes >= 64 << 20, "{details:?}");
-    for served in ["Check", "GetGuestDetails", "SetGuestDateTime"] {
+    for served in ["Check", "GetGuestDetails", "GetMetrics", "SetGuestDateTime"] {
         assert!(
             details.supported_calls.iter().any(|c| c == served),
             "{details:?}"
@@ -159,9 +159,9 @@ async fn calls_not_served_yet_answer_unimplemented_naming_the_call() {
     assert_eq!(code, Code::UNIMPLEMENTED);
     assert!(message.contains("StartContainer"), "{message}");
 
-    let (code, message) = status_of(client.get_metrics(ctx(), &GetMetricsRequest::new()).await);
+    let (code, message) = status_of(client.copy_file(ctx(), &CopyFileRequest::new()).await);
     assert_eq!(code, Code::UNIMPLEMENTED);
-    assert!(message.contains("GetMetrics"), "{message}");
+    assert!(message.contains("CopyFile"), "{message}");
 
     // A well-formed CreateContainer is not run yet, and says so.
     let mut create = CreateContainerRequest::new();
@@ -201,6 +201,42 @@ async fn malformed_requests_get_invalid_argument_naming_the_field() {
         .check(ctx(), &CheckRequest::new())
         .await
         .expect("Check after bad requests");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn metrics_are_prometheus_text_about_the_agent_and_guest() {
+    let agent = AgentProcess::start("metrics");
+    let client = agent.client().await;
+    let metrics = client
+        .get_metrics(ctx(), &GetMetricsRequest::new())
+        .await
+        .expect("GetMetrics");
+    let text = metrics.metrics;
+    let build_info = format!(
+        "hull_agent_build_info{{version=\"{}\",protocol=\"{PROTOCOL_VERSION}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.lines().any(|line| line == build_info), "{text}");
+    for name in [
+        "hull_agent_resident_memory_bytes",
+        "hull_guest_memory_total_bytes",
+    ] {
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} {value} is no number"));
+        assert!(value > 0.0, "{name} {value}");
+    }
+    // Every line is a comment or `name[{labels}] value`.
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let (_, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
