@@ -15,6 +15,7 @@ pub const SERVED_CALLS: &[Call] = &[
     Call::GetGuestDetails,
     Call::GetMetrics,
     Call::SetGuestDateTime,
+    Call::CopyFile,
 ];
 
 /// Gathers the details from the running kernel.

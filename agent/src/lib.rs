@@ -10,6 +10,7 @@
 
 pub mod cmdline;
 pub mod container_request;
+pub mod copy_file;
 pub mod guest_check;
 pub mod guest_details;
 pub mod listen;
@@ -20,10 +21,13 @@ pub mod rpc_error;
 pub mod server;
 pub mod service;
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context};
-use hull_agent_protocol::AGENT_VSOCK_PORT;
+use hull_agent_protocol::{AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
 
 use crate::listen::ListenAddr;
+use crate::service::Agent;
 
 /// The agent's version, printed in its start-up line so the host can tell which agent booted.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -38,11 +42,27 @@ pub enum Mode {
     Host,
 }
 
-/// Runs the agent: as PID 1 of a guest when `listen` is `None`, else serving on `listen`.
-pub fn run(listen: Option<ListenAddr>) -> anyhow::Result<()> {
-    match listen {
-        Some(addr) => server::serve(Mode::Host, &addr),
+/// How the agent was started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve on this address on a host; `None` to run as PID 1 of a guest.
+    pub listen: Option<ListenAddr>,
+    /// On a host, the directory CopyFile writes under (in the guest it is
+    /// [`hull_agent_protocol::GUEST_SHARED_DIR`]); without it CopyFile is refused.
+    pub shared_dir: Option<PathBuf>,
+}
+
+/// Runs the agent: as PID 1 of a guest, or on a host serving on `options.listen`.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    match options.listen {
+        Some(addr) => {
+            let agent = Agent::new(Mode::Host, options.shared_dir);
+            server::serve(agent, &addr)
+        }
         None => {
+            if options.shared_dir.is_some() {
+                bail!("--shared-dir is for an agent serving on a host, with --listen");
+            }
             if std::process::id() != 1 {
                 bail!(
                     "hull-agent runs as PID 1 of a hull guest (it is the guest image's /init); \
@@ -54,7 +74,8 @@ pub fn run(listen: Option<ListenAddr>) -> anyhow::Result<()> {
                 pid1::Next::Stopped => Ok(()),
                 pid1::Next::Serve => {
                     let addr = ListenAddr::Vsock(AGENT_VSOCK_PORT);
-                    server::serve(Mode::Guest, &addr).context("serving as PID 1")
+                    let agent = Agent::new(Mode::Guest, Some(PathBuf::from(GUEST_SHARED_DIR)));
+                    server::serve(agent, &addr).context("serving as PID 1")
                 }
             }
         }

@@ -14,15 +14,18 @@ use crate::{reaper, Mode};
 
 /// Serves the protocol on `addr` until the agent is told to stop: on a host by SIGTERM or
 /// SIGINT, after which the socket is removed; in the guest never (the VM ends with it).
-pub fn serve(mode: Mode, addr: &ListenAddr) -> anyhow::Result<()> {
+pub fn serve(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // File work (CopyFile) runs off the event loop, on at most this many threads.
+        .max_blocking_threads(2)
         .build()
         .context("building the agent's event loop")?;
-    runtime.block_on(serve_on_runtime(mode, addr))
+    runtime.block_on(serve_on_runtime(agent, addr))
 }
 
-async fn serve_on_runtime(mode: Mode, addr: &ListenAddr) -> anyhow::Result<()> {
+async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()> {
+    let mode = agent.mode();
     if mode == Mode::Guest {
         let mut reaping = tokio::spawn(reaper::reap_on_sigchld());
         // Fail now, not later, if SIGCHLD cannot be handled: zombies would pile up.
@@ -37,7 +40,7 @@ async fn serve_on_runtime(mode: Mode, addr: &ListenAddr) -> anyhow::Result<()> {
     let listener = addr
         .bind()
         .with_context(|| format!("listening on {addr}"))?;
-    let service = create_agent_service(Arc::new(Agent::new(mode)));
+    let service = create_agent_service(Arc::new(agent));
     let mut server = Server::new()
         .add_listener(listener)
         .register_service(service);

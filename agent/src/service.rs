@@ -1,6 +1,6 @@
 //! The agent's side of `hull.agent.v1.AgentService`: one [`Agent`] answers every call.
 //!
-//! Served for real: Check, GetGuestDetails, GetMetrics, SetGuestDateTime. CreateContainer checks its
+//! Served for real: Check, GetGuestDetails, GetMetrics, SetGuestDateTime, CopyFile. CreateContainer checks its
 //! request completely (id, OCI spec, storages), answering INVALID_ARGUMENT precisely, and then
 //! UNIMPLEMENTED: running containers is the next step. Every other call answers UNIMPLEMENTED
 //! naming itself; none fakes a success.
@@ -20,6 +20,7 @@
 //! - State: it keeps a state directory per container (runc's layout), which the agent would
 //!   put on a tmpfs under /run.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use hull_agent_protocol::agent::*;
@@ -32,6 +33,7 @@ use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
 
 use crate::container_request::ContainerRequest;
+use crate::copy_file::{self, copy_chunk};
 use crate::metrics::Snapshot;
 use crate::rpc_error;
 use crate::{guest_details, Mode};
@@ -44,15 +46,22 @@ const NANOS_PER_SEC: u32 = 1_000_000_000;
 pub struct Agent {
     mode: Mode,
     started: Instant,
+    shared_dir: Option<PathBuf>,
 }
 
 impl Agent {
-    /// An agent serving in `mode`.
-    pub fn new(mode: Mode) -> Self {
+    /// An agent serving in `mode`, writing CopyFile's files under `shared_dir`.
+    pub fn new(mode: Mode, shared_dir: Option<PathBuf>) -> Self {
         Agent {
             mode,
             started: Instant::now(),
+            shared_dir,
         }
+    }
+
+    /// Where it serves.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 }
 
@@ -305,7 +314,27 @@ impl AgentService for Agent {
         Ok(metrics)
     }
 
-    async fn copy_file(&self, _ctx: &TtrpcContext, _req: CopyFileRequest) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::CopyFile))
+    async fn copy_file(&self, _ctx: &TtrpcContext, req: CopyFileRequest) -> ttrpc::Result<Empty> {
+        let call = Call::CopyFile;
+        let Some(root) = self.shared_dir.clone() else {
+            return Err(rpc_error::failed_precondition(
+                call,
+                "this agent has no shared directory (on a host, start it with --shared-dir)",
+            ));
+        };
+        let written = tokio::task::spawn_blocking(move || copy_chunk(&root, &req))
+            .await
+            .map_err(|err| rpc_error::internal(call, format!("the copy task failed: {err}")))?;
+        match written {
+            Ok(()) => Ok(Empty::new()),
+            Err(err) if err.is_invalid_request() => Err(rpc_error::invalid_argument(call, err)),
+            Err(err @ copy_file::Error::NotADirectory(_)) => {
+                Err(rpc_error::failed_precondition(call, err))
+            }
+            Err(err) => Err(rpc_error::internal(
+                call,
+                format!("{:#}", anyhow::Error::new(err)),
+            )),
+        }
     }
 }

@@ -22,6 +22,11 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(test: &str) -> AgentProcess {
+        Self::start_with(test, &[])
+    }
+
+    /// Starts the agent with `extra` arguments; `{dir}` in one stands for its temp dir.
+    fn start_with(test: &str, extra: &[&str]) -> AgentProcess {
         let dir = std::env::temp_dir().join(format!("hull-agent-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the test's temp dir");
@@ -30,6 +35,11 @@ impl AgentProcess {
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--log-level=debug")
+            .args(
+                extra
+                    .iter()
+                    .map(|arg| arg.replace("{dir}", &dir.to_string_lossy())),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("starting hull-agent");
@@ -134,7 +144,13 @@ async fn guest_details_describe_this_hosts_kernel_and_the_agent() {
     assert_eq!(details.protocol_version, PROTOCOL_VERSION);
     assert!(details.cpus >= 1, "{details:?}");
     assert!(details.memory_bytes >= 64 << 20, "{details:?}");
-    for served in ["Check", "GetGuestDetails", "GetMetrics", "SetGuestDateTime"] {
+    for served in [
+        "Check",
+        "GetGuestDetails",
+        "GetMetrics",
+        "SetGuestDateTime",
+        "CopyFile",
+    ] {
         assert!(
             details.supported_calls.iter().any(|c| c == served),
             "{details:?}"
@@ -159,9 +175,13 @@ async fn calls_not_served_yet_answer_unimplemented_naming_the_call() {
     assert_eq!(code, Code::UNIMPLEMENTED);
     assert!(message.contains("StartContainer"), "{message}");
 
-    let (code, message) = status_of(client.copy_file(ctx(), &CopyFileRequest::new()).await);
+    let (code, message) = status_of(
+        client
+            .list_interfaces(ctx(), &ListInterfacesRequest::new())
+            .await,
+    );
     assert_eq!(code, Code::UNIMPLEMENTED);
-    assert!(message.contains("CopyFile"), "{message}");
+    assert!(message.contains("ListInterfaces"), "{message}");
 
     // A well-formed CreateContainer is not run yet, and says so.
     let mut create = CreateContainerRequest::new();
@@ -237,6 +257,49 @@ async fn metrics_are_prometheus_text_about_the_agent_and_guest() {
             .unwrap_or_else(|| panic!("bad line {line:?}"));
         assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn copy_file_writes_chunks_under_the_shared_dir_only() {
+    let agent = AgentProcess::start_with("copy", &["--shared-dir", "{dir}/shared"]);
+    let client = agent.client().await;
+    let shared = agent.dir.join("shared");
+    let path = shared.join("web/etc/hosts");
+    let chunk = |path: &Path, offset: u64, data: &[u8]| {
+        let mut request = CopyFileRequest::new();
+        request.path = path.to_string_lossy().into_owned();
+        request.file_size = 21;
+        request.offset = offset;
+        request.data = data.to_vec();
+        request.file_mode = 0o644;
+        request.dir_mode = 0o755;
+        request.uid = nix::unistd::getuid().as_raw();
+        request.gid = nix::unistd::getgid().as_raw();
+        request
+    };
+    client
+        .copy_file(ctx(), &chunk(&path, 0, b"127.0.0.1 "))
+        .await
+        .expect("first chunk");
+    client
+        .copy_file(ctx(), &chunk(&path, 10, b"localhost\n"))
+        .await
+        .expect("second chunk");
+    assert_eq!(
+        std::fs::read(&path).expect("reading the copy"),
+        b"127.0.0.1 localhost\n"
+    );
+
+    let outside = agent.dir.join("escaped");
+    let (code, message) = status_of(client.copy_file(ctx(), &chunk(&outside, 0, b"x")).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(!outside.exists());
+
+    let plain = AgentProcess::start("copy-no-dir");
+    let client = plain.client().await;
+    let (code, message) = status_of(client.copy_file(ctx(), &chunk(&path, 0, b"x")).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    assert!(message.contains("--shared-dir"), "{message}");
 }
 
 #[tokio::test(flavor = "current_thread")]

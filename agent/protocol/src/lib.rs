@@ -45,6 +45,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The vsock port the agent listens on in the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The guest directory that CopyFile writes under (and where the shim's shared files, such as
+/// a container's resolv.conf, live).
+pub const GUEST_SHARED_DIR: &str = "/run/hull/shared";
+
 /// The fully qualified name of the service, as it travels in every ttrpc request.
 pub const SERVICE_NAME: &str = "hull.agent.v1.AgentService";
 
