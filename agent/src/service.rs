@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use hull_agent_protocol::agent::*;
-use hull_agent_protocol::protobuf::well_known_types::empty::Empty;
 use hull_agent_protocol::ttrpc::r#async::TtrpcContext;
 use hull_agent_protocol::ttrpc::{self};
 use hull_agent_protocol::types::{Interface, Interfaces, Routes};

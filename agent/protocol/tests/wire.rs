@@ -2,7 +2,6 @@
 //! and what one end encodes the other decodes unchanged, unknown fields included.
 
 use hull_agent_protocol::agent::*;
-use hull_agent_protocol::protobuf::well_known_types::empty::Empty;
 use hull_agent_protocol::protobuf::Message;
 use hull_agent_protocol::types::*;
 use proptest::prelude::*;
