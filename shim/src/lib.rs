@@ -6,9 +6,13 @@
 //!
 //! Built so far: [`config`] (configuration files, drop-ins, annotation overrides), [`paths`]
 //! (where hull finds its files), [`host`] (`hull check`), [`hybrid_vsock`] (the shim side of
-//! the agent link), [`vm_spec`] and the [`qemu`] backend's VM process management. The task
-//! service, the sandbox and the other hypervisor backends are the shim issue's remaining work.
+//! the agent link), [`agent_link`] (ttrpc to the agent over it), [`backend`] (device backend
+//! processes), [`vm_spec`], the [`qemu`] backend's VM process management, [`sandbox`] (booting
+//! a VM to a serving agent; the persisted record) and [`service`] (containerd's side). Creating
+//! containers and the other hypervisor backends are the shim issue's remaining work.
 
+pub mod agent_link;
+pub mod backend;
 pub mod config;
 pub mod host;
 pub mod hybrid_vsock;

@@ -38,3 +38,10 @@ if grep -q 'hull-agent: self-test passed' "$log"; then
 else
     die "the guest did not pass the agent's self-test; console log kept in $log"
 fi
+
+# The shim's own path to the guest: hull-vsock serves the VM's vsock device, and the agent
+# answers a ttrpc health check over it.
+hull=${HULL_BIN_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}/hull
+[ -x "$hull" ] || die "$hull is missing: run 'make build'"
+step "booting a guest as a pod would (hull-vsock + QEMU) and asking its agent for a health check"
+"$hull" check --boot | grep -E '^(pass|WARN|FAIL|\.\.\.\.)  (boot|hypervisor|kvm)' | sed 's/^/    /'

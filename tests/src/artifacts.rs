@@ -42,3 +42,26 @@ pub fn bzimage() -> Result<PathBuf, Missing> {
 pub fn initrd() -> Result<PathBuf, Missing> {
     artifact("HULL_INITRD", "initrd.img")
 }
+
+/// A binary of this workspace (`hull-vsock`, `hull-fs`, ...) from the cargo target directory
+/// the running test was built in: `cargo test --workspace` (so `make test`) builds them all.
+pub fn workspace_binary(name: &str) -> Result<PathBuf, Missing> {
+    let exe = env::current_exe().map_err(|e| {
+        Missing::new(
+            format!("the test's own path ({e})"),
+            "run it with cargo test",
+        )
+    })?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join(name));
+    match path {
+        Some(path) if path.is_file() => Ok(path),
+        _ => Err(Missing::new(
+            format!("{name} built beside this test"),
+            "run 'cargo test --workspace' (make test), or build it first with cargo build -p its package",
+        )),
+    }
+}

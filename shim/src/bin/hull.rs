@@ -19,7 +19,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Checks whether this host can run hull pods, and how to fix what is missing.
-    Check,
+    Check {
+        /// Also boot a guest and ask its agent for a health check.
+        #[arg(long)]
+        boot: bool,
+    },
     /// Prints the effective environment: configuration files, resolved paths, versions.
     Env,
     /// Configuration files.
@@ -54,7 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     use hull_shim::paths;
 
     match cli.command {
-        Command::Check => {
+        Command::Check { boot } => {
             use hull_shim::host::{check, HostFacts, Verdict};
             let loaded =
                 load(&ConfigSearch::from_env(cli.config)).context("loading the configuration")?;
@@ -66,6 +70,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let failed = lines.iter().filter(|l| l.verdict == Verdict::Fail).count();
             if failed > 0 {
                 anyhow::bail!("{failed} check(s) failed: this host lacks what hull needs");
+            }
+            if boot {
+                boot_check(&loaded.config)?;
             }
             println!("this host has what hull needs");
         }
@@ -100,4 +107,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `hull check --boot`: boots a guest as a pod would and asks its agent how it is.
+fn boot_check(config: &hull_shim::config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let dir = std::env::temp_dir().join(format!("hull-check-{}", std::process::id()));
+    let exe = std::env::current_exe().ok();
+    runtime.block_on(async {
+        println!("....  boot: starting hull-vsock and the VM, waiting for the agent");
+        let vm = hull_shim::sandbox::boot::boot(config, "hull-check", &dir, exe.as_deref())
+            .await
+            .context("booting a guest")?;
+        let details = vm.agent.guest_details().await.context("asking the agent for guest details")?;
+        println!(
+            "pass  boot: the agent answered Check SERVING after {:.1} s: hull-agent {} (protocol {}), \
+             Linux {} {}, {} vCPU, {} MiB",
+            vm.boot_time.as_secs_f64(),
+            details.agent_version,
+            details.protocol_version,
+            details.kernel_release,
+            details.machine,
+            details.cpus,
+            details.memory_bytes >> 20
+        );
+        vm.shutdown(std::time::Duration::from_secs(10)).await.context("stopping the guest")?;
+        Ok(())
+    })
 }

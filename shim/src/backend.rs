@@ -1,0 +1,160 @@
+//! A vhost-user device backend process (hull-vsock, hull-fs, hull-blk, hull-net) owned by a
+//! sandbox: started with its socket path, ready once the socket exists, its stderr kept in a
+//! log file, and stopped with SIGTERM (then SIGKILL) or killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// Errors of a backend process.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// It could not be started.
+    #[error("starting {program}")]
+    Spawn {
+        /// The binary.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It exited before its socket appeared; its log says why.
+    #[error("{program} exited while starting ({status}): {log}")]
+    Exited {
+        /// The binary.
+        program: PathBuf,
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it wrote to stderr.
+        log: String,
+    },
+    /// Its socket did not appear in time.
+    #[error("{program} did not create {socket} within {deadline:?}")]
+    NotReady {
+        /// The binary.
+        program: PathBuf,
+        /// The socket it was to create.
+        socket: PathBuf,
+        /// The bound.
+        deadline: Duration,
+    },
+    /// Waiting for it failed.
+    #[error("waiting for {program}")]
+    Wait {
+        /// The binary.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A running backend. Dropping it kills the process.
+#[derive(Debug)]
+pub struct BackendProcess {
+    program: PathBuf,
+    child: Child,
+    log: PathBuf,
+}
+
+impl BackendProcess {
+    /// Starts `program args` with stderr in `log`, and returns once `socket` exists.
+    pub async fn start(
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        socket: &Path,
+        log: &Path,
+        deadline: Duration,
+    ) -> Result<Self> {
+        let spawn_error = |source| Error::Spawn {
+            program: program.to_owned(),
+            source,
+        };
+        let stderr = std::fs::File::create(log).map_err(spawn_error)?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn_error)?;
+        let mut backend = Self {
+            program: program.to_owned(),
+            child,
+            log: log.to_owned(),
+        };
+        let end = tokio::time::Instant::now() + deadline;
+        while !socket.exists() {
+            if let Some(status) = backend
+                .child
+                .try_wait()
+                .map_err(|source| backend.wait_error(source))?
+            {
+                return Err(Error::Exited {
+                    program: program.to_owned(),
+                    status,
+                    log: backend.log_text(),
+                });
+            }
+            if tokio::time::Instant::now() >= end {
+                return Err(Error::NotReady {
+                    program: program.to_owned(),
+                    socket: socket.to_owned(),
+                    deadline,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(backend)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// What the backend has written to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    fn wait_error(&self, source: std::io::Error) -> Error {
+        Error::Wait {
+            program: self.program.clone(),
+            source,
+        }
+    }
+
+    /// Waits for the backend to exit by itself (it does when its frontend goes), at most
+    /// `grace`, then stops it with SIGTERM and finally SIGKILL.
+    pub async fn stop(mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Ok(status) = tokio::time::timeout(grace, self.child.wait()).await {
+            return status.map_err(|source| self.wait_error(source));
+        }
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) takes plain integers; the pid is our unreaped child's.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        if let Ok(status) = tokio::time::timeout(grace, self.child.wait()).await {
+            return status.map_err(|source| self.wait_error(source));
+        }
+        tracing::warn!(program = %self.program.display(), "backend ignored SIGTERM; killing it");
+        self.child
+            .kill()
+            .await
+            .map_err(|source| self.wait_error(source))?;
+        self.child
+            .wait()
+            .await
+            .map_err(|source| self.wait_error(source))
+    }
+}

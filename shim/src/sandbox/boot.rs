@@ -1,0 +1,335 @@
+//! Bringing up a pod's VM to the point where its agent answers: the vsock backend, then the
+//! VM, then the agent link. Used by the sandbox's start and by `hull check --boot`.
+//!
+//! Everything started here is owned by [`BootedVm`]; an error part-way stops what was already
+//! started (each piece's Drop kills its process), so a failed boot leaves nothing running.
+//! Only the `qemu` hypervisor is wired so far; the built-in VMM needs virtio-mmio and vsock.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent_link::{self, AgentLink};
+use crate::backend::{self, BackendProcess};
+use crate::config::{Config, HypervisorKind};
+use crate::host::HostFacts;
+use crate::qemu::{self, Accel, QemuOptions, QemuVm};
+use crate::vm_spec::{VmDevice, VmSpec};
+
+/// The guest's vsock context id (the first one past the reserved 0 to 2).
+pub const GUEST_CID: u32 = 3;
+/// How long a backend may take to create its socket.
+const BACKEND_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one agent call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of booting a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration asks for a hypervisor this step cannot use yet.
+    #[error("hypervisor {0:?} cannot boot a guest yet: set hypervisor = \"qemu\" (or \"auto\" where it picks qemu)")]
+    Hypervisor(HypervisorKind),
+    /// A helper binary was not found.
+    #[error("{0} not found next to this binary or on PATH: run 'make build' and put target/release on PATH")]
+    Helper(&'static str),
+    /// A file the VM needs is missing.
+    #[error("{what} {path} does not exist: run 'make image', or set vm.kernel / vm.initrd")]
+    Missing {
+        /// Kernel or initrd.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The vsock backend failed.
+    #[error("the vsock backend")]
+    Backend(#[from] backend::Error),
+    /// The VM failed.
+    #[error("the VM")]
+    Vm(#[from] qemu::Error),
+    /// The VM stopped before its agent answered.
+    #[error("the VM exited ({status}) before its agent answered; console log ends:\n{console}")]
+    VmExited {
+        /// QEMU's exit status.
+        status: String,
+        /// The last lines of the guest console.
+        console: String,
+    },
+    /// The agent did not answer.
+    #[error("the guest agent (console log: {console})")]
+    Agent {
+        /// The guest console so far.
+        console: String,
+        /// Why.
+        #[source]
+        source: agent_link::Error,
+    },
+}
+
+/// A `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What ended the wait for the agent.
+enum BootOutcome {
+    Agent(agent_link::Result<AgentLink>),
+    VmExited(qemu::Result<std::process::ExitStatus>),
+}
+
+/// A booted VM whose agent answers.
+pub struct BootedVm {
+    /// The agent.
+    pub agent: AgentLink,
+    vm: QemuVm,
+    vsock: BackendProcess,
+    /// Time from the start of [`boot`] to the agent's first SERVING answer.
+    pub boot_time: Duration,
+    // Declared last, so it is dropped after the processes using it.
+    _run_dir: RunDir,
+}
+
+/// The boot's run directory, removed with everything in it when dropped.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_dir_all(&self.0) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.0.display(), %err, "removing the VM's run directory");
+            }
+        }
+    }
+}
+
+impl BootedVm {
+    /// The guest's serial console so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.vm.console_log()).unwrap_or_default()
+    }
+
+    /// Stops the VM, then the vsock backend (which exits when its frontend goes).
+    pub async fn shutdown(self, grace: Duration) -> Result<()> {
+        let Self {
+            agent,
+            vm,
+            vsock,
+            _run_dir: run_dir,
+            ..
+        } = self;
+        drop(agent);
+        vm.stop(grace).await?;
+        vsock.stop(grace).await?;
+        drop(run_dir);
+        Ok(())
+    }
+}
+
+/// Boots the VM `config` describes with its files in `run_dir` (created 0700, must not exist,
+/// removed when the VM is shut down or the boot fails),
+/// finding helper binaries next to `beside` or on PATH.
+pub async fn boot(
+    config: &Config,
+    id: &str,
+    run_dir: &Path,
+    beside: Option<&Path>,
+) -> Result<BootedVm> {
+    let started = Instant::now();
+    let facts = HostFacts::probe(config);
+    let kind = match config.hypervisor {
+        HypervisorKind::Auto => facts.auto_hypervisor(),
+        other => other,
+    };
+    if kind != HypervisorKind::Qemu {
+        return Err(Error::Hypervisor(kind));
+    }
+    let (kernel, initrd) = (config.kernel(), config.initrd());
+    for (what, path) in [("kernel", &kernel), ("initrd", &initrd)] {
+        if !path.is_file() {
+            return Err(Error::Missing {
+                what,
+                path: path.clone(),
+            });
+        }
+    }
+    let path_env = std::env::var_os("PATH");
+    let vsock_bin = crate::paths::find_helper("hull-vsock", beside, path_env.as_deref())
+        .ok_or(Error::Helper("hull-vsock"))?;
+    let qemu_bin = crate::paths::find_helper(
+        config.qemu.path.to_str().unwrap_or("qemu-system-x86_64"),
+        None,
+        path_env.as_deref(),
+    )
+    .or_else(|| {
+        config
+            .qemu
+            .path
+            .is_absolute()
+            .then(|| config.qemu.path.clone())
+    })
+    .ok_or(Error::Helper("qemu-system-x86_64"))?;
+
+    // run_dir holds the backends' sockets and logs, and QEMU's own directory.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(run_dir)
+            .map_err(|source| qemu::Error::RunDir {
+                path: run_dir.to_owned(),
+                source,
+            })?;
+    }
+    let guard = RunDir(run_dir.to_owned());
+    let backends = run_dir;
+    let vhost_socket = backends.join("vsock.sock");
+    let uds = backends.join("agent.vsock");
+    let cid = GUEST_CID.to_string();
+    let args: [&OsStr; 6] = [
+        "--socket".as_ref(),
+        vhost_socket.as_os_str(),
+        "--uds".as_ref(),
+        uds.as_os_str(),
+        "--guest-cid".as_ref(),
+        cid.as_ref(),
+    ];
+    let vsock = BackendProcess::start(
+        &vsock_bin,
+        &args,
+        &vhost_socket,
+        &backends.join("hull-vsock.log"),
+        BACKEND_DEADLINE,
+    )
+    .await?;
+
+    let mut kernel_params: Vec<String> = ["console=ttyS0", "reboot=t", "panic=-1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    kernel_params.push(format!("agent.hostname={}", hostname_of(id)));
+    kernel_params.extend(
+        config
+            .vm
+            .kernel_params
+            .split_whitespace()
+            .map(str::to_owned),
+    );
+    let spec = VmSpec {
+        id: id.to_owned(),
+        kernel,
+        initrd,
+        kernel_params,
+        vcpus: config.vm.vcpus,
+        memory_mib: config.vm.memory_mib,
+        devices: vec![VmDevice::VhostUserVsock {
+            socket: vhost_socket,
+        }],
+    };
+    let accel = if facts.full_guests_on_kvm() {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    if accel == Accel::Tcg {
+        tracing::warn!(vm = %id, "no hardware virtualization: the guest runs under QEMU TCG, slowly");
+    }
+    let options = QemuOptions {
+        binary: qemu_bin,
+        machine: config.qemu.machine,
+        accel,
+    };
+    let mut vm = QemuVm::start(&spec, &options, &run_dir.join("qemu")).await?;
+    let deadline = Duration::from_secs(u64::from(config.agent.start_timeout_secs));
+    // A VM that dies while booting ends the wait at once, with the console's last words.
+    let outcome = tokio::select! {
+        agent = AgentLink::connect(&uds, deadline, CALL_TIMEOUT) => BootOutcome::Agent(agent),
+        status = vm.wait() => BootOutcome::VmExited(status),
+    };
+    let console = || {
+        last_lines(
+            &std::fs::read_to_string(vm.console_log()).unwrap_or_default(),
+            20,
+        )
+    };
+    let agent = match outcome {
+        BootOutcome::Agent(Ok(agent)) => agent,
+        BootOutcome::Agent(Err(source)) => {
+            return Err(Error::Agent {
+                console: console(),
+                source,
+            })
+        }
+        BootOutcome::VmExited(status) => {
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            return Err(Error::VmExited {
+                status,
+                console: console(),
+            });
+        }
+    };
+    Ok(BootedVm {
+        agent,
+        vm,
+        vsock,
+        boot_time: started.elapsed(),
+        _run_dir: guard,
+    })
+}
+
+/// A host name for the guest from a sandbox id: letters, digits and '-', at most 63.
+fn hostname_of(id: &str) -> String {
+    let name: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    if name.is_empty() {
+        "hull".to_owned()
+    } else {
+        name
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_made_safe_for_the_kernel_command_line() {
+        assert_eq!(hostname_of("pod-1"), "pod-1");
+        assert_eq!(hostname_of("a b/c\"d"), "a-b-c-d");
+        assert_eq!(hostname_of(""), "hull");
+        assert_eq!(hostname_of(&"x".repeat(100)).len(), 63);
+    }
+
+    #[tokio::test]
+    async fn builtin_is_refused_with_what_to_set_instead() {
+        let config = Config {
+            hypervisor: HypervisorKind::Builtin,
+            ..Config::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let err = boot(&config, "t", &dir.path().join("vm"), None)
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("hypervisor = \"qemu\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_kernel_is_named() {
+        let mut config = Config {
+            hypervisor: HypervisorKind::Qemu,
+            ..Config::default()
+        };
+        config.vm.kernel = PathBuf::from("/nonexistent/vmlinux");
+        let dir = tempfile::tempdir().unwrap();
+        let err = boot(&config, "t", &dir.path().join("vm"), None)
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+    }
+}
