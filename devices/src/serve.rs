@@ -1,4 +1,4 @@
-//! Serving vhost-user frontends on a socket: wait for a frontend (or a stop request), run the
+//! Serving vhost-user frontends on a socket, for every backend of this crate: wait for a frontend (or a stop request), run the
 //! device for it until it disconnects (or a stop request), and say which happened.
 //!
 //! Termination signals are blocked and read from a signalfd, so a SIGTERM is an ordinary event
@@ -7,7 +7,7 @@
 //! unix socket removed, host streams closed).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -16,11 +16,12 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::info;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::blk::{BlkBackend, BlkDevice, SyncEngine};
 use crate::vsock::backend::BACKEND_EVENT;
 use crate::vsock::{Muxer, VsockBackend, VsockDevice};
 use crate::{Error, Result};
@@ -37,6 +38,26 @@ pub struct VsockConfig {
     /// Serve the next frontend after one disconnects, instead of exiting.
     pub keep_listening: bool,
 }
+
+/// What `hull-blk` serves, from its command line.
+#[derive(Debug, Clone)]
+pub struct BlkConfig {
+    /// The vhost-user socket the frontend connects to.
+    pub socket: PathBuf,
+    /// The backing file or block device.
+    pub path: PathBuf,
+    /// Refuse writes and advertise a read-only disk.
+    pub readonly: bool,
+    /// Open the disk with `O_DIRECT` (no host page cache).
+    pub direct: bool,
+    /// Number of request queues, each served by its own worker thread.
+    pub queues: u16,
+    /// Serve the next frontend after one disconnects, instead of exiting.
+    pub keep_listening: bool,
+}
+
+/// Most request queues `hull-blk` serves (one worker thread each).
+pub const MAX_BLK_QUEUES: u16 = 64;
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,25 +121,42 @@ impl TermSignals {
     }
 }
 
-/// Serves vhost-user frontends on `config.socket` until one disconnects (or, with
-/// `keep_listening`, forever) or a termination signal arrives.
-pub fn run_vsock(config: &VsockConfig, signals: &TermSignals) -> Result<ExitReason> {
-    check_guest_cid(config.guest_cid)?;
-    let mut listener = Listener::new(&config.socket, true).map_err(|source| Error::Listen {
-        path: config.socket.clone(),
+/// Serves vhost-user frontends on `socket` until one disconnects (or, with `keep_listening`,
+/// forever) or a termination signal arrives. `serve_one` serves one frontend from the
+/// listener with a fresh device, returning early when the stop descriptor becomes readable.
+pub fn serve_until_done(
+    socket: &Path,
+    keep_listening: bool,
+    signals: &TermSignals,
+    mut serve_one: impl FnMut(&mut Listener, BorrowedFd<'_>) -> Result<Outcome>,
+) -> Result<ExitReason> {
+    let mut listener = Listener::new(socket, true).map_err(|source| Error::Listen {
+        path: socket.to_path_buf(),
         source,
     })?;
-    info!(socket = %config.socket.display(), uds = %config.uds.display(), guest_cid = config.guest_cid,
-        "hull-vsock listening for a vhost-user frontend");
     loop {
-        match serve_vsock_frontend(&mut listener, config, signals.fd())? {
+        match serve_one(&mut listener, signals.fd())? {
             Outcome::Stopped => return Ok(ExitReason::Signal(signals.read())),
-            Outcome::FrontendDisconnected if config.keep_listening => {
+            Outcome::FrontendDisconnected if keep_listening => {
                 info!("frontend disconnected; waiting for the next one (--keep-listening)");
             }
             Outcome::FrontendDisconnected => return Ok(ExitReason::FrontendDisconnected),
         }
     }
+}
+
+/// Serves vhost-user frontends on `config.socket` until one disconnects (or, with
+/// `keep_listening`, forever) or a termination signal arrives.
+pub fn run_vsock(config: &VsockConfig, signals: &TermSignals) -> Result<ExitReason> {
+    check_guest_cid(config.guest_cid)?;
+    info!(socket = %config.socket.display(), uds = %config.uds.display(), guest_cid = config.guest_cid,
+        "hull-vsock listening for a vhost-user frontend");
+    serve_until_done(
+        &config.socket,
+        config.keep_listening,
+        signals,
+        |listener, stop| serve_vsock_frontend(listener, config, stop),
+    )
 }
 
 /// Serves one frontend from `listener` with a fresh vsock device (its host socket bound at
@@ -128,26 +166,80 @@ pub fn serve_vsock_frontend(
     config: &VsockConfig,
     stop: BorrowedFd<'_>,
 ) -> Result<Outcome> {
-    if !(3..=0xffff_fffe).contains(&config.guest_cid) {
-        return Err(Error::InvalidGuestCid {
-            cid: config.guest_cid,
-        });
-    }
+    check_guest_cid(config.guest_cid)?;
     let muxer = Muxer::new(&config.uds, config.guest_cid)?;
     let mut backend = VsockBackend::new(VsockDevice::new(muxer), config.guest_cid);
     let host_fd = backend.host_event_fd();
     let backend = Arc::new(RwLock::new(backend));
-    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new("hull-vsock".into(), Arc::clone(&backend), memory)
-        .map_err(|e| Error::Daemon(e.to_string()))?;
-    for handler in daemon.get_epoll_handlers() {
-        handler
-            .register_listener(host_fd, EventSet::IN, u64::from(BACKEND_EVENT))
-            .map_err(|source| Error::Os {
-                what: "polling the host side",
-                source,
-            })?;
+    let outcome = serve_frontend(
+        listener,
+        "hull-vsock",
+        Arc::clone(&backend),
+        stop,
+        |daemon| {
+            for handler in daemon.get_epoll_handlers() {
+                handler
+                    .register_listener(host_fd, EventSet::IN, u64::from(BACKEND_EVENT))
+                    .map_err(|source| Error::Os {
+                        what: "polling the host side",
+                        source,
+                    })?;
+            }
+            Ok(())
+        },
+    );
+    if let Ok(backend) = backend.read() {
+        info!(counters = ?backend.counters(), "device counters");
     }
+    outcome
+}
+
+/// Opens the disk, then serves vhost-user-blk frontends on `config.socket` until one
+/// disconnects (or, with `keep_listening`, forever) or a termination signal arrives.
+pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> {
+    if !(1..=MAX_BLK_QUEUES).contains(&config.queues) {
+        return Err(Error::InvalidQueues {
+            queues: config.queues,
+            max: MAX_BLK_QUEUES,
+        });
+    }
+    let engine = SyncEngine::open(&config.path, config.readonly, config.direct)?;
+    let device = Arc::new(BlkDevice::new(engine, config.readonly, config.queues));
+    info!(socket = %config.socket.display(), disk = %config.path.display(),
+        sectors = device.config_space().first_chunk::<8>().map(|c| u64::from_le_bytes(*c)),
+        readonly = config.readonly, direct = config.direct, queues = config.queues,
+        "hull-blk listening for a vhost-user frontend");
+    let reason = serve_until_done(
+        &config.socket,
+        config.keep_listening,
+        signals,
+        |listener, stop| {
+            let backend = Arc::new(BlkBackend::new(Arc::clone(&device)));
+            serve_frontend(listener, "hull-blk", backend, stop, |_| Ok(()))
+        },
+    );
+    info!(counters = ?device.counters(), "device counters");
+    reason
+}
+
+/// Serves one frontend from `listener` with `backend`: `setup` runs on the daemon before the
+/// frontend is accepted (to add device events to the worker threads). Returns when the
+/// frontend disconnects, or early when `stop` becomes readable; the daemon and its worker
+/// threads are gone when it returns.
+pub fn serve_frontend<S>(
+    listener: &mut Listener,
+    name: &str,
+    backend: S,
+    stop: BorrowedFd<'_>,
+    setup: impl FnOnce(&VhostUserDaemon<S>) -> Result<()>,
+) -> Result<Outcome>
+where
+    S: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+{
+    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let mut daemon = VhostUserDaemon::new(name.into(), backend, memory)
+        .map_err(|e| Error::Daemon(e.to_string()))?;
+    setup(&daemon)?;
 
     if !wait_readable(listener.as_raw_fd(), stop)? {
         return Ok(Outcome::Stopped);
@@ -177,14 +269,11 @@ pub fn serve_vsock_frontend(
         let _ = done.write(1);
         result
     });
-    // Stop the worker thread and drop the device with it.
+    // Stop the worker threads and drop the device with them.
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
     }
     drop(daemon);
-    if let Ok(backend) = backend.read() {
-        info!(counters = ?backend.counters(), "device counters");
-    }
     match result {
         _ if stopped.load(Ordering::Acquire) => Ok(Outcome::Stopped),
         Ok(()) => Ok(Outcome::FrontendDisconnected),
