@@ -26,7 +26,7 @@ pub const CONFIG_SIZE: usize = 60;
 pub const QUEUE_SIZE_FOR_SEG_MAX: u32 = 128;
 /// Largest discard / write-zeroes request, in sectors (the config's limits; the engine itself
 /// has none).
-pub const MAX_DISCARD_SECTORS: u32 = u32::MAX / SECTOR_SIZE as u32;
+pub const MAX_DISCARD_SECTORS: u32 = u32::MAX / SECTOR_SIZE;
 
 /// What the device serves, from the command line.
 #[derive(Debug)]
@@ -112,7 +112,7 @@ impl BlkDevice {
         };
         put(0, &self.engine.capacity().to_le_bytes()); // capacity
         put(12, &(QUEUE_SIZE_FOR_SEG_MAX - 2).to_le_bytes()); // seg_max
-        put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+        put(20, &SECTOR_SIZE.to_le_bytes()); // blk_size
         put(34, &self.num_queues.to_le_bytes()); // num_queues
         put(36, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_discard_sectors
         put(40, &MAX_SEGMENTS.to_le_bytes()); // max_discard_seg
@@ -235,5 +235,517 @@ impl BlkDevice {
             id = rest;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Test values (sector counts, small lengths) all fit their targets.
+    #![allow(clippy::cast_possible_truncation)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::blk::test_utils::{BlkGuest, TempDisk, R_NEXT, W_LAST, W_NEXT};
+    use crate::vsock::test_utils::{test_memory, MEM_SIZE};
+
+    const T_IN: u32 = 0;
+    const T_OUT: u32 = 1;
+    const T_FLUSH: u32 = 4;
+    const T_GET_ID: u32 = 8;
+    const T_DISCARD: u32 = 11;
+    const T_WRITE_ZEROES: u32 = 13;
+    const S_OK: u8 = 0;
+    const S_IOERR: u8 = 1;
+    const S_UNSUPP: u8 = 2;
+    /// Sectors of the test disk (1 MiB).
+    const SECTORS: u64 = 2048;
+
+    fn disk_range(disk: &TempDisk, sector: u64, len: usize) -> Vec<u8> {
+        let start = (sector * 512) as usize;
+        disk.bytes()[start..start + len].to_vec()
+    }
+
+    /// Writes `len` bytes of `fill` at `sector` through the device and checks the status.
+    fn write(guest: &mut BlkGuest<'_>, device: &BlkDevice, sector: u64, len: u32, fill: u8) {
+        let (_, status) = guest.request(T_OUT, sector, len, false, fill);
+        assert_eq!(guest.run(device).len(), 1);
+        assert_eq!(guest.byte(status), S_OK, "write at sector {sector}");
+    }
+
+    fn segment(guest: &mut BlkGuest<'_>, sector: u64, sectors: u32, flags: u32) -> u64 {
+        let addr = guest.buf(16, 0);
+        let mut raw = sector.to_le_bytes().to_vec();
+        raw.extend_from_slice(&sectors.to_le_bytes());
+        raw.extend_from_slice(&flags.to_le_bytes());
+        for (i, b) in raw.iter().enumerate() {
+            guest.mem_write(addr + i as u64, *b);
+        }
+        addr
+    }
+
+    /// A discard or write-zeroes request of one segment; returns the status address.
+    fn ranged(guest: &mut BlkGuest<'_>, kind: u32, sector: u64, sectors: u32, flags: u32) -> u64 {
+        let header = guest.header(kind, 0);
+        let seg = segment(guest, sector, sectors, flags);
+        let status = guest.buf(1, 0xee);
+        guest.raw(&[
+            (header, 16, R_NEXT, 1),
+            (seg, 16, R_NEXT, 2),
+            (status, 1, W_LAST, 0),
+        ]);
+        status
+    }
+
+    #[test]
+    fn write_then_read_returns_the_written_sectors_and_lands_in_the_file() {
+        let disk = TempDisk::new("blk-rw", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        write(&mut guest, &device, 8, 4096, 0xab);
+        assert!(disk_range(&disk, 8, 4096).iter().all(|&b| b == 0xab));
+        assert!(
+            disk_range(&disk, 7, 512).iter().all(|&b| b == 0),
+            "sector 7 untouched"
+        );
+
+        let (data, status) = guest.request(T_IN, 8, 4096, true, 0);
+        let used = guest.run(&device);
+        assert_eq!(used[0].1, 4097, "data plus the status byte");
+        assert_eq!(guest.byte(status), S_OK);
+        assert!(guest.bytes(data, 4096).iter().all(|&b| b == 0xab));
+    }
+
+    #[test]
+    fn last_sector_of_the_disk_can_be_written_and_read() {
+        let disk = TempDisk::new("blk-last", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        write(&mut guest, &device, SECTORS - 1, 512, 0x5a);
+        assert!(disk_range(&disk, SECTORS - 1, 512)
+            .iter()
+            .all(|&b| b == 0x5a));
+        assert_eq!(
+            disk.bytes().len() as u64,
+            SECTORS * 512,
+            "the file did not grow"
+        );
+    }
+
+    #[test]
+    fn data_split_over_several_descriptors_is_read_in_order() {
+        let disk = TempDisk::new("blk-split", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        write(&mut guest, &device, 0, 512, 1);
+        write(&mut guest, &device, 1, 512, 2);
+        // Header split 10 + 6 and data split 700 + 324 across descriptors: any layout works.
+        let header = guest.header(T_IN, 0);
+        let a = guest.buf(700, 0);
+        let b = guest.buf(324, 0);
+        let status = guest.buf(1, 0xee);
+        guest.raw(&[
+            (header, 10, R_NEXT, 1),
+            (header + 10, 6, R_NEXT, 2),
+            (a, 700, W_NEXT, 3),
+            (b, 324, W_NEXT, 4),
+            (status, 1, W_LAST, 0),
+        ]);
+        let head = guest.raw_head_of_last();
+        assert_eq!(guest.run(&device), vec![(head, 1025)]);
+        assert_eq!(guest.byte(status), S_OK);
+        let mut got = guest.bytes(a, 700);
+        got.extend(guest.bytes(b, 324));
+        assert!(got[..512].iter().all(|&x| x == 1));
+        assert!(got[512..].iter().all(|&x| x == 2));
+    }
+
+    #[test]
+    fn reads_and_writes_outside_the_disk_fail_with_ioerr_and_touch_nothing() {
+        let disk = TempDisk::new("blk-range", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        for (kind, sector, len) in [
+            (T_IN, SECTORS, 512),
+            (T_IN, SECTORS - 1, 1024),
+            (T_IN, u64::MAX, 512),
+            (T_OUT, SECTORS, 512),
+            (T_OUT, u64::MAX - 1, 1024),
+        ] {
+            let (data, status) = guest.request(kind, sector, len, kind == T_IN, 0x77);
+            let used = guest.run(&device);
+            assert_eq!(used.len(), 1);
+            assert_eq!(used[0].1, 1, "only the status byte for {kind} at {sector}");
+            assert_eq!(guest.byte(status), S_IOERR, "{kind} at {sector}");
+            assert!(guest.bytes(data, len as usize).iter().all(|&b| b == 0x77));
+        }
+        assert!(
+            disk.bytes().iter().all(|&b| b == 0),
+            "the disk is unchanged"
+        );
+        assert_eq!(device.counters().malformed, 5);
+    }
+
+    #[test]
+    fn lengths_that_are_not_whole_sectors_fail_with_ioerr() {
+        let disk = TempDisk::new("blk-unaligned", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        for (kind, len) in [(T_IN, 100), (T_OUT, 513), (T_IN, 0)] {
+            let (_, status) = guest.request(kind, 0, len, kind == T_IN, 0x77);
+            guest.run(&device);
+            let expected = if len == 0 { S_OK } else { S_IOERR };
+            assert_eq!(guest.byte(status), expected, "{kind} of {len} bytes");
+        }
+        assert!(disk.bytes().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn data_in_buffers_of_the_wrong_direction_fails_with_ioerr() {
+        let disk = TempDisk::new("blk-direction", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        // A read whose data buffer the device may not write, a write whose data it may not
+        // read, a get-id with driver data, a discard with device data.
+        for (kind, device_writes) in [(T_IN, false), (T_OUT, true), (T_GET_ID, false)] {
+            let (data, status) = guest.request(kind, 0, 512, device_writes, 0x77);
+            guest.run(&device);
+            assert_eq!(guest.byte(status), S_IOERR, "type {kind}");
+            assert!(guest.bytes(data, 512).iter().all(|&b| b == 0x77));
+        }
+        let header = guest.header(T_DISCARD, 0);
+        let seg = segment(&mut guest, 0, 8, 0);
+        let status = guest.buf(16, 0xee);
+        guest.raw(&[
+            (header, 16, R_NEXT, 1),
+            (seg, 16, R_NEXT, 2),
+            (status, 16, W_LAST, 0),
+        ]);
+        guest.run(&device);
+        assert_eq!(guest.byte(status + 15), S_IOERR, "discard with device data");
+        assert!(disk.bytes().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_readable_buffer_after_a_writable_one_is_refused() {
+        let disk = TempDisk::new("blk-order", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let header = guest.header(T_OUT, 0);
+        let data = guest.buf(512, 0x11);
+        let status = guest.buf(1, 0xee);
+        guest.raw(&[
+            (header, 16, W_NEXT, 1),
+            (data, 512, R_NEXT, 2),
+            (status, 1, W_LAST, 0),
+        ]);
+        guest.run(&device);
+        assert_eq!(guest.byte(status), S_IOERR);
+        assert!(disk.bytes().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn looping_chain_is_returned_unused_and_the_queue_keeps_working() {
+        let disk = TempDisk::new("blk-loop", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let header = guest.header(T_IN, 0);
+        let data = guest.buf(512, 0x77);
+        guest.raw(&[(header, 16, R_NEXT, 1), (data, 512, W_NEXT, 0)]);
+        assert_eq!(
+            guest.run(&device),
+            vec![(0, 0)],
+            "nothing written for a loop"
+        );
+        assert!(guest.bytes(data, 512).iter().all(|&b| b == 0x77));
+
+        let (_, status) = guest.request(T_FLUSH, 0, 0, false, 0);
+        assert_eq!(guest.run(&device).len(), 1);
+        assert_eq!(guest.byte(status), S_OK, "the next request is served");
+    }
+
+    #[test]
+    fn buffer_outside_guest_memory_fails_with_ioerr_in_the_status_byte() {
+        let disk = TempDisk::new("blk-oom", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        for outside in [MEM_SIZE, MEM_SIZE - 256, u64::MAX - 100] {
+            let header = guest.header(T_IN, 0);
+            let status = guest.buf(1, 0xee);
+            guest.raw(&[
+                (header, 16, R_NEXT, 1),
+                (outside, 512, W_NEXT, 2),
+                (status, 1, W_LAST, 0),
+            ]);
+            let used = guest.run(&device);
+            assert_eq!(used.len(), 1);
+            assert_eq!(used[0].1, 1);
+            assert_eq!(guest.byte(status), S_IOERR, "buffer at {outside:#x}");
+        }
+        // A header outside memory, and a status outside memory: nothing can be reported.
+        let status = guest.buf(1, 0xee);
+        guest.raw(&[(MEM_SIZE, 16, R_NEXT, 1), (status, 1, W_LAST, 0)]);
+        guest.run(&device);
+        assert_eq!(guest.byte(status), S_IOERR);
+        let header = guest.header(T_FLUSH, 0);
+        guest.raw(&[(header, 16, R_NEXT, 1), (MEM_SIZE + 4096, 1, W_LAST, 0)]);
+        assert_eq!(guest.run(&device)[0].1, 0);
+    }
+
+    #[test]
+    fn chain_without_a_status_byte_or_with_a_short_header_is_refused() {
+        let disk = TempDisk::new("blk-short", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let header = guest.header(T_OUT, 0);
+        let data = guest.buf(512, 0x11);
+        guest.raw(&[(header, 16, R_NEXT, 1), (data, 512, 0, 0)]);
+        assert_eq!(guest.run(&device)[0].1, 0, "no status byte to write");
+
+        let header = guest.header(T_FLUSH, 0);
+        let status = guest.buf(1, 0xee);
+        guest.raw(&[(header, 8, R_NEXT, 1), (status, 1, W_LAST, 0)]);
+        guest.run(&device);
+        assert_eq!(guest.byte(status), S_IOERR, "an 8-byte header");
+        assert!(disk.bytes().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn flush_succeeds() {
+        let disk = TempDisk::new("blk-flush", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let (_, status) = guest.request(T_FLUSH, 0, 0, false, 0);
+        assert_eq!(guest.run(&device)[0].1, 1);
+        assert_eq!(guest.byte(status), S_OK);
+    }
+
+    #[test]
+    fn get_id_answers_the_disk_file_name_in_20_bytes() {
+        let disk = TempDisk::new("blk-id", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let (data, status) = guest.request(T_GET_ID, 0, 20, true, 0xff);
+        assert_eq!(guest.run(&device)[0].1, 21);
+        assert_eq!(guest.byte(status), S_OK);
+        let mut expected = b"disk.img".to_vec();
+        expected.resize(20, 0);
+        assert_eq!(guest.bytes(data, 20), expected);
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_make_sectors_read_as_zeroes() {
+        let disk = TempDisk::new("blk-discard", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        write(&mut guest, &device, 0, 512 * 48, 0x33);
+        for (kind, sector, flags) in [
+            (T_DISCARD, 0, 0),
+            (T_WRITE_ZEROES, 16, 0),
+            (T_WRITE_ZEROES, 32, 1),
+        ] {
+            let status = ranged(&mut guest, kind, sector, 8, flags);
+            guest.run(&device);
+            assert_eq!(guest.byte(status), S_OK, "type {kind} flags {flags}");
+            assert!(disk_range(&disk, sector, 8 * 512).iter().all(|&b| b == 0));
+            assert!(
+                disk_range(&disk, sector + 8, 8 * 512)
+                    .iter()
+                    .all(|&b| b == 0x33),
+                "only the range is cleared"
+            );
+        }
+        assert_eq!(
+            disk.bytes().len() as u64,
+            SECTORS * 512,
+            "the file keeps its size"
+        );
+    }
+
+    #[test]
+    fn malformed_discard_segments_fail_with_ioerr() {
+        let disk = TempDisk::new("blk-badseg", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        write(&mut guest, &device, 0, 512 * 8, 0x33);
+        // Past the end, overflowing, and unmap on a discard.
+        for (sector, sectors, flags) in [(SECTORS - 4, 8, 0), (u64::MAX - 2, 8, 0), (0, 8, 1)] {
+            let status = ranged(&mut guest, T_DISCARD, sector, sectors, flags);
+            guest.run(&device);
+            assert_eq!(
+                guest.byte(status),
+                S_IOERR,
+                "segment {sector}+{sectors} flags {flags}"
+            );
+        }
+        // No segment at all, and a segment of 10 bytes.
+        let header = guest.header(T_WRITE_ZEROES, 0);
+        let status = guest.buf(1, 0xee);
+        guest.raw(&[(header, 16, R_NEXT, 1), (status, 1, W_LAST, 0)]);
+        guest.run(&device);
+        assert_eq!(guest.byte(status), S_IOERR, "no segment");
+        let header = guest.header(T_WRITE_ZEROES, 0);
+        let seg = segment(&mut guest, 0, 8, 0);
+        let status = guest.buf(1, 0xee);
+        guest.raw(&[
+            (header, 16, R_NEXT, 1),
+            (seg, 10, R_NEXT, 2),
+            (status, 1, W_LAST, 0),
+        ]);
+        guest.run(&device);
+        assert_eq!(guest.byte(status), S_IOERR, "a partial segment");
+        assert!(disk_range(&disk, 0, 8 * 512).iter().all(|&b| b == 0x33));
+    }
+
+    #[test]
+    fn unknown_request_type_is_answered_unsupp() {
+        let disk = TempDisk::new("blk-unsupp", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        for kind in [2, 7, 99, u32::MAX] {
+            let (_, status) = guest.request(kind, 0, 512, false, 0);
+            guest.run(&device);
+            assert_eq!(guest.byte(status), S_UNSUPP, "type {kind}");
+        }
+        assert_eq!(device.counters().unsupported, 4);
+    }
+
+    #[test]
+    fn readonly_disk_refuses_writes_with_ioerr_and_serves_reads() {
+        let disk = TempDisk::new("blk-ro", SECTORS);
+        std::fs::write(&disk.path, vec![0x42; (SECTORS * 512) as usize]).expect("filling");
+        let device = disk.device(true);
+        assert_ne!(
+            device.features() & (1 << VIRTIO_BLK_F_RO),
+            0,
+            "RO advertised"
+        );
+        assert_eq!(device.features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let (_, status) = guest.request(T_OUT, 0, 512, false, 0x11);
+        guest.run(&device);
+        assert_eq!(guest.byte(status), S_IOERR, "write refused");
+        for kind in [T_DISCARD, T_WRITE_ZEROES] {
+            let status = ranged(&mut guest, kind, 0, 8, 0);
+            guest.run(&device);
+            assert_eq!(guest.byte(status), S_IOERR, "type {kind} refused");
+        }
+        let (data, status) = guest.request(T_IN, 0, 512, true, 0);
+        guest.run(&device);
+        assert_eq!(guest.byte(status), S_OK);
+        assert!(guest.bytes(data, 512).iter().all(|&b| b == 0x42));
+        assert!(
+            disk.bytes().iter().all(|&b| b == 0x42),
+            "the disk is unchanged"
+        );
+    }
+
+    #[test]
+    fn config_space_holds_capacity_seg_max_blk_size_and_queues() {
+        let disk = TempDisk::new("blk-config", SECTORS);
+        let engine = SyncEngine::open(&disk.path, false, false).expect("open");
+        let device = BlkDevice::new(engine, false, 4);
+        let config = device.config_space();
+        let u32_at = |o: usize| u32::from_le_bytes(config[o..o + 4].try_into().unwrap());
+        assert_eq!(u64::from_le_bytes(config[..8].try_into().unwrap()), SECTORS);
+        assert_eq!(u32_at(12), 126, "seg_max");
+        assert_eq!(u32_at(20), 512, "blk_size");
+        assert_eq!(
+            u16::from_le_bytes([config[34], config[35]]),
+            4,
+            "num_queues"
+        );
+        assert_eq!(u32_at(40), MAX_SEGMENTS, "max_discard_seg");
+        let features = device.features();
+        for bit in [
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_MQ,
+            VIRTIO_BLK_F_DISCARD,
+            VIRTIO_BLK_F_WRITE_ZEROES,
+            VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_BLK_SIZE,
+        ] {
+            assert_ne!(features & (1 << bit), 0, "feature bit {bit}");
+        }
+        assert_eq!(features & (1 << VIRTIO_BLK_F_RO), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Any request header on a well-formed chain gets the status the spec asks for, and
+        /// the disk changes only for a successful write.
+        #[test]
+        fn any_header_gets_the_right_status(
+            kind in prop_oneof![Just(T_IN), Just(T_OUT), Just(T_FLUSH), Just(T_GET_ID), any::<u32>()],
+            sector in prop_oneof![0..SECTORS + 8, any::<u64>()],
+            sectors in 0u32..8,
+            odd in 0u32..2,
+        ) {
+            let disk = TempDisk::new("blk-prop-header", SECTORS);
+            let device = disk.device(false);
+            let mem = test_memory();
+            let mut guest = BlkGuest::new(&mem);
+            let len = sectors * 512 + odd * 100;
+            let (_, status) = guest.request(kind, sector, len, kind != T_OUT, 0x99);
+            let used = guest.run(&device);
+            prop_assert_eq!(used.len(), 1);
+            let in_range = sector.checked_add(u64::from(sectors)).is_some_and(|e| e <= SECTORS);
+            let expected = match RequestType::from(kind) {
+                RequestType::In | RequestType::Out if odd == 0 && in_range => S_OK,
+                RequestType::In | RequestType::Out => S_IOERR,
+                RequestType::Flush | RequestType::GetId => S_OK,
+                RequestType::Unsupported(_) => S_UNSUPP,
+                RequestType::Discard | RequestType::WriteZeroes => S_IOERR,
+            };
+            prop_assert_eq!(guest.byte(status), expected);
+            let changed = disk.bytes().iter().any(|&b| b != 0);
+            prop_assert_eq!(changed, kind == T_OUT && expected == S_OK && sectors > 0);
+        }
+
+        /// Arbitrary descriptor tables (addresses in and out of memory, any lengths, flags and
+        /// next indices) never panic the device, every chain made available comes back, and
+        /// no used length claims more than guest memory holds.
+        #[test]
+        fn arbitrary_descriptor_tables_never_panic(
+            descs in proptest::collection::vec(
+                (
+                    prop_oneof![0x10_0000u64..0x10_2000, Just(MEM_SIZE - 8), any::<u64>()],
+                    prop_oneof![0u32..1100, any::<u32>()],
+                    0u16..16,
+                    0u16..6,
+                ),
+                1..6,
+            ),
+            kind in prop_oneof![Just(T_IN), Just(T_OUT), Just(T_DISCARD), Just(T_WRITE_ZEROES), Just(T_GET_ID)],
+            sector in 0u64..SECTORS,
+        ) {
+            let disk = TempDisk::new("blk-prop-table", SECTORS);
+            let device = disk.device(false);
+            let mem = test_memory();
+            let mut guest = BlkGuest::new(&mem);
+            // Headers at the start of the buffer area, so some descriptors point at them.
+            let _ = guest.header(kind, sector);
+            let _ = guest.raw(&descs);
+            let used = guest.run(&device);
+            prop_assert_eq!(used.len(), usize::from(guest.available()));
+            prop_assert!(used.iter().all(|&(_, len)| u64::from(len) <= MEM_SIZE));
+        }
     }
 }

@@ -49,13 +49,13 @@ impl SyncEngine {
         let mut file = options.open(path).map_err(disk_error)?;
         // Seeking to the end sizes block devices as well as files.
         let size = file.seek(SeekFrom::End(0)).map_err(disk_error)?;
-        if size % SECTOR_SIZE != 0 {
+        if !size.is_multiple_of(u64::from(SECTOR_SIZE)) {
             tracing::warn!(path = %path.display(), size, "disk size is not a multiple of 512; the tail is not exposed");
         }
         Ok(Self {
             file,
             path: path.to_path_buf(),
-            capacity: size / SECTOR_SIZE,
+            capacity: size / u64::from(SECTOR_SIZE),
         })
     }
 
@@ -157,7 +157,7 @@ impl SyncEngine {
     ) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
         let mut offset = sector
-            .checked_mul(SECTOR_SIZE)
+            .checked_mul(u64::from(SECTOR_SIZE))
             .and_then(|o| i64::try_from(o).ok())
             .ok_or_else(invalid)?;
         for buf in bufs {
@@ -189,10 +189,10 @@ impl SyncEngine {
 
 fn byte_range(sector: u64, sectors: u32) -> io::Result<(i64, i64)> {
     let offset = sector
-        .checked_mul(SECTOR_SIZE)
+        .checked_mul(u64::from(SECTOR_SIZE))
         .and_then(|o| i64::try_from(o).ok())
         .ok_or_else(invalid)?;
-    let len = i64::from(sectors) * SECTOR_SIZE as i64;
+    let len = i64::from(sectors) * i64::from(SECTOR_SIZE);
     Ok((offset, len))
 }
 

@@ -16,7 +16,7 @@ use crate::chain::{self, ChainError, Direction};
 use crate::vsock::packet::Mem;
 
 /// Bytes in a sector, the unit of `sector` fields whatever the disk's block size.
-pub const SECTOR_SIZE: u64 = 512;
+pub const SECTOR_SIZE: u32 = 512;
 /// Bytes in the request header.
 pub const HEADER_SIZE: usize = 16;
 /// Bytes of the device id answered to GET_ID.
@@ -287,14 +287,15 @@ impl Request {
                     return Err(wrong_direction(wrong));
                 }
                 let len = data.iter().map(|b| b.len).sum::<usize>();
-                if len % SECTOR_SIZE as usize != 0 {
+                if !len.is_multiple_of(SECTOR_SIZE as usize) {
                     return Err(reject(RequestError::Unaligned {
                         kind,
                         len,
                         unit: SECTOR_SIZE as usize,
                     }));
                 }
-                check_range(kind, sector, len as u64 / SECTOR_SIZE, capacity).map_err(reject)?;
+                check_range(kind, sector, (len / SECTOR_SIZE as usize) as u64, capacity)
+                    .map_err(reject)?;
                 request.data = data;
                 request.data_len = len;
             }
@@ -309,7 +310,7 @@ impl Request {
                 if device_data != 0 {
                     return Err(wrong_direction(device_data));
                 }
-                if driver_data % SEGMENT_SIZE != 0 {
+                if !driver_data.is_multiple_of(SEGMENT_SIZE) {
                     return Err(reject(RequestError::Unaligned {
                         kind,
                         len: driver_data,

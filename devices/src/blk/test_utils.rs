@@ -65,6 +65,7 @@ pub struct BlkGuest<'a> {
     /// The device's view of the queue.
     pub queue: Queue,
     next_desc: u16,
+    last_head: u16,
     next_buf: u64,
     used_seen: u16,
 }
@@ -79,6 +80,7 @@ impl<'a> BlkGuest<'a> {
             mock,
             queue,
             next_desc: 0,
+            last_head: 0,
             next_buf: 0x10_0000,
             used_seen: 0,
         }
@@ -109,6 +111,7 @@ impl<'a> BlkGuest<'a> {
     pub fn raw(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
         let head = self.next_desc;
         self.next_desc = add_raw_chain(&self.mock, head, descs);
+        self.last_head = head;
         head
     }
 
@@ -138,6 +141,16 @@ impl<'a> BlkGuest<'a> {
         (data, status)
     }
 
+    /// Head index of the chain [`Self::raw`] put last.
+    pub fn raw_head_of_last(&self) -> u32 {
+        u32::from(self.last_head)
+    }
+
+    /// Chains made available so far (the avail ring's index).
+    pub fn available(&self) -> u16 {
+        self.mock.avail().idx().load()
+    }
+
     /// Lets the device serve the queue; returns the (head, used length) entries it produced.
     pub fn run(&mut self, device: &BlkDevice) -> Vec<(u32, u32)> {
         device
@@ -146,6 +159,13 @@ impl<'a> BlkGuest<'a> {
         let (idx, entries) = used_entries(self.mem, &self.mock, self.used_seen);
         self.used_seen = idx;
         entries
+    }
+
+    /// Writes the byte `value` at `addr`.
+    pub fn mem_write(&self, addr: u64, value: u8) {
+        self.mem
+            .write_obj(value, GuestAddress(addr))
+            .expect("writing a byte");
     }
 
     /// The byte at `addr`.
