@@ -1,0 +1,186 @@
+//! The guest side of hull-blk's QEMU integration test, run as `/init` of a test initrd.
+//!
+//! The initrd has no mkfs, so this exercises the disk as raw sectors with checksums (ext4 on
+//! it is a later test): it mounts devtmpfs on /dev, opens /dev/vda with `O_DIRECT` (so every
+//! read and write reaches the device, not the guest's page cache), and then, by the
+//! `HULL_BLK_MODE` the kernel passes from its command line:
+//!
+//! - `rw`: writes [`CHUNK`] bytes of a pattern at each of [`OFFSETS`], flushes (`fsync`, a
+//!   virtio-blk FLUSH), reads every chunk back and compares checksums, and checks that a
+//!   region never written reads as zeroes.
+//! - `readonly`: checks that a write fails (the disk is advertised read-only),
+//!   and that the chunks the host put at [`OFFSETS`] read back with the pattern.
+//!
+//! Prints `blk-guest: PASS` or `blk-guest: FAIL <why>` and stops the VM. Like
+//! `vsock_echo.rs`, it depends on nothing but std and is compiled with one `rustc` call.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+/// Byte offsets of the chunks the test writes (the host checks the same ones).
+const OFFSETS: [u64; 4] = [0, (1 << 20) + 512, 17 << 20, (64 << 20) - CHUNK as u64];
+/// Bytes per chunk.
+const CHUNK: usize = 64 * 1024;
+/// A region no chunk touches.
+const UNTOUCHED: u64 = 32 << 20;
+/// `O_DIRECT` on x86_64 Linux.
+const O_DIRECT: i32 = 0o40_000;
+
+fn main() {
+    println!("blk-guest: started");
+    let verdict = run();
+    match &verdict {
+        Ok(()) => println!("blk-guest: PASS"),
+        Err(why) => println!("blk-guest: FAIL {why}"),
+    }
+    stop_vm();
+}
+
+/// The pattern byte at disk offset `at`: the same formula as the host test's.
+fn pattern(at: u64) -> u8 {
+    (at.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
+/// FNV-1a, to compare chunks by a short checksum in the log.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A page-aligned buffer of `len` bytes inside `storage` (`O_DIRECT` needs aligned buffers).
+fn aligned(storage: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    storage.resize(len + 4096, 0);
+    let start = storage.as_ptr().align_offset(4096);
+    &mut storage[start..start + len]
+}
+
+fn run() -> Result<(), String> {
+    mount_dev()?;
+    let mode = std::env::var("HULL_BLK_MODE").unwrap_or_else(|_| "rw".into());
+    println!("blk-guest: mode {mode}");
+    let mut storage = Vec::new();
+    match mode.as_str() {
+        "rw" => {
+            let disk = open(true)?;
+            for &offset in &OFFSETS {
+                let buf = aligned(&mut storage, CHUNK);
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = pattern(offset + i as u64);
+                }
+                disk.write_all_at(buf, offset)
+                    .map_err(|e| format!("write at {offset}: {e}"))?;
+            }
+            disk.sync_all().map_err(|e| format!("flush: {e}"))?;
+            println!("blk-guest: wrote and flushed {} chunks", OFFSETS.len());
+            for &offset in &OFFSETS {
+                let buf = aligned(&mut storage, CHUNK);
+                disk.read_exact_at(buf, offset)
+                    .map_err(|e| format!("read at {offset}: {e}"))?;
+                let expected: Vec<u8> = (0..CHUNK as u64).map(|i| pattern(offset + i)).collect();
+                let (got, want) = (checksum(buf), checksum(&expected));
+                println!("blk-guest: offset {offset} checksum {got:016x} (want {want:016x})");
+                if got != want {
+                    return Err(format!("chunk at {offset} reads back differently"));
+                }
+            }
+            let buf = aligned(&mut storage, CHUNK);
+            disk.read_exact_at(buf, UNTOUCHED)
+                .map_err(|e| format!("read at {UNTOUCHED}: {e}"))?;
+            if buf.iter().any(|&b| b != 0) {
+                return Err("a region never written is not zero".into());
+            }
+            Ok(())
+        }
+        "readonly" => {
+            // Linux opens a read-only disk for writing and refuses the write itself (EPERM)
+            // because the device advertised VIRTIO_BLK_F_RO.
+            match open(true).and_then(|disk| {
+                disk.write_all_at(aligned(&mut storage, CHUNK), 0)
+                    .and_then(|()| disk.sync_all())
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(()) => return Err("a write to the read-only disk succeeded".into()),
+                Err(why) => println!("blk-guest: write refused as expected ({why})"),
+            }
+            let disk = open(false)?;
+            for &offset in &OFFSETS {
+                let buf = aligned(&mut storage, CHUNK);
+                disk.read_exact_at(buf, offset)
+                    .map_err(|e| format!("read at {offset}: {e}"))?;
+                if buf.iter().enumerate().any(|(i, &b)| b != pattern(offset + i as u64)) {
+                    return Err(format!("chunk at {offset} differs from the host's"));
+                }
+            }
+            println!("blk-guest: read {} chunks the host wrote", OFFSETS.len());
+            Ok(())
+        }
+        other => Err(format!("unknown HULL_BLK_MODE {other}")),
+    }
+}
+
+fn open(write: bool) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(O_DIRECT)
+        .open("/dev/vda")
+        .map_err(|e| format!("open /dev/vda (write: {write}): {e}"))
+}
+
+fn mount_dev() -> Result<(), String> {
+    // SAFETY: C strings are NUL-terminated literals; a null data pointer is allowed.
+    let rc = unsafe {
+        sys::mount(
+            c"devtmpfs".as_ptr(),
+            c"/dev".as_ptr(),
+            c"devtmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        // EBUSY: the kernel mounted it already.
+        if err.raw_os_error() != Some(16) {
+            return Err(format!("mount devtmpfs: {err}"));
+        }
+    }
+    Ok(())
+}
+
+/// Ends the VM: with `reboot=t` a restart is a triple fault, which QEMU under `-no-reboot`
+/// treats as the end.
+fn stop_vm() {
+    if std::process::id() != 1 {
+        // Run by mistake outside a test VM: never restart a real machine.
+        std::process::exit(2);
+    }
+    // SAFETY: we are PID 1 of a throwaway test VM; restarting it is the point.
+    unsafe {
+        sys::sync();
+        sys::reboot(sys::RB_AUTOBOOT);
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The libc calls this program needs (x86_64 Linux values).
+mod sys {
+    use std::ffi::c_char;
+
+    pub const RB_AUTOBOOT: i32 = 0x0123_4567;
+
+    extern "C" {
+        pub fn mount(
+            source: *const c_char,
+            target: *const c_char,
+            fstype: *const c_char,
+            flags: u64,
+            data: *const std::ffi::c_void,
+        ) -> i32;
+        pub fn sync();
+        pub fn reboot(cmd: i32) -> i32;
+    }
+}
