@@ -86,6 +86,12 @@ impl<'a> BlkGuest<'a> {
         }
     }
 
+    /// Guest addresses of the queue's descriptor table, avail ring and used ring.
+    pub fn ring_addrs(&self) -> (u64, u64, u64) {
+        let q = &self.mock;
+        (q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+    }
+
     /// Room for `len` bytes in guest memory, filled with `fill`.
     pub fn buf(&mut self, len: usize, fill: u8) -> u64 {
         let addr = self.next_buf;
