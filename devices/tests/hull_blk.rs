@@ -91,15 +91,34 @@ fn guest(dir: &TempDir) -> Result<Guest, Missing> {
 /// and hull-blk's log once the guest stopped and hull-blk exited (checking it said why and
 /// exited 0).
 fn run_guest(guest: &Guest, dir: &TempDir, disk: &Path, mode: &str, extra: &[&str]) -> String {
+    run_guest_with(
+        guest,
+        dir,
+        disk,
+        (extra, "vhost-user-blk", &[]),
+        &format!("HULL_BLK_MODE={mode}"),
+    )
+}
+
+/// [`run_guest`] with hull-blk options, the QEMU device and QEMU options, and the kernel
+/// command line addition spelled out.
+fn run_guest_with(
+    guest: &Guest,
+    dir: &TempDir,
+    disk: &Path,
+    (extra, device, qemu_extra): (&[&str], &str, &[&str]),
+    append: &str,
+) -> String {
     let (mut backend, socket, log) = start_blk(&dir.0, disk, extra);
     let console = dir.0.join("console.log");
     let mut qemu_child = start_qemu(
         &guest.qemu,
         &guest.kernel,
         &guest.initrd,
-        "vhost-user-blk",
+        device,
         &socket,
-        &format!("HULL_BLK_MODE={mode}"),
+        append,
+        qemu_extra,
         &console,
     );
     let status = qemu_child.wait_bounded(GUEST_BOUND);
@@ -180,6 +199,51 @@ fn readonly_hull_blk_refuses_the_guests_writes_and_leaves_the_file_unchanged() {
     assert!(
         std::fs::read(&disk).expect("disk") == before,
         "the disk file is unchanged"
+    );
+}
+
+#[test]
+fn two_queues_with_o_direct_serve_a_guest_on_two_cpus() {
+    let test = "two_queues_with_o_direct_serve_a_guest_on_two_cpus";
+    let dir = TempDir::new("blk-qemu-mq");
+    let guest = require!(test, guest(&dir));
+    let disk = sparse_disk(&dir.0);
+    let console = run_guest_with(
+        &guest,
+        &dir,
+        &disk,
+        (
+            &["--queues", "2", "--direct"],
+            "vhost-user-blk,num-queues=2",
+            &["-smp", "2"],
+        ),
+        "HULL_BLK_MODE=rw HULL_BLK_READ_CPU=1",
+    );
+    assert!(
+        console.contains("blk-guest: PASS"),
+        "guest verdict; console:\n{console}"
+    );
+    for offset in OFFSETS {
+        assert!(
+            chunk_at(&disk, offset) == expected_chunk(offset),
+            "the disk file holds the guest's pattern at {offset}"
+        );
+    }
+    // The writes came from CPU 0 and the reads from CPU 1: both queues served requests.
+    let per_queue = console
+        .lines()
+        .find_map(|l| l.split("per_queue: [").nth(1))
+        .and_then(|rest| rest.split(']').next())
+        .map(|list| {
+            list.split(", ")
+                .filter_map(|n| n.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert_eq!(per_queue.len(), 2, "per-queue counters; log:\n{console}");
+    assert!(
+        per_queue.iter().all(|&n| n > 0),
+        "both queues served requests: {per_queue:?}; console:\n{console}"
     );
 }
 

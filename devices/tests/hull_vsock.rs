@@ -108,6 +108,7 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
         "vhost-user-vsock-device",
         &socket,
         "",
+        &[],
         &console,
     );
 

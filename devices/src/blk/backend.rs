@@ -106,26 +106,29 @@ impl VhostUserBackend for BlkBackend {
         device_event: u16,
         _evset: EventSet,
         vrings: &[VringRwLock],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         let Some(atomic) = self.mem.read().ok().and_then(|m| m.clone()) else {
             return Ok(());
         };
+        // `vrings` are this thread's and `device_event` indexes them; thread `t` owns queue
+        // `t` alone (see `queues_per_thread`).
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             warn!(event = device_event, "unexpected event");
             return Ok(());
         };
+        let index = thread_id + usize::from(device_event);
         let mem = atomic.memory();
         let notify = {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
-            match self.device.process_queue(queue, &mem) {
-                Ok(true) => queue.needs_notification(&*mem).unwrap_or(true),
-                Ok(false) => false,
+            match self.device.process_queue(index, queue, &mem) {
+                Ok(0) => false,
+                Ok(_) => queue.needs_notification(&*mem).unwrap_or(true),
                 Err(err) => {
                     // Rings the frontend placed outside guest memory: the guest broke its own
                     // device. Log it and keep serving the other queues.
-                    error!(queue = device_event, %err, "virtqueue unusable");
+                    error!(queue = index, %err, "virtqueue unusable");
                     false
                 }
             }

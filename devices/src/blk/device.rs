@@ -45,10 +45,11 @@ pub struct Counters {
     io_errors: AtomicU64,
     unsupported: AtomicU64,
     malformed: AtomicU64,
+    per_queue: Vec<AtomicU64>,
 }
 
 /// A snapshot of [`Counters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CounterValues {
     /// Requests answered `VIRTIO_BLK_S_OK`.
     pub ok: u64,
@@ -58,6 +59,8 @@ pub struct CounterValues {
     pub unsupported: u64,
     /// Requests refused before any I/O: bad chains, lengths, ranges, directions.
     pub malformed: u64,
+    /// Requests served on each queue, by queue index.
+    pub per_queue: Vec<u64>,
 }
 
 impl BlkDevice {
@@ -78,7 +81,10 @@ impl BlkDevice {
             readonly,
             num_queues: num_queues.max(1),
             id,
-            counters: Counters::default(),
+            counters: Counters {
+                per_queue: (0..num_queues.max(1)).map(|_| AtomicU64::new(0)).collect(),
+                ..Counters::default()
+            },
         }
     }
 
@@ -131,24 +137,38 @@ impl BlkDevice {
             io_errors: c.io_errors.load(Ordering::Relaxed),
             unsupported: c.unsupported.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
+            per_queue: c
+                .per_queue
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect(),
         }
     }
 
-    /// Serves every request available on `queue`, with notifications from the guest off
-    /// while it does and a last look after turning them back on (so a request made meanwhile
-    /// is not missed). Returns whether any chain was returned to the guest.
-    pub fn process_queue(&self, queue: &mut Queue, mem: &Mem) -> Result<bool, virtio_queue::Error> {
-        let mut used_any = false;
+    /// Serves every request available on `queue` (the device's queue `index`), with
+    /// notifications from the guest off while it does and a last look after turning them
+    /// back on (so a request made meanwhile is not missed). Returns how many chains went
+    /// back to the guest.
+    pub fn process_queue(
+        &self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &Mem,
+    ) -> Result<usize, virtio_queue::Error> {
+        let mut served = 0;
         loop {
             queue.disable_notification(mem)?;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 let len = self.serve(chain, mem);
                 queue.add_used(mem, head, len)?;
-                used_any = true;
+                served += 1;
             }
             if !queue.enable_notification(mem)? {
-                return Ok(used_any);
+                if let Some(count) = self.counters.per_queue.get(index) {
+                    count.fetch_add(served as u64, Ordering::Relaxed);
+                }
+                return Ok(served);
             }
         }
     }

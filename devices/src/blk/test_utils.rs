@@ -160,7 +160,7 @@ impl<'a> BlkGuest<'a> {
     /// Lets the device serve the queue; returns the (head, used length) entries it produced.
     pub fn run(&mut self, device: &BlkDevice) -> Vec<(u32, u32)> {
         device
-            .process_queue(&mut self.queue, self.mem)
+            .process_queue(0, &mut self.queue, self.mem)
             .expect("queue usable");
         let (idx, entries) = used_entries(self.mem, &self.mock, self.used_seen);
         self.used_seen = idx;

@@ -160,8 +160,10 @@ pub fn test_initrd(dir: &Path, guest: &Path) -> Result<PathBuf, Missing> {
 }
 
 /// A QEMU TCG microvm with 256 MiB of shared memory and the vhost-user device `device` (e.g.
-/// `vhost-user-vsock-device`) on the frontend socket `socket`; `append` is added to the
-/// kernel command line. The console goes to `console`, QEMU's stderr next to it.
+/// `vhost-user-vsock-device`, options may follow after a comma) on the frontend socket
+/// `socket`; `append` is added to the kernel command line, `extra` to QEMU's. The console
+/// goes to `console`, QEMU's stderr next to it.
+#[allow(clippy::too_many_arguments)]
 pub fn start_qemu(
     qemu: &Path,
     kernel: &Path,
@@ -169,6 +171,7 @@ pub fn start_qemu(
     device: &str,
     socket: &Path,
     append: &str,
+    extra: &[&str],
     console: &Path,
 ) -> Reaped {
     let chardev = format!("socket,id=vu0,path={}", socket.display());
@@ -208,6 +211,7 @@ pub fn start_qemu(
             "-device",
             &format!("{device},chardev=vu0"),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(console).expect("console file"))
         .stderr(Stdio::from(

@@ -7,7 +7,9 @@
 //!
 //! - `rw`: writes [`CHUNK`] bytes of a pattern at each of [`OFFSETS`], flushes (`fsync`, a
 //!   virtio-blk FLUSH), reads every chunk back and compares checksums, and checks that a
-//!   region never written reads as zeroes.
+//!   region never written reads as zeroes. With `HULL_BLK_READ_CPU=N` it moves to CPU N
+//!   before reading, so that a multiqueue disk serves the reads on another queue than the
+//!   writes (blk-mq maps queues to CPUs).
 //! - `readonly`: checks that a write fails (the disk is advertised read-only),
 //!   and that the chunks the host put at [`OFFSETS`] read back with the pattern.
 //!
@@ -73,6 +75,15 @@ fn run() -> Result<(), String> {
             }
             disk.sync_all().map_err(|e| format!("flush: {e}"))?;
             println!("blk-guest: wrote and flushed {} chunks", OFFSETS.len());
+            if let Ok(cpu) = std::env::var("HULL_BLK_READ_CPU") {
+                let cpu: u32 = cpu.parse().map_err(|_| format!("bad CPU {cpu}"))?;
+                let mask: u64 = 1 << cpu;
+                // SAFETY: `mask` is a valid CPU set of 8 bytes for the calling thread (pid 0).
+                if unsafe { sys::sched_setaffinity(0, 8, &mask) } < 0 {
+                    return Err(format!("moving to CPU {cpu}: {}", std::io::Error::last_os_error()));
+                }
+                println!("blk-guest: reading from CPU {cpu}");
+            }
             for &offset in &OFFSETS {
                 let buf = aligned(&mut storage, CHUNK);
                 disk.read_exact_at(buf, offset)
@@ -180,6 +191,7 @@ mod sys {
             flags: u64,
             data: *const std::ffi::c_void,
         ) -> i32;
+        pub fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
         pub fn sync();
         pub fn reboot(cmd: i32) -> i32;
     }
