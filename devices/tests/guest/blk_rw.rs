@@ -7,9 +7,9 @@
 //!
 //! - `rw`: writes [`CHUNK`] bytes of a pattern at each of [`OFFSETS`], flushes (`fsync`, a
 //!   virtio-blk FLUSH), reads every chunk back and compares checksums, and checks that a
-//!   region never written reads as zeroes. With `HULL_BLK_READ_CPU=N` it moves to CPU N
-//!   before reading, so that a multiqueue disk serves the reads on another queue than the
-//!   writes (blk-mq maps queues to CPUs).
+//!   region never written reads as zeroes. With `HULL_BLK_READ_CPU=N` it writes from CPU 0
+//!   and moves to CPU N before reading, so that a multiqueue disk serves the reads on another
+//!   queue than the writes (blk-mq maps queues to CPUs).
 //! - `readonly`: checks that a write fails (the disk is advertised read-only),
 //!   and that the chunks the host put at [`OFFSETS`] read back with the pattern.
 //!
@@ -64,6 +64,14 @@ fn run() -> Result<(), String> {
     let mut storage = Vec::new();
     match mode.as_str() {
         "rw" => {
+            let read_cpu = match std::env::var("HULL_BLK_READ_CPU") {
+                Ok(cpu) => Some(cpu.parse::<u32>().map_err(|_| format!("bad CPU {cpu}"))?),
+                Err(_) => None,
+            };
+            if read_cpu.is_some() {
+                // Init may start on any CPU: write from CPU 0 for certain.
+                pin(0)?;
+            }
             let disk = open(true)?;
             for &offset in &OFFSETS {
                 let buf = aligned(&mut storage, CHUNK);
@@ -75,13 +83,8 @@ fn run() -> Result<(), String> {
             }
             disk.sync_all().map_err(|e| format!("flush: {e}"))?;
             println!("blk-guest: wrote and flushed {} chunks", OFFSETS.len());
-            if let Ok(cpu) = std::env::var("HULL_BLK_READ_CPU") {
-                let cpu: u32 = cpu.parse().map_err(|_| format!("bad CPU {cpu}"))?;
-                let mask: u64 = 1 << cpu;
-                // SAFETY: `mask` is a valid CPU set of 8 bytes for the calling thread (pid 0).
-                if unsafe { sys::sched_setaffinity(0, 8, &mask) } < 0 {
-                    return Err(format!("moving to CPU {cpu}: {}", std::io::Error::last_os_error()));
-                }
+            if let Some(cpu) = read_cpu {
+                pin(cpu)?;
                 println!("blk-guest: reading from CPU {cpu}");
             }
             for &offset in &OFFSETS {
@@ -119,7 +122,11 @@ fn run() -> Result<(), String> {
                 let buf = aligned(&mut storage, CHUNK);
                 disk.read_exact_at(buf, offset)
                     .map_err(|e| format!("read at {offset}: {e}"))?;
-                if buf.iter().enumerate().any(|(i, &b)| b != pattern(offset + i as u64)) {
+                if buf
+                    .iter()
+                    .enumerate()
+                    .any(|(i, &b)| b != pattern(offset + i as u64))
+                {
                     return Err(format!("chunk at {offset} differs from the host's"));
                 }
             }
@@ -128,6 +135,19 @@ fn run() -> Result<(), String> {
         }
         other => Err(format!("unknown HULL_BLK_MODE {other}")),
     }
+}
+
+/// Moves this thread to CPU `cpu` alone.
+fn pin(cpu: u32) -> Result<(), String> {
+    let mask: u64 = 1 << cpu;
+    // SAFETY: `mask` is a valid CPU set of 8 bytes for the calling thread (pid 0).
+    if unsafe { sys::sched_setaffinity(0, 8, &mask) } < 0 {
+        return Err(format!(
+            "moving to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 fn open(write: bool) -> Result<File, String> {
