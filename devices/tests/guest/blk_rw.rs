@@ -28,6 +28,9 @@ const UNTOUCHED: u64 = 32 << 20;
 /// `O_DIRECT` on x86_64 Linux.
 const O_DIRECT: i32 = 0o40_000;
 
+#[path = "vm.rs"]
+mod vm;
+
 fn main() {
     println!("blk-guest: started");
     let verdict = run();
@@ -35,7 +38,7 @@ fn main() {
         Ok(()) => println!("blk-guest: PASS"),
         Err(why) => println!("blk-guest: FAIL {why}"),
     }
-    stop_vm();
+    vm::stop();
 }
 
 /// The pattern byte at disk offset `at`: the same formula as the host test's.
@@ -180,28 +183,9 @@ fn mount_dev() -> Result<(), String> {
     Ok(())
 }
 
-/// Ends the VM: with `reboot=t` a restart is a triple fault, which QEMU under `-no-reboot`
-/// treats as the end.
-fn stop_vm() {
-    if std::process::id() != 1 {
-        // Run by mistake outside a test VM: never restart a real machine.
-        std::process::exit(2);
-    }
-    // SAFETY: we are PID 1 of a throwaway test VM; restarting it is the point.
-    unsafe {
-        sys::sync();
-        sys::reboot(sys::RB_AUTOBOOT);
-    }
-    loop {
-        std::thread::park();
-    }
-}
-
 /// The libc calls this program needs (x86_64 Linux values).
 mod sys {
     use std::ffi::c_char;
-
-    pub const RB_AUTOBOOT: i32 = 0x0123_4567;
 
     extern "C" {
         pub fn mount(
@@ -212,7 +196,5 @@ mod sys {
             data: *const std::ffi::c_void,
         ) -> i32;
         pub fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
-        pub fn sync();
-        pub fn reboot(cmd: i32) -> i32;
     }
 }
