@@ -54,6 +54,8 @@ pub struct BlkConfig {
     pub queues: u16,
     /// Serve the next frontend after one disconnects, instead of exiting.
     pub keep_listening: bool,
+    /// Serve every request with blocking calls instead of io_uring.
+    pub sync_io: bool,
 }
 
 /// Most request queues `hull-blk` serves (one worker thread each).
@@ -204,10 +206,15 @@ pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> 
         });
     }
     let engine = SyncEngine::open(&config.path, config.readonly, config.direct)?;
-    let device = Arc::new(BlkDevice::new(engine, config.readonly, config.queues));
+    let mut device = BlkDevice::new(engine, config.readonly, config.queues);
+    if config.sync_io {
+        device = device.without_uring();
+    }
+    let device = Arc::new(device);
     info!(socket = %config.socket.display(), disk = %config.path.display(),
         sectors = device.config_space().first_chunk::<8>().map(|c| u64::from_le_bytes(*c)),
         readonly = config.readonly, direct = config.direct, queues = config.queues,
+        engine = %device.engine_name(),
         "hull-blk listening for a vhost-user frontend");
     let reason = serve_until_done(
         &config.socket,

@@ -248,6 +248,29 @@ fn two_queues_with_o_direct_serve_a_guest_on_two_cpus() {
 }
 
 #[test]
+fn blocking_engine_serves_the_guest_too() {
+    let test = "blocking_engine_serves_the_guest_too";
+    let dir = TempDir::new("blk-qemu-sync");
+    let guest = require!(test, guest(&dir));
+    let disk = sparse_disk(&dir.0);
+    let console = run_guest(&guest, &dir, &disk, "rw", &["--sync-io"]);
+    assert!(
+        console.contains("engine=sync"),
+        "the log names the engine; console:\n{console}"
+    );
+    assert!(
+        console.contains("blk-guest: PASS"),
+        "guest verdict; console:\n{console}"
+    );
+    for offset in OFFSETS {
+        assert!(
+            chunk_at(&disk, offset) == expected_chunk(offset),
+            "the disk file holds the guest's pattern at {offset}"
+        );
+    }
+}
+
+#[test]
 fn sigterm_stops_hull_blk_cleanly_before_any_frontend() {
     let dir = TempDir::new("blk-sigterm");
     let disk = sparse_disk(&dir.0);

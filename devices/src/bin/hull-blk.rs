@@ -33,6 +33,10 @@ struct Args {
     /// After a frontend disconnects, wait for the next one instead of exiting.
     #[arg(long)]
     keep_listening: bool,
+    /// Serve every request with blocking calls instead of io_uring (which is used when the
+    /// kernel allows it).
+    #[arg(long)]
+    sync_io: bool,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         direct: args.direct,
         queues: args.queues,
         keep_listening: args.keep_listening,
+        sync_io: args.sync_io,
     };
     cli::run("hull-blk", &config.socket.clone(), |signals| {
         run_blk(&config, signals).with_context(|| {

@@ -14,7 +14,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
-use super::io::SyncEngine;
+use super::io::{Batch, SyncEngine, UringQueues};
 use super::request::{Rejected, Request, RequestType, Status, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE};
 use crate::vsock::packet::Mem;
 
@@ -32,6 +32,7 @@ pub const MAX_DISCARD_SECTORS: u32 = u32::MAX / SECTOR_SIZE;
 #[derive(Debug)]
 pub struct BlkDevice {
     engine: SyncEngine,
+    uring: Option<UringQueues>,
     readonly: bool,
     num_queues: u16,
     id: [u8; ID_BYTES],
@@ -76,8 +77,16 @@ impl BlkDevice {
         for (dst, src) in id.iter_mut().zip(name) {
             *dst = src;
         }
+        let uring = match UringQueues::new(usize::from(num_queues.max(1)), engine.file()) {
+            Ok(rings) => Some(rings),
+            Err(err) => {
+                warn!(%err, "io_uring unavailable; serving with blocking calls");
+                None
+            }
+        };
         Self {
             engine,
+            uring,
             readonly,
             num_queues: num_queues.max(1),
             id,
@@ -85,6 +94,21 @@ impl BlkDevice {
                 per_queue: (0..num_queues.max(1)).map(|_| AtomicU64::new(0)).collect(),
                 ..Counters::default()
             },
+        }
+    }
+
+    /// The same device serving every request with blocking calls (no io_uring).
+    pub fn without_uring(mut self) -> Self {
+        self.uring = None;
+        self
+    }
+
+    /// The engine serving reads, writes and flushes: `io_uring` or `sync`.
+    pub fn engine_name(&self) -> &'static str {
+        if self.uring.is_some() {
+            "io_uring"
+        } else {
+            "sync"
         }
     }
 
@@ -147,8 +171,9 @@ impl BlkDevice {
 
     /// Serves every request available on `queue` (the device's queue `index`), with
     /// notifications from the guest off while it does and a last look after turning them
-    /// back on (so a request made meanwhile is not missed). Returns how many chains went
-    /// back to the guest.
+    /// back on (so a request made meanwhile is not missed). Reads, writes and flushes go to
+    /// the queue's io_uring as one batch per pass (when io_uring is in use); the rest is
+    /// served synchronously as it comes. Returns how many chains went back to the guest.
     pub fn process_queue(
         &self,
         index: usize,
@@ -156,13 +181,38 @@ impl BlkDevice {
         mem: &Mem,
     ) -> Result<usize, virtio_queue::Error> {
         let mut served = 0;
+        let mut batch = self.uring.as_ref().and_then(|u| u.batch(index, mem));
         loop {
             queue.disable_notification(mem)?;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
-                let len = self.serve(chain, mem);
-                queue.add_used(mem, head, len)?;
                 served += 1;
+                let request = match Request::parse(chain, mem, self.engine.capacity()) {
+                    Ok(request) => request,
+                    Err(rejected) => {
+                        queue.add_used(mem, head, self.reject(rejected, mem))?;
+                        continue;
+                    }
+                };
+                let refused = self.readonly && request.kind == RequestType::Out;
+                let request = match batch.as_mut() {
+                    Some(batch) if !refused => match batch.push(head, request) {
+                        Ok(()) => {
+                            if batch.is_full() {
+                                self.complete(batch, queue, mem)?;
+                            }
+                            continue;
+                        }
+                        Err(request) => request,
+                    },
+                    _ => request,
+                };
+                let result = self.run_sync(&request, mem);
+                let (status, written) = self.conclude(&request, result);
+                queue.add_used(mem, head, answer(mem, request.status, status, written))?;
+            }
+            if let Some(batch) = batch.as_mut() {
+                self.complete(batch, queue, mem)?;
             }
             if !queue.enable_notification(mem)? {
                 if let Some(count) = self.counters.per_queue.get(index) {
@@ -173,42 +223,53 @@ impl BlkDevice {
         }
     }
 
-    /// Serves one chain; returns the bytes written into it (the used length).
-    fn serve(&self, chain: virtio_queue::DescriptorChain<&Mem>, mem: &Mem) -> u32 {
-        let (status, status_addr, written) =
-            match Request::parse(chain, mem, self.engine.capacity()) {
-                Ok(request) => {
-                    let (status, written) = self.execute(&request, mem);
-                    (status, request.status, written)
-                }
-                Err(Rejected { error, status }) => {
-                    debug!(%error, "refusing a virtio-blk request");
-                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    let Some(addr) = status else {
-                        return 0;
-                    };
-                    (Status::IoErr, addr, 0)
-                }
-            };
-        if mem.write_obj(status as u8, status_addr).is_err() {
-            // The address was checked by validation; only a memory update in between could
-            // move it, and then the guest learns nothing more from a status.
-            return 0;
+    /// Submits `batch`, waits for it, and returns its chains with their statuses. A short
+    /// transfer (the file shrank, or the kernel split it) is finished synchronously.
+    fn complete(
+        &self,
+        batch: &mut Batch<'_>,
+        queue: &mut Queue,
+        mem: &Mem,
+    ) -> Result<(), virtio_queue::Error> {
+        if batch.is_empty() {
+            return Ok(());
         }
-        u32::try_from(written + 1).unwrap_or(u32::MAX)
+        let mut used = Vec::new();
+        batch.complete(|pending, result| {
+            let request = &pending.request;
+            let result = result.and_then(|done| match request.kind {
+                RequestType::In | RequestType::Out if done < request.data_len => {
+                    self.engine.finish_short(request, done, mem)
+                }
+                _ => Ok(()),
+            });
+            let (status, written) = self.conclude(request, result);
+            used.push((pending.head, answer(mem, request.status, status, written)));
+        });
+        for (head, len) in used {
+            queue.add_used(mem, head, len)?;
+        }
+        Ok(())
     }
 
-    /// Runs a parsed request; returns its status and the data bytes written to the guest.
-    fn execute(&self, request: &Request, mem: &Mem) -> (Status, usize) {
+    /// Answers a refused request: IOERR in its status byte when it has one.
+    fn reject(&self, rejected: Rejected, mem: &Mem) -> u32 {
+        debug!(error = %rejected.error, "refusing a virtio-blk request");
+        self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        match rejected.status {
+            Some(addr) => answer(mem, addr, Status::IoErr, 0),
+            None => 0,
+        }
+    }
+
+    /// Runs a parsed request on the synchronous engine.
+    fn run_sync(&self, request: &Request, mem: &Mem) -> std::io::Result<()> {
         let writes = matches!(
             request.kind,
             RequestType::Out | RequestType::Discard | RequestType::WriteZeroes
         );
-        let result = match request.kind {
-            _ if writes && self.readonly => {
-                debug!(kind = ?request.kind, "write request to a read-only disk");
-                Err(std::io::ErrorKind::PermissionDenied.into())
-            }
+        match request.kind {
+            _ if writes && self.readonly => Err(std::io::ErrorKind::PermissionDenied.into()),
             RequestType::In => self.engine.read(request.sector, &request.data, mem),
             RequestType::Out => self.engine.write(request.sector, &request.data, mem),
             RequestType::Flush => self.engine.flush(),
@@ -221,24 +282,32 @@ impl BlkDevice {
                 .ranges
                 .iter()
                 .try_for_each(|r| self.engine.write_zeroes(r.sector, r.sectors, r.unmap)),
-            RequestType::Unsupported(kind) => {
+            RequestType::Unsupported(_) => Err(std::io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// The status of a request that ran with `result`, and the data bytes it wrote to the
+    /// guest; counts it.
+    fn conclude(&self, request: &Request, result: std::io::Result<()>) -> (Status, usize) {
+        match (request.kind, result) {
+            (RequestType::Unsupported(kind), _) => {
                 debug!(kind, "unsupported virtio-blk request type");
                 self.counters.unsupported.fetch_add(1, Ordering::Relaxed);
-                return (Status::Unsupp, 0);
+                (Status::Unsupp, 0)
             }
-        };
-        match result {
-            Ok(()) => {
+            (kind, Ok(())) => {
                 self.counters.ok.fetch_add(1, Ordering::Relaxed);
-                let written = match request.kind {
+                let written = match kind {
                     RequestType::In | RequestType::GetId => request.data_len,
                     _ => 0,
                 };
                 (Status::Ok, written)
             }
-            Err(err) => {
-                if !(writes && self.readonly) {
-                    warn!(kind = ?request.kind, sector = request.sector, %err, disk = %self.engine.path().display(), "disk I/O failed");
+            (kind, Err(err)) => {
+                if err.kind() == std::io::ErrorKind::PermissionDenied && self.readonly {
+                    debug!(?kind, "write request to a read-only disk");
+                } else {
+                    warn!(?kind, sector = request.sector, %err, disk = %self.engine.path().display(), "disk I/O failed");
                 }
                 self.counters.io_errors.fetch_add(1, Ordering::Relaxed);
                 (Status::IoErr, 0)
@@ -256,6 +325,17 @@ impl BlkDevice {
         }
         Ok(())
     }
+}
+
+/// Writes `status` at `addr`; returns the chain's used length (`written` data bytes and the
+/// status byte), or 0 if the status cannot be written.
+fn answer(mem: &Mem, addr: vm_memory::GuestAddress, status: Status, written: usize) -> u32 {
+    if mem.write_obj(status as u8, addr).is_err() {
+        // The address was checked by validation; only a memory update in between could
+        // move it, and then the guest learns nothing more from a status.
+        return 0;
+    }
+    u32::try_from(written + 1).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -704,6 +784,87 @@ mod tests {
             assert_ne!(features & (1 << bit), 0, "feature bit {bit}");
         }
         assert_eq!(features & (1 << VIRTIO_BLK_F_RO), 0);
+    }
+
+    /// Both engines: io_uring when the host has it (a loud skip otherwise), and blocking calls.
+    fn both_engines(disk: &TempDisk, test: &str) -> Vec<BlkDevice> {
+        let uring = disk.device(false);
+        let sync = disk.device(false).without_uring();
+        assert_eq!(sync.engine_name(), "sync");
+        if uring.engine_name() == "io_uring" {
+            vec![uring, sync]
+        } else {
+            hull_tests::prereq::skip(
+                test,
+                &hull_tests::prereq::Missing::new(
+                    "io_uring (io_uring_setup failed)",
+                    "a kernel with io_uring enabled",
+                ),
+            );
+            vec![sync]
+        }
+    }
+
+    #[test]
+    fn a_kick_of_many_writes_reads_and_a_flush_is_served_in_one_batch_by_either_engine() {
+        let test =
+            "a_kick_of_many_writes_reads_and_a_flush_is_served_in_one_batch_by_either_engine";
+        let disk = TempDisk::new("blk-batch", SECTORS);
+        for (round, device) in both_engines(&disk, test).iter().enumerate() {
+            let mem = test_memory();
+            let mut guest = BlkGuest::new(&mem);
+            let fill = |i: u64| (i as u8).wrapping_mul(31).wrapping_add(round as u8 + 1);
+            let mut statuses: Vec<u64> = (0..16)
+                .map(|i| guest.request(T_OUT, i * 16, 4096, false, fill(i)).1)
+                .collect();
+            statuses.push(guest.request(T_FLUSH, 0, 0, false, 0).1);
+            assert_eq!(
+                guest.run(device).len(),
+                17,
+                "every chain of the kick returns"
+            );
+            assert!(statuses.iter().all(|&s| guest.byte(s) == S_OK));
+            for i in 0..16 {
+                assert!(disk_range(&disk, i * 16, 4096)
+                    .iter()
+                    .all(|&b| b == fill(i)));
+            }
+            let reads: Vec<(u64, u64)> = (0..16)
+                .map(|i| guest.request(T_IN, i * 16, 4096, true, 0))
+                .collect();
+            let used = guest.run(device);
+            assert_eq!(used.len(), 16);
+            assert!(used.iter().all(|&(_, len)| len == 4097));
+            for (i, (data, status)) in (0u64..).zip(reads) {
+                assert_eq!(guest.byte(status), S_OK);
+                assert!(
+                    guest.bytes(data, 4096).iter().all(|&b| b == fill(i)),
+                    "{}",
+                    device.engine_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn disk_that_shrank_under_the_device_fails_reads_past_its_new_end_with_ioerr() {
+        let test = "disk_that_shrank_under_the_device_fails_reads_past_its_new_end_with_ioerr";
+        let disk = TempDisk::new("blk-shrink", SECTORS);
+        for device in both_engines(&disk, test) {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&disk.path)
+                .and_then(|f| f.set_len(1024 * 512))
+                .expect("shrinking the disk file");
+            let mem = test_memory();
+            let mut guest = BlkGuest::new(&mem);
+            // Half before the new end, half after: a short transfer, then nothing.
+            let (_, short) = guest.request(T_IN, 1020, 4096, true, 0);
+            let (_, inside) = guest.request(T_IN, 0, 4096, true, 0);
+            guest.run(&device);
+            assert_eq!(guest.byte(short), S_IOERR, "{}", device.engine_name());
+            assert_eq!(guest.byte(inside), S_OK, "{}", device.engine_name());
+        }
     }
 
     proptest! {

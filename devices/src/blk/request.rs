@@ -388,7 +388,7 @@ fn check_range(
 }
 
 /// The pieces of `bufs`, taken as one byte stream, covering `len` bytes from `skip`.
-fn cut(bufs: &[GuestBuf], mut skip: usize, mut len: usize) -> Vec<GuestBuf> {
+pub(crate) fn cut(bufs: &[GuestBuf], mut skip: usize, mut len: usize) -> Vec<GuestBuf> {
     let mut out = Vec::new();
     for buf in bufs {
         if len == 0 {

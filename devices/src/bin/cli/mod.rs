@@ -2,6 +2,7 @@
 //! `info` by default), termination signals read from a signalfd, and one line on exit saying
 //! why, with the exit status (0 for a frontend leaving or a signal, 1 for an error).
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ pub fn run(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = TermSignals::block()
         .context("setting up signal handling")

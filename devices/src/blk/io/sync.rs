@@ -1,12 +1,8 @@
-//! The data engine of hull-blk: moving sectors between the backing file (or block device) and
-//! guest memory.
-//!
-//! This is the synchronous engine: `pread`/`pwrite` straight into and out of guest memory (no
-//! bounce buffer), `fdatasync` for flushes, `fallocate` for discard and write-zeroes, run on
-//! the queue's worker thread. The next step is an io_uring engine with the same methods that
-//! submits every request of a kick as one batch and completes them from the ring; nothing
-//! outside this module needs to change for it. Until then a slow disk stalls only the queue
-//! whose request waits, not the others (one worker thread per queue).
+//! The synchronous engine: the backing file, and `pread`/`pwrite` straight into and out of
+//! guest memory (no bounce buffer), `fdatasync` for flushes, `fallocate` for discard and
+//! write-zeroes, run on the queue's worker thread. It serves every request when io_uring is
+//! not available, and the rarer requests (discard, write-zeroes, get-id) and the rest of a
+//! short io_uring transfer otherwise.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -17,7 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{fallocate, FallocateFlags};
 use vm_memory::{GuestMemoryBackend, VolatileSlice};
 
-use super::request::{GuestBuf, SECTOR_SIZE};
+use crate::blk::request::{cut, GuestBuf, Request, RequestType, SECTOR_SIZE};
 use crate::vsock::packet::Mem;
 use crate::{Error, Result};
 
@@ -69,27 +65,32 @@ impl SyncEngine {
         &self.path
     }
 
+    /// The backing file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Reads the disk from `sector` into `bufs`.
     pub fn read(&self, sector: u64, bufs: &[GuestBuf], mem: &Mem) -> io::Result<()> {
-        self.each_slice(sector, bufs, mem, |fd, slice, offset| {
-            let guard = slice.ptr_guard_mut();
-            // SAFETY: the pointer and length describe `slice`, a mapped range of guest memory
-            // that stays mapped while `mem` (and so the guard) lives; the kernel writes at
-            // most `slice.len()` bytes there. Guest memory is shared with the guest, which
-            // may race with us; that is the virtio contract and harms only the guest.
-            unsafe { libc::pread(fd, guard.as_ptr().cast(), slice.len(), offset) }
-        })
+        self.each_slice_at(sector_offset(sector)?, bufs, mem, pread)
     }
 
     /// Writes `bufs` to the disk from `sector`.
     pub fn write(&self, sector: u64, bufs: &[GuestBuf], mem: &Mem) -> io::Result<()> {
-        self.each_slice(sector, bufs, mem, |fd, slice, offset| {
-            let guard = slice.ptr_guard();
-            // SAFETY: the pointer and length describe `slice`, a mapped range of guest memory
-            // that stays mapped while `mem` (and so the guard) lives; the kernel only reads
-            // `slice.len()` bytes from it.
-            unsafe { libc::pwrite(fd, guard.as_ptr().cast(), slice.len(), offset) }
-        })
+        self.each_slice_at(sector_offset(sector)?, bufs, mem, pwrite)
+    }
+
+    /// Finishes an IN or OUT request of which io_uring moved only the first `done` bytes.
+    pub fn finish_short(&self, request: &Request, done: usize, mem: &Mem) -> io::Result<()> {
+        let rest = cut(&request.data, done, request.data_len.saturating_sub(done));
+        let offset = sector_offset(request.sector)?
+            .checked_add(done as u64)
+            .ok_or_else(invalid)?;
+        if request.kind == RequestType::In {
+            self.each_slice_at(offset, &rest, mem, pread)
+        } else {
+            self.each_slice_at(offset, &rest, mem, pwrite)
+        }
     }
 
     /// Makes every completed write durable.
@@ -147,19 +148,16 @@ impl SyncEngine {
     }
 
     /// Runs `op` (a positional read or write) over every host slice of `bufs`, at the file
-    /// offsets that follow each other from `sector`, until each slice is done.
-    fn each_slice(
+    /// offsets that follow each other from byte `offset`, until each slice is done.
+    fn each_slice_at(
         &self,
-        sector: u64,
+        offset: u64,
         bufs: &[GuestBuf],
         mem: &Mem,
         op: impl Fn(i32, &VolatileSlice<'_, ()>, i64) -> isize,
     ) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
-        let mut offset = sector
-            .checked_mul(u64::from(SECTOR_SIZE))
-            .and_then(|o| i64::try_from(o).ok())
-            .ok_or_else(invalid)?;
+        let mut offset = i64::try_from(offset).map_err(|_| invalid())?;
         for buf in bufs {
             for slice in mem.get_slices(buf.addr, buf.len) {
                 let mut slice = slice.map_err(|_| invalid())?;
@@ -185,6 +183,31 @@ impl SyncEngine {
         }
         Ok(())
     }
+}
+
+/// `pread` into a slice of guest memory.
+fn pread(fd: i32, slice: &VolatileSlice<'_, ()>, offset: i64) -> isize {
+    let guard = slice.ptr_guard_mut();
+    // SAFETY: the pointer and length describe `slice`, a mapped range of guest memory that
+    // stays mapped while the caller's memory guard lives; the kernel writes at most
+    // `slice.len()` bytes there. Guest memory is shared with the guest, which may race with
+    // us; that is the virtio contract and harms only the guest.
+    unsafe { libc::pread(fd, guard.as_ptr().cast(), slice.len(), offset) }
+}
+
+/// `pwrite` from a slice of guest memory.
+fn pwrite(fd: i32, slice: &VolatileSlice<'_, ()>, offset: i64) -> isize {
+    let guard = slice.ptr_guard();
+    // SAFETY: the pointer and length describe `slice`, a mapped range of guest memory that
+    // stays mapped while the caller's memory guard lives; the kernel only reads
+    // `slice.len()` bytes from it.
+    unsafe { libc::pwrite(fd, guard.as_ptr().cast(), slice.len(), offset) }
+}
+
+fn sector_offset(sector: u64) -> io::Result<u64> {
+    sector
+        .checked_mul(u64::from(SECTOR_SIZE))
+        .ok_or_else(invalid)
 }
 
 fn byte_range(sector: u64, sectors: u32) -> io::Result<(i64, i64)> {
