@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    guest_binary, read, start_backend, start_qemu, test_initrd, Reaped, TempDir, GUEST_BOUND,
-    STARTUP_BOUND,
+    brief_frontend, guest_binary, read, start_backend, start_qemu, terminate, test_initrd, Reaped,
+    TempDir, GUEST_BOUND, STARTUP_BOUND,
 };
 use hull_tests::prereq::{find_program, Missing};
 use hull_tests::{artifacts, require};
@@ -43,6 +43,20 @@ fn chunk_at(disk: &Path, offset: u64) -> Vec<u8> {
 
 fn expected_chunk(offset: u64) -> Vec<u8> {
     (0..CHUNK as u64).map(|i| pattern(offset + i)).collect()
+}
+
+/// The guest said PASS and the disk file holds its pattern at every offset.
+fn assert_guest_wrote_its_pattern(console: &str, disk: &Path) {
+    assert!(
+        console.contains("blk-guest: PASS"),
+        "guest verdict; console:\n{console}"
+    );
+    for offset in OFFSETS {
+        assert!(
+            chunk_at(disk, offset) == expected_chunk(offset),
+            "the disk file holds the guest's pattern at {offset}"
+        );
+    }
 }
 
 /// A sparse disk file of [`DISK_BYTES`] in `dir`.
@@ -154,16 +168,7 @@ fn guest_writes_flushes_and_reads_back_sectors_through_hull_blk_under_qemu() {
     let disk = sparse_disk(&dir.0);
     let guest = require!(test, guest(&dir));
     let console = run_guest(&guest, &dir, &disk, "rw", &[]);
-    assert!(
-        console.contains("blk-guest: PASS"),
-        "guest verdict; console:\n{console}"
-    );
-    for offset in OFFSETS {
-        assert!(
-            chunk_at(&disk, offset) == expected_chunk(offset),
-            "the disk file holds the guest's pattern at {offset}"
-        );
-    }
+    assert_guest_wrote_its_pattern(&console, &disk);
     assert_eq!(
         std::fs::metadata(&disk).expect("disk").len(),
         DISK_BYTES,
@@ -219,16 +224,7 @@ fn two_queues_with_o_direct_serve_a_guest_on_two_cpus() {
         ),
         "HULL_BLK_MODE=rw HULL_BLK_READ_CPU=1",
     );
-    assert!(
-        console.contains("blk-guest: PASS"),
-        "guest verdict; console:\n{console}"
-    );
-    for offset in OFFSETS {
-        assert!(
-            chunk_at(&disk, offset) == expected_chunk(offset),
-            "the disk file holds the guest's pattern at {offset}"
-        );
-    }
+    assert_guest_wrote_its_pattern(&console, &disk);
     // The writes came from CPU 0 and the reads from CPU 1: both queues served requests.
     let per_queue = console
         .lines()
@@ -258,16 +254,7 @@ fn blocking_engine_serves_the_guest_too() {
         console.contains("engine=sync"),
         "the log names the engine; console:\n{console}"
     );
-    assert!(
-        console.contains("blk-guest: PASS"),
-        "guest verdict; console:\n{console}"
-    );
-    for offset in OFFSETS {
-        assert!(
-            chunk_at(&disk, offset) == expected_chunk(offset),
-            "the disk file holds the guest's pattern at {offset}"
-        );
-    }
+    assert_guest_wrote_its_pattern(&console, &disk);
 }
 
 #[test]
@@ -275,16 +262,24 @@ fn sigterm_stops_hull_blk_cleanly_before_any_frontend() {
     let dir = TempDir::new("blk-sigterm");
     let disk = sparse_disk(&dir.0);
     let (mut backend, socket, log) = start_blk(&dir.0, &disk, &[]);
-    backend.terminate();
-    let status = backend
-        .wait_bounded(STARTUP_BOUND)
-        .expect("hull-blk exits on SIGTERM");
-    let log_text = read(&log);
-    assert!(status.success(), "exit status {status}; log:\n{log_text}");
+    terminate(&mut backend, &log);
+    assert!(!socket.exists(), "socket removed");
+}
+
+#[test]
+fn keep_listening_serves_the_next_frontend_until_sigterm() {
+    let dir = TempDir::new("blk-keep");
+    let disk = sparse_disk(&dir.0);
+    let (mut backend, socket, log) = start_blk(&dir.0, &disk, &["--keep-listening"]);
+    for _ in 0..3 {
+        brief_frontend(&socket);
+    }
     assert!(
-        log_text.contains("received SIGTERM"),
-        "exit message; log:\n{log_text}"
+        backend.0.try_wait().expect("try_wait").is_none(),
+        "still serving: {}",
+        read(&log)
     );
+    terminate(&mut backend, &log);
     assert!(!socket.exists(), "socket removed");
 }
 

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    guest_binary, read, start_backend, start_qemu, test_initrd, Reaped, TempDir, GUEST_BOUND,
-    STARTUP_BOUND,
+    brief_frontend, guest_binary, read, start_backend, start_qemu, terminate, test_initrd, Reaped,
+    TempDir, GUEST_BOUND, STARTUP_BOUND,
 };
 use hull_tests::prereq::find_program;
 use hull_tests::{artifacts, require};
@@ -183,16 +183,7 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
 fn sigterm_stops_hull_vsock_cleanly_before_any_frontend() {
     let dir = TempDir::new("vsock-sigterm");
     let (mut backend, socket, uds, log) = start_vsock(&dir.0, 3);
-    backend.terminate();
-    let status = backend
-        .wait_bounded(STARTUP_BOUND)
-        .expect("hull-vsock exits on SIGTERM");
-    let log_text = read(&log);
-    assert!(status.success(), "exit status {status}; log:\n{log_text}");
-    assert!(
-        log_text.contains("received SIGTERM"),
-        "exit message; log:\n{log_text}"
-    );
+    terminate(&mut backend, &log);
     assert!(!socket.exists() && !uds.exists(), "sockets removed");
 }
 
@@ -210,29 +201,6 @@ fn reserved_guest_cid_is_refused_with_a_message_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("guest CID 2 is invalid"), "{stderr}");
-}
-
-fn terminate(backend: &mut Reaped, log: &Path) {
-    backend.terminate();
-    let status = backend
-        .wait_bounded(STARTUP_BOUND)
-        .expect("hull-vsock exits on SIGTERM");
-    let log_text = read(log);
-    assert!(status.success(), "exit status {status}; log:\n{log_text}");
-    assert!(
-        log_text.contains("received SIGTERM"),
-        "exit message; log:\n{log_text}"
-    );
-}
-
-/// A vhost-user frontend that negotiates a little and goes away.
-fn brief_frontend(socket: &Path) {
-    use vhost::vhost_user::Frontend;
-    use vhost::VhostBackend;
-    let frontend = Frontend::connect(socket, 3).expect("frontend connects");
-    frontend.set_owner().expect("owner");
-    let features = frontend.get_features().expect("the backend answers");
-    assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1 offered");
 }
 
 #[test]

@@ -221,3 +221,27 @@ pub fn start_qemu(
         .expect("QEMU starts");
     Reaped(child)
 }
+
+/// Sends SIGTERM to a backend and checks it exits 0 saying why.
+pub fn terminate(backend: &mut Reaped, log: &Path) {
+    backend.terminate();
+    let status = backend
+        .wait_bounded(STARTUP_BOUND)
+        .expect("the backend exits on SIGTERM");
+    let log_text = read(log);
+    assert!(status.success(), "exit status {status}; log:\n{log_text}");
+    assert!(
+        log_text.contains("received SIGTERM"),
+        "exit message; log:\n{log_text}"
+    );
+}
+
+/// A vhost-user frontend that negotiates a little and goes away.
+pub fn brief_frontend(socket: &Path) {
+    use vhost::vhost_user::Frontend;
+    use vhost::VhostBackend;
+    let frontend = Frontend::connect(socket, 3).expect("frontend connects");
+    frontend.set_owner().expect("owner");
+    let features = frontend.get_features().expect("the backend answers");
+    assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1 offered");
+}
