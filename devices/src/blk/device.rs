@@ -344,6 +344,7 @@ mod tests {
     #![allow(clippy::cast_possible_truncation)]
 
     use proptest::prelude::*;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
 
     use super::*;
     use crate::blk::test_utils::{BlkGuest, TempDisk, R_NEXT, W_LAST, W_NEXT};
@@ -618,6 +619,46 @@ mod tests {
         guest.run(&device);
         assert_eq!(guest.byte(status), S_IOERR, "an 8-byte header");
         assert!(disk.bytes().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn request_in_an_indirect_table_is_served() {
+        let disk = TempDisk::new("blk-indirect", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        write(&mut guest, &device, 3, 512, 0x6d);
+        let header = guest.header(T_IN, 3);
+        let data = guest.buf(512, 0);
+        let status = guest.buf(1, 0xee);
+        let table = guest.indirect_table(&[
+            (header, 16, R_NEXT, 1),
+            (data, 512, W_NEXT, 2),
+            (status, 1, W_LAST, 0),
+        ]);
+        guest.raw(&[(table, 48, VRING_DESC_F_INDIRECT as u16, 0)]);
+        assert_eq!(guest.run(&device)[0].1, 513);
+        assert_eq!(guest.byte(status), S_OK);
+        assert!(guest.bytes(data, 512).iter().all(|&b| b == 0x6d));
+    }
+
+    #[test]
+    fn indirect_table_that_loops_or_nests_is_returned_without_a_write() {
+        let disk = TempDisk::new("blk-indirect-bad", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let header = guest.header(T_IN, 0);
+        let data = guest.buf(512, 0x77);
+        let looping = guest.indirect_table(&[(header, 16, R_NEXT, 1), (data, 512, W_NEXT, 0)]);
+        guest.raw(&[(looping, 32, VRING_DESC_F_INDIRECT as u16, 0)]);
+        let inner = guest.indirect_table(&[(header, 16, R_NEXT, 1), (data, 512, W_LAST, 0)]);
+        let nested = guest.indirect_table(&[(inner, 32, VRING_DESC_F_INDIRECT as u16, 0)]);
+        guest.raw(&[(nested, 16, VRING_DESC_F_INDIRECT as u16, 0)]);
+        let used = guest.run(&device);
+        assert_eq!(used.len(), 2, "both chains come back");
+        assert!(used.iter().all(|&(_, len)| len == 0), "{used:?}");
+        assert!(guest.bytes(data, 512).iter().all(|&b| b == 0x77));
     }
 
     #[test]

@@ -157,6 +157,21 @@ impl<'a> BlkGuest<'a> {
         self.mock.avail().idx().load()
     }
 
+    /// An indirect descriptor table in guest memory holding `descs` (address, length,
+    /// flags, next index within the table); returns its address.
+    pub fn indirect_table(&mut self, descs: &[(u64, u32, u16, u16)]) -> u64 {
+        let addr = self.buf(descs.len() * 16, 0);
+        for (i, &(buf, len, flags, next)) in descs.iter().enumerate() {
+            let at = GuestAddress(addr + 16 * i as u64);
+            let mut raw = buf.to_le_bytes().to_vec();
+            raw.extend_from_slice(&len.to_le_bytes());
+            raw.extend_from_slice(&flags.to_le_bytes());
+            raw.extend_from_slice(&next.to_le_bytes());
+            self.mem.write_slice(&raw, at).expect("indirect descriptor");
+        }
+        addr
+    }
+
     /// Lets the device serve the queue; returns the (head, used length) entries it produced.
     pub fn run(&mut self, device: &BlkDevice) -> Vec<(u32, u32)> {
         device
