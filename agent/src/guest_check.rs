@@ -174,7 +174,7 @@ fn filesystem_listed(proc_filesystems: &str, name: &str) -> bool {
 }
 
 /// MemTotal from /proc/meminfo, in KiB.
-fn mem_total_kib(meminfo: &str) -> Option<u64> {
+pub(crate) fn mem_total_kib(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }

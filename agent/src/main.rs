@@ -1,9 +1,42 @@
-//! `hull-agent`: PID 1 of a hull guest. Parses nothing itself; see the `hull_agent` library.
+//! `hull-agent`: PID 1 of a hull guest, or with `--listen` a server on a host. Parses the
+//! command line and sets up logging; see the `hull_agent` library for everything else.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
+use hull_agent::listen::ListenAddr;
+use hull_agent::Options;
+use tracing_subscriber::filter::LevelFilter;
+
+/// hull's guest agent. Without options it is the /init of a hull guest and serves on vsock
+/// port 1024; with --listen it serves on a host, for tests and benchmarks.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Serve on this address instead of running as PID 1: unix:PATH (or vsock:PORT).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<ListenAddr>,
+    /// With --listen: the directory CopyFile writes under (the guest's is /run/hull/shared).
+    #[arg(long, value_name = "DIR", requires = "listen")]
+    shared_dir: Option<PathBuf>,
+    /// Least severe log level written to stderr: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: LevelFilter,
+}
+
 fn main() -> ExitCode {
-    match hull_agent::run() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(cli.log_level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let options = Options {
+        listen: cli.listen,
+        shared_dir: cli.shared_dir,
+    };
+    match hull_agent::run(options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("hull-agent: error: {err:#}");

@@ -1,5 +1,6 @@
-//! The agent's duties as the guest's init: mount the guest's own file systems, set the host
-//! name, report that the guest is up, reap every orphan, and stop the VM when asked.
+//! The agent's duties as the guest's init before it serves the protocol: mount the guest's own
+//! file systems, set the host name, report that the guest is up, and run the self-test when
+//! asked. Reaping orphans is the event loop's job once serving starts (see [`crate::reaper`]).
 //!
 //! This module owns nothing container-specific: containers' mounts and cgroups are made per
 //! request by the container service.
@@ -12,8 +13,7 @@ use anyhow::Context;
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{sethostname, Pid};
+use nix::unistd::sethostname;
 
 use crate::cmdline::{self, AgentOptions};
 use crate::guest_check::{self, GuestReport};
@@ -90,9 +90,18 @@ pub const GUEST_MOUNTS: &[GuestMount] = &[
     },
 ];
 
-/// Runs the guest as its init. Returns only on an error that leaves the guest unusable; the
-/// caller reports it, and the kernel stops the VM when PID 1 exits.
-pub fn run(cmdline: std::io::Result<String>) -> anyhow::Result<()> {
+/// What PID 1 does once the guest is set up.
+#[derive(Debug)]
+pub enum Next {
+    /// Serve the protocol.
+    Serve,
+    /// `agent.selftest`: the self-test ran and the VM is stopping; nothing more to do.
+    Stopped,
+}
+
+/// Sets the guest up as its init and prints the start-up line. An error leaves the guest
+/// unusable; the caller reports it, and the kernel stops the VM when PID 1 exits.
+pub fn set_up(cmdline: std::io::Result<String>) -> anyhow::Result<Next> {
     // /proc is not mounted yet on the first read attempt: mount first, then read it.
     mount_guest_filesystems().context("mounting the guest's file systems")?;
     let cmdline = match cmdline {
@@ -108,9 +117,10 @@ pub fn run(cmdline: std::io::Result<String>) -> anyhow::Result<()> {
     let report = guest_check::inspect();
     println!("{}", report.start_line(crate::VERSION));
     if options.selftest {
-        return selftest(&report);
+        selftest(&report)?;
+        return Ok(Next::Stopped);
     }
-    reap_forever()
+    Ok(Next::Serve)
 }
 
 fn apply_options(options: &AgentOptions) -> anyhow::Result<()> {
@@ -175,16 +185,4 @@ fn stop_vm() -> anyhow::Result<()> {
     nix::unistd::sync();
     reboot(RebootMode::RB_AUTOBOOT).context("stopping the VM")?;
     unreachable!("reboot(2) returned without an error")
-}
-
-/// Reaps every child that exits, for as long as the guest runs.
-fn reap_forever() -> anyhow::Result<()> {
-    loop {
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::StillAlive) | Ok(_) => {}
-            Err(Errno::ECHILD) => std::thread::sleep(std::time::Duration::from_secs(1)),
-            Err(Errno::EINTR) => {}
-            Err(err) => return Err(err).context("waiting for children"),
-        }
-    }
 }

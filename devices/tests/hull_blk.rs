@@ -1,9 +1,9 @@
 //! hull-blk as users run it: the real binary, a vhost-user frontend (QEMU TCG with a Linux
 //! guest), and a sparse disk file the host checks afterwards.
 //!
-//! The guest is `tests/guest/blk_rw.rs` (or `HULL_BLK_GUEST`), compiled with one `rustc` call
-//! and packed as `/init` of a test initrd; it writes and reads raw sectors of /dev/vda with
-//! checksums (the initrd has no mkfs: a filesystem on the disk is a later test).
+//! The guest is `tests/guest/blk_rw.rs`, built and packed as `/init` of a test initrd by
+//! `hull_tests::guest_program`; it writes and reads raw sectors of /dev/vda with checksums
+//! (the initrd has no mkfs: a filesystem on the disk is a later test).
 
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    brief_frontend, guest_binary, read, start_backend, start_qemu, terminate, test_initrd, Reaped,
-    TempDir, GUEST_BOUND, STARTUP_BOUND,
+    brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND, STARTUP_BOUND,
 };
 use hull_tests::prereq::{find_program, Missing};
-use hull_tests::{artifacts, require};
+use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
+use hull_tests::{artifacts, guest_program, require};
 
 mod common;
 
@@ -82,69 +82,61 @@ fn start_blk(dir: &Path, disk: &Path, extra: &[&str]) -> (Reaped, PathBuf, PathB
     (backend, socket, log)
 }
 
-/// QEMU, the guest kernel and a test initrd with the guest program as `/init`.
-struct Guest {
-    qemu: PathBuf,
+/// The guest kernel and a test initrd with the guest program as `/init`.
+struct TestGuest {
     kernel: PathBuf,
     initrd: PathBuf,
 }
 
-fn guest(dir: &TempDir) -> Result<Guest, Missing> {
-    let qemu = find_program("qemu-system-x86_64", "qemu-system-x86")?;
+fn guest(dir: &TempDir) -> Result<TestGuest, Missing> {
+    find_program("qemu-system-x86_64", "qemu-system-x86")?;
     let kernel = artifacts::vmlinux()?;
-    let program = guest_binary(&dir.0, "blk_rw.rs", "HULL_BLK_GUEST");
-    let initrd = test_initrd(&dir.0, &program)?;
-    Ok(Guest {
-        qemu,
-        kernel,
-        initrd,
-    })
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/blk_rw.rs");
+    let initrd = guest_program::build_initrd(&source, &dir.0)?.expect("the guest program builds");
+    Ok(TestGuest { kernel, initrd })
 }
 
 /// Boots `guest` on hull-blk (started with `extra` options) in `mode`; returns the console
 /// and hull-blk's log once the guest stopped and hull-blk exited (checking it said why and
 /// exited 0).
-fn run_guest(guest: &Guest, dir: &TempDir, disk: &Path, mode: &str, extra: &[&str]) -> String {
+fn run_guest(guest: &TestGuest, dir: &TempDir, disk: &Path, mode: &str, extra: &[&str]) -> String {
     run_guest_with(
         guest,
         dir,
         disk,
-        (extra, "vhost-user-blk", &[]),
+        (extra, "vhost-user-blk", 1),
         &format!("HULL_BLK_MODE={mode}"),
     )
 }
 
-/// [`run_guest`] with hull-blk options, the QEMU device and QEMU options, and the kernel
-/// command line addition spelled out.
+/// [`run_guest`] with hull-blk options, the QEMU device model (and options) and the number of
+/// vCPUs, and the kernel command line addition spelled out.
 fn run_guest_with(
-    guest: &Guest,
+    guest: &TestGuest,
     dir: &TempDir,
     disk: &Path,
-    (extra, device, qemu_extra): (&[&str], &str, &[&str]),
+    (extra, model, vcpus): (&[&str], &str, u32),
     append: &str,
 ) -> String {
     let (mut backend, socket, log) = start_blk(&dir.0, disk, extra);
-    let console = dir.0.join("console.log");
-    let mut qemu_child = start_qemu(
-        &guest.qemu,
-        &guest.kernel,
-        &guest.initrd,
-        device,
-        &socket,
-        append,
-        qemu_extra,
-        &console,
-    );
-    let status = qemu_child.wait_bounded(GUEST_BOUND);
-    let console_text = format!(
-        "{}\n--- qemu stderr ---\n{}",
-        read(&console),
-        read(&console.with_extension("err"))
-    );
-    assert!(
-        status.is_some(),
-        "the guest did not stop; console:\n{console_text}"
-    );
+    let config = GuestConfig {
+        kernel: guest.kernel.clone(),
+        initrd: guest.initrd.clone(),
+        extra_cmdline: append.into(),
+        memory_mib: 256,
+        vcpus,
+        devices: vec![VhostUserDevice {
+            socket: socket.clone(),
+            model: model.into(),
+        }],
+    };
+    let running = Guest::start(&config)
+        .expect("QEMU was found before")
+        .expect("QEMU starts");
+    let console_text = running
+        .wait(GUEST_BOUND)
+        .expect("the guest stops by itself")
+        .console;
     let status = backend
         .wait_bounded(STARTUP_BOUND)
         .expect("hull-blk exits after QEMU");
@@ -220,7 +212,7 @@ fn two_queues_with_o_direct_serve_a_guest_on_two_cpus() {
         (
             &["--queues", "2", "--direct"],
             "vhost-user-blk,num-queues=2",
-            &["-smp", "2"],
+            2,
         ),
         "HULL_BLK_MODE=rw HULL_BLK_READ_CPU=1",
     );

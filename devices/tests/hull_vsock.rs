@@ -1,9 +1,9 @@
 //! hull-vsock as users run it: the real binary, real vhost-user frontends (the `vhost` crate's,
 //! and QEMU TCG with a Linux guest), and host programs on the hybrid-vsock socket.
 //!
-//! The guest is `tests/guest/vsock_echo.rs`, compiled here with one `rustc` call into a static
-//! binary (or taken from `HULL_VSOCK_GUEST`) and packed as `/init` of a test initrd by
-//! `agent/image/build-initrd.sh`; the kernel is the hull guest kernel (`make image`).
+//! The guest is `tests/guest/vsock_echo.rs`, built into a static binary and packed as `/init`
+//! of a test initrd by `hull_tests::guest_program`; the kernel is the hull guest kernel
+//! (`make image`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
+use hull_tests::{artifacts, guest_program, require};
+
 use common::{
-    brief_frontend, guest_binary, read, start_backend, start_qemu, terminate, test_initrd, Reaped,
-    TempDir, GUEST_BOUND, STARTUP_BOUND,
+    brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND, STARTUP_BOUND,
 };
-use hull_tests::prereq::find_program;
-use hull_tests::{artifacts, require};
 
 mod common;
 
@@ -52,13 +52,13 @@ fn start_backend_with(
 }
 
 /// Connects through the hybrid socket, retrying until the guest listens.
-fn connect_to_guest(uds: &Path, port: u32, console: &Path) -> (UnixStream, String) {
+fn connect_to_guest(uds: &Path, port: u32, guest: &Guest) -> (UnixStream, String) {
     let deadline = Instant::now() + GUEST_BOUND;
     loop {
         assert!(
             Instant::now() < deadline,
             "the guest never accepted port {port}; console:\n{}",
-            read(console)
+            guest.console()
         );
         if let Ok(mut stream) = UnixStream::connect(uds) {
             stream
@@ -77,11 +77,11 @@ fn connect_to_guest(uds: &Path, port: u32, console: &Path) -> (UnixStream, Strin
 #[test]
 fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
     let test = "guest_and_host_echo_both_ways_through_hull_vsock_under_qemu";
-    let qemu = require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
     let kernel = require!(test, artifacts::vmlinux());
     let dir = TempDir::new("vsock-qemu");
-    let guest = guest_binary(&dir.0, "vsock_echo.rs", "HULL_VSOCK_GUEST");
-    let initrd = require!(test, test_initrd(&dir.0, &guest));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock_echo.rs");
+    let initrd =
+        require!(test, guest_program::build_initrd(&source, &dir.0)).expect("the guest builds");
     let (mut backend, socket, uds, log) = start_vsock(&dir.0, 3);
 
     // The guest-initiated direction: the guest connects to host port 5001.
@@ -100,21 +100,22 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
         greeting
     });
 
-    let console = dir.0.join("console.log");
-    let mut qemu_child = start_qemu(
-        &qemu,
-        &kernel,
-        &initrd,
-        "vhost-user-vsock-device",
-        &socket,
-        "",
-        &[],
-        &console,
-    );
+    let config = GuestConfig {
+        kernel,
+        initrd,
+        extra_cmdline: String::new(),
+        memory_mib: 256,
+        vcpus: 1,
+        devices: vec![VhostUserDevice {
+            socket: socket.clone(),
+            model: "vhost-user-vsock-device".into(),
+        }],
+    };
+    let guest = require!(test, Guest::start(&config)).expect("QEMU starts");
 
     // The host-initiated direction: 1 MiB through CONNECT 5000, more than the credit window,
     // echoed back by the guest.
-    let (stream, ok_line) = connect_to_guest(&uds, GUEST_ECHO_PORT, &console);
+    let (stream, ok_line) = connect_to_guest(&uds, GUEST_ECHO_PORT, &guest);
     let port: u32 = ok_line
         .trim()
         .strip_prefix("OK ")
@@ -142,19 +143,15 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
         echoed.len(),
         payload.len(),
         "echo length; console:\n{}",
-        read(&console)
+        guest.console()
     );
     assert!(echoed == payload, "the echo differs from what was sent");
 
     let greeting = host_side.join().expect("host listener thread");
     assert_eq!(greeting, GREETING, "the guest's greeting arrived intact");
 
-    let status = qemu_child.wait_bounded(GUEST_BOUND);
-    let console_text = read(&console);
-    assert!(
-        status.is_some(),
-        "the guest did not stop; console:\n{console_text}"
-    );
+    let finished = guest.wait(GUEST_BOUND).expect("the guest stops by itself");
+    let console_text = finished.console;
     assert!(
         console_text.contains("vsock-echo-guest: PASS"),
         "guest verdict; console:\n{console_text}"

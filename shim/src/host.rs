@@ -247,6 +247,86 @@ pub fn check(facts: &HostFacts, config: &Config) -> Vec<CheckLine> {
     lines
 }
 
+/// What `hull env` prints: where the configuration came from, what hull will run, and the
+/// versions involved, as `key = value` lines an operator can paste into a bug report.
+pub fn environment_report(loaded: &crate::config::LoadedConfig) -> String {
+    let config = &loaded.config;
+    let facts = HostFacts::probe(config);
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+    line("hull.version", env!("CARGO_PKG_VERSION").to_owned());
+    line(
+        "config.files",
+        if loaded.sources.is_empty() {
+            "(none: built-in defaults)".to_owned()
+        } else {
+            loaded
+                .sources
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
+    line(
+        "config.search",
+        paths::system_config_files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let chosen = match config.hypervisor {
+        HypervisorKind::Auto => format!("auto -> {:?}", facts.auto_hypervisor()).to_lowercase(),
+        kind => format!("{kind:?}").to_lowercase(),
+    };
+    line("hypervisor", chosen);
+    line(
+        "host.kvm",
+        match &facts.kvm {
+            Ok(()) => "usable".to_owned(),
+            Err(err) => format!("unusable ({err})"),
+        },
+    );
+    line("host.hardware_virtualization", facts.hw_virt.to_string());
+    for (key, (path, exists)) in [("vm.kernel", &facts.kernel), ("vm.initrd", &facts.initrd)] {
+        line(
+            key,
+            format!(
+                "{}{}",
+                path.display(),
+                if *exists { "" } else { " (missing)" }
+            ),
+        );
+    }
+    line("vm.vcpus", config.vm.vcpus.to_string());
+    line("vm.memory_mib", config.vm.memory_mib.to_string());
+    line(
+        "qemu",
+        facts.qemu.as_ref().map_or_else(
+            || format!("{} (not found)", config.qemu.path.display()),
+            |(path, version)| format!("{} ({version})", path.display()),
+        ),
+    );
+    for (name, found) in &facts.helpers {
+        line(
+            &format!("helper.{name}"),
+            found
+                .as_ref()
+                .map_or_else(|| "(not found)".to_owned(), |p| p.display().to_string()),
+        );
+    }
+    line(
+        "containerd",
+        facts
+            .containerd
+            .clone()
+            .unwrap_or_else(|| "(not installed)".to_owned()),
+    );
+    line("cache_dir", paths::cache_dir().display().to_string());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

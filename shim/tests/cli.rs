@@ -100,3 +100,28 @@ fn show_default_paths_lists_the_search_order() {
         ]
     );
 }
+
+#[test]
+fn env_reports_the_files_the_resolved_paths_and_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("configuration.toml");
+    std::fs::write(
+        &conf,
+        "hypervisor = \"qemu\"\n[vm]\ninitrd = \"/nonexistent/initrd.img\"\nvcpus = 3\n",
+    )
+    .unwrap();
+    let output = hull(&["env"], Some(&conf));
+    let text = all_output(&output);
+    assert!(output.status.success(), "{text}");
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(value("config.files"), conf.display().to_string());
+    assert_eq!(value("hypervisor"), "qemu");
+    assert_eq!(value("vm.initrd"), "/nonexistent/initrd.img (missing)");
+    assert_eq!(value("vm.vcpus"), "3");
+    assert_eq!(value("hull.version"), env!("CARGO_PKG_VERSION"));
+}

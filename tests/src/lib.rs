@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod containerd;
+pub mod guest_program;
 pub mod oci_image;
 pub mod prereq;
 pub mod qemu;

@@ -26,6 +26,18 @@ pub struct GuestConfig {
     pub memory_mib: u32,
     /// vCPUs.
     pub vcpus: u32,
+    /// vhost-user devices; with any, guest RAM is a shared memfd the backends can map.
+    pub devices: Vec<VhostUserDevice>,
+}
+
+/// A vhost-user device of a test guest.
+#[derive(Debug, Clone)]
+pub struct VhostUserDevice {
+    /// The backend's vhost-user socket.
+    pub socket: PathBuf,
+    /// QEMU's device model and its options after the chardev, e.g.
+    /// `vhost-user-fs-device,tag=hullfs` (the virtio-mmio models suit microvm).
+    pub model: String,
 }
 
 /// Errors of a test guest.
@@ -89,8 +101,39 @@ impl Guest {
         let accel = accelerator();
         let cpu = if accel == "kvm" { "host" } else { "max" };
         let cmdline = format!("console=ttyS0 reboot=t panic=-1 {}", config.extra_cmdline);
-        let mut child = Command::new(qemu)
-            .args(["-M", "microvm,acpi=off", "-accel", accel, "-cpu", cpu])
+        let mut command = Command::new(qemu);
+        if config.devices.is_empty() {
+            command.args(["-M", "microvm,acpi=off"]);
+        } else {
+            // vhost-user backends map guest RAM: it must be a shared memfd.
+            let memory = format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                config.memory_mib
+            );
+            command.args([
+                "-M",
+                "microvm,acpi=off,memory-backend=mem",
+                "-object",
+                &memory,
+            ]);
+        }
+        for (index, device) in config.devices.iter().enumerate() {
+            let (model, options) = device.model.split_once(',').unwrap_or((&device.model, ""));
+            let options = if options.is_empty() {
+                String::new()
+            } else {
+                format!(",{options}")
+            };
+            command.arg("-chardev").arg(format!(
+                "socket,id=dev{index},path={}",
+                device.socket.display()
+            ));
+            command
+                .arg("-device")
+                .arg(format!("{model},chardev=dev{index}{options}"));
+        }
+        command
+            .args(["-accel", accel, "-cpu", cpu])
             .args([
                 "-m",
                 &config.memory_mib.to_string(),
@@ -112,13 +155,21 @@ impl Guest {
             .args(["-append", &cmdline])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: qemu.to_owned(),
-                source,
-            })?;
-        let console = Arc::new(Mutex::new(String::new()));
+            .stderr(Stdio::piped());
+        let line: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut child = command.spawn().map_err(|source| Error::Spawn {
+            program: qemu.to_owned(),
+            source,
+        })?;
+        // The command line heads the console capture, so a failing test shows what ran.
+        let console = Arc::new(Mutex::new(format!(
+            "qemu: {} {}\n",
+            qemu.display(),
+            line.join(" ")
+        )));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
             readers.push(collect(out, Arc::clone(&console), ""));

@@ -17,6 +17,7 @@ fn boot_selftest(test: &str, kernel: std::path::PathBuf) {
         extra_cmdline: "agent.selftest=1".into(),
         memory_mib: 256,
         vcpus: 2,
+        devices: vec![],
     };
     let guest = require!(test, Guest::start(&config)).expect("QEMU starts");
     let finished = guest

@@ -7,12 +7,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use hull_tests::prereq::{find_program, Missing};
-use hull_tests::{artifacts, require};
+use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
+use hull_tests::{artifacts, guest_program, require};
 use support::HullFs;
 
 /// A bound for a TCG boot and the guest's work on a loaded 2-core machine, not a timing
@@ -24,127 +24,6 @@ fn big_content() -> Vec<u8> {
     (0..4u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect()
-}
-
-fn rustc() -> Result<PathBuf, Missing> {
-    find_program("rustc", "rustc")
-        .map_err(|_| Missing::new("program rustc", "install the Rust toolchain (rustup.rs)"))
-}
-
-/// Builds the guest program into `dir` and packs it as the /init of an initrd there.
-fn build_guest_initrd(rustc: &Path, dir: &Path) -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let binary = dir.join("fs_check");
-    let out = Command::new(rustc)
-        .args([
-            "--edition",
-            "2021",
-            "-O",
-            "-C",
-            "target-feature=+crt-static",
-        ])
-        .args(["--target", "x86_64-unknown-linux-gnu", "-o"])
-        .arg(&binary)
-        .arg(manifest.join("tests/guest/fs_check.rs"))
-        .output()
-        .expect("rustc runs");
-    assert!(
-        out.status.success(),
-        "building the guest program:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let initrd = dir.join("initrd.img");
-    let out = Command::new(manifest.join("../agent/image/build-initrd.sh"))
-        .arg(&binary)
-        .arg(&initrd)
-        .output()
-        .expect("build-initrd.sh runs");
-    assert!(
-        out.status.success(),
-        "packing the initrd:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    initrd
-}
-
-/// QEMU with the console in a file; killed and reaped on drop.
-struct Qemu {
-    child: Child,
-    console: PathBuf,
-}
-
-impl Qemu {
-    fn start(qemu: &Path, kernel: &Path, initrd: &Path, socket: &Path, console: &Path) -> Self {
-        let accel = hull_tests::qemu::accelerator();
-        let cpu = if accel == "kvm" { "host" } else { "max" };
-        let out = std::fs::File::create(console).expect("console file");
-        let err = out.try_clone().expect("console file");
-        let child = Command::new(qemu)
-            .args([
-                "-M",
-                "microvm,acpi=off,memory-backend=mem",
-                "-accel",
-                accel,
-                "-cpu",
-                cpu,
-            ])
-            .args([
-                "-m",
-                "256",
-                "-object",
-                "memory-backend-memfd,id=mem,size=256M,share=on",
-            ])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .args(["-serial", "stdio", "-kernel"])
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .args(["-append", "console=ttyS0 reboot=t panic=-1 quiet"])
-            .arg("-chardev")
-            .arg(format!("socket,id=fs0,path={}", socket.display()))
-            .args(["-device", "vhost-user-fs-device,chardev=fs0,tag=hullfs"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("QEMU starts");
-        Self {
-            child,
-            console: console.to_owned(),
-        }
-    }
-
-    fn wait(&mut self, bound: Duration) -> String {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waitpid on QEMU") {
-                let console = std::fs::read_to_string(&self.console).unwrap_or_default();
-                assert!(status.success(), "QEMU exited with {status}:\n{console}");
-                return console;
-            }
-            if Instant::now() >= deadline {
-                let console = std::fs::read_to_string(&self.console).unwrap_or_default();
-                panic!("guest still running after {bound:?}:\n{console}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -212,18 +91,17 @@ fn guest_session_under(
     args: &[&str],
     owner: Option<u32>,
 ) -> Option<tempfile::TempDir> {
-    let prereqs = find_program("qemu-system-x86_64", "qemu-system-x86")
-        .and_then(|qemu| Ok((qemu, artifacts::vmlinux()?, rustc()?)));
-    let (qemu, kernel, rustc) = match prereqs {
-        Ok(found) => found,
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/fs_check.rs");
+    let prereqs = artifacts::vmlinux()
+        .and_then(|kernel| Ok((kernel, guest_program::build_initrd(&source, dir.path())?)));
+    let (kernel, initrd) = match prereqs {
+        Ok((kernel, initrd)) => (kernel, initrd.expect("the guest program builds")),
         Err(missing) => {
             hull_tests::prereq::skip(test, &missing);
             return None;
         }
     };
-
-    let dir = tempfile::tempdir().expect("temp dir");
-    let initrd = build_guest_initrd(&rustc, dir.path());
     let share = dir.path().join("share");
     std::fs::create_dir(&share).expect("share dir");
     std::fs::write(share.join("from-host.txt"), "written by the host\n").expect("host file");
@@ -243,14 +121,31 @@ fn guest_session_under(
     let log = dir.path().join("hull-fs.log");
     let mut fs = HullFs::start_under(wrapper, &socket, &share, args, &log);
     fs.wait_for_socket();
-    let mut guest = Qemu::start(
-        &qemu,
-        &kernel,
-        &initrd,
-        &socket,
-        &dir.path().join("console"),
+    let config = GuestConfig {
+        kernel,
+        initrd,
+        extra_cmdline: "quiet".into(),
+        memory_mib: 256,
+        vcpus: 1,
+        devices: vec![VhostUserDevice {
+            socket: socket.clone(),
+            model: "vhost-user-fs-device,tag=hullfs".into(),
+        }],
+    };
+    let guest = match Guest::start(&config) {
+        Ok(guest) => guest.expect("QEMU starts"),
+        Err(missing) => {
+            hull_tests::prereq::skip(test, &missing);
+            return None;
+        }
+    };
+    let finished = guest.wait(GUEST_BOUND).expect("the guest stops by itself");
+    let console = finished.console;
+    assert!(
+        finished.status.success(),
+        "QEMU exited with {}:\n{console}",
+        finished.status
     );
-    let console = guest.wait(GUEST_BOUND);
 
     let failed: Vec<&str> = console
         .lines()

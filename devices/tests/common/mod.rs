@@ -1,7 +1,7 @@
-//! What the backends' integration tests share: temporary directories and child processes
-//! cleaned up on drop, starting a backend binary until its socket appears, compiling a guest
-//! program into a test initrd, and a QEMU TCG microvm with shared memory and one vhost-user
-//! device.
+//! What the backends' integration tests share about the backend process: temporary
+//! directories and child processes cleaned up on drop, starting a backend binary until its
+//! socket appears, stopping it with SIGTERM, and a frontend that only says hello. Guests come
+//! from `hull_tests::guest_program` and `hull_tests::qemu`.
 
 // Each test binary uses its own part of these helpers.
 #![allow(dead_code)]
@@ -9,8 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-use hull_tests::prereq::Missing;
 
 /// Bounds for a TCG guest on a loaded 2-core machine: failure detectors, not expectations.
 pub const GUEST_BOUND: Duration = Duration::from_secs(300);
@@ -99,127 +97,6 @@ pub fn start_backend(binary: &str, args: &[&std::ffi::OsStr], socket: &Path, log
         std::thread::sleep(Duration::from_millis(20));
     }
     backend
-}
-
-/// A guest program of `tests/guest/` as a static binary: the file named by the environment
-/// variable `prebuilt`, else compiled with `rustc` (std only, one call).
-pub fn guest_binary(dir: &Path, source: &str, prebuilt: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(prebuilt) {
-        return PathBuf::from(path);
-    }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/guest")
-        .join(source);
-    let out = dir.join("guest-init");
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let output = Command::new(rustc)
-        .args([
-            "--edition",
-            "2021",
-            "-O",
-            "-C",
-            "target-feature=+crt-static",
-        ])
-        .args(["-C", "debuginfo=0", "-C", "strip=symbols", "-o"])
-        .arg(&out)
-        .arg(&source)
-        .output()
-        .expect("running rustc");
-    assert!(
-        output.status.success(),
-        "compiling the guest program failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
-}
-
-/// A test initrd whose `/init` is `guest`, packed by `agent/image/build-initrd.sh`.
-pub fn test_initrd(dir: &Path, guest: &Path) -> Result<PathBuf, Missing> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/image/build-initrd.sh");
-    let out = dir.join("initrd.img");
-    let output = Command::new(&script)
-        .arg(guest)
-        .arg(&out)
-        .output()
-        .map_err(|e| {
-            Missing::new(
-                format!("initrd builder {} ({e})", script.display()),
-                "check out the whole hull tree",
-            )
-        })?;
-    if !output.status.success() {
-        return Err(Missing::new(
-            format!(
-                "a working initrd builder: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-            "make deps",
-        ));
-    }
-    Ok(out)
-}
-
-/// A QEMU TCG microvm with 256 MiB of shared memory and the vhost-user device `device` (e.g.
-/// `vhost-user-vsock-device`, options may follow after a comma) on the frontend socket
-/// `socket`; `append` is added to the kernel command line, `extra` to QEMU's. The console
-/// goes to `console`, QEMU's stderr next to it.
-#[allow(clippy::too_many_arguments)]
-pub fn start_qemu(
-    qemu: &Path,
-    kernel: &Path,
-    initrd: &Path,
-    device: &str,
-    socket: &Path,
-    append: &str,
-    extra: &[&str],
-    console: &Path,
-) -> Reaped {
-    let chardev = format!("socket,id=vu0,path={}", socket.display());
-    let child = Command::new(qemu)
-        .args([
-            "-M",
-            "microvm,acpi=off,memory-backend=mem",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-        ])
-        .args([
-            "-m",
-            "256",
-            "-object",
-            "memory-backend-memfd,id=mem,size=256M,share=on",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args(["-serial", "stdio", "-kernel"])
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args([
-            "-append",
-            &format!("console=ttyS0 reboot=t panic=-1 {append}"),
-        ])
-        .args([
-            "-chardev",
-            &chardev,
-            "-device",
-            &format!("{device},chardev=vu0"),
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(console).expect("console file"))
-        .stderr(Stdio::from(
-            std::fs::File::create(console.with_extension("err")).expect("stderr file"),
-        ))
-        .spawn()
-        .expect("QEMU starts");
-    Reaped(child)
 }
 
 /// Sends SIGTERM to a backend and checks it exits 0 saying why.

@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Checks whether this host can run hull pods, and how to fix what is missing.
     Check,
+    /// Prints the effective environment: configuration files, resolved paths, versions.
+    Env,
     /// Configuration files.
     Config {
         #[command(subcommand)]
@@ -66,6 +68,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{failed} check(s) failed: this host lacks what hull needs");
             }
             println!("this host has what hull needs");
+        }
+        Command::Env => {
+            let loaded =
+                load(&ConfigSearch::from_env(cli.config)).context("loading the configuration")?;
+            print!("{}", hull_shim::host::environment_report(&loaded));
         }
         Command::Config {
             command: ConfigCommand::ShowDefaultPaths,

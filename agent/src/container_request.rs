@@ -1,0 +1,340 @@
+//! The edge between the protocol's container requests and the agent's own types: a
+//! CreateContainerRequest becomes a [`ContainerRequest`] only if every field is well formed
+//! (the id, the OCI spec JSON, each storage), so nothing behind this module sees a raw
+//! protobuf message. Whether the request can be carried out (a duplicate id, a missing
+//! device) is decided later, by the container service.
+
+use std::path::{Component, Path, PathBuf};
+
+use hull_agent_protocol::agent::CreateContainerRequest;
+use hull_agent_protocol::types::{Storage, StorageKind};
+use hull_agent_protocol::MAX_JSON_BYTES;
+use serde::Deserialize;
+
+/// What is wrong with a request; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The container id is empty, too long, or has a character outside [A-Za-z0-9_.-].
+    #[error("container id {0:?} is not 1 to 64 characters of [A-Za-z0-9_.-] (and not . or ..)")]
+    BadContainerId(String),
+    /// The OCI spec is bigger than the agent accepts.
+    #[error("oci_spec_json is {len} bytes, more than the {max} accepted")]
+    SpecTooLarge {
+        /// Its size in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The OCI spec is not JSON of the spec's shape.
+    #[error("oci_spec_json is not a valid OCI runtime spec: {0}")]
+    BadSpec(String),
+    /// A storage is malformed.
+    #[error("storages[{index}]: {reason}")]
+    BadStorage {
+        /// Its index in the request.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A container id: 1 to 64 characters of [A-Za-z0-9_.-], neither "." nor "..", so it is safe
+/// as a path component and in a cgroup name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerId(String);
+
+impl ContainerId {
+    /// Checks `id`.
+    pub fn parse(id: &str) -> Result<Self, Error> {
+        let valid = (1..=64).contains(&id.len())
+            && id != "."
+            && id != ".."
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if valid {
+            Ok(ContainerId(id.to_owned()))
+        } else {
+            Err(Error::BadContainerId(id.to_owned()))
+        }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The parts of the OCI runtime spec the agent checks before it accepts a container. The
+/// whole spec is parsed again by the container runtime; unknown fields are ignored here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecSummary {
+    /// `ociVersion`, "1.x.y".
+    pub oci_version: String,
+    /// `root`.
+    pub root: Root,
+    /// `process`; absent for a container that is only created, never started.
+    pub process: Option<Process>,
+}
+
+/// The spec's `root`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Root {
+    /// The root file system, an absolute guest path.
+    pub path: PathBuf,
+    /// Whether it is mounted read-only.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// The spec's `process`, the parts checked here.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Process {
+    /// The command and its arguments; not empty.
+    pub args: Vec<String>,
+    /// The working directory, an absolute path in the container.
+    pub cwd: PathBuf,
+}
+
+/// A storage the agent mounts before the container is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageRequest {
+    /// How it reaches the guest.
+    pub kind: StorageKind,
+    /// See `Storage.source` in types.proto.
+    pub source: String,
+    /// File system type.
+    pub fstype: String,
+    /// mount(8)-style options.
+    pub options: Vec<String>,
+    /// Absolute, normalised guest path.
+    pub mount_point: PathBuf,
+}
+
+/// A well-formed CreateContainerRequest.
+#[derive(Debug, Clone)]
+pub struct ContainerRequest {
+    /// The container's id.
+    pub id: ContainerId,
+    /// What the agent checked of the spec.
+    pub spec: SpecSummary,
+    /// The spec as sent, for the container runtime.
+    pub spec_json: Vec<u8>,
+    /// Storages to mount first.
+    pub storages: Vec<StorageRequest>,
+}
+
+impl TryFrom<CreateContainerRequest> for ContainerRequest {
+    type Error = Error;
+
+    fn try_from(request: CreateContainerRequest) -> Result<Self, Error> {
+        let id = ContainerId::parse(&request.container_id)?;
+        let spec = parse_spec(&request.oci_spec_json)?;
+        let storages = request
+            .storages
+            .iter()
+            .enumerate()
+            .map(|(index, storage)| {
+                storage_request(storage).map_err(|reason| Error::BadStorage { index, reason })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ContainerRequest {
+            id,
+            spec,
+            spec_json: request.oci_spec_json,
+            storages,
+        })
+    }
+}
+
+fn parse_spec(json: &[u8]) -> Result<SpecSummary, Error> {
+    if json.len() > MAX_JSON_BYTES {
+        return Err(Error::SpecTooLarge {
+            len: json.len(),
+            max: MAX_JSON_BYTES,
+        });
+    }
+    let spec: SpecSummary =
+        serde_json::from_slice(json).map_err(|err| Error::BadSpec(err.to_string()))?;
+    if !spec.oci_version.starts_with("1.") {
+        return Err(Error::BadSpec(format!(
+            "ociVersion {:?} is not a 1.x version",
+            spec.oci_version
+        )));
+    }
+    if !is_clean_absolute(&spec.root.path) {
+        return Err(Error::BadSpec(format!(
+            "root.path {:?} is not an absolute path without '..'",
+            spec.root.path
+        )));
+    }
+    if let Some(process) = &spec.process {
+        if process.args.is_empty() {
+            return Err(Error::BadSpec("process.args is empty".into()));
+        }
+        if !is_clean_absolute(&process.cwd) {
+            return Err(Error::BadSpec(format!(
+                "process.cwd {:?} is not an absolute path without '..'",
+                process.cwd
+            )));
+        }
+    }
+    Ok(spec)
+}
+
+fn storage_request(storage: &Storage) -> Result<StorageRequest, String> {
+    let kind = match storage.kind.enum_value() {
+        Ok(StorageKind::STORAGE_KIND_UNSPECIFIED) => return Err("kind is not set".into()),
+        Ok(kind) => kind,
+        Err(value) => return Err(format!("kind {value} is unknown to this agent")),
+    };
+    let mount_point = PathBuf::from(&storage.mount_point);
+    if !is_clean_absolute(&mount_point) {
+        return Err(format!(
+            "mount_point {:?} is not an absolute path without '..'",
+            storage.mount_point
+        ));
+    }
+    let needs_source = kind != StorageKind::STORAGE_KIND_TMPFS;
+    if needs_source && storage.source.is_empty() {
+        return Err("source is empty".into());
+    }
+    if kind == StorageKind::STORAGE_KIND_BIND && !is_clean_absolute(Path::new(&storage.source)) {
+        return Err(format!(
+            "bind source {:?} is not an absolute path without '..'",
+            storage.source
+        ));
+    }
+    Ok(StorageRequest {
+        kind,
+        source: storage.source.clone(),
+        fstype: storage.fstype.clone(),
+        options: storage.options.clone(),
+        mount_point,
+    })
+}
+
+/// Whether `path` is absolute and has no `..` component (so it cannot climb out of a root).
+fn is_clean_absolute(path: &Path) -> bool {
+    path.is_absolute()
+        && path
+            .components()
+            .all(|c| !matches!(c, Component::ParentDir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"{"ociVersion":"1.1.0","root":{"path":"/run/hull/c/web/rootfs"},
+        "process":{"args":["/bin/sh"],"cwd":"/","env":["PATH=/bin"]},"linux":{"namespaces":[]}}"#;
+
+    fn request(id: &str, spec: &str) -> CreateContainerRequest {
+        let mut request = CreateContainerRequest::new();
+        request.container_id = id.into();
+        request.oci_spec_json = spec.as_bytes().to_vec();
+        request
+    }
+
+    #[test]
+    fn accepts_a_well_formed_request() {
+        let parsed = ContainerRequest::try_from(request("web-1", SPEC)).expect("valid");
+        assert_eq!(parsed.id.as_str(), "web-1");
+        assert_eq!(parsed.spec.root.path, Path::new("/run/hull/c/web/rootfs"));
+        assert_eq!(
+            parsed.spec.process.map(|p| p.args),
+            Some(vec!["/bin/sh".to_owned()])
+        );
+    }
+
+    #[test]
+    fn rejects_ids_unsafe_as_paths() {
+        for id in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert_eq!(
+                ContainerRequest::try_from(request(id, SPEC)).err(),
+                Some(Error::BadContainerId(id.to_owned())),
+                "{id:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_specs_naming_the_field() {
+        let cases = [
+            ("not json", "expected"),
+            (r#"{"root":{"path":"/r"}}"#, "ociVersion"),
+            (
+                r#"{"ociVersion":"2.0.0","root":{"path":"/r"}}"#,
+                "not a 1.x version",
+            ),
+            (
+                r#"{"ociVersion":"1.1.0","root":{"path":"rootfs"}}"#,
+                "root.path",
+            ),
+            (
+                r#"{"ociVersion":"1.1.0","root":{"path":"/a/../../etc"}}"#,
+                "root.path",
+            ),
+            (
+                r#"{"ociVersion":"1.1.0","root":{"path":"/r"},"process":{"args":[],"cwd":"/"}}"#,
+                "process.args",
+            ),
+        ];
+        for (spec, field) in cases {
+            let err = ContainerRequest::try_from(request("c", spec)).expect_err(spec);
+            assert!(matches!(err, Error::BadSpec(_)), "{spec}: {err}");
+            assert!(err.to_string().contains(field), "{spec}: {err}");
+        }
+        let huge = format!(
+            r#"{{"ociVersion":"1.1.0","pad":"{}"}}"#,
+            "x".repeat(MAX_JSON_BYTES)
+        );
+        assert!(matches!(
+            ContainerRequest::try_from(request("c", &huge)),
+            Err(Error::SpecTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_storages_without_kind_or_escaping_paths() {
+        let storage = |kind: StorageKind, source: &str, mount_point: &str| {
+            let mut s = Storage::new();
+            s.kind = kind.into();
+            s.source = source.into();
+            s.mount_point = mount_point.into();
+            s
+        };
+        let cases = [
+            (
+                storage(StorageKind::STORAGE_KIND_UNSPECIFIED, "tag", "/m"),
+                "kind is not set",
+            ),
+            (
+                storage(StorageKind::STORAGE_KIND_VIRTIO_FS, "tag", "m"),
+                "mount_point",
+            ),
+            (
+                storage(StorageKind::STORAGE_KIND_VIRTIO_FS, "", "/m"),
+                "source is empty",
+            ),
+            (
+                storage(StorageKind::STORAGE_KIND_BIND, "/a/../..", "/m"),
+                "bind source",
+            ),
+        ];
+        for (bad, reason) in cases {
+            let mut req = request("c", SPEC);
+            req.storages = vec![storage(StorageKind::STORAGE_KIND_TMPFS, "", "/t"), bad];
+            match ContainerRequest::try_from(req) {
+                Err(Error::BadStorage {
+                    index: 1,
+                    reason: got,
+                }) => {
+                    assert!(got.contains(reason), "{got}")
+                }
+                other => panic!("expected storages[1] to be rejected for {reason}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! hull-agent serving the protocol on a host (`--listen unix:PATH`), driven by the generated
+//! ttrpc client the shim uses: the calls it serves answer for real, the others say
+//! UNIMPLEMENTED, and bad requests get precise errors without taking the agent down.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_agent_protocol::agent::*;
+use hull_agent_protocol::ttrpc::r#async::Client;
+use hull_agent_protocol::ttrpc::{self, context, Code};
+use hull_agent_protocol::{AgentServiceClient, Call, PROTOCOL_VERSION, SERVICE_NAME};
+
+/// A hull-agent child serving on a socket in its own temporary directory. Dropping it kills
+/// the agent and removes the directory, whatever the test did.
+struct AgentProcess {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl AgentProcess {
+    fn start(test: &str) -> AgentProcess {
+        Self::start_with(test, &[])
+    }
+
+    /// Starts the agent with `extra` arguments; `{dir}` in one stands for its temp dir.
+    fn start_with(test: &str, extra: &[&str]) -> AgentProcess {
+        let dir = std::env::temp_dir().join(format!("hull-agent-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the test's temp dir");
+        let socket = dir.join("agent.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_hull-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--log-level=debug")
+            .args(
+                extra
+                    .iter()
+                    .map(|arg| arg.replace("{dir}", &dir.to_string_lossy())),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting hull-agent");
+        let mut agent = AgentProcess { child, dir, socket };
+        agent.wait_until_listening();
+        agent
+    }
+
+    fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&self.socket).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("hull-agent exited before listening: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hull-agent did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    async fn client(&self) -> AgentServiceClient {
+        AgentServiceClient::new(self.raw_client().await)
+    }
+
+    async fn raw_client(&self) -> Client {
+        Client::connect(&format!("unix://{}", self.socket.display()))
+            .await
+            .expect("connecting to the agent's socket")
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(
+        Duration::from_secs(10)
+            .as_nanos()
+            .try_into()
+            .unwrap_or(i64::MAX),
+    )
+}
+
+/// The ttrpc status code and message of a failed call.
+fn status_of<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> (Code, String) {
+    match result {
+        Err(ttrpc::Error::RpcStatus(status)) => (status.code(), status.message().to_owned()),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn check_answers_serving() {
+    let agent = AgentProcess::start("check");
+    let client = agent.client().await;
+    let response = client
+        .check(ctx(), &CheckRequest::new())
+        .await
+        .expect("Check");
+    assert_eq!(
+        response.status.enum_value(),
+        Ok(ServingStatus::SERVING_STATUS_SERVING)
+    );
+
+    let mut named = CheckRequest::new();
+    named.service = SERVICE_NAME.into();
+    let response = client
+        .check(ctx(), &named)
+        .await
+        .expect("Check of the agent service");
+    assert_eq!(
+        response.status.enum_value(),
+        Ok(ServingStatus::SERVING_STATUS_SERVING)
+    );
+
+    let mut other = CheckRequest::new();
+    other.service = "grpc.health.v1.Nothing".into();
+    let (code, message) = status_of(client.check(ctx(), &other).await);
+    assert_eq!(code, Code::NOT_FOUND);
+    assert!(message.contains("grpc.health.v1.Nothing"), "{message}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn guest_details_describe_this_hosts_kernel_and_the_agent() {
+    let agent = AgentProcess::start("details");
+    let client = agent.client().await;
+    let details = client
+        .get_guest_details(ctx(), &GuestDetailsRequest::new())
+        .await
+        .expect("GetGuestDetails");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert_eq!(details.kernel_release, release.trim());
+    assert_eq!(details.machine, std::env::consts::ARCH);
+    assert_eq!(details.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(details.protocol_version, PROTOCOL_VERSION);
+    assert!(details.cpus >= 1, "{details:?}");
+    assert!(details.memory_bytes >= 64 << 20, "{details:?}");
+    for served in [
+        "Check",
+        "GetGuestDetails",
+        "GetMetrics",
+        "SetGuestDateTime",
+        "CopyFile",
+    ] {
+        assert!(
+            details.supported_calls.iter().any(|c| c == served),
+            "{details:?}"
+        );
+    }
+    assert!(
+        !details
+            .supported_calls
+            .iter()
+            .any(|c| c == "StartContainer"),
+        "{details:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn calls_not_served_yet_answer_unimplemented_naming_the_call() {
+    let agent = AgentProcess::start("unimplemented");
+    let client = agent.client().await;
+    let mut start = StartContainerRequest::new();
+    start.container_id = "web".into();
+    let (code, message) = status_of(client.start_container(ctx(), &start).await);
+    assert_eq!(code, Code::UNIMPLEMENTED);
+    assert!(message.contains("StartContainer"), "{message}");
+
+    let (code, message) = status_of(
+        client
+            .list_interfaces(ctx(), &ListInterfacesRequest::new())
+            .await,
+    );
+    assert_eq!(code, Code::UNIMPLEMENTED);
+    assert!(message.contains("ListInterfaces"), "{message}");
+
+    // A well-formed CreateContainer is not run yet, and says so.
+    let mut create = CreateContainerRequest::new();
+    create.container_id = "web".into();
+    create.oci_spec_json = br#"{"ociVersion":"1.1.0","root":{"path":"/rootfs"}}"#.to_vec();
+    let (code, message) = status_of(client.create_container(ctx(), &create).await);
+    assert_eq!(code, Code::UNIMPLEMENTED);
+    assert!(message.contains("CreateContainer"), "{message}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn malformed_requests_get_invalid_argument_naming_the_field() {
+    let agent = AgentProcess::start("malformed");
+    let client = agent.client().await;
+
+    let mut create = CreateContainerRequest::new();
+    create.container_id = "web".into();
+    create.oci_spec_json = b"{\"ociVersion\": \"1.1.0\", \"root\": ".to_vec();
+    let (code, message) = status_of(client.create_container(ctx(), &create).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(message.contains("oci_spec_json"), "{message}");
+
+    create.container_id = "../escape".into();
+    let (code, message) = status_of(client.create_container(ctx(), &create).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(message.contains("container id"), "{message}");
+
+    let mut time = SetGuestDateTimeRequest::new();
+    time.seconds = 1_700_000_000;
+    time.nanos = 1_000_000_000;
+    let (code, message) = status_of(client.set_guest_date_time(ctx(), &time).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(message.contains("nanos"), "{message}");
+
+    // The agent is still serving.
+    client
+        .check(ctx(), &CheckRequest::new())
+        .await
+        .expect("Check after bad requests");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn metrics_are_prometheus_text_about_the_agent_and_guest() {
+    let agent = AgentProcess::start("metrics");
+    let client = agent.client().await;
+    let metrics = client
+        .get_metrics(ctx(), &GetMetricsRequest::new())
+        .await
+        .expect("GetMetrics");
+    let text = metrics.metrics;
+    let build_info = format!(
+        "hull_agent_build_info{{version=\"{}\",protocol=\"{PROTOCOL_VERSION}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.lines().any(|line| line == build_info), "{text}");
+    for name in [
+        "hull_agent_resident_memory_bytes",
+        "hull_guest_memory_total_bytes",
+    ] {
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} {value} is no number"));
+        assert!(value > 0.0, "{name} {value}");
+    }
+    // Every line is a comment or `name[{labels}] value`.
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let (_, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn copy_file_writes_chunks_under_the_shared_dir_only() {
+    let agent = AgentProcess::start_with("copy", &["--shared-dir", "{dir}/shared"]);
+    let client = agent.client().await;
+    let shared = agent.dir.join("shared");
+    let path = shared.join("web/etc/hosts");
+    let chunk = |path: &Path, offset: u64, data: &[u8]| {
+        let mut request = CopyFileRequest::new();
+        request.path = path.to_string_lossy().into_owned();
+        request.file_size = 21;
+        request.offset = offset;
+        request.data = data.to_vec();
+        request.file_mode = 0o644;
+        request.dir_mode = 0o755;
+        request.uid = nix::unistd::getuid().as_raw();
+        request.gid = nix::unistd::getgid().as_raw();
+        request
+    };
+    client
+        .copy_file(ctx(), &chunk(&path, 0, b"127.0.0.1 "))
+        .await
+        .expect("first chunk");
+    client
+        .copy_file(ctx(), &chunk(&path, 10, b"localhost\n"))
+        .await
+        .expect("second chunk");
+    assert_eq!(
+        std::fs::read(&path).expect("reading the copy"),
+        b"127.0.0.1 localhost\n"
+    );
+
+    let outside = agent.dir.join("escaped");
+    let (code, message) = status_of(client.copy_file(ctx(), &chunk(&outside, 0, b"x")).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(!outside.exists());
+
+    let plain = AgentProcess::start("copy-no-dir");
+    let client = plain.client().await;
+    let (code, message) = status_of(client.copy_file(ctx(), &chunk(&path, 0, b"x")).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    assert!(message.contains("--shared-dir"), "{message}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn setting_the_clock_is_refused_on_a_host() {
+    let agent = AgentProcess::start("clock");
+    let client = agent.client().await;
+    let mut time = SetGuestDateTimeRequest::new();
+    time.seconds = 1_700_000_000;
+    let (code, message) = status_of(client.set_guest_date_time(ctx(), &time).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+    assert!(message.contains("host"), "{message}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn undecodable_payloads_and_unknown_methods_do_not_take_the_agent_down() {
+    let agent = AgentProcess::start("garbage");
+    let raw = agent.raw_client().await;
+    let request = |method: &str, payload: &[u8]| {
+        let mut request = ttrpc::Request::new();
+        request.service = SERVICE_NAME.into();
+        request.method = method.into();
+        request.payload = payload.to_vec();
+        request.timeout_nano = ctx().timeout_nano;
+        request
+    };
+    // A truncated length-delimited field: no CreateContainerRequest decodes from it. ttrpc
+    // itself decodes the payload before the agent sees the call and answers UNKNOWN.
+    let garbage = [0x0a, 0xff, 0xff, 0x7f, b'x'];
+    let (code, message) = status_of(
+        raw.request(request(Call::CreateContainer.name(), &garbage))
+            .await,
+    );
+    assert_ne!(code, Code::OK, "{message}");
+
+    let (code, message) = status_of(raw.request(request("Frobnicate", b"")).await);
+    assert_eq!(code, Code::UNIMPLEMENTED, "{message}");
+
+    let client = AgentServiceClient::new(raw);
+    client
+        .check(ctx(), &CheckRequest::new())
+        .await
+        .expect("Check after garbage");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever bytes arrive as the payload of any call, the agent answers (a result or an
+    /// error status) and keeps serving: a request never panics it or hangs a connection.
+    #[test]
+    fn every_call_answers_arbitrary_payloads(
+        payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        FUZZED_AGENT.with(|agent| {
+            runtime.block_on(async {
+                let raw = agent.raw_client().await;
+                for call in Call::ALL {
+                    let mut request = ttrpc::Request::new();
+                    request.service = SERVICE_NAME.into();
+                    request.method = call.name().into();
+                    request.payload = payload.clone();
+                    request.timeout_nano = ctx().timeout_nano;
+                    match raw.request(request).await {
+                        Ok(_) | Err(ttrpc::Error::RpcStatus(_)) => {}
+                        Err(other) => panic!("{call} with payload {payload:02x?}: {other:?}"),
+                    }
+                }
+            })
+        });
+    }
+}
+
+thread_local! {
+    /// One agent for all the cases of the property test, stopped when its thread ends.
+    static FUZZED_AGENT: AgentProcess = AgentProcess::start("fuzz");
+}
+
+#[test]
+fn sigterm_stops_the_agent_and_removes_its_socket() {
+    let mut agent = AgentProcess::start("sigterm");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.child.id()).expect("a pid fits"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signalling the agent");
+    let status = wait_with_timeout(&mut agent.child, Duration::from_secs(30));
+    assert!(status.success(), "hull-agent exited with {status}");
+    assert!(
+        !Path::new(&agent.socket).exists(),
+        "the socket was left behind"
+    );
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for hull-agent") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hull-agent did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
