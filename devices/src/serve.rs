@@ -212,7 +212,7 @@ pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> 
     }
     let device = Arc::new(device);
     info!(socket = %config.socket.display(), disk = %config.path.display(),
-        sectors = device.config_space().first_chunk::<8>().map(|c| u64::from_le_bytes(*c)),
+        sectors = device.capacity(),
         readonly = config.readonly, direct = config.direct, queues = config.queues,
         engine = %device.engine_name(),
         "hull-blk listening for a vhost-user frontend");

@@ -3,7 +3,6 @@
 //! descriptor and the counters), memory updates, and the kick events, on `vhost-user-backend`.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tracing::{error, warn};
@@ -26,7 +25,6 @@ const MAX_QUEUE_SIZE: usize = 1024;
 pub struct BlkBackend {
     device: Arc<BlkDevice>,
     mem: RwLock<Option<GuestMemoryAtomic<Mem>>>,
-    event_idx: AtomicBool,
 }
 
 impl BlkBackend {
@@ -35,18 +33,12 @@ impl BlkBackend {
         Self {
             device,
             mem: RwLock::new(None),
-            event_idx: AtomicBool::new(false),
         }
     }
 
     /// The device.
     pub fn device(&self) -> &BlkDevice {
         &self.device
-    }
-
-    /// Whether the frontend negotiated `VIRTIO_RING_F_EVENT_IDX`.
-    pub fn event_idx(&self) -> bool {
-        self.event_idx.load(Ordering::Relaxed)
     }
 }
 
@@ -70,8 +62,9 @@ impl VhostUserBackend for BlkBackend {
         VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+    fn set_event_idx(&self, _enabled: bool) {
+        // vhost-user-backend sets it on each vring's queue, whose notification calls
+        // (`enable_notification`, `needs_notification`) then follow it.
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {

@@ -112,6 +112,11 @@ impl BlkDevice {
         }
     }
 
+    /// The disk's size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.engine.capacity()
+    }
+
     /// Number of request queues.
     pub fn num_queues(&self) -> u16 {
         self.num_queues

@@ -21,6 +21,10 @@ use crate::vsock::packet::Mem;
 /// the next request is queued.
 pub const RING_DEPTH: u32 = 128;
 
+/// Most iovecs one `readv`/`writev` takes (Linux's `IOV_MAX`); a request with more buffers is
+/// left to the synchronous engine.
+const IOV_MAX: usize = 1024;
+
 /// One io_uring per queue, for one backing file.
 pub struct UringQueues {
     rings: Vec<Mutex<IoUring>>,
@@ -97,7 +101,7 @@ impl Batch<'_> {
         if !Self::takes(request.kind) || self.is_full() {
             return Err(request);
         }
-        let Some(iovecs) = self.iovecs(&request) else {
+        let Some(iovecs) = self.iovecs(&request).filter(|v| v.len() <= IOV_MAX) else {
             return Err(request);
         };
         let Ok(count) = u32::try_from(iovecs.len()) else {
