@@ -24,6 +24,8 @@ const DISK_BYTES: u64 = 64 << 20;
 /// What the guest program writes and checks; see `tests/guest/blk_rw.rs`.
 const OFFSETS: [u64; 4] = [0, (1 << 20) + 512, 17 << 20, (64 << 20) - CHUNK as u64];
 const CHUNK: usize = 64 * 1024;
+/// Chunks the guest writes, then discards and zeroes.
+const CLEARED: [u64; 2] = [40 << 20, 48 << 20];
 
 /// The guest program's pattern byte at disk offset `at`.
 fn pattern(at: u64) -> u8 {
@@ -45,7 +47,8 @@ fn expected_chunk(offset: u64) -> Vec<u8> {
     (0..CHUNK as u64).map(|i| pattern(offset + i)).collect()
 }
 
-/// The guest said PASS and the disk file holds its pattern at every offset.
+/// The guest said PASS, the disk file holds its pattern at every offset, and the chunks it
+/// discarded and zeroed are zeroes.
 fn assert_guest_wrote_its_pattern(console: &str, disk: &Path) {
     assert!(
         console.contains("blk-guest: PASS"),
@@ -57,6 +60,16 @@ fn assert_guest_wrote_its_pattern(console: &str, disk: &Path) {
             "the disk file holds the guest's pattern at {offset}"
         );
     }
+    for offset in CLEARED {
+        assert!(
+            chunk_at(disk, offset).iter().all(|&b| b == 0),
+            "the chunk the guest cleared at {offset} is zeroes"
+        );
+    }
+    assert!(
+        console.contains("blk-guest: discard at") && console.contains("blk-guest: zero-out at"),
+        "the guest discarded and zeroed; console:\n{console}"
+    );
 }
 
 /// A sparse disk file of [`DISK_BYTES`] in `dir`.

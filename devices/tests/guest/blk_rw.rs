@@ -9,7 +9,9 @@
 //!   virtio-blk FLUSH), reads every chunk back and compares checksums, and checks that a
 //!   region never written reads as zeroes. With `HULL_BLK_READ_CPU=N` it writes from CPU 0
 //!   and moves to CPU N before reading, so that a multiqueue disk serves the reads on another
-//!   queue than the writes (blk-mq maps queues to CPUs).
+//!   queue than the writes (blk-mq maps queues to CPUs). Then it discards one chunk and
+//!   zeroes another (`BLKDISCARD`, `BLKZEROOUT`) and checks they read as zeroes, and reads
+//!   the disk's serial (GET_ID) from sysfs.
 //! - `readonly`: checks that a write fails (the disk is advertised read-only),
 //!   and that the chunks the host put at [`OFFSETS`] read back with the pattern.
 //!
@@ -25,6 +27,14 @@ const OFFSETS: [u64; 4] = [0, (1 << 20) + 512, 17 << 20, (64 << 20) - CHUNK as u
 const CHUNK: usize = 64 * 1024;
 /// A region no chunk touches.
 const UNTOUCHED: u64 = 32 << 20;
+/// Chunks written, then discarded (`BLKDISCARD`) and zeroed (`BLKZEROOUT`) respectively.
+const DISCARDED: u64 = 40 << 20;
+const ZEROED: u64 = 48 << 20;
+/// `BLKDISCARD` and `BLKZEROOUT` (`_IO(0x12, 119)`, `_IO(0x12, 127)`).
+const BLKDISCARD: u64 = 0x1277;
+const BLKZEROOUT: u64 = 0x127f;
+/// What the device answers to GET_ID: hull-blk uses the disk file's name.
+const SERIAL: &str = "disk.img";
 /// `O_DIRECT` on x86_64 Linux.
 const O_DIRECT: i32 = 0o40_000;
 
@@ -107,7 +117,8 @@ fn run() -> Result<(), String> {
             if buf.iter().any(|&b| b != 0) {
                 return Err("a region never written is not zero".into());
             }
-            Ok(())
+            clear_chunks(&disk, &mut storage)?;
+            check_serial()
         }
         "readonly" => {
             // Linux opens a read-only disk for writing and refuses the write itself (EPERM)
@@ -138,6 +149,78 @@ fn run() -> Result<(), String> {
         }
         other => Err(format!("unknown HULL_BLK_MODE {other}")),
     }
+}
+
+/// Writes the pattern at [`DISCARDED`] and [`ZEROED`], checks it is there, then discards the
+/// first and zeroes the second (virtio-blk DISCARD and WRITE_ZEROES) and checks both read
+/// as zeroes.
+fn clear_chunks(disk: &File, storage: &mut Vec<u8>) -> Result<(), String> {
+    for (offset, ioctl, what) in [
+        (DISCARDED, BLKDISCARD, "discard"),
+        (ZEROED, BLKZEROOUT, "zero-out"),
+    ] {
+        let buf = aligned(storage, CHUNK);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = pattern(offset + i as u64);
+        }
+        disk.write_all_at(buf, offset)
+            .map_err(|e| format!("write at {offset}: {e}"))?;
+        let buf = aligned(storage, CHUNK);
+        disk.read_exact_at(buf, offset)
+            .map_err(|e| format!("read at {offset}: {e}"))?;
+        if buf
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b != pattern(offset + i as u64))
+        {
+            return Err(format!(
+                "chunk at {offset} reads back differently before the {what}"
+            ));
+        }
+        let range: [u64; 2] = [offset, CHUNK as u64];
+        // SAFETY: the ioctl reads two u64 from `range`, which lives across the call.
+        let rc =
+            unsafe { sys::ioctl(std::os::fd::AsRawFd::as_raw_fd(disk), ioctl, range.as_ptr()) };
+        if rc < 0 {
+            return Err(format!(
+                "{what} at {offset}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let buf = aligned(storage, CHUNK);
+        disk.read_exact_at(buf, offset)
+            .map_err(|e| format!("read at {offset}: {e}"))?;
+        if buf.iter().any(|&b| b != 0) {
+            return Err(format!("chunk at {offset} is not zero after the {what}"));
+        }
+        println!("blk-guest: {what} at {offset} reads back as zeroes");
+    }
+    Ok(())
+}
+
+/// Checks the disk's serial (virtio-blk GET_ID) through sysfs.
+fn check_serial() -> Result<(), String> {
+    std::fs::create_dir_all("/sys").map_err(|e| format!("mkdir /sys: {e}"))?;
+    // SAFETY: C strings are NUL-terminated literals; a null data pointer is allowed.
+    let rc = unsafe {
+        sys::mount(
+            c"sysfs".as_ptr(),
+            c"/sys".as_ptr(),
+            c"sysfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc < 0 {
+        return Err(format!("mount sysfs: {}", std::io::Error::last_os_error()));
+    }
+    let serial = std::fs::read_to_string("/sys/block/vda/serial")
+        .map_err(|e| format!("reading the serial: {e}"))?;
+    if serial.trim_end() != SERIAL {
+        return Err(format!("serial {serial:?}, expected {SERIAL:?}"));
+    }
+    println!("blk-guest: serial {SERIAL}");
+    Ok(())
 }
 
 /// Moves this thread to CPU `cpu` alone.
@@ -195,6 +278,7 @@ mod sys {
             flags: u64,
             data: *const std::ffi::c_void,
         ) -> i32;
+        pub fn ioctl(fd: i32, request: u64, arg: *const u64) -> i32;
         pub fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
     }
 }
