@@ -1,6 +1,8 @@
 //! The virtio-blk device: its features, its config space, and serving a queue (pop each
-//! chain, parse it into a [`Request`], run it on the engine, write the status, return the
-//! chain). Which thread serves which queue is the backend's business ([`super::backend`]).
+//! chain, parse it into a [`Request`], run it on an engine, write the status, return the
+//! chain): reads, writes and flushes of one pass over the queue go to the queue's io_uring as
+//! one batch, the rest run synchronously. Which thread serves which queue is the backend's
+//! business ([`super::backend`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,7 +2,7 @@
 //! block device:
 //!
 //! - [`request`], a descriptor chain parsed and checked into a typed request.
-//! - [`io`], the data engine (synchronous today; io_uring next).
+//! - [`io`], the data engines: io_uring batches per kick, and blocking calls.
 //! - [`device`], features, config space, and serving a queue.
 //! - [`backend`], the vhost-user backend around the device, one worker thread per queue.
 
