@@ -22,6 +22,10 @@ pub enum Direction {
     DeviceReadable,
     /// Every descriptor is device-writable (the device fills buffers for the driver).
     DeviceWritable,
+    /// Device-readable descriptors first, then device-writable ones (a request and room for
+    /// its answer, as virtio-blk uses; the spec forbids a readable descriptor after a writable
+    /// one). Either part may be empty.
+    ReadableThenWritable,
 }
 
 /// Why a chain was refused. Each variant names the chain by its head index.
@@ -82,6 +86,8 @@ pub enum ChainError {
 pub struct ValidChain {
     /// Sum of the lengths of all descriptors, in bytes, at most the `max_len` given.
     pub len: usize,
+    /// Bytes in device-readable descriptors (the rest of `len` is device-writable).
+    pub readable: usize,
 }
 
 /// Walks `chain` (a clone; the caller keeps the original for reading or writing) and checks
@@ -97,23 +103,30 @@ where
     M::Target: GuestMemory,
 {
     let head = chain.head_index();
-    let permissions = match direction {
-        Direction::DeviceReadable => Permissions::Read,
-        Direction::DeviceWritable => Permissions::Write,
-    };
     let mut total: usize = 0;
+    let mut readable: usize = 0;
+    let mut seen_writable = false;
     let mut descriptors = 0;
     let mut ended = false;
     for (position, desc) in chain.clone().enumerate() {
         descriptors = position + 1;
         let writable = desc.is_write_only();
-        if writable != (direction == Direction::DeviceWritable) {
+        let expected = match direction {
+            Direction::DeviceReadable if writable => Some(Direction::DeviceReadable),
+            Direction::DeviceWritable if !writable => Some(Direction::DeviceWritable),
+            Direction::ReadableThenWritable if seen_writable && !writable => {
+                Some(Direction::DeviceWritable)
+            }
+            _ => None,
+        };
+        if let Some(expected) = expected {
             return Err(ChainError::WrongDirection {
                 head,
                 position,
-                expected: direction,
+                expected,
             });
         }
+        seen_writable |= writable;
         let len = desc.len();
         let len_bytes =
             usize::try_from(len).map_err(|_| ChainError::TooLong { head, max: max_len })?;
@@ -121,6 +134,14 @@ where
             .checked_add(len_bytes)
             .filter(|t| *t <= max_len)
             .ok_or(ChainError::TooLong { head, max: max_len })?;
+        if !writable {
+            readable = total;
+        }
+        let permissions = if writable {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
         if len_bytes > 0 && !mem.check_range(desc.addr(), len_bytes, permissions) {
             return Err(outside(head, position, desc.addr(), len));
         }
@@ -132,7 +153,10 @@ where
     if !ended {
         return Err(ChainError::Unterminated { head, descriptors });
     }
-    Ok(ValidChain { len: total })
+    Ok(ValidChain {
+        len: total,
+        readable,
+    })
 }
 
 fn outside(head: u16, position: usize, addr: GuestAddress, len: u32) -> ChainError {

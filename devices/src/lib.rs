@@ -1,14 +1,16 @@
-//! Standalone vhost-user device backends, each its own process: `hull-vsock` today,
-//! `hull-blk` and `hull-net` later, and what they share.
+//! Standalone vhost-user device backends, each its own process: `hull-vsock` and `hull-blk`
+//! today, `hull-net` later, and what they share.
 //!
 //! - [`chain`], validating guest descriptor chains before a device acts on them.
 //! - [`vsock`], the virtio-vsock device with a hybrid-vsock host side.
+//! - [`blk`], the virtio-blk device over a file or block device.
 //! - [`serve`], serving vhost-user frontends on a socket, until a signal or disconnect.
 
 #![warn(clippy::cast_possible_truncation)]
 
 use std::path::PathBuf;
 
+pub mod blk;
 pub mod chain;
 pub mod serve;
 pub mod vsock;
@@ -55,6 +57,23 @@ pub enum Error {
     /// The vhost-user daemon failed (its error type carries no source chain).
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
+    /// The disk (backing file or block device) cannot be opened or sized.
+    #[error("cannot use {path} as a disk")]
+    Disk {
+        /// The path given with --path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The number of queues is outside what the device supports.
+    #[error("{queues} queues requested: use 1 to {max}")]
+    InvalidQueues {
+        /// The number asked for.
+        queues: u16,
+        /// The most supported.
+        max: u16,
+    },
     /// Setting up signal handling or waiting failed.
     #[error("{what}")]
     Os {

@@ -1,4 +1,4 @@
-//! Serving vhost-user frontends on a socket: wait for a frontend (or a stop request), run the
+//! Serving vhost-user frontends on a socket, for every backend of this crate: wait for a frontend (or a stop request), run the
 //! device for it until it disconnects (or a stop request), and say which happened.
 //!
 //! Termination signals are blocked and read from a signalfd, so a SIGTERM is an ordinary event
@@ -7,7 +7,7 @@
 //! unix socket removed, host streams closed).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -16,11 +16,12 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::info;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::blk::{BlkBackend, BlkDevice, SyncEngine};
 use crate::vsock::backend::BACKEND_EVENT;
 use crate::vsock::{Muxer, VsockBackend, VsockDevice};
 use crate::{Error, Result};
@@ -37,6 +38,28 @@ pub struct VsockConfig {
     /// Serve the next frontend after one disconnects, instead of exiting.
     pub keep_listening: bool,
 }
+
+/// What `hull-blk` serves, from its command line.
+#[derive(Debug, Clone)]
+pub struct BlkConfig {
+    /// The vhost-user socket the frontend connects to.
+    pub socket: PathBuf,
+    /// The backing file or block device.
+    pub path: PathBuf,
+    /// Refuse writes and advertise a read-only disk.
+    pub readonly: bool,
+    /// Open the disk with `O_DIRECT` (no host page cache).
+    pub direct: bool,
+    /// Number of request queues, each served by its own worker thread.
+    pub queues: u16,
+    /// Serve the next frontend after one disconnects, instead of exiting.
+    pub keep_listening: bool,
+    /// Serve every request with blocking calls instead of io_uring.
+    pub sync_io: bool,
+}
+
+/// Most request queues `hull-blk` serves (one worker thread each).
+pub const MAX_BLK_QUEUES: u16 = 64;
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,25 +123,42 @@ impl TermSignals {
     }
 }
 
-/// Serves vhost-user frontends on `config.socket` until one disconnects (or, with
-/// `keep_listening`, forever) or a termination signal arrives.
-pub fn run_vsock(config: &VsockConfig, signals: &TermSignals) -> Result<ExitReason> {
-    check_guest_cid(config.guest_cid)?;
-    let mut listener = Listener::new(&config.socket, true).map_err(|source| Error::Listen {
-        path: config.socket.clone(),
+/// Serves vhost-user frontends on `socket` until one disconnects (or, with `keep_listening`,
+/// forever) or a termination signal arrives. `serve_one` serves one frontend from the
+/// listener with a fresh device, returning early when the stop descriptor becomes readable.
+pub fn serve_until_done(
+    socket: &Path,
+    keep_listening: bool,
+    signals: &TermSignals,
+    mut serve_one: impl FnMut(&mut Listener, BorrowedFd<'_>) -> Result<Outcome>,
+) -> Result<ExitReason> {
+    let mut listener = Listener::new(socket, true).map_err(|source| Error::Listen {
+        path: socket.to_path_buf(),
         source,
     })?;
-    info!(socket = %config.socket.display(), uds = %config.uds.display(), guest_cid = config.guest_cid,
-        "hull-vsock listening for a vhost-user frontend");
     loop {
-        match serve_vsock_frontend(&mut listener, config, signals.fd())? {
+        match serve_one(&mut listener, signals.fd())? {
             Outcome::Stopped => return Ok(ExitReason::Signal(signals.read())),
-            Outcome::FrontendDisconnected if config.keep_listening => {
+            Outcome::FrontendDisconnected if keep_listening => {
                 info!("frontend disconnected; waiting for the next one (--keep-listening)");
             }
             Outcome::FrontendDisconnected => return Ok(ExitReason::FrontendDisconnected),
         }
     }
+}
+
+/// Serves vhost-user frontends on `config.socket` until one disconnects (or, with
+/// `keep_listening`, forever) or a termination signal arrives.
+pub fn run_vsock(config: &VsockConfig, signals: &TermSignals) -> Result<ExitReason> {
+    check_guest_cid(config.guest_cid)?;
+    info!(socket = %config.socket.display(), uds = %config.uds.display(), guest_cid = config.guest_cid,
+        "hull-vsock listening for a vhost-user frontend");
+    serve_until_done(
+        &config.socket,
+        config.keep_listening,
+        signals,
+        |listener, stop| serve_vsock_frontend(listener, config, stop),
+    )
 }
 
 /// Serves one frontend from `listener` with a fresh vsock device (its host socket bound at
@@ -128,26 +168,85 @@ pub fn serve_vsock_frontend(
     config: &VsockConfig,
     stop: BorrowedFd<'_>,
 ) -> Result<Outcome> {
-    if !(3..=0xffff_fffe).contains(&config.guest_cid) {
-        return Err(Error::InvalidGuestCid {
-            cid: config.guest_cid,
-        });
-    }
+    check_guest_cid(config.guest_cid)?;
     let muxer = Muxer::new(&config.uds, config.guest_cid)?;
     let mut backend = VsockBackend::new(VsockDevice::new(muxer), config.guest_cid);
     let host_fd = backend.host_event_fd();
     let backend = Arc::new(RwLock::new(backend));
-    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new("hull-vsock".into(), Arc::clone(&backend), memory)
-        .map_err(|e| Error::Daemon(e.to_string()))?;
-    for handler in daemon.get_epoll_handlers() {
-        handler
-            .register_listener(host_fd, EventSet::IN, u64::from(BACKEND_EVENT))
-            .map_err(|source| Error::Os {
-                what: "polling the host side",
-                source,
-            })?;
+    let outcome = serve_frontend(
+        listener,
+        "hull-vsock",
+        Arc::clone(&backend),
+        stop,
+        |daemon| {
+            for handler in daemon.get_epoll_handlers() {
+                handler
+                    .register_listener(host_fd, EventSet::IN, u64::from(BACKEND_EVENT))
+                    .map_err(|source| Error::Os {
+                        what: "polling the host side",
+                        source,
+                    })?;
+            }
+            Ok(())
+        },
+    );
+    if let Ok(backend) = backend.read() {
+        info!(counters = ?backend.counters(), "device counters");
     }
+    outcome
+}
+
+/// Opens the disk, then serves vhost-user-blk frontends on `config.socket` until one
+/// disconnects (or, with `keep_listening`, forever) or a termination signal arrives.
+pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> {
+    if !(1..=MAX_BLK_QUEUES).contains(&config.queues) {
+        return Err(Error::InvalidQueues {
+            queues: config.queues,
+            max: MAX_BLK_QUEUES,
+        });
+    }
+    let engine = SyncEngine::open(&config.path, config.readonly, config.direct)?;
+    let mut device = BlkDevice::new(engine, config.readonly, config.queues);
+    if config.sync_io {
+        device = device.without_uring();
+    }
+    let device = Arc::new(device);
+    info!(socket = %config.socket.display(), disk = %config.path.display(),
+        sectors = device.capacity(),
+        readonly = config.readonly, direct = config.direct, queues = config.queues,
+        engine = %device.engine_name(),
+        "hull-blk listening for a vhost-user frontend");
+    let reason = serve_until_done(
+        &config.socket,
+        config.keep_listening,
+        signals,
+        |listener, stop| {
+            let backend = Arc::new(BlkBackend::new(Arc::clone(&device)));
+            serve_frontend(listener, "hull-blk", backend, stop, |_| Ok(()))
+        },
+    );
+    info!(counters = ?device.counters(), "device counters");
+    reason
+}
+
+/// Serves one frontend from `listener` with `backend`: `setup` runs on the daemon before the
+/// frontend is accepted (to add device events to the worker threads). Returns when the
+/// frontend disconnects, or early when `stop` becomes readable; the daemon and its worker
+/// threads are gone when it returns.
+pub fn serve_frontend<S>(
+    listener: &mut Listener,
+    name: &str,
+    backend: S,
+    stop: BorrowedFd<'_>,
+    setup: impl FnOnce(&VhostUserDaemon<S>) -> Result<()>,
+) -> Result<Outcome>
+where
+    S: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+{
+    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let mut daemon = VhostUserDaemon::new(name.into(), backend, memory)
+        .map_err(|e| Error::Daemon(e.to_string()))?;
+    setup(&daemon)?;
 
     if !wait_readable(listener.as_raw_fd(), stop)? {
         return Ok(Outcome::Stopped);
@@ -177,14 +276,11 @@ pub fn serve_vsock_frontend(
         let _ = done.write(1);
         result
     });
-    // Stop the worker thread and drop the device with it.
+    // Stop the worker threads and drop the device with them.
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
     }
     drop(daemon);
-    if let Ok(backend) = backend.read() {
-        info!(counters = ?backend.counters(), "device counters");
-    }
     match result {
         _ if stopped.load(Ordering::Acquire) => Ok(Outcome::Stopped),
         Ok(()) => Ok(Outcome::FrontendDisconnected),
@@ -291,22 +387,12 @@ mod tests {
         let stop = Arc::new(stop);
         let (backend, config) = spawn_backend(&dir, &stop);
 
-        let mut frontend = Frontend::connect(&config.socket, 3).expect("frontend connects");
-        frontend.set_owner().expect("owner");
-        let features = frontend.get_features().expect("features");
+        let (mut frontend, features) = connect_frontend(&config.socket);
         assert_ne!(
             features & (1 << VIRTIO_F_VERSION_1_BIT),
             0,
             "a modern device"
         );
-        // Without EVENT_IDX every used buffer is signalled, which keeps this test simple.
-        frontend
-            .set_features(features & !(1 << 29))
-            .expect("set features");
-        let protocol = frontend.get_protocol_features().expect("protocol features");
-        frontend
-            .set_protocol_features(protocol)
-            .expect("set protocol features");
         let (_, cid) = frontend
             .get_config(0, 8, VhostUserConfigFlags::empty(), &[0; 8])
             .expect("config");
@@ -317,37 +403,10 @@ mod tests {
         );
 
         let (mem, file) = shared_test_memory();
-        let host_base = mem.get_host_address(GuestAddress(0)).expect("mapped") as u64;
-        let region = mem.find_region(GuestAddress(0)).expect("region");
-        let region = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
-        let _keep_open = file;
-        frontend.set_mem_table(&[region]).expect("mem table");
-
         let mut guest = MockGuest::new(&mem);
-        let kicks: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
-            .collect();
-        let calls: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
-            .collect();
-        for (index, rx) in [(0, true), (1, false)] {
-            let (desc, avail, used) = guest.ring_addrs(rx);
-            frontend.set_vring_num(index, 256).expect("vring num");
-            let ring = VringConfigData {
-                queue_max_size: 256,
-                queue_size: 256,
-                flags: 0,
-                desc_table_addr: host_base + desc,
-                used_ring_addr: host_base + used,
-                avail_ring_addr: host_base + avail,
-                log_addr: None,
-            };
-            frontend.set_vring_addr(index, &ring).expect("vring addr");
-            frontend.set_vring_base(index, 0).expect("vring base");
-            frontend.set_vring_call(index, &calls[index]).expect("call");
-            frontend.set_vring_kick(index, &kicks[index]).expect("kick");
-            frontend.set_vring_enable(index, true).expect("enable");
-        }
+        let rings = [guest.ring_addrs(true), guest.ring_addrs(false)];
+        let (kicks, calls) = share_rings(&mut frontend, &mem, &rings);
+        let _keep_open = file;
 
         let listener = UnixListener::bind(dir.path().join("v.sock_6000")).expect("host listener");
         guest.offer_rx(4, 4096);
@@ -403,6 +462,108 @@ mod tests {
         (&stop_tx).write_all(b"x").expect("stop");
         let outcome = backend.join().expect("backend thread").expect("serving");
         assert_eq!(outcome, Outcome::Stopped);
+    }
+
+    /// Connects a `vhost` crate frontend to `socket` and negotiates every feature the
+    /// backend offers except EVENT_IDX (so that every used buffer is signalled, which keeps
+    /// tests simple) and every protocol feature. Returns the frontend and the offered features.
+    fn connect_frontend(socket: &std::path::Path) -> (Frontend, u64) {
+        let mut frontend = Frontend::connect(socket, 3).expect("frontend connects");
+        frontend.set_owner().expect("owner");
+        let features = frontend.get_features().expect("features");
+        frontend
+            .set_features(features & !(1 << 29))
+            .expect("set features");
+        let protocol = frontend.get_protocol_features().expect("protocol features");
+        frontend
+            .set_protocol_features(protocol)
+            .expect("set protocol features");
+        (frontend, features)
+    }
+
+    /// Shares `mem` with the backend and sets up one 256-entry vring per (descriptor table,
+    /// avail ring, used ring) guest address triple; returns the kick and call eventfds.
+    fn share_rings(
+        frontend: &mut Frontend,
+        mem: &crate::vsock::packet::Mem,
+        rings: &[(u64, u64, u64)],
+    ) -> (Vec<EventFd>, Vec<EventFd>) {
+        let host_base = mem.get_host_address(GuestAddress(0)).expect("mapped") as u64;
+        let region = mem.find_region(GuestAddress(0)).expect("region");
+        let region = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
+        frontend.set_mem_table(&[region]).expect("mem table");
+        let new_fd = || EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let kicks: Vec<EventFd> = rings.iter().map(|_| new_fd()).collect();
+        let calls: Vec<EventFd> = rings.iter().map(|_| new_fd()).collect();
+        for (index, &(desc, avail, used)) in rings.iter().enumerate() {
+            frontend.set_vring_num(index, 256).expect("vring num");
+            let ring = VringConfigData {
+                queue_max_size: 256,
+                queue_size: 256,
+                flags: 0,
+                desc_table_addr: host_base + desc,
+                used_ring_addr: host_base + used,
+                avail_ring_addr: host_base + avail,
+                log_addr: None,
+            };
+            frontend.set_vring_addr(index, &ring).expect("vring addr");
+            frontend.set_vring_base(index, 0).expect("vring base");
+            frontend.set_vring_call(index, &calls[index]).expect("call");
+            frontend.set_vring_kick(index, &kicks[index]).expect("kick");
+            frontend.set_vring_enable(index, true).expect("enable");
+        }
+        (kicks, calls)
+    }
+
+    /// hull-blk's vhost-user face end to end, in process: features, queue count and config
+    /// space over the protocol, then a guest write travels through a worker thread into the
+    /// disk file, and the frontend leaving ends serving.
+    #[test]
+    fn blk_frontend_negotiates_reads_the_config_and_writes_through_a_worker() {
+        use crate::blk::test_utils::{BlkGuest, TempDisk};
+        let disk = TempDisk::new("blk-frontend", 2048);
+        let dir = TestDir::new("blk-frontend");
+        let socket = dir.path().join("vu.sock");
+        let mut listener = Listener::new(&socket, true).expect("listener");
+        let (_stop_tx, stop) = UnixStream::pair().expect("socketpair");
+        let device = Arc::new(BlkDevice::new(
+            SyncEngine::open(&disk.path, false, false).expect("disk"),
+            false,
+            2,
+        ));
+        let backend_device = Arc::clone(&device);
+        let backend = std::thread::spawn(move || {
+            let backend = Arc::new(BlkBackend::new(backend_device));
+            serve_frontend(&mut listener, "hull-blk", backend, stop.as_fd(), |_| Ok(()))
+        });
+
+        let (mut frontend, features) = connect_frontend(&socket);
+        assert_ne!(features & (1 << 12), 0, "VIRTIO_BLK_F_MQ offered");
+        assert_eq!(features & (1 << 5), 0, "not read-only");
+        assert_eq!(frontend.get_queue_num().expect("queue num"), 2);
+        let (_, config) = frontend
+            .get_config(0, 60, VhostUserConfigFlags::empty(), &[0; 60])
+            .expect("config");
+        assert_eq!(config[..8], 2048u64.to_le_bytes(), "capacity in sectors");
+        assert_eq!(config[34..36], 2u16.to_le_bytes(), "num_queues");
+
+        let (mem, file) = shared_test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let rings = [guest.ring_addrs(), (0x10_000, 0x11_000, 0x12_000)];
+        let (kicks, calls) = share_rings(&mut frontend, &mem, &rings);
+        let _keep_open = file;
+        let (_, status) = guest.request(1, 4, 1024, false, 0x5c);
+        kicks[0].write(1).expect("kick");
+        assert!(wait_for(&calls[0]), "the backend signals the request queue");
+        assert_eq!(guest.byte(status), 0, "VIRTIO_BLK_S_OK");
+        let bytes = disk.bytes();
+        assert!(bytes[4 * 512..6 * 512].iter().all(|&b| b == 0x5c));
+        assert!(bytes[..4 * 512].iter().all(|&b| b == 0));
+
+        drop(frontend);
+        let outcome = backend.join().expect("backend thread").expect("serving");
+        assert_eq!(outcome, Outcome::FrontendDisconnected);
+        assert_eq!(device.counters().ok, 1);
     }
 
     const VIRTIO_F_VERSION_1_BIT: u64 = 32;

@@ -8,65 +8,24 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
 use hull_tests::{artifacts, guest_program, require};
 
-/// Bounds for a TCG guest on a loaded 2-core machine: failure detectors, not expectations.
-const GUEST_BOUND: Duration = Duration::from_secs(300);
-const STARTUP_BOUND: Duration = Duration::from_secs(30);
+use common::{
+    brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND, STARTUP_BOUND,
+};
+
+mod common;
 
 /// Guest port the guest program listens on, and host port it connects to (see the program).
 const GUEST_ECHO_PORT: u32 = 5000;
 const HOST_PORT: u32 = 5001;
 const GREETING: &[u8] = b"hello from the guest over hull-vsock\n";
 
-/// A temporary directory removed on drop, even when the test fails.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("hull-vsock-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("creating a temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed and reaped on drop.
-struct Reaped(Child);
-
-impl Reaped {
-    fn wait_bounded(&mut self, bound: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + bound;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn start_backend(dir: &Path, guest_cid: u64) -> (Reaped, PathBuf, PathBuf, PathBuf) {
+fn start_vsock(dir: &Path, guest_cid: u64) -> (Reaped, PathBuf, PathBuf, PathBuf) {
     start_backend_with(dir, guest_cid, &[])
 }
 
@@ -78,40 +37,18 @@ fn start_backend_with(
     let socket = dir.join("vhost-user.sock");
     let uds = dir.join("vsock.sock");
     let log = dir.join("hull-vsock.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_hull-vsock"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--uds")
-        .arg(&uds)
-        .arg("--guest-cid")
-        .arg(guest_cid.to_string())
-        .args(extra)
-        .env("HULL_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("hull-vsock starts");
-    let mut backend = Reaped(child);
-    let deadline = Instant::now() + STARTUP_BOUND;
-    while !socket.exists() {
-        assert!(
-            backend.0.try_wait().expect("try_wait").is_none(),
-            "hull-vsock exited early: {}",
-            read(&log)
-        );
-        assert!(
-            Instant::now() < deadline,
-            "hull-vsock did not create {}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let cid = guest_cid.to_string();
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--socket".as_ref(),
+        socket.as_os_str(),
+        "--uds".as_ref(),
+        uds.as_os_str(),
+        "--guest-cid".as_ref(),
+        cid.as_ref(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    let backend = start_backend(env!("CARGO_BIN_EXE_hull-vsock"), &args, &socket, &log);
     (backend, socket, uds, log)
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// Connects through the hybrid socket, retrying until the guest listens.
@@ -141,11 +78,11 @@ fn connect_to_guest(uds: &Path, port: u32, guest: &Guest) -> (UnixStream, String
 fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
     let test = "guest_and_host_echo_both_ways_through_hull_vsock_under_qemu";
     let kernel = require!(test, artifacts::vmlinux());
-    let dir = TempDir::new("qemu");
+    let dir = TempDir::new("vsock-qemu");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock_echo.rs");
     let initrd =
         require!(test, guest_program::build_initrd(&source, &dir.0)).expect("the guest builds");
-    let (mut backend, socket, uds, log) = start_backend(&dir.0, 3);
+    let (mut backend, socket, uds, log) = start_vsock(&dir.0, 3);
 
     // The guest-initiated direction: the guest connects to host port 5001.
     let host_listener =
@@ -241,26 +178,15 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
 
 #[test]
 fn sigterm_stops_hull_vsock_cleanly_before_any_frontend() {
-    let dir = TempDir::new("sigterm");
-    let (mut backend, socket, uds, log) = start_backend(&dir.0, 3);
-    let pid = i32::try_from(backend.0.id()).expect("pid fits");
-    // SAFETY: sending SIGTERM to a child this test started and has not reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = backend
-        .wait_bounded(STARTUP_BOUND)
-        .expect("hull-vsock exits on SIGTERM");
-    let log_text = read(&log);
-    assert!(status.success(), "exit status {status}; log:\n{log_text}");
-    assert!(
-        log_text.contains("received SIGTERM"),
-        "exit message; log:\n{log_text}"
-    );
+    let dir = TempDir::new("vsock-sigterm");
+    let (mut backend, socket, uds, log) = start_vsock(&dir.0, 3);
+    terminate(&mut backend, &log);
     assert!(!socket.exists() && !uds.exists(), "sockets removed");
 }
 
 #[test]
 fn reserved_guest_cid_is_refused_with_a_message_naming_it() {
-    let dir = TempDir::new("cid");
+    let dir = TempDir::new("vsock-cid");
     let output = Command::new(env!("CARGO_BIN_EXE_hull-vsock"))
         .arg("--socket")
         .arg(dir.0.join("vu.sock"))
@@ -274,35 +200,10 @@ fn reserved_guest_cid_is_refused_with_a_message_naming_it() {
     assert!(stderr.contains("guest CID 2 is invalid"), "{stderr}");
 }
 
-fn terminate(backend: &mut Reaped, log: &Path) {
-    let pid = i32::try_from(backend.0.id()).expect("pid fits");
-    // SAFETY: sending SIGTERM to a child this test started and has not reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = backend
-        .wait_bounded(STARTUP_BOUND)
-        .expect("hull-vsock exits on SIGTERM");
-    let log_text = read(log);
-    assert!(status.success(), "exit status {status}; log:\n{log_text}");
-    assert!(
-        log_text.contains("received SIGTERM"),
-        "exit message; log:\n{log_text}"
-    );
-}
-
-/// A vhost-user frontend that negotiates a little and goes away.
-fn brief_frontend(socket: &Path) {
-    use vhost::vhost_user::Frontend;
-    use vhost::VhostBackend;
-    let frontend = Frontend::connect(socket, 3).expect("frontend connects");
-    frontend.set_owner().expect("owner");
-    let features = frontend.get_features().expect("the backend answers");
-    assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1 offered");
-}
-
 #[test]
 fn frontend_disconnect_ends_hull_vsock_with_status_0_and_says_why() {
-    let dir = TempDir::new("disconnect");
-    let (mut backend, socket, uds, log) = start_backend(&dir.0, 3);
+    let dir = TempDir::new("vsock-disconnect");
+    let (mut backend, socket, uds, log) = start_vsock(&dir.0, 3);
     brief_frontend(&socket);
     let status = backend
         .wait_bounded(STARTUP_BOUND)
@@ -318,7 +219,7 @@ fn frontend_disconnect_ends_hull_vsock_with_status_0_and_says_why() {
 
 #[test]
 fn keep_listening_serves_the_next_frontend_until_sigterm() {
-    let dir = TempDir::new("keep");
+    let dir = TempDir::new("vsock-keep");
     let (mut backend, socket, _uds, log) = start_backend_with(&dir.0, 3, &["--keep-listening"]);
     for _ in 0..3 {
         brief_frontend(&socket);

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use hull_devices::serve::{run_vsock, ExitReason, TermSignals, VsockConfig};
+use hull_devices::serve::{run_vsock, VsockConfig};
+
+#[path = "cli/mod.rs"]
+mod cli;
 
 /// vhost-user-vsock backend. Host processes reach the guest by connecting to the unix socket
 /// at --uds and writing `CONNECT <port>\n` (answered `OK <hostport>\n`); guest connections to
@@ -29,40 +32,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = VsockConfig {
         socket: args.socket,
         uds: args.uds,
         guest_cid: args.guest_cid,
         keep_listening: args.keep_listening,
     };
-    let result = TermSignals::block()
-        .context("setting up signal handling")
-        .and_then(|signals| {
-            run_vsock(&config, &signals)
-                .with_context(|| format!("serving vhost-user-vsock on {}", config.socket.display()))
-        });
-    match result {
-        Ok(ExitReason::FrontendDisconnected) => {
-            eprintln!(
-                "hull-vsock: frontend disconnected from {}; exiting",
-                config.socket.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(ExitReason::Signal(signal)) => {
-            eprintln!("hull-vsock: received {signal}; exiting");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("hull-vsock: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::run("hull-vsock", &config.socket.clone(), |signals| {
+        run_vsock(&config, signals)
+            .with_context(|| format!("serving vhost-user-vsock on {}", config.socket.display()))
+    })
 }

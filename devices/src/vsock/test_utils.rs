@@ -135,22 +135,7 @@ impl<'a> MockGuest<'a> {
     /// Puts raw descriptors on the tx queue as the guest would (they may be malformed);
     /// `next` fields are relative to the first descriptor here.
     pub fn tx_raw(&mut self, descs: &[(u64, u32, u16, u16)]) {
-        let base = self.next_tx_desc;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .map(|&(addr, len, flags, next)| {
-                RawDescriptor::from(SplitDescriptor::new(
-                    addr,
-                    len,
-                    flags,
-                    next.wrapping_add(base),
-                ))
-            })
-            .collect();
-        self.tx
-            .add_desc_chains(&raw, base)
-            .expect("adding tx descriptors");
-        self.next_tx_desc = base + u16::try_from(descs.len()).expect("few descriptors");
+        self.next_tx_desc = add_raw_chain(&self.tx, self.next_tx_desc, descs);
     }
 
     /// Sends a well-formed packet: header and payload in two descriptors.
@@ -186,24 +171,10 @@ impl<'a> MockGuest<'a> {
     /// Offers raw descriptors on the rx queue (they may be malformed).
     pub fn rx_raw(&mut self, descs: &[(u64, u32, u16, u16)]) {
         let base = self.next_rx_desc;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .map(|&(addr, len, flags, next)| {
-                RawDescriptor::from(SplitDescriptor::new(
-                    addr,
-                    len,
-                    flags,
-                    next.wrapping_add(base),
-                ))
-            })
-            .collect();
-        self.rx
-            .add_desc_chains(&raw, base)
-            .expect("adding rx descriptors");
+        self.next_rx_desc = add_raw_chain(&self.rx, base, descs);
         if let Some(&(addr, ..)) = descs.first() {
             self.rx_bufs.insert(base, addr);
         }
-        self.next_rx_desc = base + u16::try_from(descs.len()).expect("few descriptors");
     }
 
     /// Offers `count` rx buffers of a header plus `payload` bytes each, one descriptor each.
@@ -215,23 +186,9 @@ impl<'a> MockGuest<'a> {
         }
     }
 
-    fn used(&self, queue: &MockSplitQueue<'a, Mem>, seen: u16) -> (u16, Vec<(u32, u32)>) {
-        let base = queue.used_addr();
-        let idx: u16 = self.mem.read_obj(base.unchecked_add(2)).expect("used idx");
-        let entries = (seen..idx)
-            .map(|i| {
-                let at = base.unchecked_add(4 + 8 * u64::from(i % 256));
-                let id: u32 = self.mem.read_obj(at).expect("used id");
-                let len: u32 = self.mem.read_obj(at.unchecked_add(4)).expect("used len");
-                (id, len)
-            })
-            .collect();
-        (idx, entries)
-    }
-
     /// Tx chains the device returned since the last call.
     pub fn tx_used(&mut self) -> usize {
-        let (idx, entries) = self.used(&self.tx, self.tx_used_seen);
+        let (idx, entries) = used_entries(self.mem, &self.tx, self.tx_used_seen);
         self.tx_used_seen = idx;
         entries.len()
     }
@@ -239,7 +196,7 @@ impl<'a> MockGuest<'a> {
     /// Rx buffers the device returned since the last call, as (head, length, packet); the
     /// packet is `None` when the buffer came back empty.
     pub fn rx_used(&mut self) -> Vec<RxUsed> {
-        let (idx, entries) = self.used(&self.rx, self.rx_used_seen);
+        let (idx, entries) = used_entries(self.mem, &self.rx, self.rx_used_seen);
         self.rx_used_seen = idx;
         entries
             .into_iter()
@@ -279,6 +236,51 @@ impl<'a> MockGuest<'a> {
             .filter_map(|(_, _, p)| p)
             .collect()
     }
+}
+
+/// Puts raw descriptors (address, length, flags, next) into `queue`'s table from index `base`
+/// and makes the first one available, as a guest would (they may be malformed); `next`
+/// fields are relative to `base`. Returns the index after the last descriptor.
+pub fn add_raw_chain(
+    queue: &MockSplitQueue<'_, Mem>,
+    base: u16,
+    descs: &[(u64, u32, u16, u16)],
+) -> u16 {
+    let raw: Vec<RawDescriptor> = descs
+        .iter()
+        .map(|&(addr, len, flags, next)| {
+            RawDescriptor::from(SplitDescriptor::new(
+                addr,
+                len,
+                flags,
+                next.wrapping_add(base),
+            ))
+        })
+        .collect();
+    queue
+        .add_desc_chains(&raw, base)
+        .expect("adding descriptors");
+    base + u16::try_from(descs.len()).expect("few descriptors")
+}
+
+/// The used ring's index and the (head, length) entries from `seen` up to it, for a queue of
+/// 256 entries.
+pub fn used_entries(
+    mem: &Mem,
+    queue: &MockSplitQueue<'_, Mem>,
+    seen: u16,
+) -> (u16, Vec<(u32, u32)>) {
+    let base = queue.used_addr();
+    let idx: u16 = mem.read_obj(base.unchecked_add(2)).expect("used idx");
+    let entries = (seen..idx)
+        .map(|i| {
+            let at = base.unchecked_add(4 + 8 * u64::from(i % 256));
+            let id: u32 = mem.read_obj(at).expect("used id");
+            let len: u32 = mem.read_obj(at.unchecked_add(4)).expect("used len");
+            (id, len)
+        })
+        .collect();
+    (idx, entries)
 }
 
 /// A stream packet from the guest (CID [`GUEST_CID`], port `guest_port`) to host port

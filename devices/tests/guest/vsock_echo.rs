@@ -24,6 +24,9 @@ const HOST_PORT: u32 = 5001;
 /// What the guest sends the host.
 const GREETING: &[u8] = b"hello from the guest over hull-vsock\n";
 
+#[path = "vm.rs"]
+mod vm;
+
 fn main() {
     println!("vsock-echo-guest: started");
     let verdict = run();
@@ -31,7 +34,7 @@ fn main() {
         Ok(()) => println!("vsock-echo-guest: PASS"),
         Err(why) => println!("vsock-echo-guest: FAIL {why}"),
     }
-    stop_vm();
+    vm::stop();
 }
 
 fn run() -> Result<(), String> {
@@ -135,23 +138,6 @@ fn check(rc: i32, what: &str) -> Result<(), String> {
     }
 }
 
-/// Ends the VM: with `reboot=t` a restart is a triple fault, which QEMU under `-no-reboot`
-/// treats as the end.
-fn stop_vm() {
-    if std::process::id() != 1 {
-        // Run by mistake outside a test VM: never restart a real machine.
-        std::process::exit(2);
-    }
-    // SAFETY: we are PID 1 of a throwaway test VM; restarting it is the point.
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_AUTOBOOT);
-    }
-    loop {
-        std::thread::park();
-    }
-}
-
 /// The libc calls and Linux constants this program needs (x86_64 Linux values).
 #[allow(non_camel_case_types)]
 mod sys {
@@ -164,7 +150,6 @@ mod sys {
     pub const SHUT_WR: i32 = 1;
     pub const VMADDR_CID_ANY: u32 = u32::MAX;
     pub const VMADDR_CID_HOST: u32 = 2;
-    pub const RB_AUTOBOOT: i32 = 0x0123_4567;
 
     /// `struct sockaddr`, only ever used behind a pointer.
     pub enum sockaddr {}
@@ -187,7 +172,5 @@ mod sys {
         pub fn accept(fd: i32, addr: *mut sockaddr, len: *mut socklen_t) -> i32;
         pub fn connect(fd: i32, addr: *const sockaddr, len: socklen_t) -> i32;
         pub fn shutdown(fd: i32, how: i32) -> i32;
-        pub fn sync();
-        pub fn reboot(cmd: i32) -> i32;
     }
 }

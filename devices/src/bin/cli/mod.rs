@@ -1,0 +1,46 @@
+//! What every backend binary does around its device: logging to stderr (`HULL_LOG` filter,
+//! `info` by default), termination signals read from a signalfd, and one line on exit saying
+//! why, with the exit status (0 for a frontend leaving or a signal, 1 for an error).
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hull_devices::serve::{ExitReason, TermSignals};
+
+/// Sets up logging, blocks termination signals, runs `serve` and reports how it ended.
+pub fn run(
+    name: &str,
+    socket: &Path,
+    serve: impl FnOnce(&TermSignals) -> anyhow::Result<ExitReason>,
+) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = TermSignals::block()
+        .context("setting up signal handling")
+        .and_then(|signals| serve(&signals));
+    match result {
+        Ok(ExitReason::FrontendDisconnected) => {
+            eprintln!(
+                "{name}: frontend disconnected from {}; exiting",
+                socket.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(ExitReason::Signal(signal)) => {
+            eprintln!("{name}: received {signal}; exiting");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{name}: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

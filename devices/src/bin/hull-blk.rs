@@ -1,0 +1,62 @@
+//! `hull-blk`: the vhost-user-blk backend over a file or block device.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use hull_devices::serve::{run_blk, BlkConfig};
+
+#[path = "cli/mod.rs"]
+mod cli;
+
+/// vhost-user-blk backend: serves the file or block device at --path as a virtio-blk disk to
+/// the vhost-user frontend (QEMU, hull-vmm) that connects to --socket.
+#[derive(Parser, Debug)]
+#[command(name = "hull-blk", version)]
+struct Args {
+    /// vhost-user socket to listen on for the frontend.
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// The disk: a regular file (its size is the disk's) or a block device.
+    #[arg(long, value_name = "FILE")]
+    path: PathBuf,
+    /// Refuse writes (VIRTIO_BLK_S_IOERR) and advertise a read-only disk.
+    #[arg(long)]
+    readonly: bool,
+    /// Open the disk with O_DIRECT, bypassing the host page cache.
+    #[arg(long)]
+    direct: bool,
+    /// Number of request queues, each served by its own worker thread.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    queues: u16,
+    /// After a frontend disconnects, wait for the next one instead of exiting.
+    #[arg(long)]
+    keep_listening: bool,
+    /// Serve every request with blocking calls instead of io_uring (which is used when the
+    /// kernel allows it).
+    #[arg(long)]
+    sync_io: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = BlkConfig {
+        socket: args.socket,
+        path: args.path,
+        readonly: args.readonly,
+        direct: args.direct,
+        queues: args.queues,
+        keep_listening: args.keep_listening,
+        sync_io: args.sync_io,
+    };
+    cli::run("hull-blk", &config.socket.clone(), |signals| {
+        run_blk(&config, signals).with_context(|| {
+            format!(
+                "serving {} as vhost-user-blk on {}",
+                config.path.display(),
+                config.socket.display()
+            )
+        })
+    })
+}

@@ -1,0 +1,136 @@
+//! The vhost-user face of the block device: one worker thread per queue (a queue is owned by
+//! the thread that serves it; they share only the read-only device, the backing file's
+//! descriptor and the counters), memory updates, and the kick events, on `vhost-user-backend`.
+
+use std::io;
+use std::sync::{Arc, RwLock};
+
+use tracing::{error, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::device::BlkDevice;
+use crate::vsock::packet::Mem;
+
+/// Largest queue the device accepts, in descriptors.
+const MAX_QUEUE_SIZE: usize = 1024;
+
+/// The block device as a vhost-user backend.
+pub struct BlkBackend {
+    device: Arc<BlkDevice>,
+    mem: RwLock<Option<GuestMemoryAtomic<Mem>>>,
+}
+
+impl BlkBackend {
+    /// A backend serving `device` (shared with the backends of later frontends).
+    pub fn new(device: Arc<BlkDevice>) -> Self {
+        Self {
+            device,
+            mem: RwLock::new(None),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &BlkDevice {
+        &self.device
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.device.num_queues())
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // vhost-user-backend sets it on each vring's queue, whose notification calls
+        // (`enable_notification`, `needs_notification`) then follow it.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = self.device.config_space();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
+        config
+            .get(start..end.min(config.len()))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
+        let mut slot = self
+            .mem
+            .write()
+            .map_err(|_| io::Error::other("memory lock poisoned"))?;
+        *slot = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.device.num_queues()).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let Some(atomic) = self.mem.read().ok().and_then(|m| m.clone()) else {
+            return Ok(());
+        };
+        // `vrings` are this thread's and `device_event` indexes them; thread `t` owns queue
+        // `t` alone (see `queues_per_thread`).
+        let Some(vring) = vrings.get(usize::from(device_event)) else {
+            warn!(event = device_event, "unexpected event");
+            return Ok(());
+        };
+        let index = thread_id + usize::from(device_event);
+        let mem = atomic.memory();
+        let notify = {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            match self.device.process_queue(index, queue, &mem) {
+                Ok(0) => false,
+                Ok(_) => queue.needs_notification(&*mem).unwrap_or(true),
+                Err(err) => {
+                    // Rings the frontend placed outside guest memory: the guest broke its own
+                    // device. Log it and keep serving the other queues.
+                    error!(queue = index, %err, "virtqueue unusable");
+                    false
+                }
+            }
+        };
+        if notify {
+            if let Err(err) = vring.signal_used_queue() {
+                warn!(%err, "cannot signal the guest");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,14 @@
+//! The data engines of hull-blk, moving sectors between the backing file (or block device)
+//! and guest memory, as Firecracker splits them:
+//!
+//! - [`sync`], the backing file and blocking calls on the queue's worker thread: every request
+//!   when io_uring is unavailable (or `--sync-io`), and otherwise the rare ones (discard,
+//!   write-zeroes, get-id) and the rest of a short transfer.
+//! - [`uring`], one io_uring per queue: the reads, writes and flushes of one kick are
+//!   submitted as one batch and completed together.
+
+pub mod sync;
+pub mod uring;
+
+pub use sync::SyncEngine;
+pub use uring::{Batch, UringQueues};

@@ -1,0 +1,19 @@
+//! The virtio-blk device over a file or block device, split the way Firecracker splits its
+//! block device:
+//!
+//! - [`request`], a descriptor chain parsed and checked into a typed request.
+//! - [`io`], the data engines: io_uring batches per kick, and blocking calls.
+//! - [`device`], features, config space, and serving a queue.
+//! - [`backend`], the vhost-user backend around the device, one worker thread per queue.
+
+pub mod backend;
+pub mod device;
+pub mod io;
+pub mod request;
+
+pub use backend::BlkBackend;
+pub use device::BlkDevice;
+pub use io::SyncEngine;
+
+#[cfg(test)]
+pub(crate) mod test_utils;

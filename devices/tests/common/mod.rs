@@ -1,0 +1,124 @@
+//! What the backends' integration tests share about the backend process: temporary
+//! directories and child processes cleaned up on drop, starting a backend binary until its
+//! socket appears, stopping it with SIGTERM, and a frontend that only says hello. Guests come
+//! from `hull_tests::guest_program` and `hull_tests::qemu`.
+
+// Each test binary uses its own part of these helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bounds for a TCG guest on a loaded 2-core machine: failure detectors, not expectations.
+pub const GUEST_BOUND: Duration = Duration::from_secs(300);
+pub const STARTUP_BOUND: Duration = Duration::from_secs(30);
+
+/// A temporary directory removed on drop, even when the test fails.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("hull-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct Reaped(pub Child);
+
+impl Reaped {
+    pub fn wait_bounded(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = i32::try_from(self.0.id()).expect("pid fits");
+        // SAFETY: sending SIGTERM to a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Starts `binary` with `args` (logging to `log`) and waits until it created `socket`.
+pub fn start_backend(binary: &str, args: &[&std::ffi::OsStr], socket: &Path, log: &Path) -> Reaped {
+    let name = Path::new(binary)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    let child = Command::new(binary)
+        .args(args)
+        .env("HULL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("the backend starts");
+    let mut backend = Reaped(child);
+    let deadline = Instant::now() + STARTUP_BOUND;
+    while !socket.exists() {
+        assert!(
+            backend.0.try_wait().expect("try_wait").is_none(),
+            "{name:?} exited early: {}",
+            read(log)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{name:?} did not create {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    backend
+}
+
+/// Sends SIGTERM to a backend and checks it exits 0 saying why.
+pub fn terminate(backend: &mut Reaped, log: &Path) {
+    backend.terminate();
+    let status = backend
+        .wait_bounded(STARTUP_BOUND)
+        .expect("the backend exits on SIGTERM");
+    let log_text = read(log);
+    assert!(status.success(), "exit status {status}; log:\n{log_text}");
+    assert!(
+        log_text.contains("received SIGTERM"),
+        "exit message; log:\n{log_text}"
+    );
+}
+
+/// A vhost-user frontend that negotiates a little and goes away.
+pub fn brief_frontend(socket: &Path) {
+    use vhost::vhost_user::Frontend;
+    use vhost::VhostBackend;
+    let frontend = Frontend::connect(socket, 3).expect("frontend connects");
+    frontend.set_owner().expect("owner");
+    let features = frontend.get_features().expect("the backend answers");
+    assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1 offered");
+}
