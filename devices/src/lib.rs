@@ -2,6 +2,7 @@
 //! today, `hull-net` later, and what they share.
 //!
 //! - [`chain`], validating guest descriptor chains before a device acts on them.
+//! - [`config_space`], reading a config space window the guest chose, clipped.
 //! - [`vsock`], the virtio-vsock device with a hybrid-vsock host side.
 //! - [`blk`], the virtio-blk device over a file or block device.
 //! - [`serve`], serving vhost-user frontends on a socket, until a signal or disconnect.
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 
 pub mod blk;
 pub mod chain;
+pub mod config_space;
 pub mod serve;
 pub mod vsock;
 

@@ -10,9 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{
-    brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND, STARTUP_BOUND,
-};
+use common::{brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND};
 use hull_tests::prereq::{find_program, Missing};
 use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
 use hull_tests::{artifacts, guest_program, require};
@@ -150,18 +148,7 @@ fn run_guest_with(
         .wait(GUEST_BOUND)
         .expect("the guest stops by itself")
         .console;
-    let status = backend
-        .wait_bounded(STARTUP_BOUND)
-        .expect("hull-blk exits after QEMU");
-    let log_text = read(&log);
-    assert!(
-        status.success(),
-        "hull-blk exit status {status}; log:\n{log_text}"
-    );
-    assert!(
-        log_text.contains("frontend disconnected"),
-        "exit message; log:\n{log_text}"
-    );
+    let log_text = common::expect_exit_after_frontend(&mut backend, &log, "hull-blk");
     assert!(!socket.exists(), "hull-blk removed its socket");
     format!("{console_text}\n--- hull-blk ---\n{log_text}")
 }

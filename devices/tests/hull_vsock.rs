@@ -158,18 +158,7 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
     );
 
     // QEMU gone: hull-vsock notices the frontend left, says so, exits 0 and cleans up.
-    let status = backend
-        .wait_bounded(STARTUP_BOUND)
-        .expect("hull-vsock exits after QEMU");
-    let log_text = read(&log);
-    assert!(
-        status.success(),
-        "hull-vsock exit status {status}; log:\n{log_text}"
-    );
-    assert!(
-        log_text.contains("frontend disconnected"),
-        "exit message; log:\n{log_text}"
-    );
+    common::expect_exit_after_frontend(&mut backend, &log, "hull-vsock");
     assert!(
         !socket.exists() && !uds.exists(),
         "hull-vsock removed its sockets"

@@ -2,11 +2,12 @@
 //! boots the hull guest image, and hull-agent (PID 1) answers the shim's ttrpc calls over the
 //! hybrid vsock socket. Afterwards no process or file of the boot is left.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hull_shim::config::{Config, HypervisorKind};
 use hull_shim::sandbox::boot::boot;
+use hull_tests::prereq::Missing;
 use hull_tests::{artifacts, require};
 
 fn processes_mentioning(needle: &Path) -> Vec<String> {
@@ -21,16 +22,22 @@ fn processes_mentioning(needle: &Path) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn the_guest_agent_answers_over_hull_vsock_and_nothing_is_left() {
-    let test = "the_guest_agent_answers_over_hull_vsock_and_nothing_is_left";
-    let vsock = require!(test, artifacts::workspace_binary("hull-vsock"));
+/// hull-vsock from this build, and a configuration for the qemu backend with the built image.
+fn qemu_setup() -> Result<(PathBuf, Config), Missing> {
+    let vsock = artifacts::workspace_binary("hull-vsock")?;
     let mut config = Config {
         hypervisor: HypervisorKind::Qemu,
         ..Config::default()
     };
-    config.vm.kernel = require!(test, artifacts::vmlinux());
-    config.vm.initrd = require!(test, artifacts::initrd());
+    config.vm.kernel = artifacts::vmlinux()?;
+    config.vm.initrd = artifacts::initrd()?;
+    Ok((vsock, config))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_guest_agent_answers_over_hull_vsock_and_nothing_is_left() {
+    let test = "the_guest_agent_answers_over_hull_vsock_and_nothing_is_left";
+    let (vsock, mut config) = require!(test, qemu_setup());
     config.vm.vcpus = 2;
     config.agent.start_timeout_secs = 240;
     let dir = tempfile::tempdir().unwrap();
@@ -80,13 +87,7 @@ async fn the_guest_agent_answers_over_hull_vsock_and_nothing_is_left() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_boot_that_fails_leaves_nothing_behind() {
     let test = "a_boot_that_fails_leaves_nothing_behind";
-    let vsock = require!(test, artifacts::workspace_binary("hull-vsock"));
-    let mut config = Config {
-        hypervisor: HypervisorKind::Qemu,
-        ..Config::default()
-    };
-    config.vm.kernel = require!(test, artifacts::vmlinux());
-    config.vm.initrd = require!(test, artifacts::initrd());
+    let (vsock, mut config) = require!(test, qemu_setup());
     // The guest stops itself after its self-test, so the agent never serves: the boot fails.
     config.vm.kernel_params = "agent.selftest=1".into();
     config.agent.start_timeout_secs = 60;

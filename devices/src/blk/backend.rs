@@ -68,13 +68,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.device.config_space();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let end = start.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
-        config
-            .get(start..end.min(config.len()))
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
+        crate::config_space::read_window(&self.device.config_space(), offset, size)
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {

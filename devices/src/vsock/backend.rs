@@ -123,13 +123,7 @@ impl VhostUserBackendMut for VsockBackend {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         // The config space is the 64-bit guest CID (virtio 1.2, 5.10.4).
-        let config = self.guest_cid.to_le_bytes();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let end = start.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
-        config
-            .get(start..end.min(config.len()))
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
+        crate::config_space::read_window(&self.guest_cid.to_le_bytes(), offset, size)
     }
 
     fn update_memory(&mut self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {

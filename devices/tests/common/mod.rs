@@ -122,3 +122,21 @@ pub fn brief_frontend(socket: &Path) {
     let features = frontend.get_features().expect("the backend answers");
     assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1 offered");
 }
+
+/// Waits for a backend whose frontend (QEMU) has gone: it must exit 0 and say why. Returns
+/// its log.
+pub fn expect_exit_after_frontend(backend: &mut Reaped, log: &Path, name: &str) -> String {
+    let status = backend
+        .wait_bounded(STARTUP_BOUND)
+        .unwrap_or_else(|| panic!("{name} did not exit after QEMU"));
+    let log_text = read(log);
+    assert!(
+        status.success(),
+        "{name} exit status {status}; log:\n{log_text}"
+    );
+    assert!(
+        log_text.contains("frontend disconnected"),
+        "exit message; log:\n{log_text}"
+    );
+    log_text
+}
