@@ -15,28 +15,19 @@ use crate::paths;
 /// The helper binaries a pod may start, found next to the running binary or on PATH.
 pub const HELPERS: &[&str] = &["hull-fs", "hull-vsock", "hull-blk", "hull-net"];
 
-/// Facts about the host, as gathered.
+/// What this host offers for running guests: cheap to probe (no process is started), so a
+/// pod's boot asks this alone rather than all of [`HostFacts`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostFacts {
+pub struct Virtualization {
     /// Whether /dev/kvm opens read-write, or why not.
     pub kvm: Result<(), String>,
     /// Whether the CPU reports VMX or SVM (hardware virtualization for full guests).
     pub hw_virt: bool,
-    /// The QEMU binary the configuration names, if found, with its `--version` first line.
-    pub qemu: Option<(PathBuf, String)>,
-    /// Whether the configured kernel and initrd exist.
-    pub kernel: (PathBuf, bool),
-    /// See `kernel`.
-    pub initrd: (PathBuf, bool),
-    /// Each helper binary and where it was found.
-    pub helpers: Vec<(&'static str, Option<PathBuf>)>,
-    /// `containerd --version`, if containerd is installed.
-    pub containerd: Option<String>,
 }
 
-impl HostFacts {
-    /// Looks at this host, with `config` saying which QEMU, kernel and initrd to look for.
-    pub fn probe(config: &Config) -> Self {
+impl Virtualization {
+    /// Opens /dev/kvm and reads the CPU flags.
+    pub fn probe() -> Self {
         let kvm = OpenOptions::new()
             .read(true)
             .write(true)
@@ -44,25 +35,9 @@ impl HostFacts {
             .map(drop)
             .map_err(|e| e.to_string());
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let exe = std::env::current_exe().ok();
-        let path = std::env::var_os("PATH");
-        let qemu = find_program(&config.qemu.path, path.as_deref())
-            .map(|p| (first_line_of(&p, "--version").unwrap_or_default(), p))
-            .map(|(version, p)| (p, version));
-        let kernel = config.kernel();
-        let initrd = config.initrd();
         Self {
             kvm,
             hw_virt: cpu_has_hw_virt(&cpuinfo),
-            qemu,
-            kernel: (kernel.clone(), kernel.is_file()),
-            initrd: (initrd.clone(), initrd.is_file()),
-            helpers: HELPERS
-                .iter()
-                .map(|&h| (h, paths::find_helper(h, exe.as_deref(), path.as_deref())))
-                .collect(),
-            containerd: find_program(Path::new("containerd"), path.as_deref())
-                .and_then(|p| first_line_of(&p, "--version")),
         }
     }
 
@@ -82,6 +57,58 @@ impl HostFacts {
     }
 }
 
+/// Facts about the host, as gathered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// KVM and hardware virtualization.
+    pub virt: Virtualization,
+    /// The QEMU binary the configuration names, if found, with its `--version` first line.
+    pub qemu: Option<(PathBuf, String)>,
+    /// Whether the configured kernel and initrd exist.
+    pub kernel: (PathBuf, bool),
+    /// See `kernel`.
+    pub initrd: (PathBuf, bool),
+    /// Each helper binary and where it was found.
+    pub helpers: Vec<(&'static str, Option<PathBuf>)>,
+    /// `containerd --version`, if containerd is installed.
+    pub containerd: Option<String>,
+}
+
+impl HostFacts {
+    /// Looks at this host, with `config` saying which QEMU, kernel and initrd to look for.
+    pub fn probe(config: &Config) -> Self {
+        let exe = std::env::current_exe().ok();
+        let path = std::env::var_os("PATH");
+        let qemu = find_program(&config.qemu.path, path.as_deref())
+            .map(|p| (first_line_of(&p, "--version").unwrap_or_default(), p))
+            .map(|(version, p)| (p, version));
+        let kernel = config.kernel();
+        let initrd = config.initrd();
+        Self {
+            virt: Virtualization::probe(),
+            qemu,
+            kernel: (kernel.clone(), kernel.is_file()),
+            initrd: (initrd.clone(), initrd.is_file()),
+            helpers: HELPERS
+                .iter()
+                .map(|&h| (h, paths::find_helper(h, exe.as_deref(), path.as_deref())))
+                .collect(),
+            containerd: find_program(Path::new("containerd"), path.as_deref())
+                .and_then(|p| first_line_of(&p, "--version")),
+        }
+    }
+
+    /// See [`Virtualization::full_guests_on_kvm`].
+    pub fn full_guests_on_kvm(&self) -> bool {
+        self.virt.full_guests_on_kvm()
+    }
+
+    /// See [`Virtualization::auto_hypervisor`].
+    pub fn auto_hypervisor(&self) -> HypervisorKind {
+        self.virt.auto_hypervisor()
+    }
+}
+
 /// Whether a /proc/cpuinfo lists VMX (Intel) or SVM (AMD).
 pub fn cpu_has_hw_virt(cpuinfo: &str) -> bool {
     cpuinfo
@@ -90,7 +117,8 @@ pub fn cpu_has_hw_virt(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-fn find_program(name: &Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+/// Finds a program named by the configuration: an absolute path as is, a bare name on `path`.
+pub fn find_program(name: &Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     if name.is_absolute() {
         return name.is_file().then(|| name.to_owned());
     }
@@ -158,7 +186,7 @@ pub fn check(facts: &HostFacts, config: &Config) -> Vec<CheckLine> {
         HypervisorKind::Auto => facts.auto_hypervisor(),
         other => other,
     };
-    lines.push(match (&facts.kvm, facts.hw_virt) {
+    lines.push(match (&facts.virt.kvm, facts.virt.hw_virt) {
         (Ok(()), true) => line(Verdict::Pass, "kvm", "/dev/kvm with hardware virtualization".into(), None),
         (Ok(()), false) => line(
             Verdict::Warn,
@@ -283,12 +311,15 @@ pub fn environment_report(loaded: &crate::config::LoadedConfig) -> String {
     line("hypervisor", chosen);
     line(
         "host.kvm",
-        match &facts.kvm {
+        match &facts.virt.kvm {
             Ok(()) => "usable".to_owned(),
             Err(err) => format!("unusable ({err})"),
         },
     );
-    line("host.hardware_virtualization", facts.hw_virt.to_string());
+    line(
+        "host.hardware_virtualization",
+        facts.virt.hw_virt.to_string(),
+    );
     for (key, (path, exists)) in [("vm.kernel", &facts.kernel), ("vm.initrd", &facts.initrd)] {
         line(
             key,
@@ -333,8 +364,10 @@ mod tests {
 
     fn healthy() -> HostFacts {
         HostFacts {
-            kvm: Ok(()),
-            hw_virt: true,
+            virt: Virtualization {
+                kvm: Ok(()),
+                hw_virt: true,
+            },
             qemu: Some((
                 "/usr/bin/qemu-system-x86_64".into(),
                 "QEMU emulator version 7.2".into(),
@@ -348,6 +381,12 @@ mod tests {
             containerd: Some("containerd 1.6.20".into()),
         }
     }
+
+    /// This project's test machine: /dev/kvm opens, but no VMX/SVM.
+    const NO_HW_VIRT: Virtualization = Virtualization {
+        kvm: Ok(()),
+        hw_virt: false,
+    };
 
     fn verdict_of(lines: &[CheckLine], what: &str) -> Verdict {
         lines
@@ -375,7 +414,7 @@ mod tests {
     #[test]
     fn no_hardware_virtualization_means_qemu_and_a_warning() {
         let facts = HostFacts {
-            hw_virt: false,
+            virt: NO_HW_VIRT,
             ..healthy()
         };
         assert_eq!(facts.auto_hypervisor(), HypervisorKind::Qemu);
@@ -393,7 +432,7 @@ mod tests {
     #[test]
     fn missing_pieces_fail_with_their_fix() {
         let facts = HostFacts {
-            hw_virt: false,
+            virt: NO_HW_VIRT,
             qemu: None,
             kernel: ("/nowhere/vmlinux".into(), false),
             ..healthy()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::agent_link::{self, AgentLink};
 use crate::backend::{self, BackendProcess};
 use crate::config::{Config, HypervisorKind};
-use crate::host::HostFacts;
+use crate::host::{find_program, Virtualization};
 use crate::qemu::{self, Accel, QemuOptions, QemuVm};
 use crate::vm_spec::{VmDevice, VmSpec};
 
@@ -132,9 +132,10 @@ pub async fn boot(
     beside: Option<&Path>,
 ) -> Result<BootedVm> {
     let started = Instant::now();
-    let facts = HostFacts::probe(config);
+    // Only what the boot needs: no version probes of QEMU or containerd on a pod's start.
+    let virt = Virtualization::probe();
     let kind = match config.hypervisor {
-        HypervisorKind::Auto => facts.auto_hypervisor(),
+        HypervisorKind::Auto => virt.auto_hypervisor(),
         other => other,
     };
     if kind != HypervisorKind::Qemu {
@@ -152,19 +153,8 @@ pub async fn boot(
     let path_env = std::env::var_os("PATH");
     let vsock_bin = crate::paths::find_helper("hull-vsock", beside, path_env.as_deref())
         .ok_or(Error::Helper("hull-vsock"))?;
-    let qemu_bin = crate::paths::find_helper(
-        config.qemu.path.to_str().unwrap_or("qemu-system-x86_64"),
-        None,
-        path_env.as_deref(),
-    )
-    .or_else(|| {
-        config
-            .qemu
-            .path
-            .is_absolute()
-            .then(|| config.qemu.path.clone())
-    })
-    .ok_or(Error::Helper("qemu-system-x86_64"))?;
+    let qemu_bin = find_program(&config.qemu.path, path_env.as_deref())
+        .ok_or(Error::Helper("qemu-system-x86_64"))?;
 
     // run_dir holds the backends' sockets and logs, and QEMU's own directory.
     {
@@ -222,7 +212,7 @@ pub async fn boot(
             socket: vhost_socket,
         }],
     };
-    let accel = if facts.full_guests_on_kvm() {
+    let accel = if virt.full_guests_on_kvm() {
         Accel::Kvm
     } else {
         Accel::Tcg
