@@ -11,15 +11,7 @@ use hull_tests::prereq::Missing;
 use hull_tests::{artifacts, require};
 
 fn processes_mentioning(needle: &Path) -> Vec<String> {
-    let needle = needle.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&needle))
-        .collect()
+    hull_tests::leftovers::processes_with(&[&needle.to_string_lossy()])
 }
 
 /// hull-vsock from this build, and a configuration for the qemu backend with the built image.

@@ -9,15 +9,7 @@ use hull_tests::require;
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-hull-v2");
 
 fn shim_processes(id: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("containerd-shim-hull-v2") && cmdline.contains(id) {
-            found.push(cmdline);
-        }
-    }
-    found
+    hull_tests::leftovers::processes_with(&["containerd-shim-hull-v2", id])
 }
 
 fn socket_dir_entries() -> Vec<String> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hull_shim::config::QemuMachine;
 use hull_shim::qemu::{Accel, Error, QemuOptions, QemuVm};
+use hull_shim::sandbox::persist::process_start_time;
 use hull_shim::vm_spec::{VmDevice, VmSpec};
 use hull_tests::prereq::{find_program, hardware_virtualization, Missing};
 use hull_tests::{artifacts, require};
@@ -43,15 +44,9 @@ fn setup(extra_params: &[&str]) -> Result<(VmSpec, QemuOptions), Missing> {
     ))
 }
 
+/// A zombie counts as gone: only its parent's wait is missing.
 fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie is dead; only its parent's wait is missing.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
+    i32::try_from(pid).map_or(true, |pid| process_start_time(pid).is_none())
 }
 
 async fn wait_for_console(vm: &QemuVm, needle: &str) -> String {
