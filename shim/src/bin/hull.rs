@@ -54,14 +54,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     use anyhow::Context;
-    use hull_shim::config::{load, ConfigSearch};
     use hull_shim::paths;
 
     match cli.command {
         Command::Check { boot } => {
             use hull_shim::host::{check, HostFacts, Verdict};
-            let loaded =
-                load(&ConfigSearch::from_env(cli.config)).context("loading the configuration")?;
+            let loaded = load_config(cli.config)?;
             println!("pass  configuration: {}", loaded.origin());
             let lines = check(&HostFacts::probe(&loaded.config), &loaded.config);
             for line in &lines {
@@ -77,8 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("this host has what hull needs");
         }
         Command::Env => {
-            let loaded =
-                load(&ConfigSearch::from_env(cli.config)).context("loading the configuration")?;
+            let loaded = load_config(cli.config)?;
             print!("{}", hull_shim::host::environment_report(&loaded));
         }
         Command::Config {
@@ -97,8 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Show,
         } => {
-            let loaded =
-                load(&ConfigSearch::from_env(cli.config)).context("loading the configuration")?;
+            let loaded = load_config(cli.config)?;
             println!("# from: {}", loaded.origin());
             print!(
                 "{}",
@@ -107,6 +103,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The configuration by the usual search, or from `--config`.
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<hull_shim::config::LoadedConfig> {
+    use anyhow::Context;
+    hull_shim::config::load(&hull_shim::config::ConfigSearch::from_env(path))
+        .context("loading the configuration")
 }
 
 /// `hull check --boot`: boots a guest as a pod would and asks its agent how it is.
