@@ -18,13 +18,15 @@ APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-util
 	busybox-static containerd runc iproute2 procps util-linux \
 	libseccomp-dev libcap-ng-dev
 
-.PHONY: help deps build agent image lint test demo clean-cache
+.PHONY: help deps build agent image lint test demo install clean-cache
 
 help:
 	@echo "make demo   install what is missing, build, and boot a hull guest"
 	@echo "make test   the whole test suite (lints, unit, integration, end to end)"
 	@echo "make image  build the guest kernel and initrd into $(HULL_CACHE_DIR)"
 	@echo "make deps   install missing Debian packages (as root)"
+	@echo "make install  install the shim, backends, guest image and default configuration"
+	@echo "             (PREFIX=/usr/local, DESTDIR= for staging)"
 
 deps:
 	@echo "==> checking system packages"
@@ -78,6 +80,10 @@ test: deps lint image
 
 demo: deps build image
 	tests/demo/boot-guest.sh
+
+# PREFIX and DESTDIR are read by the script; see its header.
+install: build image
+	BIN_SRC=$(CURDIR)/target/release shim/install.sh
 
 clean-cache:
 	rm -rf $(HULL_CACHE_DIR)
