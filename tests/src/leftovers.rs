@@ -21,11 +21,20 @@ mod tests {
     #[test]
     fn finds_a_running_process_by_its_arguments_and_not_after_it_exits() {
         let marker = format!("hull-leftovers-test-{}", std::process::id());
+        // `; true` keeps sh from exec'ing sleep in its place (dash does for a lone command),
+        // which would drop the marker from the command line.
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 100", &marker])
+            .args(["-c", "sleep 100; true", &marker])
             .spawn()
             .expect("sh starts");
-        assert_eq!(processes_with(&["sleep 100", &marker]).len(), 1);
+        // Between fork and exec the child still shows this test binary's command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = processes_with(&["sleep 100", &marker]);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found = processes_with(&["sleep 100", &marker]);
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
         child.kill().expect("kill");
         child.wait().expect("wait");
         assert!(processes_with(&[&marker]).is_empty());
