@@ -16,6 +16,7 @@ pub mod backend;
 pub mod config;
 pub mod host;
 pub mod hybrid_vsock;
+pub mod network;
 pub mod paths;
 pub mod qemu;
 pub mod sandbox;

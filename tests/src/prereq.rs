@@ -122,6 +122,34 @@ pub fn hardware_virtualization() -> Result<(), Missing> {
     }
 }
 
+/// Whether the test runs as root (network namespaces, taps, mounts and cgroups need it).
+pub fn root() -> Result<(), Missing> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        Ok(())
+    } else {
+        Err(Missing::hardware(
+            "root privileges",
+            "run the tests as root (make test does)",
+        ))
+    }
+}
+
+/// Whether tap devices can be created: /dev/net/tun opens.
+pub fn tun() -> Result<(), Missing> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map(drop)
+        .map_err(|err| {
+            Missing::hardware(
+                format!("/dev/net/tun ({err})"),
+                "modprobe tun, or give the container the tun device",
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,438 @@
+//! Pod networking on the host side, in network namespaces these tests create: the pod's
+//! interfaces are found, each is joined to a tap by tc redirects, frames cross in both
+//! directions, and detaching (or failing) leaves the namespace as it was.
+//!
+//! Each test builds a "pod" namespace holding `eth0`, one end of a veth pair whose other end,
+//! `peer0`, lives in a "peer" namespace playing the host's bridge side. Link-local addresses
+//! only; nothing touches the host's own namespace.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use hull_shim::network::{netns, Error, LinkKind, PodNetwork};
+use hull_tests::prereq::{self, find_program, Missing};
+use hull_tests::require;
+
+/// An experimental EtherType (IEEE 802 local use), so no stack answers the test's frames.
+const TEST_ETHERTYPE: u16 = 0x88b5;
+/// The virtio-net header the tap puts before each frame (IFF_VNET_HDR, no mergeable buffers).
+const VNET_HDR_LEN: usize = 10;
+
+fn prerequisites() -> Result<(), Missing> {
+    prereq::root()?;
+    prereq::tun()?;
+    find_program("ip", "iproute2")?;
+    find_program("tc", "iproute2")?;
+    Ok(())
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+fn ip(args: &[&str]) -> String {
+    run("ip", args).expect("ip succeeds")
+}
+
+/// A named network namespace, deleted (with everything in it) on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        let name = format!("hull-test-{role}-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        Netns(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.0]);
+    }
+}
+
+/// The pod and peer namespaces joined by eth0 ⇄ peer0.
+struct Pair {
+    pod: Netns,
+    peer: Netns,
+}
+
+fn pair(role: &str) -> Pair {
+    let pod = Netns::new(&format!("{role}-pod"));
+    let peer = Netns::new(&format!("{role}-peer"));
+    ip(&[
+        "link", "add", "eth0", "netns", &pod.0, "type", "veth", "peer", "name", "peer0", "netns",
+        &peer.0,
+    ]);
+    ip(&["-n", &pod.0, "link", "set", "eth0", "mtu", "1400", "up"]);
+    ip(&[
+        "-n",
+        &pod.0,
+        "addr",
+        "add",
+        "169.254.77.2/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&[
+        "-n",
+        &pod.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.77.1",
+    ]);
+    ip(&["-n", &peer.0, "link", "set", "peer0", "mtu", "1400", "up"]);
+    ip(&[
+        "-n",
+        &peer.0,
+        "addr",
+        "add",
+        "169.254.77.1/24",
+        "dev",
+        "peer0",
+    ]);
+    Pair { pod, peer }
+}
+
+fn mac_of(netns: &Netns, device: &str) -> [u8; 6] {
+    let out = ip(&["-n", &netns.0, "-o", "link", "show", device]);
+    let text = out
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a link/ether address");
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&TEST_ETHERTYPE.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.resize(frame.len().max(60), 0);
+    frame
+}
+
+/// Waits until `fd` is readable, for at most 5 seconds.
+fn readable(fd: BorrowedFd<'_>) -> bool {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, and its count.
+    let n = unsafe { libc::poll(&mut poll, 1, 5000) };
+    n == 1
+}
+
+/// Reads frames from `fd` until one of the test's EtherType arrives (the pod's interface also
+/// sends IPv6 neighbour discovery, which the tap gets too); answers it, or None on timeout.
+fn receive_test_frame(fd: BorrowedFd<'_>, skip: usize) -> Option<Vec<u8>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut buffer = vec![0u8; 65536];
+    while std::time::Instant::now() < deadline {
+        if !readable(fd) {
+            return None;
+        }
+        // SAFETY: reads into a live buffer of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        let Ok(n) = usize::try_from(n) else {
+            return None;
+        };
+        let frame = &buffer[skip.min(n)..n];
+        if frame.len() >= 14 && frame[12..14] == TEST_ETHERTYPE.to_be_bytes() {
+            return Some(frame.to_vec());
+        }
+    }
+    None
+}
+
+/// An AF_PACKET socket bound to `device` of the calling thread's namespace, receiving the
+/// test's EtherType.
+fn packet_socket(device: &str) -> std::io::Result<OwnedFd> {
+    let protocol = TEST_ETHERTYPE.to_be();
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket this function owns.
+    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(device).expect("no NUL");
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_ll is plain data; zero is a valid value for every field.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = protocol;
+    address.sll_ifindex = index as i32;
+    // SAFETY: binds the socket to a fully initialised sockaddr_ll of the size given.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) {
+    // SAFETY: writes from a live buffer of the given length.
+    let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    assert_eq!(
+        n,
+        bytes.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn ingress_qdisc(netns: &Netns, device: &str) -> bool {
+    run("tc", &["-n", &netns.0, "qdisc", "show", "dev", device])
+        .expect("tc qdisc show")
+        .contains("ingress")
+}
+
+fn has_link(netns: &Netns, device: &str) -> bool {
+    run("ip", &["-n", &netns.0, "link", "show", device]).is_ok()
+}
+
+#[test]
+fn attaches_a_veth_and_carries_frames_both_ways_then_leaves_nothing() {
+    let test = "attaches_a_veth_and_carries_frames_both_ways_then_leaves_nothing";
+    require!(test, prerequisites());
+    let Pair { pod, peer } = pair("carry");
+    let eth0_mac = mac_of(&pod, "eth0");
+    let peer_mac = mac_of(&peer, "peer0");
+
+    let network = PodNetwork::attach(&pod.path(), 1).expect("attach");
+    assert_eq!(network.netns(), pod.path());
+    assert_eq!(network.endpoints.len(), 1, "{:?}", network.endpoints);
+    let endpoint = &network.endpoints[0];
+    assert_eq!(endpoint.interface.name, "eth0");
+    assert_eq!(endpoint.interface.kind, LinkKind::Veth);
+    assert_eq!(endpoint.interface.mtu, 1400);
+    assert_eq!(endpoint.interface.mac, eth0_mac);
+    let addresses: Vec<String> = endpoint
+        .interface
+        .addresses
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(addresses, ["169.254.77.2/24"]);
+    let default = network
+        .routes
+        .iter()
+        .find(|r| r.destination.is_none())
+        .expect("the default route");
+    assert_eq!(default.gateway, Some("169.254.77.1".parse().expect("ip")));
+    assert_eq!(default.device, "eth0");
+    // The subnet route the kernel derives from the address is the guest kernel's to derive.
+    assert_eq!(network.routes.len(), 1, "{:?}", network.routes);
+    assert_eq!(endpoint.tap_fds.len(), 1);
+    let tap_line = ip(&["-n", &pod.0, "-o", "link", "show", &endpoint.tap_name]);
+    assert!(tap_line.contains("mtu 1400"), "{tap_line}");
+    assert!(tap_line.contains(",UP"), "{tap_line}");
+    assert!(ingress_qdisc(&pod, "eth0"));
+
+    // peer0 → eth0 → (redirect) → the tap, where the VM would read it.
+    let tap = endpoint.tap_fds[0].try_clone().expect("dup");
+    let sent = frame(eth0_mac, peer_mac, b"hull: towards the guest");
+    netns::run_in(&peer.path(), || {
+        let socket = packet_socket("peer0").expect("packet socket");
+        write_all(socket.as_fd_borrowed(), &sent);
+        Ok(())
+    })
+    .expect("send from the peer");
+    let received = receive_test_frame(std::os::fd::AsFd::as_fd(&tap), VNET_HDR_LEN)
+        .expect("the frame comes out of the tap");
+    assert_eq!(received[..sent.len()], sent[..]);
+
+    // The VM writes to the tap → (redirect) → eth0 → peer0.
+    let back = frame(peer_mac, eth0_mac, b"hull: from the guest");
+    let received = netns::run_in(&peer.path(), || {
+        let socket = packet_socket("peer0").expect("packet socket");
+        let mut with_header = vec![0u8; VNET_HDR_LEN];
+        with_header.extend_from_slice(&back);
+        write_all(std::os::fd::AsFd::as_fd(&tap), &with_header);
+        Ok(receive_test_frame(socket.as_fd_borrowed(), 0))
+    })
+    .expect("receive at the peer")
+    .expect("the frame reaches peer0");
+    assert_eq!(received[..back.len()], back[..]);
+    drop(tap);
+
+    network.detach().expect("detach");
+    assert!(!has_link(&pod, "hull_tap0"), "the tap is gone");
+    assert!(!ingress_qdisc(&pod, "eth0"), "hull's qdisc is gone");
+    assert!(has_link(&pod, "eth0"), "the pod's own interface stays");
+}
+
+/// BorrowedFd from an OwnedFd without naming the trait at every call.
+trait Borrowed {
+    fn as_fd_borrowed(&self) -> BorrowedFd<'_>;
+}
+
+impl Borrowed for OwnedFd {
+    fn as_fd_borrowed(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+#[test]
+fn an_ingress_qdisc_found_on_the_interface_stays_with_its_filters() {
+    let test = "an_ingress_qdisc_found_on_the_interface_stays_with_its_filters";
+    require!(test, prerequisites());
+    let Pair { pod, peer: _peer } = pair("qdisc");
+    run(
+        "tc",
+        &["-n", &pod.0, "qdisc", "add", "dev", "eth0", "ingress"],
+    )
+    .expect("tc qdisc add");
+    run(
+        "tc",
+        &[
+            "-n", &pod.0, "filter", "add", "dev", "eth0", "parent", "ffff:", "prio", "7",
+            "protocol", "ip", "u32", "match", "u32", "0", "0",
+        ],
+    )
+    .expect("tc filter add");
+
+    let network = PodNetwork::attach(&pod.path(), 2).expect("attach");
+    assert_eq!(network.endpoints[0].tap_fds.len(), 2, "one fd per queue");
+    let filters = run(
+        "tc",
+        &["-n", &pod.0, "filter", "show", "dev", "eth0", "ingress"],
+    )
+    .expect("tc filter show");
+    assert!(filters.contains("mirred"), "{filters}");
+    network.detach().expect("detach");
+
+    let filters = run(
+        "tc",
+        &["-n", &pod.0, "filter", "show", "dev", "eth0", "ingress"],
+    )
+    .expect("tc filter show");
+    assert!(
+        filters.contains("pref 7"),
+        "the pod's own filter stays: {filters}"
+    );
+    assert!(
+        !filters.contains("mirred"),
+        "hull's filter is gone: {filters}"
+    );
+    assert!(!has_link(&pod, "hull_tap0"));
+}
+
+#[test]
+fn an_unsupported_interface_is_refused_by_name_and_nothing_is_left() {
+    let test = "an_unsupported_interface_is_refused_by_name_and_nothing_is_left";
+    require!(test, prerequisites());
+    let Pair { pod, peer: _peer } = pair("dummy");
+    // A bridge (dummy, vxlan and the like are kernel modules this host may lack).
+    ip(&["-n", &pod.0, "link", "add", "odd0", "type", "bridge"]);
+
+    let error = PodNetwork::attach(&pod.path(), 1).expect_err("a bridge is refused");
+    assert!(
+        matches!(&error, Error::UnsupportedKind { name, kind } if name == "odd0" && kind == "bridge"),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("odd0"), "{error}");
+    assert!(!has_link(&pod, "hull_tap0"));
+    assert!(!has_link(&pod, "hull_tap1"));
+    assert!(!ingress_qdisc(&pod, "eth0"));
+}
+
+#[test]
+fn a_missing_namespace_is_named_in_the_error() {
+    let missing = PathBuf::from(format!(
+        "/var/run/netns/hull-test-missing-{}",
+        std::process::id()
+    ));
+    let error = PodNetwork::attach(&missing, 1).expect_err("no such namespace");
+    assert!(matches!(error, Error::OpenNetns { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains(&missing.display().to_string()),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_network_namespace_is_refused() {
+    let test = "a_file_that_is_not_a_network_namespace_is_refused";
+    require!(test, prereq::root());
+    let error = PodNetwork::attach(std::path::Path::new("/proc/self/ns/mnt"), 1)
+        .expect_err("a mount namespace is not a network namespace");
+    assert!(matches!(error, Error::EnterNetns { .. }), "{error:?}");
+}
+
+#[test]
+fn a_macvlan_interface_gets_an_endpoint_too() {
+    let test = "a_macvlan_interface_gets_an_endpoint_too";
+    require!(test, prerequisites());
+    let Pair { pod, peer: _peer } = pair("macvlan");
+    ip(&[
+        "-n", &pod.0, "link", "add", "mv0", "link", "eth0", "type", "macvlan",
+    ]);
+    ip(&["-n", &pod.0, "link", "set", "mv0", "up"]);
+
+    let network = PodNetwork::attach(&pod.path(), 1).expect("attach");
+    let kinds: Vec<(String, LinkKind, String)> = network
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.interface.name.clone(),
+                e.interface.kind.clone(),
+                e.tap_name.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("eth0".to_string(), LinkKind::Veth, "hull_tap0".to_string()),
+            (
+                "mv0".to_string(),
+                LinkKind::MacVlan,
+                "hull_tap1".to_string()
+            ),
+        ]
+    );
+    assert!(ingress_qdisc(&pod, "mv0"));
+    network.detach().expect("detach");
+    assert!(!ingress_qdisc(&pod, "mv0"));
+    assert!(!has_link(&pod, "hull_tap1"));
+}
