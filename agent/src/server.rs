@@ -37,6 +37,15 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
                 .context("handling SIGCHLD")?;
         }
     }
+    // Handle SIGTERM and SIGINT before listening: a client that connects and at once asks the
+    // agent to stop must find the handler there, not the default action.
+    let mut stop_signals = match mode {
+        Mode::Host => Some((
+            signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            signal(SignalKind::interrupt()).context("handling SIGINT")?,
+        )),
+        Mode::Guest => None,
+    };
     let listener = addr
         .bind()
         .with_context(|| format!("listening on {addr}"))?;
@@ -50,11 +59,9 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
         .with_context(|| format!("serving on {addr}"))?;
     tracing::info!(%addr, "serving hull.agent.v1");
 
-    match mode {
-        Mode::Guest => std::future::pending::<anyhow::Result<()>>().await,
-        Mode::Host => {
-            let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
-            let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    match stop_signals.as_mut() {
+        None => std::future::pending::<anyhow::Result<()>>().await,
+        Some((term, int)) => {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
