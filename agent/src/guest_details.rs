@@ -16,6 +16,9 @@ pub const SERVED_CALLS: &[Call] = &[
     Call::GetMetrics,
     Call::SetGuestDateTime,
     Call::CopyFile,
+    Call::UpdateInterface,
+    Call::UpdateRoutes,
+    Call::ListInterfaces,
 ];
 
 /// Gathers the details from the running kernel.

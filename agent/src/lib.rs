@@ -15,6 +15,7 @@ pub mod guest_check;
 pub mod guest_details;
 pub mod listen;
 pub mod metrics;
+pub mod network;
 pub mod pid1;
 pub mod reaper;
 pub mod rpc_error;

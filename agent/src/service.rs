@@ -34,6 +34,7 @@ use nix::time::{clock_settime, ClockId};
 use crate::container_request::ContainerRequest;
 use crate::copy_file::{self, copy_chunk};
 use crate::metrics::Snapshot;
+use crate::network::{self, NetError};
 use crate::rpc_error;
 use crate::{guest_details, Mode};
 
@@ -61,6 +62,15 @@ impl Agent {
     /// Where it serves.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Network calls change the namespace the agent runs in: in a guest that is the guest's;
+    /// on a host it must be a namespace of its own, never the host's.
+    fn network_allowed(&self, call: Call) -> ttrpc::Result<()> {
+        if self.mode == Mode::Host {
+            network::refuse_host_namespace().map_err(|e| network_error(call, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -282,17 +292,27 @@ impl AgentService for Agent {
     async fn update_interface(
         &self,
         _ctx: &TtrpcContext,
-        _req: UpdateInterfaceRequest,
+        req: UpdateInterfaceRequest,
     ) -> ttrpc::Result<Interface> {
-        Err(rpc_error::unimplemented(Call::UpdateInterface))
+        let call = Call::UpdateInterface;
+        self.network_allowed(call)?;
+        let interface = req.interface.into_option().unwrap_or_default();
+        network::update_interface(interface)
+            .await
+            .map_err(|e| network_error(call, e))
     }
 
     async fn update_routes(
         &self,
         _ctx: &TtrpcContext,
-        _req: UpdateRoutesRequest,
+        req: UpdateRoutesRequest,
     ) -> ttrpc::Result<Routes> {
-        Err(rpc_error::unimplemented(Call::UpdateRoutes))
+        let call = Call::UpdateRoutes;
+        self.network_allowed(call)?;
+        let routes = req.routes.into_option().unwrap_or_default();
+        network::update_routes(routes)
+            .await
+            .map_err(|e| network_error(call, e))
     }
 
     async fn list_interfaces(
@@ -300,7 +320,10 @@ impl AgentService for Agent {
         _ctx: &TtrpcContext,
         _req: ListInterfacesRequest,
     ) -> ttrpc::Result<Interfaces> {
-        Err(rpc_error::unimplemented(Call::ListInterfaces))
+        let call = Call::ListInterfaces;
+        network::list_interfaces()
+            .await
+            .map_err(|e| network_error(call, e))
     }
 
     async fn get_metrics(
@@ -335,5 +358,15 @@ impl AgentService for Agent {
                 format!("{:#}", anyhow::Error::new(err)),
             )),
         }
+    }
+}
+
+/// The ttrpc status of a failed network call.
+fn network_error(call: Call, error: NetError) -> ttrpc::Error {
+    match error {
+        NetError::Invalid { .. } => rpc_error::invalid_argument(call, error),
+        NetError::NotFound(_) => rpc_error::not_found(call, error),
+        NetError::HostNamespace => rpc_error::failed_precondition(call, error),
+        NetError::Netlink { .. } | NetError::Socket(_) => rpc_error::internal(call, error),
     }
 }

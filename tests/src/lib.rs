@@ -7,6 +7,7 @@
 pub mod artifacts;
 pub mod containerd;
 pub mod guest_program;
+pub mod host_agent;
 pub mod leftovers;
 pub mod oci_image;
 pub mod prereq;
