@@ -1,5 +1,6 @@
 //! What a pod's VM is made of, independent of the hypervisor that runs it: kernel, initrd,
-//! command line, size, and the vhost-user devices whose backends serve its data plane.
+//! command line, size, and its devices: vhost-user ones whose backends serve the data plane,
+//! and taps the hypervisor serves itself.
 
 use std::path::PathBuf;
 
@@ -22,7 +23,7 @@ pub struct VmSpec {
     pub devices: Vec<VmDevice>,
 }
 
-/// A device of the VM, served by a vhost-user backend listening on `socket`.
+/// A device of the VM: served by a vhost-user backend listening on `socket`, or a tap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmDevice {
     /// virtio-vsock (hull-vsock): the shim⇄agent link.
@@ -41,6 +42,14 @@ pub enum VmDevice {
     VhostUserBlk {
         /// The backend's vhost-user socket.
         socket: PathBuf,
+    },
+    /// virtio-net served by the hypervisor itself on a tap (QEMU's tap netdev), for pod
+    /// endpoints where hull-net is not used.
+    Tap {
+        /// One open descriptor of the tap per queue; the hypervisor process inherits them.
+        fds: Vec<std::os::fd::RawFd>,
+        /// The guest interface's MAC address.
+        mac: [u8; 6],
     },
     /// virtio-net (hull-net).
     VhostUserNet {

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hull_shim::network::{netns, Error, LinkKind, PodNetwork};
+use hull_shim::vm_spec::VmDevice;
 use hull_tests::prereq::{self, find_program, Missing};
 use hull_tests::require;
 
@@ -266,6 +267,46 @@ fn attaches_a_veth_and_carries_frames_both_ways_then_leaves_nothing() {
     assert!(tap_line.contains("mtu 1400"), "{tap_line}");
     assert!(tap_line.contains(",UP"), "{tap_line}");
     assert!(ingress_qdisc(&pod, "eth0"));
+
+    // What the VM and the guest agent are told.
+    let hw_addr = eth0_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let interfaces = network.guest_interfaces();
+    assert_eq!(interfaces.len(), 1);
+    assert_eq!(
+        (
+            interfaces[0].hw_addr.as_str(),
+            interfaces[0].name.as_str(),
+            interfaces[0].mtu
+        ),
+        (hw_addr.as_str(), "eth0", 1400)
+    );
+    let guest_addresses: Vec<(String, u32)> = interfaces[0]
+        .addresses
+        .iter()
+        .map(|a| (a.address.clone(), a.prefix_len))
+        .collect();
+    assert_eq!(guest_addresses, [("169.254.77.2".to_string(), 24)]);
+    let routes = network.guest_routes().routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(
+        (
+            routes[0].destination.as_str(),
+            routes[0].gateway.as_str(),
+            routes[0].device.as_str()
+        ),
+        ("", "169.254.77.1", "eth0")
+    );
+    assert_eq!(
+        network.vm_devices(),
+        [VmDevice::Tap {
+            fds: vec![endpoint.tap_fds[0].as_raw_fd()],
+            mac: eth0_mac,
+        }]
+    );
 
     // peer0 → eth0 → (redirect) → the tap, where the VM would read it.
     let tap = endpoint.tap_fds[0].try_clone().expect("dup");

@@ -20,6 +20,7 @@
 //! it had done before returning the error.
 
 mod endpoint;
+mod guest;
 pub mod netns;
 mod scan;
 mod tap;

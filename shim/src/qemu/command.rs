@@ -76,6 +76,24 @@ pub fn arguments(
             | VmDevice::VhostUserFs { socket, .. }
             | VmDevice::VhostUserBlk { socket }
             | VmDevice::VhostUserNet { socket, .. } => socket,
+            VmDevice::Tap { fds, mac } => {
+                // QEMU serves virtio-net itself on the tap descriptors it inherits. vhost=off:
+                // vhost-net needs /dev/vhost-net, which a pod's host may not give the shim.
+                let netdev = format!("net{index}");
+                let fds_arg = match fds.as_slice() {
+                    [fd] => format!("fd={fd}"),
+                    fds => format!(
+                        "fds={}",
+                        fds.iter()
+                            .map(|fd| fd.to_string())
+                            .collect::<Vec<_>>()
+                            .join(":")
+                    ),
+                };
+                push(&["-netdev", &format!("tap,id={netdev},{fds_arg},vhost=off")]);
+                push(&["-device", &net_device(pci, &netdev, mac, fds.len())]);
+                continue;
+            }
         };
         push(&[
             "-chardev",
@@ -112,18 +130,9 @@ pub fn arguments(
                     "-netdev",
                     &format!("vhost-user,id={netdev},chardev={chardev}"),
                 ]);
-                let model = if pci {
-                    "virtio-net-pci"
-                } else {
-                    "virtio-net-device"
-                };
-                let mac = mac
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":");
-                format!("{model},netdev={netdev},mac={mac}")
+                net_device(pci, &netdev, mac, 1)
             }
+            VmDevice::Tap { .. } => continue,
         };
         push(&["-device", &device_arg]);
     }
@@ -132,6 +141,25 @@ pub fn arguments(
     args.extend(["-initrd".into(), spec.initrd.clone().into_os_string()]);
     args.extend(["-append".into(), spec.kernel_params.join(" ").into()]);
     args
+}
+
+/// The `-device` argument of a virtio-net NIC on `netdev` with `queues` queue pairs. Multiple
+/// queues need PCI (virtio-mmio has one interrupt per device) and 2 vectors per pair plus 2.
+fn net_device(pci: bool, netdev: &str, mac: &[u8; 6], queues: usize) -> String {
+    let mac = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    if !pci {
+        return format!("virtio-net-device,netdev={netdev},mac={mac}");
+    }
+    if queues > 1 {
+        let vectors = 2 * queues + 2;
+        format!("virtio-net-pci,netdev={netdev},mac={mac},mq=on,vectors={vectors}")
+    } else {
+        format!("virtio-net-pci,netdev={netdev},mac={mac}")
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +217,42 @@ mod tests {
         assert!(
             args.contains("-no-reboot"),
             "a guest reboot must end the VM: {args}"
+        );
+    }
+
+    #[test]
+    fn taps_are_served_by_qemu_on_inherited_descriptors() {
+        let devices = vec![VmDevice::Tap {
+            fds: vec![7],
+            mac: [2, 0, 0, 0, 0, 0xcd],
+        }];
+        let mmio = joined(&arguments(
+            &spec(devices),
+            QemuMachine::Microvm,
+            Accel::Tcg,
+            Path::new("/r"),
+        ));
+        assert!(
+            mmio.contains("-netdev tap,id=net0,fd=7,vhost=off -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:cd"),
+            "{mmio}"
+        );
+        assert!(
+            !mmio.contains("-chardev socket,id=dev0"),
+            "a tap has no socket: {mmio}"
+        );
+        let queues = vec![VmDevice::Tap {
+            fds: vec![7, 8],
+            mac: [2, 0, 0, 0, 0, 0xcd],
+        }];
+        let pci = joined(&arguments(
+            &spec(queues),
+            QemuMachine::Q35,
+            Accel::Tcg,
+            Path::new("/r"),
+        ));
+        assert!(
+            pci.contains("-netdev tap,id=net0,fds=7:8,vhost=off -device virtio-net-pci,netdev=net0,mac=02:00:00:00:00:cd,mq=on,vectors=6"),
+            "{pci}"
         );
     }
 

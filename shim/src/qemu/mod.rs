@@ -21,7 +21,7 @@ pub use command::Accel;
 pub use qmp::{Qmp, QmpError};
 
 use crate::config::QemuMachine;
-use crate::vm_spec::VmSpec;
+use crate::vm_spec::{VmDevice, VmSpec};
 
 /// How long QEMU may take to answer on QMP after it is spawned.
 const QMP_DEADLINE: Duration = Duration::from_secs(30);
@@ -135,7 +135,31 @@ impl QemuVm {
         let args = command::arguments(spec, options.machine, options.accel, &run_dir.0);
         tracing::info!(vm = %spec.id, binary = %options.binary.display(), accel = ?options.accel, "starting QEMU");
         tracing::debug!(?args, "QEMU arguments");
-        let mut child = Command::new(&options.binary)
+        // Tap descriptors are inherited by QEMU under the numbers its arguments name.
+        let inherited: Vec<std::os::fd::RawFd> = spec
+            .devices
+            .iter()
+            .flat_map(|device| match device {
+                VmDevice::Tap { fds, .. } => fds.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let mut command = Command::new(&options.binary);
+        if !inherited.is_empty() {
+            // SAFETY: the closure runs in the child between fork and exec and only calls
+            // fcntl(2), which is async-signal-safe, on descriptors the parent holds open.
+            unsafe {
+                command.pre_exec(move || {
+                    for fd in &inherited {
+                        if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
