@@ -32,6 +32,7 @@ mod error;
 pub mod lifecycle;
 pub mod memory;
 pub mod mptable;
+pub mod virtio;
 pub mod vm;
 
 pub use error::{Error, Result};
