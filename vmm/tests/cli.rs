@@ -50,6 +50,9 @@ fn help_documents_every_flag() {
         "--memory <MIB>",
         "--vcpus <N>",
         "--hide-cpu-features",
+        "--vhost-user-blk <SOCK>",
+        "--vhost-user-fs <SOCK,tag=TAG>",
+        "--vhost-user-net <SOCK>",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
@@ -84,6 +87,45 @@ fn too_little_memory_names_the_minimum() {
         stderr(&output).contains("4 MiB is too small: at least 16 MiB"),
         "{}",
         stderr(&output)
+    );
+}
+
+#[test]
+fn vhost_user_fs_without_a_tag_is_refused() {
+    let output = hull_vmm(&["--kernel", "k", "--vhost-user-fs", "/tmp/fs.sock"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("SOCK,tag=TAG"),
+        "{}",
+        stderr(&output)
+    );
+    let long_tag = format!("/tmp/fs.sock,tag={}", "t".repeat(37));
+    let output = hull_vmm(&["--kernel", "k", "--vhost-user-fs", &long_tag]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("1 to 36 bytes"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn absent_vhost_user_backend_names_its_socket() {
+    require!("absent_vhost_user_backend_names_its_socket", kvm());
+    let socket =
+        std::env::temp_dir().join(format!("hull-vmm-cli-{}-absent.sock", std::process::id()));
+    let output = hull_vmm(&[
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--vhost-user-blk",
+        socket.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("cannot connect to vhost-user backend")
+            && err.contains(socket.to_str().unwrap()),
+        "{err}"
     );
 }
 

@@ -14,6 +14,7 @@
 //! and writes the second itself, so the VMM is not on the data path at all.
 
 pub mod mmio;
+pub mod vhost_user;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use hull_tests::prereq::Missing;
 
+pub mod driver;
+
 /// /dev/kvm opens read-write (small guests run even without hardware virtualization).
 pub fn kvm() -> Result<(), Missing> {
     std::fs::OpenOptions::new()
