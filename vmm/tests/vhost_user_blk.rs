@@ -8,12 +8,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hull_tests::prereq::{find_program, Missing};
 use hull_tests::{artifacts, require};
 use hull_vmm::bus::{Bus, SharedDevice};
 use hull_vmm::memory::GuestMemory;
@@ -22,93 +20,8 @@ use hull_vmm::virtio::vhost_user::{VhostUserDevice, VhostUserKind};
 use hull_vmm::virtio::{MMIO_BASE, MMIO_SIZE, TYPE_BLOCK};
 use vm_memory::{Bytes, GuestAddress};
 
+use common::backend::*;
 use common::driver::*;
-
-/// A bound on waiting for a backend to start or answer, not a timing assertion.
-const BOUND: Duration = Duration::from_secs(20);
-/// Sectors of the test disk.
-const DISK_SECTORS: u64 = 2048;
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("hull-vmm-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A backend process, killed and reaped on drop.
-struct Backend(Child);
-
-impl Backend {
-    /// Starts `program` with `args`, stderr to `log`, and waits for `socket` to appear.
-    fn start(program: &Path, args: &[&str], socket: &Path, log: &Path) -> Self {
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        let mut backend = Backend(child);
-        let deadline = Instant::now() + BOUND;
-        while !socket.exists() {
-            let log_text = std::fs::read_to_string(log).unwrap_or_default();
-            assert!(
-                backend.0.try_wait().unwrap().is_none(),
-                "{} exited early: {log_text}",
-                program.display()
-            );
-            assert!(Instant::now() < deadline, "no socket; log: {log_text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        backend
-    }
-
-    /// Waits (bounded) for the process to exit by itself.
-    fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + BOUND;
-        while Instant::now() < deadline {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// Byte `i` of the disk file.
-fn disk_byte(i: u64) -> u8 {
-    u8::try_from((i * 7 + i / 512) % 251).unwrap()
-}
-
-/// A disk file of [`DISK_SECTORS`] with a known pattern.
-fn disk(dir: &Path) -> PathBuf {
-    let path = dir.join("disk.img");
-    let bytes: Vec<u8> = (0..DISK_SECTORS * 512).map(disk_byte).collect();
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
 
 /// Waits (bounded) for the interrupt eventfd of `transport`.
 fn wait_interrupt(transport: &Mutex<MmioTransport>) -> u64 {
@@ -191,23 +104,10 @@ fn read_sector_zero_through(socket: &Path) {
 #[test]
 fn hull_blk_reads_sector_zero_into_the_vmms_memory() {
     let test = "hull_blk_reads_sector_zero_into_the_vmms_memory";
-    let hull_blk = require!(test, artifacts::workspace_binary("hull-blk"));
+    let binary = require!(test, artifacts::workspace_binary("hull-blk"));
     let dir = TempDir::new("vu-hull-blk");
     let disk = disk(&dir.0);
-    let socket = dir.0.join("blk.sock");
-    let log = dir.0.join("hull-blk.log");
-    let mut backend = Backend::start(
-        &hull_blk,
-        &[
-            "--socket",
-            socket.to_str().unwrap(),
-            "--path",
-            disk.to_str().unwrap(),
-            "--readonly",
-        ],
-        &socket,
-        &log,
-    );
+    let (mut backend, socket, log) = hull_blk(&binary, &dir.0, &disk);
     read_sector_zero_through(&socket);
     // The frontend is gone with the transport: hull-blk exits 0 and removes its socket.
     let status = backend
@@ -216,10 +116,6 @@ fn hull_blk_reads_sector_zero_into_the_vmms_memory() {
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{status}; log: {log_text}");
     assert!(!socket.exists(), "hull-blk removed its socket");
-}
-
-fn qemu_storage_daemon() -> Result<PathBuf, Missing> {
-    find_program("qemu-storage-daemon", "qemu-system-common")
 }
 
 #[test]

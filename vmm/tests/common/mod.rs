@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use hull_tests::prereq::Missing;
 
+pub mod backend;
 pub mod driver;
 
 /// /dev/kvm opens read-write (small guests run even without hardware virtualization).

@@ -1,0 +1,269 @@
+//! A small guest, written here as 32-bit machine code, drives a virtio-blk queue by hand on
+//! the host's real KVM: it initializes the virtio-mmio device the VMM placed at
+//! `virtio::MMIO_BASE` (register writes are MMIO exits to the transport), writes a read
+//! request for sector 0 into its queue, kicks, and spins on the used ring until hull-blk,
+//! which maps the guest's memory through the vhost-user frontend, has served it. With
+//! KVM ioeventfds the kick never leaves the kernel: the transport sees no notification.
+//! The user-space fallback path (no ioeventfd) is run the same way and must see exactly
+//! one. Skips loudly where /dev/kvm or hull-blk is missing.
+
+mod common;
+
+use hull_tests::{artifacts, require};
+use hull_vmm::cpu::EntryMode;
+use hull_vmm::lifecycle::StopReason;
+use hull_vmm::virtio::vhost_user::{VhostUserDevice, VhostUserKind};
+use hull_vmm::virtio::{Activation, VirtioDevice, MMIO_BASE};
+use hull_vmm::vm::{KickPath, Vm, VmConfig};
+use vm_memory::{Bytes, GuestAddress};
+
+use common::backend::*;
+use common::driver::*;
+use common::{kvm, Console};
+
+/// Where the guest code goes.
+const CODE: u64 = 0x10_0000;
+/// The guest's queue: descriptors, driver area, device area.
+const DESC: u32 = 0x20_0000;
+const AVAIL: u32 = 0x20_1000;
+const USED: u32 = 0x20_2000;
+/// The request: header, data buffer, status byte.
+const HEADER: u32 = 0x30_0000;
+const DATA: u32 = 0x30_1000;
+const STATUS_BYTE: u32 = 0x30_2000;
+
+/// 32-bit protected-mode code, flat segments, paging off (the PVH entry state).
+#[derive(Default)]
+struct Asm(Vec<u8>);
+
+impl Asm {
+    /// `mov dword [addr], value`.
+    fn store(&mut self, addr: u32, value: u32) -> &mut Self {
+        self.0.extend_from_slice(&[0xc7, 0x05]);
+        self.0.extend_from_slice(&addr.to_le_bytes());
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// `mov dword [ebx + offset], value`: a register write (ebx holds the device base).
+    fn reg(&mut self, offset: u64, value: u32) -> &mut Self {
+        self.0.extend_from_slice(&[0xc7, 0x83]);
+        self.0
+            .extend_from_slice(&u32::try_from(offset).unwrap().to_le_bytes());
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// `mov dx, 0x3f8`, then `mov al, c; out dx, al` for each byte.
+    fn print(&mut self, text: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]);
+        for byte in text {
+            self.0.extend_from_slice(&[0xb0, *byte, 0xee]);
+        }
+        self
+    }
+}
+
+/// The guest: initialize the device, queue a read of sector 0, kick, wait for the used
+/// ring, print the request's status as a digit, halt.
+fn guest_code() -> Vec<u8> {
+    let mut asm = Asm::default();
+    // mov ebx, MMIO_BASE
+    asm.0.push(0xbb);
+    asm.0
+        .extend_from_slice(&u32::try_from(MMIO_BASE).unwrap().to_le_bytes());
+    asm.reg(STATUS, 0)
+        .reg(STATUS, ACKNOWLEDGE)
+        .reg(STATUS, ACKNOWLEDGE | DRIVER)
+        .reg(DRIVER_FEATURES_SEL, 1)
+        .reg(DRIVER_FEATURES, 1) // VIRTIO_F_VERSION_1
+        .reg(DRIVER_FEATURES_SEL, 0)
+        .reg(DRIVER_FEATURES, 0)
+        .reg(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK)
+        .reg(QUEUE_SEL, 0)
+        .reg(QUEUE_NUM, 16)
+        .reg(QUEUE_DESC_LOW, DESC)
+        .reg(QUEUE_DESC_HIGH, 0)
+        .reg(QUEUE_AVAIL_LOW, AVAIL)
+        .reg(QUEUE_AVAIL_HIGH, 0)
+        .reg(QUEUE_USED_LOW, USED)
+        .reg(QUEUE_USED_HIGH, 0)
+        .reg(QUEUE_READY, 1)
+        .reg(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    // The request: virtio_blk_outhdr { type IN, reserved, sector 0 }, and a status the
+    // device must overwrite.
+    for i in 0..4 {
+        asm.store(HEADER + 4 * i, 0);
+    }
+    asm.store(STATUS_BYTE, 0xff);
+    // Three descriptors: header (read-only), data (512, writable), status (1, writable).
+    let descriptors = [
+        (HEADER, 16, DESC_NEXT, 1u16),
+        (DATA, 512, DESC_NEXT | DESC_WRITE, 2),
+        (STATUS_BYTE, 1, DESC_WRITE, 0),
+    ];
+    for (i, (addr, len, flags, next)) in (0u32..).zip(descriptors) {
+        let entry = DESC + 16 * i;
+        asm.store(entry, addr)
+            .store(entry + 4, 0)
+            .store(entry + 8, len)
+            .store(entry + 12, u32::from(flags) | (u32::from(next) << 16));
+    }
+    // ring[0] = 0, then idx = 1 (flags 0) publishes it; then the kick.
+    asm.store(AVAIL + 4, 0).store(AVAIL, 1 << 16);
+    asm.reg(QUEUE_NOTIFY, 0);
+    // wait: pause; movzx eax, word [USED + 2]; cmp eax, 1; jne wait
+    let wait = asm.0.len();
+    asm.0.extend_from_slice(&[0xf3, 0x90, 0x0f, 0xb7, 0x05]);
+    asm.0.extend_from_slice(&(USED + 2).to_le_bytes());
+    asm.0.extend_from_slice(&[0x83, 0xf8, 0x01, 0x75]);
+    let back = i8::try_from(wait as isize - (asm.0.len() as isize + 1)).unwrap();
+    asm.0.push(back.to_le_bytes()[0]);
+    asm.print(b"blk status ");
+    // mov al, [STATUS_BYTE]; add al, '0'; out dx, al
+    asm.0.push(0xa0);
+    asm.0.extend_from_slice(&STATUS_BYTE.to_le_bytes());
+    asm.0.extend_from_slice(&[0x04, b'0', 0xee]);
+    asm.print(b"\n");
+    asm.0.push(0xf4); // hlt
+    asm.0
+}
+
+fn guest_reads_sector_zero(test: &str, kicks: KickPath) {
+    require!(test, kvm());
+    let binary = require!(test, artifacts::workspace_binary("hull-blk"));
+    let dir = TempDir::new(test);
+    let disk = disk(&dir.0);
+    let (mut backend, socket, _log) = hull_blk(&binary, &dir.0, &disk);
+
+    let config = VmConfig {
+        memory_mib: 16,
+        vcpus: 1,
+        interrupt_controller: false,
+        hidden_cpu_features: vec![],
+    };
+    let mut vm = Vm::new(config).unwrap();
+    let console = Console::default();
+    vm.add_serial(Box::new(console.clone())).unwrap();
+    let device = VhostUserDevice::connect(&socket, VhostUserKind::Block).unwrap();
+    let slot = vm.add_virtio_mmio(Box::new(device), kicks).unwrap();
+    assert_eq!((slot.base, slot.irq), (MMIO_BASE, 5));
+    vm.memory()
+        .mmap()
+        .write_slice(&guest_code(), GuestAddress(CODE))
+        .unwrap();
+    let running = vm
+        .start(EntryMode::Pvh {
+            entry: CODE,
+            start_info: 0,
+        })
+        .unwrap();
+    // A second handle on guest RAM, still mapped once the VM is gone.
+    let memory = running.memory().mmap().clone();
+    let (reason, counts) = running.wait_with_counts();
+    assert_eq!(reason, StopReason::Halted, "console: {}", console.text());
+    assert_eq!(console.text(), "blk status 0\n", "VIRTIO_BLK_S_OK");
+
+    let transport = slot.transport.lock().unwrap();
+    assert!(transport.is_active());
+    let expected_notifications = match kicks {
+        KickPath::Kernel => 0,
+        KickPath::UserSpace => 1,
+    };
+    assert_eq!(
+        transport.counts().notifications,
+        expected_notifications,
+        "kicks that exited to the VMM"
+    );
+    // 18 register writes, plus the kick on the user-space path.
+    assert_eq!(counts[0].mmio_write, 18 + expected_notifications);
+    assert!(
+        transport.interrupt().eventfd().read().unwrap() >= 1,
+        "hull-blk raised the interrupt line"
+    );
+    drop(transport);
+    let mut sector = vec![0u8; 512];
+    memory
+        .read_slice(&mut sector, GuestAddress(u64::from(DATA)))
+        .unwrap();
+    let expected: Vec<u8> = (0..512).map(disk_byte).collect();
+    assert_eq!(sector, expected, "sector 0 of the file is in guest memory");
+    // The last handle on the frontend goes: hull-blk sees it disconnect and exits 0.
+    drop(slot);
+    let status = backend
+        .wait_exit()
+        .expect("hull-blk exits after the frontend");
+    assert!(status.success(), "hull-blk: {status}");
+}
+
+#[test]
+fn guest_reads_a_sector_through_hull_blk_with_kicks_as_kvm_ioeventfds() {
+    guest_reads_sector_zero(
+        "guest_reads_a_sector_through_hull_blk_with_kicks_as_kvm_ioeventfds",
+        KickPath::Kernel,
+    );
+}
+
+#[test]
+fn guest_reads_a_sector_through_hull_blk_with_kicks_through_the_vmm() {
+    guest_reads_sector_zero(
+        "guest_reads_a_sector_through_hull_blk_with_kicks_through_the_vmm",
+        KickPath::UserSpace,
+    );
+}
+
+/// A device with one queue and nothing behind it.
+struct Idle;
+
+impl VirtioDevice for Idle {
+    fn device_type(&self) -> u32 {
+        0x1f
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[8]
+    }
+    fn read_config(&mut self, _offset: u64, _data: &mut [u8]) {}
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(&mut self, _activation: Activation<'_>) -> hull_vmm::Result<()> {
+        Ok(())
+    }
+    fn reset(&mut self) {}
+}
+
+#[test]
+fn devices_get_their_own_window_irqfd_line_and_command_line_entry_until_lines_run_out() {
+    let test = "devices_get_their_own_window_irqfd_line_and_command_line_entry_until_lines_run_out";
+    require!(test, kvm());
+    let config = VmConfig {
+        memory_mib: 16,
+        vcpus: 1,
+        interrupt_controller: true,
+        hidden_cpu_features: vec![],
+    };
+    let mut vm = Vm::new(config).unwrap();
+    // Lines 5 to 15: eleven devices, each with an irqfd on the in-kernel IOAPIC.
+    for n in 0..11u32 {
+        let slot = vm
+            .add_virtio_mmio(Box::new(Idle), KickPath::Kernel)
+            .unwrap();
+        assert_eq!(slot.base, MMIO_BASE + u64::from(n) * 0x1000);
+        assert_eq!(slot.irq, 5 + n);
+    }
+    let err = vm
+        .add_virtio_mmio(Box::new(Idle), KickPath::Kernel)
+        .unwrap_err();
+    assert!(err.to_string().contains("interrupt line"), "{err}");
+    let cmdline = vm.virtio_cmdline();
+    assert!(
+        cmdline
+            .starts_with("virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 "),
+        "{cmdline}"
+    );
+    assert!(
+        cmdline.ends_with("virtio_mmio.device=4K@0xd000a000:15"),
+        "{cmdline}"
+    );
+}
