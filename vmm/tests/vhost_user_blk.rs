@@ -143,3 +143,39 @@ fn qemu_storage_daemon_reads_sector_zero_into_the_vmms_memory() {
     read_sector_zero_through(&socket);
     drop(backend);
 }
+
+#[test]
+fn backend_gone_before_driver_ok_makes_the_device_ask_for_a_reset() {
+    let test = "backend_gone_before_driver_ok_makes_the_device_ask_for_a_reset";
+    let binary = require!(test, artifacts::workspace_binary("hull-blk"));
+    let dir = TempDir::new("vu-gone");
+    let disk = disk(&dir.0);
+    let (mut backend, socket, _log) = hull_blk(&binary, &dir.0, &disk);
+    let memory = GuestMemory::new(16).unwrap();
+    let device = VhostUserDevice::connect(&socket, VhostUserKind::Block).expect("connects");
+    let transport = Arc::new(Mutex::new(
+        MmioTransport::new(Box::new(device), memory.mmap().clone()).unwrap(),
+    ));
+    let mut bus = Bus::new("mmio");
+    let shared: SharedDevice = transport.clone();
+    bus.insert(MMIO_BASE, MMIO_SIZE, shared).unwrap();
+    let driver = Driver {
+        bus: &bus,
+        base: MMIO_BASE,
+    };
+    driver.negotiate(TYPE_BLOCK, 0);
+    driver.setup_queue(0, &SplitQueue::new(16, 0x10_0000));
+    // The backend dies between feature negotiation and DRIVER_OK.
+    let _ = backend.0.kill();
+    let _ = backend.0.wait();
+    assert_eq!(driver.config(0, 8), vec![0; 8], "config reads see zeroes");
+    driver.driver_ok();
+    assert!(!transport.lock().unwrap().is_active());
+    assert_ne!(driver.read(STATUS) & NEEDS_RESET, 0, "DEVICE_NEEDS_RESET");
+    assert_eq!(
+        driver.read(INTERRUPT_STATUS) & 2,
+        2,
+        "configuration change interrupt"
+    );
+    assert_eq!(transport.lock().unwrap().counts().failed_activations, 1);
+}
