@@ -19,7 +19,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use common::backend::*;
 use common::driver::*;
-use common::{kvm, Console};
+use common::{kvm, tiny_kernel, Console};
 
 /// Where the guest code goes.
 const CODE: u64 = 0x10_0000;
@@ -32,45 +32,73 @@ const HEADER: u32 = 0x30_0000;
 const DATA: u32 = 0x30_1000;
 const STATUS_BYTE: u32 = 0x30_2000;
 
-/// 32-bit protected-mode code, flat segments, paging off (the PVH entry state).
+/// Machine code for 32-bit protected mode (flat segments, paging off: the PVH entry
+/// state) or 64-bit mode. The encodings are the same but for absolute memory operands,
+/// which 64-bit mode reads as RIP-relative in the short form: there the SIB form is used.
 #[derive(Default)]
-struct Asm(Vec<u8>);
+struct Asm {
+    code: Vec<u8>,
+    long: bool,
+}
 
 impl Asm {
+    /// The ModRM (and SIB) bytes of an absolute `[addr]` operand with register field `reg`.
+    fn absolute(&mut self, reg: u8, addr: u32) {
+        if self.long {
+            self.code.extend_from_slice(&[(reg << 3) | 0x04, 0x25]);
+        } else {
+            self.code.push((reg << 3) | 0x05);
+        }
+        self.code.extend_from_slice(&addr.to_le_bytes());
+    }
+
     /// `mov dword [addr], value`.
     fn store(&mut self, addr: u32, value: u32) -> &mut Self {
-        self.0.extend_from_slice(&[0xc7, 0x05]);
-        self.0.extend_from_slice(&addr.to_le_bytes());
-        self.0.extend_from_slice(&value.to_le_bytes());
+        self.code.push(0xc7);
+        self.absolute(0, addr);
+        self.code.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// `movzx eax, word [addr]`.
+    fn load_word(&mut self, addr: u32) -> &mut Self {
+        self.code.extend_from_slice(&[0x0f, 0xb7]);
+        self.absolute(0, addr);
+        self
+    }
+
+    /// `mov al, byte [addr]`.
+    fn load_byte(&mut self, addr: u32) -> &mut Self {
+        self.code.push(0x8a);
+        self.absolute(0, addr);
         self
     }
 
     /// `mov dword [ebx + offset], value`: a register write (ebx holds the device base).
     fn reg(&mut self, offset: u64, value: u32) -> &mut Self {
-        self.0.extend_from_slice(&[0xc7, 0x83]);
-        self.0
+        self.code.extend_from_slice(&[0xc7, 0x83]);
+        self.code
             .extend_from_slice(&u32::try_from(offset).unwrap().to_le_bytes());
-        self.0.extend_from_slice(&value.to_le_bytes());
+        self.code.extend_from_slice(&value.to_le_bytes());
         self
     }
 
     /// `mov dx, 0x3f8`, then `mov al, c; out dx, al` for each byte.
     fn print(&mut self, text: &[u8]) -> &mut Self {
-        self.0.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]);
+        self.code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]);
         for byte in text {
-            self.0.extend_from_slice(&[0xb0, *byte, 0xee]);
+            self.code.extend_from_slice(&[0xb0, *byte, 0xee]);
         }
         self
     }
 }
 
-/// The guest: initialize the device, queue a read of sector 0, kick, wait for the used
-/// ring, print the request's status as a digit, halt.
-fn guest_code() -> Vec<u8> {
-    let mut asm = Asm::default();
+/// The guest's driver: initialize the device, queue a read of sector 0, kick, wait for
+/// the used ring, print the request's status as a digit.
+fn drive_blk(asm: &mut Asm) {
     // mov ebx, MMIO_BASE
-    asm.0.push(0xbb);
-    asm.0
+    asm.code.push(0xbb);
+    asm.code
         .extend_from_slice(&u32::try_from(MMIO_BASE).unwrap().to_le_bytes());
     asm.reg(STATUS, 0)
         .reg(STATUS, ACKNOWLEDGE)
@@ -113,20 +141,52 @@ fn guest_code() -> Vec<u8> {
     asm.store(AVAIL + 4, 0).store(AVAIL, 1 << 16);
     asm.reg(QUEUE_NOTIFY, 0);
     // wait: pause; movzx eax, word [USED + 2]; cmp eax, 1; jne wait
-    let wait = asm.0.len();
-    asm.0.extend_from_slice(&[0xf3, 0x90, 0x0f, 0xb7, 0x05]);
-    asm.0.extend_from_slice(&(USED + 2).to_le_bytes());
-    asm.0.extend_from_slice(&[0x83, 0xf8, 0x01, 0x75]);
-    let back = i8::try_from(wait as isize - (asm.0.len() as isize + 1)).unwrap();
-    asm.0.push(back.to_le_bytes()[0]);
+    let wait = asm.code.len();
+    asm.code.extend_from_slice(&[0xf3, 0x90]);
+    asm.load_word(USED + 2);
+    asm.code.extend_from_slice(&[0x83, 0xf8, 0x01, 0x75]);
+    let back = i8::try_from(wait as isize - (asm.code.len() as isize + 1)).unwrap();
+    asm.code.push(back.to_le_bytes()[0]);
     asm.print(b"blk status ");
     // mov al, [STATUS_BYTE]; add al, '0'; out dx, al
-    asm.0.push(0xa0);
-    asm.0.extend_from_slice(&STATUS_BYTE.to_le_bytes());
-    asm.0.extend_from_slice(&[0x04, b'0', 0xee]);
+    asm.load_byte(STATUS_BYTE);
+    asm.code.extend_from_slice(&[0x04, b'0', 0xee]);
     asm.print(b"\n");
-    asm.0.push(0xf4); // hlt
-    asm.0
+}
+
+/// The 32-bit guest entered at PVH state: the driver, then hlt.
+fn guest_code() -> Vec<u8> {
+    let mut asm = Asm::default();
+    drive_blk(&mut asm);
+    asm.code.push(0xf4); // hlt
+    asm.code
+}
+
+/// 64-bit code for `hull-vmm`'s tiny kernel: maps the MMIO window at 0xd000_0000 (the
+/// identity map covers only the first GiB), prints the kernel command line, runs the
+/// driver, and resets through the i8042 (HLT does not end a VM with interrupt controllers).
+fn long_mode_guest_code() -> Vec<u8> {
+    let mut asm = Asm {
+        long: true,
+        ..Asm::default()
+    };
+    // PDPTE[3] -> a page directory at 0xc000 whose entry 128 maps 0xd000_0000 (2 MiB).
+    asm.store(0xa000 + 3 * 8, 0xc003)
+        .store(0xc000 + 128 * 8, 0xd000_0083);
+    asm.code
+        .extend_from_slice(&[0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8]); // mov rax, cr3; mov cr3, rax
+                                                                   // mov dx, 0x3f8; mov esi, 0x20000 (the command line);
+                                                                   // l: mov al, [rsi]; test al, al; jz done; out dx, al; inc rsi; jmp l; done: print '\n'.
+    asm.code
+        .extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0xbe, 0x00, 0x00, 0x02, 0x00]);
+    asm.code.extend_from_slice(&[
+        0x8a, 0x06, 0x84, 0xc0, 0x74, 0x06, 0xee, 0x48, 0xff, 0xc6, 0xeb, 0xf4,
+    ]);
+    asm.print(b"\n");
+    drive_blk(&mut asm);
+    asm.code
+        .extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]); // i8042 reset; jmp $
+    asm.code
 }
 
 fn guest_reads_sector_zero(test: &str, kicks: KickPath) {
@@ -266,4 +326,32 @@ fn devices_get_their_own_window_irqfd_line_and_command_line_entry_until_lines_ru
         cmdline.ends_with("virtio_mmio.device=4K@0xd000a000:15"),
         "{cmdline}"
     );
+}
+
+#[test]
+fn hull_vmm_announces_its_vhost_user_blk_device_and_a_guest_reads_through_it() {
+    let test = "hull_vmm_announces_its_vhost_user_blk_device_and_a_guest_reads_through_it";
+    require!(test, kvm());
+    let binary = require!(test, artifacts::workspace_binary("hull-blk"));
+    let dir = TempDir::new("vu-cli");
+    let disk = disk(&dir.0);
+    let (mut backend, socket, _log) = hull_blk(&binary, &dir.0, &disk);
+    let kernel = dir.0.join("tiny-kernel");
+    std::fs::write(&kernel, tiny_kernel(&long_mode_guest_code())).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .args(["--kernel", kernel.to_str().unwrap(), "--memory", "32"])
+        .args(["--cmdline", "console=ttyS0"])
+        .args(["--vhost-user-blk", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5\nblk status 0\n",
+        "the command line announces the device, and the guest's read succeeds; stderr: {stderr}"
+    );
+    // hull-vmm is gone, so is its frontend: hull-blk exits 0.
+    let status = backend.wait_exit().expect("hull-blk exits after hull-vmm");
+    assert!(status.success(), "hull-blk: {status}");
 }
