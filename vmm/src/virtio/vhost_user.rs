@@ -121,6 +121,9 @@ pub struct VhostUserDevice {
     queue_sizes: Vec<u16>,
     local_config: Option<Vec<u8>>,
     started: Vec<usize>,
+    /// Whether a failed GET_CONFIG was logged: the guest chooses how often it reads, so
+    /// a dead backend is reported once, not once per read.
+    config_error_logged: bool,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -206,6 +209,7 @@ impl VhostUserDevice {
             protocol_features,
             queue_sizes: vec![QUEUE_SIZE; queues],
             started: Vec::new(),
+            config_error_logged: false,
         })
     }
 
@@ -326,7 +330,12 @@ impl VirtioDevice for VhostUserDevice {
         let config = match self.config_space() {
             Ok(config) => config,
             Err(err) => {
-                tracing::warn!(error = %crate::error::Chain(&err), "virtio config read");
+                if !std::mem::replace(&mut self.config_error_logged, true) {
+                    tracing::warn!(
+                        error = %crate::error::Chain(&err),
+                        "virtio config read failed; the driver reads zeroes"
+                    );
+                }
                 return;
             }
         };
