@@ -74,6 +74,12 @@ impl Asm {
         self
     }
 
+    /// `jne target` (a short jump back).
+    fn jne(&mut self, target: usize) {
+        let back = i8::try_from(target as isize - (self.code.len() as isize + 2)).unwrap();
+        self.code.extend_from_slice(&[0x75, back.to_le_bytes()[0]]);
+    }
+
     /// `mov dword [ebx + offset], value`: a register write (ebx holds the device base).
     fn reg(&mut self, offset: u64, value: u32) -> &mut Self {
         self.code.extend_from_slice(&[0xc7, 0x83]);
@@ -93,9 +99,9 @@ impl Asm {
     }
 }
 
-/// The guest's driver: initialize the device, queue a read of sector 0, kick, wait for
-/// the used ring, print the request's status as a digit.
-fn drive_blk(asm: &mut Asm) {
+/// The guest's driver: initialize the device, then `requests` times: queue a read of
+/// sector 0, kick, wait for the used ring; then print the last request's status as a digit.
+fn drive_blk(asm: &mut Asm, requests: u32) {
     // mov ebx, MMIO_BASE
     asm.code.push(0xbb);
     asm.code
@@ -137,16 +143,24 @@ fn drive_blk(asm: &mut Asm) {
             .store(entry + 8, len)
             .store(entry + 12, u32::from(flags) | (u32::from(next) << 16));
     }
-    // ring[0] = 0, then idx = 1 (flags 0) publishes it; then the kick.
-    asm.store(AVAIL + 4, 0).store(AVAIL, 1 << 16);
+    // Every avail ring entry is 0 (fresh memory): request i reuses chain 0 once request
+    // i - 1 is used. xor ecx, ecx;
+    // next: inc ecx; mov [AVAIL + 2], cx (publishes entry i - 1); kick;
+    // wait: pause; movzx eax, word [USED + 2]; cmp ax, cx; jne wait;
+    // cmp ecx, requests; jne next
+    asm.code.extend_from_slice(&[0x31, 0xc9]);
+    let next = asm.code.len();
+    asm.code.extend_from_slice(&[0xff, 0xc1, 0x66, 0x89]);
+    asm.absolute(1, AVAIL + 2);
     asm.reg(QUEUE_NOTIFY, 0);
-    // wait: pause; movzx eax, word [USED + 2]; cmp eax, 1; jne wait
     let wait = asm.code.len();
     asm.code.extend_from_slice(&[0xf3, 0x90]);
     asm.load_word(USED + 2);
-    asm.code.extend_from_slice(&[0x83, 0xf8, 0x01, 0x75]);
-    let back = i8::try_from(wait as isize - (asm.code.len() as isize + 1)).unwrap();
-    asm.code.push(back.to_le_bytes()[0]);
+    asm.code.extend_from_slice(&[0x66, 0x39, 0xc8]);
+    asm.jne(wait);
+    asm.code.extend_from_slice(&[0x81, 0xf9]);
+    asm.code.extend_from_slice(&requests.to_le_bytes());
+    asm.jne(next);
     asm.print(b"blk status ");
     // mov al, [STATUS_BYTE]; add al, '0'; out dx, al
     asm.load_byte(STATUS_BYTE);
@@ -155,9 +169,9 @@ fn drive_blk(asm: &mut Asm) {
 }
 
 /// The 32-bit guest entered at PVH state: the driver, then hlt.
-fn guest_code() -> Vec<u8> {
+fn guest_code(requests: u32) -> Vec<u8> {
     let mut asm = Asm::default();
-    drive_blk(&mut asm);
+    drive_blk(&mut asm, requests);
     asm.code.push(0xf4); // hlt
     asm.code
 }
@@ -183,18 +197,21 @@ fn long_mode_guest_code() -> Vec<u8> {
         0x8a, 0x06, 0x84, 0xc0, 0x74, 0x06, 0xee, 0x48, 0xff, 0xc6, 0xeb, 0xf4,
     ]);
     asm.print(b"\n");
-    drive_blk(&mut asm);
+    drive_blk(&mut asm, 1);
     asm.code
         .extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]); // i8042 reset; jmp $
     asm.code
 }
+
+/// Requests each guest run makes: the 16-entry ring wraps around six times.
+const REQUESTS: u32 = 100;
 
 fn guest_reads_sector_zero(test: &str, kicks: KickPath) {
     require!(test, kvm());
     let binary = require!(test, artifacts::workspace_binary("hull-blk"));
     let dir = TempDir::new(test);
     let disk = disk(&dir.0);
-    let (mut backend, socket, _log) = hull_blk(&binary, &dir.0, &disk);
+    let (mut backend, socket, log) = hull_blk(&binary, &dir.0, &disk);
 
     let config = VmConfig {
         memory_mib: 16,
@@ -210,7 +227,7 @@ fn guest_reads_sector_zero(test: &str, kicks: KickPath) {
     assert_eq!((slot.base, slot.irq), (MMIO_BASE, 5));
     vm.memory()
         .mmap()
-        .write_slice(&guest_code(), GuestAddress(CODE))
+        .write_slice(&guest_code(REQUESTS), GuestAddress(CODE))
         .unwrap();
     let running = vm
         .start(EntryMode::Pvh {
@@ -220,7 +237,13 @@ fn guest_reads_sector_zero(test: &str, kicks: KickPath) {
         .unwrap();
     // A second handle on guest RAM, still mapped once the VM is gone.
     let memory = running.memory().mmap().clone();
+    let started = std::time::Instant::now();
     let (reason, counts) = running.wait_with_counts();
+    // For the record, not asserted: what a request round trip costs on each path.
+    eprintln!(
+        "{REQUESTS} requests with kicks {kicks:?}: {:?} per request",
+        started.elapsed() / REQUESTS
+    );
     assert_eq!(reason, StopReason::Halted, "console: {}", console.text());
     assert_eq!(console.text(), "blk status 0\n", "VIRTIO_BLK_S_OK");
 
@@ -228,14 +251,14 @@ fn guest_reads_sector_zero(test: &str, kicks: KickPath) {
     assert!(transport.is_active());
     let expected_notifications = match kicks {
         KickPath::Kernel => 0,
-        KickPath::UserSpace => 1,
+        KickPath::UserSpace => u64::from(REQUESTS),
     };
     assert_eq!(
         transport.counts().notifications,
         expected_notifications,
         "kicks that exited to the VMM"
     );
-    // 18 register writes, plus the kick on the user-space path.
+    // 18 register writes, plus the kicks on the user-space path.
     assert_eq!(counts[0].mmio_write, 18 + expected_notifications);
     assert!(
         transport.interrupt().eventfd().read().unwrap() >= 1,
@@ -254,6 +277,11 @@ fn guest_reads_sector_zero(test: &str, kicks: KickPath) {
         .wait_exit()
         .expect("hull-blk exits after the frontend");
     assert!(status.success(), "hull-blk: {status}");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log_text.contains(&format!("ok: {REQUESTS},")),
+        "hull-blk served every request; log: {log_text}"
+    );
 }
 
 #[test]
