@@ -383,3 +383,133 @@ fn hull_vmm_announces_its_vhost_user_blk_device_and_a_guest_reads_through_it() {
     let status = backend.wait_exit().expect("hull-blk exits after hull-vmm");
     assert!(status.success(), "hull-blk: {status}");
 }
+
+/// Where the interrupt handler of [`irq_guest_code`] goes, and its IDT.
+const HANDLER: u32 = 0x18_0000;
+const IDT: u32 = 0x40_0000;
+const IDTR: u32 = 0x40_1000;
+/// The vector the IOAPIC delivers the device's line on.
+const VECTOR: u32 = 0x30;
+
+/// The interrupt handler: prints "irq " and the InterruptStatus it acknowledges, sends
+/// the LAPIC its EOI, prints what the device did, and resets through the i8042. It does
+/// not return: this machine's KVM (kvm_pvm) cannot emulate IRET for a 32-bit guest.
+fn irq_handler_code() -> Vec<u8> {
+    let mut asm = Asm::default();
+    asm.print(b"irq ");
+    // mov eax, [ebx + INTERRUPT_STATUS]; mov [ebx + INTERRUPT_ACK], eax
+    asm.code.extend_from_slice(&[0x8b, 0x83]);
+    asm.code
+        .extend_from_slice(&u32::try_from(INTERRUPT_STATUS).unwrap().to_le_bytes());
+    asm.code.extend_from_slice(&[0x89, 0x83]);
+    asm.code
+        .extend_from_slice(&u32::try_from(INTERRUPT_ACK).unwrap().to_le_bytes());
+    asm.code.extend_from_slice(&[0x04, b'0', 0xee]); // add al, '0'; out dx, al
+    asm.print(b"\n");
+    asm.store(0xfee0_00b0, 0); // LAPIC EOI
+    asm.print(b"used ");
+    asm.load_byte(USED + 2);
+    asm.code.extend_from_slice(&[0x04, b'0', 0xee]);
+    asm.print(b", blk status ");
+    asm.load_byte(STATUS_BYTE);
+    asm.code.extend_from_slice(&[0x04, b'0', 0xee]);
+    asm.print(b"\n");
+    asm.code
+        .extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]); // i8042 reset; jmp $
+    asm.code
+}
+
+/// A 32-bit guest on a VM with interrupt controllers: it routes IOAPIC pin 5 to
+/// [`VECTOR`], masks the 8259s, enables its LAPIC, then queues a read of sector 0, kicks
+/// and sleeps (`sti; hlt`) until the device's interrupt wakes it into the handler.
+fn irq_guest_code() -> Vec<u8> {
+    let mut asm = Asm::default();
+    // mov esp, 0x50_0000: PVH entry leaves no stack, and the interrupt needs one.
+    asm.code.push(0xbc);
+    asm.code.extend_from_slice(&0x50_0000u32.to_le_bytes());
+    // IDT gate for VECTOR: 32-bit interrupt gate to HANDLER in code segment 0x08.
+    let gate = IDT + 8 * VECTOR;
+    asm.store(gate, (HANDLER & 0xffff) | (0x08 << 16))
+        .store(gate + 4, (HANDLER & 0xffff_0000) | 0x8e00)
+        .store(IDTR, (8 * VECTOR + 7) | ((IDT & 0xffff) << 16))
+        .store(IDTR + 4, IDT >> 16);
+    asm.code.extend_from_slice(&[0x0f, 0x01]); // lidt [IDTR]
+    asm.absolute(3, IDTR);
+    // Mask both 8259s: the line reaches the CPU through the IOAPIC only.
+    asm.code
+        .extend_from_slice(&[0xb0, 0xff, 0xe6, 0x21, 0xe6, 0xa1]);
+    // IOAPIC redirection entry 5: VECTOR, fixed, edge, unmasked, to APIC 0.
+    asm.store(0xfec0_0000, 0x10 + 2 * 5)
+        .store(0xfec0_0010, VECTOR)
+        .store(0xfec0_0000, 0x10 + 2 * 5 + 1)
+        .store(0xfec0_0010, 0);
+    // LAPIC software enable, spurious vector 0xff.
+    asm.store(0xfee0_00f0, 0x1ff);
+    // The device set-up and the request as in drive_blk, but without the spin wait.
+    let mut driver = Asm::default();
+    drive_blk(&mut driver, 1);
+    let kick_end = driver
+        .code
+        .windows(6)
+        .position(|w| w == [0xc7, 0x83, 0x50, 0x00, 0x00, 0x00])
+        .expect("the kick")
+        + 10;
+    asm.code.extend_from_slice(&driver.code[..kick_end]);
+    asm.print(b"asleep\n");
+    asm.code.extend_from_slice(&[0xfb, 0xf4, 0xeb, 0xfd]); // sti; l: hlt; jmp l
+    asm.code
+}
+
+#[test]
+fn guest_sleeps_until_the_backends_interrupt_arrives_through_the_irqfd() {
+    let test = "guest_sleeps_until_the_backends_interrupt_arrives_through_the_irqfd";
+    require!(test, kvm());
+    let binary = require!(test, artifacts::workspace_binary("hull-blk"));
+    let dir = TempDir::new("vu-irq");
+    let disk = disk(&dir.0);
+    let (mut backend, socket, _log) = hull_blk(&binary, &dir.0, &disk);
+    let config = VmConfig {
+        memory_mib: 16,
+        vcpus: 1,
+        interrupt_controller: true,
+        hidden_cpu_features: vec![],
+    };
+    let mut vm = Vm::new(config).unwrap();
+    let console = Console::default();
+    vm.add_serial(Box::new(console.clone())).unwrap();
+    let device = VhostUserDevice::connect(&socket, VhostUserKind::Block).unwrap();
+    let slot = vm
+        .add_virtio_mmio(Box::new(device), KickPath::Kernel)
+        .unwrap();
+    let mem = vm.memory().mmap();
+    mem.write_slice(&irq_guest_code(), GuestAddress(CODE))
+        .unwrap();
+    mem.write_slice(&irq_handler_code(), GuestAddress(u64::from(HANDLER)))
+        .unwrap();
+    let running = vm
+        .start(EntryMode::Pvh {
+            entry: CODE,
+            start_info: 0,
+        })
+        .unwrap();
+    // A bound on a guest that never wakes, not a timing assertion.
+    let deadline = std::time::Instant::now() + BOUND;
+    let state = running.run_state();
+    while !state.stop_requested() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    running.stop();
+    let reason = running.wait();
+    assert_eq!(
+        console.text(),
+        "asleep\nirq 1\nused 1, blk status 0\n",
+        "the interrupt woke the guest, which acknowledged InterruptStatus VRING (stop: {reason:?})"
+    );
+    assert_eq!(reason, StopReason::I8042Reset);
+    assert_eq!(slot.transport.lock().unwrap().counts().notifications, 0);
+    drop(slot);
+    let status = backend
+        .wait_exit()
+        .expect("hull-blk exits after the frontend");
+    assert!(status.success(), "hull-blk: {status}");
+}
