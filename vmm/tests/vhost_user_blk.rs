@@ -124,22 +124,7 @@ fn qemu_storage_daemon_reads_sector_zero_into_the_vmms_memory() {
     let qsd = require!(test, qemu_storage_daemon());
     let dir = TempDir::new("vu-qsd");
     let disk = disk(&dir.0);
-    let socket = dir.0.join("qsd.sock");
-    let log = dir.0.join("qsd.log");
-    let blockdev = format!(
-        "driver=file,node-name=disk,filename={},read-only=on",
-        disk.display()
-    );
-    let export = format!(
-        "type=vhost-user-blk,id=export0,node-name=disk,addr.type=unix,addr.path={}",
-        socket.display()
-    );
-    let backend = Backend::start(
-        &qsd,
-        &["--blockdev", &blockdev, "--export", &export],
-        &socket,
-        &log,
-    );
+    let (backend, socket) = qsd_blk(&qsd, &dir.0, &disk);
     read_sector_zero_through(&socket);
     drop(backend);
 }

@@ -206,12 +206,29 @@ fn long_mode_guest_code() -> Vec<u8> {
 /// Requests each guest run makes: the 16-entry ring wraps around six times.
 const REQUESTS: u32 = 100;
 
-fn guest_reads_sector_zero(test: &str, kicks: KickPath) {
+/// The vhost-user-blk backend a guest runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    HullBlk,
+    QemuStorageDaemon,
+}
+
+fn guest_reads_sector_zero(test: &str, kicks: KickPath, peer: Peer) {
     require!(test, kvm());
-    let binary = require!(test, artifacts::workspace_binary("hull-blk"));
+    let program = match peer {
+        Peer::HullBlk => artifacts::workspace_binary("hull-blk"),
+        Peer::QemuStorageDaemon => qemu_storage_daemon(),
+    };
+    let program = require!(test, program);
     let dir = TempDir::new(test);
     let disk = disk(&dir.0);
-    let (mut backend, socket, log) = hull_blk(&binary, &dir.0, &disk);
+    let (mut backend, socket) = match peer {
+        Peer::HullBlk => {
+            let (backend, socket, _log) = hull_blk(&program, &dir.0, &disk);
+            (backend, socket)
+        }
+        Peer::QemuStorageDaemon => qsd_blk(&program, &dir.0, &disk),
+    };
 
     let config = VmConfig {
         memory_mib: 16,
@@ -271,13 +288,17 @@ fn guest_reads_sector_zero(test: &str, kicks: KickPath) {
         .unwrap();
     let expected: Vec<u8> = (0..512).map(disk_byte).collect();
     assert_eq!(sector, expected, "sector 0 of the file is in guest memory");
-    // The last handle on the frontend goes: hull-blk sees it disconnect and exits 0.
+    // The last handle on the frontend goes: hull-blk sees it disconnect and exits 0
+    // (qemu-storage-daemon serves on until it is killed, when `backend` drops).
     drop(slot);
+    if peer == Peer::QemuStorageDaemon {
+        return;
+    }
     let status = backend
         .wait_exit()
         .expect("hull-blk exits after the frontend");
     assert!(status.success(), "hull-blk: {status}");
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let log_text = std::fs::read_to_string(dir.0.join("hull-blk.log")).unwrap_or_default();
     assert!(
         log_text.contains(&format!("ok: {REQUESTS},")),
         "hull-blk served every request; log: {log_text}"
@@ -289,6 +310,16 @@ fn guest_reads_a_sector_through_hull_blk_with_kicks_as_kvm_ioeventfds() {
     guest_reads_sector_zero(
         "guest_reads_a_sector_through_hull_blk_with_kicks_as_kvm_ioeventfds",
         KickPath::Kernel,
+        Peer::HullBlk,
+    );
+}
+
+#[test]
+fn guest_reads_a_sector_through_qemu_storage_daemon_with_kicks_as_kvm_ioeventfds() {
+    guest_reads_sector_zero(
+        "guest_reads_a_sector_through_qemu_storage_daemon_with_kicks_as_kvm_ioeventfds",
+        KickPath::Kernel,
+        Peer::QemuStorageDaemon,
     );
 }
 
@@ -297,6 +328,7 @@ fn guest_reads_a_sector_through_hull_blk_with_kicks_through_the_vmm() {
     guest_reads_sector_zero(
         "guest_reads_a_sector_through_hull_blk_with_kicks_through_the_vmm",
         KickPath::UserSpace,
+        Peer::HullBlk,
     );
 }
 

@@ -116,3 +116,25 @@ pub fn hull_blk(hull_blk: &Path, dir: &Path, disk: &Path) -> (Backend, PathBuf, 
 pub fn qemu_storage_daemon() -> Result<PathBuf, Missing> {
     find_program("qemu-storage-daemon", "qemu-system-common")
 }
+
+/// Starts qemu-storage-daemon exporting `disk` read-only as vhost-user-blk on
+/// `dir/qsd.sock`; returns it and the socket. It serves frontends until killed.
+pub fn qsd_blk(qsd: &Path, dir: &Path, disk: &Path) -> (Backend, PathBuf) {
+    let socket = dir.join("qsd.sock");
+    let log = dir.join("qsd.log");
+    let blockdev = format!(
+        "driver=file,node-name=disk,filename={},read-only=on",
+        disk.display()
+    );
+    let export = format!(
+        "type=vhost-user-blk,id=export0,node-name=disk,addr.type=unix,addr.path={}",
+        socket.display()
+    );
+    let backend = Backend::start(
+        qsd,
+        &["--blockdev", &blockdev, "--export", &export],
+        &socket,
+        &log,
+    );
+    (backend, socket)
+}
