@@ -28,7 +28,7 @@ use crate::lifecycle::{RunState, StopReason};
 use crate::memory::GuestMemory;
 use crate::mptable;
 use crate::virtio::mmio::{MmioTransport, NOTIFY_OFFSET};
-use crate::virtio::{self, VirtioDevice};
+use crate::virtio::{self, Disconnector, VirtioDevice};
 use crate::{Error, Result};
 
 /// Most vCPUs a VM may have.
@@ -64,6 +64,7 @@ pub struct Vm {
     mmio: Bus,
     state: Arc<RunState>,
     virtio: Vec<VirtioSlot>,
+    disconnectors: Vec<Disconnector>,
     // Declared before `memory`: KVM's slots point into it, so the VM goes first.
     vm_fd: VmFd,
     memory: GuestMemory,
@@ -157,6 +158,7 @@ impl Vm {
             mmio: Bus::new("mmio"),
             state,
             virtio: Vec::new(),
+            disconnectors: Vec::new(),
             vm_fd,
             memory,
         })
@@ -225,6 +227,7 @@ impl Vm {
                 .register_irqfd(transport.interrupt().eventfd(), irq)
                 .map_err(ioctl("KVM_IRQFD"))?;
         }
+        self.disconnectors.extend(transport.disconnector());
         let transport = Arc::new(Mutex::new(transport));
         let shared: SharedDevice = transport.clone();
         self.mmio.insert(base, virtio::MMIO_SIZE, shared)?;
@@ -294,6 +297,7 @@ impl Vm {
             pio: Arc::clone(&pio),
             mmio: Arc::clone(&mmio),
             state: self.state,
+            disconnectors: self.disconnectors,
             vm_fd: self.vm_fd,
             memory: self.memory,
         };
@@ -353,6 +357,7 @@ pub struct RunningVm {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     state: Arc<RunState>,
+    disconnectors: Vec<Disconnector>,
     // Dropped after the threads are joined (in `Drop`), and before `memory`.
     vm_fd: VmFd,
     memory: GuestMemory,
@@ -409,6 +414,11 @@ impl RunningVm {
 
     fn join_vcpus(&mut self) {
         self.state.request_stop(StopReason::Requested);
+        // A vCPU may be waiting on a vhost-user backend's reply: cut those connections so
+        // it returns (the backends see the frontend go, as they would at the VM's end).
+        for disconnector in self.disconnectors.drain(..) {
+            disconnector.disconnect();
+        }
         for thread in self.threads.drain(..) {
             // Re-kick until the thread is out: one signal may land before it enters KVM_RUN.
             while !thread.is_finished() {

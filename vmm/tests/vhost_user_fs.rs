@@ -106,7 +106,7 @@ fn hull_fs_answers_fuse_init_in_the_vmms_memory() {
 
     let interrupt = transport.lock().unwrap().interrupt().clone();
     let deadline = Instant::now() + BOUND;
-    while interrupt.eventfd().read().is_err() {
+    while requests.used_idx(mem) != 1 {
         assert!(
             Instant::now() < deadline,
             "hull-fs never answered; log: {}",
@@ -114,7 +114,10 @@ fn hull_fs_answers_fuse_init_in_the_vmms_memory() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(requests.used_idx(mem), 1);
+    while interrupt.eventfd().read().is_err() {
+        assert!(Instant::now() < deadline, "hull-fs never signalled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let (id, written) = requests.used_elem(mem, 0);
     assert_eq!(id, u32::from(head));
     // fuse_out_header { len, error, unique }, then fuse_init_out { major, minor, ... }.

@@ -243,6 +243,11 @@ impl MmioTransport {
         self.counts
     }
 
+    /// The device's [`super::Disconnector`], if its backend is another process.
+    pub fn disconnector(&self) -> Option<super::Disconnector> {
+        self.device.disconnector()
+    }
+
     /// The features offered to the driver.
     pub fn offered_features(&self) -> u64 {
         (self.device.features() | (1 << VIRTIO_F_VERSION_1)) & OFFERABLE_FEATURES

@@ -16,6 +16,8 @@
 pub mod mmio;
 pub mod vhost_user;
 
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -145,6 +147,28 @@ impl Interrupt {
     }
 }
 
+/// Cuts a device's connection to its backend process. A vCPU handling a register access
+/// may wait on the backend's reply (a configuration read, a reset); a backend that never
+/// answers would hold that vCPU, and so the VM's stop, forever. Stopping a VM shuts these
+/// connections down first: the waiting request fails as a disconnect and the vCPU returns.
+#[derive(Debug)]
+pub struct Disconnector(UnixStream);
+
+impl Disconnector {
+    /// A disconnector for the connection `stream` is one end of (any clone of it).
+    pub fn new(stream: UnixStream) -> Self {
+        Self(stream)
+    }
+
+    /// Shuts the connection down both ways; what waits on it returns.
+    pub fn disconnect(&self) {
+        if let Err(err) = self.0.shutdown(Shutdown::Both) {
+            // Already closed by the peer: nothing waits on it any more.
+            tracing::debug!(%err, "vhost-user connection shutdown");
+        }
+    }
+}
+
 /// A virtio device model behind a transport.
 pub trait VirtioDevice: Send {
     /// The virtio device type (e.g. [`TYPE_BLOCK`]).
@@ -161,6 +185,11 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation<'_>) -> Result<()>;
     /// Stops the device after the driver reset it; it may be activated again.
     fn reset(&mut self);
+    /// A handle that cuts the device's connection to an out-of-process backend, taken when
+    /// the device is added to a VM (see [`Disconnector`]); none for in-VMM devices.
+    fn disconnector(&self) -> Option<Disconnector> {
+        None
+    }
     /// Whether used buffers are signalled by writing the interrupt eventfd from outside the
     /// VMM (a vhost-user backend), which cannot set the transport's interrupt status: the
     /// transport then reports "used buffer" whenever the device is active, and the driver

@@ -18,6 +18,7 @@
 //! virtio-fs backends do not serve a configuration space, so the frontend builds it from
 //! the tag, as QEMU's vhost-user-fs device does.
 
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
@@ -28,7 +29,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-use super::{Activation, VirtioDevice, TYPE_BLOCK, TYPE_FS, TYPE_NET};
+use super::{Activation, Disconnector, VirtioDevice, TYPE_BLOCK, TYPE_FS, TYPE_NET};
 use crate::{Error, Result};
 
 /// The vhost-user feature bit saying the backend speaks protocol features; never offered
@@ -43,6 +44,21 @@ const BLK_CONFIG_SIZE: usize = 60;
 const NET_CONFIG_SIZE: usize = 12;
 /// Longest virtio-fs tag, in bytes (the `tag` field of `virtio_fs_config`).
 pub const FS_TAG_MAX: usize = 36;
+
+/// Connects to `socket`, retrying a few times while it refuses: a backend creates its
+/// socket file just before it listens on it (as `Frontend::connect` does).
+fn connect_retrying(socket: &Path) -> std::io::Result<UnixStream> {
+    let mut retries = 5;
+    loop {
+        match UnixStream::connect(socket) {
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused && retries > 0 => {
+                retries -= 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
 
 /// What kind of device a vhost-user backend serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +132,8 @@ pub struct VhostUserDevice {
     socket: PathBuf,
     kind: VhostUserKind,
     frontend: Frontend,
+    /// A second handle on the frontend's connection, for [`Disconnector`]s.
+    connection: UnixStream,
     backend_features: u64,
     protocol_features: VhostUserProtocolFeatures,
     queue_sizes: Vec<u16>,
@@ -155,7 +173,16 @@ impl VhostUserDevice {
             move |source| Error::VhostUser { socket, op, source }
         };
         let queues = kind.queues();
-        let mut frontend = Frontend::connect(socket, queues as u64).map_err(fail("connect"))?;
+        // Connected here rather than by Frontend::connect, to keep a handle on the
+        // connection that can cut it (see `Disconnector`).
+        let connect_err = |err| {
+            fail("connect")(vhost::Error::VhostUserProtocol(
+                vhost::vhost_user::Error::SocketConnect(err),
+            ))
+        };
+        let stream = connect_retrying(socket).map_err(connect_err)?;
+        let connection = stream.try_clone().map_err(connect_err)?;
+        let mut frontend = Frontend::from_stream(stream, queues as u64);
         frontend.set_owner().map_err(fail("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(fail("GET_FEATURES"))?;
         if backend_features & (1 << VIRTIO_F_VERSION_1) == 0 {
@@ -205,6 +232,7 @@ impl VhostUserDevice {
             local_config: kind.local_config(),
             kind,
             frontend,
+            connection,
             backend_features,
             protocol_features,
             queue_sizes: vec![QUEUE_SIZE; queues],
@@ -385,6 +413,16 @@ impl VirtioDevice for VhostUserDevice {
         }
     }
 
+    fn disconnector(&self) -> Option<Disconnector> {
+        match self.connection.try_clone() {
+            Ok(stream) => Some(Disconnector::new(stream)),
+            Err(err) => {
+                tracing::warn!(%err, socket = %self.socket.display(), "no disconnector for the vhost-user connection");
+                None
+            }
+        }
+    }
+
     fn signals_from_outside(&self) -> bool {
         true
     }
@@ -416,6 +454,93 @@ mod tests {
             err.to_string().contains("/nonexistent/hull-vmm-test.sock"),
             "{err}"
         );
+    }
+
+    /// A backend that answers SET_OWNER and GET_FEATURES (VERSION_1 only, no protocol
+    /// features), then reads every request and never answers again; it tells `asked`
+    /// when GET_VRING_BASE arrives.
+    fn silent_backend(
+        socket: &Path,
+        asked: std::sync::mpsc::Sender<()>,
+    ) -> std::thread::JoinHandle<()> {
+        use std::io::{Read, Write};
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut header = [0u8; 12];
+            conn.read_exact(&mut header).unwrap(); // SET_OWNER
+            conn.read_exact(&mut header).unwrap(); // GET_FEATURES
+            assert_eq!(header[..4], 1u32.to_le_bytes(), "GET_FEATURES");
+            let mut reply = Vec::new();
+            for word in [1u32, 0x5, 8] {
+                reply.extend_from_slice(&word.to_le_bytes());
+            }
+            reply.extend_from_slice(&(1u64 << VIRTIO_F_VERSION_1).to_le_bytes());
+            conn.write_all(&reply).unwrap();
+            // Headers and bodies of what follows, until the frontend goes.
+            while conn.read_exact(&mut header).is_ok() {
+                let size = u32::from_le_bytes(header[8..12].try_into().unwrap());
+                let mut body = vec![0u8; size as usize];
+                if conn.read_exact(&mut body).is_err() {
+                    break;
+                }
+                if header[..4] == 11u32.to_le_bytes() {
+                    let _ = asked.send(()); // GET_VRING_BASE
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn disconnector_frees_a_request_waiting_on_a_silent_backend() {
+        use std::sync::mpsc;
+        use vmm_sys_util::eventfd::EventFd;
+
+        use crate::virtio::{Interrupt, QueueConfig};
+
+        let dir = std::env::temp_dir().join(format!("hull-vmm-silent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("silent.sock");
+        let (asked, vring_base_asked) = mpsc::channel();
+        let backend = silent_backend(&socket, asked);
+        let mut device = VhostUserDevice::connect(&socket, VhostUserKind::Block).unwrap();
+        let memory = crate::memory::GuestMemory::new(16).unwrap();
+        let kicks = [EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        // Without REPLY_ACK nothing in the set-up waits for an answer.
+        device
+            .activate(Activation {
+                memory: memory.mmap(),
+                features: 1 << VIRTIO_F_VERSION_1,
+                queues: vec![QueueConfig {
+                    index: 0,
+                    size: 16,
+                    desc: 0x1000,
+                    avail: 0x2000,
+                    used: 0x3000,
+                }],
+                kicks: &kicks,
+                interrupt: Interrupt::new().unwrap(),
+            })
+            .unwrap();
+        let disconnector = device.disconnector().unwrap();
+        // The reset waits for GET_VRING_BASE's answer, which never comes...
+        let (done, reset_returned) = mpsc::channel();
+        let resetting = std::thread::spawn(move || {
+            device.reset();
+            done.send(()).unwrap();
+        });
+        vring_base_asked
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the frontend asked for the ring base");
+        // ... until the connection is cut, as a VM's stop does.
+        disconnector.disconnect();
+        reset_returned
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the reset returned once disconnected");
+        resetting.join().unwrap();
+        backend.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -138,3 +138,16 @@ pub fn qsd_blk(qsd: &Path, dir: &Path, disk: &Path) -> (Backend, PathBuf) {
     );
     (backend, socket)
 }
+
+/// Waits (bounded) until `interrupt`'s line was raised; a backend raises it just after it
+/// publishes the used ring, so a driver that saw the ring may get here first.
+pub fn wait_for_interrupt(interrupt: &hull_vmm::virtio::Interrupt) {
+    let deadline = Instant::now() + BOUND;
+    while interrupt.eventfd().read().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the interrupt line was never raised"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
