@@ -921,14 +921,40 @@ mod tests {
         #[test]
         fn hostile_driver_never_hands_the_device_a_queue_outside_guest_ram(
             accesses in prop::collection::vec((register_write(), any::<bool>()), 0..200),
+            start in 0u8..3,
         ) {
             let (mut t, seen) = transport(0b1, false);
             let memory = memory();
+            // From reset, from a negotiated device, or from a running one.
+            if start > 0 {
+                negotiate(&mut t, VERSION_1, 64);
+            }
+            if start > 1 {
+                write(&mut t, VIRTIO_MMIO_STATUS, DRIVER_OK);
+                prop_assert!(t.is_active());
+            }
             for ((offset, mut data), is_read) in accesses {
                 if is_read {
                     t.read(offset, &mut data);
                 } else {
                     t.write(offset, &data);
+                }
+                // The status only ever holds bits set in order, and the device runs
+                // exactly when DRIVER_OK was accepted and no reset was asked for since.
+                let status = t.status();
+                let has = |bits: u32| status & bits == bits;
+                if has(VIRTIO_CONFIG_S_DRIVER_OK) {
+                    prop_assert!(has(VIRTIO_CONFIG_S_FEATURES_OK), "{status:#x}");
+                }
+                if has(VIRTIO_CONFIG_S_FEATURES_OK) {
+                    prop_assert!(has(VIRTIO_CONFIG_S_DRIVER), "{status:#x}");
+                }
+                if has(VIRTIO_CONFIG_S_DRIVER) {
+                    prop_assert!(has(VIRTIO_CONFIG_S_ACKNOWLEDGE), "{status:#x}");
+                }
+                if t.is_active() {
+                    prop_assert!(has(VIRTIO_CONFIG_S_DRIVER_OK), "{status:#x}");
+                    prop_assert!(!has(VIRTIO_CONFIG_S_NEEDS_RESET), "{status:#x}");
                 }
             }
             for (features, queues) in &seen.lock().unwrap().activations {
