@@ -4,7 +4,8 @@
 //! reads the disk's capacity from the configuration space (GET_CONFIG), sets up a queue,
 //! submits a virtio-blk read of sector 0 of a file with known contents and kicks. The
 //! backend reads the request from guest memory, writes the sector into it, and signals the
-//! interrupt eventfd; the test checks the bytes landed where the descriptor said.
+//! interrupt eventfd; the test checks the bytes landed where the descriptor said. Then the
+//! driver resets the device and a second driver sets it up again and reads sector 7.
 
 mod common;
 
@@ -48,8 +49,9 @@ fn wait_used_then_interrupt(
 }
 
 /// Drives a vhost-user-blk backend on `socket` through the frontend and the transport:
-/// checks the capacity, reads sector 0 into guest memory and compares it with the file.
-fn read_sector_zero_through(socket: &Path) {
+/// checks the capacity, reads a sector into guest memory and compares it with the file;
+/// twice, with a device reset in between.
+fn read_sectors_through(socket: &Path) {
     let memory = GuestMemory::new(16).unwrap();
     let mem = memory.mmap();
     let device = VhostUserDevice::connect(socket, VhostUserKind::Block).expect("connects");
@@ -63,63 +65,69 @@ fn read_sector_zero_through(socket: &Path) {
         bus: &bus,
         base: MMIO_BASE,
     };
-    driver.negotiate(TYPE_BLOCK, 0);
-    let capacity = u64::from_le_bytes(driver.config(0, 8).try_into().unwrap());
-    assert_eq!(
-        capacity, DISK_SECTORS,
-        "capacity from the backend's config space"
-    );
+    // Two drivers in turn, as after a guest driver's reset or rebind: the second sets the
+    // device up again from scratch, with its queue elsewhere, and reads another sector.
+    for (round, sector_no) in [(0u64, 0u64), (1, 7)] {
+        driver.negotiate(TYPE_BLOCK, 0);
+        let capacity = u64::from_le_bytes(driver.config(0, 8).try_into().unwrap());
+        assert_eq!(
+            capacity, DISK_SECTORS,
+            "capacity from the backend's config space"
+        );
 
-    let mut queue = SplitQueue::new(16, 0x10_0000);
-    driver.setup_queue(0, &queue);
-    driver.driver_ok();
-    assert!(
-        transport.lock().unwrap().is_active(),
-        "the frontend set the backend's rings up"
-    );
+        let mut queue = SplitQueue::new(16, 0x10_0000 + round * 0x10_000);
+        driver.setup_queue(0, &queue);
+        driver.driver_ok();
+        assert!(
+            transport.lock().unwrap().is_active(),
+            "the frontend set the backend's rings up"
+        );
 
-    // struct virtio_blk_outhdr { type: IN (0), reserved, sector: 0 }.
-    let (header, data, status) = (0x20_0000, 0x20_1000, 0x20_2000);
-    mem.write_slice(&[0u8; 16], GuestAddress(header)).unwrap();
-    mem.write_slice(&[0xee; 512], GuestAddress(data)).unwrap();
-    mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
-    let head = queue.add_chain(
-        mem,
-        &[(header, 16, false), (data, 512, true), (status, 1, true)],
-    );
-    driver.kick(0);
+        // struct virtio_blk_outhdr { type: IN (0), reserved, sector }.
+        let (header, data, status) = (0x20_0000, 0x20_1000, 0x20_2000);
+        mem.write_obj([0u64, sector_no], GuestAddress(header))
+            .unwrap();
+        mem.write_slice(&[0xee; 512], GuestAddress(data)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+        let head = queue.add_chain(
+            mem,
+            &[(header, 16, false), (data, 512, true), (status, 1, true)],
+        );
+        driver.kick(0);
 
-    wait_used_then_interrupt(&transport, &queue, mem, 1);
-    assert_eq!(driver.read(INTERRUPT_STATUS) & INT_VRING, INT_VRING);
-    assert_eq!(queue.used_idx(mem), 1, "the backend used the request");
-    let (id, _len) = queue.used_elem(mem, 0);
-    assert_eq!(id, u32::from(head));
-    assert_eq!(
-        mem.read_obj::<u8>(GuestAddress(status)).unwrap(),
-        0,
-        "VIRTIO_BLK_S_OK"
-    );
-    let mut sector = vec![0u8; 512];
-    mem.read_slice(&mut sector, GuestAddress(data)).unwrap();
-    let expected: Vec<u8> = (0..512).map(disk_byte).collect();
-    assert_eq!(
-        sector, expected,
-        "sector 0 of the file landed in guest memory"
-    );
+        wait_used_then_interrupt(&transport, &queue, mem, 1);
+        assert_eq!(driver.read(INTERRUPT_STATUS) & INT_VRING, INT_VRING);
+        let (id, _len) = queue.used_elem(mem, 0);
+        assert_eq!(id, u32::from(head));
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(status)).unwrap(),
+            0,
+            "VIRTIO_BLK_S_OK"
+        );
+        let mut sector = vec![0u8; 512];
+        mem.read_slice(&mut sector, GuestAddress(data)).unwrap();
+        let expected: Vec<u8> = (sector_no * 512..(sector_no + 1) * 512)
+            .map(disk_byte)
+            .collect();
+        assert_eq!(
+            sector, expected,
+            "sector {sector_no} of the file landed in guest memory"
+        );
 
-    // The driver resets the device: the frontend stops the rings.
-    driver.write(STATUS, 0);
-    assert!(!transport.lock().unwrap().is_active());
+        // The driver resets the device: the frontend stops the rings.
+        driver.write(STATUS, 0);
+        assert!(!transport.lock().unwrap().is_active());
+    }
 }
 
 #[test]
-fn hull_blk_reads_sector_zero_into_the_vmms_memory() {
-    let test = "hull_blk_reads_sector_zero_into_the_vmms_memory";
+fn hull_blk_reads_sectors_into_the_vmms_memory_before_and_after_a_reset() {
+    let test = "hull_blk_reads_sectors_into_the_vmms_memory_before_and_after_a_reset";
     let binary = require!(test, artifacts::workspace_binary("hull-blk"));
     let dir = TempDir::new("vu-hull-blk");
     let disk = disk(&dir.0);
     let (mut backend, socket, log) = hull_blk(&binary, &dir.0, &disk);
-    read_sector_zero_through(&socket);
+    read_sectors_through(&socket);
     // The frontend is gone with the transport: hull-blk exits 0 and removes its socket.
     let status = backend
         .wait_exit()
@@ -130,13 +138,13 @@ fn hull_blk_reads_sector_zero_into_the_vmms_memory() {
 }
 
 #[test]
-fn qemu_storage_daemon_reads_sector_zero_into_the_vmms_memory() {
-    let test = "qemu_storage_daemon_reads_sector_zero_into_the_vmms_memory";
+fn qemu_storage_daemon_reads_sectors_into_the_vmms_memory_before_and_after_a_reset() {
+    let test = "qemu_storage_daemon_reads_sectors_into_the_vmms_memory_before_and_after_a_reset";
     let qsd = require!(test, qemu_storage_daemon());
     let dir = TempDir::new("vu-qsd");
     let disk = disk(&dir.0);
     let (backend, socket) = qsd_blk(&qsd, &dir.0, &disk);
-    read_sector_zero_through(&socket);
+    read_sectors_through(&socket);
     drop(backend);
 }
 
