@@ -498,10 +498,18 @@ mod tests {
 
         use crate::virtio::{Interrupt, QueueConfig};
 
-        let dir = std::env::temp_dir().join(format!("hull-vmm-silent-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("silent.sock");
+        /// Removes the directory even when the test fails.
+        struct TempDir(std::path::PathBuf);
+        impl Drop for TempDir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir =
+            TempDir(std::env::temp_dir().join(format!("hull-vmm-silent-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let socket = dir.0.join("silent.sock");
         let (asked, vring_base_asked) = mpsc::channel();
         let backend = silent_backend(&socket, asked);
         let mut device = VhostUserDevice::connect(&socket, VhostUserKind::Block).unwrap();
@@ -540,7 +548,6 @@ mod tests {
             .expect("the reset returned once disconnected");
         resetting.join().unwrap();
         backend.join().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
