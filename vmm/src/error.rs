@@ -169,4 +169,49 @@ pub enum Error {
     /// The signal used to kick vCPUs out of KVM_RUN could not be installed or sent.
     #[error("cannot install or send the vCPU kick signal")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// A queue the driver made ready cannot be used.
+    #[error("virtio queue {index}: {fault}")]
+    VirtioQueue {
+        /// The queue index.
+        index: u16,
+        /// What is wrong with it.
+        fault: crate::virtio::mmio::QueueFault,
+    },
+    /// No interrupt line or MMIO window is left for another virtio-mmio device.
+    #[error("no room for another virtio-mmio device: {0}")]
+    VirtioSlots(&'static str),
+    /// A message exchange with a vhost-user backend failed.
+    #[error("vhost-user backend {socket}: {op} failed")]
+    VhostUser {
+        /// The backend's socket.
+        socket: PathBuf,
+        /// The request, as the vhost-user protocol names it.
+        op: &'static str,
+        /// What went wrong.
+        #[source]
+        source: vhost::Error,
+    },
+    /// A vhost-user backend lacks something the device needs.
+    #[error("vhost-user backend {socket}: {reason}")]
+    VhostUserBackend {
+        /// The backend's socket.
+        socket: PathBuf,
+        /// What it lacks.
+        reason: String,
+    },
+}
+
+/// Displays an error with its chain of sources, `a: b: c`, for logs.
+pub(crate) struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
 }

@@ -14,11 +14,15 @@
 //! - [`devices`]: the 16550 serial port (vm-superio) and the i8042 reset line.
 //! - [`lifecycle`]: whether the VM runs and why it stopped (HLT, triple fault, i8042 reset,
 //!   system event, request, vCPU failure).
+//! - [`virtio`]: the virtio-mmio transport (version 2 register layout) with queue kicks as
+//!   KVM ioeventfds and interrupts as KVM irqfds, devices announced on the kernel command
+//!   line, and the generic vhost-user frontend for blk, net and fs backends
+//!   ([`virtio::vhost_user`]).
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
 //!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
-//! Not there yet (later slices of the issue): virtio-mmio transport and devices, ioeventfd
-//! kicks, the in-VMM vsock, vhost-user frontends, the io_uring device loop, pause/resume,
+//! Not there yet (later slices of the issue): in-VMM virtio devices (vsock, console), the
+//! io_uring device loop, vhost-user reconnection, pause/resume,
 //! seccomp filters, the control socket and the in-process API for the shim beyond
 //! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
 
@@ -32,6 +36,7 @@ mod error;
 pub mod lifecycle;
 pub mod memory;
 pub mod mptable;
+pub mod virtio;
 pub mod vm;
 
 pub use error::{Error, Result};

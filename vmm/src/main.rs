@@ -1,5 +1,5 @@
 //! `hull-vmm`: boots one microVM from a kernel (and initrd) with the serial console on
-//! stdout, and exits when the guest stops.
+//! stdout, and vhost-user devices behind virtio-mmio, and exits when the guest stops.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,8 @@ use clap::{Parser, ValueEnum};
 use hull_vmm::boot::{self, BootConfig, DEFAULT_CMDLINE};
 use hull_vmm::cpu::cpuid::CpuFeature;
 use hull_vmm::lifecycle::StopReason;
-use hull_vmm::vm::{Vm, VmConfig, MAX_VCPUS};
+use hull_vmm::virtio::vhost_user::{VhostUserDevice, VhostUserKind, FS_TAG_MAX};
+use hull_vmm::vm::{KickPath, Vm, VmConfig, MAX_VCPUS};
 use nix::sys::signal::{SigSet, Signal};
 
 /// Boot a Linux kernel in a KVM microVM; the guest's serial console (COM1) goes to stdout.
@@ -36,6 +37,32 @@ struct Args {
     /// emulator cannot handle them).
     #[arg(long, value_name = "FEATURES", value_delimiter = ',')]
     hide_cpu_features: Vec<Feature>,
+    /// A virtio-blk disk served by the vhost-user backend listening on SOCK (hull-blk,
+    /// qemu-storage-daemon); repeatable. Each vhost-user device is a virtio-mmio device
+    /// announced on the kernel command line (virtio_mmio.device=4K@ADDR:IRQ).
+    #[arg(long, value_name = "SOCK")]
+    vhost_user_blk: Vec<PathBuf>,
+    /// A virtio-fs file system served by the vhost-user backend on SOCK (hull-fs,
+    /// virtiofsd), mounted in the guest with `mount -t virtiofs TAG DIR`; repeatable.
+    #[arg(long, value_name = "SOCK,tag=TAG", value_parser = parse_fs)]
+    vhost_user_fs: Vec<(PathBuf, String)>,
+    /// A virtio-net interface served by the vhost-user backend on SOCK (hull-net);
+    /// repeatable.
+    #[arg(long, value_name = "SOCK")]
+    vhost_user_net: Vec<PathBuf>,
+}
+
+/// Parses `SOCK,tag=TAG`.
+fn parse_fs(value: &str) -> Result<(PathBuf, String), String> {
+    let (socket, tag) = value
+        .rsplit_once(",tag=")
+        .ok_or_else(|| format!("{value:?} is not SOCK,tag=TAG"))?;
+    if socket.is_empty() || tag.is_empty() || tag.len() > FS_TAG_MAX {
+        return Err(format!(
+            "{value:?}: the socket must not be empty and the tag must be 1 to {FS_TAG_MAX} bytes"
+        ));
+    }
+    Ok((PathBuf::from(socket), tag.to_owned()))
 }
 
 /// CPU features that can be hidden.
@@ -69,10 +96,36 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     let mut vm = Vm::new(config).context("cannot create the VM")?;
     vm.add_serial(Box::new(std::io::stdout()))
         .context("cannot add the serial console")?;
+    let devices = args
+        .vhost_user_blk
+        .into_iter()
+        .map(|socket| (socket, VhostUserKind::Block))
+        .chain(
+            args.vhost_user_fs
+                .into_iter()
+                .map(|(socket, tag)| (socket, VhostUserKind::Fs { tag })),
+        )
+        .chain(
+            args.vhost_user_net
+                .into_iter()
+                .map(|socket| (socket, VhostUserKind::Net)),
+        );
+    for (socket, kind) in devices {
+        let device = VhostUserDevice::connect(&socket, kind).with_context(|| {
+            format!("cannot connect to vhost-user backend {}", socket.display())
+        })?;
+        vm.add_virtio_mmio(Box::new(device), KickPath::Kernel)
+            .with_context(|| format!("cannot add the device of {}", socket.display()))?;
+    }
+    let mut cmdline = args.cmdline;
+    let virtio = vm.virtio_cmdline();
+    if !virtio.is_empty() {
+        cmdline = format!("{cmdline} {virtio}");
+    }
     let boot = BootConfig {
         kernel: args.kernel,
         initrd: args.initrd,
-        cmdline: args.cmdline,
+        cmdline,
     };
     let entry = boot::load(vm.memory(), &boot).context("cannot load the kernel")?;
     // SIGINT and SIGTERM stop the VM cleanly: blocked here, before the vCPU threads inherit

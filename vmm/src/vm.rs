@@ -14,7 +14,7 @@ use std::time::Duration;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::signal::Killable;
 
@@ -27,6 +27,8 @@ use crate::devices::serial::{Serial, SerialOutput, COM1_IRQ, COM1_PORT, COM1_POR
 use crate::lifecycle::{RunState, StopReason};
 use crate::memory::GuestMemory;
 use crate::mptable;
+use crate::virtio::mmio::{MmioTransport, NOTIFY_OFFSET};
+use crate::virtio::{self, Disconnector, VirtioDevice};
 use crate::{Error, Result};
 
 /// Most vCPUs a VM may have.
@@ -61,9 +63,33 @@ pub struct Vm {
     pio: Bus,
     mmio: Bus,
     state: Arc<RunState>,
+    virtio: Vec<VirtioSlot>,
+    disconnectors: Vec<Disconnector>,
     // Declared before `memory`: KVM's slots point into it, so the VM goes first.
     vm_fd: VmFd,
     memory: GuestMemory,
+}
+
+/// How a virtio-mmio device's queue notifications reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickPath {
+    /// KVM ioeventfds on QueueNotify, one per queue with the queue index as datamatch: a
+    /// kick signals the queue's eventfd inside KVM, without an exit to the VMM.
+    Kernel,
+    /// Every QueueNotify write exits to the vCPU thread, and the transport signals the
+    /// same eventfd (for tests of that path, and KVMs without ioeventfd).
+    UserSpace,
+}
+
+/// Where a virtio-mmio device was placed.
+#[derive(Debug, Clone)]
+pub struct VirtioSlot {
+    /// Guest physical base of its register window.
+    pub base: u64,
+    /// Its interrupt line (IOAPIC pin and ISA IRQ).
+    pub irq: u32,
+    /// The transport, shared with the MMIO bus (for inspection and tests).
+    pub transport: Arc<Mutex<MmioTransport>>,
 }
 
 impl Vm {
@@ -131,6 +157,8 @@ impl Vm {
             pio,
             mmio: Bus::new("mmio"),
             state,
+            virtio: Vec::new(),
+            disconnectors: Vec::new(),
             vm_fd,
             memory,
         })
@@ -166,6 +194,61 @@ impl Vm {
     /// Maps a device at guest physical addresses `[base, base + len)`.
     pub fn add_mmio_device(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<()> {
         self.mmio.insert(base, len, device)
+    }
+
+    /// Puts `device` behind a virtio-mmio transport in the next free window of the MMIO
+    /// hole ([`virtio::MMIO_BASE`] upwards) with the next free interrupt line, and wires
+    /// its queue notifications (`kicks`) and its interrupt (a KVM irqfd, when the VM has
+    /// interrupt controllers) so that neither goes through a vCPU's exit to the VMM.
+    /// The device is announced to the guest by [`Self::virtio_cmdline`].
+    pub fn add_virtio_mmio(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+        kicks: KickPath,
+    ) -> Result<VirtioSlot> {
+        let index =
+            u32::try_from(self.virtio.len()).map_err(|_| Error::VirtioSlots("too many devices"))?;
+        let irq = virtio::FIRST_IRQ + index;
+        if irq > virtio::LAST_IRQ {
+            return Err(Error::VirtioSlots("every interrupt line 5-15 is taken"));
+        }
+        let base = virtio::MMIO_BASE + u64::from(index) * virtio::MMIO_SIZE;
+        let transport = MmioTransport::new(device, self.memory.mmap().clone())?;
+        if kicks == KickPath::Kernel {
+            let notify = IoEventAddress::Mmio(base + NOTIFY_OFFSET);
+            for (queue, kick) in (0u32..).zip(transport.kicks()) {
+                self.vm_fd
+                    .register_ioevent(kick, &notify, queue)
+                    .map_err(ioctl("KVM_IOEVENTFD"))?;
+            }
+        }
+        if self.config.interrupt_controller {
+            self.vm_fd
+                .register_irqfd(transport.interrupt().eventfd(), irq)
+                .map_err(ioctl("KVM_IRQFD"))?;
+        }
+        self.disconnectors.extend(transport.disconnector());
+        let transport = Arc::new(Mutex::new(transport));
+        let shared: SharedDevice = transport.clone();
+        self.mmio.insert(base, virtio::MMIO_SIZE, shared)?;
+        let slot = VirtioSlot {
+            base,
+            irq,
+            transport,
+        };
+        self.virtio.push(slot.clone());
+        tracing::info!(vm = self.id, base, irq, ?kicks, "virtio-mmio device added");
+        Ok(slot)
+    }
+
+    /// The kernel command-line entries announcing every virtio-mmio device added so far
+    /// (`virtio_mmio.device=4K@0xd0000000:5 ...`), to append to the command line.
+    pub fn virtio_cmdline(&self) -> String {
+        self.virtio
+            .iter()
+            .map(|slot| virtio::cmdline_entry(virtio::MMIO_SIZE, slot.base, slot.irq))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Configures every vCPU (CPUID, MSRs, FPU, LAPIC, and the entry state of the boot vCPU),
@@ -214,6 +297,7 @@ impl Vm {
             pio: Arc::clone(&pio),
             mmio: Arc::clone(&mmio),
             state: self.state,
+            disconnectors: self.disconnectors,
             vm_fd: self.vm_fd,
             memory: self.memory,
         };
@@ -273,6 +357,7 @@ pub struct RunningVm {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     state: Arc<RunState>,
+    disconnectors: Vec<Disconnector>,
     // Dropped after the threads are joined (in `Drop`), and before `memory`.
     vm_fd: VmFd,
     memory: GuestMemory,
@@ -329,6 +414,11 @@ impl RunningVm {
 
     fn join_vcpus(&mut self) {
         self.state.request_stop(StopReason::Requested);
+        // A vCPU may be waiting on a vhost-user backend's reply: cut those connections so
+        // it returns (the backends see the frontend go, as they would at the VM's end).
+        for disconnector in self.disconnectors.drain(..) {
+            disconnector.disconnect();
+        }
         for thread in self.threads.drain(..) {
             // Re-kick until the thread is out: one signal may land before it enters KVM_RUN.
             while !thread.is_finished() {

@@ -1,5 +1,6 @@
 //! A stopped and dropped VM leaves nothing behind in the process: no vCPU thread and no file
-//! descriptor (KVM VM and vCPU fds, the guest memory memfd, eventfds). Alone in its test
+//! descriptor (KVM VM and vCPU fds, the guest memory memfd, eventfds, a virtio-mmio
+//! device's ioeventfds and irqfd). Alone in its test
 //! binary so that no other test opens or closes fds meanwhile.
 
 mod common;
@@ -7,7 +8,8 @@ mod common;
 use hull_tests::require;
 use hull_vmm::cpu::EntryMode;
 use hull_vmm::lifecycle::StopReason;
-use hull_vmm::vm::{Vm, VmConfig};
+use hull_vmm::virtio::{Activation, VirtioDevice};
+use hull_vmm::vm::{KickPath, Vm, VmConfig};
 use vm_memory::{Bytes, GuestAddress};
 
 use common::{kvm, Console};
@@ -59,6 +61,8 @@ fn run_two_vcpu_guest() -> String {
     let mut vm = Vm::new(config).unwrap();
     let console = Console::default();
     vm.add_serial(Box::new(console.clone())).unwrap();
+    vm.add_virtio_mmio(Box::new(Idle), KickPath::Kernel)
+        .unwrap();
     let code = [
         0xba, 0xf8, 0x03, 0xb0, b'h', 0xee, 0xb0, b'i', 0xee, 0xf4, 0xeb, 0xfd,
     ];
@@ -78,4 +82,25 @@ fn run_two_vcpu_guest() -> String {
     running.stop();
     assert_eq!(running.wait(), StopReason::Requested);
     console.text()
+}
+
+/// A virtio device with two queues and nothing behind them.
+struct Idle;
+
+impl VirtioDevice for Idle {
+    fn device_type(&self) -> u32 {
+        0x1f
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[8, 8]
+    }
+    fn read_config(&mut self, _offset: u64, _data: &mut [u8]) {}
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(&mut self, _activation: Activation<'_>) -> hull_vmm::Result<()> {
+        Ok(())
+    }
+    fn reset(&mut self) {}
 }

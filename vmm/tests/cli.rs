@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use common::kvm;
+use common::{kvm, tiny_kernel};
 use hull_tests::require;
 
 fn hull_vmm(args: &[&str]) -> Output {
@@ -50,6 +50,9 @@ fn help_documents_every_flag() {
         "--memory <MIB>",
         "--vcpus <N>",
         "--hide-cpu-features",
+        "--vhost-user-blk <SOCK>",
+        "--vhost-user-fs <SOCK,tag=TAG>",
+        "--vhost-user-net <SOCK>",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
@@ -88,6 +91,45 @@ fn too_little_memory_names_the_minimum() {
 }
 
 #[test]
+fn vhost_user_fs_without_a_tag_is_refused() {
+    let output = hull_vmm(&["--kernel", "k", "--vhost-user-fs", "/tmp/fs.sock"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("SOCK,tag=TAG"),
+        "{}",
+        stderr(&output)
+    );
+    let long_tag = format!("/tmp/fs.sock,tag={}", "t".repeat(37));
+    let output = hull_vmm(&["--kernel", "k", "--vhost-user-fs", &long_tag]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("1 to 36 bytes"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn absent_vhost_user_backend_names_its_socket() {
+    require!("absent_vhost_user_backend_names_its_socket", kvm());
+    let socket =
+        std::env::temp_dir().join(format!("hull-vmm-cli-{}-absent.sock", std::process::id()));
+    let output = hull_vmm(&[
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--vhost-user-blk",
+        socket.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("cannot connect to vhost-user backend")
+            && err.contains(socket.to_str().unwrap()),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_kernel_names_the_path() {
     require!("missing_kernel_names_the_path", kvm());
     let output = hull_vmm(&["--kernel", "/nonexistent/vmlinux", "--memory", "16"]);
@@ -113,29 +155,6 @@ fn malformed_kernel_names_the_path_and_the_problem() {
         )),
         "{err}"
     );
-}
-
-/// An ELF "kernel" without a PVH note: `code` loaded at 1 MiB and entered in 64-bit mode.
-fn tiny_kernel(code: &[u8]) -> Vec<u8> {
-    const LOAD: u64 = 0x10_0000;
-    let mut elf = vec![0u8; 0x78];
-    elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
-    elf[16..18].copy_from_slice(&2u16.to_le_bytes());
-    elf[18..20].copy_from_slice(&0x3eu16.to_le_bytes());
-    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
-    elf[24..32].copy_from_slice(&LOAD.to_le_bytes());
-    elf[32..40].copy_from_slice(&0x40u64.to_le_bytes());
-    elf[52..54].copy_from_slice(&0x40u16.to_le_bytes());
-    elf[54..56].copy_from_slice(&0x38u16.to_le_bytes());
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-    elf[0x40..0x44].copy_from_slice(&1u32.to_le_bytes());
-    elf[0x48..0x50].copy_from_slice(&0x78u64.to_le_bytes());
-    elf[0x50..0x58].copy_from_slice(&LOAD.to_le_bytes());
-    elf[0x58..0x60].copy_from_slice(&LOAD.to_le_bytes());
-    elf[0x60..0x68].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    elf[0x68..0x70].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    elf.extend_from_slice(code);
-    elf
 }
 
 #[test]

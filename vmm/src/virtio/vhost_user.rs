@@ -1,0 +1,561 @@
+//! The vhost-user frontend: a virtio device whose data plane is another process (hull-blk,
+//! hull-net, hull-fs, qemu-storage-daemon, virtiofsd, ...), reached over a unix socket with
+//! the vhost crate's [`Frontend`].
+//!
+//! One generic device serves every kind; a [`VhostUserKind`] only says the device type,
+//! how many queues it has, which backend features the VMM withholds, and where the
+//! configuration space comes from. At connection the frontend takes ownership of the
+//! backend and negotiates the vhost-user protocol features; when the driver sets
+//! DRIVER_OK it acknowledges the driver's features to the backend, shares guest RAM
+//! (`SET_MEM_TABLE`: the memfd of [`crate::memory::GuestMemory`] and each region's offset
+//! in it), and starts each ready queue (`SET_VRING_NUM/ADDR/BASE/CALL/KICK`, then
+//! `SET_VRING_ENABLE`). The kick fds are the transport's ioeventfds and the call fd is its
+//! irqfd, so a running queue involves KVM and the backend only.
+//!
+//! Configuration space reads are forwarded with `GET_CONFIG` when the backend offers it.
+//! They always ask for the whole space from offset 0 and cut the driver's window out
+//! locally, as QEMU does: libvhost-user backends (qemu-storage-daemon) ignore the offset.
+//! virtio-fs backends do not serve a configuration space, so the frontend builds it from
+//! the tag, as QEMU's vhost-user-fs device does.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use super::{Activation, Disconnector, VirtioDevice, TYPE_BLOCK, TYPE_FS, TYPE_NET};
+use crate::{Error, Result};
+
+/// The vhost-user feature bit saying the backend speaks protocol features; never offered
+/// to the driver.
+const PROTOCOL_FEATURES: u64 = 1 << 30;
+/// Descriptors per queue the driver may use.
+pub const QUEUE_SIZE: u16 = 256;
+/// Bytes of the virtio-blk configuration space up to `write_zeroes_may_unmap` and its
+/// padding (virtio 1.2 section 5.2.4): what hull-blk and libvhost-user both serve.
+const BLK_CONFIG_SIZE: usize = 60;
+/// Bytes of the virtio-net configuration space up to `mtu` (virtio 1.2 section 5.1.4).
+const NET_CONFIG_SIZE: usize = 12;
+/// Longest virtio-fs tag, in bytes (the `tag` field of `virtio_fs_config`).
+pub const FS_TAG_MAX: usize = 36;
+
+/// Connects to `socket`, retrying a few times while it refuses: a backend creates its
+/// socket file just before it listens on it (as `Frontend::connect` does).
+fn connect_retrying(socket: &Path) -> std::io::Result<UnixStream> {
+    let mut retries = 5;
+    loop {
+        match UnixStream::connect(socket) {
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused && retries > 0 => {
+                retries -= 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// What kind of device a vhost-user backend serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VhostUserKind {
+    /// A virtio-blk disk, one request queue.
+    Block,
+    /// A virtio-net interface: one receive and one transmit queue.
+    Net,
+    /// A virtio-fs file system mounted in the guest by `tag`: the high-priority queue and
+    /// one request queue.
+    Fs {
+        /// The mount tag, at most [`FS_TAG_MAX`] bytes.
+        tag: String,
+    },
+}
+
+impl VhostUserKind {
+    /// The virtio device type.
+    pub fn device_type(&self) -> u32 {
+        match self {
+            VhostUserKind::Block => TYPE_BLOCK,
+            VhostUserKind::Net => TYPE_NET,
+            VhostUserKind::Fs { .. } => TYPE_FS,
+        }
+    }
+
+    fn queues(&self) -> usize {
+        match self {
+            VhostUserKind::Block => 1,
+            VhostUserKind::Net | VhostUserKind::Fs { .. } => 2,
+        }
+    }
+
+    /// Backend features the driver is not offered: more queues than the VMM sets up
+    /// (blk and net multiqueue), and the net control queue, which a vhost-user frontend
+    /// would have to serve itself.
+    fn withheld_features(&self) -> u64 {
+        match self {
+            VhostUserKind::Block => 1 << VIRTIO_BLK_F_MQ,
+            VhostUserKind::Net => (1 << VIRTIO_NET_F_MQ) | (1 << VIRTIO_NET_F_CTRL_VQ),
+            VhostUserKind::Fs { .. } => 0,
+        }
+    }
+
+    /// The configuration space the frontend serves itself, if the kind has one.
+    fn local_config(&self) -> Option<Vec<u8>> {
+        match self {
+            VhostUserKind::Fs { tag } => {
+                // tag[36], then num_request_queues (le32) = 1.
+                let mut config = vec![0u8; FS_TAG_MAX + 4];
+                let len = tag.len().min(FS_TAG_MAX);
+                config[..len].copy_from_slice(&tag.as_bytes()[..len]);
+                config[FS_TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
+                Some(config)
+            }
+            VhostUserKind::Block | VhostUserKind::Net => None,
+        }
+    }
+
+    fn backend_config_size(&self) -> usize {
+        match self {
+            VhostUserKind::Block => BLK_CONFIG_SIZE,
+            VhostUserKind::Net => NET_CONFIG_SIZE,
+            VhostUserKind::Fs { .. } => 0,
+        }
+    }
+}
+
+/// A virtio device served by a vhost-user backend.
+pub struct VhostUserDevice {
+    socket: PathBuf,
+    kind: VhostUserKind,
+    frontend: Frontend,
+    /// A second handle on the frontend's connection, for [`Disconnector`]s.
+    connection: UnixStream,
+    backend_features: u64,
+    protocol_features: VhostUserProtocolFeatures,
+    queue_sizes: Vec<u16>,
+    local_config: Option<Vec<u8>>,
+    started: Vec<usize>,
+    /// Whether a failed GET_CONFIG was logged: the guest chooses how often it reads, so
+    /// a dead backend is reported once, not once per read.
+    config_error_logged: bool,
+}
+
+impl std::fmt::Debug for VhostUserDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostUserDevice")
+            .field("socket", &self.socket)
+            .field("kind", &self.kind)
+            .field("backend_features", &self.backend_features)
+            .field("protocol_features", &self.protocol_features)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VhostUserDevice {
+    /// Connects to the backend listening on `socket`, takes ownership of it and negotiates
+    /// the protocol features. Fails, naming the socket, if the backend is not there, lacks
+    /// VIRTIO_F_VERSION_1, or serves fewer queues than `kind` needs.
+    pub fn connect(socket: &Path, kind: VhostUserKind) -> Result<Self> {
+        if let VhostUserKind::Fs { tag } = &kind {
+            if tag.is_empty() || tag.len() > FS_TAG_MAX {
+                return Err(Error::VhostUserBackend {
+                    socket: socket.to_owned(),
+                    reason: format!("virtio-fs tag {tag:?} must be 1 to {FS_TAG_MAX} bytes"),
+                });
+            }
+        }
+        let fail = |op: &'static str| {
+            let socket = socket.to_owned();
+            move |source| Error::VhostUser { socket, op, source }
+        };
+        let queues = kind.queues();
+        // Connected here rather than by Frontend::connect, to keep a handle on the
+        // connection that can cut it (see `Disconnector`).
+        let connect_err = |err| {
+            fail("connect")(vhost::Error::VhostUserProtocol(
+                vhost::vhost_user::Error::SocketConnect(err),
+            ))
+        };
+        let stream = connect_retrying(socket).map_err(connect_err)?;
+        let connection = stream.try_clone().map_err(connect_err)?;
+        let mut frontend = Frontend::from_stream(stream, queues as u64);
+        frontend.set_owner().map_err(fail("SET_OWNER"))?;
+        let backend_features = frontend.get_features().map_err(fail("GET_FEATURES"))?;
+        if backend_features & (1 << VIRTIO_F_VERSION_1) == 0 {
+            return Err(Error::VhostUserBackend {
+                socket: socket.to_owned(),
+                reason: format!(
+                    "backend features {backend_features:#x} lack VIRTIO_F_VERSION_1 \
+                     (legacy-only backends are not supported)"
+                ),
+            });
+        }
+        let mut protocol_features = VhostUserProtocolFeatures::empty();
+        if backend_features & PROTOCOL_FEATURES != 0 {
+            let offered = frontend
+                .get_protocol_features()
+                .map_err(fail("GET_PROTOCOL_FEATURES"))?;
+            // What this frontend uses: the configuration space, the queue count, and
+            // acknowledged requests (so a backend's refusal is seen where it happens).
+            protocol_features = offered
+                & (VhostUserProtocolFeatures::CONFIG
+                    | VhostUserProtocolFeatures::MQ
+                    | VhostUserProtocolFeatures::REPLY_ACK);
+            frontend
+                .set_protocol_features(protocol_features)
+                .map_err(fail("SET_PROTOCOL_FEATURES"))?;
+            if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
+                let backend_queues = frontend.get_queue_num().map_err(fail("GET_QUEUE_NUM"))?;
+                if backend_queues < queues as u64 {
+                    return Err(Error::VhostUserBackend {
+                        socket: socket.to_owned(),
+                        reason: format!(
+                            "backend serves {backend_queues} queues, the device needs {queues}"
+                        ),
+                    });
+                }
+            }
+        }
+        tracing::info!(
+            socket = %socket.display(),
+            ?kind,
+            features = backend_features,
+            protocol = protocol_features.bits(),
+            "vhost-user backend connected"
+        );
+        Ok(Self {
+            socket: socket.to_owned(),
+            local_config: kind.local_config(),
+            kind,
+            frontend,
+            connection,
+            backend_features,
+            protocol_features,
+            queue_sizes: vec![QUEUE_SIZE; queues],
+            started: Vec::new(),
+            config_error_logged: false,
+        })
+    }
+
+    /// The kind of device.
+    pub fn kind(&self) -> &VhostUserKind {
+        &self.kind
+    }
+
+    /// The protocol features both sides use.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol_features
+    }
+
+    fn fail(&self, op: &'static str) -> impl FnOnce(vhost::Error) -> Error {
+        let socket = self.socket.clone();
+        move |source| Error::VhostUser { socket, op, source }
+    }
+
+    /// The whole configuration space, from the frontend itself or the backend.
+    fn config_space(&mut self) -> Result<Vec<u8>> {
+        if let Some(config) = &self.local_config {
+            return Ok(config.clone());
+        }
+        let size = self.kind.backend_config_size();
+        if size == 0
+            || !self
+                .protocol_features
+                .contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            return Ok(Vec::new());
+        }
+        let buf = vec![0u8; size];
+        let size32 = u32::try_from(size).unwrap_or(u32::MAX);
+        let (_, config) = self
+            .frontend
+            .get_config(0, size32, VhostUserConfigFlags::WRITABLE, &buf)
+            .map_err(self.fail("GET_CONFIG"))?;
+        Ok(config)
+    }
+
+    fn start_queues(&mut self, activation: &Activation<'_>) -> Result<()> {
+        let acked = activation.features | (self.backend_features & PROTOCOL_FEATURES);
+        self.frontend
+            .set_features(acked)
+            .map_err(self.fail("SET_FEATURES"))?;
+        let regions = activation
+            .memory
+            .iter()
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(self.fail("SET_MEM_TABLE (guest RAM not file-backed)"))?;
+        self.frontend
+            .set_mem_table(&regions)
+            .map_err(self.fail("SET_MEM_TABLE"))?;
+        let host = |addr: u64| -> Result<u64> {
+            activation
+                .memory
+                .get_host_address(GuestAddress(addr))
+                .map(|ptr| ptr as u64)
+                .map_err(|_| Error::GuestMemoryAccess { addr, len: 0 })
+        };
+        for queue in &activation.queues {
+            let index = usize::from(queue.index);
+            let Some(kick) = activation.kicks.get(index) else {
+                continue;
+            };
+            let addresses = VringConfigData {
+                queue_max_size: self.queue_sizes.get(index).copied().unwrap_or(QUEUE_SIZE),
+                queue_size: queue.size,
+                flags: 0,
+                desc_table_addr: host(queue.desc)?,
+                used_ring_addr: host(queue.used)?,
+                avail_ring_addr: host(queue.avail)?,
+                log_addr: None,
+            };
+            self.frontend
+                .set_vring_num(index, queue.size)
+                .map_err(self.fail("SET_VRING_NUM"))?;
+            self.frontend
+                .set_vring_addr(index, &addresses)
+                .map_err(self.fail("SET_VRING_ADDR"))?;
+            self.frontend
+                .set_vring_base(index, 0)
+                .map_err(self.fail("SET_VRING_BASE"))?;
+            self.frontend
+                .set_vring_call(index, activation.interrupt.eventfd())
+                .map_err(self.fail("SET_VRING_CALL"))?;
+            self.frontend
+                .set_vring_kick(index, kick)
+                .map_err(self.fail("SET_VRING_KICK"))?;
+            if acked & PROTOCOL_FEATURES != 0 {
+                // With protocol features, rings start disabled (vhost-user spec, "Ring states").
+                self.frontend
+                    .set_vring_enable(index, true)
+                    .map_err(self.fail("SET_VRING_ENABLE"))?;
+            }
+            self.started.push(index);
+        }
+        Ok(())
+    }
+}
+
+impl VirtioDevice for VhostUserDevice {
+    fn device_type(&self) -> u32 {
+        self.kind.device_type()
+    }
+
+    fn features(&self) -> u64 {
+        self.backend_features & !PROTOCOL_FEATURES & !self.kind.withheld_features()
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let config = match self.config_space() {
+            Ok(config) => config,
+            Err(err) => {
+                if !std::mem::replace(&mut self.config_error_logged, true) {
+                    tracing::warn!(
+                        error = %crate::error::Chain(&err),
+                        "virtio config read failed; the driver reads zeroes"
+                    );
+                }
+                return;
+            }
+        };
+        let Some(start) = usize::try_from(offset).ok().filter(|s| *s < config.len()) else {
+            return;
+        };
+        let end = start.saturating_add(data.len()).min(config.len());
+        data[..end - start].copy_from_slice(&config[start..end]);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let writable = self.local_config.is_none()
+            && self
+                .protocol_features
+                .contains(VhostUserProtocolFeatures::CONFIG);
+        let Some(offset) = u32::try_from(offset)
+            .ok()
+            .filter(|o| writable && (*o as usize) < self.kind.backend_config_size())
+        else {
+            tracing::debug!(offset, len = data.len(), "virtio config write dropped");
+            return;
+        };
+        if let Err(err) = self
+            .frontend
+            .set_config(offset, VhostUserConfigFlags::WRITABLE, data)
+        {
+            tracing::warn!(%err, offset, "vhost-user SET_CONFIG failed");
+        }
+    }
+
+    fn activate(&mut self, activation: Activation<'_>) -> Result<()> {
+        self.started.clear();
+        let result = self.start_queues(&activation);
+        if result.is_err() {
+            self.reset();
+        }
+        result
+    }
+
+    fn reset(&mut self) {
+        // GET_VRING_BASE stops a ring (vhost-user spec, "Ring states"); the next
+        // activation sets every ring up again from index 0.
+        for index in std::mem::take(&mut self.started) {
+            if let Err(err) = self.frontend.get_vring_base(index) {
+                tracing::warn!(%err, socket = %self.socket.display(), index, "vhost-user GET_VRING_BASE failed");
+            }
+        }
+    }
+
+    fn disconnector(&self) -> Option<Disconnector> {
+        match self.connection.try_clone() {
+            Ok(stream) => Some(Disconnector::new(stream)),
+            Err(err) => {
+                tracing::warn!(%err, socket = %self.socket.display(), "no disconnector for the vhost-user connection");
+                None
+            }
+        }
+    }
+
+    fn signals_from_outside(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_config_holds_the_tag_and_one_request_queue() {
+        let kind = VhostUserKind::Fs {
+            tag: "rootfs".into(),
+        };
+        let config = kind.local_config().unwrap();
+        assert_eq!(config.len(), 40);
+        assert_eq!(&config[..6], b"rootfs");
+        assert!(config[6..36].iter().all(|b| *b == 0));
+        assert_eq!(config[36..], 1u32.to_le_bytes());
+        assert_eq!(kind.queues(), 2);
+        assert_eq!(kind.device_type(), TYPE_FS);
+    }
+
+    #[test]
+    fn missing_backend_is_an_error_naming_the_socket() {
+        let socket = Path::new("/nonexistent/hull-vmm-test.sock");
+        let err = VhostUserDevice::connect(socket, VhostUserKind::Block).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/hull-vmm-test.sock"),
+            "{err}"
+        );
+    }
+
+    /// A backend that answers SET_OWNER and GET_FEATURES (VERSION_1 only, no protocol
+    /// features), then reads every request and never answers again; it tells `asked`
+    /// when GET_VRING_BASE arrives.
+    fn silent_backend(
+        socket: &Path,
+        asked: std::sync::mpsc::Sender<()>,
+    ) -> std::thread::JoinHandle<()> {
+        use std::io::{Read, Write};
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut header = [0u8; 12];
+            conn.read_exact(&mut header).unwrap(); // SET_OWNER
+            conn.read_exact(&mut header).unwrap(); // GET_FEATURES
+            assert_eq!(header[..4], 1u32.to_le_bytes(), "GET_FEATURES");
+            let mut reply = Vec::new();
+            for word in [1u32, 0x5, 8] {
+                reply.extend_from_slice(&word.to_le_bytes());
+            }
+            reply.extend_from_slice(&(1u64 << VIRTIO_F_VERSION_1).to_le_bytes());
+            conn.write_all(&reply).unwrap();
+            // Headers and bodies of what follows, until the frontend goes.
+            while conn.read_exact(&mut header).is_ok() {
+                let size = u32::from_le_bytes(header[8..12].try_into().unwrap());
+                let mut body = vec![0u8; size as usize];
+                if conn.read_exact(&mut body).is_err() {
+                    break;
+                }
+                if header[..4] == 11u32.to_le_bytes() {
+                    let _ = asked.send(()); // GET_VRING_BASE
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn disconnector_frees_a_request_waiting_on_a_silent_backend() {
+        use std::sync::mpsc;
+        use vmm_sys_util::eventfd::EventFd;
+
+        use crate::virtio::{Interrupt, QueueConfig};
+
+        /// Removes the directory even when the test fails.
+        struct TempDir(std::path::PathBuf);
+        impl Drop for TempDir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir =
+            TempDir(std::env::temp_dir().join(format!("hull-vmm-silent-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let socket = dir.0.join("silent.sock");
+        let (asked, vring_base_asked) = mpsc::channel();
+        let backend = silent_backend(&socket, asked);
+        let mut device = VhostUserDevice::connect(&socket, VhostUserKind::Block).unwrap();
+        let memory = crate::memory::GuestMemory::new(16).unwrap();
+        let kicks = [EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        // Without REPLY_ACK nothing in the set-up waits for an answer.
+        device
+            .activate(Activation {
+                memory: memory.mmap(),
+                features: 1 << VIRTIO_F_VERSION_1,
+                queues: vec![QueueConfig {
+                    index: 0,
+                    size: 16,
+                    desc: 0x1000,
+                    avail: 0x2000,
+                    used: 0x3000,
+                }],
+                kicks: &kicks,
+                interrupt: Interrupt::new().unwrap(),
+            })
+            .unwrap();
+        let disconnector = device.disconnector().unwrap();
+        // The reset waits for GET_VRING_BASE's answer, which never comes...
+        let (done, reset_returned) = mpsc::channel();
+        let resetting = std::thread::spawn(move || {
+            device.reset();
+            done.send(()).unwrap();
+        });
+        vring_base_asked
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the frontend asked for the ring base");
+        // ... until the connection is cut, as a VM's stop does.
+        disconnector.disconnect();
+        reset_returned
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the reset returned once disconnected");
+        resetting.join().unwrap();
+        backend.join().unwrap();
+    }
+
+    #[test]
+    fn overlong_or_empty_fs_tags_are_refused() {
+        for tag in ["", &"x".repeat(FS_TAG_MAX + 1)] {
+            let kind = VhostUserKind::Fs { tag: tag.into() };
+            let err = VhostUserDevice::connect(Path::new("/nonexistent"), kind).unwrap_err();
+            assert!(err.to_string().contains("tag"), "{err}");
+        }
+    }
+}
