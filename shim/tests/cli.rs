@@ -125,3 +125,59 @@ fn env_reports_the_files_the_resolved_paths_and_what_is_missing() {
     assert_eq!(value("vm.vcpus"), "3");
     assert_eq!(value("hull.version"), env!("CARGO_PKG_VERSION"));
 }
+
+#[test]
+fn bash_completion_registers_for_hull_and_knows_its_subcommands() {
+    let output = hull(&["completions", "bash"], None);
+    assert!(output.status.success(), "{}", all_output(&output));
+    let script = String::from_utf8_lossy(&output.stdout).into_owned();
+    for subcommand in [
+        "check",
+        "env",
+        "config",
+        "show-default-paths",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            script.contains(subcommand),
+            "{subcommand} missing from the script"
+        );
+    }
+    // Sourced by bash, it registers a completion function for `hull`.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("hull.bash");
+    std::fs::write(&file, &script).expect("writing the script");
+    let bash = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p hull", file.display()))
+        .output()
+        .expect("bash runs");
+    let registered = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        registered.contains("-F _hull") && registered.trim_end().ends_with("hull"),
+        "{registered}"
+    );
+}
+
+#[test]
+fn completions_for_an_unknown_shell_name_the_shells_there_are() {
+    let output = hull(&["completions", "tcsh"], None);
+    assert!(!output.status.success());
+    let text = all_output(&output);
+    assert!(
+        text.contains("tcsh") && text.contains("bash") && text.contains("zsh"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_manual_page_is_roff_covering_every_subcommand() {
+    let output = hull(&["man"], None);
+    assert!(output.status.success(), "{}", all_output(&output));
+    let page = String::from_utf8_lossy(&output.stdout);
+    assert!(page.contains(".TH hull 1"), "{page}");
+    for subcommand in ["check", "env", "config", "completions", "man"] {
+        assert!(page.contains(subcommand), "{subcommand} missing: {page}");
+    }
+}

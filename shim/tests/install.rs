@@ -131,6 +131,23 @@ fn install_stages_binaries_image_and_a_configuration_pointing_at_them() {
         b"kernel bytes"
     );
 
+    let completion =
+        std::fs::read_to_string(root.join("usr/local/share/bash-completion/completions/hull"))
+            .unwrap();
+    assert!(completion.contains("_hull()"), "{completion}");
+    assert!(
+        std::fs::read_to_string(root.join("usr/local/share/zsh/vendor-completions/_hull"))
+            .unwrap()
+            .contains("#compdef hull")
+    );
+    assert!(std::fs::read_to_string(
+        root.join("usr/local/share/fish/vendor_completions.d/hull.fish")
+    )
+    .unwrap()
+    .contains("complete -c hull"));
+    let man = std::fs::read_to_string(root.join("usr/local/share/man/man1/hull.1")).unwrap();
+    assert!(man.contains(".TH hull 1"), "{man}");
+
     // The installed hull reads the installed configuration: the image is the installed one,
     // everything else the built-in default.
     let conf = root.join("usr/share/defaults/hull/configuration.toml");

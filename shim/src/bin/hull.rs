@@ -31,6 +31,14 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Prints a shell completion script for hull (make install puts bash's, zsh's and fish's
+    /// where those shells look).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints hull's manual page (roff), generated from these definitions.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +81,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 boot_check(&loaded.config)?;
             }
             println!("this host has what hull needs");
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "hull", &mut std::io::stdout());
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
         }
         Command::Env => {
             let loaded = load_config(cli.config)?;
