@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -22,7 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::{BlkBackend, BlkDevice, SyncEngine};
-use crate::net::{Mac, NetBackend, NetDevice, Tap};
+use crate::net::{frontend_relay, Mac, NetBackend, NetDevice, Tap};
 use crate::vsock::backend::BACKEND_EVENT;
 use crate::vsock::{Muxer, VsockBackend, VsockDevice};
 use crate::{Error, Result};
@@ -306,9 +306,52 @@ pub fn serve_net_frontend(
     device: &Arc<NetDevice>,
     stop: BorrowedFd<'_>,
 ) -> Result<Outcome> {
+    if !wait_readable(listener.as_raw_fd(), stop)? {
+        return Ok(Outcome::Stopped);
+    }
+    let frontend = loop {
+        match listener.accept() {
+            Ok(Some(stream)) => break stream,
+            Ok(None) => {}
+            Err(err) => return Err(Error::Daemon(err.to_string())),
+        }
+    };
+    // The daemon serves the relay (see `frontend_relay`) on a private socket.
+    static RELAYS: AtomicU64 = AtomicU64::new(0);
+    let private = std::env::temp_dir().join(format!(
+        "hull-net-{}-{}.sock",
+        std::process::id(),
+        RELAYS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut inner = Listener::new(&private, true).map_err(|source| Error::Listen {
+        path: private.clone(),
+        source,
+    })?;
+    let relay_end =
+        std::os::unix::net::UnixStream::connect(&private).map_err(|source| Error::Bind {
+            path: private.clone(),
+            source,
+        })?;
     let backend = Arc::new(NetBackend::new(Arc::clone(device)));
-    serve_frontend(listener, "hull-net", Arc::clone(&backend), stop, |daemon| {
-        backend.register_taps(daemon)
+    std::thread::scope(|scope| {
+        let shutdown = (frontend.try_clone(), relay_end.try_clone());
+        frontend_relay::relay(scope, frontend, relay_end).map_err(|source| Error::Os {
+            what: "starting the vhost-user relay",
+            source,
+        })?;
+        let outcome = serve_frontend(
+            &mut inner,
+            "hull-net",
+            Arc::clone(&backend),
+            stop,
+            |daemon| backend.register_taps(daemon),
+        );
+        // Whatever ended serving, end the relay too (its threads join with the scope).
+        if let (Ok(a), Ok(b)) = shutdown {
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            let _ = b.shutdown(std::net::Shutdown::Both);
+        }
+        outcome
     })
 }
 

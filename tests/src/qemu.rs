@@ -36,7 +36,9 @@ pub struct VhostUserDevice {
     /// The backend's vhost-user socket.
     pub socket: PathBuf,
     /// QEMU's device model and its options after the chardev, e.g.
-    /// `vhost-user-fs-device,tag=hullfs` (the virtio-mmio models suit microvm).
+    /// `vhost-user-fs-device,tag=hullfs` (the virtio-mmio models suit microvm). A
+    /// `virtio-net-device` or `virtio-net-pci` model gets its backend through a
+    /// `-netdev vhost-user` on the chardev instead, as QEMU wants for vhost-user-net.
     pub model: String,
 }
 
@@ -128,6 +130,15 @@ impl Guest {
                 "socket,id=dev{index},path={}",
                 device.socket.display()
             ));
+            if model.starts_with("virtio-net-") {
+                command
+                    .arg("-netdev")
+                    .arg(format!("vhost-user,id=net{index},chardev=dev{index}"));
+                command
+                    .arg("-device")
+                    .arg(format!("{model},netdev=net{index}{options}"));
+                continue;
+            }
             command
                 .arg("-device")
                 .arg(format!("{model},chardev=dev{index}{options}"));

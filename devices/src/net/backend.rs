@@ -166,6 +166,8 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn features(&self) -> u64 {
+        // QEMU's vhost-user-net needs protocol features; its message order needs the relay in
+        // front of the daemon (see `super::frontend_relay`).
         self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 

@@ -5,9 +5,11 @@
 //! - [`device`], features, config space, counters.
 //! - [`queue_pair`], moving frames between a queue pair and a tap queue.
 //! - [`backend`], the vhost-user backend around the device, one worker thread per queue pair.
+//! - [`frontend_relay`], putting QEMU's vhost-user-net messages in the order the daemon takes.
 
 pub mod backend;
 pub mod device;
+pub mod frontend_relay;
 pub mod queue_pair;
 pub mod tap;
 

@@ -263,7 +263,8 @@ impl Tap {
         Ok(())
     }
 
-    /// The interface's MTU in bytes.
+    /// The interface's MTU in bytes, asked in the tap's own network namespace (a tap passed
+    /// in may live in another one, such as a pod's).
     pub fn mtu(&self) -> Result<u16, TapError> {
         let setup = |what, source| TapError::Setup {
             name: self.name.clone(),
@@ -273,7 +274,23 @@ impl Tap {
         let mut req = ifreq(&self.name).ok_or_else(|| TapError::InvalidName {
             name: self.name.clone(),
         })?;
-        let sock = socket().map_err(|e| setup("socket for interface ioctls", e))?;
+        let sock = match self.namespace() {
+            Some(ns) => std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        // SAFETY: setns on this short-lived thread only, with a namespace
+                        // descriptor we own; the socket keeps that namespace after it ends.
+                        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        socket()
+                    })
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+            }),
+            None => socket(),
+        }
+        .map_err(|e| setup("socket for interface ioctls in the tap's namespace", e))?;
         // SAFETY: SIOCGIFMTU writes the MTU into the ifreq's union, which `req` is and which
         // outlives the call.
         let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
@@ -288,6 +305,16 @@ impl Tap {
                 std::io::ErrorKind::InvalidData.into(),
             )
         })
+    }
+
+    /// The tap's network namespace (`SIOCGSKNS` on its descriptor), if the kernel says.
+    fn namespace(&self) -> Option<OwnedFd> {
+        let fd = self.queues.first()?;
+        // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor of the tap's
+        // network namespace, or fails.
+        let ns = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGSKNS) };
+        // SAFETY: on success the ioctl returned a new descriptor that nothing else owns.
+        (ns >= 0).then(|| unsafe { OwnedFd::from_raw_fd(ns) })
     }
 
     /// A 12-byte header, no offloads until the guest accepts some, and a probe of which the
