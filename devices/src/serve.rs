@@ -316,20 +316,22 @@ pub fn serve_net_frontend(
             Err(err) => return Err(Error::Daemon(err.to_string())),
         }
     };
-    // The daemon serves the relay (see `frontend_relay`) on a private socket.
+    // The daemon serves the relay (see `frontend_relay`) on a socket in a directory only we
+    // may enter, so no other user can reach the daemon first; both go when this returns.
     static RELAYS: AtomicU64 = AtomicU64::new(0);
-    let private = std::env::temp_dir().join(format!(
-        "hull-net-{}-{}.sock",
+    let private = PrivateDir::create(&format!(
+        "hull-net-{}-{}",
         std::process::id(),
         RELAYS.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut inner = Listener::new(&private, true).map_err(|source| Error::Listen {
-        path: private.clone(),
+    ))?;
+    let path = private.0.join("daemon.sock");
+    let mut inner = Listener::new(&path, true).map_err(|source| Error::Listen {
+        path: path.clone(),
         source,
     })?;
     let relay_end =
-        std::os::unix::net::UnixStream::connect(&private).map_err(|source| Error::Bind {
-            path: private.clone(),
+        std::os::unix::net::UnixStream::connect(&path).map_err(|source| Error::Bind {
+            path: path.clone(),
             source,
         })?;
     let backend = Arc::new(NetBackend::new(Arc::clone(device)));
@@ -353,6 +355,30 @@ pub fn serve_net_frontend(
         }
         outcome
     })
+}
+
+/// A directory of mode 0700 under the temporary directory, removed with its content on drop.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn create(name: &str) -> Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(name);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| Error::Bind {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Serves one frontend from `listener` with `backend`: `setup` runs on the daemon before the

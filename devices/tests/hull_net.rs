@@ -505,9 +505,23 @@ fn frames_both_ways(test: &str, ns: &NetNs, backend: &mut Reaped, socket: &Path,
         "num_buffers"
     );
 
+    let pid = backend.0.id();
     drop(guest);
     common::expect_exit_after_frontend(backend, log, "hull-net");
     assert!(!socket.exists(), "{test}: hull-net removed its socket");
+    let relay_dirs: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("hull-net-{pid}-"))
+        })
+        .collect();
+    assert!(
+        relay_dirs.is_empty(),
+        "{test}: relay sockets left: {relay_dirs:?}"
+    );
 }
 
 fn start_in_ns(ns: &NetNs, dir: &Path, extra: &[&str]) -> (Reaped, PathBuf, PathBuf) {
@@ -630,15 +644,27 @@ fn a_tap_descriptor_passed_in_is_served() {
 }
 
 #[test]
-fn sigterm_stops_hull_net_cleanly_before_any_frontend() {
-    let test = "sigterm_stops_hull_net_cleanly_before_any_frontend";
+fn keep_listening_serves_frontends_until_sigterm_and_cleans_up() {
+    let test = "keep_listening_serves_frontends_until_sigterm_and_cleans_up";
     require!(test, net_admin());
     let dir = TempDir::new("net-sigterm");
-    let ns = NetNs::new("net-sigterm", "hns0", false);
-    let (mut backend, socket, log) = start_in_ns(&ns, &dir.0, &["--keep-listening"]);
-    common::brief_frontend(&socket);
-    terminate(&mut backend, &log);
-    assert!(!socket.exists(), "socket removed");
+    let name;
+    {
+        let ns = NetNs::new("net-sigterm", "hns0", false);
+        name = ns.name.clone();
+        let (mut backend, socket, log) = start_in_ns(&ns, &dir.0, &["--keep-listening"]);
+        for _ in 0..2 {
+            common::brief_frontend(&socket);
+        }
+        assert!(
+            backend.0.try_wait().expect("try_wait").is_none(),
+            "still serving: {}",
+            read(&log)
+        );
+        terminate(&mut backend, &log);
+        assert!(!socket.exists(), "socket removed");
+    }
+    assert_gone(&name);
 }
 
 #[test]

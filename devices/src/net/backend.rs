@@ -44,10 +44,15 @@ pub struct NetBackend {
 }
 
 impl NetBackend {
-    /// A backend serving `device` (shared with the backends of later frontends).
+    /// A backend serving `device` (shared with the backends of later frontends). The tap
+    /// goes back to what a guest that accepted nothing gets, until this frontend's guest
+    /// accepts its features.
     pub fn new(device: Arc<NetDevice>) -> Self {
         let pairs = usize::from(device.queue_pairs());
-        let format = FrameFormat::new(0, device.mtu());
+        let format = device.accept_features(0).unwrap_or_else(|err| {
+            error!(%err, "cannot reset the tap for a new frontend");
+            FrameFormat::new(0, device.mtu())
+        });
         Self {
             device,
             mem: RwLock::new(None),
