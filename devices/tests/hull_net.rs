@@ -17,6 +17,7 @@ use std::time::Duration;
 use hull_tests::prereq::Missing;
 use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
 use hull_tests::{artifacts, guest_program, require};
+use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -260,6 +261,8 @@ struct FakeGuest {
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
     rings: [(GuestAddress, GuestAddress, GuestAddress); 2],
+    /// The device's config space as the frontend read it.
+    config: Vec<u8>,
     next_desc: [u16; 2],
     next_buf: u64,
     used_seen: [u16; 2],
@@ -296,6 +299,9 @@ impl FakeGuest {
         let region = mem.find_region(GuestAddress(0)).expect("region");
         let region = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
         frontend.set_mem_table(&[region]).expect("mem table");
+        let (_, config) = frontend
+            .get_config(0, 12, VhostUserConfigFlags::empty(), &[0; 12])
+            .expect("config space");
         let host_base = mem.get_host_address(GuestAddress(0)).expect("mapped") as u64;
         let new_fd = || EventFd::new(EFD_NONBLOCK).expect("eventfd");
         let kicks = vec![new_fd(), new_fd()];
@@ -327,6 +333,7 @@ impl FakeGuest {
             kicks,
             calls,
             rings,
+            config,
             next_desc: [0, 0],
             next_buf: 0x10_0000,
             used_seen: [0, 0],
@@ -451,10 +458,29 @@ fn wait_readable(fd: RawFd, timeout: Duration) {
 /// A frame from the fake guest comes out of the tap, and a frame sent into the tap reaches
 /// the guest's rx buffer behind a header with num_buffers 1; then the frontend leaves and
 /// hull-net exits 0 saying so.
-fn frames_both_ways(test: &str, ns: &NetNs, backend: &mut Reaped, socket: &Path, log: &Path) {
+fn frames_both_ways(
+    test: &str,
+    ns: &NetNs,
+    pairs: u16,
+    backend: &mut Reaped,
+    socket: &Path,
+    log: &Path,
+) {
     let packets = PacketSocket::open(ns);
     let mut guest = FakeGuest::connect(socket);
     assert_ne!(guest.features & (1 << 15), 0, "{test}: MRG_RXBUF offered");
+    assert_eq!(guest.config[..6], GUEST_MAC, "{test}: the MAC from --mac");
+    assert_eq!(guest.config[6..8], [1, 0], "{test}: link up");
+    assert_eq!(
+        guest.config[8..10],
+        pairs.to_le_bytes(),
+        "{test}: queue pairs"
+    );
+    assert_eq!(
+        guest.config[10..12],
+        1500u16.to_le_bytes(),
+        "{test}: the tap's MTU"
+    );
 
     let out = frame([0xff; 6], GUEST_MAC, b"from the guest through hull-net");
     guest.send(&out);
@@ -560,7 +586,7 @@ fn frames_cross_a_real_tap_both_ways_and_nothing_is_left_behind() {
         let ns = NetNs::new("net-tap", "hnt0", false);
         name = ns.name.clone();
         let (mut backend, socket, log) = start_in_ns(&ns, &dir.0, &[]);
-        frames_both_ways(test, &ns, &mut backend, &socket, &log);
+        frames_both_ways(test, &ns, 1, &mut backend, &socket, &log);
         assert!(
             read(&log).contains("offloads"),
             "the log names the tap's offloads"
@@ -580,7 +606,7 @@ fn two_queue_pairs_on_a_multi_queue_tap_carry_frames() {
         name = ns.name.clone();
         let (mut backend, socket, log) = start_in_ns(&ns, &dir.0, &["--queues", "2"]);
         // The fake guest drives the first pair; the second has its own worker and tap queue.
-        frames_both_ways(test, &ns, &mut backend, &socket, &log);
+        frames_both_ways(test, &ns, 2, &mut backend, &socket, &log);
         assert!(read(&log).contains("queue_pairs=2"), "log:\n{}", read(&log));
     }
     assert_gone(&name);
@@ -607,7 +633,7 @@ fn a_tap_descriptor_passed_in_is_served() {
         command
             .arg("--socket")
             .arg(&socket)
-            .args(["--tap-fd", &fd.to_string()])
+            .args(["--tap-fd", &fd.to_string(), "--mac", "52:54:00:77:00:02"])
             .env("HULL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -638,7 +664,7 @@ fn a_tap_descriptor_passed_in_is_served() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        frames_both_ways(test, &ns, &mut backend, &socket, &log);
+        frames_both_ways(test, &ns, 1, &mut backend, &socket, &log);
     }
     assert_gone(&name);
 }
