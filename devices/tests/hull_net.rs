@@ -736,62 +736,94 @@ fn bad_arguments_are_refused_with_messages_naming_them() {
     }
 }
 
-/// Accepts one connection (waiting at most [`GUEST_BOUND`]) and echoes it until EOF;
-/// returns the bytes echoed.
-fn tcp_echo(listener: std::net::TcpListener) -> usize {
+/// Accepts `connections` connections one after the other (waiting at most [`GUEST_BOUND`]
+/// in all) and echoes each until EOF; returns the bytes echoed.
+fn tcp_echo(listener: std::net::TcpListener, connections: usize) -> usize {
     use std::io::{Read, Write};
     listener.set_nonblocking(true).expect("nonblocking");
     let deadline = std::time::Instant::now() + GUEST_BOUND;
-    let mut stream = loop {
-        match listener.accept() {
-            Ok((stream, _)) => break stream,
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(_) => return 0,
-        }
-    };
-    stream.set_nonblocking(false).expect("blocking");
-    stream.set_read_timeout(Some(GUEST_BOUND)).expect("timeout");
-    let mut buf = vec![0u8; 65_536];
     let mut total = 0;
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 || stream.write_all(&buf[..n]).is_err() {
-            break;
+    for _ in 0..connections {
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(_) => return total,
+            }
+        };
+        stream.set_nonblocking(false).expect("blocking");
+        stream.set_read_timeout(Some(GUEST_BOUND)).expect("timeout");
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            total += n;
         }
-        total += n;
     }
     total
 }
 
 #[test]
 fn a_linux_guest_pings_the_host_tap_through_hull_net_under_qemu() {
-    let test = "a_linux_guest_pings_the_host_tap_through_hull_net_under_qemu";
+    guest_pings_and_echoes(
+        "a_linux_guest_pings_the_host_tap_through_hull_net_under_qemu",
+        1,
+    );
+}
+
+/// The guest drives both queue pairs (one TCP echo from each of its two CPUs), and each
+/// pair carries frames both ways.
+#[test]
+fn a_linux_guest_uses_two_queue_pairs_of_hull_net_under_qemu() {
+    guest_pings_and_echoes(
+        "a_linux_guest_uses_two_queue_pairs_of_hull_net_under_qemu",
+        2,
+    );
+}
+
+/// Boots a guest with `pairs` vCPUs on hull-net with `pairs` queue pairs; it pings the tap and
+/// echoes 1 MiB over TCP from each vCPU. Checks the counters and that nothing is left.
+fn guest_pings_and_echoes(test: &str, pairs: u16) {
     require!(test, net_admin());
     let kernel = require!(test, artifacts::vmlinux());
-    let dir = TempDir::new("net-qemu");
+    let dir = TempDir::new(&format!("net-qemu{pairs}"));
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/net_ping.rs");
     let initrd =
         require!(test, guest_program::build_initrd(&source, &dir.0)).expect("the guest builds");
     let name;
     {
-        let ns = NetNs::new("net-qemu", "hnq0", false);
+        let ns = NetNs::new(
+            &format!("net-qemu{pairs}"),
+            &format!("hnq{pairs}"),
+            pairs > 1,
+        );
         name = ns.name.clone();
-        let (mut backend, socket, log) = start_in_ns(&ns, &dir.0, &[]);
-        // The host end of the guest's TCP echo, listening on the tap's address.
+        let queues = pairs.to_string();
+        let (mut backend, socket, log) = start_in_ns(&ns, &dir.0, &["--queues", &queues]);
+        // The host end of the guest's TCP echoes, listening on the tap's address.
         let listener = ns.within(|| {
             std::net::TcpListener::bind((HOST_IP, 7777)).expect("binding the echo port")
         });
-        let echo = std::thread::spawn(move || tcp_echo(listener));
+        let echo = std::thread::spawn(move || tcp_echo(listener, usize::from(pairs)));
+        let mq = if pairs > 1 {
+            format!(",mq=on,queues={pairs}")
+        } else {
+            String::new()
+        };
         let config = GuestConfig {
             kernel,
             initrd,
-            extra_cmdline: format!("HULL_NET_GUEST_IP={GUEST_IP} HULL_NET_HOST_IP={HOST_IP}"),
+            extra_cmdline: format!(
+                "HULL_NET_GUEST_IP={GUEST_IP} HULL_NET_HOST_IP={HOST_IP} HULL_NET_PAIRS={pairs}"
+            ),
             memory_mib: 256,
-            vcpus: 1,
+            vcpus: u32::from(pairs),
             devices: vec![VhostUserDevice {
                 socket: socket.clone(),
-                model: "virtio-net-device,mac=52:54:00:77:00:02".into(),
+                model: format!("virtio-net-device,mac=52:54:00:77:00:02{mq}"),
             }],
         };
         let guest = require!(test, Guest::start(&config)).expect("QEMU starts");
@@ -802,27 +834,44 @@ fn a_linux_guest_pings_the_host_tap_through_hull_net_under_qemu() {
             "guest verdict; console:\n{console}\nhull-net log:\n{}",
             read(&log)
         );
-        assert_eq!(echo.join().expect("echo thread"), 1 << 20, "bytes echoed");
+        assert_eq!(
+            echo.join().expect("echo thread"),
+            usize::from(pairs) << 20,
+            "bytes echoed"
+        );
         let log_text = common::expect_exit_after_frontend(&mut backend, &log, "hull-net");
-        // The 1 MiB echo went out and came back through hull-net, and nothing was malformed.
+        // The echoes went out and came back through hull-net, and nothing was malformed.
+        let line = log_text
+            .lines()
+            .find(|l| l.contains("device counters"))
+            .unwrap_or_else(|| panic!("no counters; log:\n{log_text}"));
         let counter = |name: &str| -> u64 {
-            log_text
-                .split(&format!("{name}: "))
+            line.split(&format!("{name}: "))
                 .nth(1)
                 .and_then(|rest| rest.split([',', ' ']).next())
                 .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in the counters; log:\n{log_text}"))
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
         };
-        assert!(counter("tx_bytes") >= 1 << 20, "{log_text}");
-        assert!(counter("rx_bytes") >= 1 << 20, "{log_text}");
-        assert_eq!(counter("malformed"), 0, "{log_text}");
-        eprintln!(
-            "{test}: hull-net {}",
-            log_text
-                .lines()
-                .find(|l| l.contains("device counters"))
-                .unwrap_or_default()
-        );
+        let per_pair = |name: &str| -> Vec<u64> {
+            line.split(&format!("{name}: ["))
+                .nth(1)
+                .and_then(|rest| rest.split(']').next())
+                .map(|list| list.split(", ").filter_map(|n| n.parse().ok()).collect())
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+        };
+        let bytes = u64::from(pairs) << 20;
+        assert!(counter("tx_bytes") >= bytes, "{line}");
+        assert!(counter("rx_bytes") >= bytes, "{line}");
+        assert_eq!(counter("malformed"), 0, "{line}");
+        for list in ["tx_frames_per_pair", "rx_frames_per_pair"] {
+            let frames = per_pair(list);
+            assert_eq!(frames.len(), usize::from(pairs), "{line}");
+            assert!(
+                frames.iter().all(|&n| n > 0),
+                "every pair carried frames: {line}"
+            );
+        }
+        eprintln!("{test}: hull-net {line}");
         assert!(!socket.exists(), "hull-net removed its socket");
     }
     assert_gone(&name);

@@ -38,7 +38,8 @@ pub struct VhostUserDevice {
     /// QEMU's device model and its options after the chardev, e.g.
     /// `vhost-user-fs-device,tag=hullfs` (the virtio-mmio models suit microvm). A
     /// `virtio-net-device` or `virtio-net-pci` model gets its backend through a
-    /// `-netdev vhost-user` on the chardev instead, as QEMU wants for vhost-user-net.
+    /// `-netdev vhost-user` on the chardev instead, as QEMU wants for vhost-user-net (a
+    /// `queues=N` option goes to that netdev).
     pub model: String,
 }
 
@@ -131,12 +132,19 @@ impl Guest {
                 device.socket.display()
             ));
             if model.starts_with("virtio-net-") {
-                command
-                    .arg("-netdev")
-                    .arg(format!("vhost-user,id=net{index},chardev=dev{index}"));
+                // `queues=N` belongs to the netdev; the rest to the device.
+                let (queues, options): (Vec<&str>, Vec<&str>) = options
+                    .split(',')
+                    .filter(|o| !o.is_empty())
+                    .partition(|o| o.starts_with("queues="));
+                let netdev_options: String = queues.iter().map(|q| format!(",{q}")).collect();
+                let device_options: String = options.iter().map(|o| format!(",{o}")).collect();
+                command.arg("-netdev").arg(format!(
+                    "vhost-user,id=net{index},chardev=dev{index}{netdev_options}"
+                ));
                 command
                     .arg("-device")
-                    .arg(format!("{model},netdev=net{index}{options}"));
+                    .arg(format!("{model},netdev=net{index}{device_options}"));
                 continue;
             }
             command

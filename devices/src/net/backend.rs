@@ -94,6 +94,7 @@ impl NetBackend {
         let fd = self.device.tap().queues().get(pair)?;
         let format = *self.format.read().ok()?;
         Some(QueuePair::new(
+            pair,
             fd.as_fd(),
             format,
             self.device.counter_set(),

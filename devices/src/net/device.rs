@@ -126,10 +126,12 @@ pub struct Counters {
     pub(crate) rx_bytes: AtomicU64,
     pub(crate) rx_dropped: AtomicU64,
     pub(crate) malformed: AtomicU64,
+    /// Frames sent and received, by queue pair.
+    pub(crate) per_pair: Vec<(AtomicU64, AtomicU64)>,
 }
 
 /// A snapshot of [`Counters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CounterValues {
     /// Frames the guest sent that went out on the tap.
     pub tx_frames: u64,
@@ -146,9 +148,30 @@ pub struct CounterValues {
     /// Chains refused (loops, outside memory, wrong direction, too long, too short), on
     /// either queue.
     pub malformed: u64,
+    /// Frames the guest sent, by queue pair.
+    pub tx_frames_per_pair: Vec<u64>,
+    /// Frames delivered to the guest, by queue pair.
+    pub rx_frames_per_pair: Vec<u64>,
 }
 
 impl Counters {
+    /// Counters for `pairs` queue pairs.
+    pub fn new(pairs: usize) -> Self {
+        Self {
+            per_pair: (0..pairs)
+                .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Counts a frame sent (`tx`) or received on queue pair `pair`.
+    pub(crate) fn pair_frame(&self, pair: usize, tx: bool) {
+        if let Some((sent, received)) = self.per_pair.get(pair) {
+            Self::add(if tx { sent } else { received }, 1);
+        }
+    }
+
     /// Adds `n` to `counter`.
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -165,6 +188,8 @@ impl Counters {
             rx_bytes: get(&self.rx_bytes),
             rx_dropped: get(&self.rx_dropped),
             malformed: get(&self.malformed),
+            tx_frames_per_pair: self.per_pair.iter().map(|(t, _)| get(t)).collect(),
+            rx_frames_per_pair: self.per_pair.iter().map(|(_, r)| get(r)).collect(),
         }
     }
 }
@@ -182,11 +207,12 @@ impl NetDevice {
     /// A device on `tap` whose guest has address `mac`.
     pub fn new(tap: Tap, mac: Mac) -> Result<Self, TapError> {
         let mtu = tap.mtu()?;
+        let pairs = tap.queues().len();
         Ok(Self {
             tap,
             mac,
             mtu,
-            counters: Counters::default(),
+            counters: Counters::new(pairs),
         })
     }
 

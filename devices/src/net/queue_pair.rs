@@ -53,6 +53,7 @@ struct RxChain {
 
 /// One queue pair's frames to and from one tap queue.
 pub struct QueuePair<'a> {
+    pair: usize,
     fd: BorrowedFd<'a>,
     format: FrameFormat,
     counters: &'a Counters,
@@ -67,9 +68,15 @@ enum Gathered {
 }
 
 impl<'a> QueuePair<'a> {
-    /// Frames in `format` between a queue pair and the tap queue `fd` (non-blocking).
-    pub fn new(fd: BorrowedFd<'a>, format: FrameFormat, counters: &'a Counters) -> Self {
+    /// Frames in `format` between queue pair `pair` and the tap queue `fd` (non-blocking).
+    pub fn new(
+        pair: usize,
+        fd: BorrowedFd<'a>,
+        format: FrameFormat,
+        counters: &'a Counters,
+    ) -> Self {
         Self {
+            pair,
             fd,
             format,
             counters,
@@ -132,6 +139,7 @@ impl<'a> QueuePair<'a> {
             return;
         }
         Counters::add(&self.counters.tx_frames, 1);
+        self.counters.pair_frame(self.pair, true);
         let frame = len.saturating_sub(self.format.hdr_len) as u64;
         Counters::add(&self.counters.tx_bytes, frame);
     }
@@ -301,6 +309,7 @@ impl<'a> QueuePair<'a> {
         spare.drain(..filled.len());
         pass.used += filled.len();
         Counters::add(&self.counters.rx_frames, 1);
+        self.counters.pair_frame(self.pair, false);
         Counters::add(&self.counters.rx_bytes, (n - self.format.hdr_len) as u64);
         Ok(())
     }
@@ -415,6 +424,7 @@ mod tests {
         assert!(guest.host_recv().is_none(), "exactly one frame");
         let c = guest.counters.values();
         assert_eq!((c.tx_frames, c.tx_bytes, c.tx_dropped), (1, 1000, 0));
+        assert_eq!(c.tx_frames_per_pair, [1]);
     }
 
     #[test]
@@ -497,6 +507,7 @@ mod tests {
         assert_eq!(used, vec![(1, 72)]);
         let c = guest.counters.values();
         assert_eq!((c.rx_frames, c.rx_bytes), (2, 660));
+        assert_eq!(c.rx_frames_per_pair, [2]);
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl<'a> NetGuest<'a> {
             device_end: OwnedFd::from(device_end),
             host,
             format: FrameFormat::new(features, 1500),
-            counters: Counters::default(),
+            counters: Counters::new(1),
         }
     }
 
@@ -152,7 +152,7 @@ impl<'a> NetGuest<'a> {
 
     /// Lets the device serve the tx queue; returns the used entries it produced.
     pub fn run_tx(&mut self) -> Vec<(u32, u32)> {
-        let pair = QueuePair::new(self.device_end.as_fd(), self.format, &self.counters);
+        let pair = QueuePair::new(0, self.device_end.as_fd(), self.format, &self.counters);
         pair.process_tx(&mut self.txq, self.mem)
             .expect("tx queue usable");
         let (idx, entries) = used_entries(self.mem, &self.tx, self.tx_seen);
@@ -162,7 +162,7 @@ impl<'a> NetGuest<'a> {
 
     /// Lets the device serve the rx queue; returns the pass and the used entries.
     pub fn run_rx(&mut self) -> (RxPass, Vec<(u32, u32)>) {
-        let pair = QueuePair::new(self.device_end.as_fd(), self.format, &self.counters);
+        let pair = QueuePair::new(0, self.device_end.as_fd(), self.format, &self.counters);
         let pass = pair
             .process_rx(&mut self.rxq, self.mem)
             .expect("rx queue usable");

@@ -8,6 +8,7 @@
 //! 3. Connects to the host's TCP echo on port [`ECHO_PORT`], sends [`STREAM_BYTES`] of a
 //!    pattern, half-closes and checks the echo: segments larger than the MTU go both ways
 //!    when the guest took the segmentation offloads, and checksums are left to the far end.
+//!    With `HULL_NET_PAIRS=N`, once from each of CPUs 0 to N-1 (one queue pair each).
 //! 4. Prints `net-ping-guest: PASS` or `net-ping-guest: FAIL <why>` and stops the VM.
 //!
 //! Like the other guest programs it depends on nothing but std (the few libc calls are
@@ -56,8 +57,32 @@ fn run() -> Result<(), String> {
         ping(&icmp, host, seq, size)?;
         println!("net-ping-guest: {size}-byte ping to {host} answered");
     }
-    echo(host)?;
-    println!("net-ping-guest: {STREAM_BYTES} bytes echoed over TCP");
+    // With several queue pairs, one echo from each CPU: the driver maps CPU i's transmits
+    // to queue pair i.
+    let pairs: usize = match std::env::var("HULL_NET_PAIRS") {
+        Ok(n) => n.parse().map_err(|_| format!("bad HULL_NET_PAIRS {n}"))?,
+        Err(_) => 1,
+    };
+    for cpu in 0..pairs {
+        if pairs > 1 {
+            pin(cpu)?;
+        }
+        echo(host)?;
+        println!("net-ping-guest: {STREAM_BYTES} bytes echoed over TCP from CPU {cpu}");
+    }
+    Ok(())
+}
+
+/// Moves this thread to CPU `cpu` alone.
+fn pin(cpu: usize) -> Result<(), String> {
+    let mask: u64 = 1 << cpu;
+    // SAFETY: `mask` is a valid CPU set of 8 bytes for the calling thread (pid 0).
+    if unsafe { sys::sched_setaffinity(0, 8, &mask) } < 0 {
+        return Err(format!(
+            "moving to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     Ok(())
 }
 
@@ -254,6 +279,7 @@ mod sys {
 
     extern "C" {
         pub fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+        pub fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
         pub fn ioctl(fd: i32, request: u64, arg: *mut u8) -> i32;
         pub fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, len: u32) -> i32;
         pub fn sendto(fd: i32, buf: *const u8, len: usize, flags: i32, to: *const u8, tolen: u32)
