@@ -249,7 +249,7 @@ impl<'a> QueuePair<'a> {
         let mut io = IoVecs::default();
         let mut chains = 0;
         for chain in spare {
-            if io.count_usize() + chain.buffers.len() > MAX_IOVECS || !io.add(mem, &chain.buffers) {
+            if !io.add(mem, &chain.buffers, MAX_IOVECS) {
                 break;
             }
             chains += 1;
@@ -351,17 +351,22 @@ impl IoVecs {
     /// `limit` pieces.
     fn new(mem: &Mem, buffers: &[Buffer], limit: usize) -> Option<Self> {
         let mut io = Self::default();
-        (io.add(mem, buffers) && io.iovecs.len() <= limit).then_some(io)
+        io.add(mem, buffers, limit).then_some(io)
     }
 
-    /// Adds `buffers`; `false` (adding nothing) if one is outside `mem`.
-    fn add(&mut self, mem: &Mem, buffers: &[Buffer]) -> bool {
+    /// Adds `buffers`; `false` (adding nothing) if one is outside `mem` or they would make
+    /// more than `limit` pieces (a buffer may take several, one per memory region it spans).
+    fn add(&mut self, mem: &Mem, buffers: &[Buffer], limit: usize) -> bool {
         let mark = self.iovecs.len();
         for &(addr, len) in buffers {
             for slice in mem.get_slices(addr, len) {
-                let Ok(slice) = slice else {
-                    self.iovecs.truncate(mark);
-                    return false;
+                let slice = match slice {
+                    Ok(slice) if self.iovecs.len() < limit => slice,
+                    _ => {
+                        self.iovecs.truncate(mark);
+                        self._guards.truncate(mark);
+                        return false;
+                    }
                 };
                 let guard = slice.ptr_guard_mut();
                 self.iovecs.push(libc::iovec {
@@ -376,10 +381,6 @@ impl IoVecs {
 
     fn as_ptr(&self) -> *const libc::iovec {
         self.iovecs.as_ptr()
-    }
-
-    fn count_usize(&self) -> usize {
-        self.iovecs.len()
     }
 
     fn count(&self) -> libc::c_int {
@@ -425,6 +426,32 @@ mod tests {
         let c = guest.counters.values();
         assert_eq!((c.tx_frames, c.tx_bytes, c.tx_dropped), (1, 1000, 0));
         assert_eq!(c.tx_frames_per_pair, [1]);
+    }
+
+    /// A buffer spanning two guest memory regions goes out and comes in whole (two pieces
+    /// of host memory behind one descriptor).
+    #[test]
+    fn buffers_that_span_memory_regions_carry_whole_frames() {
+        let half = (MEM_SIZE / 2) as usize;
+        let mem = Mem::from_ranges(&[(GuestAddress(0), half), (GuestAddress(half as u64), half)])
+            .expect("two regions");
+        let mut guest = NetGuest::new(&mem, MODERN);
+        let sent = packet(HDR, 200, 8);
+        let at = half as u64 - 50;
+        mem.write_slice(&sent, GuestAddress(at)).expect("packet");
+        guest.tx_raw(&[(at, sent.len() as u32, 0, 0)]);
+        assert_eq!(guest.run_tx().len(), 1);
+        assert_eq!(guest.host_recv().as_deref(), Some(&sent[..]));
+
+        let rx_at = half as u64 - 30;
+        guest.rx_raw(&[(rx_at, 1600, W_LAST, 0)]);
+        let back = packet(HDR, 300, 9);
+        guest.host_send(&back);
+        let (_, used) = guest.run_rx();
+        assert_eq!(used, vec![(0, back.len() as u32)]);
+        let mut got = guest.bytes(rx_at, back.len());
+        got[10..12].copy_from_slice(&[0, 0]); // num_buffers, ours
+        assert_eq!(got, back);
     }
 
     #[test]
