@@ -570,10 +570,22 @@ fn start_in_ns(ns: &NetNs, dir: &Path, extra: &[&str]) -> (Reaped, PathBuf, Path
     (backend, socket, log)
 }
 
-fn assert_gone(name: &str) {
+/// The namespace `name` (and with it its tap) is gone, no tap `tap` appeared in the host's
+/// namespace, and no process (hull-net, QEMU) still names the test's directory `dir`.
+fn assert_gone(name: &str, tap: &str, dir: &Path) {
     assert!(!NetNs::exists(name), "namespace {name} removed");
-    let leftovers = hull_tests::leftovers::processes_with(&[name]);
-    assert!(leftovers.is_empty(), "processes left: {leftovers:?}");
+    let shown = Command::new("ip")
+        .args(["link", "show", tap])
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("ip runs");
+    assert!(!shown.success(), "no tap {tap} in the host's namespace");
+    let dir = dir.to_string_lossy();
+    for needle in [name, dir.as_ref()] {
+        let leftovers = hull_tests::leftovers::processes_with(&[needle]);
+        assert!(leftovers.is_empty(), "processes left: {leftovers:?}");
+    }
 }
 
 #[test]
@@ -592,7 +604,7 @@ fn frames_cross_a_real_tap_both_ways_and_nothing_is_left_behind() {
             "the log names the tap's offloads"
         );
     }
-    assert_gone(&name);
+    assert_gone(&name, "hnt0", &dir.0);
 }
 
 #[test]
@@ -609,7 +621,7 @@ fn two_queue_pairs_on_a_multi_queue_tap_carry_frames() {
         frames_both_ways(test, &ns, 2, &mut backend, &socket, &log);
         assert!(read(&log).contains("queue_pairs=2"), "log:\n{}", read(&log));
     }
-    assert_gone(&name);
+    assert_gone(&name, "hnm0", &dir.0);
 }
 
 #[test]
@@ -666,7 +678,7 @@ fn a_tap_descriptor_passed_in_is_served() {
         }
         frames_both_ways(test, &ns, 1, &mut backend, &socket, &log);
     }
-    assert_gone(&name);
+    assert_gone(&name, "hnf0", &dir.0);
 }
 
 #[test]
@@ -690,7 +702,7 @@ fn keep_listening_serves_frontends_until_sigterm_and_cleans_up() {
         terminate(&mut backend, &log);
         assert!(!socket.exists(), "socket removed");
     }
-    assert_gone(&name);
+    assert_gone(&name, "hns0", &dir.0);
 }
 
 #[test]
@@ -874,5 +886,5 @@ fn guest_pings_and_echoes(test: &str, pairs: u16) {
         eprintln!("{test}: hull-net {line}");
         assert!(!socket.exists(), "hull-net removed its socket");
     }
-    assert_gone(&name);
+    assert_gone(&name, &format!("hnq{pairs}"), &dir.0);
 }

@@ -157,7 +157,25 @@ fn write_message(stream: &UnixStream, message: &Message) -> std::io::Result<()> 
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Writes `input` as the frontend, closes, and returns what reached the daemon.
+    fn through_relay(input: &[u8]) -> Vec<u8> {
+        let (mut qemu, frontend) = UnixStream::pair().expect("pair");
+        let (backend, mut daemon) = UnixStream::pair().expect("pair");
+        std::thread::scope(|scope| {
+            relay(scope, frontend, backend).expect("relay");
+            // The relay may stop reading (a malformed message): writing then fails.
+            let _ = qemu.write_all(input);
+            let _ = qemu.shutdown(Shutdown::Write);
+            let mut got = Vec::new();
+            let _ = daemon.read_to_end(&mut got);
+            drop(daemon);
+            got
+        })
+    }
 
     fn message(request: u32, payload: &[u8]) -> Vec<u8> {
         let mut m = request.to_le_bytes().to_vec();
@@ -216,5 +234,49 @@ mod tests {
                 "relay closed"
             );
         });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+
+        /// Any sequence of well-formed messages comes out whole and in order, except that
+        /// SET_VRING_ENABLEs before the first SET_FEATURES come right after it (and never
+        /// without one).
+        #[test]
+        fn well_formed_messages_pass_in_order_with_early_enables_moved(
+            messages in proptest::collection::vec(
+                (prop_oneof![Just(SET_FEATURES), Just(SET_VRING_ENABLE), 0u32..40], 0usize..64),
+                0..12,
+            ),
+        ) {
+            let encoded: Vec<Vec<u8>> = messages
+                .iter()
+                .map(|&(request, len)| message(request, &vec![0x5a; len]))
+                .collect();
+            let first_features = messages.iter().position(|&(r, _)| r == SET_FEATURES);
+            let mut expected = Vec::new();
+            let mut held = Vec::new();
+            for (i, (&(request, _), bytes)) in messages.iter().zip(&encoded).enumerate() {
+                let early = first_features.is_none_or(|f| i < f);
+                if request == SET_VRING_ENABLE && early {
+                    held.push(bytes.clone());
+                    continue;
+                }
+                expected.extend_from_slice(bytes);
+                if Some(i) == first_features {
+                    for h in held.drain(..) {
+                        expected.extend(h);
+                    }
+                }
+            }
+            prop_assert_eq!(through_relay(&encoded.concat()), expected);
+        }
+
+        /// Arbitrary bytes from the frontend never panic the relay, and it always ends.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_relay(input in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let out = through_relay(&input);
+            prop_assert!(out.len() <= input.len());
+        }
     }
 }
