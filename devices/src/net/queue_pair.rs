@@ -166,13 +166,28 @@ impl<'a> QueuePair<'a> {
                 }
             }
             match self.receive(&spare, mem) {
+                Ok((_, 0)) => {
+                    // The first chain no longer maps (the memory table changed under it).
+                    if let Some(chain) = spare.pop_front() {
+                        Counters::add(&self.counters.malformed, 1);
+                        queue.add_used(mem, chain.head, 0)?;
+                        pass.used += 1;
+                    }
+                }
+                // A tap never reads empty; take it as nothing to read rather than loop.
+                Ok((0, _)) => break true,
                 Ok((n, chains)) => self.deliver(queue, mem, &mut spare, n, chains, &mut pass)?,
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break true,
                 Err(err) => {
-                    // The frame (if any) is gone; the buffers stay for the next one.
-                    warn!(%err, "reading a frame from the tap failed");
+                    // The tap dequeued the frame before failing to copy it (EINVAL, EFAULT):
+                    // it is gone, the next one may be fine. Anything else (EIO: the tap is
+                    // down) ends the pass.
                     Counters::add(&self.counters.rx_dropped, 1);
-                    break true;
+                    if !matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EFAULT)) {
+                        warn!(%err, "reading a frame from the tap failed");
+                        break true;
+                    }
+                    debug!(%err, "a frame from the tap was lost");
                 }
             }
         };
@@ -182,10 +197,10 @@ impl<'a> QueuePair<'a> {
     }
 
     /// Pops rx chains until they hold room for the largest frame (one chain without
-    /// merging), or for a frame of the MTU when the guest offers no more. Malformed chains go back to the guest at once, unless good chains are
-    /// already waiting: then the malformed one is put back (so that the waiting chains stay
-    /// the last ones popped, which lets them be handed back) and the frame is read into what
-    /// there is.
+    /// merging), or for a frame of the MTU when the guest offers no more. Malformed chains
+    /// go back to the guest at once, unless good chains are already waiting: then the
+    /// malformed one is put back (so that the waiting chains stay the last ones popped,
+    /// which lets them be handed back) and the frame is read into what there is.
     fn gather(
         &self,
         queue: &mut Queue,
@@ -244,7 +259,7 @@ impl<'a> QueuePair<'a> {
     }
 
     /// Reads one frame into the spare chains; returns its length with the header, and how
-    /// many of the chains (from the front) the read could use.
+    /// many of the chains (from the front) the read could use (none: nothing was read).
     fn receive(&self, spare: &VecDeque<RxChain>, mem: &Mem) -> std::io::Result<(usize, usize)> {
         let mut io = IoVecs::default();
         let mut chains = 0;
@@ -253,6 +268,9 @@ impl<'a> QueuePair<'a> {
                 break;
             }
             chains += 1;
+        }
+        if chains == 0 {
+            return Ok((0, 0));
         }
         // SAFETY: the iovecs point into guest memory that `mem` keeps mapped for this call,
         // in buffers the guest made device-writable (validated); `readv` writes only there.
