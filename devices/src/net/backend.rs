@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tracing::{error, warn};
+use tracing::{debug, error, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_queue::QueueT;
@@ -41,6 +41,8 @@ pub struct NetBackend {
     format: RwLock<FrameFormat>,
     /// Per queue pair: the tap queue may hold frames not read yet.
     tap_pending: Vec<AtomicBool>,
+    /// Per queue pair: its tap queue is attached (see `attach`).
+    attached: Vec<AtomicBool>,
 }
 
 impl NetBackend {
@@ -53,11 +55,39 @@ impl NetBackend {
             error!(%err, "cannot reset the tap for a new frontend");
             FrameFormat::new(0, device.mtu())
         });
+        // Only the first tap queue takes frames until the guest starts more pairs: the
+        // kernel spreads flows over attached queues, and frames on a queue no one reads
+        // would be lost.
+        if pairs > 1 {
+            for pair in 1..pairs {
+                if let Err(err) = device.tap().set_queue_attached(pair, false) {
+                    debug!(pair, %err, "tap queue already detached");
+                }
+            }
+        }
         Self {
             device,
             mem: RwLock::new(None),
             format: RwLock::new(format),
             tap_pending: (0..pairs).map(|_| AtomicBool::new(true)).collect(),
+            attached: (0..pairs).map(|pair| AtomicBool::new(pair == 0)).collect(),
+        }
+    }
+
+    /// Attaches queue pair `pair`'s tap queue the first time its rx queue runs.
+    fn attach(&self, pair: usize) {
+        let Some(attached) = self.attached.get(pair) else {
+            return;
+        };
+        if attached.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match self.device.tap().set_queue_attached(pair, true) {
+            Ok(()) => info!(
+                pair,
+                "tap queue attached: the guest started this queue pair"
+            ),
+            Err(err) => warn!(pair, %err, "cannot attach the tap queue; its pair stays idle"),
         }
     }
 
@@ -124,7 +154,11 @@ impl NetBackend {
         let (Some(frames), Some(pending)) = (self.frames(pair), self.tap_pending.get(pair)) else {
             return;
         };
-        if !pending.load(Ordering::Acquire) {
+        let attached = self
+            .attached
+            .get(pair)
+            .is_some_and(|a| a.load(Ordering::Acquire));
+        if attached && !pending.load(Ordering::Acquire) {
             return;
         }
         let notify = {
@@ -133,6 +167,7 @@ impl NetBackend {
                 // Frames wait until the frontend starts the queue (it is kicked then).
                 return;
             }
+            self.attach(pair);
             let queue = state.get_queue_mut();
             match frames.process_rx(queue, mem) {
                 Ok(pass) => {

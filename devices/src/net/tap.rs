@@ -244,6 +244,32 @@ impl Tap {
         })
     }
 
+    /// Attaches or detaches queue `queue` (`TUNSETQUEUE`): the kernel hands a detached
+    /// queue no frames, so a queue pair the guest does not use loses none.
+    pub fn set_queue_attached(&self, queue: usize, attached: bool) -> Result<(), TapError> {
+        let Some(fd) = self.queues.get(queue) else {
+            return Err(TapError::NoQueues);
+        };
+        let mut req = ifreq("x").ok_or(TapError::NoQueues)?;
+        let flags = if attached {
+            libc::IFF_ATTACH_QUEUE
+        } else {
+            libc::IFF_DETACH_QUEUE
+        };
+        req.ifr_ifru.ifru_flags = libc::c_short::try_from(flags).unwrap_or(0);
+        // SAFETY: TUNSETQUEUE reads the flags of a `struct ifreq`, which `req` is and which
+        // outlives the call; `fd` is one of this tap's queue descriptors.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETQUEUE, &mut req) };
+        if rc < 0 {
+            return Err(TapError::Setup {
+                name: self.name.clone(),
+                what: "TUNSETQUEUE",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// Sets the size of the header before every frame: 12 bytes (`virtio_net_hdr_v1`, with
     /// `num_buffers`) for a modern or merging device, 10 for a legacy one.
     pub fn set_vnet_hdr_len(&self, len: usize) -> Result<(), TapError> {
