@@ -306,12 +306,13 @@ pub fn serve_net_frontend(
     device: &Arc<NetDevice>,
     stop: BorrowedFd<'_>,
 ) -> Result<Outcome> {
-    if !wait_readable(listener.as_raw_fd(), stop)? {
-        return Ok(Outcome::Stopped);
-    }
     let frontend = loop {
+        if !wait_readable(listener.as_raw_fd(), stop)? {
+            return Ok(Outcome::Stopped);
+        }
         match listener.accept() {
             Ok(Some(stream)) => break stream,
+            // The connection went away before we took it: wait for the next.
             Ok(None) => {}
             Err(err) => return Err(Error::Daemon(err.to_string())),
         }
