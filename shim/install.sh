@@ -22,7 +22,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 step() { printf '==> %s\n' "$*"; }
 
 # Every binary a pod can need: the shim finds its helpers beside itself first.
-binaries=(containerd-shim-hull-v2 hull hull-agent hull-vsock hull-blk hull-fs hull-vmm)
+binaries=(containerd-shim-hull-v2 hull hull-agent hull-vsock hull-blk hull-net hull-fs hull-vmm)
 for bin in "${binaries[@]}"; do
     [ -x "$BIN_SRC/$bin" ] || die "$BIN_SRC/$bin is missing: run 'make build' first"
 done

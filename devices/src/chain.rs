@@ -102,6 +102,46 @@ where
     M: Deref + Clone,
     M::Target: GuestMemory,
 {
+    walk(chain, mem, direction, max_len, |_, _| {})
+}
+
+/// A buffer of a chain: its guest address and length in bytes.
+pub type Buffer = (GuestAddress, usize);
+
+/// Like [`validate`], and also returns every buffer of the chain as the same walk read it,
+/// so that a guest rewriting its descriptor table meanwhile cannot make the device use a
+/// buffer that was not checked (a device that acts on the buffers itself, rather than through
+/// `virtio-queue`'s `Reader`/`Writer`, uses this).
+pub fn validate_buffers<M>(
+    chain: &DescriptorChain<M>,
+    mem: &M::Target,
+    direction: Direction,
+    max_len: usize,
+) -> Result<(ValidChain, Vec<Buffer>), ChainError>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory,
+{
+    let mut buffers = Vec::new();
+    let valid = walk(chain, mem, direction, max_len, |addr, len| {
+        if len > 0 {
+            buffers.push((addr, len));
+        }
+    })?;
+    Ok((valid, buffers))
+}
+
+fn walk<M>(
+    chain: &DescriptorChain<M>,
+    mem: &M::Target,
+    direction: Direction,
+    max_len: usize,
+    mut buffer: impl FnMut(GuestAddress, usize),
+) -> Result<ValidChain, ChainError>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory,
+{
     let head = chain.head_index();
     let mut total: usize = 0;
     let mut readable: usize = 0;
@@ -145,6 +185,7 @@ where
         if len_bytes > 0 && !mem.check_range(desc.addr(), len_bytes, permissions) {
             return Err(outside(head, position, desc.addr(), len));
         }
+        buffer(desc.addr(), len_bytes);
         ended = !desc.has_next();
     }
     if descriptors == 0 {

@@ -1,10 +1,11 @@
-//! Standalone vhost-user device backends, each its own process: `hull-vsock` and `hull-blk`
-//! today, `hull-net` later, and what they share.
+//! Standalone vhost-user device backends, each its own process: `hull-vsock`, `hull-blk` and
+//! `hull-net`, and what they share.
 //!
 //! - [`chain`], validating guest descriptor chains before a device acts on them.
 //! - [`config_space`], reading a config space window the guest chose, clipped.
 //! - [`vsock`], the virtio-vsock device with a hybrid-vsock host side.
 //! - [`blk`], the virtio-blk device over a file or block device.
+//! - [`net`], the virtio-net device on a tap.
 //! - [`serve`], serving vhost-user frontends on a socket, until a signal or disconnect.
 
 #![warn(clippy::cast_possible_truncation)]
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 pub mod blk;
 pub mod chain;
 pub mod config_space;
+pub mod net;
 pub mod serve;
 pub mod vsock;
 
@@ -75,6 +77,17 @@ pub enum Error {
         queues: u16,
         /// The most supported.
         max: u16,
+    },
+    /// The tap cannot be opened or set up.
+    #[error("tap")]
+    Tap(#[from] net::tap::TapError),
+    /// The number of inherited tap descriptors does not match the queue pairs.
+    #[error("{given} tap descriptors given for {queues} queue pairs: give one --tap-fd per queue pair (at most 64)")]
+    TapFdCount {
+        /// Descriptors given.
+        given: u16,
+        /// Queue pairs asked for.
+        queues: u16,
     },
     /// Setting up signal handling or waiting failed.
     #[error("{what}")]

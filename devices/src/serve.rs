@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -22,6 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::{BlkBackend, BlkDevice, SyncEngine};
+use crate::net::{frontend_relay, Mac, NetBackend, NetDevice, Tap};
 use crate::vsock::backend::BACKEND_EVENT;
 use crate::vsock::{Muxer, VsockBackend, VsockDevice};
 use crate::{Error, Result};
@@ -60,6 +61,35 @@ pub struct BlkConfig {
 
 /// Most request queues `hull-blk` serves (one worker thread each).
 pub const MAX_BLK_QUEUES: u16 = 64;
+
+/// Where `hull-net`'s tap comes from.
+#[derive(Debug)]
+pub enum TapSource {
+    /// A tap by name in hull-net's network namespace, opened with one descriptor per queue
+    /// pair (created, non-persistent, if it does not exist).
+    Name(String),
+    /// Descriptors of one tap's queues, opened by the caller and inherited.
+    Fds(Vec<std::os::fd::OwnedFd>),
+}
+
+/// What `hull-net` serves, from its command line.
+#[derive(Debug)]
+pub struct NetConfig {
+    /// The vhost-user socket the frontend connects to.
+    pub socket: PathBuf,
+    /// The tap.
+    pub tap: TapSource,
+    /// Number of queue pairs, each served by its own worker thread and tap queue.
+    pub queues: u16,
+    /// The guest's MAC address in the config space (random if not given).
+    pub mac: Option<crate::net::Mac>,
+    /// Serve the next frontend after one disconnects, instead of exiting.
+    pub keep_listening: bool,
+}
+
+/// Most queue pairs `hull-net` serves (one worker thread and tap queue each; the kernel
+/// allows 256 queues per tap).
+pub const MAX_NET_QUEUES: u16 = 64;
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +257,129 @@ pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> 
     );
     info!(counters = ?device.counters(), "device counters");
     reason
+}
+
+/// Opens the tap, then serves vhost-user-net frontends on `config.socket` until one
+/// disconnects (or, with `keep_listening`, forever) or a termination signal arrives.
+pub fn run_net(config: NetConfig, signals: &TermSignals) -> Result<ExitReason> {
+    let tap = match config.tap {
+        TapSource::Name(name) => {
+            if !(1..=MAX_NET_QUEUES).contains(&config.queues) {
+                return Err(Error::InvalidQueues {
+                    queues: config.queues,
+                    max: MAX_NET_QUEUES,
+                });
+            }
+            Tap::open(&name, config.queues)?
+        }
+        TapSource::Fds(fds) => {
+            let given = u16::try_from(fds.len()).unwrap_or(u16::MAX);
+            if given != config.queues || given > MAX_NET_QUEUES {
+                return Err(Error::TapFdCount {
+                    given,
+                    queues: config.queues,
+                });
+            }
+            Tap::from_fds(fds)?
+        }
+    };
+    let mac = config.mac.unwrap_or_else(Mac::random);
+    let device = Arc::new(NetDevice::new(tap, mac)?);
+    info!(socket = %config.socket.display(), tap = device.tap().name(), %mac,
+        mtu = device.mtu(), queue_pairs = device.queue_pairs(),
+        offloads = ?device.tap().supported_offloads(),
+        "hull-net listening for a vhost-user frontend");
+    let reason = serve_until_done(
+        &config.socket,
+        config.keep_listening,
+        signals,
+        |listener, stop| serve_net_frontend(listener, &device, stop),
+    );
+    info!(counters = ?device.counters(), "device counters");
+    reason
+}
+
+/// Serves one frontend from `listener` with a fresh backend on `device`, its tap queues in
+/// the worker threads' event loops. Returns early when `stop` becomes readable.
+pub fn serve_net_frontend(
+    listener: &mut Listener,
+    device: &Arc<NetDevice>,
+    stop: BorrowedFd<'_>,
+) -> Result<Outcome> {
+    let frontend = loop {
+        if !wait_readable(listener.as_raw_fd(), stop)? {
+            return Ok(Outcome::Stopped);
+        }
+        match listener.accept() {
+            Ok(Some(stream)) => break stream,
+            // The connection went away before we took it: wait for the next.
+            Ok(None) => {}
+            Err(err) => return Err(Error::Daemon(err.to_string())),
+        }
+    };
+    // The daemon serves the relay (see `frontend_relay`) on a socket in a directory only we
+    // may enter, so no other user can reach the daemon first; both go when this returns.
+    static RELAYS: AtomicU64 = AtomicU64::new(0);
+    let private = PrivateDir::create(&format!(
+        "hull-net-{}-{}",
+        std::process::id(),
+        RELAYS.fetch_add(1, Ordering::Relaxed)
+    ))?;
+    let path = private.0.join("daemon.sock");
+    let mut inner = Listener::new(&path, true).map_err(|source| Error::Listen {
+        path: path.clone(),
+        source,
+    })?;
+    let relay_end =
+        std::os::unix::net::UnixStream::connect(&path).map_err(|source| Error::Bind {
+            path: path.clone(),
+            source,
+        })?;
+    let backend = Arc::new(NetBackend::new(Arc::clone(device)));
+    std::thread::scope(|scope| {
+        let shutdown = (frontend.try_clone(), relay_end.try_clone());
+        frontend_relay::relay(scope, frontend, relay_end).map_err(|source| Error::Os {
+            what: "starting the vhost-user relay",
+            source,
+        })?;
+        let outcome = serve_frontend(
+            &mut inner,
+            "hull-net",
+            Arc::clone(&backend),
+            stop,
+            |daemon| backend.register_taps(daemon),
+        );
+        // Whatever ended serving, end the relay too (its threads join with the scope).
+        if let (Ok(a), Ok(b)) = shutdown {
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            let _ = b.shutdown(std::net::Shutdown::Both);
+        }
+        outcome
+    })
+}
+
+/// A directory of mode 0700 under the temporary directory, removed with its content on drop.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn create(name: &str) -> Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(name);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| Error::Bind {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Serves one frontend from `listener` with `backend`: `setup` runs on the daemon before the

@@ -7,12 +7,13 @@ use std::process::{Command, Output};
 
 use hull_shim::config::{self, Config, ConfigSearch};
 
-const BINARIES: [&str; 7] = [
+const BINARIES: [&str; 8] = [
     "containerd-shim-hull-v2",
     "hull",
     "hull-agent",
     "hull-vsock",
     "hull-blk",
+    "hull-net",
     "hull-fs",
     "hull-vmm",
 ];

@@ -36,7 +36,10 @@ pub struct VhostUserDevice {
     /// The backend's vhost-user socket.
     pub socket: PathBuf,
     /// QEMU's device model and its options after the chardev, e.g.
-    /// `vhost-user-fs-device,tag=hullfs` (the virtio-mmio models suit microvm).
+    /// `vhost-user-fs-device,tag=hullfs` (the virtio-mmio models suit microvm). A
+    /// `virtio-net-device` or `virtio-net-pci` model gets its backend through a
+    /// `-netdev vhost-user` on the chardev instead, as QEMU wants for vhost-user-net (a
+    /// `queues=N` option goes to that netdev).
     pub model: String,
 }
 
@@ -128,6 +131,22 @@ impl Guest {
                 "socket,id=dev{index},path={}",
                 device.socket.display()
             ));
+            if model.starts_with("virtio-net-") {
+                // `queues=N` belongs to the netdev; the rest to the device.
+                let (queues, options): (Vec<&str>, Vec<&str>) = options
+                    .split(',')
+                    .filter(|o| !o.is_empty())
+                    .partition(|o| o.starts_with("queues="));
+                let netdev_options: String = queues.iter().map(|q| format!(",{q}")).collect();
+                let device_options: String = options.iter().map(|o| format!(",{o}")).collect();
+                command.arg("-netdev").arg(format!(
+                    "vhost-user,id=net{index},chardev=dev{index}{netdev_options}"
+                ));
+                command
+                    .arg("-device")
+                    .arg(format!("{model},netdev=net{index}{device_options}"));
+                continue;
+            }
             command
                 .arg("-device")
                 .arg(format!("{model},chardev=dev{index}{options}"));
