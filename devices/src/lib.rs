@@ -7,6 +7,7 @@
 //! - [`blk`], the virtio-blk device over a file or block device.
 //! - [`net`], the virtio-net device on a tap.
 //! - [`serve`], serving vhost-user frontends on a socket, until a signal or disconnect.
+//! - [`seccomp`], the system calls a backend may make.
 
 #![warn(clippy::cast_possible_truncation)]
 
@@ -16,6 +17,7 @@ pub mod blk;
 pub mod chain;
 pub mod config_space;
 pub mod net;
+pub mod seccomp;
 pub mod serve;
 pub mod vsock;
 

@@ -10,7 +10,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND};
+use common::{
+    assert_confined, brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND,
+};
 use hull_tests::prereq::{find_program, Missing};
 use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
 use hull_tests::{artifacts, guest_program, require};
@@ -254,6 +256,7 @@ fn sigterm_stops_hull_blk_cleanly_before_any_frontend() {
     let dir = TempDir::new("blk-sigterm");
     let disk = sparse_disk(&dir.0);
     let (mut backend, socket, log) = start_blk(&dir.0, &disk, &[]);
+    assert_confined(&backend);
     terminate(&mut backend, &log);
     assert!(!socket.exists(), "socket removed");
 }

@@ -26,7 +26,9 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use common::{read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND, STARTUP_BOUND};
+use common::{
+    assert_confined, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND, STARTUP_BOUND,
+};
 
 mod common;
 
@@ -724,6 +726,7 @@ fn keep_listening_serves_frontends_until_sigterm_and_cleans_up() {
         let ns = NetNs::new("net-sigterm", "hns0", false);
         name = ns.name.clone();
         let (mut backend, socket, log) = start_in_ns(&ns, &dir.0, &["--keep-listening"]);
+        assert_confined(&backend);
         for _ in 0..2 {
             common::brief_frontend(&socket);
         }

@@ -15,7 +15,8 @@ use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
 use hull_tests::{artifacts, guest_program, require};
 
 use common::{
-    brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND, STARTUP_BOUND,
+    assert_confined, brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND,
+    STARTUP_BOUND,
 };
 
 mod common;
@@ -169,6 +170,7 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
 fn sigterm_stops_hull_vsock_cleanly_before_any_frontend() {
     let dir = TempDir::new("vsock-sigterm");
     let (mut backend, socket, uds, log) = start_vsock(&dir.0, 3);
+    assert_confined(&backend);
     terminate(&mut backend, &log);
     assert!(!socket.exists() && !uds.exists(), "sockets removed");
 }

@@ -99,6 +99,20 @@ pub fn start_backend(binary: &str, args: &[&std::ffi::OsStr], socket: &Path, log
     backend
 }
 
+/// Checks the backend runs under its seccomp filter (mode 2 in /proc/PID/status).
+pub fn assert_confined(backend: &Reaped) {
+    let status = read(Path::new(&format!("/proc/{}/status", backend.0.id())));
+    let mode = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Seccomp:"))
+        .map(str::trim);
+    assert_eq!(
+        mode,
+        Some("2"),
+        "the backend is not under a seccomp filter:\n{status}"
+    );
+}
+
 /// Sends SIGTERM to a backend and checks it exits 0 saying why.
 pub fn terminate(backend: &mut Reaped, log: &Path) {
     backend.terminate();

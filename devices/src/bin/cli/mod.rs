@@ -1,6 +1,6 @@
 //! What every backend binary does around its device: logging to stderr (`HULL_LOG` filter,
-//! `info` by default), termination signals read from a signalfd, and one line on exit saying
-//! why, with the exit status (0 for a frontend leaving or a signal, 1 for an error).
+//! `info` by default), termination signals read from a signalfd, the seccomp filter
+//! ([`hull_devices::seccomp`]), and one line on exit saying why, with the exit status (0 for a frontend leaving or a signal, 1 for an error).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -25,7 +25,10 @@ pub fn run(
         .init();
     let result = TermSignals::block()
         .context("setting up signal handling")
-        .and_then(|signals| serve(&signals));
+        .and_then(|signals| {
+            hull_devices::seccomp::install(name).context("confining the backend")?;
+            serve(&signals)
+        });
     match result {
         Ok(ExitReason::FrontendDisconnected) => {
             eprintln!(
