@@ -49,7 +49,7 @@ impl Fixture {
             std::fs::create_dir_all(rootfs.join(sub)).expect("creating the rootfs");
         }
         std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copying busybox");
-        for applet in ["sh", "cat", "echo", "sleep", "stty", "true", "ls"] {
+        for applet in ["sh", "cat", "echo", "sleep", "stty", "true", "ls", "dd"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
                 .expect("linking an applet");
         }
@@ -710,5 +710,53 @@ async fn bad_requests_get_precise_errors() {
     bad_signal.signal = 999;
     let (code, message) = status_of(client.signal_process(ctx(), &bad_signal).await);
     assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_oom_kill_is_reported_by_get_oom_event() {
+    require!("an_oom_kill_is_reported_by_get_oom_event", root());
+    let busybox = require!(
+        "an_oom_kill_is_reported_by_get_oom_event",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("oom", &busybox);
+    let client = fx.client().await;
+    // dd allocates its 256 MiB block and fills it from /dev/zero: far past a 16 MiB limit
+    // (swap included), so the kernel's OOM killer ends it.
+    let mut spec: serde_json::Value = serde_json::from_slice(&fx.spec(
+        "hog",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+        false,
+        true,
+    ))
+    .expect("json");
+    let limit = 16 << 20;
+    spec["linux"]["resources"] = json!({"memory": {"limit": limit, "swap": limit}});
+    create_with(&client, "hog", serde_json::to_vec(&spec).expect("json"))
+        .await
+        .expect("CreateContainer");
+    fx.track(&client, "hog").await;
+    let oom = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .get_oom_event(ctx(), &GetOOMEventRequest::new())
+                .await
+        }
+    });
+    start(&client, "hog").await.expect("StartContainer");
+    let exit = wait(&client, "hog", "").await;
+    assert_eq!((exit.exit_status, exit.signal), (137, 9), "{exit:?}");
+    let event = oom.await.expect("the OOM task").expect("GetOOMEvent");
+    assert_eq!(event.container_id, "hog");
+    let mut stats = StatsContainerRequest::new();
+    stats.container_id = "hog".into();
+    let response = client
+        .stats_container(ctx(), &stats)
+        .await
+        .expect("StatsContainer");
+    assert!(response.cgroup_stats.memory.oom_kills >= 1, "{response:?}");
+    assert_eq!(response.cgroup_stats.memory.limit_bytes, limit);
     fx.destroy_and_check_nothing_left(&client).await;
 }
