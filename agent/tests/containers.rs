@@ -705,6 +705,35 @@ async fn bad_requests_get_precise_errors() {
         .expect("CreateContainer after failures");
     fx.track(&client, "esc").await;
 
+    // A program that is not there: the create fails with the cause, and the id stays free.
+    let spec = fx.spec("missing", &["/bin/nonexistent"], false, true);
+    let (code, message) = status_of(create_with(&client, "missing", spec).await);
+    assert_eq!(code, Code::INTERNAL, "{message}");
+    assert!(message.contains("/bin/nonexistent"), "{message}");
+    let spec = fx.spec("missing", &["true"], false, true);
+    create_with(&client, "missing", spec)
+        .await
+        .expect("CreateContainer of the failed id");
+    fx.track(&client, "missing").await;
+    // The same for an exec, whose id stays free too.
+    start(&client, "dup").await.expect("StartContainer");
+    let (code, message) = status_of(
+        exec(
+            &client,
+            "dup",
+            "missing",
+            process(&["/bin/nonexistent"], false),
+        )
+        .await,
+    );
+    assert_eq!(code, Code::INTERNAL, "{message}");
+    assert!(message.contains("/bin/nonexistent"), "{message}");
+    exec(&client, "dup", "missing", process(&["true"], false))
+        .await
+        .expect("ExecProcess of the failed id");
+    assert_eq!(wait(&client, "dup", "missing").await.exit_status, 0);
+    fx.track(&client, "dup").await;
+
     let mut bad_signal = SignalProcessRequest::new();
     bad_signal.container_id = "dup".into();
     bad_signal.signal = 999;
