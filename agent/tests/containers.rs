@@ -789,3 +789,66 @@ async fn an_oom_kill_is_reported_by_get_oom_event() {
     assert_eq!(response.cgroup_stats.memory.limit_bytes, limit);
     fx.destroy_and_check_nothing_left(&client).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_execs_each_get_their_exit_code_and_all_their_output() {
+    require!(
+        "concurrent_execs_each_get_their_exit_code_and_all_their_output",
+        root()
+    );
+    let busybox = require!(
+        "concurrent_execs_each_get_their_exit_code_and_all_their_output",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("many", &busybox);
+    let client = fx.client().await;
+    fx.create(&client, "many", &["sleep", "1000"], false).await;
+    start(&client, "many").await.expect("StartContainer");
+
+    // Execs started side by side while others exit: the reaper must hand each status to
+    // its own waiter, none lost to another waitpid.
+    let mut runs = tokio::task::JoinSet::new();
+    for n in 1..=12u32 {
+        let client = client.clone();
+        runs.spawn(async move {
+            let id = format!("e{n}");
+            let script = format!("echo out-{n}; exit {n}");
+            exec(&client, "many", &id, process(&["sh", "-c", &script], false))
+                .await
+                .expect("ExecProcess");
+            let exit = wait(&client, "many", &id).await;
+            let out = read_all(&client, "many", &id, false).await;
+            (n, exit.exit_status, out)
+        });
+    }
+    let mut finished = 0;
+    while let Some(run) = runs.join_next().await {
+        let (n, status, out) = run.expect("an exec task");
+        assert_eq!(status, n, "exec e{n}");
+        assert_eq!(out, format!("out-{n}\n"));
+        finished += 1;
+    }
+    assert_eq!(finished, 12);
+
+    // 4 MiB through a 64 KiB pipe: the writer blocks until read, and every byte arrives.
+    exec(
+        &client,
+        "many",
+        "big",
+        process(&["dd", "if=/dev/zero", "bs=65536", "count=64"], false),
+    )
+    .await
+    .expect("ExecProcess");
+    let mut total = 0;
+    loop {
+        let data = read_once(&client, "many", "big", false).await;
+        if data.is_empty() {
+            break;
+        }
+        assert!(data.iter().all(|b| *b == 0));
+        total += data.len();
+    }
+    assert_eq!(total, 64 * 65536);
+    assert_eq!(wait(&client, "many", "big").await.exit_status, 0);
+    fx.destroy_and_check_nothing_left(&client).await;
+}
