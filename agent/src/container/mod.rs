@@ -345,6 +345,12 @@ impl Containers {
             )));
         }
         let cgroup_path = cgroups_path(&mut spec, &id)?;
+        if spec.pointer("/linux/seccomp").is_some_and(|v| !v.is_null()) {
+            // libcontainer is built without libseccomp (a C library the static agent would
+            // have to link). As Kata's agent with its default disable_guest_seccomp, the
+            // profile is not applied in the guest: the VM is the isolation boundary.
+            tracing::warn!(container = %id, "linux.seccomp is not applied by this agent");
+        }
 
         let mounts = storage::mount_all(&request.storages).map_err(|err| match err {
             storage::Error::Unsupported { .. } => Failure::Unimplemented(err.to_string()),
@@ -486,7 +492,9 @@ impl Containers {
             pid_file: PathBuf::from("-"),
             error_file: bundle.join(format!("{name}.err")),
         };
-        // Hooks run by the helper are its children, and libcontainer waits for them.
+        // Start and delete re-parent nothing to the agent (hooks are the helper's children,
+        // waited for inside it); the hold only covers the helper's own PID between spawn and
+        // registration, should a sweep ever run on another thread.
         let _hold = self.reaper.hold();
         self.run_helper(&args, no_stdio()?).await
     }
@@ -941,8 +949,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|err| Failure::Internal(format!("a blocking task failed: {err}")))
 }
 
-/// Sets the spec's `linux.cgroupsPath` to `/hull/<id>` when it has none, and returns it. A
-/// systemd-style path ("slice:prefix:name") is refused: the agent has no systemd.
+/// Sets the spec's `linux.cgroupsPath` to `/hull/<id>` when it has none or has a
+/// systemd-style one ("slice:prefix:name", which only a systemd could place; the guest has
+/// none), and returns it. Other relative paths, and paths with "..", are refused.
 fn cgroups_path(spec: &mut serde_json::Value, id: &str) -> Result<PathBuf, Failure> {
     let Some(object) = spec.as_object_mut() else {
         return Err(Failure::InvalidArgument(
@@ -959,6 +968,12 @@ fn cgroups_path(spec: &mut serde_json::Value, id: &str) -> Result<PathBuf, Failu
     };
     let path = match linux.get("cgroupsPath") {
         None | Some(serde_json::Value::Null) => format!("/hull/{id}"),
+        Some(serde_json::Value::String(path))
+            if !path.starts_with('/') && path.matches(':').count() == 2 =>
+        {
+            tracing::info!(container = %id, systemd_path = %path, "using the cgroup /hull/<id>");
+            format!("/hull/{id}")
+        }
         Some(serde_json::Value::String(path)) => path.clone(),
         Some(_) => {
             return Err(Failure::InvalidArgument(
@@ -972,8 +987,7 @@ fn cgroups_path(spec: &mut serde_json::Value, id: &str) -> Result<PathBuf, Failu
             .all(|c| !matches!(c, std::path::Component::ParentDir));
     if !clean {
         return Err(Failure::InvalidArgument(format!(
-            "oci_spec_json: linux.cgroupsPath {path:?} is not an absolute path without '..' \
-             (systemd cgroup paths are not supported)"
+            "oci_spec_json: linux.cgroupsPath {path:?} is not an absolute path without '..'"
         )));
     }
     linux.insert(
@@ -1034,7 +1048,17 @@ mod tests {
             Some(PathBuf::from("/hull/c1"))
         );
         assert_eq!(spec["linux"]["cgroupsPath"], "/hull/c1");
-        for bad in ["system.slice:hull:c1", "/a/../../b", "relative"] {
+        let mut systemd = serde_json::json!({"linux": {"cgroupsPath": "pod.slice:cri:c1"}});
+        assert_eq!(
+            cgroups_path(&mut systemd, "c1").ok(),
+            Some(PathBuf::from("/hull/c1"))
+        );
+        let mut given = serde_json::json!({"linux": {"cgroupsPath": "/default/c1"}});
+        assert_eq!(
+            cgroups_path(&mut given, "c1").ok(),
+            Some(PathBuf::from("/default/c1"))
+        );
+        for bad in ["/a/../../b", "relative", "a:b"] {
             let mut spec = serde_json::json!({"linux": {"cgroupsPath": bad}});
             assert!(
                 matches!(
