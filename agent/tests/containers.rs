@@ -852,3 +852,86 @@ async fn concurrent_execs_each_get_their_exit_code_and_all_their_output() {
     assert_eq!(wait(&client, "many", "big").await.exit_status, 0);
     fx.destroy_and_check_nothing_left(&client).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn storages_are_mounted_for_the_container_and_unmounted_at_remove() {
+    use hull_agent_protocol::types::{Storage, StorageKind};
+    require!(
+        "storages_are_mounted_for_the_container_and_unmounted_at_remove",
+        root()
+    );
+    let busybox = require!(
+        "storages_are_mounted_for_the_container_and_unmounted_at_remove",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("storage", &busybox);
+    let client = fx.client().await;
+    let storage = |kind: StorageKind, source: &str, mount_point: &Path, options: &[&str]| {
+        let mut s = Storage::new();
+        s.kind = kind.into();
+        s.source = source.into();
+        s.mount_point = mount_point.to_string_lossy().into_owned();
+        s.options = options.iter().map(|o| o.to_string()).collect();
+        s
+    };
+    // The rootfs reaches the container through a storage mounted by this very request (as a
+    // virtio-fs share does in a guest), and a tmpfs goes beside it.
+    let shared_root = fx.dir.join("mnt/root");
+    let scratch = fx.dir.join("mnt/scratch");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&fx.spec("mounted", &["ls", "/"], false, true)).expect("json");
+    spec["root"]["path"] = json!(shared_root);
+    let mut create = CreateContainerRequest::new();
+    create.container_id = "mounted".into();
+    create.oci_spec_json = serde_json::to_vec(&spec).expect("json");
+    create.storages = vec![
+        storage(
+            StorageKind::STORAGE_KIND_BIND,
+            &fx.rootfs.to_string_lossy(),
+            &shared_root,
+            &[],
+        ),
+        storage(
+            StorageKind::STORAGE_KIND_TMPFS,
+            "",
+            &scratch,
+            &["size=1m", "mode=0700"],
+        ),
+    ];
+    client
+        .create_container(ctx(), &create)
+        .await
+        .expect("CreateContainer with storages");
+    fx.track(&client, "mounted").await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        mountinfo.contains(&*scratch.to_string_lossy()),
+        "the tmpfs storage is not mounted"
+    );
+    start(&client, "mounted").await.expect("StartContainer");
+    let listing = read_all(&client, "mounted", "", false).await;
+    assert!(listing.contains("bin"), "{listing:?}");
+    assert_eq!(wait(&client, "mounted", "").await.exit_status, 0);
+    remove(&client, "mounted").await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mountinfo.contains(&*fx.dir.join("mnt").to_string_lossy()),
+        "a storage is still mounted after RemoveContainer"
+    );
+
+    // A block device storage is not served yet, and says so; nothing stays mounted.
+    create.container_id = "block".into();
+    create.storages = vec![
+        storage(StorageKind::STORAGE_KIND_TMPFS, "", &scratch, &[]),
+        storage(
+            StorageKind::STORAGE_KIND_BLOCK,
+            "pci:02/00",
+            &fx.dir.join("mnt/disk"),
+            &[],
+        ),
+    ];
+    let (code, message) = status_of(client.create_container(ctx(), &create).await);
+    assert_eq!(code, Code::UNIMPLEMENTED, "{message}");
+    assert!(message.contains("storages[1]"), "{message}");
+    fx.destroy_and_check_nothing_left(&client).await;
+}

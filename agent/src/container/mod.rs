@@ -337,13 +337,6 @@ impl Containers {
             .pointer("/process/terminal")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
-        let root = &request.spec.root.path;
-        if !root.is_dir() {
-            return Err(Failure::InvalidArgument(format!(
-                "oci_spec_json: root.path {} is not a directory in the guest",
-                root.display()
-            )));
-        }
         let cgroup_path = cgroups_path(&mut spec, &id)?;
         if spec.pointer("/linux/seccomp").is_some_and(|v| !v.is_null()) {
             // libcontainer is built without libseccomp (a C library the static agent would
@@ -356,6 +349,15 @@ impl Containers {
             storage::Error::Unsupported { .. } => Failure::Unimplemented(err.to_string()),
             storage::Error::Mount { .. } => Failure::Internal(err.to_string()),
         })?;
+        // Checked once the storages are mounted: the rootfs is usually inside one of them.
+        let root = &request.spec.root.path;
+        if !root.is_dir() {
+            storage::unmount_all(&mounts);
+            return Err(Failure::InvalidArgument(format!(
+                "oci_spec_json: root.path {} is not a directory in the guest",
+                root.display()
+            )));
+        }
         let bundle = self.layout.bundle(&id);
         let result = self
             .create_in_bundle(&id, &bundle, &spec, terminal, &cgroup_path)
@@ -416,7 +418,28 @@ impl Containers {
         let mut spawned = self
             .spawn_process(HelperOp::Create, id, bundle, "init", ends)
             .await?;
-        let stdio = match (stdio, spawned.terminal.take()) {
+        let finished = Self::finish_create(stdio, spawned.terminal.take(), cgroup_path);
+        match finished {
+            Ok((stdio, cgroup)) => Ok((spawned, stdio, cgroup)),
+            Err(err) => {
+                // Leave nothing: the init waits in the created state; kill it and delete.
+                let _ = nix::sys::signal::kill(Pid::from_raw(spawned.pid), Signal::SIGKILL);
+                let _ = wait_exit(spawned.exit.clone(), spawned.pid).await;
+                if let Err(delete) = self.helper_op(HelperOp::Delete, id).await {
+                    tracing::error!(container = %id, "cleaning up a failed create: {delete}");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The parts of a create after the helper: the init's stdio and its cgroup.
+    fn finish_create(
+        stdio: Option<Stdio>,
+        terminal: Option<OwnedFd>,
+        cgroup_path: &Path,
+    ) -> Result<(Stdio, Cgroup), Failure> {
+        let stdio = match (stdio, terminal) {
             (Some(stdio), _) => stdio,
             (None, Some(master)) => Stdio::Terminal(
                 Terminal::new(master).map_err(|err| internal("the pty")(err.to_string()))?,
@@ -424,7 +447,7 @@ impl Containers {
             (None, None) => return Err(Failure::Internal("the container sent no terminal".into())),
         };
         let cgroup = Cgroup::open(cgroup_path).map_err(|err| Failure::Internal(err.to_string()))?;
-        Ok((spawned, stdio, cgroup))
+        Ok((stdio, cgroup))
     }
 
     /// Runs the container helper with `args` (the container process's stdio `ends`) to its
