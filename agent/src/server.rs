@@ -56,7 +56,8 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
     let listener = addr
         .bind()
         .with_context(|| format!("listening on {addr}"))?;
-    let service = create_agent_service(Arc::new(agent));
+    let agent = Arc::new(agent);
+    let service = create_agent_service(agent.clone());
     let mut server = Server::new()
         .add_listener(listener)
         .register_service(service);
@@ -78,10 +79,19 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
             pid1::stop_vm()
         }
         Some((mut term, mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                () = shutdown.notified() => tracing::info!("sandbox destroyed"),
+            let signalled = tokio::select! {
+                _ = term.recv() => true,
+                _ = int.recv() => true,
+                () = shutdown.notified() => false,
+            };
+            if signalled {
+                // Stopped without DestroySandbox: its containers go with it, as they would
+                // with the VM, rather than run on orphaned on the host.
+                if let Err(err) = agent.remove_all_containers().await {
+                    tracing::error!("removing the containers: {err}");
+                }
+            } else {
+                tracing::info!("sandbox destroyed");
             }
             tracing::info!("stopping");
             server

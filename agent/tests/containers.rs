@@ -159,20 +159,22 @@ impl Fixture {
     }
 
     /// DestroySandbox, then the agent exits and nothing of the test is left.
-    async fn destroy_and_check_nothing_left(mut self, client: &AgentServiceClient) {
+    async fn destroy_and_check_nothing_left(self, client: &AgentServiceClient) {
         client
             .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
             .await
             .expect("DestroySandbox");
+        self.check_agent_exits_leaving_nothing();
+    }
+
+    /// The agent exits successfully (it was told to stop), and nothing of the test is left.
+    fn check_agent_exits_leaving_nothing(mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = self.agent.try_wait().expect("waiting for the agent") {
                 break status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not exit after DestroySandbox"
-            );
+            assert!(Instant::now() < deadline, "the agent did not exit");
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "hull-agent exited with {status}");
@@ -934,4 +936,23 @@ async fn storages_are_mounted_for_the_container_and_unmounted_at_remove() {
     assert_eq!(code, Code::UNIMPLEMENTED, "{message}");
     assert!(message.contains("storages[1]"), "{message}");
     fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_agent_stopped_by_sigterm_removes_its_containers() {
+    require!("an_agent_stopped_by_sigterm_removes_its_containers", root());
+    let busybox = require!(
+        "an_agent_stopped_by_sigterm_removes_its_containers",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("sigterm", &busybox);
+    let client = fx.client().await;
+    fx.create(&client, "running", &["sleep", "1000"], false)
+        .await;
+    start(&client, "running").await.expect("StartContainer");
+    fx.create(&client, "created", &["sleep", "1000"], false)
+        .await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(fx.agent.id()).expect("a pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    fx.check_agent_exits_leaving_nothing();
 }
