@@ -12,8 +12,9 @@ use crate::listen::ListenAddr;
 use crate::service::Agent;
 use crate::{pid1, Mode};
 
-/// Serves the protocol on `addr` until the agent is told to stop: on a host by SIGTERM or
-/// SIGINT, after which the socket is removed; in the guest never (the VM ends with it).
+/// Serves the protocol on `addr` until the agent is told to stop: on a host by DestroySandbox,
+/// or by SIGTERM or SIGINT (which remove its containers first), after which the socket is
+/// removed; in the guest by DestroySandbox, after which the VM powers off.
 pub fn serve(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
