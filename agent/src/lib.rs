@@ -56,6 +56,9 @@ pub struct Options {
     /// On a host, the directory CopyFile writes under (in the guest it is
     /// [`hull_agent_protocol::GUEST_SHARED_DIR`]); without it CopyFile is refused.
     pub shared_dir: Option<PathBuf>,
+    /// On a host, enter containers' rootfs by MS_MOVE and chroot instead of pivot_root, as
+    /// the agent does by itself when its root is an initramfs (a guest's).
+    pub no_pivot: bool,
 }
 
 /// Runs the agent: as PID 1 of a guest, or on a host serving on `options.listen`.
@@ -64,7 +67,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         Some(addr) => {
             // Per agent, so agents serving side by side (tests) keep apart; removed on exit.
             let state_dir = PathBuf::from(format!("/run/hull-agent-{}", std::process::id()));
-            let agent = Agent::new(Mode::Host, options.shared_dir, state_dir.clone());
+            let agent = Agent::new(
+                Mode::Host,
+                options.shared_dir,
+                state_dir.clone(),
+                options.no_pivot,
+            );
             let served = server::serve(agent, &addr);
             if let Err(err) = std::fs::remove_dir_all(&state_dir) {
                 if err.kind() != std::io::ErrorKind::NotFound {
@@ -92,6 +100,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         Mode::Guest,
                         Some(PathBuf::from(GUEST_SHARED_DIR)),
                         PathBuf::from(GUEST_STATE_DIR),
+                        false,
                     );
                     server::serve(agent, &addr).context("serving as PID 1")
                 }

@@ -49,14 +49,19 @@ pub struct Agent {
 
 impl Agent {
     /// An agent serving in `mode`, writing CopyFile's files under `shared_dir` and keeping
-    /// its container files under `state_dir`.
-    pub fn new(mode: Mode, shared_dir: Option<PathBuf>, state_dir: PathBuf) -> Self {
+    /// its container files under `state_dir`; `no_pivot` as [`Containers::new`] says.
+    pub fn new(
+        mode: Mode,
+        shared_dir: Option<PathBuf>,
+        state_dir: PathBuf,
+        no_pivot: bool,
+    ) -> Self {
         let reaper = Reaper::new();
         Agent {
             mode,
             started: Instant::now(),
             shared_dir,
-            containers: Containers::new(Arc::clone(&reaper), Layout::new(state_dir)),
+            containers: Containers::new(Arc::clone(&reaper), Layout::new(state_dir), no_pivot),
             reaper,
             shutdown: Arc::new(Notify::new()),
         }

@@ -42,6 +42,11 @@ fn root() -> Result<(), Missing> {
 
 impl Fixture {
     fn start(name: &str, busybox: &Path) -> Fixture {
+        Self::start_with(name, busybox, &[])
+    }
+
+    /// Starts the agent with `extra` arguments.
+    fn start_with(name: &str, busybox: &Path, extra: &[&str]) -> Fixture {
         let dir = std::env::temp_dir().join(format!("hull-ct-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let rootfs = dir.join("rootfs");
@@ -58,6 +63,7 @@ impl Fixture {
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--log-level=debug")
+            .args(extra)
             .stdin(Stdio::null())
             .spawn()
             .expect("starting hull-agent");
@@ -955,4 +961,26 @@ async fn an_agent_stopped_by_sigterm_removes_its_containers() {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(fx.agent.id()).expect("a pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     fx.check_agent_exits_leaving_nothing();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn containers_enter_their_rootfs_without_pivot_root_as_in_an_initramfs() {
+    let test = "containers_enter_their_rootfs_without_pivot_root_as_in_an_initramfs";
+    require!(test, root());
+    let busybox = require!(test, hull_tests::oci_image::busybox());
+    // In a guest the agent's root is its initrd, where pivot_root(2) fails; there it moves
+    // the rootfs onto / and chroots, which --no-pivot selects on a host.
+    let mut fx = Fixture::start_with("nopivot", &busybox, &["--no-pivot"]);
+    let client = fx.client().await;
+    fx.create(&client, "moved", &["ls", "/"], false).await;
+    start(&client, "moved").await.expect("StartContainer");
+    let listing = read_all(&client, "moved", "", false).await;
+    let entries: Vec<&str> = listing.split_whitespace().collect();
+    assert!(entries.contains(&"bin"), "{listing:?}");
+    assert!(
+        !entries.contains(&"usr"),
+        "the host's root shows: {listing:?}"
+    );
+    assert_eq!(wait(&client, "moved", "").await.exit_status, 0);
+    fx.destroy_and_check_nothing_left(&client).await;
 }

@@ -257,6 +257,7 @@ pub struct Containers {
     /// `None` while a container is being created (its id is taken).
     table: Mutex<HashMap<String, Option<Arc<Container>>>>,
     sequence: AtomicU64,
+    no_pivot: bool,
 }
 
 /// What a helper run gave back.
@@ -293,12 +294,19 @@ impl<F: Fn()> Drop for Reservation<F> {
 
 impl Containers {
     /// No containers yet; files go under `layout`, exit statuses come from `reaper`.
-    pub fn new(reaper: Arc<Reaper>, layout: Layout) -> Self {
+    /// Containers enter their rootfs without pivot_root(2) if `no_pivot` is set or the
+    /// agent's root is an initramfs (see [`root_is_initramfs`]).
+    pub fn new(reaper: Arc<Reaper>, layout: Layout, no_pivot: bool) -> Self {
+        let no_pivot = no_pivot || root_is_initramfs();
+        if no_pivot {
+            tracing::info!("containers enter their rootfs by MS_MOVE and chroot, not pivot_root");
+        }
         Containers {
             reaper,
             layout,
             table: Mutex::new(HashMap::new()),
             sequence: AtomicU64::new(0),
+            no_pivot,
         }
     }
 
@@ -514,6 +522,7 @@ impl Containers {
             console_socket: None,
             pid_file: PathBuf::from("-"),
             error_file: bundle.join(format!("{name}.err")),
+            no_pivot: self.no_pivot,
         };
         // Start and delete re-parent nothing to the agent (hooks are the helper's children,
         // waited for inside it); the hold only covers the helper's own PID between spawn and
@@ -559,6 +568,7 @@ impl Containers {
             console_socket: console.clone(),
             pid_file: pid_file.clone(),
             error_file: bundle.join(format!("{name}.err")),
+            no_pivot: self.no_pivot,
         };
         let cleanup = || {
             let _ = std::fs::remove_file(&pid_file);
@@ -940,6 +950,18 @@ impl Containers {
             tokio::time::sleep(OOM_POLL_INTERVAL).await;
         }
     }
+}
+
+/// Whether `/` is the kernel's initramfs (ramfs, or tmpfs with `rootfstype`), where
+/// pivot_root(2) answers EINVAL: a hull guest runs the agent from its initrd.
+pub fn root_is_initramfs() -> bool {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    // <linux/magic.h>; nix names TMPFS_MAGIC but not this one.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    statfs("/").is_ok_and(|fs| {
+        let kind = fs.filesystem_type();
+        kind == RAMFS_MAGIC || kind == TMPFS_MAGIC
+    })
 }
 
 fn stdio_failure(err: stdio::Error) -> Failure {
