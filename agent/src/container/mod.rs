@@ -112,34 +112,39 @@ impl Process {
         if self.exit().is_some() {
             return Ok(());
         }
-        let result = match &self.pidfd {
-            Some(pidfd) => {
-                // SAFETY: pidfd_send_signal reads only its arguments; the pidfd is owned and
-                // open, the info pointer is null as allowed.
-                let rc = unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        pidfd.as_raw_fd(),
-                        signal as libc::c_int,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-                if rc < 0 {
-                    Err(nix::errno::Errno::last())
-                } else {
-                    Ok(())
-                }
+        send_signal(self.pid, self.pidfd.as_ref(), signal)
+    }
+}
+
+/// Sends `signal` to `pid`, through its pidfd when there is one; a process that is gone is
+/// not an error.
+fn send_signal(pid: i32, pidfd: Option<&OwnedFd>, signal: Signal) -> Result<(), Failure> {
+    let result = match pidfd {
+        Some(pidfd) => {
+            // SAFETY: pidfd_send_signal reads only its arguments; the pidfd is owned and
+            // open, the info pointer is null as allowed.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    signal as libc::c_int,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            if rc < 0 {
+                Err(nix::errno::Errno::last())
+            } else {
+                Ok(())
             }
-            None => nix::sys::signal::kill(Pid::from_raw(self.pid), signal),
-        };
-        match result {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(err) => Err(Failure::Internal(format!(
-                "sending {signal} to PID {}: {err}",
-                self.pid
-            ))),
         }
+        None => nix::sys::signal::kill(Pid::from_raw(pid), signal),
+    };
+    match result {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(err) => Err(Failure::Internal(format!(
+            "sending {signal} to PID {pid}: {err}"
+        ))),
     }
 }
 
@@ -150,6 +155,21 @@ async fn wait_exit(mut exit: ExitWatch, pid: i32) -> Result<ExitStatus, Failure>
         .await
         .map_err(|_| Failure::Internal(format!("the exit status of PID {pid} was lost")))?;
     (*status).ok_or_else(|| Failure::Internal(format!("no exit status for PID {pid}")))
+}
+
+impl Spawned {
+    /// Kills a process that cannot be handed out (its setup failed after it was made); the
+    /// reaper collects it.
+    fn kill(&self) {
+        if self.exit.borrow().is_none() {
+            if let Err(err) = send_signal(self.pid, self.pidfd.as_ref(), Signal::SIGKILL) {
+                tracing::error!(
+                    pid = self.pid,
+                    "killing a process whose setup failed: {err}"
+                );
+            }
+        }
+    }
 }
 
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
@@ -263,6 +283,7 @@ pub struct Containers {
 /// What a helper run gave back.
 struct Spawned {
     pid: i32,
+    pidfd: Option<OwnedFd>,
     exit: ExitWatch,
     terminal: Option<OwnedFd>,
 }
@@ -379,7 +400,7 @@ impl Containers {
                     cgroup: Arc::new(cgroup),
                     init: Arc::new(Process {
                         pid: spawned.pid,
-                        pidfd: pidfd_open(spawned.pid),
+                        pidfd: spawned.pidfd,
                         exit: spawned.exit,
                         stdio,
                     }),
@@ -431,7 +452,7 @@ impl Containers {
             Ok((stdio, cgroup)) => Ok((spawned, stdio, cgroup)),
             Err(err) => {
                 // Leave nothing: the init waits in the created state; kill it and delete.
-                let _ = nix::sys::signal::kill(Pid::from_raw(spawned.pid), Signal::SIGKILL);
+                spawned.kill();
                 let _ = wait_exit(spawned.exit.clone(), spawned.pid).await;
                 if let Err(delete) = self.helper_op(HelperOp::Delete, id).await {
                     tracing::error!(container = %id, "cleaning up a failed create: {delete}");
@@ -596,17 +617,31 @@ impl Containers {
             ));
         };
         let exit = self.reaper.register(Pid::from_raw(pid));
+        // Opened while the PID is certainly this process (it cannot be reaped before the hold
+        // ends), so a later signal can never reach a recycled PID.
+        let pidfd = pidfd_open(pid);
         drop(hold);
         let terminal = listener
             .map(|listener| receive_pty(&listener))
             .transpose()
             .map_err(internal("receiving the terminal"));
         cleanup();
-        Ok(Spawned {
+        let spawned = Spawned {
             pid,
+            pidfd,
             exit,
-            terminal: terminal?,
-        })
+            terminal: None,
+        };
+        match terminal {
+            Ok(terminal) => Ok(Spawned {
+                terminal,
+                ..spawned
+            }),
+            Err(err) => {
+                spawned.kill();
+                Err(err)
+            }
+        }
     }
 
     /// StartContainer.
@@ -675,17 +710,24 @@ impl Containers {
             .spawn_process(HelperOp::Exec, id, &json_path, &name, ends)
             .await;
         let _ = std::fs::remove_file(&json_path);
-        let spawned = spawned?;
-        let stdio = match (stdio, spawned.terminal) {
-            (Some(stdio), _) => stdio,
-            (None, Some(master)) => Stdio::Terminal(
-                Terminal::new(master).map_err(|err| internal("the pty")(err.to_string()))?,
-            ),
-            (None, None) => return Err(Failure::Internal("the process sent no terminal".into())),
+        let mut spawned = spawned?;
+        let stdio = match (stdio, spawned.terminal.take()) {
+            (Some(stdio), _) => Ok(stdio),
+            (None, Some(master)) => Terminal::new(master)
+                .map(Stdio::Terminal)
+                .map_err(|err| internal("the pty")(err.to_string())),
+            (None, None) => Err(Failure::Internal("the process sent no terminal".into())),
+        };
+        let stdio = match stdio {
+            Ok(stdio) => stdio,
+            Err(err) => {
+                spawned.kill();
+                return Err(err);
+            }
         };
         let process = Process {
             pid: spawned.pid,
-            pidfd: pidfd_open(spawned.pid),
+            pidfd: spawned.pidfd,
             exit: spawned.exit,
             stdio,
         };
