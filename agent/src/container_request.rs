@@ -131,14 +131,7 @@ impl TryFrom<CreateContainerRequest> for ContainerRequest {
     fn try_from(request: CreateContainerRequest) -> Result<Self, Error> {
         let id = ContainerId::parse(&request.container_id)?;
         let spec = parse_spec(&request.oci_spec_json)?;
-        let storages = request
-            .storages
-            .iter()
-            .enumerate()
-            .map(|(index, storage)| {
-                storage_request(storage).map_err(|reason| Error::BadStorage { index, reason })
-            })
-            .collect::<Result<_, _>>()?;
+        let storages = storage_requests(&request.storages)?;
         Ok(ContainerRequest {
             id,
             spec,
@@ -181,6 +174,17 @@ fn parse_spec(json: &[u8]) -> Result<SpecSummary, Error> {
         }
     }
     Ok(spec)
+}
+
+/// Checks the storages of a request (CreateContainer's or CreateSandbox's).
+pub fn storage_requests(storages: &[Storage]) -> Result<Vec<StorageRequest>, Error> {
+    storages
+        .iter()
+        .enumerate()
+        .map(|(index, storage)| {
+            storage_request(storage).map_err(|reason| Error::BadStorage { index, reason })
+        })
+        .collect()
 }
 
 fn storage_request(storage: &Storage) -> Result<StorageRequest, String> {

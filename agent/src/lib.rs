@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pid1;
 pub mod reaper;
 pub mod rpc_error;
+pub mod sandbox;
 pub mod server;
 pub mod service;
 
