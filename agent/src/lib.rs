@@ -25,7 +25,7 @@ pub mod sandbox;
 pub mod server;
 pub mod service;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use hull_agent_protocol::{AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
@@ -35,6 +35,38 @@ use crate::service::Agent;
 
 /// Where the agent keeps its container files in the guest (bundles, libcontainer's state).
 pub const GUEST_STATE_DIR: &str = "/run/hull/agent";
+
+/// Where an agent on a host keeps its container files: `/run/hull-agent-<its PID>`.
+const HOST_STATE_PARENT: &str = "/run";
+const HOST_STATE_PREFIX: &str = "hull-agent-";
+
+/// Removes the state directories of host agents that are no longer running (killed before
+/// they could clean up). The containers such an agent left are not touched.
+fn remove_stale_state_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(HOST_STATE_PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed a dead agent's files")
+                }
+                Err(err) => {
+                    tracing::warn!(dir = %entry.path().display(), "removing a dead agent's files: {err}")
+                }
+            }
+        }
+    }
+}
 
 /// The agent's version, printed in its start-up line so the host can tell which agent booted.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -66,8 +98,12 @@ pub struct Options {
 pub fn run(options: Options) -> anyhow::Result<()> {
     match options.listen {
         Some(addr) => {
-            // Per agent, so agents serving side by side (tests) keep apart; removed on exit.
-            let state_dir = PathBuf::from(format!("/run/hull-agent-{}", std::process::id()));
+            // Per agent, so agents serving side by side (tests) keep apart; removed on exit,
+            // and by the next agent if this one is killed.
+            remove_stale_state_dirs(Path::new(HOST_STATE_PARENT));
+            let state_dir = PathBuf::from(HOST_STATE_PARENT)
+                .join(format!("{HOST_STATE_PREFIX}{}", std::process::id()));
+            tracing::debug!(state_dir = %state_dir.display(), "container files");
             let agent = Agent::new(
                 Mode::Host,
                 options.shared_dir,
@@ -107,5 +143,27 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_agents_state_dirs_are_removed() {
+        let parent = std::env::temp_dir().join(format!("hull-agent-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        // Above the kernel's PID limit (4194304): never a running process.
+        let dead = parent.join(format!("{HOST_STATE_PREFIX}4194305"));
+        let alive = parent.join(format!("{HOST_STATE_PREFIX}{}", std::process::id()));
+        let other = parent.join("hull-agent-notapid");
+        for dir in [&dead, &alive, &other] {
+            std::fs::create_dir_all(dir.join("lc")).expect("creating a state dir");
+        }
+        remove_stale_state_dirs(&parent);
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
+        std::fs::remove_dir_all(&parent).expect("cleaning up");
     }
 }
