@@ -984,3 +984,52 @@ async fn containers_enter_their_rootfs_without_pivot_root_as_in_an_initramfs() {
     assert_eq!(wait(&client, "moved", "").await.exit_status, 0);
     fx.destroy_and_check_nothing_left(&client).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn containerds_default_spec_runs_as_the_shim_would_send_it() {
+    let test = "containerds_default_spec_runs_as_the_shim_would_send_it";
+    require!(test, root());
+    let busybox = require!(test, hull_tests::oci_image::busybox());
+    let ctr = require!(test, hull_tests::prereq::find_program("ctr", "containerd"));
+    let output = Command::new(ctr)
+        .args(["oci", "spec"])
+        .output()
+        .expect("running ctr oci spec");
+    assert!(output.status.success(), "ctr oci spec: {output:?}");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("ctr's spec is JSON");
+    let mut fx = Fixture::start("ctrspec", &busybox);
+    let client = fx.client().await;
+    // What a shim fills in: the rootfs as the agent sees it, the program, a cgroup per
+    // container (containerd's default is the namespace's, /default).
+    let cgroup = format!("/hull-test-ctrspec-{}-default/c1", std::process::id());
+    fx.cgroups.push(cgroup.clone());
+    spec["root"]["path"] = json!(fx.rootfs);
+    spec["process"]["args"] = json!([
+        "sh",
+        "-c",
+        "echo in-$(cat /proc/self/cgroup | wc -l)-lines; exit 3"
+    ]);
+    spec["process"]["env"] = json!(["PATH=/bin"]);
+    spec["linux"]["cgroupsPath"] = json!(cgroup);
+    create_with(&client, "c1", serde_json::to_vec(&spec).expect("json"))
+        .await
+        .expect("CreateContainer with containerd's default spec");
+    fx.track(&client, "c1").await;
+    start(&client, "c1").await.expect("StartContainer");
+    let out = read_all(&client, "c1", "", false).await;
+    assert!(
+        out.starts_with("in-") && out.ends_with("-lines\n"),
+        "{out:?}"
+    );
+    assert_eq!(wait(&client, "c1", "").await.exit_status, 3);
+    remove(&client, "c1").await;
+    // The parent cgroup the spec's path implies is containerd's business, not the agent's.
+    for dir in cgroup_dirs(&format!(
+        "/hull-test-ctrspec-{}-default",
+        std::process::id()
+    )) {
+        let _ = std::fs::remove_dir(dir);
+    }
+    fx.destroy_and_check_nothing_left(&client).await;
+}
