@@ -40,6 +40,9 @@ use stdio::{ProcessEnds, Stdio, Stream, Terminal};
 /// How long RemoveContainer waits for a container's processes after SIGKILL, by default.
 const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a container helper may take (libcontainer's create runs the spec's hooks).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How often GetOOMEvent looks at the containers' OOM kill counts.
 const OOM_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -509,7 +512,21 @@ impl Containers {
         // Not `child.wait()`: the reaper owns every wait (registering under the caller's
         // hold, so no waitpid(-1) can take the status first).
         drop(child);
-        let status = wait_exit(self.reaper.register(Pid::from_raw(pid)), pid).await?;
+        let exit = self.reaper.register(Pid::from_raw(pid));
+        let status = match tokio::time::timeout(HELPER_TIMEOUT, wait_exit(exit.clone(), pid)).await
+        {
+            Ok(status) => status?,
+            Err(_) => {
+                // A helper stuck (in a hook, say) would hold the reaper off for good. It is
+                // our unreaped child, so its PID cannot have been reused.
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                wait_exit(exit, pid).await?;
+                return Err(Failure::DeadlineExceeded(format!(
+                    "the container helper did not finish within {} s and was killed",
+                    HELPER_TIMEOUT.as_secs()
+                )));
+            }
+        };
         let result = if status == ExitStatus::exited(0) {
             Ok(())
         } else {
