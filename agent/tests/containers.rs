@@ -795,6 +795,27 @@ async fn an_oom_kill_is_reported_by_get_oom_event() {
         .expect("StatsContainer");
     assert!(response.cgroup_stats.memory.oom_kills >= 1, "{response:?}");
     assert_eq!(response.cgroup_stats.memory.limit_bytes, limit);
+
+    // An OOM kill of a container removed before anyone asked is still reported, once.
+    spec["linux"]["cgroupsPath"] = json!(format!("/hull-test-oom-{}-gone", std::process::id()));
+    fx.cgroups.push(
+        spec["linux"]["cgroupsPath"]
+            .as_str()
+            .expect("a path")
+            .to_owned(),
+    );
+    create_with(&client, "gone", serde_json::to_vec(&spec).expect("json"))
+        .await
+        .expect("CreateContainer");
+    fx.track(&client, "gone").await;
+    start(&client, "gone").await.expect("StartContainer");
+    assert_eq!(wait(&client, "gone", "").await.exit_status, 137);
+    remove(&client, "gone").await;
+    let event = client
+        .get_oom_event(ctx(), &GetOOMEventRequest::new())
+        .await
+        .expect("GetOOMEvent");
+    assert_eq!(event.container_id, "gone");
     fx.destroy_and_check_nothing_left(&client).await;
 }
 

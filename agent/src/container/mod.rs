@@ -15,7 +15,7 @@ pub mod helper;
 pub mod stdio;
 pub mod storage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -213,6 +213,17 @@ impl Container {
         *lock(&self.state) = state;
     }
 
+    /// Whether an OOM kill happened since the last report; marks it reported.
+    fn take_oom_kill(&self) -> bool {
+        let count = self.cgroup.oom_kills();
+        let reported = self.oom_reported.load(Ordering::Relaxed);
+        count > reported
+            && self
+                .oom_reported
+                .compare_exchange(reported, count, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// Whether its init process is still alive.
     fn init_alive(&self) -> bool {
         self.init.exit().is_none()
@@ -281,6 +292,8 @@ pub struct Containers {
     table: Mutex<HashMap<String, Option<Arc<Container>>>>,
     sequence: AtomicU64,
     no_pivot: bool,
+    /// OOM kills of containers removed before GetOOMEvent saw them, oldest first.
+    oom_removed: Mutex<VecDeque<String>>,
 }
 
 /// What a helper run gave back.
@@ -331,6 +344,7 @@ impl Containers {
             table: Mutex::new(HashMap::new()),
             sequence: AtomicU64::new(0),
             no_pivot,
+            oom_removed: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -961,6 +975,10 @@ impl Containers {
                 )))
             }
         }
+        // An OOM kill not reported yet outlives the cgroup that counted it.
+        if container.take_oom_kill() {
+            lock(&self.oom_removed).push_back(id.to_owned());
+        }
         self.helper_op(HelperOp::Delete, id).await?;
         storage::unmount_all(&container.mounts);
         if let Err(err) = std::fs::remove_dir_all(&container.bundle) {
@@ -994,15 +1012,11 @@ impl Containers {
         loop {
             let containers: Vec<Arc<Container>> =
                 lock(&self.table).values().flatten().cloned().collect();
+            if let Some(id) = lock(&self.oom_removed).pop_front() {
+                return id;
+            }
             for container in containers {
-                let count = container.cgroup.oom_kills();
-                let reported = container.oom_reported.load(Ordering::Relaxed);
-                if count > reported
-                    && container
-                        .oom_reported
-                        .compare_exchange(reported, count, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
+                if container.take_oom_kill() {
                     return container.id.clone();
                 }
             }
