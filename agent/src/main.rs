@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use hull_agent::container::helper::HELPER_ARG;
 use hull_agent::listen::ListenAddr;
 use hull_agent::Options;
 use tracing_subscriber::filter::LevelFilter;
@@ -20,12 +21,21 @@ struct Cli {
     /// With --listen: the directory CopyFile writes under (the guest's is /run/hull/shared).
     #[arg(long, value_name = "DIR", requires = "listen")]
     shared_dir: Option<PathBuf>,
+    /// With --listen: enter containers' rootfs by MS_MOVE and chroot, not pivot_root (what
+    /// the agent does by itself when its root is an initramfs, as in a guest).
+    #[arg(long, requires = "listen")]
+    no_pivot: bool,
     /// Least severe log level written to stderr: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
 }
 
 fn main() -> ExitCode {
+    // The agent runs youki's libcontainer in a child process of its own binary.
+    let args: Vec<_> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == HELPER_ARG) {
+        return hull_agent::container::helper::main(args.get(2..).unwrap_or_default());
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_max_level(cli.log_level)
@@ -35,6 +45,7 @@ fn main() -> ExitCode {
     let options = Options {
         listen: cli.listen,
         shared_dir: cli.shared_dir,
+        no_pivot: cli.no_pivot,
     };
     match hull_agent::run(options) {
         Ok(()) => ExitCode::SUCCESS,
