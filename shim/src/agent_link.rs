@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use hull_agent_protocol::agent::{
     CheckRequest, CloseStdinRequest, CreateContainerRequest, DestroySandboxRequest,
-    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ListProcessesRequest,
-    PauseContainerRequest, ProcessInfo, ReadStreamRequest, RemoveContainerRequest,
-    ResumeContainerRequest, ServingStatus, SignalProcessRequest, StartContainerRequest,
-    StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest,
-    WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
+    ExecProcessRequest, GetOOMEventRequest, GuestDetailsRequest, GuestDetailsResponse,
+    ListProcessesRequest, PauseContainerRequest, ProcessInfo, ReadStreamRequest,
+    RemoveContainerRequest, ResumeContainerRequest, ServingStatus, SignalProcessRequest,
+    StartContainerRequest, StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest,
+    UpdateContainerRequest, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
 };
 use hull_agent_protocol::ttrpc::context;
 use hull_agent_protocol::ttrpc::r#async::transport::Socket;
@@ -107,7 +107,8 @@ fn call<T>(name: &'static str, answer: std::result::Result<T, TtrpcError>) -> Re
         .map_err(|source| Error::Call { call: name, source })
 }
 
-/// A connected agent.
+/// A connected agent. Clones share one connection (ttrpc multiplexes calls on it).
+#[derive(Clone)]
 pub struct AgentLink {
     client: AgentServiceClient,
     call_timeout: Duration,
@@ -460,6 +461,18 @@ impl AgentLink {
             "RemoveContainer",
             self.client.remove_container(self.ctx(), &req).await,
         )
+    }
+
+    /// GetOOMEvent: blocks until a container of the sandbox is OOM-killed; answers its id.
+    pub async fn get_oom_event(&self) -> Result<String> {
+        self.client
+            .get_oom_event(Self::unbounded(), &GetOOMEventRequest::new())
+            .await
+            .map(|event| event.container_id)
+            .map_err(|source| Error::Call {
+                call: "GetOOMEvent",
+                source,
+            })
     }
 
     /// DestroySandbox: the agent removes every container and exits (or powers the VM off).

@@ -105,6 +105,14 @@ impl BootedVm {
         std::fs::read_to_string(self.vm.console_log()).unwrap_or_default()
     }
 
+    /// The host processes of the VM, by role, for the sandbox's persisted record.
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        [("hull-vsock", self.vsock.pid()), ("qemu", self.vm.pid())]
+            .into_iter()
+            .filter_map(|(role, pid)| Some((role, pid?)))
+            .collect()
+    }
+
     /// Stops the VM, then the vsock backend (which exits when its frontend goes).
     pub async fn shutdown(self, grace: Duration) -> Result<()> {
         let Self {
