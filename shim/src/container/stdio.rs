@@ -11,7 +11,7 @@ use std::io::ErrorKind;
 use std::sync::Arc;
 
 use hull_agent_protocol::ttrpc::Code;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -133,8 +133,10 @@ async fn copy_output(agent: AgentLink, process: ProcessRef, stream: OutputStream
 
 /// Copies stdin until its end (or CloseIO), then closes the process's stdin.
 async fn copy_input(agent: AgentLink, process: ProcessRef, path: String, close: Arc<Notify>) {
-    // Read-only: the end of file comes when containerd closes its end. containerd opens the
-    // writing end before it asks for the process, so there is a writer already.
+    // Read-only, so the end of file comes when containerd closes its end. The reader is
+    // opened without waiting for a writer; a read before containerd's writer is there would
+    // answer end of file, so reads wait for readiness first: a FIFO that never had a writer
+    // is not readable until one writes or goes away.
     let fifo = match pipe::OpenOptions::new().open_receiver(&path) {
         Ok(fifo) => Some(fifo),
         Err(err) => {
@@ -142,37 +144,34 @@ async fn copy_input(agent: AgentLink, process: ProcessRef, path: String, close: 
             None
         }
     };
-    if let Some(mut fifo) = fifo {
+    if let Some(fifo) = fifo {
         let mut buf = vec![0u8; CHUNK as usize];
+        let mut closing = false;
         loop {
-            tokio::select! {
-                read = fifo.read(&mut buf) => match read {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if !write_all(&agent, &process, &buf[..n]).await {
-                            return;
+            if !closing {
+                tokio::select! {
+                    ready = fifo.readable() => {
+                        if let Err(err) = ready {
+                            tracing::warn!(container = %process.container_id, %err, "polling the stdin FIFO");
+                            break;
                         }
                     }
-                    Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                    Err(err) => {
-                        tracing::warn!(container = %process.container_id, %err, "reading the stdin FIFO");
-                        break;
-                    }
-                },
-                () = close.notified() => {
                     // CloseIO: send what containerd already wrote, then close.
-                    loop {
-                        match fifo.try_read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => {
-                                if !write_all(&agent, &process, &buf[..n]).await {
-                                    return;
-                                }
-                            }
-                            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                            Err(_) => break,
-                        }
+                    () = close.notified() => closing = true,
+                }
+            }
+            match fifo.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if !write_all(&agent, &process, &buf[..n]).await {
+                        return;
                     }
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock && closing => break,
+                Err(err)
+                    if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(err) => {
+                    tracing::warn!(container = %process.container_id, %err, "reading the stdin FIFO");
                     break;
                 }
             }

@@ -884,16 +884,22 @@ impl Task for TaskService {
             return Ok(Empty::new());
         }
         let sandbox = self.inner.sandbox.lock().await.take();
-        if let Some(sandbox) = sandbox {
-            match Arc::try_unwrap(sandbox) {
-                Ok(sandbox) => sandbox.shutdown().await,
-                Err(sandbox) => {
-                    tracing::error!(sandbox = %sandbox.id(), "sandbox still in use at shutdown; its record is left for 'shim delete'");
+        // containerd gives Shutdown 3 s; stopping a VM may take longer. So the answer goes
+        // at once and the shim stops the sandbox, then exits; containerd waits for the
+        // shim's connection to close, which happens when it exits.
+        let exit = Arc::clone(&self.inner.exit);
+        tokio::spawn(async move {
+            if let Some(sandbox) = sandbox {
+                match Arc::try_unwrap(sandbox) {
+                    Ok(sandbox) => sandbox.shutdown().await,
+                    Err(sandbox) => {
+                        tracing::error!(sandbox = %sandbox.id(), "sandbox still in use at shutdown; its record is left for 'shim delete'");
+                    }
                 }
             }
-        }
-        tracing::info!("shutdown requested: exiting");
-        self.inner.exit.signal();
+            tracing::info!("shutdown requested: exiting");
+            exit.signal();
+        });
         Ok(Empty::new())
     }
 }
