@@ -41,9 +41,21 @@ struct Setup {
 impl Setup {
     /// `None` when a prerequisite is missing (the skip is recorded).
     fn new(test: &str) -> Option<Self> {
+        Self::with_config(
+            test,
+            "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\nlog_level = \"debug\"\n",
+            true,
+        )
+    }
+
+    /// A setup whose configuration file holds `config`; `containers` says whether the test
+    /// needs an agent that runs containers.
+    fn with_config(test: &str, config_text: &str, containers: bool) -> Option<Self> {
         let busybox = need!(test, busybox());
         let agent = need!(test, hull_tests::artifacts::workspace_binary("hull-agent"));
-        need!(test, agent_serves_containers(&agent));
+        if containers {
+            need!(test, agent_serves_containers(&agent));
+        }
         let shim_dir = Path::new(SHIM)
             .parent()
             .expect("the shim is in a directory");
@@ -59,11 +71,7 @@ impl Setup {
         let image = build_busybox_archive(&busybox, &archive).unwrap();
         containerd.import(&archive).unwrap();
         let config = dir.path().join("configuration.toml");
-        std::fs::write(
-            &config,
-            "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\nlog_level = \"debug\"\n",
-        )
-        .unwrap();
+        std::fs::write(&config, config_text).unwrap();
         Some(Self {
             containerd,
             image,
@@ -400,5 +408,44 @@ fn ctr_task_exec_runs_a_second_process() {
         .containerd
         .ctr(&["containers", "delete", id])
         .expect("ctr containers delete");
+    setup.assert_nothing_left(id);
+}
+
+#[test]
+fn a_failed_create_is_reported_and_leaves_nothing_behind() {
+    let test = "a_failed_create_is_reported_and_leaves_nothing_behind";
+    let Some(setup) = Setup::with_config(
+        test,
+        "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n",
+        false,
+    ) else {
+        return;
+    };
+    let id = "hull-none-fail";
+    // Fails in the agent: at CreateContainer with an agent that has no container calls, at
+    // Create or Start with one that has them (no such program).
+    let output = setup.ctr_run(id, &["/nonexistent/program"]);
+    assert!(!output.status.success(), "{}", setup.explain(&output));
+    // ctr run --rm does not remove a container whose task never started.
+    let _ = setup.containerd.ctr(&["containers", "delete", id]);
+    setup.assert_nothing_left(id);
+}
+
+#[test]
+fn the_none_hypervisor_is_refused_without_consent_and_says_how() {
+    let test = "the_none_hypervisor_is_refused_without_consent_and_says_how";
+    let Some(setup) = Setup::with_config(test, "hypervisor = \"none\"\n", false) else {
+        return;
+    };
+    let id = "hull-none-refused";
+    let output = setup.ctr_run(id, &["echo", "hello"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", setup.explain(&output));
+    assert!(
+        stderr.contains("enable_none_hypervisor"),
+        "{}",
+        setup.explain(&output)
+    );
+    let _ = setup.containerd.ctr(&["containers", "delete", id]);
     setup.assert_nothing_left(id);
 }
