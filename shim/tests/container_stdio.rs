@@ -204,6 +204,7 @@ async fn stdin_reaches_the_process_and_output_is_complete_before_the_exit() {
         Container {
             bundle: dir.path().to_owned(),
             rootfs: None,
+            shared_rootfs: false,
             paused: false,
             init: Process::new(paths.clone(), None),
             execs: Default::default(),

@@ -97,6 +97,8 @@ pub struct Container {
     /// The host directory its rootfs is mounted on, and how many mounts are stacked there;
     /// `None` when containerd gave no mounts.
     pub rootfs: Option<(PathBuf, usize)>,
+    /// Whether the rootfs is bound into the pod's share (a VM's containers).
+    pub shared_rootfs: bool,
     /// Whether it is paused.
     pub paused: bool,
     /// Its init process.
@@ -222,6 +224,7 @@ mod tests {
         let container = Container {
             bundle: PathBuf::from("/b"),
             rootfs: None,
+            shared_rootfs: false,
             paused: false,
             init: Process::new(StdioPaths::default(), None),
             execs: HashMap::from([(

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::boot::{self, BootedVm};
 use super::host_agent::{self, HostAgent};
 use super::persist::{self, OwnedProcess, SandboxRecord};
+use super::share::SharedDir;
 use crate::agent_link::AgentLink;
 use crate::config::{Config, HypervisorKind};
 use crate::host::Virtualization;
@@ -124,13 +125,16 @@ impl Sandbox {
                     .map_err(Error::from)
             }
             HypervisorKind::Qemu => {
+                // Recorded before it is mounted: a crash part-way still unmounts it.
+                record.mounts.push(run_dir.join("shared"));
+                record.save(record_path)?;
                 if let Some(parent) = run_dir.parent() {
                     std::fs::create_dir_all(parent).map_err(|source| Error::RunDir {
                         path: parent.to_owned(),
                         source,
                     })?;
                 }
-                boot::boot(config, id, run_dir, beside)
+                boot::boot_with_share(config, id, run_dir, beside, true)
                     .await
                     .map(|vm| {
                         let link = vm.agent.clone();
@@ -179,6 +183,14 @@ impl Sandbox {
     /// The hypervisor that runs it (never `auto`).
     pub fn hypervisor(&self) -> HypervisorKind {
         self.hypervisor
+    }
+
+    /// The pod's directory shared into the VM; `None` without a VM (`none`).
+    pub fn share(&self) -> Option<&SharedDir> {
+        match &self.runner {
+            Runner::Vm(vm) => vm.share(),
+            Runner::Host(_) => None,
+        }
     }
 
     /// The link to the sandbox's agent.

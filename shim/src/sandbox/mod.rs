@@ -3,10 +3,12 @@
 //!
 //! [`boot`] brings a VM up until its agent answers; [`host_agent`] starts the agent on the
 //! host instead (`none`); [`lifecycle`] is the running sandbox the Task service uses (start,
-//! shutdown, the host mounts it owns); [`persist`] is the record of what a sandbox owns on the
+//! shutdown, the host mounts it owns); [`share`] is the pod's directory shared into the VM
+//! through hull-fs; [`persist`] is the record of what a sandbox owns on the
 //! host, kept on disk so that `shim delete` or a restarted shim can clean up after a crash.
 
 pub mod boot;
 pub mod host_agent;
 pub mod lifecycle;
 pub mod persist;
+pub mod share;

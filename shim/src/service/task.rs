@@ -4,8 +4,7 @@
 //! Every call is answered explicitly: the generated defaults answer NOT_FOUND for calls a
 //! shim does not implement, which containerd misreads as "no such task", so each call here
 //! either works, answers NOT_FOUND for a container or process that does not exist, or answers
-//! UNIMPLEMENTED saying what is missing (Checkpoint; a rootfs for a VM until hull-fs sharing
-//! is wired).
+//! UNIMPLEMENTED saying what is missing (Checkpoint, restoring from one, logging URIs).
 //!
 //! The first Create starts the sandbox (the configuration is loaded then, from the runtime
 //! options' ConfigPath, `HULL_CONF_FILE` or the system files); Shutdown with no container
@@ -41,6 +40,7 @@ use crate::container::stdio::{ProcessRef, StdioPaths};
 use crate::container::{Container, Containers, Exit, ExitHook, Process, Status};
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::lifecycle::Sandbox;
+use crate::sandbox::share::guest_rootfs;
 
 /// Largest bundle config.json read, in bytes (the agent takes at most 1 MiB of spec).
 const MAX_SPEC: u64 = 1 << 20;
@@ -183,14 +183,6 @@ impl Inner {
             .unwrap_or_default();
         let config = config::annotations::apply(&loaded.config, &annotations)
             .map_err(|e| status(Code::INVALID_ARGUMENT, chain(&e)))?;
-        let kind = match config.hypervisor {
-            HypervisorKind::Auto => crate::host::Virtualization::probe().auto_hypervisor(),
-            other => other,
-        };
-        // Refused before a VM is booted for nothing.
-        if kind != HypervisorKind::None {
-            return Err(rootfs_in_vm_unsupported(id, kind));
-        }
         let sandbox_id = sandbox_grouping(bundle, id);
         if !crate::paths::is_safe_id(&sandbox_id) {
             return Err(status(
@@ -301,8 +293,11 @@ impl Inner {
         let options = RuntimeOptions::try_from(req.options.as_ref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let sandbox = self.ensure_sandbox(&id, &bundle, &spec, &options).await?;
-        if sandbox.hypervisor() != HypervisorKind::None {
-            return Err(rootfs_in_vm_unsupported(&id, sandbox.hypervisor()));
+        if sandbox.hypervisor() != HypervisorKind::None && !crate::paths::is_safe_id(&id) {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("container id {id:?} cannot name a directory of the pod's share"),
+            ));
         }
 
         // The rootfs: containerd's mounts on the bundle's root path.
@@ -322,7 +317,15 @@ impl Inner {
                 .add_mount(&target)
                 .map_err(|e| status(Code::INTERNAL, chain(&e)))?;
         }
-        let undo_rootfs = |sandbox: &Sandbox| {
+        let undo_rootfs = |sandbox: &Sandbox, shared: bool| {
+            if shared {
+                if let Some(share) = sandbox.share() {
+                    share.unshare_rootfs(&id);
+                    if let Err(err) = sandbox.remove_mount(&share.rootfs_target(&id)) {
+                        tracing::warn!(container = %id, "{}", chain(&err));
+                    }
+                }
+            }
             if layers > 0 {
                 rootfs::unmount(&target, layers);
                 if let Err(err) = sandbox.remove_mount(&target) {
@@ -331,24 +334,54 @@ impl Inner {
             }
         };
         if let Err(err) = rootfs::mount_all(&mounts, &target) {
-            undo_rootfs(&sandbox);
+            undo_rootfs(&sandbox, false);
             return Err(status(Code::INTERNAL, chain(&err)));
         }
-        // With `none` the agent sees the host's file system: the root is the host path.
-        spec["root"]["path"] = serde_json::Value::String(target.display().to_string());
+        // Where the agent finds the rootfs: with `none` it sees the host's file system, so
+        // the host path; in a VM, the rootfs bound into the pod's share, which the agent
+        // mounts for the container.
+        let (guest_root, storages, shared) = match sandbox.share() {
+            None if sandbox.hypervisor() == HypervisorKind::None => {
+                (target.display().to_string(), Vec::new(), false)
+            }
+            None => {
+                undo_rootfs(&sandbox, false);
+                return Err(status(
+                    Code::UNIMPLEMENTED,
+                    format!(
+                        "hypervisor {:?} has no way to share container {id}'s rootfs yet",
+                        sandbox.hypervisor()
+                    ),
+                ));
+            }
+            Some(share) => {
+                let shared_target = share.rootfs_target(&id);
+                let bound = sandbox
+                    .add_mount(&shared_target)
+                    .map_err(|e| chain(&e))
+                    .and_then(|()| share.share_rootfs(&id, &target).map_err(|e| chain(&e)));
+                if let Err(err) = bound {
+                    undo_rootfs(&sandbox, true);
+                    return Err(status(Code::INTERNAL, err));
+                }
+                let (storage, root) = guest_rootfs(&id);
+                (root, vec![storage], true)
+            }
+        };
+        spec["root"]["path"] = serde_json::Value::String(guest_root);
         let spec_json = match serde_json::to_vec(&spec) {
             Ok(json) => json,
             Err(err) => {
-                undo_rootfs(&sandbox);
+                undo_rootfs(&sandbox, shared);
                 return Err(status(Code::INTERNAL, format!("encoding the spec: {err}")));
             }
         };
         if let Err(err) = sandbox
             .agent()
-            .create_container(&id, spec_json, Vec::new())
+            .create_container(&id, spec_json, storages)
             .await
         {
-            undo_rootfs(&sandbox);
+            undo_rootfs(&sandbox, shared);
             return Err(agent_error(&err));
         }
         self.containers.lock().insert(
@@ -356,6 +389,7 @@ impl Inner {
             Container {
                 bundle: bundle.clone(),
                 rootfs: (layers > 0).then(|| (target.clone(), layers)),
+                shared_rootfs: shared,
                 paused: false,
                 init: Process::new(stdio.clone(), None),
                 execs: Default::default(),
@@ -464,6 +498,14 @@ impl Inner {
                     tracing::warn!(container = %id, "removing the container: {}", err.agent_message());
                 }
             }
+            if container.shared_rootfs {
+                if let Some(share) = sandbox.share() {
+                    share.unshare_rootfs(id);
+                    if let Err(err) = sandbox.remove_mount(&share.rootfs_target(id)) {
+                        tracing::warn!(container = %id, "{}", chain(&err));
+                    }
+                }
+            }
             if let Some((target, layers)) = container.rootfs {
                 rootfs::unmount(&target, layers);
                 if let Err(err) = sandbox.remove_mount(&target) {
@@ -489,18 +531,6 @@ impl Inner {
             ..Default::default()
         })
     }
-}
-
-/// The refusal for a container in a VM, until its rootfs can be shared into one.
-fn rootfs_in_vm_unsupported(id: &str, kind: HypervisorKind) -> TtrpcError {
-    status(
-        Code::UNIMPLEMENTED,
-        format!(
-            "hull cannot create container {id} yet with hypervisor {kind:?}: sharing its rootfs \
-             into a VM through hull-fs is not wired; only hypervisor = \"none\" (development, no \
-             isolation) runs containers in this build"
-        ),
-    )
 }
 
 /// The bundle's OCI spec, as JSON.
