@@ -9,6 +9,7 @@
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod cmdline;
+pub mod container;
 pub mod container_request;
 pub mod copy_file;
 pub mod guest_check;
@@ -28,6 +29,9 @@ use hull_agent_protocol::{AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
 
 use crate::listen::ListenAddr;
 use crate::service::Agent;
+
+/// Where the agent keeps its container files in the guest (bundles, libcontainer's state).
+pub const GUEST_STATE_DIR: &str = "/run/hull/agent";
 
 /// The agent's version, printed in its start-up line so the host can tell which agent booted.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -56,8 +60,16 @@ pub struct Options {
 pub fn run(options: Options) -> anyhow::Result<()> {
     match options.listen {
         Some(addr) => {
-            let agent = Agent::new(Mode::Host, options.shared_dir);
-            server::serve(agent, &addr)
+            // Per agent, so agents serving side by side (tests) keep apart; removed on exit.
+            let state_dir = PathBuf::from(format!("/run/hull-agent-{}", std::process::id()));
+            let agent = Agent::new(Mode::Host, options.shared_dir, state_dir.clone());
+            let served = server::serve(agent, &addr);
+            if let Err(err) = std::fs::remove_dir_all(&state_dir) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("removing {}: {err}", state_dir.display());
+                }
+            }
+            served
         }
         None => {
             if options.shared_dir.is_some() {
@@ -74,7 +86,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 pid1::Next::Stopped => Ok(()),
                 pid1::Next::Serve => {
                     let addr = ListenAddr::Vsock(AGENT_VSOCK_PORT);
-                    let agent = Agent::new(Mode::Guest, Some(PathBuf::from(GUEST_SHARED_DIR)));
+                    let agent = Agent::new(
+                        Mode::Guest,
+                        Some(PathBuf::from(GUEST_SHARED_DIR)),
+                        PathBuf::from(GUEST_STATE_DIR),
+                    );
                     server::serve(agent, &addr).context("serving as PID 1")
                 }
             }

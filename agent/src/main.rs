@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use hull_agent::container::helper::HELPER_ARG;
 use hull_agent::listen::ListenAddr;
 use hull_agent::Options;
 use tracing_subscriber::filter::LevelFilter;
@@ -26,6 +27,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // The agent runs youki's libcontainer in a child process of its own binary.
+    let args: Vec<_> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == HELPER_ARG) {
+        return hull_agent::container::helper::main(args.get(2..).unwrap_or_default());
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_max_level(cli.log_level)

@@ -181,7 +181,7 @@ fn selftest(report: &GuestReport) -> anyhow::Result<()> {
 
 /// Stops the VM by restarting the guest: with `reboot=t` a triple fault, which every VMM hull
 /// runs under (QEMU with `-no-reboot`, the built-in VMM) treats as the end of the VM.
-fn stop_vm() -> anyhow::Result<()> {
+pub fn stop_vm() -> anyhow::Result<()> {
     nix::unistd::sync();
     reboot(RebootMode::RB_AUTOBOOT).context("stopping the VM")?;
     unreachable!("reboot(2) returned without an error")

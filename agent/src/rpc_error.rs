@@ -35,3 +35,18 @@ pub fn failed_precondition(call: Call, message: impl std::fmt::Display) -> ttrpc
 pub fn internal(call: Call, message: impl std::fmt::Display) -> ttrpc::Error {
     status(Code::INTERNAL, format!("{call}: {message}"))
 }
+
+/// The request would create something that exists already (a duplicate id).
+pub fn already_exists(call: Call, message: impl std::fmt::Display) -> ttrpc::Error {
+    status(Code::ALREADY_EXISTS, format!("{call}: {message}"))
+}
+
+/// Waiting for something took longer than the request allowed.
+pub fn deadline_exceeded(call: Call, message: impl std::fmt::Display) -> ttrpc::Error {
+    status(Code::DEADLINE_EXCEEDED, format!("{call}: {message}"))
+}
+
+/// A feature of a call this agent does not have (the call itself is served).
+pub fn unimplemented_feature(call: Call, message: impl std::fmt::Display) -> ttrpc::Error {
+    status(Code::UNIMPLEMENTED, format!("{call}: {message}"))
+}

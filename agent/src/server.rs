@@ -1,5 +1,5 @@
 //! The agent's event loop: one tokio runtime on the current thread, serving the protocol with
-//! ttrpc and, as PID 1, reaping on SIGCHLD. No thread per connection or per process.
+//! ttrpc and reaping on SIGCHLD (see [`crate::reaper`]). No thread per connection or per process.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::listen::ListenAddr;
 use crate::service::Agent;
-use crate::{reaper, Mode};
+use crate::{pid1, Mode};
 
 /// Serves the protocol on `addr` until the agent is told to stop: on a host by SIGTERM or
 /// SIGINT, after which the socket is removed; in the guest never (the VM ends with it).
@@ -26,17 +26,33 @@ pub fn serve(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()> {
 
 async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()> {
     let mode = agent.mode();
-    if mode == Mode::Guest {
-        let mut reaping = tokio::spawn(reaper::reap_on_sigchld());
-        // Fail now, not later, if SIGCHLD cannot be handled: zombies would pile up.
-        tokio::task::yield_now().await;
-        if reaping.is_finished() {
-            (&mut reaping)
-                .await
-                .context("the reaper task")?
-                .context("handling SIGCHLD")?;
+    if mode == Mode::Host {
+        // A container's processes are created by a helper child that exits at once (see
+        // container::helper); as a subreaper the agent inherits them, as PID 1 does in a
+        // guest, and its reaper can collect their exit statuses.
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("becoming a child subreaper");
         }
     }
+    let mut reaping = tokio::spawn(agent.reaper().run());
+    // Fail now, not later, if SIGCHLD cannot be handled: exit statuses would be lost.
+    tokio::task::yield_now().await;
+    if reaping.is_finished() {
+        (&mut reaping)
+            .await
+            .context("the reaper task")?
+            .context("handling SIGCHLD")?;
+    }
+    let shutdown = agent.shutdown_signal();
+    // Handle SIGTERM and SIGINT before listening: a client that can connect can stop us.
+    let stop_signals = match mode {
+        Mode::Host => Some((
+            signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            signal(SignalKind::interrupt()).context("handling SIGINT")?,
+        )),
+        Mode::Guest => None,
+    };
     let listener = addr
         .bind()
         .with_context(|| format!("listening on {addr}"))?;
@@ -50,14 +66,22 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
         .with_context(|| format!("serving on {addr}"))?;
     tracing::info!(%addr, "serving hull.agent.v1");
 
-    match mode {
-        Mode::Guest => std::future::pending::<anyhow::Result<()>>().await,
-        Mode::Host => {
-            let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
-            let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    match stop_signals {
+        None => {
+            shutdown.notified().await;
+            tracing::info!("sandbox destroyed: powering off");
+            // Let the DestroySandbox answer go out before the VM ends.
+            server
+                .shutdown()
+                .await
+                .context("stopping the ttrpc server")?;
+            pid1::stop_vm()
+        }
+        Some((mut term, mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
+                () = shutdown.notified() => tracing::info!("sandbox destroyed"),
             }
             tracing::info!("stopping");
             server

@@ -1,27 +1,19 @@
 //! The agent's side of `hull.agent.v1.AgentService`: one [`Agent`] answers every call.
 //!
-//! Served for real: Check, GetGuestDetails, GetMetrics, SetGuestDateTime, CopyFile. CreateContainer checks its
-//! request completely (id, OCI spec, storages), answering INVALID_ARGUMENT precisely, and then
-//! UNIMPLEMENTED: running containers is the next step. Every other call answers UNIMPLEMENTED
-//! naming itself; none fakes a success.
+//! Served for real: Check, GetGuestDetails, GetMetrics, SetGuestDateTime, CopyFile, and the
+//! container calls (CreateContainer to RemoveContainer, the process and stdio calls,
+//! DestroySandbox, GetOOMEvent), which [`crate::container`] carries out; this module maps
+//! their requests in and their failures to ttrpc codes. CreateSandbox and the network calls
+//! answer UNIMPLEMENTED naming themselves; none fakes a success.
 //!
-//! Containers will run through youki's `libcontainer` (0.7) if the following holds up; what
-//! was found so far:
-//! - Dependencies: its default features pull libseccomp (a C library the static agent would
-//!   have to link) and systemd's D-Bus client. With `default-features = false,
-//!   features = ["v2"]` the set is pure Rust (about 90 crates, rust-criu and its protobuf
-//!   included unconditionally), so the static link should hold; it is not measured yet.
-//! - Process model: `build()` forks an intermediate process and waits for it with a blocking
-//!   `waitpid(intermediate_pid)`. The agent's SIGCHLD reaper reaps with `waitpid(-1)` and
-//!   could take that status first, failing the create with ECHILD. Kata's agent has the same
-//!   race with its own reaper and serialises fork and reap behind one lock; hull must either
-//!   do the same or make the reaper peek (`waitid(WNOWAIT)`) and leave PIDs that a
-//!   synchronous waiter owns. `build()` also blocks, so it runs on a blocking thread.
-//! - State: it keeps a state directory per container (runc's layout), which the agent would
-//!   put on a tmpfs under /run.
+//! Process model: youki's libcontainer runs in a helper process (see
+//! [`crate::container::helper`] for why not on a thread of the agent), and the agent's one
+//! [`Reaper`] owns every wait(2), so PID 1's reaping never races libcontainer's own waits
+//! (see [`crate::reaper`]).
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hull_agent_protocol::agent::*;
 use hull_agent_protocol::ttrpc::r#async::TtrpcContext;
@@ -30,10 +22,14 @@ use hull_agent_protocol::types::{Interface, Interfaces, Routes};
 use hull_agent_protocol::{AgentService, Call, SERVICE_NAME};
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
+use tokio::sync::Notify;
 
+use crate::container::stdio::Stream;
+use crate::container::{Containers, Failure, Layout};
 use crate::container_request::ContainerRequest;
 use crate::copy_file::{self, copy_chunk};
 use crate::metrics::Snapshot;
+use crate::reaper::Reaper;
 use crate::rpc_error;
 use crate::{guest_details, Mode};
 
@@ -46,21 +42,69 @@ pub struct Agent {
     mode: Mode,
     started: Instant,
     shared_dir: Option<PathBuf>,
+    reaper: Arc<Reaper>,
+    containers: Containers,
+    shutdown: Arc<Notify>,
 }
 
 impl Agent {
-    /// An agent serving in `mode`, writing CopyFile's files under `shared_dir`.
-    pub fn new(mode: Mode, shared_dir: Option<PathBuf>) -> Self {
+    /// An agent serving in `mode`, writing CopyFile's files under `shared_dir` and keeping
+    /// its container files under `state_dir`.
+    pub fn new(mode: Mode, shared_dir: Option<PathBuf>, state_dir: PathBuf) -> Self {
+        let reaper = Reaper::new();
         Agent {
             mode,
             started: Instant::now(),
             shared_dir,
+            containers: Containers::new(Arc::clone(&reaper), Layout::new(state_dir)),
+            reaper,
+            shutdown: Arc::new(Notify::new()),
         }
     }
 
     /// Where it serves.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The reaper the event loop must run ([`Reaper::run`]).
+    pub fn reaper(&self) -> Arc<Reaper> {
+        Arc::clone(&self.reaper)
+    }
+
+    /// Notified when DestroySandbox has been handled: the agent stops serving (on a host it
+    /// exits; in a guest the VM powers off).
+    pub fn shutdown_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.shutdown)
+    }
+
+    async fn read(
+        &self,
+        call: Call,
+        stream: Stream,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        let data = self
+            .containers
+            .read(&req.container_id, &req.exec_id, stream, req.len)
+            .await
+            .map_err(|err| failure(call, err))?;
+        let mut response = ReadStreamResponse::new();
+        response.data = data;
+        Ok(response)
+    }
+}
+
+/// The ttrpc status of a failed container call.
+fn failure(call: Call, failure: Failure) -> ttrpc::Error {
+    match failure {
+        Failure::InvalidArgument(m) => rpc_error::invalid_argument(call, m),
+        Failure::NotFound(m) => rpc_error::not_found(call, m),
+        Failure::AlreadyExists(m) => rpc_error::already_exists(call, m),
+        Failure::FailedPrecondition(m) => rpc_error::failed_precondition(call, m),
+        Failure::Unimplemented(m) => rpc_error::unimplemented_feature(call, m),
+        Failure::DeadlineExceeded(m) => rpc_error::deadline_exceeded(call, m),
+        Failure::Internal(m) => rpc_error::internal(call, m),
     }
 }
 
@@ -126,13 +170,20 @@ impl AgentService for Agent {
         _ctx: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
+        let call = Call::CreateContainer;
+        if !req.devices.is_empty() {
+            return Err(rpc_error::unimplemented_feature(
+                call,
+                "devices are not implemented by this agent",
+            ));
+        }
         let request = ContainerRequest::try_from(req)
-            .map_err(|err| rpc_error::invalid_argument(Call::CreateContainer, err))?;
-        tracing::debug!(
-            container = request.id.as_str(),
-            "well-formed CreateContainer"
-        );
-        Err(rpc_error::unimplemented(Call::CreateContainer))
+            .map_err(|err| rpc_error::invalid_argument(call, err))?;
+        self.containers
+            .create(request)
+            .await
+            .map_err(|err| failure(call, err))?;
+        Ok(Empty::new())
     }
 
     async fn create_sandbox(
@@ -148,127 +199,210 @@ impl AgentService for Agent {
         _ctx: &TtrpcContext,
         _req: DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::DestroySandbox))
+        let result = self.containers.remove_all().await;
+        // Stop after answering, even if a container could not be removed: the sandbox is
+        // going away, and as PID 1 the VM's end cleans up the rest.
+        self.shutdown.notify_one();
+        result.map_err(|err| failure(Call::DestroySandbox, err))?;
+        Ok(Empty::new())
     }
 
     async fn start_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: StartContainerRequest,
+        req: StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::StartContainer))
+        self.containers
+            .start(&req.container_id)
+            .await
+            .map_err(|err| failure(Call::StartContainer, err))?;
+        Ok(Empty::new())
     }
 
     async fn remove_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: RemoveContainerRequest,
+        req: RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::RemoveContainer))
+        let timeout =
+            (req.timeout_secs > 0).then(|| Duration::from_secs(u64::from(req.timeout_secs)));
+        self.containers
+            .remove(&req.container_id, timeout)
+            .await
+            .map_err(|err| failure(Call::RemoveContainer, err))?;
+        Ok(Empty::new())
     }
 
     async fn pause_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: PauseContainerRequest,
+        req: PauseContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::PauseContainer))
+        self.containers
+            .pause(&req.container_id, true)
+            .await
+            .map_err(|err| failure(Call::PauseContainer, err))?;
+        Ok(Empty::new())
     }
 
     async fn resume_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: ResumeContainerRequest,
+        req: ResumeContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::ResumeContainer))
+        self.containers
+            .pause(&req.container_id, false)
+            .await
+            .map_err(|err| failure(Call::ResumeContainer, err))?;
+        Ok(Empty::new())
     }
 
     async fn stats_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: StatsContainerRequest,
+        req: StatsContainerRequest,
     ) -> ttrpc::Result<StatsContainerResponse> {
-        Err(rpc_error::unimplemented(Call::StatsContainer))
+        let stats = self
+            .containers
+            .stats(&req.container_id)
+            .await
+            .map_err(|err| failure(Call::StatsContainer, err))?;
+        let mut response = StatsContainerResponse::new();
+        response.cgroup_stats = Some(stats).into();
+        Ok(response)
     }
 
     async fn update_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: UpdateContainerRequest,
+        req: UpdateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::UpdateContainer))
+        self.containers
+            .update(&req.container_id, &req.resources_json)
+            .await
+            .map_err(|err| failure(Call::UpdateContainer, err))?;
+        Ok(Empty::new())
     }
 
     async fn list_processes(
         &self,
         _ctx: &TtrpcContext,
-        _req: ListProcessesRequest,
+        req: ListProcessesRequest,
     ) -> ttrpc::Result<ListProcessesResponse> {
-        Err(rpc_error::unimplemented(Call::ListProcesses))
+        let processes = self
+            .containers
+            .list(&req.container_id)
+            .await
+            .map_err(|err| failure(Call::ListProcesses, err))?;
+        let mut response = ListProcessesResponse::new();
+        response.processes = processes
+            .into_iter()
+            .map(|(pid, exec_id)| {
+                let mut info = ProcessInfo::new();
+                info.pid = pid;
+                info.exec_id = exec_id;
+                info
+            })
+            .collect();
+        Ok(response)
     }
 
     async fn exec_process(
         &self,
         _ctx: &TtrpcContext,
-        _req: ExecProcessRequest,
+        req: ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::ExecProcess))
+        self.containers
+            .exec(&req.container_id, &req.exec_id, &req.process_json)
+            .await
+            .map_err(|err| failure(Call::ExecProcess, err))?;
+        Ok(Empty::new())
     }
 
     async fn signal_process(
         &self,
         _ctx: &TtrpcContext,
-        _req: SignalProcessRequest,
+        req: SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::SignalProcess))
+        self.containers
+            .signal(&req.container_id, &req.exec_id, req.signal, req.all)
+            .await
+            .map_err(|err| failure(Call::SignalProcess, err))?;
+        Ok(Empty::new())
     }
 
     async fn wait_process(
         &self,
         _ctx: &TtrpcContext,
-        _req: WaitProcessRequest,
+        req: WaitProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
-        Err(rpc_error::unimplemented(Call::WaitProcess))
+        let exit = self
+            .containers
+            .wait(&req.container_id, &req.exec_id)
+            .await
+            .map_err(|err| failure(Call::WaitProcess, err))?;
+        let mut response = WaitProcessResponse::new();
+        response.exit_status = exit.status;
+        response.exit_code = exit.code;
+        response.signal = exit.signal;
+        response.core_dumped = exit.core_dumped;
+        Ok(response)
     }
 
     async fn write_stdin(
         &self,
         _ctx: &TtrpcContext,
-        _req: WriteStreamRequest,
+        req: WriteStreamRequest,
     ) -> ttrpc::Result<WriteStreamResponse> {
-        Err(rpc_error::unimplemented(Call::WriteStdin))
+        let call = Call::WriteStdin;
+        let len = u32::try_from(req.data.len())
+            .map_err(|_| rpc_error::invalid_argument(call, "data is too long"))?;
+        self.containers
+            .write(&req.container_id, &req.exec_id, &req.data)
+            .await
+            .map_err(|err| failure(call, err))?;
+        let mut response = WriteStreamResponse::new();
+        response.len = len;
+        Ok(response)
     }
 
     async fn read_stdout(
         &self,
         _ctx: &TtrpcContext,
-        _req: ReadStreamRequest,
+        req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
-        Err(rpc_error::unimplemented(Call::ReadStdout))
+        self.read(Call::ReadStdout, Stream::Stdout, req).await
     }
 
     async fn read_stderr(
         &self,
         _ctx: &TtrpcContext,
-        _req: ReadStreamRequest,
+        req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
-        Err(rpc_error::unimplemented(Call::ReadStderr))
+        self.read(Call::ReadStderr, Stream::Stderr, req).await
     }
 
     async fn close_stdin(
         &self,
         _ctx: &TtrpcContext,
-        _req: CloseStdinRequest,
+        req: CloseStdinRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::CloseStdin))
+        self.containers
+            .close_stdin(&req.container_id, &req.exec_id)
+            .await
+            .map_err(|err| failure(Call::CloseStdin, err))?;
+        Ok(Empty::new())
     }
 
     async fn tty_win_resize(
         &self,
         _ctx: &TtrpcContext,
-        _req: TtyWinResizeRequest,
+        req: TtyWinResizeRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::TtyWinResize))
+        self.containers
+            .resize(&req.container_id, &req.exec_id, req.rows, req.columns)
+            .map_err(|err| failure(Call::TtyWinResize, err))?;
+        Ok(Empty::new())
     }
 
     async fn get_oom_event(
@@ -276,7 +410,9 @@ impl AgentService for Agent {
         _ctx: &TtrpcContext,
         _req: GetOOMEventRequest,
     ) -> ttrpc::Result<OOMEvent> {
-        Err(rpc_error::unimplemented(Call::GetOOMEvent))
+        let mut event = OOMEvent::new();
+        event.container_id = self.containers.next_oom().await;
+        Ok(event)
     }
 
     async fn update_interface(

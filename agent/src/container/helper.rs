@@ -1,0 +1,214 @@
+//! The container helper: youki's libcontainer runs in a short-lived child process of the
+//! agent, `hull-agent __container-helper ...`, never in the agent itself.
+//!
+//! Why a process and not tokio's blocking pool: libcontainer's create clones an intermediate
+//! process with a raw clone3(2) and runs a great deal of Rust in it (allocations, logging,
+//! channels) before exec. Cloned from a thread of a multi-threaded process, that child could
+//! inherit a lock (the allocator's, stderr's) that another thread of the agent held at that
+//! moment and deadlock; fork handlers do not run for clone3. The helper is single-threaded,
+//! as youki's own CLI is, so libcontainer runs as it was written to run. It also keeps the
+//! process-wide side effects of a create (it makes its caller non-dumpable and writes the
+//! spec's oom_score_adj to `/proc/self`) off the agent.
+//!
+//! The helper's stdin, stdout and stderr are the container process's stdio (pipes made by the
+//! agent; /dev/null with a terminal, whose pty libcontainer sends to the console socket). It
+//! never logs: its stderr is the container's. It writes the created process's PID to the pid
+//! file (libcontainer's `--pid-file`), a failure's message to the error file, and exits 0 or 1.
+//! The process it creates is cloned with CLONE_PARENT, a child of the helper; when the helper
+//! exits it is re-parented to the agent (PID 1, or a child subreaper on a host), whose reaper
+//! owns its exit status (see [`crate::reaper`]). The helper waits for libcontainer's
+//! intermediate process itself, inside libcontainer, in its own process: the agent's reaper
+//! cannot see it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+
+/// The first argument that makes hull-agent run as the container helper.
+pub const HELPER_ARG: &str = "__container-helper";
+
+/// What the helper is asked to do.
+#[derive(Debug, Clone)]
+pub struct HelperArgs {
+    /// `create` or `exec`.
+    pub op: HelperOp,
+    /// libcontainer's state directory (its `--root`).
+    pub state_root: PathBuf,
+    /// The container id.
+    pub id: String,
+    /// create: the bundle directory (with config.json); exec: the process.json file.
+    pub spec: PathBuf,
+    /// The console socket for a terminal.
+    pub console_socket: Option<PathBuf>,
+    /// Where the new process's PID is written.
+    pub pid_file: PathBuf,
+    /// Where a failure's message is written.
+    pub error_file: PathBuf,
+}
+
+/// An operation of the helper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelperOp {
+    /// Create a container (runc create): its init waits for StartContainer.
+    Create,
+    /// Start a process in a running container (runc exec -d).
+    Exec,
+    /// Let a created container's init exec the user's program, running poststart hooks
+    /// (runc start). libcontainer changes the working directory to reach its notify socket,
+    /// one more reason not to run it in the agent.
+    Start,
+    /// Delete a stopped container: its cgroup and state, running poststop hooks (runc delete
+    /// --force).
+    Delete,
+}
+
+impl HelperArgs {
+    /// The arguments after [`HELPER_ARG`].
+    pub fn to_args(&self) -> Vec<OsString> {
+        let op = match self.op {
+            HelperOp::Create => "create",
+            HelperOp::Exec => "exec",
+            HelperOp::Start => "start",
+            HelperOp::Delete => "delete",
+        };
+        let console = self
+            .console_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("-"));
+        vec![
+            op.into(),
+            self.state_root.clone().into(),
+            self.id.clone().into(),
+            self.spec.clone().into(),
+            console.into(),
+            self.pid_file.clone().into(),
+            self.error_file.clone().into(),
+        ]
+    }
+
+    fn parse(args: &[OsString]) -> Option<Self> {
+        let [op, state_root, id, spec, console, pid_file, error_file] = args else {
+            return None;
+        };
+        let op = match op.to_str()? {
+            "create" => HelperOp::Create,
+            "exec" => HelperOp::Exec,
+            "start" => HelperOp::Start,
+            "delete" => HelperOp::Delete,
+            _ => return None,
+        };
+        Some(HelperArgs {
+            op,
+            state_root: state_root.into(),
+            id: id.to_str()?.to_owned(),
+            spec: spec.into(),
+            console_socket: (console != "-").then(|| console.into()),
+            pid_file: pid_file.into(),
+            error_file: error_file.into(),
+        })
+    }
+}
+
+/// Runs the helper with the arguments after [`HELPER_ARG`].
+pub fn main(args: &[OsString]) -> ExitCode {
+    let Some(args) = HelperArgs::parse(args) else {
+        eprintln!("hull-agent {HELPER_ARG}: internal use only (malformed arguments)");
+        return ExitCode::from(2);
+    };
+    // The agent's Rust runtime ignores SIGPIPE; an ignored signal stays ignored across
+    // execve, so reset it, or `yes | head` in a container would never end.
+    // SAFETY: setting a signal's disposition to the default installs no handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            // The agent reads this file; if even that fails, the exit code still says it.
+            let _ = std::fs::write(&args.error_file, message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &HelperArgs) -> Result<(), String> {
+    if matches!(args.op, HelperOp::Start | HelperOp::Delete) {
+        let mut container = Container::load(args.state_root.join(&args.id))
+            .map_err(|err| format!("loading the container's state: {}", chain(&err)))?;
+        let result = if args.op == HelperOp::Start {
+            container.start()
+        } else {
+            container.delete(true)
+        };
+        return result.map_err(|err| chain(&err));
+    }
+    let builder = ContainerBuilder::new(args.id.clone(), SyscallType::default())
+        .with_root_path(&args.state_root)
+        .map_err(|err| format!("libcontainer state directory: {err}"))?
+        .with_pid_file(Some(&args.pid_file))
+        .map_err(|err| format!("pid file: {err}"))?
+        .with_console_socket(args.console_socket.as_ref());
+    match args.op {
+        HelperOp::Create => builder
+            .as_init(&args.spec)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map(drop)
+            .map_err(|err| chain(&err)),
+        HelperOp::Exec => builder
+            .as_tenant()
+            .with_detach(true)
+            .with_process(Some(&args.spec))
+            .build()
+            .map(drop)
+            .map_err(|err| chain(&err)),
+        HelperOp::Start | HelperOp::Delete => Ok(()),
+    }
+}
+
+/// An error with its causes, "outer: inner: ...".
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_round_trip() {
+        let args = HelperArgs {
+            op: HelperOp::Exec,
+            state_root: "/run/x".into(),
+            id: "c1".into(),
+            spec: "/run/x/p.json".into(),
+            console_socket: Some("/run/x/t.sock".into()),
+            pid_file: "/run/x/pid".into(),
+            error_file: "/run/x/err".into(),
+        };
+        let parsed = HelperArgs::parse(&args.to_args()).expect("parses");
+        assert_eq!(parsed.to_args(), args.to_args());
+        let mut none = args.clone();
+        none.console_socket = None;
+        assert_eq!(
+            HelperArgs::parse(&none.to_args())
+                .expect("parses")
+                .console_socket,
+            None
+        );
+        assert!(HelperArgs::parse(&[]).is_none());
+    }
+}

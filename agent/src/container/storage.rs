@@ -1,0 +1,134 @@
+//! The storages of a CreateContainer: mounted before the container is created, unmounted
+//! (in reverse order) when it is removed or when creating it fails.
+
+use std::path::{Path, PathBuf};
+
+use hull_agent_protocol::types::StorageKind;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::container_request::StorageRequest;
+
+/// Why a storage could not be mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kind is one this agent cannot mount yet.
+    #[error("storages[{index}]: {kind:?} storages are not implemented by this agent")]
+    Unsupported {
+        /// Its index in the request.
+        index: usize,
+        /// Its kind.
+        kind: StorageKind,
+    },
+    /// Mounting failed.
+    #[error("storages[{index}]: mounting {source_name} on {}: {cause}", mount_point.display())]
+    Mount {
+        /// Its index in the request.
+        index: usize,
+        /// What was mounted.
+        source_name: String,
+        /// Where.
+        mount_point: PathBuf,
+        /// The cause.
+        cause: String,
+    },
+}
+
+/// Splits mount(8)-style options into flags and file-system data.
+fn parse_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options {
+        match option.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" | "defaults" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "bind" => flags |= MsFlags::MS_BIND,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// Mounts `storages` in order; on a failure unmounts those already mounted. Returns the
+/// mount points, to unmount with [`unmount_all`].
+pub fn mount_all(storages: &[StorageRequest]) -> Result<Vec<PathBuf>, Error> {
+    let mut mounted = Vec::new();
+    for (index, storage) in storages.iter().enumerate() {
+        if let Err(err) = mount_one(index, storage) {
+            unmount_all(&mounted);
+            return Err(err);
+        }
+        mounted.push(storage.mount_point.clone());
+    }
+    Ok(mounted)
+}
+
+fn mount_one(index: usize, storage: &StorageRequest) -> Result<(), Error> {
+    let (mut flags, data) = parse_options(&storage.options);
+    let (source, fstype) = match storage.kind {
+        StorageKind::STORAGE_KIND_VIRTIO_FS => (storage.source.as_str(), Some("virtiofs")),
+        StorageKind::STORAGE_KIND_TMPFS => ("tmpfs", Some("tmpfs")),
+        StorageKind::STORAGE_KIND_BIND => {
+            flags |= MsFlags::MS_BIND | MsFlags::MS_REC;
+            (storage.source.as_str(), None)
+        }
+        kind => return Err(Error::Unsupported { index, kind }),
+    };
+    let error = |cause: String| Error::Mount {
+        index,
+        source_name: source.to_owned(),
+        mount_point: storage.mount_point.clone(),
+        cause,
+    };
+    std::fs::create_dir_all(&storage.mount_point)
+        .map_err(|err| error(format!("creating the mount point: {err}")))?;
+    let data = (!data.is_empty()).then_some(data.as_str());
+    mount(Some(source), &storage.mount_point, fstype, flags, data)
+        .map_err(|err| error(err.to_string()))?;
+    // A bind mount ignores MS_RDONLY until it is remounted.
+    if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+        let remount = flags | MsFlags::MS_REMOUNT;
+        if let Err(err) = mount(
+            None::<&str>,
+            &storage.mount_point,
+            None::<&str>,
+            remount,
+            None::<&str>,
+        ) {
+            unmount(&storage.mount_point);
+            return Err(error(format!("making it read-only: {err}")));
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts `mount_points` in reverse order, detaching what is busy; failures are logged.
+pub fn unmount_all(mount_points: &[PathBuf]) {
+    for point in mount_points.iter().rev() {
+        unmount(point);
+    }
+}
+
+fn unmount(point: &Path) {
+    if let Err(err) = umount2(point, MntFlags::MNT_DETACH) {
+        tracing::warn!(mount_point = %point.display(), "unmounting a storage: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let options = ["ro", "nodev", "size=64m", "mode=0755"].map(String::from);
+        let (flags, data) = parse_options(&options);
+        assert_eq!(flags, MsFlags::MS_RDONLY | MsFlags::MS_NODEV);
+        assert_eq!(data, "size=64m,mode=0755");
+    }
+}

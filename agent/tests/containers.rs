@@ -1,0 +1,714 @@
+//! Real containers through a host-mode hull-agent (`--listen unix:PATH`, as root, no VM),
+//! driven by the generated ttrpc client the shim uses: a busybox rootfs in a temp dir, OCI
+//! specs as the shim sends them, and every container call from CreateContainer to
+//! DestroySandbox. Each test ends with DestroySandbox and checks that nothing of it is left:
+//! no process, no mount, no cgroup, no agent state.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_agent_protocol::agent::*;
+use hull_agent_protocol::ttrpc::{self, context, Code};
+use hull_agent_protocol::AgentServiceClient;
+use hull_tests::prereq::Missing;
+use hull_tests::require;
+use serde_json::json;
+
+/// Everything a test needs: an agent, a busybox rootfs, and what must be gone at the end.
+struct Fixture {
+    name: String,
+    agent: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    rootfs: PathBuf,
+    /// Every PID the agent reported for a container of this test, with its start time.
+    pids: Vec<(u32, String)>,
+    /// The cgroups paths given to containers.
+    cgroups: Vec<String>,
+}
+
+fn root() -> Result<(), Missing> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(Missing::new(
+            "root (containers need namespaces, mounts and cgroups)",
+            "run the tests as root",
+        ))
+    }
+}
+
+impl Fixture {
+    fn start(name: &str, busybox: &Path) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("hull-ct-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rootfs = dir.join("rootfs");
+        for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+            std::fs::create_dir_all(rootfs.join(sub)).expect("creating the rootfs");
+        }
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copying busybox");
+        for applet in ["sh", "cat", "echo", "sleep", "stty", "true", "ls"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+                .expect("linking an applet");
+        }
+        let socket = dir.join("agent.sock");
+        let agent = Command::new(env!("CARGO_BIN_EXE_hull-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--log-level=debug")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting hull-agent");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "hull-agent did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Fixture {
+            name: name.to_owned(),
+            agent,
+            dir,
+            socket,
+            rootfs,
+            pids: Vec::new(),
+            cgroups: Vec::new(),
+        }
+    }
+
+    async fn client(&self) -> AgentServiceClient {
+        AgentServiceClient::new(
+            ttrpc::r#async::Client::connect(&format!("unix://{}", self.socket.display()))
+                .await
+                .expect("connecting to the agent"),
+        )
+    }
+
+    /// An OCI spec running `args`, as a shim would send it.
+    fn spec(&mut self, id: &str, args: &[&str], terminal: bool, pid_ns: bool) -> Vec<u8> {
+        let cgroup = format!("/hull-test-{}-{}-{id}", self.name, std::process::id());
+        self.cgroups.push(cgroup.clone());
+        let mut namespaces = vec![
+            json!({"type": "mount"}),
+            json!({"type": "uts"}),
+            json!({"type": "ipc"}),
+        ];
+        if pid_ns {
+            namespaces.push(json!({"type": "pid"}));
+        }
+        let caps = [
+            "CAP_CHOWN",
+            "CAP_KILL",
+            "CAP_SETUID",
+            "CAP_SETGID",
+            "CAP_DAC_OVERRIDE",
+        ];
+        serde_json::to_vec(&json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": terminal,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/bin", "TERM=xterm"],
+                "cwd": "/",
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "noNewPrivileges": true
+            },
+            "root": {"path": self.rootfs, "readonly": false},
+            "hostname": "hull-test",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}
+            ],
+            "linux": {"namespaces": namespaces, "cgroupsPath": cgroup}
+        }))
+        .expect("a spec encodes")
+    }
+
+    async fn create(
+        &mut self,
+        client: &AgentServiceClient,
+        id: &str,
+        args: &[&str],
+        terminal: bool,
+    ) {
+        let spec = self.spec(id, args, terminal, true);
+        create_with(client, id, spec)
+            .await
+            .expect("CreateContainer");
+        self.track(client, id).await;
+    }
+
+    /// Remembers the PIDs of `id`, to check at the end that they are gone.
+    async fn track(&mut self, client: &AgentServiceClient, id: &str) {
+        let mut list = ListProcessesRequest::new();
+        list.container_id = id.into();
+        let listed = client
+            .list_processes(ctx(), &list)
+            .await
+            .expect("ListProcesses");
+        for process in &listed.processes {
+            if let Some(started) = start_time(process.pid) {
+                self.pids.push((process.pid, started));
+            }
+        }
+    }
+
+    /// DestroySandbox, then the agent exits and nothing of the test is left.
+    async fn destroy_and_check_nothing_left(mut self, client: &AgentServiceClient) {
+        client
+            .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+            .await
+            .expect("DestroySandbox");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.agent.try_wait().expect("waiting for the agent") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit after DestroySandbox"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "hull-agent exited with {status}");
+        let agent_pid = self.agent.id();
+        for (pid, started) in &self.pids {
+            assert_ne!(
+                start_time(*pid).as_ref(),
+                Some(started),
+                "container process {pid} is still there"
+            );
+        }
+        let state_dir = format!("/run/hull-agent-{agent_pid}");
+        assert!(
+            !Path::new(&state_dir).exists(),
+            "{state_dir} was left behind"
+        );
+        assert!(
+            hull_tests::leftovers::processes_with(&[&state_dir]).is_empty(),
+            "a helper process was left"
+        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let dir = self.dir.to_string_lossy().into_owned();
+        assert!(
+            !mountinfo.contains(&dir) && !mountinfo.contains(&state_dir),
+            "a mount was left: {mountinfo}"
+        );
+        for cgroup in &self.cgroups {
+            for dir in cgroup_dirs(cgroup) {
+                assert!(!dir.exists(), "cgroup {} was left", dir.display());
+            }
+        }
+        std::fs::remove_dir_all(&self.dir).expect("removing the test's directory");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Only reached with the agent still running when a test failed half-way.
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}
+
+/// When process `pid` started (field 22 of /proc/PID/stat), which tells it from a later
+/// process that reuses the PID.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// Every directory the cgroup `path` can have: one per v1 hierarchy, or the v2 one.
+fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let relative = path.trim_start_matches('/');
+    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(relative)];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for entry in entries.flatten() {
+            dirs.push(entry.path().join(relative));
+        }
+    }
+    dirs
+}
+
+/// The freezer state file of the cgroup `path` and the value it reads when frozen.
+fn freezer(path: &str) -> (PathBuf, &'static str) {
+    let relative = path.trim_start_matches('/');
+    let v1 = Path::new("/sys/fs/cgroup/freezer");
+    if v1.exists() {
+        (v1.join(relative).join("freezer.state"), "FROZEN")
+    } else {
+        (
+            Path::new("/sys/fs/cgroup")
+                .join(relative)
+                .join("cgroup.freeze"),
+            "1",
+        )
+    }
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(
+        Duration::from_secs(60)
+            .as_nanos()
+            .try_into()
+            .unwrap_or(i64::MAX),
+    )
+}
+
+fn status_of<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> (Code, String) {
+    match result {
+        Err(ttrpc::Error::RpcStatus(status)) => (status.code(), status.message().to_owned()),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+async fn create_with(client: &AgentServiceClient, id: &str, spec: Vec<u8>) -> ttrpc::Result<Empty> {
+    let mut create = CreateContainerRequest::new();
+    create.container_id = id.into();
+    create.oci_spec_json = spec;
+    client.create_container(ctx(), &create).await
+}
+
+async fn start(client: &AgentServiceClient, id: &str) -> ttrpc::Result<Empty> {
+    let mut start = StartContainerRequest::new();
+    start.container_id = id.into();
+    client.start_container(ctx(), &start).await
+}
+
+async fn wait(client: &AgentServiceClient, id: &str, exec_id: &str) -> WaitProcessResponse {
+    let mut wait = WaitProcessRequest::new();
+    wait.container_id = id.into();
+    wait.exec_id = exec_id.into();
+    client
+        .wait_process(ctx(), &wait)
+        .await
+        .expect("WaitProcess")
+}
+
+async fn signal(client: &AgentServiceClient, id: &str, exec_id: &str, signal: i32, all: bool) {
+    let mut request = SignalProcessRequest::new();
+    request.container_id = id.into();
+    request.exec_id = exec_id.into();
+    request.signal = u32::try_from(signal).expect("a signal number");
+    request.all = all;
+    client
+        .signal_process(ctx(), &request)
+        .await
+        .expect("SignalProcess");
+}
+
+async fn read_once(client: &AgentServiceClient, id: &str, exec_id: &str, stderr: bool) -> Vec<u8> {
+    let mut read = ReadStreamRequest::new();
+    read.container_id = id.into();
+    read.exec_id = exec_id.into();
+    read.len = 4096;
+    let response = if stderr {
+        client.read_stderr(ctx(), &read).await
+    } else {
+        client.read_stdout(ctx(), &read).await
+    };
+    response.expect("reading output").data
+}
+
+/// Reads a stream to its end.
+async fn read_all(client: &AgentServiceClient, id: &str, exec_id: &str, stderr: bool) -> String {
+    let mut out = Vec::new();
+    loop {
+        let data = read_once(client, id, exec_id, stderr).await;
+        if data.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend(data);
+    }
+}
+
+/// Reads until the output contains `needle`.
+async fn read_until(client: &AgentServiceClient, id: &str, exec_id: &str, needle: &str) -> String {
+    let mut out = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        let data = read_once(client, id, exec_id, false).await;
+        assert!(
+            !data.is_empty(),
+            "end of output before {needle:?}: {text:?}"
+        );
+        out.extend(data);
+    }
+}
+
+async fn write_stdin(
+    client: &AgentServiceClient,
+    id: &str,
+    exec_id: &str,
+    data: &[u8],
+) -> ttrpc::Result<WriteStreamResponse> {
+    let mut write = WriteStreamRequest::new();
+    write.container_id = id.into();
+    write.exec_id = exec_id.into();
+    write.data = data.to_vec();
+    client.write_stdin(ctx(), &write).await
+}
+
+async fn close_stdin(client: &AgentServiceClient, id: &str, exec_id: &str) {
+    let mut close = CloseStdinRequest::new();
+    close.container_id = id.into();
+    close.exec_id = exec_id.into();
+    client.close_stdin(ctx(), &close).await.expect("CloseStdin");
+}
+
+async fn remove(client: &AgentServiceClient, id: &str) {
+    let mut remove = RemoveContainerRequest::new();
+    remove.container_id = id.into();
+    client
+        .remove_container(ctx(), &remove)
+        .await
+        .expect("RemoveContainer");
+}
+
+async fn exec(
+    client: &AgentServiceClient,
+    id: &str,
+    exec_id: &str,
+    process: serde_json::Value,
+) -> ttrpc::Result<Empty> {
+    let mut request = ExecProcessRequest::new();
+    request.container_id = id.into();
+    request.exec_id = exec_id.into();
+    request.process_json = serde_json::to_vec(&process).expect("encodes");
+    client.exec_process(ctx(), &request).await
+}
+
+fn process(args: &[&str], terminal: bool) -> serde_json::Value {
+    json!({"terminal": terminal, "user": {"uid": 0, "gid": 0}, "args": args,
+           "env": ["PATH=/bin", "TERM=xterm"], "cwd": "/"})
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn output_and_exit_codes_of_init_processes() {
+    require!("output_and_exit_codes_of_init_processes", root());
+    let busybox = require!(
+        "output_and_exit_codes_of_init_processes",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("exit", &busybox);
+    let client = fx.client().await;
+
+    // Output written before anyone reads is kept; the program runs only after Start.
+    fx.create(
+        &client,
+        "hello",
+        &["sh", "-c", "echo hello; echo oops >&2"],
+        false,
+    )
+    .await;
+    start(&client, "hello").await.expect("StartContainer");
+    assert_eq!(read_all(&client, "hello", "", false).await, "hello\n");
+    assert_eq!(read_all(&client, "hello", "", true).await, "oops\n");
+    let exit = wait(&client, "hello", "").await;
+    assert_eq!((exit.exit_status, exit.exit_code, exit.signal), (0, 0, 0));
+    // After the exit WaitProcess answers at once, again.
+    assert_eq!(wait(&client, "hello", "").await.exit_status, 0);
+    let (code, message) = status_of(start(&client, "hello").await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    remove(&client, "hello").await;
+
+    fx.create(&client, "seven", &["sh", "-c", "exit 7"], false)
+        .await;
+    start(&client, "seven").await.expect("StartContainer");
+    let exit = wait(&client, "seven", "").await;
+    assert_eq!((exit.exit_status, exit.exit_code, exit.signal), (7, 7, 0));
+    remove(&client, "seven").await;
+
+    // SIGTERM to an init outside a PID namespace (inside one, init ignores it) → 128 + 15.
+    let spec = fx.spec("term", &["sleep", "1000"], false, false);
+    create_with(&client, "term", spec)
+        .await
+        .expect("CreateContainer");
+    fx.track(&client, "term").await;
+    start(&client, "term").await.expect("StartContainer");
+    signal(&client, "term", "", libc::SIGTERM, false).await;
+    let exit = wait(&client, "term", "").await;
+    assert_eq!(
+        (exit.exit_status, exit.exit_code, exit.signal),
+        (143, 0, 15)
+    );
+    // Signalling an exited process is not an error.
+    signal(&client, "term", "", libc::SIGTERM, false).await;
+    remove(&client, "term").await;
+
+    // SIGKILL to every process of the container → 128 + 9.
+    fx.create(&client, "kill", &["sleep", "1000"], false).await;
+    start(&client, "kill").await.expect("StartContainer");
+    signal(&client, "kill", "", libc::SIGKILL, true).await;
+    let exit = wait(&client, "kill", "").await;
+    assert_eq!((exit.exit_status, exit.signal), (137, 9));
+
+    // A container still running is killed by RemoveContainer (here: created, never started).
+    fx.create(&client, "unstarted", &["sleep", "1000"], false)
+        .await;
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stdin_reaches_the_program_and_closing_it_is_end_of_file() {
+    require!(
+        "stdin_reaches_the_program_and_closing_it_is_end_of_file",
+        root()
+    );
+    let busybox = require!(
+        "stdin_reaches_the_program_and_closing_it_is_end_of_file",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("stdin", &busybox);
+    let client = fx.client().await;
+    fx.create(&client, "cat", &["cat"], false).await;
+    start(&client, "cat").await.expect("StartContainer");
+    let written = write_stdin(&client, "cat", "", b"ping\n")
+        .await
+        .expect("WriteStdin");
+    assert_eq!(written.len, 5);
+    assert_eq!(read_until(&client, "cat", "", "ping\n").await, "ping\n");
+    close_stdin(&client, "cat", "").await;
+    assert_eq!(read_all(&client, "cat", "", false).await, "");
+    assert_eq!(wait(&client, "cat", "").await.exit_status, 0);
+    let (code, message) = status_of(write_stdin(&client, "cat", "", b"late").await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn exec_processes_with_pipes_and_a_terminal() {
+    require!("exec_processes_with_pipes_and_a_terminal", root());
+    let busybox = require!(
+        "exec_processes_with_pipes_and_a_terminal",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("exec", &busybox);
+    let client = fx.client().await;
+    fx.create(&client, "box", &["sleep", "1000"], false).await;
+    // Exec needs a running container.
+    let (code, message) = status_of(exec(&client, "box", "early", process(&["true"], false)).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    start(&client, "box").await.expect("StartContainer");
+
+    exec(
+        &client,
+        "box",
+        "second",
+        process(&["sh", "-c", "echo from-exec; exit 5"], false),
+    )
+    .await
+    .expect("ExecProcess");
+    assert_eq!(
+        read_all(&client, "box", "second", false).await,
+        "from-exec\n"
+    );
+    let exit = wait(&client, "box", "second").await;
+    assert_eq!((exit.exit_status, exit.exit_code), (5, 5));
+    let (code, message) =
+        status_of(exec(&client, "box", "second", process(&["true"], false)).await);
+    assert_eq!(code, Code::ALREADY_EXISTS, "{message}");
+
+    // An exec'd process is no PID 1: SIGTERM kills it.
+    exec(
+        &client,
+        "box",
+        "sleeper",
+        process(&["sleep", "1000"], false),
+    )
+    .await
+    .expect("ExecProcess");
+    fx.track(&client, "box").await;
+    let mut list = ListProcessesRequest::new();
+    list.container_id = "box".into();
+    let listed = client
+        .list_processes(ctx(), &list)
+        .await
+        .expect("ListProcesses");
+    let exec_ids: Vec<&str> = listed
+        .processes
+        .iter()
+        .map(|p| p.exec_id.as_str())
+        .collect();
+    assert!(
+        exec_ids.contains(&"") && exec_ids.contains(&"sleeper"),
+        "{exec_ids:?}"
+    );
+    signal(&client, "box", "sleeper", libc::SIGTERM, false).await;
+    let exit = wait(&client, "box", "sleeper").await;
+    assert_eq!((exit.exit_status, exit.signal), (143, 15));
+
+    // A terminal: output on stdout, none on stderr, and the size set by TtyWinResize.
+    exec(
+        &client,
+        "box",
+        "tty",
+        process(&["sh", "-c", "read line; stty size; echo tty-$line"], true),
+    )
+    .await
+    .expect("ExecProcess with a terminal");
+    let mut resize = TtyWinResizeRequest::new();
+    resize.container_id = "box".into();
+    resize.exec_id = "tty".into();
+    resize.rows = 31;
+    resize.columns = 101;
+    client
+        .tty_win_resize(ctx(), &resize)
+        .await
+        .expect("TtyWinResize");
+    write_stdin(&client, "box", "tty", b"ok\n")
+        .await
+        .expect("WriteStdin");
+    let output = read_until(&client, "box", "tty", "tty-ok").await;
+    assert!(output.contains("31 101"), "{output:?}");
+    assert_eq!(read_once(&client, "box", "tty", true).await, b"");
+    assert_eq!(wait(&client, "box", "tty").await.exit_status, 0);
+    resize.exec_id = "second".into();
+    let (code, message) = status_of(client.tty_win_resize(ctx(), &resize).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn pause_resume_stats_and_update() {
+    require!("pause_resume_stats_and_update", root());
+    let busybox = require!(
+        "pause_resume_stats_and_update",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("pause", &busybox);
+    let client = fx.client().await;
+    fx.create(&client, "busy", &["cat"], false).await;
+    let cgroup = fx.cgroups.last().cloned().expect("a cgroup");
+    start(&client, "busy").await.expect("StartContainer");
+    write_stdin(&client, "busy", "", b"warm\n")
+        .await
+        .expect("WriteStdin");
+    read_until(&client, "busy", "", "warm\n").await;
+
+    let mut stats = StatsContainerRequest::new();
+    stats.container_id = "busy".into();
+    let response = client
+        .stats_container(ctx(), &stats)
+        .await
+        .expect("StatsContainer");
+    let figures = response.cgroup_stats.as_ref().expect("cgroup stats");
+    assert!(figures.cpu.usage_usec > 0, "{figures:?}");
+    assert!(figures.memory.usage_bytes > 0, "{figures:?}");
+    assert!(figures.pids.current >= 1, "{figures:?}");
+
+    let mut update = UpdateContainerRequest::new();
+    update.container_id = "busy".into();
+    update.resources_json = br#"{"pids": {"limit": 64}}"#.to_vec();
+    client
+        .update_container(ctx(), &update)
+        .await
+        .expect("UpdateContainer");
+    let response = client
+        .stats_container(ctx(), &stats)
+        .await
+        .expect("StatsContainer");
+    assert_eq!(response.cgroup_stats.pids.limit, 64);
+    update.resources_json = b"[1,2".to_vec();
+    let (code, message) = status_of(client.update_container(ctx(), &update).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+
+    let mut pause = PauseContainerRequest::new();
+    pause.container_id = "busy".into();
+    client
+        .pause_container(ctx(), &pause)
+        .await
+        .expect("PauseContainer");
+    let (file, frozen) = freezer(&cgroup);
+    assert_eq!(
+        std::fs::read_to_string(&file)
+            .expect("freezer state")
+            .trim(),
+        frozen
+    );
+    let (code, message) = status_of(client.pause_container(ctx(), &pause).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    // Input written while paused is handled after the resume.
+    write_stdin(&client, "busy", "", b"after\n")
+        .await
+        .expect("WriteStdin");
+    let mut resume = ResumeContainerRequest::new();
+    resume.container_id = "busy".into();
+    client
+        .resume_container(ctx(), &resume)
+        .await
+        .expect("ResumeContainer");
+    assert_ne!(
+        std::fs::read_to_string(&file)
+            .expect("freezer state")
+            .trim(),
+        frozen
+    );
+    read_until(&client, "busy", "", "after\n").await;
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bad_requests_get_precise_errors() {
+    require!("bad_requests_get_precise_errors", root());
+    let busybox = require!(
+        "bad_requests_get_precise_errors",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("bad", &busybox);
+    let client = fx.client().await;
+    fx.create(&client, "dup", &["sleep", "1000"], false).await;
+    let spec = fx.spec("dup2", &["true"], false, true);
+    let (code, message) = status_of(create_with(&client, "dup", spec).await);
+    assert_eq!(code, Code::ALREADY_EXISTS, "{message}");
+
+    let (code, message) = status_of(write_stdin(&client, "nope", "", b"x").await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    let (code, message) = status_of(exec(&client, "nope", "e", process(&["true"], false)).await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    let mut wait_request = WaitProcessRequest::new();
+    wait_request.container_id = "nope".into();
+    let (code, message) = status_of(client.wait_process(ctx(), &wait_request).await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    wait_request.container_id = "dup".into();
+    wait_request.exec_id = "nope".into();
+    let (code, message) = status_of(client.wait_process(ctx(), &wait_request).await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    let (code, message) = status_of(start(&client, "nope").await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+
+    // root.path escaping with "..", and one that is not there.
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&fx.spec("esc", &["true"], false, true)).expect("json");
+    spec["root"]["path"] = json!(format!("{}/../../../etc", fx.rootfs.display()));
+    let (code, message) =
+        status_of(create_with(&client, "esc", serde_json::to_vec(&spec).expect("json")).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.contains("root.path"), "{message}");
+    spec["root"]["path"] = json!("/nonexistent/hull/rootfs");
+    let (code, message) =
+        status_of(create_with(&client, "esc", serde_json::to_vec(&spec).expect("json")).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    // The failed creates left the id free.
+    spec["root"]["path"] = json!(fx.rootfs);
+    create_with(&client, "esc", serde_json::to_vec(&spec).expect("json"))
+        .await
+        .expect("CreateContainer after failures");
+    fx.track(&client, "esc").await;
+
+    let mut bad_signal = SignalProcessRequest::new();
+    bad_signal.container_id = "dup".into();
+    bad_signal.signal = 999;
+    let (code, message) = status_of(client.signal_process(ctx(), &bad_signal).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    fx.destroy_and_check_nothing_left(&client).await;
+}
