@@ -172,6 +172,16 @@ impl Setup {
             "run directory {} left",
             run_dir.display()
         );
+        let cgroups: Vec<PathBuf> = [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/pids",
+        ]
+        .iter()
+        .flat_map(|root| walk_dirs(Path::new(root), 4))
+        .filter(|p| p.to_string_lossy().contains(id))
+        .collect();
+        assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let leaked: Vec<&str> = mounts.lines().filter(|l| l.contains(id)).collect();
         assert!(leaked.is_empty(), "mounts left: {leaked:?}");
@@ -228,6 +238,26 @@ fn agent_serves_containers(agent: &Path) -> Result<(), hull_tests::prereq::Missi
             "build hull-agent with the container calls (branch agent-containers)",
         )),
     }
+}
+
+/// Directories below `dir`, at most `depth` levels down.
+fn walk_dirs(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(dir.to_owned(), 0)];
+    while let Some((dir, level)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(entry.path());
+                if level + 1 < depth {
+                    stack.push((entry.path(), level + 1));
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Every file below `dir`.

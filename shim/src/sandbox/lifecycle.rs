@@ -77,6 +77,7 @@ pub struct Sandbox {
     agent: AgentLink,
     runner: Runner,
     hypervisor: HypervisorKind,
+    run_dir: PathBuf,
     record: Mutex<SandboxRecord>,
     record_path: PathBuf,
 }
@@ -170,6 +171,7 @@ impl Sandbox {
             agent,
             runner,
             hypervisor: kind,
+            run_dir: run_dir.to_owned(),
             record: Mutex::new(record),
             record_path: record_path.to_owned(),
         })
@@ -230,6 +232,7 @@ impl Sandbox {
             runner,
             record,
             record_path,
+            run_dir,
             ..
         } = self;
         if let Err(err) = agent.destroy_sandbox().await {
@@ -251,6 +254,10 @@ impl Sandbox {
             tracing::error!(sandbox = %id, "cleanup: {error}");
         }
         remove_record(&record_path);
+        // The namespace's directory goes with its last sandbox (ENOTEMPTY while others run).
+        if let Some(parent) = run_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
         tracing::info!(sandbox = %id, ?report, "sandbox stopped");
     }
 }

@@ -42,6 +42,9 @@ use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::lifecycle::Sandbox;
 use crate::sandbox::share::guest_rootfs;
 
+/// How long Shutdown waits for the sandbox to stop before it answers (containerd waits 3 s).
+const SHUTDOWN_INLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Largest bundle config.json read, in bytes (the agent takes at most 1 MiB of spec).
 const MAX_SPEC: u64 = 1 << 20;
 
@@ -914,11 +917,12 @@ impl Task for TaskService {
             return Ok(Empty::new());
         }
         let sandbox = self.inner.sandbox.lock().await.take();
-        // containerd gives Shutdown 3 s; stopping a VM may take longer. So the answer goes
-        // at once and the shim stops the sandbox, then exits; containerd waits for the
-        // shim's connection to close, which happens when it exits.
+        // containerd gives Shutdown 3 s, then closes the connection and runs `shim delete`,
+        // which kills what the sandbox record lists. So the sandbox is stopped gracefully
+        // for up to SHUTDOWN_INLINE before the answer, and the rest (a slow VM) continues
+        // after it; the shim exits when it is done.
         let exit = Arc::clone(&self.inner.exit);
-        tokio::spawn(async move {
+        let teardown = tokio::spawn(async move {
             if let Some(sandbox) = sandbox {
                 match Arc::try_unwrap(sandbox) {
                     Ok(sandbox) => sandbox.shutdown().await,
@@ -930,6 +934,12 @@ impl Task for TaskService {
             tracing::info!("shutdown requested: exiting");
             exit.signal();
         });
+        if tokio::time::timeout(SHUTDOWN_INLINE, teardown)
+            .await
+            .is_err()
+        {
+            tracing::info!("the sandbox is still stopping; answering Shutdown meanwhile");
+        }
         Ok(Empty::new())
     }
 }
