@@ -479,3 +479,85 @@ fn the_none_hypervisor_is_refused_without_consent_and_says_how() {
     let _ = setup.containerd.ctr(&["containers", "delete", id]);
     setup.assert_nothing_left(id);
 }
+
+/// `ctr task ls`'s status column for `id`.
+fn task_status(setup: &Setup, id: &str) -> String {
+    let tasks = setup
+        .containerd
+        .ctr(&["tasks", "ls"])
+        .expect("ctr tasks ls");
+    String::from_utf8_lossy(&tasks.stdout)
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn ctr_task_ps_metrics_pause_and_resume_work_on_a_running_container() {
+    let Some(setup) =
+        Setup::new("ctr_task_ps_metrics_pause_and_resume_work_on_a_running_container")
+    else {
+        return;
+    };
+    let id = "hull-none-ops";
+    setup
+        .containerd
+        .ctr(&setup.run_args(&["-d"], id, &["sleep", "1000"]))
+        .expect("ctr run -d");
+    setup.wait_running(id);
+
+    let ps = setup
+        .containerd
+        .ctr(&["tasks", "ps", id])
+        .expect("ctr task ps");
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    let pids: Vec<u32> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(!pids.is_empty(), "no process listed:\n{ps}");
+
+    let metrics = setup
+        .containerd
+        .ctr(&["tasks", "metrics", id])
+        .expect("ctr task metrics");
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let current = metrics
+        .lines()
+        .find(|l| l.trim_start().starts_with("pids.current"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        current.is_some_and(|n| n >= 1),
+        "pids.current missing or zero:\n{metrics}"
+    );
+
+    setup
+        .containerd
+        .ctr(&["tasks", "pause", id])
+        .expect("ctr task pause");
+    assert_eq!(task_status(&setup, id), "PAUSED");
+    setup
+        .containerd
+        .ctr(&["tasks", "resume", id])
+        .expect("ctr task resume");
+    assert_eq!(task_status(&setup, id), "RUNNING");
+
+    setup
+        .containerd
+        .ctr(&["tasks", "kill", "--signal", "SIGKILL", id])
+        .expect("ctr task kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while setup.containerd.ctr(&["tasks", "delete", id]).is_err() {
+        assert!(Instant::now() < deadline, "task never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    setup
+        .containerd
+        .ctr(&["containers", "delete", id])
+        .expect("ctr containers delete");
+    setup.assert_nothing_left(id);
+}
