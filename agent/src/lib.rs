@@ -3,8 +3,10 @@
 //!
 //! This crate owns the guest side of hull: setting up the guest as its init ([`pid1`]), the
 //! options the host passes on the kernel command line ([`cmdline`]), the check of what the
-//! guest kernel offers containers ([`guest_check`]), and serving the protocol ([`server`],
-//! [`service`]) on vsock in the guest or on a unix socket on a host ([`listen`]).
+//! guest kernel offers containers ([`guest_check`]), serving the protocol ([`server`],
+//! [`service`]) on vsock in the guest or on a unix socket on a host ([`listen`]), running
+//! containers through youki's libcontainer ([`container`]), and collecting every child's exit
+//! status ([`reaper`]).
 
 #![warn(clippy::cast_possible_truncation)]
 

@@ -12,8 +12,9 @@ use crate::listen::ListenAddr;
 use crate::service::Agent;
 use crate::{pid1, Mode};
 
-/// Serves the protocol on `addr` until the agent is told to stop: on a host by SIGTERM or
-/// SIGINT, after which the socket is removed; in the guest never (the VM ends with it).
+/// Serves the protocol on `addr` until the agent is told to stop: on a host by DestroySandbox,
+/// or by SIGTERM or SIGINT (which remove its containers first), after which the socket is
+/// removed; in the guest by DestroySandbox, after which the VM powers off.
 pub fn serve(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -56,7 +57,8 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
     let listener = addr
         .bind()
         .with_context(|| format!("listening on {addr}"))?;
-    let service = create_agent_service(Arc::new(agent));
+    let agent = Arc::new(agent);
+    let service = create_agent_service(agent.clone());
     let mut server = Server::new()
         .add_listener(listener)
         .register_service(service);
@@ -78,10 +80,19 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
             pid1::stop_vm()
         }
         Some((mut term, mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                () = shutdown.notified() => tracing::info!("sandbox destroyed"),
+            let signalled = tokio::select! {
+                _ = term.recv() => true,
+                _ = int.recv() => true,
+                () = shutdown.notified() => false,
+            };
+            if signalled {
+                // Stopped without DestroySandbox: its containers go with it, as they would
+                // with the VM, rather than run on orphaned on the host.
+                if let Err(err) = agent.remove_all_containers().await {
+                    tracing::error!("removing the containers: {err}");
+                }
+            } else {
+                tracing::info!("sandbox destroyed");
             }
             tracing::info!("stopping");
             server

@@ -78,6 +78,11 @@ impl Agent {
         Arc::clone(&self.shutdown)
     }
 
+    /// Removes every container, as DestroySandbox does (for an agent told to stop).
+    pub async fn remove_all_containers(&self) -> Result<(), Failure> {
+        self.containers.remove_all().await
+    }
+
     async fn read(
         &self,
         call: Call,

@@ -49,7 +49,7 @@ impl Fixture {
             std::fs::create_dir_all(rootfs.join(sub)).expect("creating the rootfs");
         }
         std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copying busybox");
-        for applet in ["sh", "cat", "echo", "sleep", "stty", "true", "ls"] {
+        for applet in ["sh", "cat", "echo", "sleep", "stty", "true", "ls", "dd"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
                 .expect("linking an applet");
         }
@@ -159,20 +159,22 @@ impl Fixture {
     }
 
     /// DestroySandbox, then the agent exits and nothing of the test is left.
-    async fn destroy_and_check_nothing_left(mut self, client: &AgentServiceClient) {
+    async fn destroy_and_check_nothing_left(self, client: &AgentServiceClient) {
         client
             .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
             .await
             .expect("DestroySandbox");
+        self.check_agent_exits_leaving_nothing();
+    }
+
+    /// The agent exits successfully (it was told to stop), and nothing of the test is left.
+    fn check_agent_exits_leaving_nothing(mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = self.agent.try_wait().expect("waiting for the agent") {
                 break status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not exit after DestroySandbox"
-            );
+            assert!(Instant::now() < deadline, "the agent did not exit");
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "hull-agent exited with {status}");
@@ -705,10 +707,252 @@ async fn bad_requests_get_precise_errors() {
         .expect("CreateContainer after failures");
     fx.track(&client, "esc").await;
 
+    // A program that is not there: the create fails with the cause, and the id stays free.
+    let spec = fx.spec("missing", &["/bin/nonexistent"], false, true);
+    let (code, message) = status_of(create_with(&client, "missing", spec).await);
+    assert_eq!(code, Code::INTERNAL, "{message}");
+    assert!(message.contains("/bin/nonexistent"), "{message}");
+    let spec = fx.spec("missing", &["true"], false, true);
+    create_with(&client, "missing", spec)
+        .await
+        .expect("CreateContainer of the failed id");
+    fx.track(&client, "missing").await;
+    // The same for an exec, whose id stays free too.
+    start(&client, "dup").await.expect("StartContainer");
+    let (code, message) = status_of(
+        exec(
+            &client,
+            "dup",
+            "missing",
+            process(&["/bin/nonexistent"], false),
+        )
+        .await,
+    );
+    assert_eq!(code, Code::INTERNAL, "{message}");
+    assert!(message.contains("/bin/nonexistent"), "{message}");
+    exec(&client, "dup", "missing", process(&["true"], false))
+        .await
+        .expect("ExecProcess of the failed id");
+    assert_eq!(wait(&client, "dup", "missing").await.exit_status, 0);
+    fx.track(&client, "dup").await;
+
     let mut bad_signal = SignalProcessRequest::new();
     bad_signal.container_id = "dup".into();
     bad_signal.signal = 999;
     let (code, message) = status_of(client.signal_process(ctx(), &bad_signal).await);
     assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
     fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_oom_kill_is_reported_by_get_oom_event() {
+    require!("an_oom_kill_is_reported_by_get_oom_event", root());
+    let busybox = require!(
+        "an_oom_kill_is_reported_by_get_oom_event",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("oom", &busybox);
+    let client = fx.client().await;
+    // dd allocates its 256 MiB block and fills it from /dev/zero: far past a 16 MiB limit
+    // (swap included), so the kernel's OOM killer ends it.
+    let mut spec: serde_json::Value = serde_json::from_slice(&fx.spec(
+        "hog",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+        false,
+        true,
+    ))
+    .expect("json");
+    let limit = 16 << 20;
+    spec["linux"]["resources"] = json!({"memory": {"limit": limit, "swap": limit}});
+    create_with(&client, "hog", serde_json::to_vec(&spec).expect("json"))
+        .await
+        .expect("CreateContainer");
+    fx.track(&client, "hog").await;
+    let oom = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .get_oom_event(ctx(), &GetOOMEventRequest::new())
+                .await
+        }
+    });
+    start(&client, "hog").await.expect("StartContainer");
+    let exit = wait(&client, "hog", "").await;
+    assert_eq!((exit.exit_status, exit.signal), (137, 9), "{exit:?}");
+    let event = oom.await.expect("the OOM task").expect("GetOOMEvent");
+    assert_eq!(event.container_id, "hog");
+    let mut stats = StatsContainerRequest::new();
+    stats.container_id = "hog".into();
+    let response = client
+        .stats_container(ctx(), &stats)
+        .await
+        .expect("StatsContainer");
+    assert!(response.cgroup_stats.memory.oom_kills >= 1, "{response:?}");
+    assert_eq!(response.cgroup_stats.memory.limit_bytes, limit);
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_execs_each_get_their_exit_code_and_all_their_output() {
+    require!(
+        "concurrent_execs_each_get_their_exit_code_and_all_their_output",
+        root()
+    );
+    let busybox = require!(
+        "concurrent_execs_each_get_their_exit_code_and_all_their_output",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("many", &busybox);
+    let client = fx.client().await;
+    fx.create(&client, "many", &["sleep", "1000"], false).await;
+    start(&client, "many").await.expect("StartContainer");
+
+    // Execs started side by side while others exit: the reaper must hand each status to
+    // its own waiter, none lost to another waitpid.
+    let mut runs = tokio::task::JoinSet::new();
+    for n in 1..=12u32 {
+        let client = client.clone();
+        runs.spawn(async move {
+            let id = format!("e{n}");
+            let script = format!("echo out-{n}; exit {n}");
+            exec(&client, "many", &id, process(&["sh", "-c", &script], false))
+                .await
+                .expect("ExecProcess");
+            let exit = wait(&client, "many", &id).await;
+            let out = read_all(&client, "many", &id, false).await;
+            (n, exit.exit_status, out)
+        });
+    }
+    let mut finished = 0;
+    while let Some(run) = runs.join_next().await {
+        let (n, status, out) = run.expect("an exec task");
+        assert_eq!(status, n, "exec e{n}");
+        assert_eq!(out, format!("out-{n}\n"));
+        finished += 1;
+    }
+    assert_eq!(finished, 12);
+
+    // 4 MiB through a 64 KiB pipe: the writer blocks until read, and every byte arrives.
+    exec(
+        &client,
+        "many",
+        "big",
+        process(&["dd", "if=/dev/zero", "bs=65536", "count=64"], false),
+    )
+    .await
+    .expect("ExecProcess");
+    let mut total = 0;
+    loop {
+        let data = read_once(&client, "many", "big", false).await;
+        if data.is_empty() {
+            break;
+        }
+        assert!(data.iter().all(|b| *b == 0));
+        total += data.len();
+    }
+    assert_eq!(total, 64 * 65536);
+    assert_eq!(wait(&client, "many", "big").await.exit_status, 0);
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn storages_are_mounted_for_the_container_and_unmounted_at_remove() {
+    use hull_agent_protocol::types::{Storage, StorageKind};
+    require!(
+        "storages_are_mounted_for_the_container_and_unmounted_at_remove",
+        root()
+    );
+    let busybox = require!(
+        "storages_are_mounted_for_the_container_and_unmounted_at_remove",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("storage", &busybox);
+    let client = fx.client().await;
+    let storage = |kind: StorageKind, source: &str, mount_point: &Path, options: &[&str]| {
+        let mut s = Storage::new();
+        s.kind = kind.into();
+        s.source = source.into();
+        s.mount_point = mount_point.to_string_lossy().into_owned();
+        s.options = options.iter().map(|o| o.to_string()).collect();
+        s
+    };
+    // The rootfs reaches the container through a storage mounted by this very request (as a
+    // virtio-fs share does in a guest), and a tmpfs goes beside it.
+    let shared_root = fx.dir.join("mnt/root");
+    let scratch = fx.dir.join("mnt/scratch");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&fx.spec("mounted", &["ls", "/"], false, true)).expect("json");
+    spec["root"]["path"] = json!(shared_root);
+    let mut create = CreateContainerRequest::new();
+    create.container_id = "mounted".into();
+    create.oci_spec_json = serde_json::to_vec(&spec).expect("json");
+    create.storages = vec![
+        storage(
+            StorageKind::STORAGE_KIND_BIND,
+            &fx.rootfs.to_string_lossy(),
+            &shared_root,
+            &[],
+        ),
+        storage(
+            StorageKind::STORAGE_KIND_TMPFS,
+            "",
+            &scratch,
+            &["size=1m", "mode=0700"],
+        ),
+    ];
+    client
+        .create_container(ctx(), &create)
+        .await
+        .expect("CreateContainer with storages");
+    fx.track(&client, "mounted").await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        mountinfo.contains(&*scratch.to_string_lossy()),
+        "the tmpfs storage is not mounted"
+    );
+    start(&client, "mounted").await.expect("StartContainer");
+    let listing = read_all(&client, "mounted", "", false).await;
+    assert!(listing.contains("bin"), "{listing:?}");
+    assert_eq!(wait(&client, "mounted", "").await.exit_status, 0);
+    remove(&client, "mounted").await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mountinfo.contains(&*fx.dir.join("mnt").to_string_lossy()),
+        "a storage is still mounted after RemoveContainer"
+    );
+
+    // A block device storage is not served yet, and says so; nothing stays mounted.
+    create.container_id = "block".into();
+    create.storages = vec![
+        storage(StorageKind::STORAGE_KIND_TMPFS, "", &scratch, &[]),
+        storage(
+            StorageKind::STORAGE_KIND_BLOCK,
+            "pci:02/00",
+            &fx.dir.join("mnt/disk"),
+            &[],
+        ),
+    ];
+    let (code, message) = status_of(client.create_container(ctx(), &create).await);
+    assert_eq!(code, Code::UNIMPLEMENTED, "{message}");
+    assert!(message.contains("storages[1]"), "{message}");
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_agent_stopped_by_sigterm_removes_its_containers() {
+    require!("an_agent_stopped_by_sigterm_removes_its_containers", root());
+    let busybox = require!(
+        "an_agent_stopped_by_sigterm_removes_its_containers",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("sigterm", &busybox);
+    let client = fx.client().await;
+    fx.create(&client, "running", &["sleep", "1000"], false)
+        .await;
+    start(&client, "running").await.expect("StartContainer");
+    fx.create(&client, "created", &["sleep", "1000"], false)
+        .await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(fx.agent.id()).expect("a pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    fx.check_agent_exits_leaving_nothing();
 }

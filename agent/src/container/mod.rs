@@ -104,11 +104,7 @@ impl Process {
 
     /// Waits for it to exit.
     pub async fn wait(&self) -> Result<ExitStatus, Failure> {
-        let mut exit = self.exit.clone();
-        let status = exit.wait_for(Option::is_some).await.map_err(|_| {
-            Failure::Internal(format!("the exit status of PID {} was lost", self.pid))
-        })?;
-        (*status).ok_or_else(|| Failure::Internal("no exit status".into()))
+        wait_exit(self.exit.clone(), self.pid).await
     }
 
     /// Sends `signal`; a process that has exited is not an error.
@@ -145,6 +141,15 @@ impl Process {
             ))),
         }
     }
+}
+
+/// Waits until the reaper reports the exit of `pid` on `exit`.
+async fn wait_exit(mut exit: ExitWatch, pid: i32) -> Result<ExitStatus, Failure> {
+    let status = exit
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| Failure::Internal(format!("the exit status of PID {pid} was lost")))?;
+    (*status).ok_or_else(|| Failure::Internal(format!("no exit status for PID {pid}")))
 }
 
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
@@ -262,16 +267,14 @@ struct Spawned {
 }
 
 /// Frees a reserved id unless the reservation was filled.
-struct Reservation<'a, F: Fn()> {
+struct Reservation<F: Fn()> {
     release: Option<F>,
-    _marker: std::marker::PhantomData<&'a ()>,
 }
 
-impl<F: Fn()> Reservation<'_, F> {
+impl<F: Fn()> Reservation<F> {
     fn new(release: F) -> Self {
         Reservation {
             release: Some(release),
-            _marker: std::marker::PhantomData,
         }
     }
 
@@ -280,7 +283,7 @@ impl<F: Fn()> Reservation<'_, F> {
     }
 }
 
-impl<F: Fn()> Drop for Reservation<'_, F> {
+impl<F: Fn()> Drop for Reservation<F> {
     fn drop(&mut self) {
         if let Some(release) = self.release.take() {
             release();
@@ -334,19 +337,27 @@ impl Containers {
             .pointer("/process/terminal")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
-        let root = &request.spec.root.path;
-        if !root.is_dir() {
-            return Err(Failure::InvalidArgument(format!(
-                "oci_spec_json: root.path {} is not a directory in the guest",
-                root.display()
-            )));
-        }
         let cgroup_path = cgroups_path(&mut spec, &id)?;
+        if spec.pointer("/linux/seccomp").is_some_and(|v| !v.is_null()) {
+            // libcontainer is built without libseccomp (a C library the static agent would
+            // have to link). As Kata's agent with its default disable_guest_seccomp, the
+            // profile is not applied in the guest: the VM is the isolation boundary.
+            tracing::warn!(container = %id, "linux.seccomp is not applied by this agent");
+        }
 
         let mounts = storage::mount_all(&request.storages).map_err(|err| match err {
             storage::Error::Unsupported { .. } => Failure::Unimplemented(err.to_string()),
             storage::Error::Mount { .. } => Failure::Internal(err.to_string()),
         })?;
+        // Checked once the storages are mounted: the rootfs is usually inside one of them.
+        let root = &request.spec.root.path;
+        if !root.is_dir() {
+            storage::unmount_all(&mounts);
+            return Err(Failure::InvalidArgument(format!(
+                "oci_spec_json: root.path {} is not a directory in the guest",
+                root.display()
+            )));
+        }
         let bundle = self.layout.bundle(&id);
         let result = self
             .create_in_bundle(&id, &bundle, &spec, terminal, &cgroup_path)
@@ -405,9 +416,30 @@ impl Containers {
             (Some(stdio), ends)
         };
         let mut spawned = self
-            .run_helper(HelperOp::Create, id, bundle, "init", ends)
+            .spawn_process(HelperOp::Create, id, bundle, "init", ends)
             .await?;
-        let stdio = match (stdio, spawned.terminal.take()) {
+        let finished = Self::finish_create(stdio, spawned.terminal.take(), cgroup_path);
+        match finished {
+            Ok((stdio, cgroup)) => Ok((spawned, stdio, cgroup)),
+            Err(err) => {
+                // Leave nothing: the init waits in the created state; kill it and delete.
+                let _ = nix::sys::signal::kill(Pid::from_raw(spawned.pid), Signal::SIGKILL);
+                let _ = wait_exit(spawned.exit.clone(), spawned.pid).await;
+                if let Err(delete) = self.helper_op(HelperOp::Delete, id).await {
+                    tracing::error!(container = %id, "cleaning up a failed create: {delete}");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The parts of a create after the helper: the init's stdio and its cgroup.
+    fn finish_create(
+        stdio: Option<Stdio>,
+        terminal: Option<OwnedFd>,
+        cgroup_path: &Path,
+    ) -> Result<(Stdio, Cgroup), Failure> {
+        let stdio = match (stdio, terminal) {
             (Some(stdio), _) => stdio,
             (None, Some(master)) => Stdio::Terminal(
                 Terminal::new(master).map_err(|err| internal("the pty")(err.to_string()))?,
@@ -415,12 +447,84 @@ impl Containers {
             (None, None) => return Err(Failure::Internal("the container sent no terminal".into())),
         };
         let cgroup = Cgroup::open(cgroup_path).map_err(|err| Failure::Internal(err.to_string()))?;
-        Ok((spawned, stdio, cgroup))
+        Ok((stdio, cgroup))
     }
 
-    /// Runs the container helper for `op` and, for create and exec, registers the process it
-    /// made with the reaper before anything else can reap it.
-    async fn run_helper(
+    /// Runs the container helper with `args` (the container process's stdio `ends`) to its
+    /// end; an error carries the helper's message. The caller holds the reaper off.
+    async fn run_helper(&self, args: &HelperArgs, ends: ProcessEnds) -> Result<(), Failure> {
+        std::fs::create_dir_all(&args.state_root)
+            .map_err(|err| internal("creating libcontainer's state directory")(err.to_string()))?;
+        let _ = std::fs::remove_file(&args.error_file);
+        let mut command = Command::new("/proc/self/exe");
+        command.arg(HELPER_ARG).args(args.to_args());
+        match ends {
+            ProcessEnds::Pipes(stdin, stdout, stderr) => {
+                command.stdin(stdin).stdout(stdout).stderr(stderr);
+            }
+            ProcessEnds::Terminal => {
+                command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+            }
+        }
+        let child = command
+            .spawn()
+            .map_err(|err| internal("starting the container helper")(err.to_string()))?;
+        // The process's ends of its pipes now live on in the helper (and the process) only,
+        // so the agent sees end of stream when the process's side closes.
+        drop(command);
+        let pid = i32::try_from(child.id())
+            .map_err(|err| internal("the helper's PID")(err.to_string()))?;
+        // Not `child.wait()`: the reaper owns every wait (registering under the caller's
+        // hold, so no waitpid(-1) can take the status first).
+        drop(child);
+        let status = wait_exit(self.reaper.register(Pid::from_raw(pid)), pid).await?;
+        let result = if status == ExitStatus::exited(0) {
+            Ok(())
+        } else {
+            let message = std::fs::read_to_string(&args.error_file).unwrap_or_else(|_| {
+                format!("the container helper ended with status {}", status.status)
+            });
+            let what = match args.op {
+                HelperOp::Create => "creating the container",
+                HelperOp::Exec => "starting the process",
+                HelperOp::Start => "starting the container",
+                HelperOp::Delete => "deleting the container",
+            };
+            Err(Failure::Internal(format!("{what}: {message}")))
+        };
+        let _ = std::fs::remove_file(&args.error_file);
+        result
+    }
+
+    /// Runs the helper for start or delete, which create no process.
+    async fn helper_op(&self, op: HelperOp, id: &str) -> Result<(), Failure> {
+        let bundle = self.layout.bundle(id);
+        let name = match op {
+            HelperOp::Start => "start",
+            _ => "delete",
+        };
+        let args = HelperArgs {
+            op,
+            state_root: self.layout.libcontainer(),
+            id: id.to_owned(),
+            spec: PathBuf::from("-"),
+            console_socket: None,
+            pid_file: PathBuf::from("-"),
+            error_file: bundle.join(format!("{name}.err")),
+        };
+        // Start and delete re-parent nothing to the agent (hooks are the helper's children,
+        // waited for inside it); the hold only covers the helper's own PID between spawn and
+        // registration, should a sweep ever run on another thread.
+        let _hold = self.reaper.hold();
+        self.run_helper(&args, no_stdio()?).await
+    }
+
+    /// Runs the helper for create or exec and registers the process it made with the reaper
+    /// before anything else can reap it; with a terminal, receives its pty.
+    async fn spawn_process(
         &self,
         op: HelperOp,
         id: &str,
@@ -429,12 +533,8 @@ impl Containers {
         ends: ProcessEnds,
     ) -> Result<Spawned, Failure> {
         let bundle = self.layout.bundle(id);
-        std::fs::create_dir_all(&bundle)
-            .map_err(|err| internal(format!("creating {}", bundle.display()))(err.to_string()))?;
         let pid_file = bundle.join(format!("{name}.pid"));
-        let error_file = bundle.join(format!("{name}.err"));
         let _ = std::fs::remove_file(&pid_file);
-        let _ = std::fs::remove_file(&error_file);
         let (console, listener) = if matches!(ends, ProcessEnds::Terminal) {
             let path = self
                 .layout
@@ -458,74 +558,22 @@ impl Containers {
             spec: spec.to_owned(),
             console_socket: console.clone(),
             pid_file: pid_file.clone(),
-            error_file: error_file.clone(),
+            error_file: bundle.join(format!("{name}.err")),
         };
-        std::fs::create_dir_all(&args.state_root)
-            .map_err(|err| internal("creating libcontainer's state directory")(err.to_string()))?;
-
-        // From here until the new process is registered, the reaper leaves unregistered
-        // children alone (see crate::reaper).
-        let hold = self.reaper.hold();
-        let mut command = Command::new("/proc/self/exe");
-        command.arg(HELPER_ARG).args(args.to_args());
-        match ends {
-            ProcessEnds::Pipes(stdin, stdout, stderr) => {
-                command.stdin(stdin).stdout(stdout).stderr(stderr);
-            }
-            ProcessEnds::Terminal => {
-                command
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-            }
-        }
-        let child = command
-            .spawn()
-            .map_err(|err| internal("starting the container helper")(err.to_string()))?;
-        // The process's ends of its pipes live on in the helper and the process only.
-        drop(command);
-        let helper_pid = i32::try_from(child.id())
-            .map_err(|err| internal("the helper's PID")(err.to_string()))?;
-        drop(child);
-        let helper = self.reaper.register(Pid::from_raw(helper_pid));
-        let helper = Process {
-            pid: helper_pid,
-            pidfd: None,
-            exit: helper,
-            stdio: Stdio::Pipes {
-                stdin: Default::default(),
-                stdout: Default::default(),
-                stderr: Default::default(),
-            },
-        };
-        let status = helper.wait().await?;
         let cleanup = || {
             let _ = std::fs::remove_file(&pid_file);
-            let _ = std::fs::remove_file(&error_file);
             if let Some(path) = &console {
                 let _ = std::fs::remove_file(path);
             }
         };
-        if status != ExitStatus::exited(0) {
-            let message = std::fs::read_to_string(&error_file).unwrap_or_else(|_| {
-                format!("the container helper ended with status {}", status.status)
-            });
+
+        // From here until the new process is registered, the reaper leaves unregistered
+        // children alone (see crate::reaper): the process is re-parented to the agent when
+        // the helper exits, and could exit itself before its PID is known here.
+        let hold = self.reaper.hold();
+        if let Err(err) = self.run_helper(&args, ends).await {
             cleanup();
-            let what = match op {
-                HelperOp::Create => "creating the container",
-                HelperOp::Exec => "starting the process",
-                HelperOp::Start => "starting the container",
-                HelperOp::Delete => "deleting the container",
-            };
-            return Err(Failure::Internal(format!("{what}: {message}")));
-        }
-        if matches!(op, HelperOp::Start | HelperOp::Delete) {
-            cleanup();
-            return Ok(Spawned {
-                pid: 0,
-                exit: helper.exit,
-                terminal: None,
-            });
+            return Err(err);
         }
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
@@ -539,18 +587,15 @@ impl Containers {
         };
         let exit = self.reaper.register(Pid::from_raw(pid));
         drop(hold);
-        let terminal = match listener {
-            Some(listener) => Some(receive_pty(&listener).map_err(|err| {
-                cleanup();
-                internal("receiving the terminal")(err)
-            })?),
-            None => None,
-        };
+        let terminal = listener
+            .map(|listener| receive_pty(&listener))
+            .transpose()
+            .map_err(internal("receiving the terminal"));
         cleanup();
         Ok(Spawned {
             pid,
             exit,
-            terminal,
+            terminal: terminal?,
         })
     }
 
@@ -562,8 +607,7 @@ impl Containers {
                 "container {id:?} is not in the created state"
             )));
         }
-        self.run_helper(HelperOp::Start, id, Path::new("-"), "start", no_stdio()?)
-            .await?;
+        self.helper_op(HelperOp::Start, id).await?;
         container.set_state(State::Running);
         Ok(())
     }
@@ -618,7 +662,7 @@ impl Containers {
             (Some(stdio), ends)
         };
         let spawned = self
-            .run_helper(HelperOp::Exec, id, &json_path, &name, ends)
+            .spawn_process(HelperOp::Exec, id, &json_path, &name, ends)
             .await;
         let _ = std::fs::remove_file(&json_path);
         let spawned = spawned?;
@@ -848,8 +892,7 @@ impl Containers {
                 )))
             }
         }
-        self.run_helper(HelperOp::Delete, id, Path::new("-"), "delete", no_stdio()?)
-            .await?;
+        self.helper_op(HelperOp::Delete, id).await?;
         storage::unmount_all(&container.mounts);
         if let Err(err) = std::fs::remove_dir_all(&container.bundle) {
             tracing::warn!(container = %id, "removing its bundle: {err}");
@@ -929,8 +972,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|err| Failure::Internal(format!("a blocking task failed: {err}")))
 }
 
-/// Sets the spec's `linux.cgroupsPath` to `/hull/<id>` when it has none, and returns it. A
-/// systemd-style path ("slice:prefix:name") is refused: the agent has no systemd.
+/// Sets the spec's `linux.cgroupsPath` to `/hull/<id>` when it has none or has a
+/// systemd-style one ("slice:prefix:name", which only a systemd could place; the guest has
+/// none), and returns it. Other relative paths, and paths with "..", are refused.
 fn cgroups_path(spec: &mut serde_json::Value, id: &str) -> Result<PathBuf, Failure> {
     let Some(object) = spec.as_object_mut() else {
         return Err(Failure::InvalidArgument(
@@ -947,6 +991,12 @@ fn cgroups_path(spec: &mut serde_json::Value, id: &str) -> Result<PathBuf, Failu
     };
     let path = match linux.get("cgroupsPath") {
         None | Some(serde_json::Value::Null) => format!("/hull/{id}"),
+        Some(serde_json::Value::String(path))
+            if !path.starts_with('/') && path.matches(':').count() == 2 =>
+        {
+            tracing::info!(container = %id, systemd_path = %path, "using the cgroup /hull/<id>");
+            format!("/hull/{id}")
+        }
         Some(serde_json::Value::String(path)) => path.clone(),
         Some(_) => {
             return Err(Failure::InvalidArgument(
@@ -960,8 +1010,7 @@ fn cgroups_path(spec: &mut serde_json::Value, id: &str) -> Result<PathBuf, Failu
             .all(|c| !matches!(c, std::path::Component::ParentDir));
     if !clean {
         return Err(Failure::InvalidArgument(format!(
-            "oci_spec_json: linux.cgroupsPath {path:?} is not an absolute path without '..' \
-             (systemd cgroup paths are not supported)"
+            "oci_spec_json: linux.cgroupsPath {path:?} is not an absolute path without '..'"
         )));
     }
     linux.insert(
@@ -1022,7 +1071,17 @@ mod tests {
             Some(PathBuf::from("/hull/c1"))
         );
         assert_eq!(spec["linux"]["cgroupsPath"], "/hull/c1");
-        for bad in ["system.slice:hull:c1", "/a/../../b", "relative"] {
+        let mut systemd = serde_json::json!({"linux": {"cgroupsPath": "pod.slice:cri:c1"}});
+        assert_eq!(
+            cgroups_path(&mut systemd, "c1").ok(),
+            Some(PathBuf::from("/hull/c1"))
+        );
+        let mut given = serde_json::json!({"linux": {"cgroupsPath": "/default/c1"}});
+        assert_eq!(
+            cgroups_path(&mut given, "c1").ok(),
+            Some(PathBuf::from("/default/c1"))
+        );
+        for bad in ["/a/../../b", "relative", "a:b"] {
             let mut spec = serde_json::json!({"linux": {"cgroupsPath": bad}});
             assert!(
                 matches!(

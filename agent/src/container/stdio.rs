@@ -72,12 +72,13 @@ pub enum Stdio {
     Terminal(Terminal),
 }
 
-/// A pty master and whether reading it reached its end.
+/// A pty master; the locks serialise readers and writers and hold whether the output ended
+/// and whether stdin was closed.
 #[derive(Debug)]
 pub struct Terminal {
     master: AsyncFd<OwnedFd>,
-    read_lock: Mutex<bool>,
-    write_lock: Mutex<bool>,
+    read_ended: Mutex<bool>,
+    write_closed: Mutex<bool>,
 }
 
 /// Makes the pipes of a process without a terminal: the agent's ends, the process's ends.
@@ -121,13 +122,13 @@ impl Terminal {
             .map_err(|err| io_error("registering the pty")(err.into()))?;
         Ok(Terminal {
             master,
-            read_lock: Mutex::new(false),
-            write_lock: Mutex::new(false),
+            read_ended: Mutex::new(false),
+            write_closed: Mutex::new(false),
         })
     }
 
     async fn read(&self, len: usize) -> Result<Vec<u8>, Error> {
-        let mut ended = self.read_lock.lock().await;
+        let mut ended = self.read_ended.lock().await;
         if *ended {
             return Ok(Vec::new());
         }
@@ -160,7 +161,7 @@ impl Terminal {
     }
 
     async fn write(&self, data: &[u8]) -> Result<(), Error> {
-        let closed = self.write_lock.lock().await;
+        let closed = self.write_closed.lock().await;
         if *closed {
             return Err(Error::StdinClosed);
         }
@@ -244,7 +245,7 @@ impl Stdio {
             }
             Stdio::Terminal(tty) => {
                 tty.write(&[4]).await?;
-                *tty.write_lock.lock().await = true;
+                *tty.write_closed.lock().await = true;
                 Ok(())
             }
         }
