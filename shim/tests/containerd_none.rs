@@ -561,3 +561,45 @@ fn ctr_task_ps_metrics_pause_and_resume_work_on_a_running_container() {
         .expect("ctr containers delete");
     setup.assert_nothing_left(id);
 }
+
+#[test]
+fn ctr_run_with_a_terminal_runs_the_program_on_a_tty() {
+    let Some(setup) = Setup::new("ctr_run_with_a_terminal_runs_the_program_on_a_tty") else {
+        return;
+    };
+    let script = hull_tests::require!(
+        "ctr_run_with_a_terminal_runs_the_program_on_a_tty",
+        hull_tests::prereq::find_program("script", "bsdutils")
+    );
+    let id = "hull-none-tty";
+    // ctr -t needs a terminal of its own: script(1) gives it one.
+    let command: Vec<String> = std::iter::once(
+        setup
+            .containerd
+            .ctr_command(&[])
+            .get_program()
+            .to_string_lossy()
+            .into_owned(),
+    )
+    .chain(
+        setup
+            .containerd
+            .ctr_command(&setup.run_args(&["--rm", "-t"], id, &["sh", "-c", "tty; exit 5"]))
+            .get_args()
+            .map(|a| format!("'{}'", a.to_string_lossy())),
+    )
+    .collect();
+    let output = std::process::Command::new(script)
+        .args(["-qec", &command.join(" "), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(5), "{}", setup.explain(&output));
+    assert!(
+        stdout.contains("/dev/pts/") || stdout.contains("/dev/console"),
+        "the program's stdin is not a terminal: {}",
+        setup.explain(&output)
+    );
+    setup.assert_nothing_left(id);
+}
