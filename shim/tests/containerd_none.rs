@@ -603,3 +603,58 @@ fn ctr_run_with_a_terminal_runs_the_program_on_a_tty() {
     );
     setup.assert_nothing_left(id);
 }
+
+#[test]
+fn a_killed_shim_is_cleaned_up_with_its_containers() {
+    let Some(setup) = Setup::new("a_killed_shim_is_cleaned_up_with_its_containers") else {
+        return;
+    };
+    let id = "hull-none-shim-killed";
+    // A duration no other test uses, to find this container's process.
+    setup
+        .containerd
+        .ctr(&setup.run_args(&["-d"], id, &["sleep", "4242"]))
+        .expect("ctr run -d");
+    setup.wait_running(id);
+    assert_eq!(
+        hull_tests::leftovers::processes_with(&["sleep 4242"]).len(),
+        1,
+        "the container runs"
+    );
+    let shim: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("containerd-shim-hull-v2") && c.contains(id)
+            })
+        })
+        .collect();
+    assert_eq!(shim.len(), 1, "one shim serves the container: {shim:?}");
+    // SAFETY: kill(2) with a pid read from /proc just now, of the shim this test started.
+    assert_eq!(unsafe { libc::kill(shim[0], libc::SIGKILL) }, 0);
+
+    // containerd notices, runs `shim delete`, and reports the task stopped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(task_status(&setup, id).as_str(), "STOPPED" | "") {
+        assert!(
+            Instant::now() < deadline,
+            "task still {}; containerd log:\n{}",
+            task_status(&setup, id),
+            setup.containerd.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = setup.containerd.ctr(&["tasks", "delete", id]);
+    setup
+        .containerd
+        .ctr(&["containers", "delete", id])
+        .expect("ctr containers delete");
+    setup.assert_nothing_left(id);
+    assert!(
+        hull_tests::leftovers::processes_with(&["sleep 4242"]).is_empty(),
+        "the container's process outlived its shim"
+    );
+}

@@ -163,6 +163,10 @@ impl Sandbox {
         record.processes = pids
             .into_iter()
             .filter_map(|(role, pid)| OwnedProcess::of(role, i32::try_from(pid).ok()?))
+            .map(|mut process| {
+                process.graceful = process.role == "hull-agent";
+                process
+            })
             .collect();
         record.save(record_path)?;
         tracing::info!(sandbox = %id, hypervisor = ?kind, "sandbox started");
