@@ -658,3 +658,64 @@ fn a_killed_shim_is_cleaned_up_with_its_containers() {
         "the container's process outlived its shim"
     );
 }
+
+#[test]
+fn containers_of_one_pod_share_its_sandbox() {
+    let Some(setup) = Setup::new("containers_of_one_pod_share_its_sandbox") else {
+        return;
+    };
+    let pod = "hull-none-pod";
+    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
+    setup
+        .containerd
+        .ctr(&setup.run_args(
+            &["-d", "--annotation", &annotation],
+            pod,
+            &["sleep", "1000"],
+        ))
+        .expect("ctr run -d of the pod's first container");
+    setup.wait_running(pod);
+    let run_dir = hull_shim::paths::sandbox_run_dir(hull_tests::containerd::NAMESPACE, pod);
+    let agents =
+        || hull_tests::leftovers::processes_with(&["hull-agent", &run_dir.display().to_string()]);
+    assert_eq!(agents().len(), 1, "the pod's agent runs");
+
+    let second = "hull-none-pod-second";
+    let output = setup
+        .containerd
+        .ctr_command(&setup.run_args(
+            &["--rm", "--annotation", &annotation],
+            second,
+            &["sh", "-c", "echo second; exit 4"],
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(4), "{}", setup.explain(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "second\n");
+    assert_eq!(
+        agents().len(),
+        1,
+        "the second container used the pod's agent"
+    );
+    assert!(
+        hull_tests::leftovers::processes_with(&["containerd-shim-hull-v2", second]).is_empty(),
+        "the second container got a shim of its own"
+    );
+    assert!(run_dir.exists(), "the pod outlives its second container");
+
+    setup
+        .containerd
+        .ctr(&["tasks", "kill", "--signal", "SIGKILL", pod])
+        .expect("ctr task kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while setup.containerd.ctr(&["tasks", "delete", pod]).is_err() {
+        assert!(Instant::now() < deadline, "task never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    setup
+        .containerd
+        .ctr(&["containers", "delete", pod])
+        .expect("ctr containers delete");
+    setup.assert_nothing_left(pod);
+    setup.assert_nothing_left(second);
+}
