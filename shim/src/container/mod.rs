@@ -188,6 +188,16 @@ impl Containers {
                     255
                 }
             };
+            // The process is gone: its stdin copy ends too (containerd may never close its
+            // end, and the copy holds a connection to the agent).
+            let stdin = containers
+                .lock()
+                .get(&process.container_id)
+                .and_then(|c| c.process(&process.exec_id))
+                .and_then(Process::close_stdin);
+            if let Some(stdin) = stdin {
+                stdin.notify_one();
+            }
             for output in outputs {
                 let abort = output.abort_handle();
                 if tokio::time::timeout(OUTPUT_DRAIN, output).await.is_err() {

@@ -17,6 +17,9 @@ use crate::backend::{self, BackendProcess};
 /// How long the agent may take to create its socket and answer Check.
 const START_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long an agent that destroyed its sandbox has to exit before it is killed.
+const DESTROYED_GRACE: Duration = Duration::from_millis(50);
+
 /// Errors of starting the host agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -93,10 +96,17 @@ impl HostAgent {
         self.process.pid()
     }
 
-    /// Waits for the agent to exit (it does after DestroySandbox), at most `grace`, then
-    /// stops it.
-    pub async fn stop(self, grace: Duration) -> Result<(), Error> {
-        self.process.stop(grace).await?;
+    /// Stops the agent. After a DestroySandbox it answered (`destroyed`), its containers are
+    /// gone and it exits by itself; it is killed if it has not within `grace` — the agent
+    /// waits for calls still in flight (a pending GetOOMEvent) before it exits, which
+    /// nothing would end. Otherwise SIGTERM first, on which the agent removes its
+    /// containers, then SIGKILL.
+    pub async fn stop(self, destroyed: bool, grace: Duration) -> Result<(), Error> {
+        if destroyed {
+            self.process.kill_after(DESTROYED_GRACE.min(grace)).await?;
+        } else {
+            self.process.stop(grace).await?;
+        }
         Ok(())
     }
 }

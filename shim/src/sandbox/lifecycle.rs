@@ -239,17 +239,27 @@ impl Sandbox {
             run_dir,
             ..
         } = self;
-        if let Err(err) = agent.destroy_sandbox().await {
-            tracing::warn!(sandbox = %id, "DestroySandbox: {}", err.agent_message());
-        }
+        let started = std::time::Instant::now();
+        let destroyed = match agent.destroy_sandbox().await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(sandbox = %id, "DestroySandbox: {}", err.agent_message());
+                false
+            }
+        };
+        tracing::debug!(sandbox = %id, elapsed = ?started.elapsed(), "DestroySandbox answered");
         drop(agent);
         let stopped = match runner {
             Runner::Vm(vm) => vm.shutdown(STOP_GRACE).await.map_err(|e| e.to_string()),
-            Runner::Host(agent) => agent.stop(STOP_GRACE).await.map_err(|e| e.to_string()),
+            Runner::Host(agent) => agent
+                .stop(destroyed, STOP_GRACE)
+                .await
+                .map_err(|e| e.to_string()),
         };
         if let Err(err) = stopped {
             tracing::warn!(sandbox = %id, %err, "stopping the sandbox");
         }
+        tracing::debug!(sandbox = %id, elapsed = ?started.elapsed(), "the sandbox's processes stopped");
         let record = record
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

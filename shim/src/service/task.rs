@@ -63,6 +63,9 @@ struct Inner {
     sandbox: AsyncMutex<Option<Arc<Sandbox>>>,
     /// The shim binary, beside which the helpers are looked for first.
     beside: Option<PathBuf>,
+    /// The task waiting for OOM events; it holds a connection to the agent, which must be
+    /// closed before the agent can stop serving.
+    oom_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn status(code: Code, message: impl Into<String>) -> TtrpcError {
@@ -105,6 +108,7 @@ impl TaskService {
                 containers: Containers::default(),
                 sandbox: AsyncMutex::new(None),
                 beside: std::env::current_exe().ok(),
+                oom_watch: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -214,7 +218,7 @@ impl Inner {
     /// does not serve GetOOMEvent (an older agent) or goes away.
     fn watch_oom(self: &Arc<Self>, agent: agent_link::AgentLink) {
         let inner = Arc::clone(self);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 match agent.get_oom_event().await {
                     Ok(container_id) => {
@@ -234,6 +238,14 @@ impl Inner {
                 }
             }
         });
+        let previous = self
+            .oom_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(task);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
     }
 
     /// The exit hook: TaskExit for every process.
@@ -917,6 +929,18 @@ impl Task for TaskService {
             return Ok(Empty::new());
         }
         let sandbox = self.inner.sandbox.lock().await.take();
+        let oom_watch = self
+            .inner
+            .oom_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = oom_watch {
+            task.abort();
+            // Dropped with the task: its connection to the agent, which the agent's server
+            // waits for before it exits.
+            let _ = task.await;
+        }
         // containerd gives Shutdown 3 s, then closes the connection and runs `shim delete`,
         // which kills what the sandbox record lists. So the sandbox is stopped gracefully
         // for up to SHUTDOWN_INLINE before the answer, and the rest (a slow VM) continues
