@@ -613,7 +613,12 @@ impl Task for TaskService {
             };
             let exit = p.exit();
             Ok(api::StateResponse {
-                id: req.id.clone(),
+                // As runc's shim: the process's own id (the exec id for an exec).
+                id: if e.is_empty() {
+                    req.id.clone()
+                } else {
+                    e.to_owned()
+                },
                 bundle,
                 pid: shim_pid(),
                 status: state.into(),
