@@ -139,3 +139,57 @@ fn ctr_run_in_a_vm_prints_the_containers_output_and_leaves_nothing() {
         "hello from the VM\n"
     );
 }
+
+/// A kernel that is not there is named through containerd, and the pod's half-made state
+/// (run directory, vsock backend, share) is gone afterwards.
+#[test]
+fn a_missing_kernel_is_named_through_ctr_and_leaves_nothing() {
+    let test = "a_missing_kernel_is_named_through_ctr_and_leaves_nothing";
+    let busybox = require!(test, busybox());
+    let shim_dir = Path::new(SHIM)
+        .parent()
+        .expect("the shim binary is in a directory")
+        .to_owned();
+    let containerd = require!(test, Containerd::start(&[shim_dir])).expect("containerd starts");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    let image = build_busybox_archive(&busybox, &archive).unwrap();
+    containerd.import(&archive).unwrap();
+    let config = dir.path().join("configuration.toml");
+    std::fs::write(
+        &config,
+        "hypervisor = \"qemu\"\n[vm]\nkernel = \"/nonexistent/hull-vmlinux\"\n",
+    )
+    .unwrap();
+    let id = "hull-e2e-nokernel";
+    let output = containerd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.hull.v2",
+            "--runtime-config-path",
+            config.to_str().expect("UTF-8 temp path"),
+            image,
+            id,
+            "true",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "ctr run succeeded: {stderr}");
+    assert!(
+        stderr.contains("/nonexistent/hull-vmlinux") && stderr.contains("make image"),
+        "the error does not name the kernel and the fix: {stderr}"
+    );
+    let _ = containerd.ctr(&["containers", "delete", id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !pod_leftovers(id).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        pod_leftovers(id).is_empty(),
+        "left: {:?}",
+        pod_leftovers(id)
+    );
+}
