@@ -131,14 +131,7 @@ impl TryFrom<CreateContainerRequest> for ContainerRequest {
     fn try_from(request: CreateContainerRequest) -> Result<Self, Error> {
         let id = ContainerId::parse(&request.container_id)?;
         let spec = parse_spec(&request.oci_spec_json)?;
-        let storages = request
-            .storages
-            .iter()
-            .enumerate()
-            .map(|(index, storage)| {
-                storage_request(storage).map_err(|reason| Error::BadStorage { index, reason })
-            })
-            .collect::<Result<_, _>>()?;
+        let storages = storage_requests(&request.storages)?;
         Ok(ContainerRequest {
             id,
             spec,
@@ -181,6 +174,17 @@ fn parse_spec(json: &[u8]) -> Result<SpecSummary, Error> {
         }
     }
     Ok(spec)
+}
+
+/// Checks the storages of a request (CreateContainer's or CreateSandbox's).
+pub fn storage_requests(storages: &[Storage]) -> Result<Vec<StorageRequest>, Error> {
+    storages
+        .iter()
+        .enumerate()
+        .map(|(index, storage)| {
+            storage_request(storage).map_err(|reason| Error::BadStorage { index, reason })
+        })
+        .collect()
 }
 
 fn storage_request(storage: &Storage) -> Result<StorageRequest, String> {
@@ -334,6 +338,37 @@ mod tests {
                     assert!(got.contains(reason), "{got}")
                 }
                 other => panic!("expected storages[1] to be rejected for {reason}: {other:?}"),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a shim sends, checking it answers Ok or a precise error, never a panic.
+        #[test]
+        fn arbitrary_requests_never_panic(
+            id in ".{0,80}",
+            spec in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            json_root in "[a-z/.]{0,20}",
+            kind in 0i32..7,
+            source in ".{0,20}",
+            mount_point in "[a-z/.]{0,20}",
+        ) {
+            let mut req = request(&id, "");
+            req.oci_spec_json = spec;
+            let _ = ContainerRequest::try_from(req);
+
+            let spec = format!(r#"{{"ociVersion":"1.0.0","root":{{"path":"{json_root}"}}}}"#);
+            let mut req = request(&id, &spec);
+            let mut storage = Storage::new();
+            storage.kind = hull_agent_protocol::protobuf::EnumOrUnknown::from_i32(kind);
+            storage.source = source;
+            storage.mount_point = mount_point;
+            req.storages = vec![storage];
+            if let Ok(parsed) = ContainerRequest::try_from(req) {
+                proptest::prop_assert!(is_clean_absolute(&parsed.spec.root.path));
+                for storage in &parsed.storages {
+                    proptest::prop_assert!(is_clean_absolute(&storage.mount_point));
+                }
             }
         }
     }

@@ -33,6 +33,7 @@ pub const SERVED_CALLS: &[Call] = &[
     Call::CloseStdin,
     Call::TtyWinResize,
     Call::GetOOMEvent,
+    Call::CreateSandbox,
     Call::DestroySandbox,
 ];
 

@@ -21,10 +21,11 @@ pub mod metrics;
 pub mod pid1;
 pub mod reaper;
 pub mod rpc_error;
+pub mod sandbox;
 pub mod server;
 pub mod service;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use hull_agent_protocol::{AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
@@ -34,6 +35,38 @@ use crate::service::Agent;
 
 /// Where the agent keeps its container files in the guest (bundles, libcontainer's state).
 pub const GUEST_STATE_DIR: &str = "/run/hull/agent";
+
+/// Where an agent on a host keeps its container files: `/run/hull-agent-<its PID>`.
+const HOST_STATE_PARENT: &str = "/run";
+const HOST_STATE_PREFIX: &str = "hull-agent-";
+
+/// Removes the state directories of host agents that are no longer running (killed before
+/// they could clean up). The containers such an agent left are not touched.
+fn remove_stale_state_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(HOST_STATE_PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed a dead agent's files")
+                }
+                Err(err) => {
+                    tracing::warn!(dir = %entry.path().display(), "removing a dead agent's files: {err}")
+                }
+            }
+        }
+    }
+}
 
 /// The agent's version, printed in its start-up line so the host can tell which agent booted.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -56,15 +89,27 @@ pub struct Options {
     /// On a host, the directory CopyFile writes under (in the guest it is
     /// [`hull_agent_protocol::GUEST_SHARED_DIR`]); without it CopyFile is refused.
     pub shared_dir: Option<PathBuf>,
+    /// On a host, enter containers' rootfs by MS_MOVE and chroot instead of pivot_root, as
+    /// the agent does by itself when its root is an initramfs (a guest's).
+    pub no_pivot: bool,
 }
 
 /// Runs the agent: as PID 1 of a guest, or on a host serving on `options.listen`.
 pub fn run(options: Options) -> anyhow::Result<()> {
     match options.listen {
         Some(addr) => {
-            // Per agent, so agents serving side by side (tests) keep apart; removed on exit.
-            let state_dir = PathBuf::from(format!("/run/hull-agent-{}", std::process::id()));
-            let agent = Agent::new(Mode::Host, options.shared_dir, state_dir.clone());
+            // Per agent, so agents serving side by side (tests) keep apart; removed on exit,
+            // and by the next agent if this one is killed.
+            remove_stale_state_dirs(Path::new(HOST_STATE_PARENT));
+            let state_dir = PathBuf::from(HOST_STATE_PARENT)
+                .join(format!("{HOST_STATE_PREFIX}{}", std::process::id()));
+            tracing::debug!(state_dir = %state_dir.display(), "container files");
+            let agent = Agent::new(
+                Mode::Host,
+                options.shared_dir,
+                state_dir.clone(),
+                options.no_pivot,
+            );
             let served = server::serve(agent, &addr);
             if let Err(err) = std::fs::remove_dir_all(&state_dir) {
                 if err.kind() != std::io::ErrorKind::NotFound {
@@ -92,10 +137,33 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         Mode::Guest,
                         Some(PathBuf::from(GUEST_SHARED_DIR)),
                         PathBuf::from(GUEST_STATE_DIR),
+                        false,
                     );
                     server::serve(agent, &addr).context("serving as PID 1")
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_agents_state_dirs_are_removed() {
+        let parent = std::env::temp_dir().join(format!("hull-agent-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        // Above the kernel's PID limit (4194304): never a running process.
+        let dead = parent.join(format!("{HOST_STATE_PREFIX}4194305"));
+        let alive = parent.join(format!("{HOST_STATE_PREFIX}{}", std::process::id()));
+        let other = parent.join("hull-agent-notapid");
+        for dir in [&dead, &alive, &other] {
+            std::fs::create_dir_all(dir.join("lc")).expect("creating a state dir");
+        }
+        remove_stale_state_dirs(&parent);
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
+        std::fs::remove_dir_all(&parent).expect("cleaning up");
     }
 }

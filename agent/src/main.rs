@@ -21,6 +21,10 @@ struct Cli {
     /// With --listen: the directory CopyFile writes under (the guest's is /run/hull/shared).
     #[arg(long, value_name = "DIR", requires = "listen")]
     shared_dir: Option<PathBuf>,
+    /// With --listen: enter containers' rootfs by MS_MOVE and chroot, not pivot_root (what
+    /// the agent does by itself when its root is an initramfs, as in a guest).
+    #[arg(long, requires = "listen")]
+    no_pivot: bool,
     /// Least severe log level written to stderr: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
     let options = Options {
         listen: cli.listen,
         shared_dir: cli.shared_dir,
+        no_pivot: cli.no_pivot,
     };
     match hull_agent::run(options) {
         Ok(()) => ExitCode::SUCCESS,

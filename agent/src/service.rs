@@ -2,9 +2,9 @@
 //!
 //! Served for real: Check, GetGuestDetails, GetMetrics, SetGuestDateTime, CopyFile, and the
 //! container calls (CreateContainer to RemoveContainer, the process and stdio calls,
-//! DestroySandbox, GetOOMEvent), which [`crate::container`] carries out; this module maps
-//! their requests in and their failures to ttrpc codes. CreateSandbox and the network calls
-//! answer UNIMPLEMENTED naming themselves; none fakes a success.
+//! DestroySandbox, GetOOMEvent), which [`crate::container`] carries out, and CreateSandbox
+//! ([`crate::sandbox`]); this module maps their requests in and their failures to ttrpc
+//! codes. The network calls answer UNIMPLEMENTED naming themselves; none fakes a success.
 //!
 //! Process model: youki's libcontainer runs in a helper process (see
 //! [`crate::container::helper`] for why not on a thread of the agent), and the agent's one
@@ -31,6 +31,7 @@ use crate::copy_file::{self, copy_chunk};
 use crate::metrics::Snapshot;
 use crate::reaper::Reaper;
 use crate::rpc_error;
+use crate::sandbox::Sandbox;
 use crate::{guest_details, Mode};
 
 /// Nanoseconds in a second.
@@ -44,20 +45,27 @@ pub struct Agent {
     shared_dir: Option<PathBuf>,
     reaper: Arc<Reaper>,
     containers: Containers,
+    sandbox: Sandbox,
     shutdown: Arc<Notify>,
 }
 
 impl Agent {
     /// An agent serving in `mode`, writing CopyFile's files under `shared_dir` and keeping
-    /// its container files under `state_dir`.
-    pub fn new(mode: Mode, shared_dir: Option<PathBuf>, state_dir: PathBuf) -> Self {
+    /// its container files under `state_dir`; `no_pivot` as [`Containers::new`] says.
+    pub fn new(
+        mode: Mode,
+        shared_dir: Option<PathBuf>,
+        state_dir: PathBuf,
+        no_pivot: bool,
+    ) -> Self {
         let reaper = Reaper::new();
         Agent {
             mode,
             started: Instant::now(),
             shared_dir,
-            containers: Containers::new(Arc::clone(&reaper), Layout::new(state_dir)),
+            containers: Containers::new(Arc::clone(&reaper), Layout::new(state_dir), no_pivot),
             reaper,
+            sandbox: Sandbox::default(),
             shutdown: Arc::new(Notify::new()),
         }
     }
@@ -78,9 +86,12 @@ impl Agent {
         Arc::clone(&self.shutdown)
     }
 
-    /// Removes every container, as DestroySandbox does (for an agent told to stop).
+    /// Removes every container and unmounts the sandbox's storages, as DestroySandbox does
+    /// (for an agent told to stop).
     pub async fn remove_all_containers(&self) -> Result<(), Failure> {
-        self.containers.remove_all().await
+        let result = self.containers.remove_all().await;
+        self.sandbox.destroy();
+        result
     }
 
     async fn read(
@@ -194,9 +205,12 @@ impl AgentService for Agent {
     async fn create_sandbox(
         &self,
         _ctx: &TtrpcContext,
-        _req: CreateSandboxRequest,
+        req: CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(rpc_error::unimplemented(Call::CreateSandbox))
+        self.sandbox
+            .create(self.mode, &req)
+            .map_err(|err| failure(Call::CreateSandbox, err))?;
+        Ok(Empty::new())
     }
 
     async fn destroy_sandbox(
@@ -205,6 +219,7 @@ impl AgentService for Agent {
         _req: DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
         let result = self.containers.remove_all().await;
+        self.sandbox.destroy();
         // Stop after answering, even if a container could not be removed: the sandbox is
         // going away, and as PID 1 the VM's end cleans up the rest.
         self.shutdown.notify_one();

@@ -42,6 +42,11 @@ fn root() -> Result<(), Missing> {
 
 impl Fixture {
     fn start(name: &str, busybox: &Path) -> Fixture {
+        Self::start_with(name, busybox, &[])
+    }
+
+    /// Starts the agent with `extra` arguments.
+    fn start_with(name: &str, busybox: &Path, extra: &[&str]) -> Fixture {
         let dir = std::env::temp_dir().join(format!("hull-ct-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let rootfs = dir.join("rootfs");
@@ -58,6 +63,7 @@ impl Fixture {
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--log-level=debug")
+            .args(extra)
             .stdin(Stdio::null())
             .spawn()
             .expect("starting hull-agent");
@@ -789,6 +795,27 @@ async fn an_oom_kill_is_reported_by_get_oom_event() {
         .expect("StatsContainer");
     assert!(response.cgroup_stats.memory.oom_kills >= 1, "{response:?}");
     assert_eq!(response.cgroup_stats.memory.limit_bytes, limit);
+
+    // An OOM kill of a container removed before anyone asked is still reported, once.
+    spec["linux"]["cgroupsPath"] = json!(format!("/hull-test-oom-{}-gone", std::process::id()));
+    fx.cgroups.push(
+        spec["linux"]["cgroupsPath"]
+            .as_str()
+            .expect("a path")
+            .to_owned(),
+    );
+    create_with(&client, "gone", serde_json::to_vec(&spec).expect("json"))
+        .await
+        .expect("CreateContainer");
+    fx.track(&client, "gone").await;
+    start(&client, "gone").await.expect("StartContainer");
+    assert_eq!(wait(&client, "gone", "").await.exit_status, 137);
+    remove(&client, "gone").await;
+    let event = client
+        .get_oom_event(ctx(), &GetOOMEventRequest::new())
+        .await
+        .expect("GetOOMEvent");
+    assert_eq!(event.container_id, "gone");
     fx.destroy_and_check_nothing_left(&client).await;
 }
 
@@ -955,4 +982,75 @@ async fn an_agent_stopped_by_sigterm_removes_its_containers() {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(fx.agent.id()).expect("a pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     fx.check_agent_exits_leaving_nothing();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn containers_enter_their_rootfs_without_pivot_root_as_in_an_initramfs() {
+    let test = "containers_enter_their_rootfs_without_pivot_root_as_in_an_initramfs";
+    require!(test, root());
+    let busybox = require!(test, hull_tests::oci_image::busybox());
+    // In a guest the agent's root is its initrd, where pivot_root(2) fails; there it moves
+    // the rootfs onto / and chroots, which --no-pivot selects on a host.
+    let mut fx = Fixture::start_with("nopivot", &busybox, &["--no-pivot"]);
+    let client = fx.client().await;
+    fx.create(&client, "moved", &["ls", "/"], false).await;
+    start(&client, "moved").await.expect("StartContainer");
+    let listing = read_all(&client, "moved", "", false).await;
+    let entries: Vec<&str> = listing.split_whitespace().collect();
+    assert!(entries.contains(&"bin"), "{listing:?}");
+    assert!(
+        !entries.contains(&"usr"),
+        "the host's root shows: {listing:?}"
+    );
+    assert_eq!(wait(&client, "moved", "").await.exit_status, 0);
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn containerds_default_spec_runs_as_the_shim_would_send_it() {
+    let test = "containerds_default_spec_runs_as_the_shim_would_send_it";
+    require!(test, root());
+    let busybox = require!(test, hull_tests::oci_image::busybox());
+    let ctr = require!(test, hull_tests::prereq::find_program("ctr", "containerd"));
+    let output = Command::new(ctr)
+        .args(["oci", "spec"])
+        .output()
+        .expect("running ctr oci spec");
+    assert!(output.status.success(), "ctr oci spec: {output:?}");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("ctr's spec is JSON");
+    let mut fx = Fixture::start("ctrspec", &busybox);
+    let client = fx.client().await;
+    // What a shim fills in: the rootfs as the agent sees it, the program, a cgroup per
+    // container (containerd's default is the namespace's, /default).
+    let cgroup = format!("/hull-test-ctrspec-{}-default/c1", std::process::id());
+    fx.cgroups.push(cgroup.clone());
+    spec["root"]["path"] = json!(fx.rootfs);
+    spec["process"]["args"] = json!([
+        "sh",
+        "-c",
+        "echo in-$(cat /proc/self/cgroup | wc -l)-lines; exit 3"
+    ]);
+    spec["process"]["env"] = json!(["PATH=/bin"]);
+    spec["linux"]["cgroupsPath"] = json!(cgroup);
+    create_with(&client, "c1", serde_json::to_vec(&spec).expect("json"))
+        .await
+        .expect("CreateContainer with containerd's default spec");
+    fx.track(&client, "c1").await;
+    start(&client, "c1").await.expect("StartContainer");
+    let out = read_all(&client, "c1", "", false).await;
+    assert!(
+        out.starts_with("in-") && out.ends_with("-lines\n"),
+        "{out:?}"
+    );
+    assert_eq!(wait(&client, "c1", "").await.exit_status, 3);
+    remove(&client, "c1").await;
+    // The parent cgroup the spec's path implies is containerd's business, not the agent's.
+    for dir in cgroup_dirs(&format!(
+        "/hull-test-ctrspec-{}-default",
+        std::process::id()
+    )) {
+        let _ = std::fs::remove_dir(dir);
+    }
+    fx.destroy_and_check_nothing_left(&client).await;
 }

@@ -153,6 +153,7 @@ async fn guest_details_describe_this_hosts_kernel_and_the_agent() {
         "CreateContainer",
         "StartContainer",
         "WaitProcess",
+        "CreateSandbox",
         "DestroySandbox",
     ] {
         assert!(
@@ -164,7 +165,7 @@ async fn guest_details_describe_this_hosts_kernel_and_the_agent() {
         !details
             .supported_calls
             .iter()
-            .any(|c| c == "CreateSandbox" || c == "ListInterfaces"),
+            .any(|c| c == "UpdateRoutes" || c == "ListInterfaces"),
         "{details:?}"
     );
 }
@@ -175,11 +176,11 @@ async fn calls_not_served_yet_answer_unimplemented_naming_the_call() {
     let client = agent.client().await;
     let (code, message) = status_of(
         client
-            .create_sandbox(ctx(), &CreateSandboxRequest::new())
+            .update_routes(ctx(), &UpdateRoutesRequest::new())
             .await,
     );
     assert_eq!(code, Code::UNIMPLEMENTED);
-    assert!(message.contains("CreateSandbox"), "{message}");
+    assert!(message.contains("UpdateRoutes"), "{message}");
 
     let (code, message) = status_of(
         client
@@ -198,6 +199,35 @@ async fn calls_not_served_yet_answer_unimplemented_naming_the_call() {
         message.contains("StartContainer") && message.contains("web"),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn create_sandbox_once_and_never_renaming_the_host() {
+    let agent = AgentProcess::start("sandbox");
+    let client = agent.client().await;
+    let host_name = nix::unistd::gethostname().expect("the host name");
+    let mut modules = CreateSandboxRequest::new();
+    modules.kernel_modules = vec!["vsock".into()];
+    let (code, message) = status_of(client.create_sandbox(ctx(), &modules).await);
+    assert_eq!(code, Code::UNIMPLEMENTED);
+    assert!(message.contains("kernel_modules"), "{message}");
+
+    let mut sandbox = CreateSandboxRequest::new();
+    sandbox.sandbox_id = "pod".into();
+    sandbox.hostname = "hull-sandbox-test".into();
+    sandbox.dns = vec!["nameserver 10.0.0.1".into()];
+    client
+        .create_sandbox(ctx(), &sandbox)
+        .await
+        .expect("CreateSandbox");
+    // On a host the agent never changes the machine it runs on.
+    assert_eq!(
+        nix::unistd::gethostname().expect("the host name"),
+        host_name
+    );
+    let (code, message) = status_of(client.create_sandbox(ctx(), &sandbox).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+    assert!(message.contains("exists already"), "{message}");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -369,11 +399,15 @@ proptest::proptest! {
             runtime.block_on(async {
                 let raw = agent.raw_client().await;
                 // DestroySandbox stops the agent and GetOOMEvent waits for an OOM kill, both
-                // by design; every other call must answer at once.
-                for call in Call::ALL
-                    .iter()
-                    .filter(|c| !matches!(c, Call::DestroySandbox | Call::GetOOMEvent))
-                {
+                // by design; CreateSandbox would mount whatever storages the bytes happen to
+                // describe, on the host running the test. Every other call must answer at
+                // once.
+                for call in Call::ALL.iter().filter(|c| {
+                    !matches!(
+                        c,
+                        Call::DestroySandbox | Call::GetOOMEvent | Call::CreateSandbox
+                    )
+                }) {
                     let mut request = ttrpc::Request::new();
                     request.service = SERVICE_NAME.into();
                     request.method = call.name().into();

@@ -3,6 +3,11 @@
 //! it): cgroup v2 in a hull guest; v1 (legacy or hybrid) on a host running the agent with
 //! `--listen`. Both are served fully; the few figures that differ between them are converted
 //! here to the protocol's units (microseconds, bytes).
+//!
+//! Not enforced in a guest: the spec's device rules (`linux.resources.devices`). cgroup v2
+//! enforces them with an eBPF program, which libcgroups loads only with its
+//! `cgroupsv2_devices` feature, built on the C library libbpf; the static agent does without,
+//! and the VM stays the isolation boundary (on a v1 host the devices controller applies them).
 
 use std::fs;
 use std::path::{Path, PathBuf};

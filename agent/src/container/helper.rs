@@ -48,6 +48,9 @@ pub struct HelperArgs {
     pub pid_file: PathBuf,
     /// Where a failure's message is written.
     pub error_file: PathBuf,
+    /// Enter the rootfs by moving it onto / and chroot'ing instead of pivot_root(2), which
+    /// fails when the agent's own root is an initramfs (a hull guest's): runc's --no-pivot.
+    pub no_pivot: bool,
 }
 
 /// An operation of the helper.
@@ -87,11 +90,12 @@ impl HelperArgs {
             console.into(),
             self.pid_file.clone().into(),
             self.error_file.clone().into(),
+            if self.no_pivot { "no-pivot" } else { "pivot" }.into(),
         ]
     }
 
     fn parse(args: &[OsString]) -> Option<Self> {
-        let [op, state_root, id, spec, console, pid_file, error_file] = args else {
+        let [op, state_root, id, spec, console, pid_file, error_file, pivot] = args else {
             return None;
         };
         let op = match op.to_str()? {
@@ -109,6 +113,11 @@ impl HelperArgs {
             console_socket: (console != "-").then(|| console.into()),
             pid_file: pid_file.into(),
             error_file: error_file.into(),
+            no_pivot: match pivot.to_str()? {
+                "no-pivot" => true,
+                "pivot" => false,
+                _ => return None,
+            },
         })
     }
 }
@@ -154,6 +163,7 @@ fn run(args: &HelperArgs) -> Result<(), String> {
         HelperOp::Create => builder
             .as_init(&args.spec)
             .with_systemd(false)
+            .with_no_pivot(args.no_pivot)
             .with_detach(true)
             .build()
             .map(drop)
@@ -198,6 +208,7 @@ mod tests {
             console_socket: Some("/run/x/t.sock".into()),
             pid_file: "/run/x/pid".into(),
             error_file: "/run/x/err".into(),
+            no_pivot: true,
         };
         let parsed = HelperArgs::parse(&args.to_args()).expect("parses");
         assert_eq!(parsed.to_args(), args.to_args());

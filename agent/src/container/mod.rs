@@ -15,7 +15,7 @@ pub mod helper;
 pub mod stdio;
 pub mod storage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -39,6 +39,9 @@ use stdio::{ProcessEnds, Stdio, Stream, Terminal};
 
 /// How long RemoveContainer waits for a container's processes after SIGKILL, by default.
 const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a container helper may take (libcontainer's create runs the spec's hooks).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How often GetOOMEvent looks at the containers' OOM kill counts.
 const OOM_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -112,34 +115,39 @@ impl Process {
         if self.exit().is_some() {
             return Ok(());
         }
-        let result = match &self.pidfd {
-            Some(pidfd) => {
-                // SAFETY: pidfd_send_signal reads only its arguments; the pidfd is owned and
-                // open, the info pointer is null as allowed.
-                let rc = unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        pidfd.as_raw_fd(),
-                        signal as libc::c_int,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-                if rc < 0 {
-                    Err(nix::errno::Errno::last())
-                } else {
-                    Ok(())
-                }
+        send_signal(self.pid, self.pidfd.as_ref(), signal)
+    }
+}
+
+/// Sends `signal` to `pid`, through its pidfd when there is one; a process that is gone is
+/// not an error.
+fn send_signal(pid: i32, pidfd: Option<&OwnedFd>, signal: Signal) -> Result<(), Failure> {
+    let result = match pidfd {
+        Some(pidfd) => {
+            // SAFETY: pidfd_send_signal reads only its arguments; the pidfd is owned and
+            // open, the info pointer is null as allowed.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    signal as libc::c_int,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            if rc < 0 {
+                Err(nix::errno::Errno::last())
+            } else {
+                Ok(())
             }
-            None => nix::sys::signal::kill(Pid::from_raw(self.pid), signal),
-        };
-        match result {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(err) => Err(Failure::Internal(format!(
-                "sending {signal} to PID {}: {err}",
-                self.pid
-            ))),
         }
+        None => nix::sys::signal::kill(Pid::from_raw(pid), signal),
+    };
+    match result {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(err) => Err(Failure::Internal(format!(
+            "sending {signal} to PID {pid}: {err}"
+        ))),
     }
 }
 
@@ -150,6 +158,21 @@ async fn wait_exit(mut exit: ExitWatch, pid: i32) -> Result<ExitStatus, Failure>
         .await
         .map_err(|_| Failure::Internal(format!("the exit status of PID {pid} was lost")))?;
     (*status).ok_or_else(|| Failure::Internal(format!("no exit status for PID {pid}")))
+}
+
+impl Spawned {
+    /// Kills a process that cannot be handed out (its setup failed after it was made); the
+    /// reaper collects it.
+    fn kill(&self) {
+        if self.exit.borrow().is_none() {
+            if let Err(err) = send_signal(self.pid, self.pidfd.as_ref(), Signal::SIGKILL) {
+                tracing::error!(
+                    pid = self.pid,
+                    "killing a process whose setup failed: {err}"
+                );
+            }
+        }
+    }
 }
 
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
@@ -188,6 +211,17 @@ impl Container {
 
     fn set_state(&self, state: State) {
         *lock(&self.state) = state;
+    }
+
+    /// Whether an OOM kill happened since the last report; marks it reported.
+    fn take_oom_kill(&self) -> bool {
+        let count = self.cgroup.oom_kills();
+        let reported = self.oom_reported.load(Ordering::Relaxed);
+        count > reported
+            && self
+                .oom_reported
+                .compare_exchange(reported, count, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Whether its init process is still alive.
@@ -257,11 +291,15 @@ pub struct Containers {
     /// `None` while a container is being created (its id is taken).
     table: Mutex<HashMap<String, Option<Arc<Container>>>>,
     sequence: AtomicU64,
+    no_pivot: bool,
+    /// OOM kills of containers removed before GetOOMEvent saw them, oldest first.
+    oom_removed: Mutex<VecDeque<String>>,
 }
 
 /// What a helper run gave back.
 struct Spawned {
     pid: i32,
+    pidfd: Option<OwnedFd>,
     exit: ExitWatch,
     terminal: Option<OwnedFd>,
 }
@@ -293,12 +331,20 @@ impl<F: Fn()> Drop for Reservation<F> {
 
 impl Containers {
     /// No containers yet; files go under `layout`, exit statuses come from `reaper`.
-    pub fn new(reaper: Arc<Reaper>, layout: Layout) -> Self {
+    /// Containers enter their rootfs without pivot_root(2) if `no_pivot` is set or the
+    /// agent's root is an initramfs (see [`root_is_initramfs`]).
+    pub fn new(reaper: Arc<Reaper>, layout: Layout, no_pivot: bool) -> Self {
+        let no_pivot = no_pivot || root_is_initramfs();
+        if no_pivot {
+            tracing::info!("containers enter their rootfs by MS_MOVE and chroot, not pivot_root");
+        }
         Containers {
             reaper,
             layout,
             table: Mutex::new(HashMap::new()),
             sequence: AtomicU64::new(0),
+            no_pivot,
+            oom_removed: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -371,7 +417,7 @@ impl Containers {
                     cgroup: Arc::new(cgroup),
                     init: Arc::new(Process {
                         pid: spawned.pid,
-                        pidfd: pidfd_open(spawned.pid),
+                        pidfd: spawned.pidfd,
                         exit: spawned.exit,
                         stdio,
                     }),
@@ -423,7 +469,7 @@ impl Containers {
             Ok((stdio, cgroup)) => Ok((spawned, stdio, cgroup)),
             Err(err) => {
                 // Leave nothing: the init waits in the created state; kill it and delete.
-                let _ = nix::sys::signal::kill(Pid::from_raw(spawned.pid), Signal::SIGKILL);
+                spawned.kill();
                 let _ = wait_exit(spawned.exit.clone(), spawned.pid).await;
                 if let Err(delete) = self.helper_op(HelperOp::Delete, id).await {
                     tracing::error!(container = %id, "cleaning up a failed create: {delete}");
@@ -480,7 +526,21 @@ impl Containers {
         // Not `child.wait()`: the reaper owns every wait (registering under the caller's
         // hold, so no waitpid(-1) can take the status first).
         drop(child);
-        let status = wait_exit(self.reaper.register(Pid::from_raw(pid)), pid).await?;
+        let exit = self.reaper.register(Pid::from_raw(pid));
+        let status = match tokio::time::timeout(HELPER_TIMEOUT, wait_exit(exit.clone(), pid)).await
+        {
+            Ok(status) => status?,
+            Err(_) => {
+                // A helper stuck (in a hook, say) would hold the reaper off for good. It is
+                // our unreaped child, so its PID cannot have been reused.
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                wait_exit(exit, pid).await?;
+                return Err(Failure::DeadlineExceeded(format!(
+                    "the container helper did not finish within {} s and was killed",
+                    HELPER_TIMEOUT.as_secs()
+                )));
+            }
+        };
         let result = if status == ExitStatus::exited(0) {
             Ok(())
         } else {
@@ -514,6 +574,7 @@ impl Containers {
             console_socket: None,
             pid_file: PathBuf::from("-"),
             error_file: bundle.join(format!("{name}.err")),
+            no_pivot: self.no_pivot,
         };
         // Start and delete re-parent nothing to the agent (hooks are the helper's children,
         // waited for inside it); the hold only covers the helper's own PID between spawn and
@@ -559,6 +620,7 @@ impl Containers {
             console_socket: console.clone(),
             pid_file: pid_file.clone(),
             error_file: bundle.join(format!("{name}.err")),
+            no_pivot: self.no_pivot,
         };
         let cleanup = || {
             let _ = std::fs::remove_file(&pid_file);
@@ -586,17 +648,31 @@ impl Containers {
             ));
         };
         let exit = self.reaper.register(Pid::from_raw(pid));
+        // Opened while the PID is certainly this process (it cannot be reaped before the hold
+        // ends), so a later signal can never reach a recycled PID.
+        let pidfd = pidfd_open(pid);
         drop(hold);
         let terminal = listener
             .map(|listener| receive_pty(&listener))
             .transpose()
             .map_err(internal("receiving the terminal"));
         cleanup();
-        Ok(Spawned {
+        let spawned = Spawned {
             pid,
+            pidfd,
             exit,
-            terminal: terminal?,
-        })
+            terminal: None,
+        };
+        match terminal {
+            Ok(terminal) => Ok(Spawned {
+                terminal,
+                ..spawned
+            }),
+            Err(err) => {
+                spawned.kill();
+                Err(err)
+            }
+        }
     }
 
     /// StartContainer.
@@ -665,17 +741,24 @@ impl Containers {
             .spawn_process(HelperOp::Exec, id, &json_path, &name, ends)
             .await;
         let _ = std::fs::remove_file(&json_path);
-        let spawned = spawned?;
-        let stdio = match (stdio, spawned.terminal) {
-            (Some(stdio), _) => stdio,
-            (None, Some(master)) => Stdio::Terminal(
-                Terminal::new(master).map_err(|err| internal("the pty")(err.to_string()))?,
-            ),
-            (None, None) => return Err(Failure::Internal("the process sent no terminal".into())),
+        let mut spawned = spawned?;
+        let stdio = match (stdio, spawned.terminal.take()) {
+            (Some(stdio), _) => Ok(stdio),
+            (None, Some(master)) => Terminal::new(master)
+                .map(Stdio::Terminal)
+                .map_err(|err| internal("the pty")(err.to_string())),
+            (None, None) => Err(Failure::Internal("the process sent no terminal".into())),
+        };
+        let stdio = match stdio {
+            Ok(stdio) => stdio,
+            Err(err) => {
+                spawned.kill();
+                return Err(err);
+            }
         };
         let process = Process {
             pid: spawned.pid,
-            pidfd: pidfd_open(spawned.pid),
+            pidfd: spawned.pidfd,
             exit: spawned.exit,
             stdio,
         };
@@ -892,6 +975,10 @@ impl Containers {
                 )))
             }
         }
+        // An OOM kill not reported yet outlives the cgroup that counted it.
+        if container.take_oom_kill() {
+            lock(&self.oom_removed).push_back(id.to_owned());
+        }
         self.helper_op(HelperOp::Delete, id).await?;
         storage::unmount_all(&container.mounts);
         if let Err(err) = std::fs::remove_dir_all(&container.bundle) {
@@ -925,21 +1012,29 @@ impl Containers {
         loop {
             let containers: Vec<Arc<Container>> =
                 lock(&self.table).values().flatten().cloned().collect();
+            if let Some(id) = lock(&self.oom_removed).pop_front() {
+                return id;
+            }
             for container in containers {
-                let count = container.cgroup.oom_kills();
-                let reported = container.oom_reported.load(Ordering::Relaxed);
-                if count > reported
-                    && container
-                        .oom_reported
-                        .compare_exchange(reported, count, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
+                if container.take_oom_kill() {
                     return container.id.clone();
                 }
             }
             tokio::time::sleep(OOM_POLL_INTERVAL).await;
         }
     }
+}
+
+/// Whether `/` is the kernel's initramfs (ramfs, or tmpfs with `rootfstype`), where
+/// pivot_root(2) answers EINVAL: a hull guest runs the agent from its initrd.
+pub fn root_is_initramfs() -> bool {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    // <linux/magic.h>; nix names TMPFS_MAGIC but not this one.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    statfs("/").is_ok_and(|fs| {
+        let kind = fs.filesystem_type();
+        kind == RAMFS_MAGIC || kind == TMPFS_MAGIC
+    })
 }
 
 fn stdio_failure(err: stdio::Error) -> Failure {
