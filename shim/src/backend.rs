@@ -134,6 +134,22 @@ impl BackendProcess {
         }
     }
 
+    /// Waits at most `grace` for the process to exit by itself, then kills it with SIGKILL:
+    /// for a process that has nothing left to clean up.
+    pub async fn kill_after(mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Ok(status) = tokio::time::timeout(grace, self.child.wait()).await {
+            return status.map_err(|source| self.wait_error(source));
+        }
+        self.child
+            .kill()
+            .await
+            .map_err(|source| self.wait_error(source))?;
+        self.child
+            .wait()
+            .await
+            .map_err(|source| self.wait_error(source))
+    }
+
     /// Waits for the backend to exit by itself (it does when its frontend goes), at most
     /// `grace`, then stops it with SIGTERM and finally SIGKILL.
     pub async fn stop(mut self, grace: Duration) -> Result<ExitStatus> {

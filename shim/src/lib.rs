@@ -6,19 +6,23 @@
 //!
 //! Built so far: [`config`] (configuration files, drop-ins, annotation overrides), [`paths`]
 //! (where hull finds its files), [`host`] (`hull check`), [`hybrid_vsock`] (the shim side of
-//! the agent link), [`agent_link`] (ttrpc to the agent over it), [`backend`] (device backend
-//! processes), [`vm_spec`], the [`qemu`] backend's VM process management, [`sandbox`] (booting
-//! a VM to a serving agent; the persisted record) and [`service`] (containerd's side). Creating
-//! containers and the other hypervisor backends are the shim issue's remaining work.
+//! the agent link), [`agent_link`] (ttrpc to the agent), [`backend`] (device backend
+//! processes), [`vm_spec`], the [`qemu`] backend's VM process management, [`sandbox`] (a VM
+//! booted to a serving agent, or the `none` hypervisor's agent on the host; the persisted
+//! record), [`rootfs`] (containerd's rootfs mounts), [`container`] (the container manager and
+//! stdio copies) and [`service`] (containerd's side). Still to come: the rootfs shared into a
+//! VM through hull-fs, and the built-in VMM backend.
 
 pub mod agent_link;
 pub mod backend;
 pub mod config;
+pub mod container;
 pub mod host;
 pub mod hybrid_vsock;
 pub mod network;
 pub mod paths;
 pub mod qemu;
+pub mod rootfs;
 pub mod sandbox;
 pub mod service;
 pub mod vm_spec;

@@ -16,6 +16,25 @@ pub const DEFAULTS_CONFIG: &str = "/usr/share/defaults/hull/configuration.toml";
 /// The directory of drop-ins beside a configuration file.
 pub const DROP_IN_DIR: &str = "config.d";
 
+/// Where running sandboxes keep their sockets and logs: one directory per namespace and
+/// sandbox, removed when the sandbox stops.
+pub const RUN_ROOT: &str = "/run/hull";
+
+/// The run directory of sandbox `id` in containerd namespace `namespace`.
+pub fn sandbox_run_dir(namespace: &str, id: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join(namespace).join(id)
+}
+
+/// Whether `id` (a sandbox id or containerd namespace) is safe as one path component:
+/// 1 to 76 characters of letters, digits, '_', '-' and '.', not starting with '.'.
+pub fn is_safe_id(id: &str) -> bool {
+    (1..=76).contains(&id.len())
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// The system configuration files, in the order they are searched.
 pub fn system_config_files() -> Vec<PathBuf> {
     vec![PathBuf::from(ETC_CONFIG), PathBuf::from(DEFAULTS_CONFIG)]
@@ -75,6 +94,18 @@ mod tests {
     fn make_exe(path: &Path) {
         std::fs::write(path, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn only_plain_ids_become_run_directories() {
+        assert!(is_safe_id("pod-1_a.b"));
+        for bad in ["", "..", ".hidden", "a/b", "a b", &"x".repeat(77)] {
+            assert!(!is_safe_id(bad), "{bad:?}");
+        }
+        assert_eq!(
+            sandbox_run_dir("default", "c1"),
+            Path::new("/run/hull/default/c1")
+        );
     }
 
     #[test]

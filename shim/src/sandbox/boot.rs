@@ -16,6 +16,8 @@ use crate::host::{find_program, Virtualization};
 use crate::qemu::{self, Accel, QemuOptions, QemuVm};
 use crate::vm_spec::{VmDevice, VmSpec};
 
+use super::share::{SharedDir, SHARE_TAG};
+
 /// The guest's vsock context id (the first one past the reserved 0 to 2).
 pub const GUEST_CID: u32 = 3;
 /// How long a backend may take to create its socket.
@@ -54,6 +56,9 @@ pub enum Error {
         /// The last lines of the guest console.
         console: String,
     },
+    /// The pod's shared directory could not be made.
+    #[error("the pod's shared directory")]
+    Share(#[from] super::share::Error),
     /// The agent did not answer.
     #[error("the guest agent (console log: {console})")]
     Agent {
@@ -80,6 +85,9 @@ pub struct BootedVm {
     pub agent: AgentLink,
     vm: QemuVm,
     vsock: BackendProcess,
+    fs: Option<BackendProcess>,
+    // Dropped after the processes that serve it, before the run directory.
+    share: Option<SharedDir>,
     /// Time from the start of [`boot`] to the agent's first SERVING answer.
     pub boot_time: Duration,
     // Declared last, so it is dropped after the processes using it.
@@ -105,18 +113,42 @@ impl BootedVm {
         std::fs::read_to_string(self.vm.console_log()).unwrap_or_default()
     }
 
-    /// Stops the VM, then the vsock backend (which exits when its frontend goes).
+    /// The host processes of the VM, by role, for the sandbox's persisted record.
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        [
+            ("hull-vsock", self.vsock.pid()),
+            ("hull-fs", self.fs.as_ref().and_then(BackendProcess::pid)),
+            ("qemu", self.vm.pid()),
+        ]
+        .into_iter()
+        .filter_map(|(role, pid)| Some((role, pid?)))
+        .collect()
+    }
+
+    /// The pod's shared directory, when the VM was booted with one.
+    pub fn share(&self) -> Option<&SharedDir> {
+        self.share.as_ref()
+    }
+
+    /// Stops the VM, then the backends (which exit when their frontend goes), then removes
+    /// the share and the run directory.
     pub async fn shutdown(self, grace: Duration) -> Result<()> {
         let Self {
             agent,
             vm,
             vsock,
+            fs,
+            share,
             _run_dir: run_dir,
             ..
         } = self;
         drop(agent);
         vm.stop(grace).await?;
         vsock.stop(grace).await?;
+        if let Some(fs) = fs {
+            fs.stop(grace).await?;
+        }
+        drop(share);
         drop(run_dir);
         Ok(())
     }
@@ -130,6 +162,19 @@ pub async fn boot(
     id: &str,
     run_dir: &Path,
     beside: Option<&Path>,
+) -> Result<BootedVm> {
+    boot_with_share(config, id, run_dir, beside, false).await
+}
+
+/// [`boot`], and with `share` the pod's shared directory at `run_dir/shared` served by
+/// hull-fs as virtio-fs device [`SHARE_TAG`]. The caller records `run_dir/shared` as a mount
+/// of the sandbox first.
+pub async fn boot_with_share(
+    config: &Config,
+    id: &str,
+    run_dir: &Path,
+    beside: Option<&Path>,
+    share: bool,
 ) -> Result<BootedVm> {
     let started = Instant::now();
     // Only what the boot needs: no version probes of QEMU or containerd on a pod's start.
@@ -155,6 +200,14 @@ pub async fn boot(
         .ok_or(Error::Helper("hull-vsock"))?;
     let qemu_bin = find_program(&config.qemu.path, path_env.as_deref())
         .ok_or(Error::Helper("qemu-system-x86_64"))?;
+    let fs_bin = if share {
+        Some(
+            crate::paths::find_helper("hull-fs", beside, path_env.as_deref())
+                .ok_or(Error::Helper("hull-fs"))?,
+        )
+    } else {
+        None
+    };
 
     // run_dir holds the backends' sockets and logs, and QEMU's own directory.
     {
@@ -189,6 +242,36 @@ pub async fn boot(
     )
     .await?;
 
+    let mut devices = vec![VmDevice::VhostUserVsock {
+        socket: vhost_socket,
+    }];
+    let (fs, share) = match fs_bin {
+        Some(fs_bin) => {
+            let shared = SharedDir::create(&run_dir.join("shared"))?;
+            let fs_socket = backends.join("fs.sock");
+            let args: [&OsStr; 4] = [
+                "--socket-path".as_ref(),
+                fs_socket.as_os_str(),
+                "--shared-dir".as_ref(),
+                shared.host().as_os_str(),
+            ];
+            let fs = BackendProcess::start(
+                &fs_bin,
+                &args,
+                &fs_socket,
+                &backends.join("hull-fs.log"),
+                BACKEND_DEADLINE,
+            )
+            .await?;
+            devices.push(VmDevice::VhostUserFs {
+                socket: fs_socket,
+                tag: SHARE_TAG.to_owned(),
+            });
+            (Some(fs), Some(shared))
+        }
+        None => (None, None),
+    };
+
     let mut kernel_params: Vec<String> = ["console=ttyS0", "reboot=t", "panic=-1"]
         .iter()
         .map(|s| s.to_string())
@@ -208,9 +291,7 @@ pub async fn boot(
         kernel_params,
         vcpus: config.vm.vcpus,
         memory_mib: config.vm.memory_mib,
-        devices: vec![VmDevice::VhostUserVsock {
-            socket: vhost_socket,
-        }],
+        devices,
     };
     let accel = if virt.full_guests_on_kvm() {
         Accel::Kvm
@@ -258,6 +339,8 @@ pub async fn boot(
         agent,
         vm,
         vsock,
+        fs,
+        share,
         boot_time: started.elapsed(),
         _run_dir: guard,
     })

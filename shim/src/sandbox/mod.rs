@@ -1,9 +1,14 @@
-//! The sandbox: one pod, one VM, its device backends and host resources.
+//! The sandbox: one pod, one VM (or with the `none` hypervisor the agent on the host), its
+//! device backends and host resources.
 //!
-//! Built so far: [`boot`], bringing a VM up until its agent answers, and [`persist`], the
-//! record of what a sandbox owns on the host, kept on disk so that `shim delete` or a restarted
-//! shim can clean up after a crash. The sandbox manager (start, stop, cleanup, shutdown, agent
-//! socket, metrics) is the shim issue's remaining work.
+//! [`boot`] brings a VM up until its agent answers; [`host_agent`] starts the agent on the
+//! host instead (`none`); [`lifecycle`] is the running sandbox the Task service uses (start,
+//! shutdown, the host mounts it owns); [`share`] is the pod's directory shared into the VM
+//! through hull-fs; [`persist`] is the record of what a sandbox owns on the
+//! host, kept on disk so that `shim delete` or a restarted shim can clean up after a crash.
 
 pub mod boot;
+pub mod host_agent;
+pub mod lifecycle;
 pub mod persist;
+pub mod share;

@@ -52,7 +52,15 @@ pub struct OwnedProcess {
     pub pid: i32,
     /// Its start time in clock ticks after boot, from /proc/PID/stat.
     pub start_time: u64,
+    /// Whether cleanup asks it to stop first (SIGTERM, then SIGKILL after
+    /// [`GRACEFUL_STOP`]): the host agent of the `none` hypervisor removes its containers on
+    /// SIGTERM, which SIGKILL would leave running on the host.
+    #[serde(default)]
+    pub graceful: bool,
 }
+
+/// How long a graceful process has between SIGTERM and SIGKILL.
+pub const GRACEFUL_STOP: Duration = Duration::from_secs(3);
 
 impl OwnedProcess {
     /// Records a running process by pid; `None` if it does not exist.
@@ -61,6 +69,7 @@ impl OwnedProcess {
             role: role.to_owned(),
             pid,
             start_time: process_start_time(pid)?,
+            graceful: false,
         })
     }
 }
@@ -163,6 +172,16 @@ impl SandboxRecord {
             if process_start_time(process.pid) != Some(process.start_time) {
                 report.already_gone.push(id);
                 continue;
+            }
+            if process.graceful {
+                // SAFETY: kill(2) takes plain integers; the pid was checked above to still
+                // name the recorded process (same start time).
+                if unsafe { libc::kill(process.pid, libc::SIGTERM) } == 0
+                    && wait_gone(process, GRACEFUL_STOP)
+                {
+                    report.killed.push(id);
+                    continue;
+                }
             }
             // SAFETY: kill(2) takes plain integers; the pid was checked above to still name
             // the recorded process (same start time).
@@ -281,6 +300,7 @@ mod tests {
             role: "qemu".into(),
             pid: 42,
             start_time: 7,
+            graceful: true,
         });
         record.paths.push(dir.path().join("run"));
         record.save(&path).unwrap();
@@ -335,6 +355,7 @@ mod tests {
             role: "qemu".into(),
             pid,
             start_time: real + 1,
+            graceful: false,
         });
         let report = record.cleanup();
         assert_eq!(report.already_gone.len(), 1);
@@ -381,6 +402,34 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    #[test]
+    fn a_graceful_process_gets_sigterm_first() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = Command::new("sleep").arg("100").spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut process = OwnedProcess::of("hull-agent", pid).unwrap();
+        process.graceful = true;
+        let mut record = SandboxRecord::new("pod-1");
+        record.processes.push(process);
+        // Reaped by a thread: cleanup waits for the pid to be gone, not for a zombie.
+        let waiter = std::thread::spawn(move || child.wait().unwrap());
+        let report = record.cleanup();
+        assert_eq!(report.killed, [("hull-agent".to_owned(), pid)]);
+        assert_eq!(waiter.join().unwrap().signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn records_without_the_graceful_field_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sandbox.json");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"sandbox_id":"p","processes":[{"role":"qemu","pid":1,"start_time":2}],"mounts":[],"paths":[]}"#,
+        )
+        .unwrap();
+        assert!(!SandboxRecord::load(&path).unwrap().processes[0].graceful);
     }
 
     proptest::proptest! {

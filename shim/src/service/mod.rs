@@ -3,10 +3,11 @@
 //!
 //! Built on the `containerd-shim` crate, which owns the command line containerd 1.x and 2.x
 //! use, daemonizing, the ttrpc server and event publishing. hull supplies what happens in each
-//! call. Creating sandboxes waits for the agent protocol and the sandbox manager: until then
-//! `Create` answers UNIMPLEMENTED and says so, and the rest answers for the containers that
-//! exist, which is none.
+//! call: [`task`] the Task service, [`options`] containerd's runtime options, [`metrics`]
+//! containerd's view of a container's cgroup statistics.
 
+pub mod metrics;
+pub mod options;
 pub mod shim;
 pub mod task;
 

@@ -1,56 +1,577 @@
-//! containerd's Task service for one hull shim.
+//! containerd's Task service for one hull shim: translates containerd's calls into the
+//! sandbox's agent calls and the container manager's state, and publishes the task events.
 //!
 //! Every call is answered explicitly: the generated defaults answer NOT_FOUND for calls a
 //! shim does not implement, which containerd misreads as "no such task", so each call here
-//! either works, answers NOT_FOUND for a container that does not exist, or answers
-//! UNIMPLEMENTED saying what is missing.
+//! either works, answers NOT_FOUND for a container or process that does not exist, or answers
+//! UNIMPLEMENTED saying what is missing (Checkpoint, restoring from one, logging URIs).
 //!
-//! Creating containers waits for the sandbox manager (VM, backends, agent): `Create` answers
-//! UNIMPLEMENTED until then, so no container ever exists in this shim yet, and every call that
-//! names one answers NOT_FOUND.
+//! The first Create starts the sandbox (the configuration is loaded then, from the runtime
+//! options' ConfigPath, `HULL_CONF_FILE` or the system files); Shutdown with no container
+//! left stops it and ends the shim.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use containerd_shim::api::{self, Empty};
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{TtrpcContext, TtrpcResult};
-
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::{get_status, Code, Error as TtrpcError};
+use containerd_shim_protos::types::task::ProcessInfo;
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::options::RuntimeOptions;
+use super::shim::{sandbox_grouping, RECORD_FILE};
+use crate::agent_link;
+use crate::config::{self, ConfigSearch, HypervisorKind};
+use crate::container::stdio::{ProcessRef, StdioPaths};
+use crate::container::{Container, Containers, Exit, ExitHook, Process, Status};
+use crate::rootfs::{self, RootfsMount};
+use crate::sandbox::lifecycle::Sandbox;
+use crate::sandbox::share::guest_rootfs;
+
+/// How long Shutdown waits for the sandbox to stop before it answers (containerd waits 3 s).
+const SHUTDOWN_INLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Largest bundle config.json read, in bytes (the agent takes at most 1 MiB of spec).
+const MAX_SPEC: u64 = 1 << 20;
 
 /// The Task service.
 pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     exit: Arc<ExitSignal>,
-    // Kept for the events Create, Start and Exit will publish.
-    _publisher: RemotePublisher,
+    publisher: RemotePublisher,
     namespace: String,
+    containers: Containers,
+    /// The sandbox, once the first Create started it. The lock is held while it starts, so
+    /// a second Create waits for it rather than starting another.
+    sandbox: AsyncMutex<Option<Arc<Sandbox>>>,
+    /// The shim binary, beside which the helpers are looked for first.
+    beside: Option<PathBuf>,
+    /// The task waiting for OOM events; it holds a connection to the agent, which must be
+    /// closed before the agent can stop serving.
+    oom_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn status(code: Code, message: impl Into<String>) -> TtrpcError {
+    TtrpcError::RpcStatus(get_status(code, message.into()))
+}
+
+/// An agent's refusal passes on with its own code; a failure to reach it is UNAVAILABLE.
+fn agent_error(err: &agent_link::Error) -> TtrpcError {
+    status(err.code().unwrap_or(Code::UNAVAILABLE), err.agent_message())
+}
+
+/// An error and its causes, on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
+    MessageField::some(Timestamp::from(at))
+}
+
+fn shim_pid() -> u32 {
+    std::process::id()
 }
 
 impl TaskService {
     /// A service that signals `exit` when containerd shuts the shim down.
     pub fn new(exit: Arc<ExitSignal>, publisher: RemotePublisher, namespace: &str) -> Self {
         Self {
-            exit,
-            _publisher: publisher,
-            namespace: namespace.to_owned(),
+            inner: Arc::new(Inner {
+                exit,
+                publisher,
+                namespace: namespace.to_owned(),
+                containers: Containers::default(),
+                sandbox: AsyncMutex::new(None),
+                beside: std::env::current_exe().ok(),
+                oom_watch: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let ctx = containerd_shim::Context::default();
+        if let Err(err) = self
+            .publisher
+            .publish(ctx, topic, &self.namespace, event)
+            .await
+        {
+            tracing::warn!(topic, %err, "publishing an event");
         }
     }
 
-    fn not_found(&self, id: &str) -> TtrpcError {
+    fn not_found(&self, id: &str, exec_id: &str) -> TtrpcError {
+        let what = if exec_id.is_empty() {
+            format!("container {id}")
+        } else {
+            format!("process {exec_id} of container {id}")
+        };
         status(
             Code::NOT_FOUND,
             format!(
-                "container {id} not found in namespace {} of this hull shim",
+                "{what} not found in namespace {} of this hull shim",
                 self.namespace
             ),
         )
     }
+
+    /// The running sandbox, for calls about containers in it.
+    async fn sandbox(&self, id: &str) -> TtrpcResult<Arc<Sandbox>> {
+        self.sandbox
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| self.not_found(id, ""))
+    }
+
+    /// Runs `f` on process `exec_id` of container `id`, or answers NOT_FOUND.
+    fn with_process<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Container, &str) -> TtrpcResult<T>,
+    ) -> TtrpcResult<T> {
+        let mut map = self.containers.lock();
+        let container = map.get_mut(id).ok_or_else(|| self.not_found(id, exec_id))?;
+        if container.process(exec_id).is_none() {
+            return Err(self.not_found(id, exec_id));
+        }
+        f(container, exec_id)
+    }
+
+    /// The sandbox, started by the first Create with the configuration it finds.
+    async fn ensure_sandbox(
+        self: &Arc<Self>,
+        id: &str,
+        bundle: &Path,
+        spec: &serde_json::Value,
+        options: &RuntimeOptions,
+    ) -> TtrpcResult<Arc<Sandbox>> {
+        let mut slot = self.sandbox.lock().await;
+        if let Some(sandbox) = slot.as_ref() {
+            return Ok(Arc::clone(sandbox));
+        }
+        let loaded = config::load(&ConfigSearch::from_env(options.config_path.clone()))
+            .map_err(|e| status(Code::FAILED_PRECONDITION, chain(&e)))?;
+        let annotations: BTreeMap<String, String> = spec
+            .get("annotations")
+            .and_then(serde_json::Value::as_object)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let config = config::annotations::apply(&loaded.config, &annotations)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, chain(&e)))?;
+        let sandbox_id = sandbox_grouping(bundle, id);
+        if !crate::paths::is_safe_id(&sandbox_id) {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("sandbox id {sandbox_id:?} is not a valid id (letters, digits, '_', '-', '.'; not starting with '.')"),
+            ));
+        }
+        let run_dir = crate::paths::sandbox_run_dir(&self.namespace, &sandbox_id);
+        tracing::info!(sandbox = %sandbox_id, config = %loaded.origin(), "starting the sandbox");
+        let sandbox = Sandbox::start(
+            &config,
+            &sandbox_id,
+            &run_dir,
+            &bundle.join(RECORD_FILE),
+            self.beside.as_deref(),
+        )
+        .await
+        .map_err(|e| status(Code::UNKNOWN, chain(&e)))?;
+        let sandbox = Arc::new(sandbox);
+        self.watch_oom(sandbox.agent().clone());
+        *slot = Some(Arc::clone(&sandbox));
+        Ok(sandbox)
+    }
+
+    /// Publishes TaskOOM for each container the agent reports OOM-killed, until the agent
+    /// does not serve GetOOMEvent (an older agent) or goes away.
+    fn watch_oom(self: &Arc<Self>, agent: agent_link::AgentLink) {
+        let inner = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            loop {
+                match agent.get_oom_event().await {
+                    Ok(container_id) => {
+                        tracing::warn!(container = %container_id, "OOM kill in the container");
+                        let event = TaskOOM {
+                            container_id,
+                            ..Default::default()
+                        };
+                        inner
+                            .publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(event))
+                            .await;
+                    }
+                    Err(err) => {
+                        tracing::debug!("no more OOM events: {}", err.agent_message());
+                        return;
+                    }
+                }
+            }
+        });
+        let previous = self
+            .oom_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(task);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+    }
+
+    /// The exit hook: TaskExit for every process.
+    fn exit_hook(self: &Arc<Self>) -> ExitHook {
+        let inner = Arc::clone(self);
+        Arc::new(move |process: ProcessRef, exit: Exit| {
+            let inner = Arc::clone(&inner);
+            Box::pin(async move {
+                let id = if process.exec_id.is_empty() {
+                    process.container_id.clone()
+                } else {
+                    process.exec_id.clone()
+                };
+                let event = TaskExit {
+                    container_id: process.container_id,
+                    id,
+                    pid: shim_pid(),
+                    exit_status: exit.status,
+                    exited_at: timestamp(exit.at),
+                    ..Default::default()
+                };
+                inner
+                    .publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
+                    .await;
+            })
+        })
+    }
+
+    async fn create(self: &Arc<Self>, req: api::CreateTaskRequest) -> TtrpcResult<u32> {
+        let id = req.id.clone();
+        if id.is_empty() {
+            return Err(status(Code::INVALID_ARGUMENT, "the task id is empty"));
+        }
+        if self.containers.lock().contains_key(&id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {id} already exists in this hull shim"),
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                format!("hull does not restore containers from checkpoints (asked for {id})"),
+            ));
+        }
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        if let Some(uri) = stdio.unsupported() {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                format!("hull copies stdio to FIFOs only; {uri:?} (a containerd logging URI) is not supported"),
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let mut spec = read_spec(&bundle)?;
+        let options = RuntimeOptions::try_from(req.options.as_ref())
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let sandbox = self.ensure_sandbox(&id, &bundle, &spec, &options).await?;
+        if sandbox.hypervisor() != HypervisorKind::None && !crate::paths::is_safe_id(&id) {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("container id {id:?} cannot name a directory of the pod's share"),
+            ));
+        }
+
+        // The rootfs: containerd's mounts on the bundle's root path.
+        let root = spec
+            .pointer("/root/path")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("rootfs");
+        let target = if Path::new(root).is_absolute() {
+            PathBuf::from(root)
+        } else {
+            bundle.join(root)
+        };
+        let mounts: Vec<RootfsMount> = req.rootfs.iter().map(RootfsMount::from).collect();
+        let layers = mounts.len();
+        if layers > 0 {
+            sandbox
+                .add_mount(&target)
+                .map_err(|e| status(Code::INTERNAL, chain(&e)))?;
+        }
+        let undo_rootfs = |sandbox: &Sandbox, shared: bool| {
+            if shared {
+                if let Some(share) = sandbox.share() {
+                    share.unshare_rootfs(&id);
+                    if let Err(err) = sandbox.remove_mount(&share.rootfs_target(&id)) {
+                        tracing::warn!(container = %id, "{}", chain(&err));
+                    }
+                }
+            }
+            if layers > 0 {
+                rootfs::unmount(&target, layers);
+                if let Err(err) = sandbox.remove_mount(&target) {
+                    tracing::warn!(container = %id, "{}", chain(&err));
+                }
+            }
+        };
+        if let Err(err) = rootfs::mount_all(&mounts, &target) {
+            undo_rootfs(&sandbox, false);
+            return Err(status(Code::INTERNAL, chain(&err)));
+        }
+        // Where the agent finds the rootfs: with `none` it sees the host's file system, so
+        // the host path; in a VM, the rootfs bound into the pod's share, which the agent
+        // mounts for the container.
+        let (guest_root, storages, shared) = match sandbox.share() {
+            None if sandbox.hypervisor() == HypervisorKind::None => {
+                (target.display().to_string(), Vec::new(), false)
+            }
+            None => {
+                undo_rootfs(&sandbox, false);
+                return Err(status(
+                    Code::UNIMPLEMENTED,
+                    format!(
+                        "hypervisor {:?} has no way to share container {id}'s rootfs yet",
+                        sandbox.hypervisor()
+                    ),
+                ));
+            }
+            Some(share) => {
+                let shared_target = share.rootfs_target(&id);
+                let bound = sandbox
+                    .add_mount(&shared_target)
+                    .map_err(|e| chain(&e))
+                    .and_then(|()| share.share_rootfs(&id, &target).map_err(|e| chain(&e)));
+                if let Err(err) = bound {
+                    undo_rootfs(&sandbox, true);
+                    return Err(status(Code::INTERNAL, err));
+                }
+                let (storage, root) = guest_rootfs(&id);
+                (root, vec![storage], true)
+            }
+        };
+        spec["root"]["path"] = serde_json::Value::String(guest_root);
+        let spec_json = match serde_json::to_vec(&spec) {
+            Ok(json) => json,
+            Err(err) => {
+                undo_rootfs(&sandbox, shared);
+                return Err(status(Code::INTERNAL, format!("encoding the spec: {err}")));
+            }
+        };
+        if let Err(err) = sandbox
+            .agent()
+            .create_container(&id, spec_json, storages)
+            .await
+        {
+            undo_rootfs(&sandbox, shared);
+            return Err(agent_error(&err));
+        }
+        self.containers.lock().insert(
+            id.clone(),
+            Container {
+                bundle: bundle.clone(),
+                rootfs: (layers > 0).then(|| (target.clone(), layers)),
+                shared_rootfs: shared,
+                paused: false,
+                init: Process::new(stdio.clone(), None),
+                execs: Default::default(),
+            },
+        );
+        let process = ProcessRef {
+            container_id: id.clone(),
+            exec_id: String::new(),
+        };
+        self.containers.start_stdio(sandbox.agent(), &process);
+        tracing::info!(container = %id, "container created");
+        let event = TaskCreate {
+            container_id: id,
+            bundle: req.bundle,
+            rootfs: req.rootfs,
+            io: MessageField::some(TaskIO {
+                stdin: stdio.stdin,
+                stdout: stdio.stdout,
+                stderr: stdio.stderr,
+                terminal: stdio.terminal,
+                ..Default::default()
+            }),
+            pid: shim_pid(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(shim_pid())
+    }
+
+    async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> TtrpcResult<u32> {
+        let sandbox = self.sandbox(id).await?;
+        let process_json = self.with_process(id, exec_id, |c, e| {
+            let p = c.process(e).ok_or_else(|| self.not_found(id, e))?;
+            if p.status != Status::Created {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("process {e:?} of container {id} was started already"),
+                ));
+            }
+            Ok(p.process_json.clone())
+        })?;
+        let agent = sandbox.agent();
+        let process = ProcessRef {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        };
+        match process_json {
+            None => agent.start_container(id).await,
+            Some(json) => agent.exec_process(id, exec_id, json).await,
+        }
+        .map_err(|e| agent_error(&e))?;
+        if !exec_id.is_empty() {
+            self.containers.start_stdio(agent, &process);
+        }
+        self.containers.watch_exit(agent, process, self.exit_hook());
+        let event: Box<dyn MessageDyn> = if exec_id.is_empty() {
+            Box::new(TaskStart {
+                container_id: id.to_owned(),
+                pid: shim_pid(),
+                ..Default::default()
+            })
+        } else {
+            Box::new(TaskExecStarted {
+                container_id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
+                pid: shim_pid(),
+                ..Default::default()
+            })
+        };
+        let topic = if exec_id.is_empty() {
+            topics::TASK_START_EVENT_TOPIC
+        } else {
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC
+        };
+        self.publish(topic, event).await;
+        Ok(shim_pid())
+    }
+
+    async fn delete(&self, id: &str, exec_id: &str) -> TtrpcResult<api::DeleteResponse> {
+        let sandbox = self.sandbox(id).await?;
+        let (exit, removed) = {
+            let mut map = self.containers.lock();
+            let container = map.get_mut(id).ok_or_else(|| self.not_found(id, exec_id))?;
+            let p = container
+                .process(exec_id)
+                .ok_or_else(|| self.not_found(id, exec_id))?;
+            if p.status == Status::Running {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("process {exec_id:?} of container {id} is running: kill it first"),
+                ));
+            }
+            let exit = p.exit();
+            if exec_id.is_empty() {
+                (exit, map.remove(id))
+            } else {
+                container.execs.remove(exec_id);
+                (exit, None)
+            }
+        };
+        let (status_code, at) = exit.map_or((0, SystemTime::now()), |e| (e.status, e.at));
+        if let Some(container) = removed {
+            if let Err(err) = sandbox.agent().remove_container(id, 0).await {
+                if err.code() != Some(Code::NOT_FOUND) {
+                    tracing::warn!(container = %id, "removing the container: {}", err.agent_message());
+                }
+            }
+            if container.shared_rootfs {
+                if let Some(share) = sandbox.share() {
+                    share.unshare_rootfs(id);
+                    if let Err(err) = sandbox.remove_mount(&share.rootfs_target(id)) {
+                        tracing::warn!(container = %id, "{}", chain(&err));
+                    }
+                }
+            }
+            if let Some((target, layers)) = container.rootfs {
+                rootfs::unmount(&target, layers);
+                if let Err(err) = sandbox.remove_mount(&target) {
+                    tracing::warn!(container = %id, "{}", chain(&err));
+                }
+            }
+            tracing::info!(container = %id, "container deleted");
+            let event = TaskDelete {
+                container_id: id.to_owned(),
+                id: id.to_owned(),
+                pid: shim_pid(),
+                exit_status: status_code,
+                exited_at: timestamp(at),
+                ..Default::default()
+            };
+            self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event))
+                .await;
+        }
+        Ok(api::DeleteResponse {
+            pid: shim_pid(),
+            exit_status: status_code,
+            exited_at: timestamp(at),
+            ..Default::default()
+        })
+    }
 }
 
-fn status(code: Code, message: String) -> TtrpcError {
-    TtrpcError::RpcStatus(get_status(code, message))
+/// The bundle's OCI spec, as JSON.
+fn read_spec(bundle: &Path) -> TtrpcResult<serde_json::Value> {
+    let path = bundle.join("config.json");
+    let invalid = |reason: String| {
+        status(
+            Code::INVALID_ARGUMENT,
+            format!("bundle spec {}: {reason}", path.display()),
+        )
+    };
+    let len = std::fs::metadata(&path)
+        .map_err(|e| invalid(e.to_string()))?
+        .len();
+    if len > MAX_SPEC {
+        return Err(invalid(format!(
+            "{len} bytes, more than the {MAX_SPEC} allowed"
+        )));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| invalid(e.to_string()))?;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    if !spec.is_object() {
+        return Err(invalid("not a JSON object".to_owned()));
+    }
+    Ok(spec)
 }
 
 #[async_trait]
@@ -60,15 +581,17 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        tracing::error!(id = %req.id, bundle = %req.bundle, "create refused: the sandbox manager is not built yet");
-        Err(status(
-            Code::UNIMPLEMENTED,
-            format!(
-                "hull cannot create container {} yet: this build of containerd-shim-hull-v2 has \
-                 no sandbox manager (VM, device backends and agent are wired in a later release)",
-                req.id
-            ),
-        ))
+        let id = req.id.clone();
+        match self.inner.create(req).await {
+            Ok(pid) => Ok(api::CreateTaskResponse {
+                pid,
+                ..Default::default()
+            }),
+            Err(err) => {
+                tracing::error!(container = %id, %err, "create failed");
+                Err(err)
+            }
+        }
     }
 
     async fn state(
@@ -76,7 +599,39 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        Err(self.not_found(&req.id))
+        self.inner.with_process(&req.id, &req.exec_id, |c, e| {
+            let paused = c.paused;
+            let bundle = c.bundle.display().to_string();
+            let p = c
+                .process(e)
+                .ok_or_else(|| self.inner.not_found(&req.id, e))?;
+            let state = match p.status {
+                Status::Created => api::Status::CREATED,
+                Status::Running if paused => api::Status::PAUSED,
+                Status::Running => api::Status::RUNNING,
+                Status::Stopped => api::Status::STOPPED,
+            };
+            let exit = p.exit();
+            Ok(api::StateResponse {
+                // As runc's shim: the process's own id (the exec id for an exec).
+                id: if e.is_empty() {
+                    req.id.clone()
+                } else {
+                    e.to_owned()
+                },
+                bundle,
+                pid: shim_pid(),
+                status: state.into(),
+                stdin: p.stdio.stdin.clone(),
+                stdout: p.stdio.stdout.clone(),
+                stderr: p.stdio.stderr.clone(),
+                terminal: p.stdio.terminal,
+                exit_status: exit.map_or(0, |x| x.status),
+                exited_at: exit.map_or_else(MessageField::none, |x| timestamp(x.at)),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            })
+        })
     }
 
     async fn start(
@@ -84,7 +639,11 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        Err(self.not_found(&req.id))
+        let pid = self.inner.start(&req.id, &req.exec_id).await?;
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
     async fn delete(
@@ -92,7 +651,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        Err(self.not_found(&req.id))
+        self.inner.delete(&req.id, &req.exec_id).await
     }
 
     async fn pids(
@@ -100,15 +659,65 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        Err(self.not_found(&req.id))
+        let sandbox = self.inner.sandbox(&req.id).await?;
+        self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
+        let processes = sandbox
+            .agent()
+            .list_processes(&req.id)
+            .await
+            .map_err(|e| agent_error(&e))?;
+        Ok(api::PidsResponse {
+            processes: processes
+                .into_iter()
+                .map(|p| ProcessInfo {
+                    pid: p.pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
     }
 
     async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        Err(self.not_found(&req.id))
+        let sandbox = self.inner.sandbox(&req.id).await?;
+        self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
+        sandbox
+            .agent()
+            .pause_container(&req.id)
+            .await
+            .map_err(|e| agent_error(&e))?;
+        if let Some(c) = self.inner.containers.lock().get_mut(&req.id) {
+            c.paused = true;
+        }
+        let event = TaskPaused {
+            container_id: req.id,
+            ..Default::default()
+        };
+        self.inner
+            .publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(Empty::new())
     }
 
     async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        Err(self.not_found(&req.id))
+        let sandbox = self.inner.sandbox(&req.id).await?;
+        self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
+        sandbox
+            .agent()
+            .resume_container(&req.id)
+            .await
+            .map_err(|e| agent_error(&e))?;
+        if let Some(c) = self.inner.containers.lock().get_mut(&req.id) {
+            c.paused = false;
+        }
+        let event = TaskResumed {
+            container_id: req.id,
+            ..Default::default()
+        };
+        self.inner
+            .publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(Empty::new())
     }
 
     async fn checkpoint(
@@ -123,23 +732,138 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
-        Err(self.not_found(&req.id))
+        let sandbox = self.inner.sandbox(&req.id).await?;
+        self.inner.with_process(&req.id, &req.exec_id, |c, e| {
+            match c.process(e).map(|p| p.status) {
+                // As runc's shim: a finished process is not found.
+                Some(Status::Stopped) if !req.all => Err(status(
+                    Code::NOT_FOUND,
+                    format!("process {e:?} of container {} already finished", req.id),
+                )),
+                _ => Ok(()),
+            }
+        })?;
+        sandbox
+            .agent()
+            .signal_process(&req.id, &req.exec_id, req.signal, req.all)
+            .await
+            .map_err(|e| agent_error(&e))?;
+        Ok(Empty::new())
     }
 
     async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        Err(self.not_found(&req.id))
+        if req.exec_id.is_empty() {
+            return Err(status(Code::INVALID_ARGUMENT, "the exec id is empty"));
+        }
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        if let Some(uri) = stdio.unsupported() {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                format!("hull copies stdio to FIFOs only; {uri:?} is not supported"),
+            ));
+        }
+        // The spec is an OCI Process, which containerd marshals as JSON in the Any.
+        let process_json = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        if serde_json::from_slice::<serde_json::Value>(&process_json).is_err() {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "exec {} of container {}: the process spec is not JSON",
+                    req.exec_id, req.id
+                ),
+            ));
+        }
+        {
+            let mut map = self.inner.containers.lock();
+            let container = map
+                .get_mut(&req.id)
+                .ok_or_else(|| self.inner.not_found(&req.id, ""))?;
+            if container.execs.contains_key(&req.exec_id) {
+                return Err(status(
+                    Code::ALREADY_EXISTS,
+                    format!(
+                        "exec {} of container {} already exists",
+                        req.exec_id, req.id
+                    ),
+                ));
+            }
+            container
+                .execs
+                .insert(req.exec_id.clone(), Process::new(stdio, Some(process_json)));
+        }
+        let event = TaskExecAdded {
+            container_id: req.id,
+            exec_id: req.exec_id,
+            ..Default::default()
+        };
+        self.inner
+            .publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(Empty::new())
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
-        Err(self.not_found(&req.id))
+        let sandbox = self.inner.sandbox(&req.id).await?;
+        self.inner
+            .with_process(&req.id, &req.exec_id, |_, _| Ok(()))?;
+        sandbox
+            .agent()
+            .tty_win_resize(&req.id, &req.exec_id, req.height, req.width)
+            .await
+            .map_err(|e| agent_error(&e))?;
+        Ok(Empty::new())
     }
 
     async fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
-        Err(self.not_found(&req.id))
+        let sandbox = self.inner.sandbox(&req.id).await?;
+        let copier = self.inner.with_process(&req.id, &req.exec_id, |c, e| {
+            Ok(c.process(e).and_then(Process::close_stdin))
+        })?;
+        if !req.stdin {
+            return Ok(Empty::new());
+        }
+        match copier {
+            // The copy sends what is buffered, then closes stdin.
+            Some(notify) => notify.notify_one(),
+            None => sandbox
+                .agent()
+                .close_stdin(&req.id, &req.exec_id)
+                .await
+                .map_err(|e| agent_error(&e))?,
+        }
+        Ok(Empty::new())
     }
 
     async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
-        Err(self.not_found(&req.id))
+        let sandbox = self.inner.sandbox(&req.id).await?;
+        self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
+        // containerd marshals the OCI LinuxResources as JSON in the Any.
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        if serde_json::from_slice::<serde_json::Value>(&resources).is_err() {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("update of container {}: the resources are not JSON", req.id),
+            ));
+        }
+        sandbox
+            .agent()
+            .update_container(&req.id, resources)
+            .await
+            .map_err(|e| agent_error(&e))?;
+        Ok(Empty::new())
     }
 
     async fn wait(
@@ -147,7 +871,28 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        Err(self.not_found(&req.id))
+        let mut watch = self
+            .inner
+            .with_process(&req.id, &req.exec_id, |c, e| {
+                Ok(c.process(e).map(Process::exit_watch))
+            })?
+            .ok_or_else(|| self.inner.not_found(&req.id, &req.exec_id))?;
+        let exit = watch
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|e| *e)
+            .ok_or_else(|| {
+                status(
+                    Code::NOT_FOUND,
+                    format!("container {} was deleted while waited for", req.id),
+                )
+            })?;
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
+        })
     }
 
     async fn stats(
@@ -155,7 +900,20 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        Err(self.not_found(&req.id))
+        let sandbox = self.inner.sandbox(&req.id).await?;
+        self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
+        let stats = sandbox
+            .agent()
+            .stats_container(&req.id)
+            .await
+            .map_err(|e| agent_error(&e))?;
+        let metrics = super::metrics::to_containerd(&stats.cgroup_stats);
+        let any = containerd_shim::util::convert_to_any(Box::new(metrics))
+            .map_err(|e| status(Code::INTERNAL, format!("encoding metrics: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
     }
 
     async fn connect(
@@ -164,15 +922,53 @@ impl Task for TaskService {
         _: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
         Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
+            shim_pid: shim_pid(),
+            task_pid: shim_pid(),
             ..Default::default()
         })
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TtrpcResult<Empty> {
-        // No container can exist yet, so there is nothing to wait for.
-        tracing::info!("shutdown requested: exiting");
-        self.exit.signal();
+        // containerd asks after each Delete; the shim stays while its pod has containers.
+        if !self.inner.containers.lock().is_empty() {
+            return Ok(Empty::new());
+        }
+        let sandbox = self.inner.sandbox.lock().await.take();
+        let oom_watch = self
+            .inner
+            .oom_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = oom_watch {
+            task.abort();
+            // Dropped with the task: its connection to the agent, which the agent's server
+            // waits for before it exits.
+            let _ = task.await;
+        }
+        // containerd gives Shutdown 3 s, then closes the connection and runs `shim delete`,
+        // which kills what the sandbox record lists. So the sandbox is stopped gracefully
+        // for up to SHUTDOWN_INLINE before the answer, and the rest (a slow VM) continues
+        // after it; the shim exits when it is done.
+        let exit = Arc::clone(&self.inner.exit);
+        let teardown = tokio::spawn(async move {
+            if let Some(sandbox) = sandbox {
+                match Arc::try_unwrap(sandbox) {
+                    Ok(sandbox) => sandbox.shutdown().await,
+                    Err(sandbox) => {
+                        tracing::error!(sandbox = %sandbox.id(), "sandbox still in use at shutdown; its record is left for 'shim delete'");
+                    }
+                }
+            }
+            tracing::info!("shutdown requested: exiting");
+            exit.signal();
+        });
+        if tokio::time::timeout(SHUTDOWN_INLINE, teardown)
+            .await
+            .is_err()
+        {
+            tracing::info!("the sandbox is still stopping; answering Shutdown meanwhile");
+        }
         Ok(Empty::new())
     }
 }

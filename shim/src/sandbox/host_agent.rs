@@ -1,0 +1,112 @@
+//! The `none` hypervisor: no VM at all. The shim starts `hull-agent --listen unix:PATH` on the
+//! host and talks to it over that socket, so the shim's whole path (containerd, task service,
+//! stdio, events, cleanup) runs in seconds and the runtime's own overhead can be measured
+//! without a guest in the way, as Kata's mock hypervisor does for its tests.
+//!
+//! It provides NO isolation: the containers run on the host kernel beside everything else.
+//! The configuration refuses it unless `runtime.enable_none_hypervisor` is set, and starting
+//! it logs a warning saying so.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::agent_link::{self, AgentLink};
+use crate::backend::{self, BackendProcess};
+
+/// How long the agent may take to create its socket and answer Check.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long an agent that destroyed its sandbox has to exit before it is killed.
+const DESTROYED_GRACE: Duration = Duration::from_millis(50);
+
+/// Errors of starting the host agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// hull-agent was not found.
+    #[error("hull-agent not found next to this binary or on PATH: run 'make build' and put target/release on PATH")]
+    NotFound,
+    /// The agent process failed to start.
+    #[error("starting hull-agent on the host")]
+    Start(#[from] backend::Error),
+    /// The agent did not answer on its socket.
+    #[error("hull-agent on the host did not answer on {socket}; its log: {log}")]
+    Link {
+        /// Its socket.
+        socket: PathBuf,
+        /// What it wrote to stderr.
+        log: String,
+        /// Why.
+        #[source]
+        source: agent_link::Error,
+    },
+}
+
+/// An agent running on the host. Dropping it kills the agent.
+#[derive(Debug)]
+pub struct HostAgent {
+    process: BackendProcess,
+}
+
+impl HostAgent {
+    /// Starts the agent with its socket and log in `run_dir`, finding `hull-agent` next to
+    /// `beside` (the shim binary) or on PATH, and returns it with a link to it once it serves.
+    pub async fn start(
+        run_dir: &Path,
+        beside: Option<&Path>,
+        log_level: &str,
+        call_timeout: Duration,
+    ) -> Result<(Self, AgentLink), Error> {
+        let path_env = std::env::var_os("PATH");
+        let program = crate::paths::find_helper("hull-agent", beside, path_env.as_deref())
+            .ok_or(Error::NotFound)?;
+        tracing::warn!(
+            agent = %program.display(),
+            "hypervisor \"none\": containers run on the host with NO VM ISOLATION (development only)"
+        );
+        let socket = run_dir.join("agent.sock");
+        let listen = format!("unix:{}", socket.display());
+        let args: [&OsStr; 4] = [
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--log-level".as_ref(),
+            log_level.as_ref(),
+        ];
+        let process = BackendProcess::start(
+            &program,
+            &args,
+            &socket,
+            &run_dir.join("hull-agent.log"),
+            START_DEADLINE,
+        )
+        .await?;
+        let agent = Self { process };
+        match AgentLink::connect_unix(&socket, START_DEADLINE, call_timeout).await {
+            Ok(link) => Ok((agent, link)),
+            Err(source) => Err(Error::Link {
+                socket,
+                log: agent.process.log_text(),
+                source,
+            }),
+        }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Stops the agent. After a DestroySandbox it answered (`destroyed`), its containers are
+    /// gone and it exits by itself; it is killed if it has not within `grace` — the agent
+    /// waits for calls still in flight (a pending GetOOMEvent) before it exits, which
+    /// nothing would end. Otherwise SIGTERM first, on which the agent removes its
+    /// containers, then SIGKILL.
+    pub async fn stop(self, destroyed: bool, grace: Duration) -> Result<(), Error> {
+        if destroyed {
+            self.process.kill_after(DESTROYED_GRACE.min(grace)).await?;
+        } else {
+            self.process.stop(grace).await?;
+        }
+        Ok(())
+    }
+}

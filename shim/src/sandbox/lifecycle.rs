@@ -1,0 +1,285 @@
+//! A running sandbox: its agent and what runs it — a VM (the `qemu` hypervisor, through
+//! [`super::boot`]) or, with the `none` hypervisor, the agent itself on the host
+//! ([`super::host_agent`]). Owns the sandbox's run directory and its persisted record: every
+//! process and mount it acquires is written to the record before it is used, so `shim delete`
+//! can release it after a crash, and [`Sandbox::shutdown`] releases all of it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::boot::{self, BootedVm};
+use super::host_agent::{self, HostAgent};
+use super::persist::{self, OwnedProcess, SandboxRecord};
+use super::share::SharedDir;
+use crate::agent_link::AgentLink;
+use crate::config::{Config, HypervisorKind};
+use crate::host::Virtualization;
+
+/// How long one agent call may take, for calls that do not wait for the container.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the VM or host agent may take to exit after DestroySandbox.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors of a sandbox's life cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration names a hypervisor that cannot run sandboxes yet.
+    #[error("hypervisor {0:?} cannot run sandboxes yet: set hypervisor = \"qemu\" (or \"none\" for development)")]
+    Hypervisor(HypervisorKind),
+    /// The run directory could not be made.
+    #[error("creating the sandbox's run directory {path}")]
+    RunDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Booting the VM failed.
+    #[error("booting the sandbox's VM")]
+    Boot(#[source] Box<boot::Error>),
+    /// Starting the agent on the host failed.
+    #[error("starting the sandbox (hypervisor \"none\")")]
+    HostAgent(#[source] Box<host_agent::Error>),
+    /// The persisted record could not be written.
+    #[error("recording the sandbox's state")]
+    Record(#[from] persist::Error),
+}
+
+impl From<boot::Error> for Error {
+    fn from(err: boot::Error) -> Self {
+        Error::Boot(Box::new(err))
+    }
+}
+
+impl From<host_agent::Error> for Error {
+    fn from(err: host_agent::Error) -> Self {
+        Error::HostAgent(Box::new(err))
+    }
+}
+
+/// A `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What runs the sandbox's agent.
+#[allow(clippy::large_enum_variant)] // One per sandbox, never moved around.
+enum Runner {
+    /// A VM.
+    Vm(BootedVm),
+    /// The agent on the host, no VM (`none`).
+    Host(HostAgent),
+}
+
+/// A started sandbox whose agent serves.
+pub struct Sandbox {
+    id: String,
+    agent: AgentLink,
+    runner: Runner,
+    hypervisor: HypervisorKind,
+    run_dir: PathBuf,
+    record: Mutex<SandboxRecord>,
+    record_path: PathBuf,
+}
+
+/// Creates `dir` (and its parents), the last component 0700.
+fn make_run_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let error = |source| Error::RunDir {
+        path: dir.to_owned(),
+        source,
+    };
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(error)?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(error)
+}
+
+impl Sandbox {
+    /// Starts sandbox `id` as `config` says, with its files in `run_dir` (which must not
+    /// exist) and its record at `record_path`, finding helpers next to `beside`. A failure
+    /// part-way releases what was started.
+    pub async fn start(
+        config: &Config,
+        id: &str,
+        run_dir: &Path,
+        record_path: &Path,
+        beside: Option<&Path>,
+    ) -> Result<Self> {
+        let kind = match config.hypervisor {
+            HypervisorKind::Auto => Virtualization::probe().auto_hypervisor(),
+            other => other,
+        };
+        let mut record = SandboxRecord::new(id);
+        record.paths.push(run_dir.to_owned());
+        // Recorded before anything exists, so a crash during the start is cleaned up too.
+        record.save(record_path)?;
+        let started = match kind {
+            HypervisorKind::None => {
+                make_run_dir(run_dir)?;
+                HostAgent::start(run_dir, beside, &config.runtime.log_level, CALL_TIMEOUT)
+                    .await
+                    .map(|(agent, link)| (Runner::Host(agent), link))
+                    .map_err(Error::from)
+            }
+            HypervisorKind::Qemu => {
+                // Recorded before it is mounted: a crash part-way still unmounts it.
+                record.mounts.push(run_dir.join("shared"));
+                record.save(record_path)?;
+                if let Some(parent) = run_dir.parent() {
+                    std::fs::create_dir_all(parent).map_err(|source| Error::RunDir {
+                        path: parent.to_owned(),
+                        source,
+                    })?;
+                }
+                boot::boot_with_share(config, id, run_dir, beside, true)
+                    .await
+                    .map(|vm| {
+                        let link = vm.agent.clone();
+                        (Runner::Vm(vm), link)
+                    })
+                    .map_err(Error::from)
+            }
+            other => Err(Error::Hypervisor(other)),
+        };
+        let (runner, agent) = match started {
+            Ok(started) => started,
+            Err(err) => {
+                let report = record.cleanup();
+                for error in &report.errors {
+                    tracing::error!(sandbox = %id, "cleanup after a failed start: {error}");
+                }
+                remove_record(record_path);
+                return Err(err);
+            }
+        };
+        let pids: Vec<(&str, u32)> = match &runner {
+            Runner::Vm(vm) => vm.processes(),
+            Runner::Host(agent) => agent.pid().map(|p| ("hull-agent", p)).into_iter().collect(),
+        };
+        record.processes = pids
+            .into_iter()
+            .filter_map(|(role, pid)| OwnedProcess::of(role, i32::try_from(pid).ok()?))
+            .map(|mut process| {
+                process.graceful = process.role == "hull-agent";
+                process
+            })
+            .collect();
+        record.save(record_path)?;
+        tracing::info!(sandbox = %id, hypervisor = ?kind, "sandbox started");
+        Ok(Self {
+            id: id.to_owned(),
+            agent,
+            runner,
+            hypervisor: kind,
+            run_dir: run_dir.to_owned(),
+            record: Mutex::new(record),
+            record_path: record_path.to_owned(),
+        })
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The hypervisor that runs it (never `auto`).
+    pub fn hypervisor(&self) -> HypervisorKind {
+        self.hypervisor
+    }
+
+    /// The pod's directory shared into the VM; `None` without a VM (`none`).
+    pub fn share(&self) -> Option<&SharedDir> {
+        match &self.runner {
+            Runner::Vm(vm) => vm.share(),
+            Runner::Host(_) => None,
+        }
+    }
+
+    /// The link to the sandbox's agent.
+    pub fn agent(&self) -> &AgentLink {
+        &self.agent
+    }
+
+    /// Records a host mount the sandbox now owns (before it is made).
+    pub fn add_mount(&self, target: &Path) -> Result<()> {
+        let mut record = self.lock_record();
+        record.mounts.push(target.to_owned());
+        record.save(&self.record_path).map_err(Error::from)
+    }
+
+    /// Forgets a host mount that was released.
+    pub fn remove_mount(&self, target: &Path) -> Result<()> {
+        let mut record = self.lock_record();
+        record.mounts.retain(|m| m != target);
+        record.save(&self.record_path).map_err(Error::from)
+    }
+
+    fn lock_record(&self) -> std::sync::MutexGuard<'_, SandboxRecord> {
+        // A panic while holding the lock leaves a record that is still consistent (each
+        // change is one push or retain), so a poisoned lock is taken over.
+        self.record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops the sandbox: asks the agent to destroy it (stopping every container), stops the
+    /// VM or host agent, then releases whatever the record still lists (mounts, the run
+    /// directory) and removes the record.
+    pub async fn shutdown(self) {
+        let Self {
+            id,
+            agent,
+            runner,
+            record,
+            record_path,
+            run_dir,
+            ..
+        } = self;
+        let started = std::time::Instant::now();
+        let destroyed = match agent.destroy_sandbox().await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(sandbox = %id, "DestroySandbox: {}", err.agent_message());
+                false
+            }
+        };
+        tracing::debug!(sandbox = %id, elapsed = ?started.elapsed(), "DestroySandbox answered");
+        drop(agent);
+        let stopped = match runner {
+            Runner::Vm(vm) => vm.shutdown(STOP_GRACE).await.map_err(|e| e.to_string()),
+            Runner::Host(agent) => agent
+                .stop(destroyed, STOP_GRACE)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(err) = stopped {
+            tracing::warn!(sandbox = %id, %err, "stopping the sandbox");
+        }
+        tracing::debug!(sandbox = %id, elapsed = ?started.elapsed(), "the sandbox's processes stopped");
+        let record = record
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let report = record.cleanup();
+        for error in &report.errors {
+            tracing::error!(sandbox = %id, "cleanup: {error}");
+        }
+        remove_record(&record_path);
+        // The namespace's directory goes with its last sandbox (ENOTEMPTY while others run).
+        if let Some(parent) = run_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        tracing::info!(sandbox = %id, ?report, "sandbox stopped");
+    }
+}
+
+fn remove_record(path: &Path) {
+    if let Err(err) = std::fs::remove_file(path) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), %err, "removing the sandbox record");
+        }
+    }
+}
