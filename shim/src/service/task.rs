@@ -210,6 +210,12 @@ impl Inner {
         .map_err(|e| status(Code::UNKNOWN, chain(&e)))?;
         let sandbox = Arc::new(sandbox);
         self.watch_oom(sandbox.agent().clone());
+        if config.agent.health_check_interval_secs > 0 {
+            self.watch_health(
+                sandbox.agent().clone(),
+                std::time::Duration::from_secs(u64::from(config.agent.health_check_interval_secs)),
+            );
+        }
         *slot = Some(Arc::clone(&sandbox));
         Ok(sandbox)
     }
@@ -246,6 +252,37 @@ impl Inner {
         if let Some(previous) = previous {
             previous.abort();
         }
+    }
+
+    /// Checks the agent every `interval`; if it stops answering (a hung or dead VM), every
+    /// running process is reported exited (255, as Kata reports a lost sandbox) so that
+    /// containerd and its clients are not left waiting. A shim whose sandbox is lost is
+    /// then deleted by containerd like any other.
+    fn watch_health(self: &Arc<Self>, agent: agent_link::AgentLink, interval: std::time::Duration) {
+        let inner = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                // Bounded by the link's call timeout (30 s): a slow TCG guest still answers.
+                let answer = agent.check().await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                // Stopped with the sandbox: nothing to check any more.
+                if inner.sandbox.lock().await.is_none() {
+                    return;
+                }
+                let reason = match answer {
+                    Ok(()) => continue,
+                    Err(err) => err.agent_message(),
+                };
+                tracing::error!("the sandbox's agent is lost ({reason}): its running processes are reported exited");
+                for (process, exit) in inner.containers.fail_running(255) {
+                    (inner.exit_hook())(process, exit).await;
+                }
+                return;
+            }
+        });
     }
 
     /// The exit hook: TaskExit for every process.
