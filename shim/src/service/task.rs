@@ -585,6 +585,21 @@ impl Inner {
     }
 }
 
+/// containerd's `ProcessDetails` naming an exec, for `ctr task ps`; none for other processes.
+fn exec_details(
+    exec_id: &str,
+) -> MessageField<containerd_shim_protos::protobuf::well_known_types::any::Any> {
+    if exec_id.is_empty() {
+        return MessageField::none();
+    }
+    let details = containerd_shim_protos::shim::oci::ProcessDetails {
+        exec_id: exec_id.to_owned(),
+        ..Default::default()
+    };
+    containerd_shim::util::convert_to_any(Box::new(details))
+        .map_or_else(|_| MessageField::none(), MessageField::some)
+}
+
 /// The bundle's OCI spec, as JSON.
 fn read_spec(bundle: &Path) -> TtrpcResult<serde_json::Value> {
     let path = bundle.join("config.json");
@@ -708,6 +723,8 @@ impl Task for TaskService {
                 .into_iter()
                 .map(|p| ProcessInfo {
                     pid: p.pid,
+                    // As runc's shim: an exec's id, in runc's ProcessDetails.
+                    info: exec_details(&p.exec_id),
                     ..Default::default()
                 })
                 .collect(),
@@ -1007,5 +1024,45 @@ impl Task for TaskService {
             tracing::info!("the sandbox is still stopping; answering Shutdown meanwhile");
         }
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::shim::oci::ProcessDetails;
+
+    use super::*;
+
+    #[test]
+    fn ps_names_exec_processes_as_runc_does() {
+        assert!(exec_details("").is_none(), "init and unknown processes");
+        let any = exec_details("e1")
+            .into_option()
+            .expect("details for an exec");
+        assert_eq!(any.type_url, "containerd.runc.v1.ProcessDetails");
+        let details = ProcessDetails::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(details.exec_id, "e1");
+    }
+
+    #[test]
+    fn a_malformed_bundle_spec_is_an_invalid_argument_naming_the_file() {
+        let bundle = tempfile::tempdir().unwrap();
+        let code = |err: TtrpcError| match err {
+            TtrpcError::RpcStatus(s) => (s.code.enum_value().ok(), s.message),
+            other => panic!("{other:?}"),
+        };
+        let (c, message) = code(read_spec(bundle.path()).unwrap_err());
+        assert_eq!(c, Some(Code::INVALID_ARGUMENT));
+        assert!(message.contains("config.json"), "{message}");
+        std::fs::write(bundle.path().join("config.json"), "[1, 2]").unwrap();
+        let (_, message) = code(read_spec(bundle.path()).unwrap_err());
+        assert!(message.contains("not a JSON object"), "{message}");
+        std::fs::write(
+            bundle.path().join("config.json"),
+            r#"{"root": {"path": "rootfs"}}"#,
+        )
+        .unwrap();
+        assert_eq!(read_spec(bundle.path()).unwrap()["root"]["path"], "rootfs");
     }
 }
