@@ -535,6 +535,19 @@ fn ctr_task_ps_metrics_pause_and_resume_work_on_a_running_container() {
         "pids.current missing or zero:\n{metrics}"
     );
 
+    // Checkpoint is not supported, and says so (not "not found").
+    let checkpoint = setup
+        .containerd
+        .ctr_command(&["tasks", "checkpoint", id])
+        .output()
+        .unwrap();
+    assert!(!checkpoint.status.success());
+    let stderr = String::from_utf8_lossy(&checkpoint.stderr);
+    assert!(
+        stderr.contains("hull does not checkpoint"),
+        "checkpoint: {stderr}"
+    );
+
     setup
         .containerd
         .ctr(&["tasks", "pause", id])
