@@ -535,6 +535,19 @@ fn ctr_task_ps_metrics_pause_and_resume_work_on_a_running_container() {
         "pids.current missing or zero:\n{metrics}"
     );
 
+    // Checkpoint is not supported, and says so (not "not found").
+    let checkpoint = setup
+        .containerd
+        .ctr_command(&["tasks", "checkpoint", id])
+        .output()
+        .unwrap();
+    assert!(!checkpoint.status.success());
+    let stderr = String::from_utf8_lossy(&checkpoint.stderr);
+    assert!(
+        stderr.contains("hull does not checkpoint"),
+        "checkpoint: {stderr}"
+    );
+
     setup
         .containerd
         .ctr(&["tasks", "pause", id])
@@ -718,4 +731,93 @@ fn containers_of_one_pod_share_its_sandbox() {
         .expect("ctr containers delete");
     setup.assert_nothing_left(pod);
     setup.assert_nothing_left(second);
+}
+
+#[test]
+fn a_lost_agent_ends_its_tasks_with_a_status() {
+    let test = "a_lost_agent_ends_its_tasks_with_a_status";
+    let Some(setup) = Setup::with_config(
+        test,
+        "hypervisor = \"none\"\n[agent]\nhealth_check_interval_secs = 1\n[runtime]\nenable_none_hypervisor = true\n",
+        true,
+    ) else {
+        return;
+    };
+    let id = "hull-none-agent-lost";
+    let child = setup
+        .containerd
+        .ctr_command(&setup.run_args(&["--rm"], id, &["sleep", "4343"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr starts");
+    let mut guard = ChildGuard(child);
+    setup.wait_running(id);
+    let run_dir = hull_shim::paths::sandbox_run_dir(hull_tests::containerd::NAMESPACE, id);
+    let agent: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("hull-agent") && c.contains(&run_dir.display().to_string())
+            })
+        })
+        .collect();
+    assert_eq!(agent.len(), 1, "one agent serves the pod: {agent:?}");
+    // SAFETY: kill(2) with a pid read from /proc just now, of the agent this test's shim
+    // started.
+    assert_eq!(unsafe { libc::kill(agent[0], libc::SIGKILL) }, 0);
+
+    let status = guard.0.wait().expect("ctr ends");
+    assert_eq!(status.code(), Some(255), "a lost sandbox's task exits 255");
+    // Without a VM, the container's processes outlive a SIGKILLed agent on the host (a VM
+    // takes them with it): end them here, as the host's init would have to.
+    let orphans: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("sleep\u{0}4343"))
+        })
+        .collect();
+    for pid in orphans {
+        // SAFETY: kill(2) with the pid of this test's container process, read just now.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // So are its cgroups and the dead agent's state directory.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cgroups: Vec<PathBuf> = walk_dirs(Path::new("/sys/fs/cgroup"), 4)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(id))
+            .collect();
+        if cgroups.is_empty() {
+            break;
+        }
+        for cgroup in cgroups {
+            let _ = std::fs::remove_dir(cgroup);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container's cgroups stay busy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(format!("/run/hull-agent-{}", agent[0]));
+    let _ = setup.containerd.ctr(&["containers", "delete", id]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (!hull_tests::leftovers::processes_with(&["containerd-shim-hull-v2", id]).is_empty()
+        || run_dir.exists())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        hull_tests::leftovers::processes_with(&["containerd-shim-hull-v2", id]).is_empty(),
+        "shim left"
+    );
+    assert!(!run_dir.exists(), "run directory left");
 }

@@ -209,6 +209,15 @@ impl Containers {
                 status,
                 at: SystemTime::now(),
             };
+            let reported = containers
+                .lock()
+                .get(&process.container_id)
+                .and_then(|c| c.process(&process.exec_id))
+                .is_none_or(|p| p.status == Status::Stopped);
+            if reported {
+                // Reported already, by the sandbox's failure ([`Containers::fail_running`]).
+                return;
+            }
             tracing::info!(container = %process.container_id, exec = %process.exec_id, status, "process exited");
             on_exit(process.clone(), exit).await;
             {
@@ -222,6 +231,37 @@ impl Containers {
                 }
             }
         });
+    }
+}
+
+impl Containers {
+    /// Marks every running process exited with `status`, when the sandbox running them is
+    /// lost (its agent stopped answering), and returns them for their exit events. Their
+    /// waiters report nothing more.
+    pub fn fail_running(&self, status: u32) -> Vec<(ProcessRef, Exit)> {
+        let exit = Exit {
+            status,
+            at: SystemTime::now(),
+        };
+        let mut failed = Vec::new();
+        for (id, container) in self.lock().iter_mut() {
+            let processes = std::iter::once((String::new(), &mut container.init))
+                .chain(container.execs.iter_mut().map(|(e, p)| (e.clone(), p)));
+            for (exec_id, process) in processes {
+                if process.status == Status::Running {
+                    process.status = Status::Stopped;
+                    process.exit.send_replace(Some(exit));
+                    failed.push((
+                        ProcessRef {
+                            container_id: id.clone(),
+                            exec_id,
+                        },
+                        exit,
+                    ));
+                }
+            }
+        }
+        failed
     }
 }
 
@@ -245,6 +285,54 @@ mod tests {
         assert!(container.process("").unwrap().process_json.is_none());
         assert!(container.process("e1").unwrap().process_json.is_some());
         assert!(container.process("e2").is_none());
+    }
+
+    #[test]
+    fn a_lost_sandbox_fails_only_running_processes() {
+        let containers = Containers::default();
+        let mut running = Process::new(StdioPaths::default(), None);
+        running.status = Status::Running;
+        let mut exec = Process::new(StdioPaths::default(), Some(b"{}".to_vec()));
+        exec.status = Status::Running;
+        containers.lock().insert(
+            "c1".to_owned(),
+            Container {
+                bundle: PathBuf::from("/b"),
+                rootfs: None,
+                shared_rootfs: false,
+                paused: false,
+                init: running,
+                execs: HashMap::from([
+                    ("e1".to_owned(), exec),
+                    (
+                        "e2".to_owned(),
+                        Process::new(StdioPaths::default(), Some(b"{}".to_vec())),
+                    ),
+                ]),
+            },
+        );
+        let mut failed: Vec<(String, String, u32)> = containers
+            .fail_running(255)
+            .into_iter()
+            .map(|(p, e)| (p.container_id, p.exec_id, e.status))
+            .collect();
+        failed.sort();
+        assert_eq!(
+            failed,
+            [
+                ("c1".to_owned(), String::new(), 255),
+                ("c1".to_owned(), "e1".to_owned(), 255)
+            ]
+        );
+        let map = containers.lock();
+        assert_eq!(map["c1"].init.exit().map(|e| e.status), Some(255));
+        assert_eq!(
+            map["c1"].execs["e2"].status,
+            Status::Created,
+            "never started"
+        );
+        drop(map);
+        assert!(containers.fail_running(255).is_empty(), "reported once");
     }
 
     #[tokio::test]

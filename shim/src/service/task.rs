@@ -210,6 +210,12 @@ impl Inner {
         .map_err(|e| status(Code::UNKNOWN, chain(&e)))?;
         let sandbox = Arc::new(sandbox);
         self.watch_oom(sandbox.agent().clone());
+        if config.agent.health_check_interval_secs > 0 {
+            self.watch_health(
+                sandbox.agent().clone(),
+                std::time::Duration::from_secs(u64::from(config.agent.health_check_interval_secs)),
+            );
+        }
         *slot = Some(Arc::clone(&sandbox));
         Ok(sandbox)
     }
@@ -246,6 +252,37 @@ impl Inner {
         if let Some(previous) = previous {
             previous.abort();
         }
+    }
+
+    /// Checks the agent every `interval`; if it stops answering (a hung or dead VM), every
+    /// running process is reported exited (255, as Kata reports a lost sandbox) so that
+    /// containerd and its clients are not left waiting. A shim whose sandbox is lost is
+    /// then deleted by containerd like any other.
+    fn watch_health(self: &Arc<Self>, agent: agent_link::AgentLink, interval: std::time::Duration) {
+        let inner = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                // Bounded by the link's call timeout (30 s): a slow TCG guest still answers.
+                let answer = agent.check().await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                // Stopped with the sandbox: nothing to check any more.
+                if inner.sandbox.lock().await.is_none() {
+                    return;
+                }
+                let reason = match answer {
+                    Ok(()) => continue,
+                    Err(err) => err.agent_message(),
+                };
+                tracing::error!("the sandbox's agent is lost ({reason}): its running processes are reported exited");
+                for (process, exit) in inner.containers.fail_running(255) {
+                    (inner.exit_hook())(process, exit).await;
+                }
+                return;
+            }
+        });
     }
 
     /// The exit hook: TaskExit for every process.
@@ -548,6 +585,21 @@ impl Inner {
     }
 }
 
+/// containerd's `ProcessDetails` naming an exec, for `ctr task ps`; none for other processes.
+fn exec_details(
+    exec_id: &str,
+) -> MessageField<containerd_shim_protos::protobuf::well_known_types::any::Any> {
+    if exec_id.is_empty() {
+        return MessageField::none();
+    }
+    let details = containerd_shim_protos::shim::oci::ProcessDetails {
+        exec_id: exec_id.to_owned(),
+        ..Default::default()
+    };
+    containerd_shim::util::convert_to_any(Box::new(details))
+        .map_or_else(|_| MessageField::none(), MessageField::some)
+}
+
 /// The bundle's OCI spec, as JSON.
 fn read_spec(bundle: &Path) -> TtrpcResult<serde_json::Value> {
     let path = bundle.join("config.json");
@@ -671,6 +723,8 @@ impl Task for TaskService {
                 .into_iter()
                 .map(|p| ProcessInfo {
                     pid: p.pid,
+                    // As runc's shim: an exec's id, in runc's ProcessDetails.
+                    info: exec_details(&p.exec_id),
                     ..Default::default()
                 })
                 .collect(),
@@ -970,5 +1024,45 @@ impl Task for TaskService {
             tracing::info!("the sandbox is still stopping; answering Shutdown meanwhile");
         }
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::shim::oci::ProcessDetails;
+
+    use super::*;
+
+    #[test]
+    fn ps_names_exec_processes_as_runc_does() {
+        assert!(exec_details("").is_none(), "init and unknown processes");
+        let any = exec_details("e1")
+            .into_option()
+            .expect("details for an exec");
+        assert_eq!(any.type_url, "containerd.runc.v1.ProcessDetails");
+        let details = ProcessDetails::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(details.exec_id, "e1");
+    }
+
+    #[test]
+    fn a_malformed_bundle_spec_is_an_invalid_argument_naming_the_file() {
+        let bundle = tempfile::tempdir().unwrap();
+        let code = |err: TtrpcError| match err {
+            TtrpcError::RpcStatus(s) => (s.code.enum_value().ok(), s.message),
+            other => panic!("{other:?}"),
+        };
+        let (c, message) = code(read_spec(bundle.path()).unwrap_err());
+        assert_eq!(c, Some(Code::INVALID_ARGUMENT));
+        assert!(message.contains("config.json"), "{message}");
+        std::fs::write(bundle.path().join("config.json"), "[1, 2]").unwrap();
+        let (_, message) = code(read_spec(bundle.path()).unwrap_err());
+        assert!(message.contains("not a JSON object"), "{message}");
+        std::fs::write(
+            bundle.path().join("config.json"),
+            r#"{"root": {"path": "rootfs"}}"#,
+        )
+        .unwrap();
+        assert_eq!(read_spec(bundle.path()).unwrap()["root"]["path"], "rootfs");
     }
 }
