@@ -57,8 +57,8 @@ fn run() -> Result<(), String> {
         .map_err(|err| err.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| format!("creating a temp dir: {e}"))?;
     let archive = dir.path().join("busybox.tar");
-    let image = build_busybox_archive(&busybox, &archive).map_err(|e| e.to_string())?;
-    containerd.import(&archive).map_err(|e| e.to_string())?;
+    let image = build_busybox_archive(&busybox, &archive).map_err(|e| chain(&e))?;
+    containerd.import(&archive).map_err(|e| chain(&e))?;
     step(&format!(
         "imported {image}, built locally from {}",
         busybox.display()
@@ -106,4 +106,15 @@ fn run() -> Result<(), String> {
         elapsed.as_secs_f64()
     ));
     Ok(())
+}
+
+/// An error with its causes, "outer: inner: innermost".
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
