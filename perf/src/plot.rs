@@ -109,7 +109,8 @@ fn draw_panel<DB: DrawingBackend>(
     let names: Vec<&str> = series.iter().map(|s| short(&s.contestant)).collect();
     chart
         .configure_mesh()
-        .disable_x_mesh()
+        .disable_mesh()
+        .y_labels(5)
         .x_labels(series.len())
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) => usize::try_from(*i)

@@ -112,8 +112,8 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
     let _ = writeln!(md, "- command: `{}`", run.command);
     let _ = writeln!(
         md,
-        "- started {}; {} rounds of {:.1} s per contestant and workload, interleaved, after a \
-         {:.1} s warm-up each",
+        "- started {}; {} rounds of {:.2} s per contestant and workload, interleaved, after a \
+         {:.2} s warm-up each",
         run.started_at,
         run.plan.rounds,
         run.plan.trial.as_secs_f64(),

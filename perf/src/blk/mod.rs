@@ -316,9 +316,12 @@ pub fn run(options: &Options) -> Result<Run> {
          with no vhost-user hop."
             .into(),
         format!(
-            "Same file for all three ({} MiB), page cache: {:?}.",
+            "Same file for all three ({} MiB), page cache: {}.",
             size >> 20,
-            options.cache
+            match options.cache {
+                Cache::Direct => "bypassed (O_DIRECT)",
+                Cache::Buffered => "used",
+            }
         ),
     ];
     run.record(outcome);
