@@ -377,15 +377,23 @@ impl FakeGuest {
             last_completion = seen;
             let more = seen.duration_since(start) < budget;
             for &slot in &done {
-                let posted = in_flight[usize::from(slot)].take();
-                if let Some(posted) = posted {
-                    let ns = seen.duration_since(posted).as_nanos();
-                    latencies.push(u64::try_from(ns).unwrap_or(u64::MAX));
-                }
+                // `reap` checked the slot is in range and was in flight when it looked; a
+                // backend that returns one request twice in a batch is caught here.
+                let posted = in_flight
+                    .get_mut(usize::from(slot))
+                    .and_then(Option::take)
+                    .ok_or_else(|| Error::Backend {
+                        backend: self.backend.clone(),
+                        what: format!("returned request {slot} twice"),
+                    })?;
+                let ns = seen.duration_since(posted).as_nanos();
+                latencies.push(u64::try_from(ns).unwrap_or(u64::MAX));
                 outstanding -= 1;
                 if more {
                     self.post(slot, workload)?;
-                    in_flight[usize::from(slot)] = Some(Instant::now());
+                    if let Some(posted) = in_flight.get_mut(usize::from(slot)) {
+                        *posted = Some(Instant::now());
+                    }
                     outstanding += 1;
                 }
             }
