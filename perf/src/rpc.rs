@@ -8,7 +8,8 @@
 //! - limit: a bare unix-socket ping-pong moving the same bytes each way as the ttrpc frames
 //!   of a Check call and its answer, a thread on the other end.
 //!
-//! The guest case (over vsock, through hull-vsock) is not measured here yet.
+//! Workloads: one call at a time (latency) and 16 calls in flight (throughput). The guest
+//! case (over vsock, through hull-vsock) is not measured here yet.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -40,14 +41,25 @@ pub struct Options {
     pub agent: Option<PathBuf>,
 }
 
-/// The only workload: one Check call and its answer at a time.
-pub struct CheckCall;
+/// A workload: Check calls with a number of them in flight at any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckCalls {
+    /// Calls in flight (1: each call waits for the previous answer).
+    pub in_flight: usize,
+}
 
-impl Workload for CheckCall {
+impl Workload for CheckCalls {
     fn name(&self) -> String {
-        "Check round trip".into()
+        if self.in_flight == 1 {
+            "Check round trip".into()
+        } else {
+            format!("Check, {} in flight", self.in_flight)
+        }
     }
 }
+
+/// The workloads: latency (one call at a time) and throughput (16 in flight).
+pub const WORKLOADS: [CheckCalls; 2] = [CheckCalls { in_flight: 1 }, CheckCalls { in_flight: 16 }];
 
 /// Per-call timeout the client sends; it is part of the request frame's size.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,7 +128,7 @@ pub fn run(options: &Options) -> Result<Run> {
     )?;
     let echo = InProcessEcho::start(&dir.path().join("echo.sock"))?;
 
-    let mut contestants: Vec<Box<dyn Contestant<CheckCall> + '_>> = vec![
+    let mut contestants: Vec<Box<dyn Contestant<CheckCalls> + '_>> = vec![
         Box::new(TtrpcCaller::connect(
             &runtime,
             "hull-agent (ttrpc, unix socket)",
@@ -131,9 +143,9 @@ pub fn run(options: &Options) -> Result<Run> {
         )?),
         Box::new(PingPong::start(request_bytes, response_bytes)?),
     ];
-    let trials = (options.plan.rounds * contestants.len()) as u64;
+    let trials = (options.plan.rounds * contestants.len() * WORKLOADS.len()) as u64;
     let progress = Progress::new("rpc", trials);
-    let outcome = measure::run(&options.plan, &[CheckCall], &mut contestants, &progress)?;
+    let outcome = measure::run(&options.plan, &WORKLOADS, &mut contestants, &progress)?;
     drop(progress);
     drop(contestants);
     drop(agent_process);
@@ -145,10 +157,13 @@ pub fn run(options: &Options) -> Result<Run> {
         "agent": agent.display().to_string(),
         "request_frame_bytes": request_bytes,
         "response_frame_bytes": response_bytes,
-        "calls_in_flight": 1,
+        "calls_in_flight": WORKLOADS.iter().map(|w| w.in_flight).collect::<Vec<_>>(),
     });
     run.notes = vec![
-        "One call in flight; latency is from the client's call to its answer.".into(),
+        "Latency is from the client's call to its answer; 'Check round trip' has one call in \
+         flight, the other workload keeps 16 in flight (16 tasks on the client's runtime; the \
+         ping-pong writes 16 requests at once and reads the 16 answers)."
+            .into(),
         format!(
             "The ping-pong moves {request_bytes} bytes one way and {response_bytes} back: \
              the ttrpc frames of Check and its answer."
@@ -192,7 +207,7 @@ impl<'r> TtrpcCaller<'r> {
     }
 }
 
-impl Contestant<CheckCall> for TtrpcCaller<'_> {
+impl Contestant<CheckCalls> for TtrpcCaller<'_> {
     fn name(&self) -> String {
         self.name.clone()
     }
@@ -201,40 +216,56 @@ impl Contestant<CheckCall> for TtrpcCaller<'_> {
         self.role
     }
 
-    fn trial(&mut self, _: &CheckCall, budget: Duration) -> Result<Trial> {
-        let client = &self.client;
-        self.runtime.block_on(async move {
-            let request = CheckRequest::new();
-            let mut latencies = Vec::new();
-            let start = Instant::now();
-            while start.elapsed() < budget {
-                let t0 = Instant::now();
-                let answer =
-                    client
-                        .check(ctx(), &request)
-                        .await
-                        .map_err(|source| Error::Ttrpc {
-                            what: "calling Check".into(),
-                            source,
-                        })?;
-                let elapsed = t0.elapsed();
-                if answer.status.enum_value() != Ok(ServingStatus::SERVING_STATUS_SERVING) {
-                    return Err(Error::Unexpected(format!(
-                        "Check answered {:?}, not SERVING",
-                        answer.status
-                    )));
-                }
-                latencies.push(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    fn trial(&mut self, workload: &CheckCalls, budget: Duration) -> Result<Trial> {
+        let start = Instant::now();
+        let mut latencies = self.runtime.block_on(async {
+            // One task per call in flight, all on this thread, as the shim's runtime would.
+            let mut callers = tokio::task::JoinSet::new();
+            for _ in 0..workload.in_flight.max(1) {
+                let client = self.client.clone();
+                callers.spawn(async move { call_until(&client, start + budget).await });
             }
-            let ops = latencies.len() as u64;
-            Ok(Trial::from_latencies(
-                ops,
-                0,
-                start.elapsed(),
-                &mut latencies,
-            ))
-        })
+            let mut latencies = Vec::new();
+            while let Some(joined) = callers.join_next().await {
+                let mut more = joined
+                    .map_err(|err| Error::Unexpected(format!("a calling task failed: {err}")))??;
+                latencies.append(&mut more);
+            }
+            Ok::<_, Error>(latencies)
+        })?;
+        let ops = latencies.len() as u64;
+        Ok(Trial::from_latencies(
+            ops,
+            0,
+            start.elapsed(),
+            &mut latencies,
+        ))
     }
+}
+
+/// Calls Check one after the other until `deadline`; returns each call's latency in ns.
+async fn call_until(client: &AgentServiceClient, deadline: Instant) -> Result<Vec<u64>> {
+    let request = CheckRequest::new();
+    let mut latencies = Vec::new();
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let answer = client
+            .check(ctx(), &request)
+            .await
+            .map_err(|source| Error::Ttrpc {
+                what: "calling Check".into(),
+                source,
+            })?;
+        let elapsed = t0.elapsed();
+        if answer.status.enum_value() != Ok(ServingStatus::SERVING_STATUS_SERVING) {
+            return Err(Error::Unexpected(format!(
+                "Check answered {:?}, not SERVING",
+                answer.status
+            )));
+        }
+        latencies.push(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+    Ok(latencies)
 }
 
 /// A ttrpc server in this process whose Check answers SERVING and does nothing else, on its
@@ -373,7 +404,7 @@ impl PingPong {
     }
 }
 
-impl Contestant<CheckCall> for PingPong {
+impl Contestant<CheckCalls> for PingPong {
     fn name(&self) -> String {
         "bare unix-socket ping-pong".into()
     }
@@ -382,20 +413,26 @@ impl Contestant<CheckCall> for PingPong {
         Role::Limit
     }
 
-    fn trial(&mut self, _: &CheckCall, budget: Duration) -> Result<Trial> {
+    /// With n in flight: n requests written at once, then the n answers read one by one,
+    /// each timed from the write.
+    fn trial(&mut self, workload: &CheckCalls, budget: Duration) -> Result<Trial> {
         let io_error = |source| Error::Io {
             what: "ping-pong on the socket pair".into(),
             source,
         };
+        let batch = workload.in_flight.max(1);
+        let requests = self.request.repeat(batch);
         let mut latencies = Vec::new();
         let start = Instant::now();
         while start.elapsed() < budget {
             let t0 = Instant::now();
-            self.client.write_all(&self.request).map_err(io_error)?;
-            self.client
-                .read_exact(&mut self.response)
-                .map_err(io_error)?;
-            latencies.push(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            self.client.write_all(&requests).map_err(io_error)?;
+            for _ in 0..batch {
+                self.client
+                    .read_exact(&mut self.response)
+                    .map_err(io_error)?;
+                latencies.push(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            }
         }
         let ops = latencies.len() as u64;
         Ok(Trial::from_latencies(
@@ -432,9 +469,13 @@ mod tests {
     fn ping_pong_moves_the_sizes_it_was_given_and_its_thread_ends() {
         let mut pp = PingPong::start(100, 20).expect("start");
         let trial = pp
-            .trial(&CheckCall, Duration::from_millis(20))
+            .trial(&CheckCalls { in_flight: 1 }, Duration::from_millis(20))
             .expect("trial");
         assert!(trial.ops > 0);
+        let trial = pp
+            .trial(&CheckCalls { in_flight: 4 }, Duration::from_millis(20))
+            .expect("trial");
+        assert_eq!(trial.ops % 4, 0, "whole batches");
         assert!(trial.p50_us.is_some() && trial.p99_us.is_some());
         drop(pp); // joins the thread: the test would hang if it did not end
     }

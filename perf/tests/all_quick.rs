@@ -226,7 +226,7 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
             ("ttrpc echo in process", "peer"),
             ("bare unix-socket ping-pong", "limit"),
         ],
-        &["Check round trip"],
+        &["Check round trip", "Check, 16 in flight"],
         &latency,
     );
     assert_run(
