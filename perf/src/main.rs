@@ -87,6 +87,10 @@ struct BlkOnly {
     /// Host page cache: `direct` (O_DIRECT everywhere) or `buffered`.
     #[arg(long, default_value = "direct")]
     cache: blk::Cache,
+    /// qemu-storage-daemon's I/O engines: one peer per engine listed, comma-separated
+    /// (threads is its default).
+    #[arg(long, value_delimiter = ',', default_value = "threads")]
+    qsd_aio: Vec<blk::QsdAio>,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +211,11 @@ fn run_blk(common: &Common, blk: &BlkOnly) -> anyhow::Result<Run> {
         file: blk.file.clone(),
         size_mib: blk.size_mib.unwrap_or(if common.quick { 32 } else { 1024 }),
         cache: blk.cache,
+        qsd_aio: if blk.qsd_aio.is_empty() {
+            vec![blk::QsdAio::Threads]
+        } else {
+            blk.qsd_aio.clone()
+        },
     };
     blk::run(&options).context("hull-bench blk")
 }

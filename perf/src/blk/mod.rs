@@ -48,6 +48,31 @@ pub struct Options {
     pub size_mib: u64,
     /// Page cache use.
     pub cache: Cache,
+    /// One qemu-storage-daemon peer per I/O engine listed (at least one).
+    pub qsd_aio: Vec<QsdAio>,
+}
+
+/// qemu-storage-daemon's I/O engine (`aio=` of its file driver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QsdAio {
+    /// Its default: a thread pool doing blocking preadv/pwritev (no `aio=` option given).
+    Threads,
+    /// Linux AIO (needs cache.direct=on).
+    Native,
+    /// io_uring, as hull-blk.
+    #[value(name = "io_uring")]
+    IoUring,
+}
+
+impl QsdAio {
+    /// The value of `aio=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QsdAio::Threads => "threads",
+            QsdAio::Native => "native",
+            QsdAio::IoUring => "io_uring",
+        }
+    }
 }
 
 /// A request's direction.
@@ -256,37 +281,54 @@ pub fn run(options: &Options) -> Result<Run> {
         _server: hull_server,
     };
 
-    let qsd_socket = dir.path().join("qsd.sock");
     let direct = match options.cache {
         Cache::Direct => "on",
         Cache::Buffered => "off",
     };
-    let qsd_args = vec![
-        "--blockdev".to_owned(),
-        format!("driver=file,node-name=f,filename={file_arg},cache.direct={direct}"),
-        "--export".to_owned(),
-        format!(
-            "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
-            qsd_socket.display()
-        ),
-    ];
-    let qsd_server = Server::start(
-        "qemu-storage-daemon",
-        &qsd,
-        &qsd_args,
-        &qsd_socket,
-        &dir.path().join("qsd.log"),
-    )?;
-    let peer = Backend {
-        name: "qemu-storage-daemon".into(),
-        role: Role::Peer,
-        guest: guest::FakeGuest::connect("qemu-storage-daemon", &qsd_socket, size)?,
-        _server: qsd_server,
-    };
+    let mut peers = Vec::new();
+    let mut qsd_command_lines = Vec::new();
+    for aio in &options.qsd_aio {
+        let (name, aio_option) = match aio {
+            QsdAio::Threads => ("qemu-storage-daemon".to_owned(), String::new()),
+            other => (
+                format!("qemu-storage-daemon (aio={})", other.as_str()),
+                format!(",aio={}", other.as_str()),
+            ),
+        };
+        let socket = dir.path().join(format!("qsd-{}.sock", aio.as_str()));
+        let args = vec![
+            "--blockdev".to_owned(),
+            format!(
+                "driver=file,node-name=f,filename={file_arg},cache.direct={direct}{aio_option}"
+            ),
+            "--export".to_owned(),
+            format!(
+                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
+                socket.display()
+            ),
+        ];
+        let server = Server::start(
+            &name,
+            &qsd,
+            &args,
+            &socket,
+            &dir.path().join(format!("qsd-{}.log", aio.as_str())),
+        )?;
+        peers.push(Backend {
+            guest: guest::FakeGuest::connect(&name, &socket, size)?,
+            name,
+            role: Role::Peer,
+            _server: server,
+        });
+        qsd_command_lines.push(args);
+    }
     let fio = fio::Fio::new(&fio_program, &file, size, options.cache);
 
-    let mut contestants: Vec<Box<dyn Contestant<Workload>>> =
-        vec![Box::new(hull), Box::new(peer), Box::new(fio)];
+    let mut contestants: Vec<Box<dyn Contestant<Workload>>> = vec![Box::new(hull)];
+    for peer in peers {
+        contestants.push(Box::new(peer));
+    }
+    contestants.push(Box::new(fio));
     let trials = (options.plan.rounds * contestants.len() * WORKLOADS.len()) as u64;
     let progress = Progress::new("blk", trials);
     let outcome = measure::run(&options.plan, &WORKLOADS, &mut contestants, &progress)?;
@@ -304,7 +346,7 @@ pub fn run(options: &Options) -> Result<Run> {
         "hull_blk": hull_blk.display().to_string(),
         "hull_blk_args": hull_args,
         "qemu_storage_daemon": version(&qsd),
-        "qemu_storage_daemon_args": qsd_args,
+        "qemu_storage_daemon_args": qsd_command_lines,
         "fio": version(&fio_program),
     });
     run.notes = vec![
