@@ -98,7 +98,8 @@ pub fn check_frame_sizes() -> Result<(usize, usize)> {
 
 /// Runs the benchmark and returns its results.
 pub fn run(options: &Options) -> Result<Run> {
-    let mut machine = Machine::probe();
+    // Started now: the record says when the measurement began.
+    let mut run = Run::new("rpc", options.quick, options.plan, Machine::probe());
     let agent = find_program(
         "hull-agent",
         options.agent.as_deref(),
@@ -151,8 +152,7 @@ pub fn run(options: &Options) -> Result<Run> {
     drop(agent_process);
     drop(echo);
 
-    machine.finish();
-    let mut run = Run::new("rpc", options.quick, options.plan, machine);
+    run.machine.finish();
     run.params = json!({
         "agent": agent.display().to_string(),
         "request_frame_bytes": request_bytes,

@@ -217,7 +217,8 @@ fn create_file(path: &Path, size: u64) -> Result<()> {
 
 /// Runs the benchmark and returns its results.
 pub fn run(options: &Options) -> Result<Run> {
-    let mut machine = Machine::probe();
+    // Started now: the record says when the measurement began.
+    let mut run = Run::new("blk", options.quick, options.plan, Machine::probe());
     let hull_blk = find_program(
         "hull-blk",
         options.hull_blk.as_deref(),
@@ -335,8 +336,7 @@ pub fn run(options: &Options) -> Result<Run> {
     drop(progress);
     drop(contestants);
 
-    machine.finish();
-    let mut run = Run::new("blk", options.quick, options.plan, machine);
+    run.machine.finish();
     run.params = json!({
         "file": file_arg,
         "file_bytes": size,
