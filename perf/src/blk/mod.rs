@@ -358,7 +358,7 @@ pub fn run(options: &Options) -> Result<Run> {
          with no vhost-user hop."
             .into(),
         format!(
-            "Same file for all three ({} MiB), page cache: {}.",
+            "Same file for every contestant ({} MiB), page cache: {}.",
             size >> 20,
             match options.cache {
                 Cache::Direct => "bypassed (O_DIRECT)",
