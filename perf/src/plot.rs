@@ -24,9 +24,28 @@ fn color(role: Role) -> RGBColor {
     }
 }
 
-/// A contestant's name without its parenthesised detail, to fit under a bar.
-fn short(name: &str) -> &str {
-    name.split(" (").next().unwrap_or(name)
+/// A contestant's name short enough to fit under its bar.
+fn short(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("qemu-storage-daemon") {
+        return match rest.split("aio=").nth(1) {
+            Some(aio) => format!("qsd {}", aio.trim_end_matches(')')),
+            None => "qsd".into(),
+        };
+    }
+    match name {
+        "ttrpc echo in process" => "ttrpc echo".into(),
+        "bare unix-socket ping-pong" => "ping-pong".into(),
+        _ => name.split(" (").next().unwrap_or(name).to_owned(),
+    }
+}
+
+/// An axis value without needless decimals.
+fn tick(value: f64) -> String {
+    if value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
 }
 
 /// Draws `run` into the SVG file `path`.
@@ -57,7 +76,8 @@ pub fn chart(run: &Run, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(e.to_string()))?;
     let title = format!(
-        "hull-bench {} ({}{})",
+        "hull-bench {} ({}{}): median of the rounds, whisker min-max; blue hull, orange peer, \
+         grey limit",
         run.subcommand,
         run.started_at,
         if run.quick {
@@ -67,7 +87,7 @@ pub fn chart(run: &Run, path: &Path) -> Result<()> {
         }
     );
     let root = root
-        .titled(&title, ("sans-serif", 18))
+        .titled(&title, ("sans-serif", 15))
         .map_err(|e| plot_error(e.to_string()))?;
     let panels = root.split_evenly((workloads.len(), metrics.len()));
     for (index, panel) in panels.iter().enumerate() {
@@ -104,9 +124,13 @@ fn draw_panel<DB: DrawingBackend>(
         .margin(6)
         .x_label_area_size(22)
         .y_label_area_size(52)
-        .build_cartesian_2d((0..count).into_segmented(), 0.0..top)
+        // A segmented 0..n range has n + 1 segments: one per contestant is 0..n - 1.
+        .build_cartesian_2d(
+            (0..count.saturating_sub(1).max(1)).into_segmented(),
+            0.0..top,
+        )
         .map_err(|e| e.to_string())?;
-    let names: Vec<&str> = series.iter().map(|s| short(&s.contestant)).collect();
+    let names: Vec<String> = series.iter().map(|s| short(&s.contestant)).collect();
     chart
         .configure_mesh()
         .disable_mesh()
@@ -116,9 +140,11 @@ fn draw_panel<DB: DrawingBackend>(
             SegmentValue::CenterOf(i) => usize::try_from(*i)
                 .ok()
                 .and_then(|i| names.get(i))
-                .map_or_else(String::new, |n| (*n).to_owned()),
+                .cloned()
+                .unwrap_or_default(),
             _ => String::new(),
         })
+        .y_label_formatter(&|v| tick(*v))
         .label_style(("sans-serif", 10))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -156,6 +182,14 @@ mod tests {
     use super::*;
     use crate::measure::{Plan, Stat};
     use crate::results::Machine;
+
+    #[test]
+    fn short_names_fit_under_a_bar() {
+        assert_eq!(short("qemu-storage-daemon"), "qsd");
+        assert_eq!(short("qemu-storage-daemon (aio=io_uring)"), "qsd io_uring");
+        assert_eq!(short("hull-agent (ttrpc, unix socket)"), "hull-agent");
+        assert_eq!(short("host fio (io_uring)"), "host fio");
+    }
 
     #[test]
     fn chart_is_an_svg_naming_every_contestant_and_workload() {
