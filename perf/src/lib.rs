@@ -10,6 +10,7 @@
 //! Implemented: [`rpc`] (agent round trips), [`blk`] (vhost-user-blk backends through a fake
 //! guest). The other subcommands of the design answer "not implemented yet".
 
+pub mod all;
 pub mod blk;
 pub mod child;
 pub mod measure;

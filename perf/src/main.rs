@@ -2,7 +2,7 @@
 //! `hull_bench` library, writes its JSON (and chart) to the results directory and prints a
 //! summary. See `hull-bench --help`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hull_bench::measure::Plan;
 use hull_bench::results::{self, Run};
-use hull_bench::{blk, plot, report, rpc, Error};
+use hull_bench::{all, blk, report, rpc, Error};
 
 /// hull's components measured against peers in the same run (ratios, never bare figures).
 #[derive(Debug, Parser)]
@@ -142,19 +142,6 @@ enum Command {
     Startup(Common),
 }
 
-/// Every subcommand of the design that measures, in the order `all` runs them.
-const MEASURING: [&str; 9] = [
-    "rpc",
-    "blk",
-    "fs",
-    "net",
-    "vsock",
-    "vmm-start",
-    "vmm-exits",
-    "density",
-    "startup",
-];
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -169,11 +156,11 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Rpc(args) => {
-            let run = run_rpc(&args.common, args.agent)?;
+            let run = rpc::run(&rpc_options(&args.common, args.agent)).context("hull-bench rpc")?;
             finish(&run, &args.common.out())
         }
         Command::Blk(args) => {
-            let run = run_blk(&args.common, &args.blk)?;
+            let run = blk::run(&blk_options(&args.common, &args.blk)).context("hull-bench blk")?;
             finish(&run, &args.common.out())
         }
         Command::Report(args) => {
@@ -194,17 +181,16 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn run_rpc(common: &Common, agent: Option<PathBuf>) -> anyhow::Result<Run> {
-    let options = rpc::Options {
+fn rpc_options(common: &Common, agent: Option<PathBuf>) -> rpc::Options {
+    rpc::Options {
         plan: common.plan(),
         quick: common.quick,
         agent,
-    };
-    rpc::run(&options).context("hull-bench rpc")
+    }
 }
 
-fn run_blk(common: &Common, blk: &BlkOnly) -> anyhow::Result<Run> {
-    let options = blk::Options {
+fn blk_options(common: &Common, blk: &BlkOnly) -> blk::Options {
+    blk::Options {
         plan: common.plan(),
         quick: common.quick,
         hull_blk: blk.hull_blk.clone(),
@@ -216,59 +202,43 @@ fn run_blk(common: &Common, blk: &BlkOnly) -> anyhow::Result<Run> {
         } else {
             blk.qsd_aio.clone()
         },
-    };
-    blk::run(&options).context("hull-bench blk")
+    }
+}
+
+fn print_run(run: &Run, json: &Path, svg: &Path) {
+    print!("{}", report::summary(run));
+    println!("results: {}\nchart:   {}", json.display(), svg.display());
 }
 
 /// Saves `run` and its chart in `out` and prints the summary.
-fn finish(run: &Run, out: &std::path::Path) -> anyhow::Result<()> {
-    let json = run.save(out).context("saving the results")?;
-    let svg = json.with_extension("svg");
-    plot::chart(run, &svg).context("drawing the chart")?;
-    print!("{}", report::summary(run));
-    println!("results: {}\nchart:   {}", json.display(), svg.display());
+fn finish(run: &Run, out: &Path) -> anyhow::Result<()> {
+    let (json, svg) = all::publish(run, out).context("saving the results")?;
+    print_run(run, &json, &svg);
     Ok(())
 }
 
-/// Runs every subcommand; one that fails or is not built yet does not stop the others. Writes
-/// `all-<time>.json` listing each with its outcome; fails when an implemented one failed.
+/// Runs every subcommand; fails when an implemented one failed.
 fn run_all(args: &AllArgs) -> anyhow::Result<()> {
     let out = args.common.out();
-    let mut listed = Vec::new();
-    let mut failed = Vec::new();
-    for name in MEASURING {
-        let result = match name {
-            "rpc" => Some(run_rpc(&args.common, args.agent.clone())),
-            "blk" => Some(run_blk(&args.common, &args.blk)),
-            _ => None,
-        };
-        let entry = match result {
-            None => {
-                let message = Error::NotImplemented(name.into()).to_string();
-                println!("{name}: {message}");
-                serde_json::json!({ "subcommand": name, "status": "not implemented", "message": message })
+    let (listed, path) = all::run(
+        &rpc_options(&args.common, args.agent.clone()),
+        &blk_options(&args.common, &args.blk),
+        &out,
+        print_run,
+        |entry| match &entry.status {
+            all::Status::Ok { .. } => {}
+            all::Status::NotImplemented { message } => println!("{}: {message}", entry.subcommand),
+            all::Status::Failed { message } => {
+                eprintln!("{}: failed: {message}", entry.subcommand)
             }
-            Some(Ok(run)) => {
-                finish(&run, &out)?;
-                let path = out.join(format!("{}.json", run.stem()));
-                serde_json::json!({ "subcommand": name, "status": "ok", "results": path })
-            }
-            Some(Err(err)) => {
-                eprintln!("{name}: failed: {err:#}");
-                failed.push(name);
-                serde_json::json!({ "subcommand": name, "status": "failed", "message": format!("{err:#}") })
-            }
-        };
-        listed.push(entry);
-    }
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ");
-    let quick = if args.common.quick { "-quick" } else { "" };
-    let path = out.join(format!("all-{stamp}{quick}.json"));
-    let summary = serde_json::json!({ "schema": results::SCHEMA_VERSION, "quick": args.common.quick, "subcommands": listed });
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+        },
+    )?;
     println!("summary: {}", path.display());
+    let failed: Vec<&str> = listed
+        .iter()
+        .filter(|l| matches!(l.status, all::Status::Failed { .. }))
+        .map(|l| l.subcommand)
+        .collect();
     if failed.is_empty() {
         Ok(())
     } else {

@@ -331,3 +331,52 @@ fn report_renders_the_tables_from_the_latest_results() {
         "the chart beside the markdown"
     );
 }
+
+#[test]
+fn all_goes_on_after_a_failing_subcommand_lists_it_and_fails() {
+    let test = "all_goes_on_after_a_failing_subcommand_lists_it_and_fails";
+    let blk = require!(test, artifacts::workspace_binary("hull-blk"));
+    require!(
+        test,
+        find_program("qemu-storage-daemon", "qemu-system-common")
+    );
+    require!(test, find_program("fio", "fio"));
+    let out = TempDir::new("all-fail");
+    let missing_agent = out.0.join("no-such-hull-agent");
+    let (output, _) = hull_bench(&[
+        "all",
+        "--quick",
+        "--out",
+        &out.0.to_string_lossy(),
+        "--agent",
+        &missing_agent.to_string_lossy(),
+        "--hull-blk",
+        &blk.to_string_lossy(),
+        "--size-mib",
+        "16",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a failed subcommand fails the run"
+    );
+    assert!(
+        stderr.contains("rpc: failed: program") && stderr.contains("no-such-hull-agent"),
+        "{stderr}"
+    );
+    let summary = std::fs::read_dir(&out.0)
+        .expect("results")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("all-"))
+        })
+        .expect("the list is written even when a subcommand failed");
+    let summary = read_json(&summary);
+    let listed = summary["subcommands"].as_array().expect("subcommands");
+    assert_eq!(listed[0]["subcommand"], "rpc");
+    assert_eq!(listed[0]["status"], "failed", "{summary}");
+    assert_eq!(listed[1]["subcommand"], "blk");
+    assert_eq!(listed[1]["status"], "ok", "blk still ran: {summary}");
+}
