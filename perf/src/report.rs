@@ -101,7 +101,11 @@ fn workloads(run: &Run) -> Vec<String> {
 /// The markdown of one run: how it was made, a table of medians, a table of ratios.
 pub fn markdown(run: &Run, chart: Option<&str>) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "### `{}`\n", run.subcommand);
+    if run.variant.is_empty() {
+        let _ = writeln!(md, "### `{}`\n", run.subcommand);
+    } else {
+        let _ = writeln!(md, "### `{}` ({})\n", run.subcommand, run.variant);
+    }
     if run.quick {
         let _ = writeln!(
             md,
@@ -214,26 +218,38 @@ pub fn render(dir: &Path, output: &Path) -> Result<Vec<String>> {
     let mut section = String::new();
     let mut reported = Vec::new();
     for subcommand in REPORTED {
-        match results::latest(dir, subcommand)? {
-            None => {
-                let _ = writeln!(
-                    section,
-                    "### `{subcommand}`\n\nNo results yet: run `hull-bench {subcommand}`.\n"
-                );
-            }
-            Some((json, run)) => {
-                let svg = json.with_extension("svg");
-                plot::chart(&run, &svg)?;
-                let plots = base.join("plots");
-                std::fs::create_dir_all(&plots)
-                    .map_err(io_error(format!("creating {}", plots.display())))?;
-                let copy = plots.join(format!("{subcommand}.svg"));
-                std::fs::copy(&svg, &copy)
-                    .map_err(io_error(format!("copying the chart to {}", copy.display())))?;
-                let link = format!("plots/{subcommand}.svg");
-                let _ = writeln!(section, "{}", markdown(&run, Some(&link)));
-                reported.push(format!("{subcommand} ({})", json.display()));
-            }
+        let runs = results::latest(dir, subcommand)?;
+        if runs.is_empty() {
+            let _ = writeln!(
+                section,
+                "### `{subcommand}`\n\nNo results yet: run `hull-bench {subcommand}`.\n"
+            );
+        }
+        for (json, run) in runs {
+            let svg = json.with_extension("svg");
+            plot::chart(&run, &svg)?;
+            let plots = base.join("plots");
+            std::fs::create_dir_all(&plots)
+                .map_err(io_error(format!("creating {}", plots.display())))?;
+            let stem: String = std::iter::once(subcommand.to_owned())
+                .chain((!run.variant.is_empty()).then(|| run.variant.clone()))
+                .collect::<Vec<_>>()
+                .join("-")
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            let copy = plots.join(format!("{stem}.svg"));
+            std::fs::copy(&svg, &copy)
+                .map_err(io_error(format!("copying the chart to {}", copy.display())))?;
+            let link = format!("plots/{stem}.svg");
+            let _ = writeln!(section, "{}", markdown(&run, Some(&link)));
+            reported.push(format!("{subcommand} ({})", json.display()));
         }
     }
     let existing = match std::fs::read_to_string(output) {

@@ -82,6 +82,11 @@ pub struct Run {
     pub schema: u32,
     /// The subcommand ("rpc", "blk").
     pub subcommand: String,
+    /// The settings that make runs of a subcommand answer different questions (for blk the
+    /// page cache: "cache=direct"); empty when there are none. `report` shows the latest run
+    /// of each variant.
+    #[serde(default)]
+    pub variant: String,
     /// When the run started, UTC, RFC 3339.
     pub started_at: String,
     /// The command line that produced it.
@@ -108,6 +113,7 @@ impl Run {
         Self {
             schema: SCHEMA_VERSION,
             subcommand: subcommand.to_owned(),
+            variant: String::new(),
             started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             quick,
@@ -127,6 +133,7 @@ impl Run {
     }
 
     /// The file stem of this run: `<subcommand>-<time>` (`-quick` for smoke runs).
+    /// The variant is not part of it: `latest` reads it from the file.
     pub fn stem(&self) -> String {
         let time: String = self
             .started_at
@@ -168,12 +175,12 @@ impl Run {
     }
 }
 
-/// The latest run of `subcommand` in `dir`: full runs before smoke runs, then by start time.
-/// `None` when there is none.
-pub fn latest(dir: &Path, subcommand: &str) -> Result<Option<(PathBuf, Run)>> {
+/// The latest run of each variant of `subcommand` in `dir` (full runs before smoke runs, then
+/// by start time), ordered by variant.
+pub fn latest(dir: &Path, subcommand: &str) -> Result<Vec<(PathBuf, Run)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
             return Err(Error::Io {
                 what: format!("listing {}", dir.display()),
@@ -182,7 +189,7 @@ pub fn latest(dir: &Path, subcommand: &str) -> Result<Option<(PathBuf, Run)>> {
         }
     };
     let prefix = format!("{subcommand}-");
-    let mut best: Option<(PathBuf, Run)> = None;
+    let mut best: std::collections::BTreeMap<String, (PathBuf, Run)> = Default::default();
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -194,9 +201,60 @@ pub fn latest(dir: &Path, subcommand: &str) -> Result<Option<(PathBuf, Run)>> {
             continue;
         }
         let key = |r: &Run| (!r.quick, r.started_at.clone());
-        if best.as_ref().is_none_or(|(_, b)| key(&run) > key(b)) {
-            best = Some((path, run));
+        let better = best
+            .get(&run.variant)
+            .is_none_or(|(_, b)| key(&run) > key(b));
+        if better {
+            best.insert(run.variant.clone(), (path, run));
         }
     }
-    Ok(best)
+    Ok(best.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(variant: &str, started_at: &str, quick: bool) -> Run {
+        let mut run = Run::new("blk", quick, Plan::quick(), Machine::probe());
+        run.variant = variant.into();
+        run.started_at = started_at.into();
+        run
+    }
+
+    #[test]
+    fn latest_keeps_the_newest_full_run_of_each_variant() {
+        let dir = std::env::temp_dir().join(format!("hull-bench-latest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        run("cache=direct", "2026-01-01T00:00:00.000Z", false)
+            .save(&dir)
+            .expect("save");
+        run("cache=direct", "2026-01-02T00:00:00.000Z", false)
+            .save(&dir)
+            .expect("save");
+        run("cache=direct", "2026-01-03T00:00:00.000Z", true)
+            .save(&dir)
+            .expect("save");
+        run("cache=buffered", "2026-01-01T00:00:00.000Z", true)
+            .save(&dir)
+            .expect("save");
+        let mut other = run("", "2026-01-04T00:00:00.000Z", false);
+        other.subcommand = "rpc".into();
+        other.save(&dir).expect("save");
+        let found_runs = latest(&dir, "blk").expect("latest");
+        let missing = latest(&dir.join("nothing"), "blk").expect("no directory: no runs");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        let found: Vec<(&str, &str, bool)> = found_runs
+            .iter()
+            .map(|(_, r)| (r.variant.as_str(), r.started_at.as_str(), r.quick))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("cache=buffered", "2026-01-01T00:00:00.000Z", true),
+                ("cache=direct", "2026-01-02T00:00:00.000Z", false),
+            ]
+        );
+        assert!(missing.is_empty());
+    }
 }

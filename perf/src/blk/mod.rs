@@ -337,6 +337,10 @@ pub fn run(options: &Options) -> Result<Run> {
     drop(contestants);
 
     run.machine.finish();
+    run.variant = match options.cache {
+        Cache::Direct => "cache=direct".into(),
+        Cache::Buffered => "cache=buffered".into(),
+    };
     run.params = json!({
         "file": file_arg,
         "file_bytes": size,
