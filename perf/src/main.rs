@@ -77,8 +77,8 @@ struct BlkOnly {
     /// The hull-blk binary [default: beside hull-bench, else on PATH].
     #[arg(long, value_name = "PATH")]
     hull_blk: Option<PathBuf>,
-    /// The file both backends and fio use [default: a new file filled with data in a
-    /// temporary directory, removed afterwards].
+    /// The file both backends and fio use; the write workloads overwrite its contents
+    /// [default: a new file filled with data in a temporary directory, removed afterwards].
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
     /// Size of the file created when --file is not given, in MiB [default: 1024, --quick 32].
