@@ -80,6 +80,35 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// CPU time (user + system, all its threads) it has used so far.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        cpu_time(self.child.id())
+    }
+}
+
+/// CPU time (user + system, all threads) process `pid` has used, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat).and_then(|ticks| {
+        let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|t| *t > 0)?;
+        Some(Duration::from_secs_f64(ticks as f64 / per_sec as f64))
+    })
+}
+
+/// utime + stime, in clock ticks, of a /proc/PID/stat line. The command name (field 2) may
+/// hold spaces and parentheses, so fields are counted after its last ')'.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 impl Drop for Server {
@@ -161,4 +190,22 @@ pub fn find_program(name: &str, explicit: Option<&Path>, fix: &str) -> Result<Pa
             name: name.to_owned(),
             fix: fix.to_owned(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_whatever_the_name() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 3 0 100 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(12));
+        assert_eq!(parse_cpu_ticks("42 (x) S 1"), None);
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_readable() {
+        assert!(cpu_time(std::process::id()).is_some());
+    }
 }

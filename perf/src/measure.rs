@@ -41,6 +41,9 @@ pub struct Trial {
     pub p50_us: Option<f64>,
     /// 99th percentile latency of one operation, in microseconds, when known.
     pub p99_us: Option<f64>,
+    /// CPU time the serving process spent per operation, in microseconds, when known: a count
+    /// that depends much less on how busy the machine is than the timings.
+    pub cpu_us_per_op: Option<f64>,
 }
 
 impl Trial {
@@ -59,7 +62,16 @@ impl Trial {
             elapsed,
             p50_us: percentile(latencies_ns, 50.0).map(us),
             p99_us: percentile(latencies_ns, 99.0).map(us),
+            cpu_us_per_op: None,
         }
+    }
+
+    /// The trial with `cpu` of the serving process spread over its operations.
+    pub fn with_cpu(mut self, cpu: Duration) -> Self {
+        if self.ops > 0 {
+            self.cpu_us_per_op = Some(cpu.as_secs_f64() * 1e6 / self.ops as f64);
+        }
+        self
     }
 
     /// The trial's metrics by name (see [`Metric`]).
@@ -77,6 +89,9 @@ impl Trial {
         }
         if let Some(p99) = self.p99_us {
             metrics.insert(Metric::P99Us, p99);
+        }
+        if let Some(cpu) = self.cpu_us_per_op {
+            metrics.insert(Metric::CpuUsPerOp, cpu);
         }
         metrics
     }
@@ -103,15 +118,18 @@ pub enum Metric {
     P50Us,
     /// 99th percentile latency of one operation, microseconds.
     P99Us,
+    /// CPU time (user + system) of the serving process per operation, microseconds.
+    CpuUsPerOp,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 5] = [
         Metric::OpsPerSec,
         Metric::MbPerSec,
         Metric::P50Us,
         Metric::P99Us,
+        Metric::CpuUsPerOp,
     ];
 
     /// Whether a larger value is better.
@@ -126,6 +144,7 @@ impl Metric {
             Metric::MbPerSec => "MB/s",
             Metric::P50Us => "p50 µs",
             Metric::P99Us => "p99 µs",
+            Metric::CpuUsPerOp => "CPU µs/op",
         }
     }
 }

@@ -137,7 +137,7 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
     let _ = writeln!(
         md,
         "\nRatios, subject / other, median of the per-round ratios (min–max over the rounds). \
-         For ops/s above 1 is better for hull; for latency below 1 is.\n"
+         For ops/s above 1 is better for hull; for latency and CPU per op below 1 is.\n"
     );
     let _ = writeln!(
         md,
@@ -170,11 +170,12 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {workload} | {other} ({}) | {} | {} | {} |",
+                "| {workload} | {other} ({}) | {} | {} | {} | {} |",
                 role_name(role),
                 cell(Metric::OpsPerSec),
                 cell(Metric::P50Us),
-                cell(Metric::P99Us)
+                cell(Metric::P99Us),
+                cell(Metric::CpuUsPerOp)
             );
         }
     }
@@ -197,14 +198,15 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             series.workload,
             series.contestant,
             role_name(series.role),
             cell(Metric::OpsPerSec),
             cell(Metric::MbPerSec),
             cell(Metric::P50Us),
-            cell(Metric::P99Us)
+            cell(Metric::P99Us),
+            cell(Metric::CpuUsPerOp)
         );
     }
     md
@@ -314,7 +316,9 @@ mod tests {
     fn markdown_shows_the_ratio_and_the_command() {
         let md = markdown(&sample_run(), None);
         assert!(
-            md.contains("| Check round trip | ping-pong (limit) | – | **3.00×** (2.90–3.10) | – |"),
+            md.contains(
+                "| Check round trip | ping-pong (limit) | – | **3.00×** (2.90–3.10) | – | – |"
+            ),
             "{md}"
         );
         assert!(md.contains("- command: `"), "{md}");

@@ -24,7 +24,7 @@ use hull_agent_protocol::ttrpc::{self, context};
 use hull_agent_protocol::{create_agent_service, AgentService, AgentServiceClient, SERVICE_NAME};
 use serde_json::json;
 
-use crate::child::{find_program, RunDir, Server as ServerProcess};
+use crate::child::{cpu_time, find_program, RunDir, Server as ServerProcess};
 use crate::measure::{self, Contestant, Plan, Role, Trial, Workload};
 use crate::progress::Progress;
 use crate::results::{Machine, Run};
@@ -135,12 +135,14 @@ pub fn run(options: &Options) -> Result<Run> {
             "hull-agent (ttrpc, unix socket)",
             Role::Subject,
             &agent_socket,
+            Some(agent_process.pid()),
         )?),
         Box::new(TtrpcCaller::connect(
             &runtime,
             "ttrpc echo in process",
             Role::Peer,
             &echo.socket,
+            None,
         )?),
         Box::new(PingPong::start(request_bytes, response_bytes)?),
     ];
@@ -171,6 +173,9 @@ pub fn run(options: &Options) -> Result<Run> {
         "The agent and the in-process echo are called through the same generated client on \
          a tokio current-thread runtime; the ping-pong uses blocking sockets."
             .into(),
+        "CPU µs/op: user + system time of the hull-agent process per call (clock ticks of \
+         10 ms); the echo and the ping-pong run in hull-bench's own process and have none."
+            .into(),
     ];
     run.record(outcome);
     Ok(run)
@@ -182,6 +187,8 @@ struct TtrpcCaller<'r> {
     role: Role,
     runtime: &'r tokio::runtime::Runtime,
     client: AgentServiceClient,
+    /// The serving process, whose CPU time per call is measured; `None` when it is this one.
+    server_pid: Option<u32>,
 }
 
 impl<'r> TtrpcCaller<'r> {
@@ -190,6 +197,7 @@ impl<'r> TtrpcCaller<'r> {
         name: &str,
         role: Role,
         socket: &Path,
+        server_pid: Option<u32>,
     ) -> Result<Self> {
         let address = format!("unix://{}", socket.display());
         let client = runtime
@@ -203,6 +211,7 @@ impl<'r> TtrpcCaller<'r> {
             role,
             runtime,
             client: AgentServiceClient::new(client),
+            server_pid,
         })
     }
 }
@@ -217,6 +226,7 @@ impl Contestant<CheckCalls> for TtrpcCaller<'_> {
     }
 
     fn trial(&mut self, workload: &CheckCalls, budget: Duration) -> Result<Trial> {
+        let cpu_before = self.server_pid.and_then(cpu_time);
         let start = Instant::now();
         let mut latencies = self.runtime.block_on(async {
             // One task per call in flight, all on this thread, as the shim's runtime would.
@@ -234,12 +244,12 @@ impl Contestant<CheckCalls> for TtrpcCaller<'_> {
             Ok::<_, Error>(latencies)
         })?;
         let ops = latencies.len() as u64;
-        Ok(Trial::from_latencies(
-            ops,
-            0,
-            start.elapsed(),
-            &mut latencies,
-        ))
+        let trial = Trial::from_latencies(ops, 0, start.elapsed(), &mut latencies);
+        let cpu_after = self.server_pid.and_then(cpu_time);
+        Ok(match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) => trial.with_cpu(after.saturating_sub(before)),
+            _ => trial,
+        })
     }
 }
 

@@ -244,7 +244,13 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
             "4k randwrite qd32",
             "128k seqread qd8",
         ],
-        &["ops_per_sec", "mb_per_sec", "p50_us", "p99_us"],
+        &[
+            "ops_per_sec",
+            "mb_per_sec",
+            "p50_us",
+            "p99_us",
+            "cpu_us_per_op",
+        ],
     );
 
     // Nothing of the run is left: its servers and its temporary directories.

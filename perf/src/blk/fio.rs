@@ -98,12 +98,25 @@ pub fn parse_report(text: &str, op: Op) -> Result<Trial> {
     };
     let p50 = percentile("50.000000");
     let p99 = percentile("99.000000");
+    // usr_cpu and sys_cpu: percent of the job's runtime.
+    let cpu_percent = |key: &str| {
+        report
+            .get("jobs")
+            .and_then(|jobs| jobs.get(0))
+            .and_then(|job| job.get(key))
+            .and_then(Value::as_f64)
+    };
+    let cpu_us_per_op = match (cpu_percent("usr_cpu"), cpu_percent("sys_cpu")) {
+        (Some(usr), Some(sys)) => Some((usr + sys) / 100.0 * runtime_ms * 1000.0 / ops),
+        _ => None,
+    };
     Ok(Trial {
         ops: ops as u64,
         bytes: bytes as u64,
         elapsed: Duration::from_secs_f64(runtime_ms / 1000.0),
         p50_us: p50.map(|ns| ns / 1000.0),
         p99_us: p99.map(|ns| ns / 1000.0),
+        cpu_us_per_op,
     })
 }
 
@@ -145,7 +158,8 @@ mod tests {
 { "jobs": [ { "read": { "total_ios": 2000, "io_bytes": 8192000, "runtime": 1000,
   "clat_ns": { "percentile": { "50.000000": 1, "99.000000": 2 } },
   "lat_ns": { "percentile": { "50.000000": 40960, "99.000000": 120832 } } },
-  "write": { "total_ios": 0, "io_bytes": 0, "runtime": 0 } } ] }"#;
+  "write": { "total_ios": 0, "io_bytes": 0, "runtime": 0 },
+  "usr_cpu": 10.0, "sys_cpu": 30.0 } ] }"#;
 
     #[test]
     fn reads_counts_and_total_latency_percentiles_from_the_report() {
@@ -155,6 +169,8 @@ mod tests {
         assert_eq!(trial.elapsed, Duration::from_secs(1));
         assert_eq!(trial.p50_us, Some(40.96));
         assert_eq!(trial.p99_us, Some(120.832));
+        // 40 % of 1 s over 2000 requests.
+        assert_eq!(trial.cpu_us_per_op, Some(200.0));
     }
 
     #[test]
