@@ -16,7 +16,7 @@ AGENT_BIN := target/$(HOST_TRIPLE)/release/hull-agent
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 \
 	linux-source-6.1 qemu-system-x86 qemu-system-data seabios qemu-system-common \
 	busybox-static containerd runc iproute2 procps util-linux \
-	libseccomp-dev libcap-ng-dev
+	libseccomp-dev libcap-ng-dev fio
 
 .PHONY: help deps build agent image lint test demo install clean-cache
 

@@ -1,0 +1,165 @@
+//! `hull-bench all`: every subcommand of the design in turn, each run saved with its chart
+//! ([`publish`]); one that fails or is not built yet does not stop the others. The list of
+//! what ran, with each outcome, is saved as `all-<time>.json` beside the results.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::results::{Run, SCHEMA_VERSION};
+use crate::{blk, plot, rpc, Error, Result};
+
+/// Every subcommand of the design that measures, in the order `all` runs them.
+pub const SUBCOMMANDS: [&str; 9] = [
+    "rpc",
+    "blk",
+    "fs",
+    "net",
+    "vsock",
+    "vmm-start",
+    "vmm-exits",
+    "density",
+    "startup",
+];
+
+/// What became of one subcommand.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    /// It measured; its results are in this file.
+    Ok {
+        /// The JSON results.
+        results: PathBuf,
+    },
+    /// It is not built yet.
+    #[serde(rename = "not implemented")]
+    NotImplemented {
+        /// "not implemented yet: <name>".
+        message: String,
+    },
+    /// It failed.
+    Failed {
+        /// The error chain.
+        message: String,
+    },
+}
+
+/// One line of the list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listed {
+    /// The subcommand.
+    pub subcommand: &'static str,
+    /// Its outcome.
+    #[serde(flatten)]
+    pub status: Status,
+}
+
+/// Saves `run` as JSON in `out` and draws its chart beside it; returns both paths.
+pub fn publish(run: &Run, out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let json = run.save(out)?;
+    let svg = json.with_extension("svg");
+    plot::chart(run, &svg)?;
+    Ok((json, svg))
+}
+
+/// Runs every subcommand with these options, saving each run in `out`; `on_run` sees each
+/// run once saved (with its JSON and chart paths), `on_listed` each outcome. Returns the
+/// list and the path of the saved list.
+pub fn run(
+    rpc_options: &rpc::Options,
+    blk_options: &blk::Options,
+    out: &Path,
+    mut on_run: impl FnMut(&Run, &Path, &Path),
+    mut on_listed: impl FnMut(&Listed),
+) -> Result<(Vec<Listed>, PathBuf)> {
+    let mut listed = Vec::new();
+    for subcommand in SUBCOMMANDS {
+        let measured = match subcommand {
+            "rpc" => Some(rpc::run(rpc_options)),
+            "blk" => Some(blk::run(blk_options)),
+            _ => None,
+        };
+        let status = match measured {
+            None => Status::NotImplemented {
+                message: Error::NotImplemented(subcommand.into()).to_string(),
+            },
+            Some(Ok(run)) => {
+                let (json, svg) = publish(&run, out)?;
+                on_run(&run, &json, &svg);
+                Status::Ok { results: json }
+            }
+            Some(Err(err)) => Status::Failed {
+                message: error_chain(&err),
+            },
+        };
+        let entry = Listed { subcommand, status };
+        on_listed(&entry);
+        listed.push(entry);
+    }
+    let quick = rpc_options.quick || blk_options.quick;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ");
+    let path = out.join(format!(
+        "all-{stamp}{}.json",
+        if quick { "-quick" } else { "" }
+    ));
+    let summary = serde_json::json!({
+        "schema": SCHEMA_VERSION,
+        "quick": quick,
+        "subcommands": listed,
+    });
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        what: format!("creating {}", out.display()),
+        source,
+    })?;
+    let bytes = serde_json::to_vec_pretty(&summary).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, bytes).map_err(|source| Error::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    })?;
+    Ok((listed, path))
+}
+
+/// `err` and its causes, one after the other.
+fn error_chain(err: &Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_serializes_with_a_status_field() {
+        let entry = Listed {
+            subcommand: "fs",
+            status: Status::NotImplemented {
+                message: "not implemented yet: fs".into(),
+            },
+        };
+        let json = serde_json::to_value(&entry).expect("json");
+        assert_eq!(json["subcommand"], "fs");
+        assert_eq!(json["status"], "not implemented");
+        assert_eq!(json["message"], "not implemented yet: fs");
+        let ok = Listed {
+            subcommand: "rpc",
+            status: Status::Ok {
+                results: "/r/rpc.json".into(),
+            },
+        };
+        let json = serde_json::to_value(&ok).expect("json");
+        assert_eq!(
+            (json["status"].as_str(), json["results"].as_str()),
+            (Some("ok"), Some("/r/rpc.json"))
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! `hull-bench`: parses the command line, runs the subcommand's benchmark from the
+//! `hull_bench` library, writes its JSON (and chart) to the results directory and prints a
+//! summary. See `hull-bench --help`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hull_bench::measure::Plan;
+use hull_bench::results::{self, Run};
+use hull_bench::{all, blk, report, rpc, Error};
+
+/// hull's components measured against peers in the same run (ratios, never bare figures).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings every benchmark shares.
+#[derive(Debug, Clone, Args)]
+struct Common {
+    /// Smoke run: two very short rounds; checks the harness works, the figures mean nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for the JSON results and charts [default: $HULL_CACHE_DIR/bench, else
+    /// ~/.cache/hull/bench].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Interleaved rounds per workload (each contestant runs once per round).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds of one measured trial.
+    #[arg(long, default_value_t = 2.0)]
+    trial_secs: f64,
+}
+
+impl Common {
+    fn plan(&self) -> Plan {
+        if self.quick {
+            Plan::quick()
+        } else {
+            Plan::full(
+                Duration::from_secs_f64(self.trial_secs.max(0.01)),
+                self.rounds,
+            )
+        }
+    }
+
+    fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(results::default_dir)
+    }
+}
+
+#[derive(Debug, Args)]
+struct RpcArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The hull-agent binary [default: beside hull-bench, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct BlkArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    blk: BlkOnly,
+}
+
+#[derive(Debug, Clone, Args)]
+struct BlkOnly {
+    /// The hull-blk binary [default: beside hull-bench, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    hull_blk: Option<PathBuf>,
+    /// The file both backends and fio use; the write workloads overwrite its contents
+    /// [default: a new file filled with data in a temporary directory, removed afterwards].
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Size of the file created when --file is not given, in MiB [default: 1024, --quick 32].
+    #[arg(long, value_name = "MIB")]
+    size_mib: Option<u64>,
+    /// Host page cache: `direct` (O_DIRECT everywhere) or `buffered`.
+    #[arg(long, default_value = "direct")]
+    cache: blk::Cache,
+    /// qemu-storage-daemon's I/O engines: one peer per engine listed, comma-separated
+    /// (threads is its default).
+    #[arg(long, value_delimiter = ',', default_value = "threads")]
+    qsd_aio: Vec<blk::QsdAio>,
+}
+
+#[derive(Debug, Args)]
+struct AllArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The hull-agent binary [default: beside hull-bench, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    #[command(flatten)]
+    blk: BlkOnly,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// Directory of the JSON results [default: $HULL_CACHE_DIR/bench].
+    #[arg(long, value_name = "DIR")]
+    results: Option<PathBuf>,
+    /// The markdown file whose generated section is rewritten.
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
+    output: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Agent round trip (Check over ttrpc on a unix socket) against an in-process ttrpc echo
+    /// and a bare unix-socket ping-pong of the same bytes.
+    Rpc(RpcArgs),
+    /// vhost-user-blk: hull-blk against qemu-storage-daemon through a fake guest, with host
+    /// fio (io_uring) as the limit, on the same file.
+    Blk(BlkArgs),
+    /// Renders the tables of perf/RESULTS.md from the latest results, and their charts.
+    Report(ReportArgs),
+    /// Every subcommand in turn (with --quick: the smoke run `make test` uses).
+    All(AllArgs),
+    /// vhost-user-fs against virtiofsd (not implemented yet).
+    Fs(Common),
+    /// vhost-user-net against QEMU's virtio-net (not implemented yet).
+    Net(Common),
+    /// vhost-user-vsock against vhost-device-vsock (not implemented yet).
+    Vsock(Common),
+    /// VMM start to first instruction against QEMU microvm (not implemented yet).
+    VmmStart(Common),
+    /// VMM exits per second and kick-to-interrupt latency (not implemented yet).
+    VmmExits(Common),
+    /// Memory and threads per pod against runc and QEMU (not implemented yet).
+    Density(Common),
+    /// Pod start-up time against runc and QEMU (not implemented yet).
+    Startup(Common),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hull-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Rpc(args) => {
+            let run = rpc::run(&rpc_options(&args.common, args.agent)).context("hull-bench rpc")?;
+            finish(&run, &args.common.out())
+        }
+        Command::Blk(args) => {
+            let run = blk::run(&blk_options(&args.common, &args.blk)).context("hull-bench blk")?;
+            finish(&run, &args.common.out())
+        }
+        Command::Report(args) => {
+            let dir = args.results.unwrap_or_else(results::default_dir);
+            let written = report::render(&dir, &args.output)
+                .with_context(|| format!("rendering {}", args.output.display()))?;
+            println!("{}: {}", args.output.display(), written.join(", "));
+            Ok(())
+        }
+        Command::All(args) => run_all(&args),
+        Command::Fs(_) => Err(Error::NotImplemented("fs".into()).into()),
+        Command::Net(_) => Err(Error::NotImplemented("net".into()).into()),
+        Command::Vsock(_) => Err(Error::NotImplemented("vsock".into()).into()),
+        Command::VmmStart(_) => Err(Error::NotImplemented("vmm-start".into()).into()),
+        Command::VmmExits(_) => Err(Error::NotImplemented("vmm-exits".into()).into()),
+        Command::Density(_) => Err(Error::NotImplemented("density".into()).into()),
+        Command::Startup(_) => Err(Error::NotImplemented("startup".into()).into()),
+    }
+}
+
+fn rpc_options(common: &Common, agent: Option<PathBuf>) -> rpc::Options {
+    rpc::Options {
+        plan: common.plan(),
+        quick: common.quick,
+        agent,
+    }
+}
+
+fn blk_options(common: &Common, blk: &BlkOnly) -> blk::Options {
+    blk::Options {
+        plan: common.plan(),
+        quick: common.quick,
+        hull_blk: blk.hull_blk.clone(),
+        file: blk.file.clone(),
+        size_mib: blk.size_mib.unwrap_or(if common.quick { 32 } else { 1024 }),
+        cache: blk.cache,
+        qsd_aio: if blk.qsd_aio.is_empty() {
+            vec![blk::QsdAio::Threads]
+        } else {
+            blk.qsd_aio.clone()
+        },
+    }
+}
+
+fn print_run(run: &Run, json: &Path, svg: &Path) {
+    print!("{}", report::summary(run));
+    println!("results: {}\nchart:   {}", json.display(), svg.display());
+}
+
+/// Saves `run` and its chart in `out` and prints the summary.
+fn finish(run: &Run, out: &Path) -> anyhow::Result<()> {
+    let (json, svg) = all::publish(run, out).context("saving the results")?;
+    print_run(run, &json, &svg);
+    Ok(())
+}
+
+/// Runs every subcommand; fails when an implemented one failed.
+fn run_all(args: &AllArgs) -> anyhow::Result<()> {
+    let out = args.common.out();
+    let (listed, path) = all::run(
+        &rpc_options(&args.common, args.agent.clone()),
+        &blk_options(&args.common, &args.blk),
+        &out,
+        print_run,
+        |entry| match &entry.status {
+            all::Status::Ok { .. } => {}
+            all::Status::NotImplemented { message } => println!("{}: {message}", entry.subcommand),
+            all::Status::Failed { message } => {
+                eprintln!("{}: failed: {message}", entry.subcommand)
+            }
+        },
+    )?;
+    println!("summary: {}", path.display());
+    let failed: Vec<&str> = listed
+        .iter()
+        .filter(|l| matches!(l.status, all::Status::Failed { .. }))
+        .map(|l| l.subcommand)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("failed: {}", failed.join(", "))
+    }
+}

@@ -1,0 +1,388 @@
+//! `hull-bench all --quick`, the smoke run `make test` uses so the harness stays working: the
+//! real binary runs every subcommand against the real hull-agent, hull-blk,
+//! qemu-storage-daemon and fio, and must write well-formed results with every field a reader
+//! of RESULTS.md needs. Never a timing: only that figures exist and are numbers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use hull_tests::prereq::find_program;
+use hull_tests::{artifacts, leftovers, require};
+use serde_json::Value;
+
+/// A temporary directory removed on drop, even when the test fails.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("hull-bench-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn hull_bench(args: &[&str]) -> (Output, u32) {
+    let child = Command::new(env!("CARGO_BIN_EXE_hull-bench"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("hull-bench starts");
+    let pid = child.id();
+    (child.wait_with_output().expect("hull-bench runs"), pid)
+}
+
+fn read_json(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// A median, min, max and one value per round, all finite numbers, min <= median <= max.
+fn assert_stat(stat: &Value, rounds: usize, what: &str) {
+    let number = |key: &str| {
+        stat[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what}.{key} is a number: {stat}"))
+    };
+    let (median, min, max) = (number("median"), number("min"), number("max"));
+    assert!(
+        median.is_finite() && min.is_finite() && max.is_finite(),
+        "{what}: {stat}"
+    );
+    assert!(
+        min <= median && median <= max,
+        "{what}: min <= median <= max: {stat}"
+    );
+    assert!(number("spread_pct").is_finite(), "{what}: {stat}");
+    let values = stat["rounds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}.rounds: {stat}"));
+    assert_eq!(values.len(), rounds, "{what}: one value per round");
+}
+
+/// The result file of `subcommand`: the run's fields, each contestant in each workload with
+/// the metrics it must have, ratios of the subject against every other contestant, a chart.
+fn assert_run(
+    path: &Path,
+    subcommand: &str,
+    contestants: &[(&str, &str)],
+    workloads: &[&str],
+    metrics: &[&str],
+) {
+    let run = read_json(path);
+    assert_eq!(run["schema"], 1, "{run}");
+    assert_eq!(run["subcommand"], subcommand);
+    assert_eq!(run["quick"], true);
+    assert!(run["command"]
+        .as_str()
+        .is_some_and(|c| c.contains(subcommand) || c.contains("all")));
+    assert!(
+        run["started_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{run}"
+    );
+    assert!(
+        run["machine"]["cpus"].as_u64().is_some_and(|n| n > 0),
+        "{run}"
+    );
+    assert!(run["machine"]["kernel"].is_string(), "{run}");
+    assert!(!run["notes"].as_array().expect("notes").is_empty(), "{run}");
+    let rounds =
+        usize::try_from(run["plan"]["rounds"].as_u64().expect("plan.rounds")).expect("fits");
+    assert!(rounds > 0);
+
+    let series = run["series"].as_array().expect("series");
+    assert_eq!(series.len(), contestants.len() * workloads.len(), "{run}");
+    for workload in workloads {
+        for (name, role) in contestants {
+            let entry = series
+                .iter()
+                .find(|s| s["workload"] == *workload && s["contestant"] == *name)
+                .unwrap_or_else(|| {
+                    panic!("{subcommand}: no series of {name} in {workload}: {run}")
+                });
+            assert_eq!(entry["role"], *role, "{entry}");
+            for metric in metrics {
+                assert_stat(
+                    &entry["metrics"][metric],
+                    rounds,
+                    &format!("{name} {workload} {metric}"),
+                );
+            }
+        }
+        let subject = contestants[0].0;
+        for (other, _) in &contestants[1..] {
+            let ratio = run["ratios"]
+                .as_array()
+                .expect("ratios")
+                .iter()
+                .find(|r| {
+                    r["workload"] == *workload
+                        && r["subject"] == subject
+                        && r["against"] == *other
+                        && r["metric"] == "ops_per_sec"
+                })
+                .unwrap_or_else(|| {
+                    panic!("{subcommand}: no ratio {subject}/{other} in {workload}")
+                });
+            assert_stat(
+                &ratio["ratio"],
+                rounds,
+                &format!("{subject}/{other} {workload}"),
+            );
+        }
+    }
+    let svg = std::fs::read_to_string(path.with_extension("svg")).expect("a chart beside the JSON");
+    assert!(svg.starts_with("<svg"), "the chart is an SVG");
+}
+
+#[test]
+fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
+    let test = "all_quick_writes_well_formed_results_of_every_implemented_subcommand";
+    let agent = require!(test, artifacts::workspace_binary("hull-agent"));
+    let blk = require!(test, artifacts::workspace_binary("hull-blk"));
+    require!(
+        test,
+        find_program("qemu-storage-daemon", "qemu-system-common")
+    );
+    require!(test, find_program("fio", "fio"));
+    let out = TempDir::new("all");
+    let (output, pid) = hull_bench(&[
+        "all",
+        "--quick",
+        "--out",
+        &out.0.to_string_lossy(),
+        "--agent",
+        &agent.to_string_lossy(),
+        "--hull-blk",
+        &blk.to_string_lossy(),
+        "--size-mib",
+        "16",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "hull-bench all --quick: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+
+    let files: Vec<PathBuf> = std::fs::read_dir(&out.0)
+        .expect("the results directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let find = |prefix: &str| {
+        files
+            .iter()
+            .find(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with(prefix) && name.ends_with("-quick.json")
+            })
+            .unwrap_or_else(|| panic!("no {prefix}*-quick.json in {files:?}"))
+            .clone()
+    };
+
+    let summary = read_json(&find("all-"));
+    let listed = summary["subcommands"].as_array().expect("subcommands");
+    let status = |name: &str| {
+        listed
+            .iter()
+            .find(|s| s["subcommand"] == name)
+            .map(|s| s["status"].clone())
+            .unwrap_or_else(|| panic!("{name} listed in {summary}"))
+    };
+    assert_eq!(status("rpc"), "ok", "{summary}");
+    assert_eq!(status("blk"), "ok", "{summary}");
+    for name in [
+        "fs",
+        "net",
+        "vsock",
+        "vmm-start",
+        "vmm-exits",
+        "density",
+        "startup",
+    ] {
+        assert_eq!(status(name), "not implemented", "{summary}");
+        assert!(
+            stdout.contains(&format!("{name}: not implemented yet: {name}")),
+            "{stdout}"
+        );
+    }
+
+    let latency = ["ops_per_sec", "p50_us", "p99_us"];
+    assert_run(
+        &find("rpc-"),
+        "rpc",
+        &[
+            ("hull-agent (ttrpc, unix socket)", "subject"),
+            ("ttrpc echo in process", "peer"),
+            ("bare unix-socket ping-pong", "limit"),
+        ],
+        &["Check round trip", "Check, 16 in flight"],
+        &latency,
+    );
+    assert_run(
+        &find("blk-"),
+        "blk",
+        &[
+            ("hull-blk", "subject"),
+            ("qemu-storage-daemon", "peer"),
+            ("host fio (io_uring)", "limit"),
+        ],
+        &[
+            "4k randread qd1",
+            "4k randread qd32",
+            "4k randwrite qd1",
+            "4k randwrite qd32",
+            "128k seqread qd8",
+        ],
+        &[
+            "ops_per_sec",
+            "mb_per_sec",
+            "p50_us",
+            "p99_us",
+            "cpu_us_per_op",
+        ],
+    );
+
+    // Nothing of the run is left: its servers and its temporary directories.
+    for purpose in ["rpc", "blk"] {
+        let dir = format!("hull-bench-{purpose}-{pid}");
+        assert!(
+            leftovers::processes_with(&[&dir]).is_empty(),
+            "a server of {dir} still runs"
+        );
+        assert!(!std::env::temp_dir().join(&dir).exists(), "{dir} removed");
+    }
+}
+
+#[test]
+fn subcommands_not_built_yet_fail_naming_themselves() {
+    for name in [
+        "fs",
+        "net",
+        "vsock",
+        "vmm-start",
+        "vmm-exits",
+        "density",
+        "startup",
+    ] {
+        let (output, _) = hull_bench(&[name, "--quick"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name} must not succeed");
+        assert!(
+            stderr.contains(&format!("not implemented yet: {name}")),
+            "{name}: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{name} prints no figures");
+    }
+}
+
+#[test]
+fn report_renders_the_tables_from_the_latest_results() {
+    let test = "report_renders_the_tables_from_the_latest_results";
+    let agent = require!(test, artifacts::workspace_binary("hull-agent"));
+    let out = TempDir::new("report");
+    let results = out.0.join("results");
+    let (output, _) = hull_bench(&[
+        "rpc",
+        "--quick",
+        "--out",
+        &results.to_string_lossy(),
+        "--agent",
+        &agent.to_string_lossy(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let markdown = out.0.join("RESULTS.md");
+    std::fs::write(&markdown, "# Results\n\nwritten by people\n").expect("markdown");
+    let (output, _) = hull_bench(&[
+        "report",
+        "--results",
+        &results.to_string_lossy(),
+        "--output",
+        &markdown.to_string_lossy(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&markdown).expect("markdown");
+    assert!(
+        text.starts_with("# Results\n\nwritten by people\n"),
+        "kept: {text}"
+    );
+    assert!(
+        text.contains("| Check round trip | bare unix-socket ping-pong (limit) | **"),
+        "{text}"
+    );
+    assert!(
+        text.contains("No results yet: run `hull-bench blk`"),
+        "{text}"
+    );
+    assert!(
+        out.0.join("plots/rpc.svg").is_file(),
+        "the chart beside the markdown"
+    );
+}
+
+#[test]
+fn all_goes_on_after_a_failing_subcommand_lists_it_and_fails() {
+    let test = "all_goes_on_after_a_failing_subcommand_lists_it_and_fails";
+    let blk = require!(test, artifacts::workspace_binary("hull-blk"));
+    require!(
+        test,
+        find_program("qemu-storage-daemon", "qemu-system-common")
+    );
+    require!(test, find_program("fio", "fio"));
+    let out = TempDir::new("all-fail");
+    let missing_agent = out.0.join("no-such-hull-agent");
+    let (output, _) = hull_bench(&[
+        "all",
+        "--quick",
+        "--out",
+        &out.0.to_string_lossy(),
+        "--agent",
+        &missing_agent.to_string_lossy(),
+        "--hull-blk",
+        &blk.to_string_lossy(),
+        "--size-mib",
+        "16",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a failed subcommand fails the run"
+    );
+    assert!(
+        stderr.contains("rpc: failed: program") && stderr.contains("no-such-hull-agent"),
+        "{stderr}"
+    );
+    let summary = std::fs::read_dir(&out.0)
+        .expect("results")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("all-"))
+        })
+        .expect("the list is written even when a subcommand failed");
+    let summary = read_json(&summary);
+    let listed = summary["subcommands"].as_array().expect("subcommands");
+    assert_eq!(listed[0]["subcommand"], "rpc");
+    assert_eq!(listed[0]["status"], "failed", "{summary}");
+    assert_eq!(listed[1]["subcommand"], "blk");
+    assert_eq!(listed[1]["status"], "ok", "blk still ran: {summary}");
+}
