@@ -13,7 +13,8 @@ use hull_agent_protocol::agent::{
     ListProcessesRequest, PauseContainerRequest, ProcessInfo, ReadStreamRequest,
     RemoveContainerRequest, ResumeContainerRequest, ServingStatus, SignalProcessRequest,
     StartContainerRequest, StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest,
-    UpdateContainerRequest, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
+    UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest,
+    WaitProcessResponse, WriteStreamRequest,
 };
 use hull_agent_protocol::ttrpc::context;
 use hull_agent_protocol::ttrpc::r#async::transport::Socket;
@@ -217,6 +218,43 @@ impl AgentLink {
             "CreateContainer",
             self.client.create_container(self.ctx(), &req).await,
         )
+    }
+
+    /// UpdateInterface: the guest interface with `interface.hw_addr` takes its name, MTU and
+    /// addresses.
+    pub async fn update_interface(
+        &self,
+        interface: hull_agent_protocol::types::Interface,
+    ) -> Result<hull_agent_protocol::types::Interface> {
+        let req = UpdateInterfaceRequest {
+            interface: Some(interface).into(),
+            ..Default::default()
+        };
+        self.client
+            .update_interface(self.ctx(), &req)
+            .await
+            .map_err(|source| Error::Call {
+                call: "UpdateInterface",
+                source,
+            })
+    }
+
+    /// UpdateRoutes: the guest's main routing table becomes `routes`.
+    pub async fn update_routes(
+        &self,
+        routes: hull_agent_protocol::types::Routes,
+    ) -> Result<hull_agent_protocol::types::Routes> {
+        let req = UpdateRoutesRequest {
+            routes: Some(routes).into(),
+            ..Default::default()
+        };
+        self.client
+            .update_routes(self.ctx(), &req)
+            .await
+            .map_err(|source| Error::Call {
+                call: "UpdateRoutes",
+                source,
+            })
     }
 
     /// StartContainer: the init process runs the user's program.

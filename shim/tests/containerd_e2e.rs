@@ -193,3 +193,215 @@ fn a_missing_kernel_is_named_through_ctr_and_leaves_nothing() {
         pod_leftovers(id)
     );
 }
+
+fn ip(args: &[&str]) -> String {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A named network namespace, deleted with everything in it on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        let name = format!("hull-e2e-{role}-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Pod networking through containerd, as CNI leaves it: a pod network namespace whose `eth0`
+/// (MTU 1400, 169.254.77.2/24, default route via .1) is a veth whose peer is in a second
+/// namespace standing for the host. The container, in its VM, sees eth0 with that address,
+/// MTU and route, and pings the peer; the peer pings the container; afterwards the pod's
+/// namespace holds no tap and no filter of hull's.
+#[test]
+fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
+    let test = "a_pods_network_namespace_reaches_the_container_in_its_vm";
+    let busybox = require!(test, busybox());
+    let kernel = require!(test, hull_tests::artifacts::vmlinux());
+    let initrd = require!(test, hull_tests::artifacts::initrd());
+    require!(test, hull_tests::prereq::root());
+    require!(test, hull_tests::prereq::tun());
+    require!(test, hull_tests::prereq::find_program("ip", "iproute2"));
+    for helper in ["hull-vsock", "hull-fs"] {
+        require!(test, hull_tests::artifacts::workspace_binary(helper));
+    }
+    let pod = Netns::new("pod");
+    let peer = Netns::new("peer");
+    ip(&[
+        "link", "add", "eth0", "netns", &pod.0, "type", "veth", "peer", "name", "peer0", "netns",
+        &peer.0,
+    ]);
+    ip(&["-n", &pod.0, "link", "set", "eth0", "mtu", "1400", "up"]);
+    ip(&[
+        "-n",
+        &pod.0,
+        "addr",
+        "add",
+        "169.254.77.2/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&[
+        "-n",
+        &pod.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.77.1",
+    ]);
+    ip(&["-n", &peer.0, "link", "set", "peer0", "mtu", "1400", "up"]);
+    ip(&[
+        "-n",
+        &peer.0,
+        "addr",
+        "add",
+        "169.254.77.1/24",
+        "dev",
+        "peer0",
+    ]);
+
+    let shim_dir = Path::new(SHIM)
+        .parent()
+        .expect("the shim binary is in a directory")
+        .to_owned();
+    let containerd = require!(test, Containerd::start(&[shim_dir])).expect("containerd starts");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    let image = build_busybox_archive(&busybox, &archive).unwrap();
+    containerd.import(&archive).unwrap();
+    let config = dir.path().join("configuration.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hypervisor = \"qemu\"\n[vm]\nkernel = {:?}\ninitrd = {:?}\n",
+            kernel.display().to_string(),
+            initrd.display().to_string()
+        ),
+    )
+    .unwrap();
+    let id = "hull-e2e-net";
+    let netns = format!("network:/var/run/netns/{}", pod.0);
+    let script = "cat /sys/class/net/eth0/mtu; ip -o -4 addr show eth0; ip route; \
+                  ping -c 2 -W 5 169.254.77.1 >/dev/null && echo PING-OK; \
+                  echo READY; sleep 6; echo DONE";
+    let mut child = containerd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.hull.v2",
+            "--runtime-config-path",
+            config.to_str().expect("UTF-8 temp path"),
+            "--with-ns",
+            &netns,
+            image,
+            id,
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the container is up, the peer pings it.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut seen = String::new();
+    let mut peer_ping = None;
+    loop {
+        let mut line = String::new();
+        use std::io::BufRead;
+        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.trim() == "READY" && peer_ping.is_none() {
+            peer_ping = Some(
+                std::process::Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &peer.0,
+                        "busybox",
+                        "ping",
+                        "-c",
+                        "2",
+                        "-W",
+                        "5",
+                        "169.254.77.2",
+                    ])
+                    .output()
+                    .expect("running ping in the peer namespace"),
+            );
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut stderr));
+    let _ = containerd.ctr(&["containers", "delete", id]);
+    assert!(
+        status.success(),
+        "ctr run failed: {stderr}\noutput: {seen}\ncontainerd log:\n{}",
+        containerd.log()
+    );
+    let mut lines = seen.lines();
+    assert_eq!(lines.next(), Some("1400"), "{seen}");
+    assert!(seen.contains("inet 169.254.77.2/24"), "{seen}");
+    assert!(seen.contains("default via 169.254.77.1 dev eth0"), "{seen}");
+    assert!(
+        seen.contains("PING-OK"),
+        "the container could not ping the peer: {seen}"
+    );
+    let peer_ping = peer_ping.expect("the container said READY");
+    assert!(
+        peer_ping.status.success(),
+        "the peer could not ping the container: {}{}",
+        String::from_utf8_lossy(&peer_ping.stdout),
+        String::from_utf8_lossy(&peer_ping.stderr)
+    );
+    assert!(seen.contains("DONE"), "{seen}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !pod_leftovers(id).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        pod_leftovers(id).is_empty(),
+        "left behind: {:?}",
+        pod_leftovers(id)
+    );
+    let links = ip(&["-n", &pod.0, "-o", "link", "show"]);
+    assert!(!links.contains("hull_tap"), "a tap was left: {links}");
+    let qdiscs = std::process::Command::new("tc")
+        .args(["-n", &pod.0, "qdisc", "show", "dev", "eth0"])
+        .output()
+        .expect("tc");
+    assert!(
+        !String::from_utf8_lossy(&qdiscs.stdout).contains("ingress"),
+        "hull's ingress qdisc was left on eth0"
+    );
+}

@@ -23,6 +23,7 @@ mod endpoint;
 mod guest;
 pub mod netns;
 mod scan;
+pub mod spec;
 mod tap;
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use crate::agent_link::{self, AgentLink};
 use crate::backend::{self, BackendProcess};
 use crate::config::{Config, HypervisorKind};
 use crate::host::{find_program, Virtualization};
+use crate::network::PodNetwork;
 use crate::qemu::{self, Accel, QemuOptions, QemuVm};
 use crate::vm_spec::{VmDevice, VmSpec};
 
@@ -59,6 +60,9 @@ pub enum Error {
     /// The pod's shared directory could not be made.
     #[error("the pod's shared directory")]
     Share(#[from] super::share::Error),
+    /// The agent could not configure the pod's network in the guest.
+    #[error("configuring the pod's network in the guest")]
+    Network(#[source] agent_link::Error),
     /// The agent did not answer.
     #[error("the guest agent (console log: {console})")]
     Agent {
@@ -176,6 +180,20 @@ pub async fn boot_with_share(
     beside: Option<&Path>,
     share: bool,
 ) -> Result<BootedVm> {
+    boot_pod(config, id, run_dir, beside, share, None).await
+}
+
+/// [`boot_with_share`], and with `network` a NIC per pod interface (QEMU's virtio-net on the
+/// endpoint's tap) whose guest side the agent configures (UpdateInterface for each, then
+/// UpdateRoutes) before the boot counts as done.
+pub async fn boot_pod(
+    config: &Config,
+    id: &str,
+    run_dir: &Path,
+    beside: Option<&Path>,
+    share: bool,
+    network: Option<&PodNetwork>,
+) -> Result<BootedVm> {
     let started = Instant::now();
     // Only what the boot needs: no version probes of QEMU or containerd on a pod's start.
     let virt = Virtualization::probe();
@@ -284,6 +302,9 @@ pub async fn boot_with_share(
             .split_whitespace()
             .map(str::to_owned),
     );
+    if let Some(network) = network {
+        devices.extend(network.vm_devices());
+    }
     let spec = VmSpec {
         id: id.to_owned(),
         kernel,
@@ -335,6 +356,18 @@ pub async fn boot_with_share(
             });
         }
     };
+    if let Some(network) = network {
+        for interface in network.guest_interfaces() {
+            agent
+                .update_interface(interface)
+                .await
+                .map_err(Error::Network)?;
+        }
+        agent
+            .update_routes(network.guest_routes())
+            .await
+            .map_err(Error::Network)?;
+    }
     Ok(BootedVm {
         agent,
         vm,

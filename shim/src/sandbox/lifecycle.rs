@@ -15,6 +15,7 @@ use super::share::SharedDir;
 use crate::agent_link::AgentLink;
 use crate::config::{Config, HypervisorKind};
 use crate::host::Virtualization;
+use crate::network::PodNetwork;
 
 /// How long one agent call may take, for calls that do not wait for the container.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,6 +43,12 @@ pub enum Error {
     /// Starting the agent on the host failed.
     #[error("starting the sandbox (hypervisor \"none\")")]
     HostAgent(#[source] Box<host_agent::Error>),
+    /// The pod's network could not be carried into the VM.
+    #[error("connecting the pod's network namespace to the VM")]
+    Network(#[source] crate::network::Error),
+    /// The thread connecting the pod's network failed.
+    #[error("the task connecting the pod's network panicked")]
+    NetworkTask,
     /// The persisted record could not be written.
     #[error("recording the sandbox's state")]
     Record(#[from] persist::Error),
@@ -80,6 +87,8 @@ pub struct Sandbox {
     run_dir: PathBuf,
     record: Mutex<SandboxRecord>,
     record_path: PathBuf,
+    /// The pod's network carried into the VM, detached after the VM stops.
+    network: Option<PodNetwork>,
 }
 
 /// Creates `dir` (and its parents), the last component 0700.
@@ -100,14 +109,16 @@ fn make_run_dir(dir: &Path) -> Result<()> {
 
 impl Sandbox {
     /// Starts sandbox `id` as `config` says, with its files in `run_dir` (which must not
-    /// exist) and its record at `record_path`, finding helpers next to `beside`. A failure
-    /// part-way releases what was started.
+    /// exist) and its record at `record_path`, finding helpers next to `beside`. In a VM, the
+    /// interfaces of the pod's network namespace `netns` (when the spec names one) become the
+    /// guest's. A failure part-way releases what was started.
     pub async fn start(
         config: &Config,
         id: &str,
         run_dir: &Path,
         record_path: &Path,
         beside: Option<&Path>,
+        netns: Option<&Path>,
     ) -> Result<Self> {
         let kind = match config.hypervisor {
             HypervisorKind::Auto => Virtualization::probe().auto_hypervisor(),
@@ -117,6 +128,7 @@ impl Sandbox {
         record.paths.push(run_dir.to_owned());
         // Recorded before anything exists, so a crash during the start is cleaned up too.
         record.save(record_path)?;
+        let mut network = None;
         let started = match kind {
             HypervisorKind::None => {
                 make_run_dir(run_dir)?;
@@ -135,19 +147,28 @@ impl Sandbox {
                         source,
                     })?;
                 }
-                boot::boot_with_share(config, id, run_dir, beside, true)
-                    .await
-                    .map(|vm| {
-                        let link = vm.agent.clone();
-                        (Runner::Vm(vm), link)
-                    })
-                    .map_err(Error::from)
+                match attach_network(netns).await {
+                    Ok(attached) => {
+                        network = attached;
+                        boot::boot_pod(config, id, run_dir, beside, true, network.as_ref())
+                            .await
+                            .map(|vm| {
+                                let link = vm.agent.clone();
+                                (Runner::Vm(vm), link)
+                            })
+                            .map_err(Error::from)
+                    }
+                    Err(err) => Err(err),
+                }
             }
             other => Err(Error::Hypervisor(other)),
         };
         let (runner, agent) = match started {
             Ok(started) => started,
             Err(err) => {
+                if let Some(network) = network.take() {
+                    detach_network(network).await;
+                }
                 let report = record.cleanup();
                 for error in &report.errors {
                     tracing::error!(sandbox = %id, "cleanup after a failed start: {error}");
@@ -178,6 +199,7 @@ impl Sandbox {
             run_dir: run_dir.to_owned(),
             record: Mutex::new(record),
             record_path: record_path.to_owned(),
+            network,
         })
     }
 
@@ -237,6 +259,7 @@ impl Sandbox {
             record,
             record_path,
             run_dir,
+            network,
             ..
         } = self;
         let started = std::time::Instant::now();
@@ -260,6 +283,9 @@ impl Sandbox {
             tracing::warn!(sandbox = %id, %err, "stopping the sandbox");
         }
         tracing::debug!(sandbox = %id, elapsed = ?started.elapsed(), "the sandbox's processes stopped");
+        if let Some(network) = network {
+            detach_network(network).await;
+        }
         let record = record
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -273,6 +299,33 @@ impl Sandbox {
             let _ = std::fs::remove_dir(parent);
         }
         tracing::info!(sandbox = %id, ?report, "sandbox stopped");
+    }
+}
+
+/// Connects the pod's network namespace's interfaces to taps (netlink work on a thread of its
+/// own, off the event loop).
+async fn attach_network(netns: Option<&Path>) -> Result<Option<PodNetwork>> {
+    let Some(netns) = netns else {
+        return Ok(None);
+    };
+    let path = netns.to_owned();
+    tokio::task::spawn_blocking(move || PodNetwork::attach(&path, 1))
+        .await
+        .map_err(|_| Error::NetworkTask)?
+        .map(Some)
+        .map_err(Error::Network)
+}
+
+async fn detach_network(network: PodNetwork) {
+    let netns = network.netns().to_owned();
+    match tokio::task::spawn_blocking(move || network.detach()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(netns = %netns.display(), "detaching the pod network: {err}")
+        }
+        Err(_) => {
+            tracing::warn!(netns = %netns.display(), "detaching the pod network: the task failed")
+        }
     }
 }
 

@@ -199,12 +199,14 @@ impl Inner {
         }
         let run_dir = crate::paths::sandbox_run_dir(&self.namespace, &sandbox_id);
         tracing::info!(sandbox = %sandbox_id, config = %loaded.origin(), "starting the sandbox");
+        let netns = crate::network::spec::pod_netns(spec);
         let sandbox = Sandbox::start(
             &config,
             &sandbox_id,
             &run_dir,
             &bundle.join(RECORD_FILE),
             self.beside.as_deref(),
+            netns.as_deref(),
         )
         .await
         .map_err(|e| status(Code::UNKNOWN, chain(&e)))?;
@@ -417,6 +419,9 @@ impl Inner {
                     return Err(status(Code::INTERNAL, err));
                 }
                 let (storage, root) = guest_rootfs(&id);
+                // The pod's interfaces are the guest's: the container shares the guest's
+                // network namespace instead of a host path that does not exist there.
+                crate::network::spec::share_guest_network(&mut spec);
                 (root, vec![storage], true)
             }
         };
