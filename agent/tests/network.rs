@@ -5,7 +5,6 @@
 //! nothing and name the field; outside a namespace of its own the agent refuses.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use hull_agent_protocol::agent::*;
@@ -14,6 +13,7 @@ use hull_agent_protocol::ttrpc::{self, context, Code};
 use hull_agent_protocol::types::{Interface, IpAddress, IpFamily, Route, Routes};
 use hull_agent_protocol::AgentServiceClient;
 use hull_tests::host_agent::HostAgent;
+use hull_tests::netns::{ip, Netns};
 use hull_tests::prereq::{self, find_program, Missing};
 use hull_tests::require;
 
@@ -23,55 +23,32 @@ fn prerequisites() -> Result<(), Missing> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> String {
-    let output = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+/// A namespace of its own with one veth end, `ve0` (its peer `ve1` beside it).
+fn netns(label: &str) -> Netns {
+    let netns = Netns::new(&format!("agent-{label}"));
+    ip(&[
+        "-n",
+        netns.name(),
+        "link",
+        "add",
+        "ve0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ve1",
+    ]);
+    ip(&["-n", netns.name(), "link", "set", "ve1", "up"]);
+    netns
 }
 
-/// A network namespace with one veth end, `ve0` (its peer `ve1` beside it), deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str) -> Netns {
-        let name = format!("hull-agent-{name}-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let netns = Netns(name);
-        ip(&[
-            "-n", &netns.0, "link", "add", "ve0", "type", "veth", "peer", "name", "ve1",
-        ]);
-        ip(&["-n", &netns.0, "link", "set", "ve1", "up"]);
-        netns
-    }
-
-    fn mac(&self, device: &str) -> String {
-        let line = ip(&["-n", &self.0, "-o", "link", "show", device]);
-        line.split("link/ether ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("a MAC address")
-            .to_owned()
-    }
-
-    fn agent(&self, test: &str) -> HostAgent {
-        HostAgent::start(
-            Path::new(env!("CARGO_BIN_EXE_hull-agent")),
-            test,
-            &["ip", "netns", "exec", &self.0],
-            &[],
-        )
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+fn agent_in(netns: &Netns, test: &str) -> HostAgent {
+    HostAgent::start(
+        Path::new(env!("CARGO_BIN_EXE_hull-agent")),
+        test,
+        &["ip", "netns", "exec", netns.name()],
+        &[],
+    )
 }
 
 async fn client(agent: &HostAgent) -> AgentServiceClient {
@@ -133,9 +110,9 @@ fn update_routes(routes: Vec<Route>) -> UpdateRoutesRequest {
 async fn the_interface_with_the_mac_takes_name_mtu_addresses_and_routes() {
     let test = "the_interface_with_the_mac_takes_name_mtu_addresses_and_routes";
     require!(test, prerequisites());
-    let netns = Netns::new("configure");
+    let netns = netns("configure");
     let mac = netns.mac("ve0");
-    let agent = netns.agent("configure");
+    let agent = agent_in(&netns, "configure");
     let client = client(&agent).await;
 
     let listed = client
@@ -170,9 +147,9 @@ async fn the_interface_with_the_mac_takes_name_mtu_addresses_and_routes() {
     assert_eq!(updated.name, "eth0");
     assert_eq!(updated.mtu, 1400);
     assert_ne!(updated.raw_flags & libc::IFF_UP as u32, 0, "eth0 is up");
-    let link = ip(&["-n", &netns.0, "-o", "link", "show", "eth0"]);
+    let link = ip(&["-n", netns.name(), "-o", "link", "show", "eth0"]);
     assert!(link.contains("mtu 1400") && link.contains(&mac), "{link}");
-    let addresses = ip(&["-n", &netns.0, "-o", "addr", "show", "dev", "eth0"]);
+    let addresses = ip(&["-n", netns.name(), "-o", "addr", "show", "dev", "eth0"]);
     assert!(addresses.contains("inet 169.254.9.2/24"), "{addresses}");
     assert!(addresses.contains("inet6 fd00:9::2/64"), "{addresses}");
 
@@ -188,7 +165,7 @@ async fn the_interface_with_the_mac_takes_name_mtu_addresses_and_routes() {
         )
         .await
         .expect("UpdateInterface again");
-    let addresses = ip(&["-n", &netns.0, "-o", "addr", "show", "dev", "eth0"]);
+    let addresses = ip(&["-n", netns.name(), "-o", "addr", "show", "dev", "eth0"]);
     assert!(addresses.contains("inet 169.254.9.3/24"), "{addresses}");
     assert!(!addresses.contains("169.254.9.2/"), "{addresses}");
     assert!(!addresses.contains("fd00:9::2"), "{addresses}");
@@ -206,7 +183,7 @@ async fn the_interface_with_the_mac_takes_name_mtu_addresses_and_routes() {
         .await
         .expect("UpdateRoutes");
     assert_eq!(routes.routes.len(), 3, "{:?}", routes.routes);
-    let table = ip(&["-n", &netns.0, "route", "show"]);
+    let table = ip(&["-n", netns.name(), "route", "show"]);
     assert!(
         table.contains("default via 169.254.9.1 dev eth0"),
         "{table}"
@@ -225,7 +202,7 @@ async fn the_interface_with_the_mac_takes_name_mtu_addresses_and_routes() {
         )
         .await
         .expect("UpdateRoutes again");
-    let table = ip(&["-n", &netns.0, "route", "show"]);
+    let table = ip(&["-n", netns.name(), "route", "show"]);
     assert!(
         table.contains("default via 169.254.9.1 dev eth0"),
         "{table}"
@@ -240,11 +217,11 @@ async fn the_interface_with_the_mac_takes_name_mtu_addresses_and_routes() {
 async fn bad_requests_name_the_field_and_change_nothing() {
     let test = "bad_requests_name_the_field_and_change_nothing";
     require!(test, prerequisites());
-    let netns = Netns::new("bad");
+    let netns = netns("bad");
     let mac = netns.mac("ve0");
-    let agent = netns.agent("bad");
+    let agent = agent_in(&netns, "bad");
     let client = client(&agent).await;
-    let before = ip(&["-n", &netns.0, "-o", "addr", "show"]);
+    let before = ip(&["-n", netns.name(), "-o", "addr", "show"]);
 
     let cases = [
         (
@@ -297,8 +274,8 @@ async fn bad_requests_name_the_field_and_change_nothing() {
             "{message}"
         );
     }
-    assert_eq!(ip(&["-n", &netns.0, "-o", "addr", "show"]), before);
-    assert!(ip(&["-n", &netns.0, "-o", "link", "show", "ve0"]).contains("ve0"));
+    assert_eq!(ip(&["-n", netns.name(), "-o", "addr", "show"]), before);
+    assert!(ip(&["-n", netns.name(), "-o", "link", "show", "ve0"]).contains("ve0"));
 
     let (code, message) = status_of(
         client

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use hull_tests::containerd::Containerd;
+use hull_tests::netns::{ip, PodNetns};
 use hull_tests::oci_image::{build_busybox_archive, busybox};
 use hull_tests::require;
 
@@ -194,39 +195,6 @@ fn a_missing_kernel_is_named_through_ctr_and_leaves_nothing() {
     );
 }
 
-fn ip(args: &[&str]) -> String {
-    let output = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A named network namespace, deleted with everything in it on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        let name = format!("hull-e2e-{role}-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
-}
-
 /// Pod networking through containerd, as CNI leaves it: a pod network namespace whose `eth0`
 /// (MTU 1400, 169.254.77.2/24, default route via .1) is a veth whose peer is in a second
 /// namespace standing for the host. The container, in its VM, sees eth0 with that address,
@@ -244,41 +212,7 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
     for helper in ["hull-vsock", "hull-fs"] {
         require!(test, hull_tests::artifacts::workspace_binary(helper));
     }
-    let pod = Netns::new("pod");
-    let peer = Netns::new("peer");
-    ip(&[
-        "link", "add", "eth0", "netns", &pod.0, "type", "veth", "peer", "name", "peer0", "netns",
-        &peer.0,
-    ]);
-    ip(&["-n", &pod.0, "link", "set", "eth0", "mtu", "1400", "up"]);
-    ip(&[
-        "-n",
-        &pod.0,
-        "addr",
-        "add",
-        "169.254.77.2/24",
-        "dev",
-        "eth0",
-    ]);
-    ip(&[
-        "-n",
-        &pod.0,
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.77.1",
-    ]);
-    ip(&["-n", &peer.0, "link", "set", "peer0", "mtu", "1400", "up"]);
-    ip(&[
-        "-n",
-        &peer.0,
-        "addr",
-        "add",
-        "169.254.77.1/24",
-        "dev",
-        "peer0",
-    ]);
+    let PodNetns { pod, peer } = PodNetns::new("e2e");
 
     let shim_dir = Path::new(SHIM)
         .parent()
@@ -300,7 +234,7 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
     )
     .unwrap();
     let id = "hull-e2e-net";
-    let netns = format!("network:/var/run/netns/{}", pod.0);
+    let netns = format!("network:{}", pod.path().display());
     let script = "cat /sys/class/net/eth0/mtu; ip -o -4 addr show eth0; ip route; \
                   ping -c 2 -W 5 169.254.77.1 >/dev/null && echo PING-OK; \
                   echo READY; sleep 6; echo DONE";
@@ -341,7 +275,7 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
                     .args([
                         "netns",
                         "exec",
-                        &peer.0,
+                        peer.name(),
                         "busybox",
                         "ping",
                         "-c",
@@ -394,14 +328,10 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
         "left behind: {:?}",
         pod_leftovers(id)
     );
-    let links = ip(&["-n", &pod.0, "-o", "link", "show"]);
+    let links = ip(&["-n", pod.name(), "-o", "link", "show"]);
     assert!(!links.contains("hull_tap"), "a tap was left: {links}");
-    let qdiscs = std::process::Command::new("tc")
-        .args(["-n", &pod.0, "qdisc", "show", "dev", "eth0"])
-        .output()
-        .expect("tc");
     assert!(
-        !String::from_utf8_lossy(&qdiscs.stdout).contains("ingress"),
+        !pod.has_ingress_qdisc("eth0"),
         "hull's ingress qdisc was left on eth0"
     );
 }

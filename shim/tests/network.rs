@@ -8,11 +8,11 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use hull_shim::network::{netns, Error, LinkKind, PodNetwork};
 use hull_shim::vm_spec::VmDevice;
+use hull_tests::netns::{ip, run, Netns, PodNetns};
 use hull_tests::prereq::{self, find_program, Missing};
 use hull_tests::require;
 
@@ -29,100 +29,9 @@ fn prerequisites() -> Result<(), Missing> {
     Ok(())
 }
 
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
-fn ip(args: &[&str]) -> String {
-    run("ip", args).expect("ip succeeds")
-}
-
-/// A named network namespace, deleted (with everything in it) on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        let name = format!("hull-test-{role}-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        Netns(name)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.0]);
-    }
-}
-
-/// The pod and peer namespaces joined by eth0 ⇄ peer0.
-struct Pair {
-    pod: Netns,
-    peer: Netns,
-}
-
-fn pair(role: &str) -> Pair {
-    let pod = Netns::new(&format!("{role}-pod"));
-    let peer = Netns::new(&format!("{role}-peer"));
-    ip(&[
-        "link", "add", "eth0", "netns", &pod.0, "type", "veth", "peer", "name", "peer0", "netns",
-        &peer.0,
-    ]);
-    ip(&["-n", &pod.0, "link", "set", "eth0", "mtu", "1400", "up"]);
-    ip(&[
-        "-n",
-        &pod.0,
-        "addr",
-        "add",
-        "169.254.77.2/24",
-        "dev",
-        "eth0",
-    ]);
-    ip(&[
-        "-n",
-        &pod.0,
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.77.1",
-    ]);
-    ip(&["-n", &peer.0, "link", "set", "peer0", "mtu", "1400", "up"]);
-    ip(&[
-        "-n",
-        &peer.0,
-        "addr",
-        "add",
-        "169.254.77.1/24",
-        "dev",
-        "peer0",
-    ]);
-    Pair { pod, peer }
-}
-
 fn mac_of(netns: &Netns, device: &str) -> [u8; 6] {
-    let out = ip(&["-n", &netns.0, "-o", "link", "show", device]);
-    let text = out
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("a link/ether address");
-    let bytes: Vec<u8> = text
+    let bytes: Vec<u8> = netns
+        .mac(device)
         .split(':')
         .map(|b| u8::from_str_radix(b, 16).expect("hex"))
         .collect();
@@ -220,21 +129,11 @@ fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) {
     );
 }
 
-fn ingress_qdisc(netns: &Netns, device: &str) -> bool {
-    run("tc", &["-n", &netns.0, "qdisc", "show", "dev", device])
-        .expect("tc qdisc show")
-        .contains("ingress")
-}
-
-fn has_link(netns: &Netns, device: &str) -> bool {
-    run("ip", &["-n", &netns.0, "link", "show", device]).is_ok()
-}
-
 #[test]
 fn attaches_a_veth_and_carries_frames_both_ways_then_leaves_nothing() {
     let test = "attaches_a_veth_and_carries_frames_both_ways_then_leaves_nothing";
     require!(test, prerequisites());
-    let Pair { pod, peer } = pair("carry");
+    let PodNetns { pod, peer } = PodNetns::new("carry");
     let eth0_mac = mac_of(&pod, "eth0");
     let peer_mac = mac_of(&peer, "peer0");
 
@@ -263,10 +162,10 @@ fn attaches_a_veth_and_carries_frames_both_ways_then_leaves_nothing() {
     // The subnet route the kernel derives from the address is the guest kernel's to derive.
     assert_eq!(network.routes.len(), 1, "{:?}", network.routes);
     assert_eq!(endpoint.tap_fds.len(), 1);
-    let tap_line = ip(&["-n", &pod.0, "-o", "link", "show", &endpoint.tap_name]);
+    let tap_line = ip(&["-n", pod.name(), "-o", "link", "show", &endpoint.tap_name]);
     assert!(tap_line.contains("mtu 1400"), "{tap_line}");
     assert!(tap_line.contains(",UP"), "{tap_line}");
-    assert!(ingress_qdisc(&pod, "eth0"));
+    assert!(pod.has_ingress_qdisc("eth0"));
 
     // What the VM and the guest agent are told.
     let hw_addr = eth0_mac
@@ -336,9 +235,9 @@ fn attaches_a_veth_and_carries_frames_both_ways_then_leaves_nothing() {
     drop(tap);
 
     network.detach().expect("detach");
-    assert!(!has_link(&pod, "hull_tap0"), "the tap is gone");
-    assert!(!ingress_qdisc(&pod, "eth0"), "hull's qdisc is gone");
-    assert!(has_link(&pod, "eth0"), "the pod's own interface stays");
+    assert!(!pod.has_link("hull_tap0"), "the tap is gone");
+    assert!(!pod.has_ingress_qdisc("eth0"), "hull's qdisc is gone");
+    assert!(pod.has_link("eth0"), "the pod's own interface stays");
 }
 
 /// BorrowedFd from an OwnedFd without naming the trait at every call.
@@ -356,17 +255,32 @@ impl Borrowed for OwnedFd {
 fn an_ingress_qdisc_found_on_the_interface_stays_with_its_filters() {
     let test = "an_ingress_qdisc_found_on_the_interface_stays_with_its_filters";
     require!(test, prerequisites());
-    let Pair { pod, peer: _peer } = pair("qdisc");
+    let PodNetns { pod, peer: _peer } = PodNetns::new("qdisc");
     run(
         "tc",
-        &["-n", &pod.0, "qdisc", "add", "dev", "eth0", "ingress"],
+        &["-n", pod.name(), "qdisc", "add", "dev", "eth0", "ingress"],
     )
     .expect("tc qdisc add");
     run(
         "tc",
         &[
-            "-n", &pod.0, "filter", "add", "dev", "eth0", "parent", "ffff:", "prio", "7",
-            "protocol", "ip", "u32", "match", "u32", "0", "0",
+            "-n",
+            pod.name(),
+            "filter",
+            "add",
+            "dev",
+            "eth0",
+            "parent",
+            "ffff:",
+            "prio",
+            "7",
+            "protocol",
+            "ip",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
         ],
     )
     .expect("tc filter add");
@@ -375,7 +289,7 @@ fn an_ingress_qdisc_found_on_the_interface_stays_with_its_filters() {
     assert_eq!(network.endpoints[0].tap_fds.len(), 2, "one fd per queue");
     let filters = run(
         "tc",
-        &["-n", &pod.0, "filter", "show", "dev", "eth0", "ingress"],
+        &["-n", pod.name(), "filter", "show", "dev", "eth0", "ingress"],
     )
     .expect("tc filter show");
     assert!(filters.contains("mirred"), "{filters}");
@@ -383,7 +297,7 @@ fn an_ingress_qdisc_found_on_the_interface_stays_with_its_filters() {
 
     let filters = run(
         "tc",
-        &["-n", &pod.0, "filter", "show", "dev", "eth0", "ingress"],
+        &["-n", pod.name(), "filter", "show", "dev", "eth0", "ingress"],
     )
     .expect("tc filter show");
     assert!(
@@ -394,16 +308,16 @@ fn an_ingress_qdisc_found_on_the_interface_stays_with_its_filters() {
         !filters.contains("mirred"),
         "hull's filter is gone: {filters}"
     );
-    assert!(!has_link(&pod, "hull_tap0"));
+    assert!(!pod.has_link("hull_tap0"));
 }
 
 #[test]
 fn an_unsupported_interface_is_refused_by_name_and_nothing_is_left() {
     let test = "an_unsupported_interface_is_refused_by_name_and_nothing_is_left";
     require!(test, prerequisites());
-    let Pair { pod, peer: _peer } = pair("dummy");
+    let PodNetns { pod, peer: _peer } = PodNetns::new("dummy");
     // A bridge (dummy, vxlan and the like are kernel modules this host may lack).
-    ip(&["-n", &pod.0, "link", "add", "odd0", "type", "bridge"]);
+    ip(&["-n", pod.name(), "link", "add", "odd0", "type", "bridge"]);
 
     let error = PodNetwork::attach(&pod.path(), 1).expect_err("a bridge is refused");
     assert!(
@@ -411,9 +325,9 @@ fn an_unsupported_interface_is_refused_by_name_and_nothing_is_left() {
         "{error:?}"
     );
     assert!(error.to_string().contains("odd0"), "{error}");
-    assert!(!has_link(&pod, "hull_tap0"));
-    assert!(!has_link(&pod, "hull_tap1"));
-    assert!(!ingress_qdisc(&pod, "eth0"));
+    assert!(!pod.has_link("hull_tap0"));
+    assert!(!pod.has_link("hull_tap1"));
+    assert!(!pod.has_ingress_qdisc("eth0"));
 }
 
 #[test]
@@ -443,11 +357,19 @@ fn a_file_that_is_not_a_network_namespace_is_refused() {
 fn a_macvlan_interface_gets_an_endpoint_too() {
     let test = "a_macvlan_interface_gets_an_endpoint_too";
     require!(test, prerequisites());
-    let Pair { pod, peer: _peer } = pair("macvlan");
+    let PodNetns { pod, peer: _peer } = PodNetns::new("macvlan");
     ip(&[
-        "-n", &pod.0, "link", "add", "mv0", "link", "eth0", "type", "macvlan",
+        "-n",
+        pod.name(),
+        "link",
+        "add",
+        "mv0",
+        "link",
+        "eth0",
+        "type",
+        "macvlan",
     ]);
-    ip(&["-n", &pod.0, "link", "set", "mv0", "up"]);
+    ip(&["-n", pod.name(), "link", "set", "mv0", "up"]);
 
     let network = PodNetwork::attach(&pod.path(), 1).expect("attach");
     let kinds: Vec<(String, LinkKind, String)> = network
@@ -472,8 +394,8 @@ fn a_macvlan_interface_gets_an_endpoint_too() {
             ),
         ]
     );
-    assert!(ingress_qdisc(&pod, "mv0"));
+    assert!(pod.has_ingress_qdisc("mv0"));
     network.detach().expect("detach");
-    assert!(!ingress_qdisc(&pod, "mv0"));
-    assert!(!has_link(&pod, "hull_tap1"));
+    assert!(!pod.has_ingress_qdisc("mv0"));
+    assert!(!pod.has_link("hull_tap1"));
 }

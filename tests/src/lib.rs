@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod guest_program;
 pub mod host_agent;
 pub mod leftovers;
+pub mod netns;
 pub mod oci_image;
 pub mod prereq;
 pub mod qemu;
