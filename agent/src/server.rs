@@ -73,10 +73,7 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
             shutdown.notified().await;
             tracing::info!("sandbox destroyed: powering off");
             // Let the DestroySandbox answer go out before the VM ends.
-            server
-                .shutdown()
-                .await
-                .context("stopping the ttrpc server")?;
+            stop_server(&mut server).await?;
             pid1::stop_vm()
         }
         Some((mut term, mut int)) => {
@@ -95,14 +92,27 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
                 tracing::info!("sandbox destroyed");
             }
             tracing::info!("stopping");
-            server
-                .shutdown()
-                .await
-                .context("stopping the ttrpc server")?;
+            stop_server(&mut server).await?;
             if let ListenAddr::Unix(path) = addr {
                 std::fs::remove_file(path)
                     .with_context(|| format!("removing {}", path.display()))?;
             }
+            Ok(())
+        }
+    }
+}
+
+/// How long stopping waits for calls still in flight.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Stops the ttrpc server, letting answers already made (DestroySandbox's) go out, but not
+/// waiting beyond [`STOP_GRACE`] for calls that block by design: a shim's pending
+/// GetOOMEvent would otherwise keep the agent (and the VM) alive forever.
+async fn stop_server(server: &mut Server) -> anyhow::Result<()> {
+    match tokio::time::timeout(STOP_GRACE, server.shutdown()).await {
+        Ok(result) => result.context("stopping the ttrpc server"),
+        Err(_) => {
+            tracing::info!(grace = ?STOP_GRACE, "stopping with calls still in flight");
             Ok(())
         }
     }

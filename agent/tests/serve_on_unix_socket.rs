@@ -441,3 +441,34 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::Exit
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A shim keeps a GetOOMEvent call pending for the sandbox's whole life; DestroySandbox must
+/// still end the agent (on a host it exits; in a guest the VM powers off) rather than wait
+/// for that call forever.
+#[test]
+fn destroy_sandbox_ends_the_agent_despite_a_pending_get_oom_event() {
+    let mut agent = AgentProcess::start("destroy-pending");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = agent.client().await;
+        let waiting = client.clone();
+        let pending = tokio::spawn(async move {
+            let no_timeout = context::Context::default();
+            waiting
+                .get_oom_event(no_timeout, &GetOOMEventRequest::new())
+                .await
+        });
+        // Let the GetOOMEvent call reach the agent before the sandbox goes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client
+            .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+            .await
+            .expect("DestroySandbox answers");
+        pending.abort();
+    });
+    let status = wait_with_timeout(&mut agent.child, Duration::from_secs(30));
+    assert!(status.success(), "hull-agent exited with {status}");
+}
