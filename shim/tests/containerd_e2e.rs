@@ -198,8 +198,8 @@ fn a_missing_kernel_is_named_through_ctr_and_leaves_nothing() {
 /// Pod networking through containerd, as CNI leaves it: a pod network namespace whose `eth0`
 /// (MTU 1400, 169.254.77.2/24, default route via .1) is a veth whose peer is in a second
 /// namespace standing for the host. The container, in its VM, sees eth0 with that address,
-/// MTU and route, and pings the peer; the peer pings the container; afterwards the pod's
-/// namespace holds no tap and no filter of hull's.
+/// MTU and route; it pings the peer and the peer pings it; TCP echoes cross both ways;
+/// afterwards the pod's namespace holds no tap and no filter of hull's.
 #[test]
 fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
     let test = "a_pods_network_namespace_reaches_the_container_in_its_vm";
@@ -235,9 +235,28 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
     .unwrap();
     let id = "hull-e2e-net";
     let netns = format!("network:{}", pod.path().display());
+    // TCP both ways: the peer serves an echo on 7777 for the container, the container one on
+    // 7778 for the peer.
+    let mut peer_echo = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            peer.name(),
+            "busybox",
+            "nc",
+            "-l",
+            "-p",
+            "7777",
+            "-e",
+            "/bin/cat",
+        ])
+        .spawn()
+        .expect("starting the peer's echo server");
     let script = "cat /sys/class/net/eth0/mtu; ip -o -4 addr show eth0; ip route; \
                   ping -c 2 -W 5 169.254.77.1 >/dev/null && echo PING-OK; \
-                  echo READY; sleep 6; echo DONE";
+                  echo \"TCP-OUT:$(echo hull-tcp-out | nc -w 5 169.254.77.1 7777)\"; \
+                  nc -l -p 7778 -e /bin/cat & \
+                  echo READY; sleep 8; echo DONE";
     let mut child = containerd
         .ctr_command(&[
             "run",
@@ -262,6 +281,7 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut seen = String::new();
     let mut peer_ping = None;
+    let mut tcp_in = String::new();
     loop {
         let mut line = String::new();
         use std::io::BufRead;
@@ -270,6 +290,22 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
         }
         seen.push_str(&line);
         if line.trim() == "READY" && peer_ping.is_none() {
+            // The container's listener may take a moment to start: a few tries.
+            for _ in 0..10 {
+                let echo = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "echo hull-tcp-in | ip netns exec {} busybox nc -w 5 169.254.77.2 7778",
+                        peer.name()
+                    ))
+                    .output()
+                    .expect("running nc in the peer namespace");
+                tcp_in = String::from_utf8_lossy(&echo.stdout).into_owned();
+                if tcp_in.contains("hull-tcp-in") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
             peer_ping = Some(
                 std::process::Command::new("ip")
                     .args([
@@ -290,6 +326,8 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
         }
     }
     let status = child.wait().unwrap();
+    let _ = peer_echo.kill();
+    let _ = peer_echo.wait();
     let mut stderr = String::new();
     use std::io::Read;
     let _ = child
@@ -316,6 +354,14 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
         "the peer could not ping the container: {}{}",
         String::from_utf8_lossy(&peer_ping.stdout),
         String::from_utf8_lossy(&peer_ping.stderr)
+    );
+    assert!(
+        seen.contains("TCP-OUT:hull-tcp-out"),
+        "the peer's echo did not answer the container: {seen}"
+    );
+    assert!(
+        tcp_in.contains("hull-tcp-in"),
+        "the container's echo did not answer the peer: {tcp_in:?}"
     );
     assert!(seen.contains("DONE"), "{seen}");
 
