@@ -399,3 +399,45 @@ fn a_macvlan_interface_gets_an_endpoint_too() {
     assert!(!pod.has_ingress_qdisc("mv0"));
     assert!(!pod.has_link("hull_tap1"));
 }
+
+/// A shim that dies leaves its filters on the pod's interface (its taps die with its
+/// descriptors); the sandbox record keeps what `shim delete` needs to remove them.
+#[test]
+fn the_sandbox_record_removes_a_dead_shims_filters() {
+    let test = "the_sandbox_record_removes_a_dead_shims_filters";
+    require!(test, prerequisites());
+    let PodNetns { pod, peer: _peer } = PodNetns::new("record");
+    let mut network = PodNetwork::attach(&pod.path(), 1).expect("attach");
+    let mut record = hull_shim::sandbox::persist::SandboxRecord::new("record-test");
+    record.network = Some(network.recorded());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("sandbox.json");
+    record.save(&path).expect("saving the record");
+
+    // The shim dies: its descriptors close (the tap goes), nothing else is undone.
+    for endpoint in &mut network.endpoints {
+        endpoint.tap_fds.clear();
+    }
+    std::mem::forget(network);
+    assert!(
+        !pod.has_link("hull_tap0"),
+        "a tap dies with its last descriptor"
+    );
+    assert!(
+        pod.has_ingress_qdisc("eth0"),
+        "the filters outlive the shim"
+    );
+
+    let loaded = hull_shim::sandbox::persist::SandboxRecord::load(&path).expect("loading");
+    let report = loaded.cleanup();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        !pod.has_ingress_qdisc("eth0"),
+        "shim delete removed the filters"
+    );
+    assert!(pod.has_link("eth0"));
+    // Again, or after the namespace is gone: nothing to do, no error.
+    assert!(loaded.cleanup().errors.is_empty());
+    drop(pod);
+    assert!(loaded.cleanup().errors.is_empty());
+}

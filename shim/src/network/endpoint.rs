@@ -42,6 +42,60 @@ pub struct Endpoint {
     added_qdisc: bool,
 }
 
+/// What hull changed on one pod interface, as the sandbox's persisted record keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedInterface {
+    /// The interface's index in the pod's namespace.
+    pub index: u32,
+    /// Its name, for messages.
+    pub name: String,
+    /// Whether hull added its ingress qdisc (removed whole) or only a filter (removed alone).
+    pub added_qdisc: bool,
+}
+
+/// What of a pod network outlives the shim if it dies: the redirect filters on the pod's
+/// interfaces (the taps die with their last descriptor). Kept in the sandbox's record so
+/// `shim delete` can remove them ([`release`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedNetwork {
+    /// The pod's network namespace.
+    pub netns: PathBuf,
+    /// The interfaces hull joined to taps.
+    pub interfaces: Vec<RecordedInterface>,
+}
+
+/// Removes what a dead shim's pod network left on the pod's interfaces. A namespace that is
+/// gone took everything with it.
+pub fn release(recorded: &RecordedNetwork) -> Result<()> {
+    let result = run_in(&recorded.netns, || {
+        with_netlink(async |handle| {
+            let mut first_error = None;
+            for interface in &recorded.interfaces {
+                if let Err(error) = disconnect_recorded(&handle, interface).await {
+                    first_error.get_or_insert(error);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+    });
+    match result {
+        Err(Error::OpenNetns { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+impl Endpoint {
+    fn recorded(&self) -> RecordedInterface {
+        RecordedInterface {
+            index: self.interface.index,
+            name: self.interface.name.clone(),
+            added_qdisc: self.added_qdisc,
+        }
+    }
+}
+
 /// The network of one pod: its namespace, an endpoint per interface and the routes to give
 /// the guest. Call [`PodNetwork::detach`] when the pod ends; dropping it detaches too, but
 /// can only log a failure.
@@ -97,6 +151,14 @@ impl PodNetwork {
             routes,
             detached: false,
         })
+    }
+
+    /// What to keep in the sandbox's record, so the filters can be removed after a crash.
+    pub fn recorded(&self) -> RecordedNetwork {
+        RecordedNetwork {
+            netns: self.netns.clone(),
+            interfaces: self.endpoints.iter().map(Endpoint::recorded).collect(),
+        }
     }
 
     /// The network namespace this network lives in.
@@ -256,9 +318,12 @@ async fn add_ingress_qdisc(
 /// Removes what [`join`] added to the pod's interface. The tap's own qdisc and filter go
 /// with the tap.
 async fn disconnect(handle: &Handle, endpoint: &Endpoint) -> Result<()> {
-    let name = &endpoint.interface.name;
-    let index = endpoint.interface.index as i32;
-    let result = if endpoint.added_qdisc {
+    disconnect_recorded(handle, &endpoint.recorded()).await
+}
+
+async fn disconnect_recorded(handle: &Handle, interface: &RecordedInterface) -> Result<()> {
+    let index = interface.index as i32;
+    let result = if interface.added_qdisc {
         let mut request = handle.qdisc().del(index);
         request.message_mut().header.parent = TcHandle::INGRESS;
         request.message_mut().header.handle = TcHandle::from(INGRESS_HANDLE);
@@ -275,7 +340,7 @@ async fn disconnect(handle: &Handle, endpoint: &Endpoint) -> Result<()> {
             Ok(())
         }
         Err(source) => Err(Error::Netlink {
-            what: format!("removing hull's ingress redirect from {name}"),
+            what: format!("removing hull's ingress redirect from {}", interface.name),
             source,
         }),
     }

@@ -28,7 +28,9 @@ mod tap;
 
 use std::path::PathBuf;
 
-pub use endpoint::{Endpoint, EndpointModel, PodNetwork};
+pub use endpoint::{
+    release, Endpoint, EndpointModel, PodNetwork, RecordedInterface, RecordedNetwork,
+};
 pub use scan::{Interface, IpNetwork, LinkKind, NetnsScan, Route};
 
 /// Errors setting up or tearing down a pod's network.

@@ -150,6 +150,10 @@ impl Sandbox {
                 match attach_network(netns).await {
                     Ok(attached) => {
                         network = attached;
+                        // Recorded before the VM uses it: a crash from here on still
+                        // removes the filters.
+                        record.network = network.as_ref().map(PodNetwork::recorded);
+                        record.save(record_path)?;
                         boot::boot_pod(config, id, run_dir, beside, true, network.as_ref())
                             .await
                             .map(|vm| {

@@ -87,6 +87,9 @@ pub struct SandboxRecord {
     pub mounts: Vec<PathBuf>,
     /// Files, sockets and directories the shim made, removed after the mounts.
     pub paths: Vec<PathBuf>,
+    /// The pod network's filters on the pod's interfaces, removed after the processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::RecordedNetwork>,
 }
 
 /// What a cleanup did, and what it could not do.
@@ -113,6 +116,7 @@ impl SandboxRecord {
             processes: Vec::new(),
             mounts: Vec::new(),
             paths: Vec::new(),
+            network: None,
         }
     }
 
@@ -199,6 +203,14 @@ impl SandboxRecord {
                 report.errors.push(format!(
                     "{} (pid {}) survived SIGKILL for 5s",
                     process.role, process.pid
+                ));
+            }
+        }
+        if let Some(network) = &self.network {
+            if let Err(err) = crate::network::release(network) {
+                report.errors.push(format!(
+                    "removing the pod network's filters in {}: {err}",
+                    network.netns.display()
                 ));
             }
         }
