@@ -108,14 +108,26 @@ fn initrd_builder_refuses_a_dynamically_linked_agent() {
     );
 }
 
+/// `make demo` (hull-demo) on a machine without the guest image: the pod's start fails and
+/// the user is told, through containerd, to build the image.
 #[test]
 fn demo_without_an_image_says_to_build_it() {
+    let test = "demo_without_an_image_says_to_build_it";
+    let shim = require!(
+        test,
+        hull_tests::artifacts::workspace_binary("containerd-shim-hull-v2")
+    );
+    require!(test, hull_tests::oci_image::busybox());
     let empty_cache = tempfile::tempdir().expect("creating a temp dir");
-    let output = Command::new(repo().join("tests/demo/boot-guest.sh"))
+    let output = Command::new(env!("CARGO_BIN_EXE_hull-demo"))
+        .arg(shim.parent().expect("the shim is in a directory"))
         .env("HULL_CACHE_DIR", empty_cache.path())
         .output()
-        .expect("boot-guest.sh runs");
+        .expect("hull-demo runs");
     let out = text(&output);
     assert!(!output.status.success(), "{out}");
-    assert!(out.contains("is missing: run 'make image'"), "{out}");
+    assert!(
+        out.contains("vmlinux does not exist: run 'make image'"),
+        "{out}"
+    );
 }
