@@ -44,6 +44,40 @@ fn pod_leftovers(id: &str) -> Vec<String> {
     left
 }
 
+/// A private containerd that finds this build's shim, with the busybox image (built from
+/// `busybox`) imported; the temp dir holds the image archive and the tests' files.
+fn busybox_containerd(
+    busybox: &Path,
+) -> Result<(Containerd, tempfile::TempDir, &'static str), hull_tests::prereq::Missing> {
+    let shim_dir = Path::new(SHIM)
+        .parent()
+        .expect("the shim binary is in a directory")
+        .to_owned();
+    let containerd = Containerd::start(&[shim_dir])?.expect("containerd starts");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    let image = build_busybox_archive(busybox, &archive).unwrap();
+    containerd.import(&archive).unwrap();
+    Ok((containerd, dir, image))
+}
+
+/// A configuration for the `qemu` hypervisor with the image the harness found (HULL_VMLINUX /
+/// HULL_INITRD, else the cache), written in `dir`, for the shim to get through containerd's
+/// runtime options.
+fn qemu_config(dir: &Path, kernel: &Path, initrd: &Path) -> std::path::PathBuf {
+    let config = dir.join("configuration.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hypervisor = \"qemu\"\n[vm]\nkernel = {:?}\ninitrd = {:?}\n",
+            kernel.display().to_string(),
+            initrd.display().to_string()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// The `qemu` hypervisor (TCG here, KVM where it works): the pod boots a VM with
 /// hull-vsock and hull-fs, the rootfs goes to the guest through the pod's share, and the
 /// container's output comes back. Slow (a TCG boot): the one VM test of this file.
@@ -56,29 +90,10 @@ fn ctr_run_in_a_vm_prints_the_containers_output_and_leaves_nothing() {
     for helper in ["hull-vsock", "hull-fs"] {
         require!(test, hull_tests::artifacts::workspace_binary(helper));
     }
-    let shim_dir = Path::new(SHIM)
-        .parent()
-        .expect("the shim binary is in a directory")
-        .to_owned();
-    let containerd = require!(test, Containerd::start(&[shim_dir])).expect("containerd starts");
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("busybox.tar");
-    let image = build_busybox_archive(&busybox, &archive).unwrap();
-    containerd.import(&archive).unwrap();
+    let (containerd, dir, image) = require!(test, busybox_containerd(&busybox));
     let sockets_before = socket_dir_entries();
     let id = "hull-e2e-vm";
-    // The image the harness found (HULL_VMLINUX / HULL_INITRD, else the cache), given to the
-    // shim through containerd's runtime options.
-    let config = dir.path().join("configuration.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "hypervisor = \"qemu\"\n[vm]\nkernel = {:?}\ninitrd = {:?}\n",
-            kernel.display().to_string(),
-            initrd.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = qemu_config(dir.path(), &kernel, &initrd);
 
     let output = containerd
         .ctr_command(&[
@@ -147,15 +162,7 @@ fn ctr_run_in_a_vm_prints_the_containers_output_and_leaves_nothing() {
 fn a_missing_kernel_is_named_through_ctr_and_leaves_nothing() {
     let test = "a_missing_kernel_is_named_through_ctr_and_leaves_nothing";
     let busybox = require!(test, busybox());
-    let shim_dir = Path::new(SHIM)
-        .parent()
-        .expect("the shim binary is in a directory")
-        .to_owned();
-    let containerd = require!(test, Containerd::start(&[shim_dir])).expect("containerd starts");
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("busybox.tar");
-    let image = build_busybox_archive(&busybox, &archive).unwrap();
-    containerd.import(&archive).unwrap();
+    let (containerd, dir, image) = require!(test, busybox_containerd(&busybox));
     let config = dir.path().join("configuration.toml");
     std::fs::write(
         &config,
@@ -214,25 +221,8 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
     }
     let PodNetns { pod, peer } = PodNetns::new("e2e");
 
-    let shim_dir = Path::new(SHIM)
-        .parent()
-        .expect("the shim binary is in a directory")
-        .to_owned();
-    let containerd = require!(test, Containerd::start(&[shim_dir])).expect("containerd starts");
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("busybox.tar");
-    let image = build_busybox_archive(&busybox, &archive).unwrap();
-    containerd.import(&archive).unwrap();
-    let config = dir.path().join("configuration.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "hypervisor = \"qemu\"\n[vm]\nkernel = {:?}\ninitrd = {:?}\n",
-            kernel.display().to_string(),
-            initrd.display().to_string()
-        ),
-    )
-    .unwrap();
+    let (containerd, dir, image) = require!(test, busybox_containerd(&busybox));
+    let config = qemu_config(dir.path(), &kernel, &initrd);
     let id = "hull-e2e-net";
     let netns = format!("network:{}", pod.path().display());
     // TCP both ways: the peer serves an echo on 7777 for the container, the container one on
