@@ -3,23 +3,20 @@
 //! modules, unknown methods) says UNIMPLEMENTED, and bad requests get precise errors without
 //! taking the agent down.
 
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use hull_agent_protocol::agent::*;
 use hull_agent_protocol::ttrpc::r#async::Client;
 use hull_agent_protocol::ttrpc::{self, context, Code};
 use hull_agent_protocol::{AgentServiceClient, Call, PROTOCOL_VERSION, SERVICE_NAME};
+use hull_tests::host_agent::HostAgent;
 
-/// A hull-agent child serving on a socket in its own temporary directory. Dropping it kills
-/// the agent and removes the directory, whatever the test did.
-struct AgentProcess {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
+/// A hull-agent child serving on a socket in its own temporary directory
+/// ([`HostAgent`]), with the clients the tests use. Dropping it kills the agent and removes
+/// the directory, whatever the test did.
+struct AgentProcess(HostAgent);
 
 impl AgentProcess {
     fn start(test: &str) -> AgentProcess {
@@ -28,39 +25,12 @@ impl AgentProcess {
 
     /// Starts the agent with `extra` arguments; `{dir}` in one stands for its temp dir.
     fn start_with(test: &str, extra: &[&str]) -> AgentProcess {
-        let dir = std::env::temp_dir().join(format!("hull-agent-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating the test's temp dir");
-        let socket = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_hull-agent"))
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .arg("--log-level=debug")
-            .args(
-                extra
-                    .iter()
-                    .map(|arg| arg.replace("{dir}", &dir.to_string_lossy())),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting hull-agent");
-        let mut agent = AgentProcess { child, dir, socket };
-        agent.wait_until_listening();
-        agent
-    }
-
-    fn wait_until_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&self.socket).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("hull-agent exited before listening: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hull-agent did not listen within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        AgentProcess(HostAgent::start(
+            Path::new(env!("CARGO_BIN_EXE_hull-agent")),
+            test,
+            &[],
+            extra,
+        ))
     }
 
     async fn client(&self) -> AgentServiceClient {
@@ -68,17 +38,9 @@ impl AgentProcess {
     }
 
     async fn raw_client(&self) -> Client {
-        Client::connect(&format!("unix://{}", self.socket.display()))
+        Client::connect(&self.0.address())
             .await
             .expect("connecting to the agent's socket")
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -288,7 +250,7 @@ async fn metrics_are_prometheus_text_about_the_agent_and_guest() {
 async fn copy_file_writes_chunks_under_the_shared_dir_only() {
     let agent = AgentProcess::start_with("copy", &["--shared-dir", "{dir}/shared"]);
     let client = agent.client().await;
-    let shared = agent.dir.join("shared");
+    let shared = agent.0.dir().join("shared");
     let path = shared.join("web/etc/hosts");
     let chunk = |path: &Path, offset: u64, data: &[u8]| {
         let mut request = CopyFileRequest::new();
@@ -315,7 +277,7 @@ async fn copy_file_writes_chunks_under_the_shared_dir_only() {
         b"127.0.0.1 localhost\n"
     );
 
-    let outside = agent.dir.join("escaped");
+    let outside = agent.0.dir().join("escaped");
     let (code, message) = status_of(client.copy_file(ctx(), &chunk(&outside, 0, b"x")).await);
     assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
     assert!(!outside.exists());
@@ -418,14 +380,12 @@ thread_local! {
 #[test]
 fn sigterm_stops_the_agent_and_removes_its_socket() {
     let mut agent = AgentProcess::start("sigterm");
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.child.id()).expect("a pid fits"));
+    let pid =
+        nix::unistd::Pid::from_raw(i32::try_from(agent.0.child_mut().id()).expect("a pid fits"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signalling the agent");
-    let status = wait_with_timeout(&mut agent.child, Duration::from_secs(30));
+    let status = wait_with_timeout(agent.0.child_mut(), Duration::from_secs(30));
     assert!(status.success(), "hull-agent exited with {status}");
-    assert!(
-        !Path::new(&agent.socket).exists(),
-        "the socket was left behind"
-    );
+    assert!(!agent.0.socket().exists(), "the socket was left behind");
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
@@ -469,6 +429,6 @@ fn destroy_sandbox_ends_the_agent_despite_a_pending_get_oom_event() {
             .expect("DestroySandbox answers");
         pending.abort();
     });
-    let status = wait_with_timeout(&mut agent.child, Duration::from_secs(30));
+    let status = wait_with_timeout(agent.0.child_mut(), Duration::from_secs(30));
     assert!(status.success(), "hull-agent exited with {status}");
 }

@@ -16,7 +16,8 @@ pub struct HostAgent {
 
 impl HostAgent {
     /// Starts `agent` (the hull-agent binary) for the test `name`, prefixed by `wrapper`
-    /// (empty for none), with `extra` arguments, and waits until it listens. Panics if it
+    /// (empty for none), with `extra` arguments (`{dir}` in one stands for the agent's temp
+    /// dir), and waits until it listens. Panics if it
     /// exits first or does not listen within 30 seconds: a test cannot go on without it.
     pub fn start(agent: &Path, name: &str, wrapper: &[&str], extra: &[&str]) -> HostAgent {
         let dir = std::env::temp_dir().join(format!("hull-agent-{name}-{}", std::process::id()));
@@ -36,7 +37,11 @@ impl HostAgent {
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--log-level=debug")
-            .args(extra)
+            .args(
+                extra
+                    .iter()
+                    .map(|arg| arg.replace("{dir}", &dir.to_string_lossy())),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("starting hull-agent");
@@ -58,6 +63,16 @@ impl HostAgent {
     /// The ttrpc address to connect to (`unix://PATH`).
     pub fn address(&self) -> String {
         format!("unix://{}", self.socket.display())
+    }
+
+    /// The socket it serves on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The agent process (or its wrapper, which execs it), to signal or wait for.
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
     }
 
     /// The agent's temporary directory.
