@@ -18,13 +18,14 @@ APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-util
 	busybox-static containerd runc iproute2 procps util-linux \
 	libseccomp-dev libcap-ng-dev fio
 
-.PHONY: help deps build agent image lint test demo install clean-cache
+.PHONY: help deps build agent image lint test demo install clean-cache bench-deps
 
 help:
 	@echo "make demo   install what is missing, build, and boot a hull guest"
 	@echo "make test   the whole test suite (lints, unit, integration, end to end)"
 	@echo "make image  build the guest kernel and initrd into $(HULL_CACHE_DIR)"
 	@echo "make deps   install missing Debian packages (as root)"
+	@echo "make bench-deps  install the benchmark peers Debian lacks (virtiofsd) into the cache"
 	@echo "make install  install the shim, backends, guest image and default configuration"
 	@echo "             (PREFIX=/usr/local, DESTDIR= for staging)"
 
@@ -64,12 +65,24 @@ image: agent
 	agent/image/build-kernel.sh
 	agent/image/build-initrd.sh $(AGENT_BIN)
 
+# The peers hull-bench compares with that Debian does not package: upstream virtiofsd (for
+# `hull-bench fs`), the release hull-fs's library is, installed once into the cache.
+VIRTIOFSD_VERSION := 1.14.0
+VIRTIOFSD_ROOT := $(HULL_CACHE_DIR)/virtiofsd-$(VIRTIOFSD_VERSION)
+bench-deps:
+	@if [ -x $(VIRTIOFSD_ROOT)/bin/virtiofsd ]; then \
+		echo "==> virtiofsd $(VIRTIOFSD_VERSION): $(VIRTIOFSD_ROOT)/bin/virtiofsd"; \
+	else \
+		echo "==> installing virtiofsd $(VIRTIOFSD_VERSION) into $(VIRTIOFSD_ROOT) (hull-bench fs's peer)"; \
+		$(CARGO) install virtiofsd --version $(VIRTIOFSD_VERSION) --locked --root $(VIRTIOFSD_ROOT); \
+	fi
+
 lint:
 	@echo "==> lints: rustfmt and clippy"
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-test: deps lint image
+test: deps lint image bench-deps
 	@echo "==> tests: unit, integration and end to end"
 	@rm -f target/test-skips.log
 	HULL_TEST_STRICT=1 HULL_SKIP_LOG=$(CURDIR)/target/test-skips.log \

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::results::{Run, SCHEMA_VERSION};
-use crate::{blk, plot, rpc, Error, Result};
+use crate::{blk, fs, plot, rpc, Error, Result};
 
 /// Every subcommand of the design that measures, in the order `all` runs them.
 pub const SUBCOMMANDS: [&str; 9] = [
@@ -68,6 +68,7 @@ pub fn publish(run: &Run, out: &Path) -> Result<(PathBuf, PathBuf)> {
 pub fn run(
     rpc_options: &rpc::Options,
     blk_options: &blk::Options,
+    fs_options: &fs::Options,
     out: &Path,
     mut on_run: impl FnMut(&Run, &Path, &Path),
     mut on_listed: impl FnMut(&Listed),
@@ -77,6 +78,7 @@ pub fn run(
         let measured = match subcommand {
             "rpc" => Some(rpc::run(rpc_options)),
             "blk" => Some(blk::run(blk_options)),
+            "fs" => Some(fs::run(fs_options)),
             _ => None,
         };
         let status = match measured {

@@ -8,11 +8,12 @@
 //! runs on are shared and noisy.
 //!
 //! Implemented: [`rpc`] (agent round trips), [`blk`] (vhost-user-blk backends through a fake
-//! guest). The other subcommands of the design answer "not implemented yet".
+//! guest), [`fs`] (vhost-user-fs backends under QEMU guests). The other subcommands of the design answer "not implemented yet".
 
 pub mod all;
 pub mod blk;
 pub mod child;
+pub mod fs;
 pub mod measure;
 pub mod plot;
 pub mod progress;

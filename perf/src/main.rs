@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hull_bench::measure::Plan;
 use hull_bench::results::{self, Run};
-use hull_bench::{all, blk, report, rpc, Error};
+use hull_bench::{all, blk, fs, report, rpc, Error};
 
 /// hull's components measured against peers in the same run (ratios, never bare figures).
 #[derive(Debug, Parser)]
@@ -94,6 +94,35 @@ struct BlkOnly {
 }
 
 #[derive(Debug, Args)]
+struct FsArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    fs: FsOnly,
+}
+
+#[derive(Debug, Clone, Args)]
+struct FsOnly {
+    /// The hull-fs binary [default: beside hull-bench, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    hull_fs: Option<PathBuf>,
+    /// Upstream virtiofsd [default: $HULL_CACHE_DIR/virtiofsd-<version>/bin/virtiofsd, as
+    /// `make bench-deps` installs it].
+    #[arg(long, value_name = "PATH")]
+    virtiofsd: Option<PathBuf>,
+    /// Size of the file the read and write workloads go through, in MiB [default: 256,
+    /// --quick 8].
+    #[arg(long, value_name = "MIB")]
+    data_mib: Option<u64>,
+    /// Files created, stat'ed and unlinked per trial [default: 10000, --quick 200].
+    #[arg(long, value_name = "N")]
+    files: Option<u64>,
+    /// Entries of the directory listed [default: 10000, --quick 500].
+    #[arg(long, value_name = "N")]
+    dir_entries: Option<u64>,
+}
+
+#[derive(Debug, Args)]
 struct AllArgs {
     #[command(flatten)]
     common: Common,
@@ -102,6 +131,8 @@ struct AllArgs {
     agent: Option<PathBuf>,
     #[command(flatten)]
     blk: BlkOnly,
+    #[command(flatten)]
+    fs: FsOnly,
 }
 
 #[derive(Debug, Args)]
@@ -126,8 +157,9 @@ enum Command {
     Report(ReportArgs),
     /// Every subcommand in turn (with --quick: the smoke run `make test` uses).
     All(AllArgs),
-    /// vhost-user-fs against virtiofsd (not implemented yet).
-    Fs(Common),
+    /// vhost-user-fs: hull-fs against upstream virtiofsd, each serving a QEMU guest that runs
+    /// the workloads on the share.
+    Fs(FsArgs),
     /// vhost-user-net against QEMU's virtio-net (not implemented yet).
     Net(Common),
     /// vhost-user-vsock against vhost-device-vsock (not implemented yet).
@@ -171,7 +203,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::All(args) => run_all(&args),
-        Command::Fs(_) => Err(Error::NotImplemented("fs".into()).into()),
+        Command::Fs(args) => {
+            let run = fs::run(&fs_options(&args.common, &args.fs)).context("hull-bench fs")?;
+            finish(&run, &args.common.out())
+        }
         Command::Net(_) => Err(Error::NotImplemented("net".into()).into()),
         Command::Vsock(_) => Err(Error::NotImplemented("vsock".into()).into()),
         Command::VmmStart(_) => Err(Error::NotImplemented("vmm-start".into()).into()),
@@ -205,6 +240,19 @@ fn blk_options(common: &Common, blk: &BlkOnly) -> blk::Options {
     }
 }
 
+fn fs_options(common: &Common, fs: &FsOnly) -> fs::Options {
+    let quick = common.quick;
+    fs::Options {
+        plan: common.plan(),
+        quick,
+        hull_fs: fs.hull_fs.clone(),
+        virtiofsd: fs.virtiofsd.clone(),
+        data_mib: fs.data_mib.unwrap_or(if quick { 8 } else { 256 }),
+        files: fs.files.unwrap_or(if quick { 200 } else { 10_000 }),
+        dir_entries: fs.dir_entries.unwrap_or(if quick { 500 } else { 10_000 }),
+    }
+}
+
 fn print_run(run: &Run, json: &Path, svg: &Path) {
     print!("{}", report::summary(run));
     println!("results: {}\nchart:   {}", json.display(), svg.display());
@@ -223,6 +271,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
     let (listed, path) = all::run(
         &rpc_options(&args.common, args.agent.clone()),
         &blk_options(&args.common, &args.blk),
+        &fs_options(&args.common, &args.fs),
         &out,
         print_run,
         |entry| match &entry.status {

@@ -18,7 +18,7 @@ pub const BEGIN: &str = "<!-- BEGIN hull-bench report: generated, edits here are
 pub const END: &str = "<!-- END hull-bench report -->";
 
 /// The subcommands with results to report, in report order.
-pub const REPORTED: [&str; 2] = ["rpc", "blk"];
+pub const REPORTED: [&str; 3] = ["rpc", "blk", "fs"];
 
 fn role_name(role: Role) -> &'static str {
     match role {

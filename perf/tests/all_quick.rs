@@ -29,6 +29,20 @@ impl Drop for TempDir {
     }
 }
 
+/// Upstream virtiofsd where `make bench-deps` installs it (or $HULL_VIRTIOFSD).
+fn virtiofsd() -> Result<PathBuf, hull_tests::prereq::Missing> {
+    let path = std::env::var_os("HULL_VIRTIOFSD")
+        .map_or_else(|| hull_bench::fs::virtiofsd_default(), PathBuf::from);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(hull_tests::prereq::Missing::new(
+            format!("upstream virtiofsd at {}", path.display()),
+            "make bench-deps",
+        ))
+    }
+}
+
 fn hull_bench(args: &[&str]) -> (Output, u32) {
     let child = Command::new(env!("CARGO_BIN_EXE_hull-bench"))
         .args(args)
@@ -154,6 +168,10 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         find_program("qemu-storage-daemon", "qemu-system-common")
     );
     require!(test, find_program("fio", "fio"));
+    let hull_fs = require!(test, artifacts::workspace_binary("hull-fs"));
+    let virtiofsd = require!(test, virtiofsd());
+    require!(test, artifacts::vmlinux());
+    require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
     let out = TempDir::new("all");
     let (output, pid) = hull_bench(&[
         "all",
@@ -166,6 +184,10 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         &blk.to_string_lossy(),
         "--size-mib",
         "16",
+        "--hull-fs",
+        &hull_fs.to_string_lossy(),
+        "--virtiofsd",
+        &virtiofsd.to_string_lossy(),
     ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -201,8 +223,8 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
     };
     assert_eq!(status("rpc"), "ok", "{summary}");
     assert_eq!(status("blk"), "ok", "{summary}");
+    assert_eq!(status("fs"), "ok", "{summary}");
     for name in [
-        "fs",
         "net",
         "vsock",
         "vmm-start",
@@ -253,8 +275,22 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         ],
     );
 
-    // Nothing of the run is left: its servers and its temporary directories.
-    for purpose in ["rpc", "blk"] {
+    assert_run(
+        &find("fs-"),
+        "fs",
+        &[("hull-fs", "subject"), ("virtiofsd", "peer")],
+        &[
+            "1M seqread",
+            "1M seqwrite",
+            "4k randread",
+            "create+stat+unlink 200 files",
+            "list a 500-entry dir",
+        ],
+        &["ops_per_sec", "cpu_us_per_op"],
+    );
+
+    // Nothing of the run is left: its servers, guests and temporary directories.
+    for purpose in ["rpc", "blk", "fs"] {
         let dir = format!("hull-bench-{purpose}-{pid}");
         assert!(
             leftovers::processes_with(&[&dir]).is_empty(),
@@ -267,7 +303,6 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
 #[test]
 fn subcommands_not_built_yet_fail_naming_themselves() {
     for name in [
-        "fs",
         "net",
         "vsock",
         "vmm-start",
@@ -349,6 +384,7 @@ fn all_goes_on_after_a_failing_subcommand_lists_it_and_fails() {
     require!(test, find_program("fio", "fio"));
     let out = TempDir::new("all-fail");
     let missing_agent = out.0.join("no-such-hull-agent");
+    let missing_virtiofsd = out.0.join("no-such-virtiofsd");
     let (output, _) = hull_bench(&[
         "all",
         "--quick",
@@ -360,6 +396,8 @@ fn all_goes_on_after_a_failing_subcommand_lists_it_and_fails() {
         &blk.to_string_lossy(),
         "--size-mib",
         "16",
+        "--virtiofsd",
+        &missing_virtiofsd.to_string_lossy(),
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -385,4 +423,11 @@ fn all_goes_on_after_a_failing_subcommand_lists_it_and_fails() {
     assert_eq!(listed[0]["status"], "failed", "{summary}");
     assert_eq!(listed[1]["subcommand"], "blk");
     assert_eq!(listed[1]["status"], "ok", "blk still ran: {summary}");
+    // A missing peer fails fs with the command that installs it.
+    assert_eq!(listed[2]["subcommand"], "fs");
+    assert_eq!(listed[2]["status"], "failed", "{summary}");
+    assert!(
+        stderr.contains("fs: failed: program") && stderr.contains("make bench-deps"),
+        "{stderr}"
+    );
 }

@@ -197,7 +197,7 @@ fn version(program: &Path) -> String {
 
 /// Writes `size` bytes of non-repeating data to a new file at `path`: reads of a sparse or
 /// zeroed file would not reach the disk.
-fn create_file(path: &Path, size: u64) -> Result<()> {
+pub(crate) fn create_file(path: &Path, size: u64) -> Result<()> {
     let io_error = |source| Error::Io {
         what: format!("creating the test file {}", path.display()),
         source,
