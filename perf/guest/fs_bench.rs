@@ -2,7 +2,8 @@
 //! virtio-fs share tagged `hullfs` on /mnt and runs the workloads the host asks for on its
 //! serial console, one command a line, answering each with one `HULLFS-BENCH` line.
 //!
-//! Commands (the host's side is perf/src/fs/vm.rs):
+//! Once ready it says `HULLFS-BENCH ready CLOCKSOURCE`. Commands (the host's side is
+//! perf/src/fs/vm.rs):
 //! - `run WORKLOAD BUDGET_MS COUNT` runs a workload for about BUDGET_MS (or over COUNT files)
 //!   and answers `HULLFS-BENCH result OPS BYTES ELAPSED_NS P50_NS P99_NS`, or
 //!   `HULLFS-BENCH error WHAT`;
@@ -269,7 +270,12 @@ fn serve(m: &Path) -> Result<(), String> {
         rng: Rng(0x9e37_79b9_7f4a_7c15),
         trial: 0,
     };
-    println!("HULLFS-BENCH ready");
+    // The clock the timings use: the host insists on the TSC (a microvm falls back to
+    // jiffies, 4 ms steps, when the kernel finds the TSC unusable at boot).
+    let clock =
+        fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .unwrap_or_else(|_| "unknown".into());
+    println!("HULLFS-BENCH ready {}", clock.trim());
     let stdin = std::io::stdin();
     let mut lines = stdin.lock();
     let mut line = String::new();
@@ -318,6 +324,7 @@ fn serve(m: &Path) -> Result<(), String> {
 
 fn main() {
     let _ = mount_fs("proc", "/proc", "proc");
+    let _ = mount_fs("sysfs", "/sys", "sysfs");
     match mount_fs("hullfs", "/mnt", "virtiofs") {
         Ok(()) => {
             if let Err(err) = serve(Path::new("/mnt")) {

@@ -32,7 +32,7 @@ impl Drop for TempDir {
 /// Upstream virtiofsd where `make bench-deps` installs it (or $HULL_VIRTIOFSD).
 fn virtiofsd() -> Result<PathBuf, hull_tests::prereq::Missing> {
     let path = std::env::var_os("HULL_VIRTIOFSD")
-        .map_or_else(|| hull_bench::fs::virtiofsd_default(), PathBuf::from);
+        .map_or_else(hull_bench::fs::virtiofsd_default, PathBuf::from);
     if path.is_file() {
         Ok(path)
     } else {
