@@ -76,12 +76,8 @@ impl Vm {
             .arg(&config.kernel)
             .arg("-initrd")
             .arg(&config.initrd)
-            // The TSC as clock: without it a microvm guest counts in jiffies (4 ms), too
-            // coarse for one operation's latency.
-            .args([
-                "-append",
-                "console=ttyS0 reboot=t panic=-1 quiet loglevel=1 clocksource=tsc tsc=reliable",
-            ])
+            .arg("-append")
+            .arg(cmdline())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -194,6 +190,38 @@ impl Drop for Vm {
     }
 }
 
+/// The guest kernel's command line. The TSC as clock: without it a microvm guest counts in
+/// jiffies (4 ms), too coarse for one operation's latency; under TCG the guest's TSC runs at
+/// the host's rate, which is given to the guest (`tsc_early_khz`) because its own calibration
+/// fails on a loaded host.
+fn cmdline() -> String {
+    let mut line =
+        "console=ttyS0 reboot=t panic=-1 quiet loglevel=1 clocksource=tsc tsc=reliable".to_owned();
+    if let Some(khz) = host_tsc_khz() {
+        line.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    line
+}
+
+/// The host's TSC rate in kHz, from the first `cpu MHz` of /proc/cpuinfo (on a host with a
+/// constant TSC, its rate).
+fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpu_mhz_khz(&cpuinfo)
+}
+
+fn cpu_mhz_khz(cpuinfo: &str) -> Option<u64> {
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz.is_finite() && mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
 /// Keeps the last lines of `stream` in `console` and sends each guest answer to `answers`.
 fn read_console(
     stream: Box<dyn std::io::Read + Send>,
@@ -254,6 +282,14 @@ pub fn initrd(dir: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tsc_rate_comes_from_cpu_mhz() {
+        let cpuinfo = "processor\t: 0\ncpu MHz\t\t: 2445.432\ncache size\t: 512 KB\n";
+        assert_eq!(cpu_mhz_khz(cpuinfo), Some(2_445_432));
+        assert_eq!(cpu_mhz_khz("processor\t: 0\n"), None);
+        assert_eq!(cpu_mhz_khz("cpu MHz\t: nan\n"), None);
+    }
 
     #[test]
     fn answers_are_prefixed_lines_only() {
