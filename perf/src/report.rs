@@ -141,9 +141,9 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
     );
     let _ = writeln!(
         md,
-        "| workload | against | ops/s | p50 latency | p99 latency |"
+        "| workload | against | ops/s | p50 latency | p99 latency | CPU per op |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
     for workload in workloads(run) {
         let mut against: Vec<(&str, Role)> = Vec::new();
         for r in run.ratios.iter().filter(|r| r.workload == workload) {
@@ -186,9 +186,9 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
     );
     let _ = writeln!(
         md,
-        "| workload | contestant | role | ops/s | MB/s | p50 µs | p99 µs |"
+        "| workload | contestant | role | ops/s | MB/s | p50 µs | p99 µs | CPU µs/op |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for series in &run.series {
         let cell = |metric: Metric| {
             series.metrics.get(&metric).map_or_else(
