@@ -440,7 +440,10 @@ fn roles(workload: &str, contestant: &str, measured: &Measured) -> Vec<RoleFigur
     let mut by_role: BTreeMap<&str, Vec<&ProcessFigures>> = BTreeMap::new();
     for pod in &measured.pods {
         for process in pod {
-            by_role.entry(process.role.as_str()).or_default().push(process);
+            by_role
+                .entry(process.role.as_str())
+                .or_default()
+                .push(process);
         }
     }
     by_role

@@ -302,17 +302,15 @@ pub fn run(options: &Options) -> Result<Run> {
     let pods = Pods::start(NAME, options.bin_dir.as_deref(), &runtimes)?;
     let tcg = pods::tcg();
     let phases: PhaseLog = Rc::default();
-    let mut contestants: Vec<Box<dyn Contestant<Starts> + '_>> = runtimes
-        .iter()
-        .map(|&runtime| -> Box<dyn Contestant<Starts> + '_> {
-            Box::new(Starter {
-                pods: &pods,
-                runtime,
-                name: runtime.label(tcg),
-                phases: Rc::clone(&phases),
-            })
-        })
-        .collect();
+    let mut contestants: Vec<Box<dyn Contestant<Starts> + '_>> = Vec::new();
+    for runtime in runtimes {
+        contestants.push(Box::new(Starter {
+            pods: &pods,
+            runtime,
+            name: runtime.label(tcg),
+            phases: Rc::clone(&phases),
+        }));
+    }
     let mut workloads = vec![Starts { at_once: 1 }];
     if options.parallel > 1 {
         workloads.push(Starts {
