@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::results::{Run, SCHEMA_VERSION};
-use crate::{blk, fs, plot, rpc, Error, Result};
+use crate::{blk, density, fs, plot, rpc, startup, Error, Result};
 
 /// Every subcommand of the design that measures, in the order `all` runs them.
 pub const SUBCOMMANDS: [&str; 9] = [
@@ -59,6 +59,12 @@ pub fn publish(run: &Run, out: &Path) -> Result<(PathBuf, PathBuf)> {
     let json = run.save(out)?;
     let svg = json.with_extension("svg");
     plot::chart(run, &svg)?;
+    if run.subcommand == startup::NAME {
+        startup::phase_chart(run, &startup::phase_chart_path(&json))?;
+    }
+    if run.subcommand == density::NAME {
+        density::growth_chart(run, &density::growth_chart_path(&json))?;
+    }
     Ok((json, svg))
 }
 
@@ -69,6 +75,8 @@ pub fn run(
     rpc_options: &rpc::Options,
     blk_options: &blk::Options,
     fs_options: &fs::Options,
+    startup_options: &startup::Options,
+    density_options: &density::Options,
     out: &Path,
     mut on_run: impl FnMut(&Run, &Path, &Path),
     mut on_listed: impl FnMut(&Listed),
@@ -79,6 +87,8 @@ pub fn run(
             "rpc" => Some(rpc::run(rpc_options)),
             "blk" => Some(blk::run(blk_options)),
             "fs" => Some(fs::run(fs_options)),
+            startup::NAME => Some(startup::run(startup_options)),
+            density::NAME => Some(density::run(density_options)),
             _ => None,
         };
         let status = match measured {

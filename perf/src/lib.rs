@@ -8,18 +8,24 @@
 //! runs on are shared and noisy.
 //!
 //! Implemented: [`rpc`] (agent round trips), [`blk`] (vhost-user-blk backends through a fake
-//! guest), [`fs`] (vhost-user-fs backends under QEMU guests). The other subcommands of the design answer "not implemented yet".
+//! guest), [`fs`] (vhost-user-fs backends under QEMU guests), [`startup`] (`ctr run` to first
+//! output through containerd, split by phase) and [`density`] (memory, threads and descriptors
+//! per pod), the last two on [`pods`] (a private containerd with hull's shim and runc). The
+//! other subcommands of the design answer "not implemented yet".
 
 pub mod all;
 pub mod blk;
 pub mod child;
+pub mod density;
 pub mod fs;
 pub mod measure;
 pub mod plot;
+pub mod pods;
 pub mod progress;
 pub mod report;
 pub mod results;
 pub mod rpc;
+pub mod startup;
 
 use std::path::PathBuf;
 
@@ -111,6 +117,21 @@ pub enum Error {
         /// What plotters said.
         message: String,
     },
+    /// Something the run needs is missing from this machine (a program, the guest image).
+    #[error("{0}")]
+    Missing(#[from] hull_tests::prereq::Missing),
+    /// The private containerd failed, or a `ctr` command did.
+    #[error("containerd: {what}")]
+    Containerd {
+        /// What was being done.
+        what: String,
+        /// Why.
+        #[source]
+        source: hull_tests::containerd::Error,
+    },
+    /// The busybox image could not be built.
+    #[error("the busybox image")]
+    Image(#[from] hull_tests::oci_image::Error),
     /// Something answered in a way the benchmark does not expect.
     #[error("{0}")]
     Unexpected(String),

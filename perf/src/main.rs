@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hull_bench::measure::Plan;
 use hull_bench::results::{self, Run};
-use hull_bench::{all, blk, fs, report, rpc, Error};
+use hull_bench::{all, blk, density, fs, report, rpc, startup, Error};
 
 /// hull's components measured against peers in the same run (ratios, never bare figures).
 #[derive(Debug, Parser)]
@@ -93,6 +93,39 @@ struct BlkOnly {
     qsd_aio: Vec<blk::QsdAio>,
 }
 
+/// Where the pods' shim is, for startup and density.
+#[derive(Debug, Clone, Args)]
+struct PodsOnly {
+    /// Directory of containerd-shim-hull-v2 and its helpers (hull-agent, hull-vsock,
+    /// hull-fs) [default: beside hull-bench, else on PATH].
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct StartupArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    pods: PodsOnly,
+    /// Pods started at once in the concurrent workload (1: sequential starts only)
+    /// [default: 4, --quick 2].
+    #[arg(long, value_name = "K")]
+    parallel: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct DensityArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    pods: PodsOnly,
+    /// Numbers of pods to run at once, comma-separated; those that do not fit in memory are
+    /// skipped [default: 1,2,4,8, --quick 1,2].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pods_at_once: Vec<usize>,
+}
+
 #[derive(Debug, Args)]
 struct FsArgs {
     #[command(flatten)]
@@ -133,6 +166,8 @@ struct AllArgs {
     blk: BlkOnly,
     #[command(flatten)]
     fs: FsOnly,
+    #[command(flatten)]
+    pods: PodsOnly,
 }
 
 #[derive(Debug, Args)]
@@ -168,10 +203,12 @@ enum Command {
     VmmStart(Common),
     /// VMM exits per second and kick-to-interrupt latency (not implemented yet).
     VmmExits(Common),
-    /// Memory and threads per pod against runc and QEMU (not implemented yet).
-    Density(Common),
-    /// Pod start-up time against runc and QEMU (not implemented yet).
-    Startup(Common),
+    /// Memory (PSS, guest RAM apart), threads and descriptors per pod with hull (qemu) and
+    /// runc, for growing numbers of pods, through a private containerd.
+    Density(DensityArgs),
+    /// `ctr run --rm` to first output with hull (qemu and none) and runc, sequential and
+    /// concurrent, split by phase from the shim's marks, through a private containerd.
+    Startup(StartupArgs),
 }
 
 fn main() -> ExitCode {
@@ -211,8 +248,16 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Vsock(_) => Err(Error::NotImplemented("vsock".into()).into()),
         Command::VmmStart(_) => Err(Error::NotImplemented("vmm-start".into()).into()),
         Command::VmmExits(_) => Err(Error::NotImplemented("vmm-exits".into()).into()),
-        Command::Density(_) => Err(Error::NotImplemented("density".into()).into()),
-        Command::Startup(_) => Err(Error::NotImplemented("startup".into()).into()),
+        Command::Density(args) => {
+            let options = density_options(&args.common, &args.pods, &args.pods_at_once);
+            let run = density::run(&options).context("hull-bench density")?;
+            finish(&run, &args.common.out())
+        }
+        Command::Startup(args) => {
+            let options = startup_options(&args.common, &args.pods, args.parallel);
+            let run = startup::run(&options).context("hull-bench startup")?;
+            finish(&run, &args.common.out())
+        }
     }
 }
 
@@ -253,6 +298,29 @@ fn fs_options(common: &Common, fs: &FsOnly) -> fs::Options {
     }
 }
 
+fn startup_options(common: &Common, pods: &PodsOnly, parallel: Option<usize>) -> startup::Options {
+    startup::Options {
+        plan: common.plan(),
+        quick: common.quick,
+        parallel: parallel.unwrap_or(if common.quick { 2 } else { 4 }).max(1),
+        bin_dir: pods.bin_dir.clone(),
+    }
+}
+
+fn density_options(common: &Common, pods: &PodsOnly, at_once: &[usize]) -> density::Options {
+    let default: &[usize] = if common.quick { &[1, 2] } else { &[1, 2, 4, 8] };
+    density::Options {
+        plan: common.plan(),
+        quick: common.quick,
+        pods: if at_once.is_empty() {
+            default.to_vec()
+        } else {
+            at_once.to_vec()
+        },
+        bin_dir: pods.bin_dir.clone(),
+    }
+}
+
 fn print_run(run: &Run, json: &Path, svg: &Path) {
     print!("{}", report::summary(run));
     println!("results: {}\nchart:   {}", json.display(), svg.display());
@@ -272,6 +340,8 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         &rpc_options(&args.common, args.agent.clone()),
         &blk_options(&args.common, &args.blk),
         &fs_options(&args.common, &args.fs),
+        &startup_options(&args.common, &args.pods, None),
+        &density_options(&args.common, &args.pods, &[]),
         &out,
         print_run,
         |entry| match &entry.status {

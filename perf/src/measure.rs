@@ -120,16 +120,30 @@ pub enum Metric {
     P99Us,
     /// CPU time (user + system) of the serving process per operation, microseconds.
     CpuUsPerOp,
+    /// Proportional set size of a pod's host processes (guest RAM excluded), MiB.
+    PssMib,
+    /// Proportional set size of a pod's guest RAM mapping, MiB (counted apart from [`PssMib`]).
+    ///
+    /// [`PssMib`]: Metric::PssMib
+    GuestPssMib,
+    /// Threads of a pod's host processes.
+    Threads,
+    /// Open file descriptors of a pod's host processes.
+    Fds,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 9] = [
         Metric::OpsPerSec,
         Metric::MbPerSec,
         Metric::P50Us,
         Metric::P99Us,
         Metric::CpuUsPerOp,
+        Metric::PssMib,
+        Metric::GuestPssMib,
+        Metric::Threads,
+        Metric::Fds,
     ];
 
     /// Whether a larger value is better.
@@ -145,6 +159,10 @@ impl Metric {
             Metric::P50Us => "p50 µs",
             Metric::P99Us => "p99 µs",
             Metric::CpuUsPerOp => "CPU µs/op",
+            Metric::PssMib => "PSS MiB/pod",
+            Metric::GuestPssMib => "guest RAM PSS MiB/pod",
+            Metric::Threads => "threads/pod",
+            Metric::Fds => "fds/pod",
         }
     }
 }

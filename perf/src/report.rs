@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::measure::{Metric, Role};
 use crate::results::{self, Run};
-use crate::{plot, Error, Result};
+use crate::{density, plot, startup, Error, Result};
 
 /// Marks the start of the generated section of RESULTS.md.
 pub const BEGIN: &str = "<!-- BEGIN hull-bench report: generated, edits here are lost -->";
@@ -18,7 +18,7 @@ pub const BEGIN: &str = "<!-- BEGIN hull-bench report: generated, edits here are
 pub const END: &str = "<!-- END hull-bench report -->";
 
 /// The subcommands with results to report, in report order.
-pub const REPORTED: [&str; 3] = ["rpc", "blk", "fs"];
+pub const REPORTED: [&str; 5] = ["rpc", "blk", "fs", startup::NAME, density::NAME];
 
 fn role_name(role: Role) -> &'static str {
     match role {
@@ -134,6 +134,10 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
     if let Some(chart) = chart {
         let _ = writeln!(md, "- chart: [{chart}]({chart})");
     }
+    if run.subcommand == density::NAME {
+        md.push_str(&density::markdown(run));
+        return md;
+    }
     let _ = writeln!(
         md,
         "\nRatios, subject / other, median of the per-round ratios (min–max over the rounds). \
@@ -209,6 +213,9 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
             cell(Metric::CpuUsPerOp)
         );
     }
+    if run.subcommand == startup::NAME {
+        md.push_str(&startup::markdown_phases(run));
+    }
     md
 }
 
@@ -250,7 +257,26 @@ pub fn render(dir: &Path, output: &Path) -> Result<Vec<String>> {
             std::fs::copy(&svg, &copy)
                 .map_err(io_error(format!("copying the chart to {}", copy.display())))?;
             let link = format!("plots/{stem}.svg");
-            let _ = writeln!(section, "{}", markdown(&run, Some(&link)));
+            let mut text = markdown(&run, Some(&link));
+            let phases = startup::phase_chart_path(&json);
+            if subcommand == startup::NAME && startup::phase_chart(&run, &phases).is_ok() {
+                let copy = plots.join(format!("{stem}-phases.svg"));
+                std::fs::copy(&phases, &copy)
+                    .map_err(io_error(format!("copying the chart to {}", copy.display())))?;
+                text.push_str(&format!(
+                    "\nPhases chart: [plots/{stem}-phases.svg](plots/{stem}-phases.svg)\n"
+                ));
+            }
+            let growth = density::growth_chart_path(&json);
+            if subcommand == density::NAME && density::growth_chart(&run, &growth).is_ok() {
+                let copy = plots.join(format!("{stem}-growth.svg"));
+                std::fs::copy(&growth, &copy)
+                    .map_err(io_error(format!("copying the chart to {}", copy.display())))?;
+                text.push_str(&format!(
+                    "\nGrowth chart: [plots/{stem}-growth.svg](plots/{stem}-growth.svg)\n"
+                ));
+            }
+            let _ = writeln!(section, "{text}");
             reported.push(format!("{subcommand} ({})", json.display()));
         }
     }

@@ -1,7 +1,8 @@
 //! `hull-bench all --quick`, the smoke run `make test` uses so the harness stays working: the
 //! real binary runs every subcommand against the real hull-agent, hull-blk,
-//! qemu-storage-daemon and fio, and must write well-formed results with every field a reader
-//! of RESULTS.md needs. Never a timing: only that figures exist and are numbers.
+//! qemu-storage-daemon and fio, and pods through a private containerd with hull's shim (QEMU
+//! and `none`) and runc, and must write well-formed results with every field a reader of
+//! RESULTS.md needs. Never a timing: only that figures exist and are numbers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -172,6 +173,20 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
     let virtiofsd = require!(test, virtiofsd());
     require!(test, artifacts::vmlinux());
     require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
+    let shim = require!(test, artifacts::workspace_binary("containerd-shim-hull-v2"));
+    for helper in ["hull-vsock", "hull-fs"] {
+        require!(test, artifacts::workspace_binary(helper));
+    }
+    require!(test, artifacts::initrd());
+    require!(test, hull_tests::oci_image::busybox());
+    for (program, package) in [
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
+        ("runc", "runc"),
+    ] {
+        require!(test, find_program(program, package));
+    }
+    let bin_dir = shim.parent().expect("the shim is in a directory");
     let out = TempDir::new("all");
     let (output, pid) = hull_bench(&[
         "all",
@@ -188,6 +203,8 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         &hull_fs.to_string_lossy(),
         "--virtiofsd",
         &virtiofsd.to_string_lossy(),
+        "--bin-dir",
+        &bin_dir.to_string_lossy(),
     ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -221,17 +238,10 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
             .map(|s| s["status"].clone())
             .unwrap_or_else(|| panic!("{name} listed in {summary}"))
     };
-    assert_eq!(status("rpc"), "ok", "{summary}");
-    assert_eq!(status("blk"), "ok", "{summary}");
-    assert_eq!(status("fs"), "ok", "{summary}");
-    for name in [
-        "net",
-        "vsock",
-        "vmm-start",
-        "vmm-exits",
-        "density",
-        "startup",
-    ] {
+    for name in ["rpc", "blk", "fs", "startup", "density"] {
+        assert_eq!(status(name), "ok", "{name}: {summary}");
+    }
+    for name in ["net", "vsock", "vmm-start", "vmm-exits"] {
         assert_eq!(status(name), "not implemented", "{summary}");
         assert!(
             stdout.contains(&format!("{name}: not implemented yet: {name}")),
@@ -289,8 +299,28 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         &["ops_per_sec", "cpu_us_per_op"],
     );
 
-    // Nothing of the run is left: its servers, guests and temporary directories.
-    for purpose in ["rpc", "blk", "fs"] {
+    let qemu = if hull_tests::prereq::hardware_virtualization().is_ok() {
+        "hull-qemu (KVM)"
+    } else {
+        "hull-qemu (TCG)"
+    };
+    let startup = find("startup-");
+    assert_run(
+        &startup,
+        "startup",
+        &[
+            (qemu, "subject"),
+            ("hull-none", "subject"),
+            ("runc", "peer"),
+        ],
+        &["one pod", "2 pods at once"],
+        &latency,
+    );
+    assert_startup_phases(&startup, qemu);
+    assert_density(&find("density-"), qemu);
+
+    // Nothing of the run is left: its servers, guests, pods and temporary directories.
+    for purpose in ["rpc", "blk", "fs", "startup", "density"] {
         let dir = format!("hull-bench-{purpose}-{pid}");
         assert!(
             leftovers::processes_with(&[&dir]).is_empty(),
@@ -298,18 +328,124 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         );
         assert!(!std::env::temp_dir().join(&dir).exists(), "{dir} removed");
     }
+    let pods = format!("hb-{pid}-");
+    assert!(
+        leftovers::processes_with(&[&pods]).is_empty(),
+        "a pod's process still runs: {:?}",
+        leftovers::processes_with(&[&pods])
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&pods), "a pod's mount is left: {mounts}");
+}
+
+/// The phases of a startup run: hull-qemu's include the VM's boot, hull-none's the agent's
+/// start without a VM's, runc's only what ctr sees; each a well-formed stat; and their chart.
+fn assert_startup_phases(path: &Path, qemu: &str) {
+    let run = read_json(path);
+    let phases = run["params"]["phases"].as_array().expect("params.phases");
+    let of = |contestant: &str| -> Vec<String> {
+        phases
+            .iter()
+            .filter(|p| p["contestant"] == contestant && p["workload"] == "one pod")
+            .map(|p| {
+                assert_stat(&p["ms"], 2, &format!("{contestant} {}", p["phase"]));
+                p["phase"].as_str().expect("a phase name").to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        of(qemu),
+        [
+            "containerd + shim",
+            "backends",
+            "QEMU start",
+            "boot to agent",
+            "container create",
+            "container start",
+            "first output",
+            "exit + removal"
+        ]
+    );
+    assert_eq!(
+        of("hull-none"),
+        [
+            "containerd + shim",
+            "boot to agent",
+            "container create",
+            "container start",
+            "first output",
+            "exit + removal"
+        ]
+    );
+    assert_eq!(of("runc"), ["first output", "exit + removal"]);
+    let name = path.file_stem().and_then(|n| n.to_str()).expect("a name");
+    let chart = std::fs::read_to_string(path.with_file_name(format!("{name}-phases.svg")))
+        .expect("the phases chart beside the JSON");
+    assert!(chart.starts_with("<svg") && chart.contains("boot to agent"));
+}
+
+/// A density run of 1 and 2 pods: per pod PSS, threads and descriptors for hull and runc,
+/// guest RAM for hull only, one value per pod; hull's processes named; the growth chart.
+fn assert_density(path: &Path, qemu: &str) {
+    let run = read_json(path);
+    assert_eq!(run["subcommand"], "density");
+    assert_eq!(run["params"]["pods"], serde_json::json!([1, 2]), "{run}");
+    let series = run["series"].as_array().expect("series");
+    assert_eq!(series.len(), 4, "{run}");
+    for (workload, pods) in [("1 pod", 1), ("2 pods", 2)] {
+        for (contestant, metrics) in [
+            (qemu, &["pss_mib", "guest_pss_mib", "threads", "fds"][..]),
+            ("runc", &["pss_mib", "threads", "fds"][..]),
+        ] {
+            let entry = series
+                .iter()
+                .find(|s| s["workload"] == workload && s["contestant"] == contestant)
+                .unwrap_or_else(|| panic!("no {contestant} in {workload}: {run}"));
+            for metric in metrics {
+                let stat = &entry["metrics"][metric];
+                assert_stat(stat, pods, &format!("{contestant} {workload} {metric}"));
+                assert!(stat["min"].as_f64().expect("min") > 0.0, "{metric}: {stat}");
+            }
+        }
+        assert!(
+            run["ratios"]
+                .as_array()
+                .expect("ratios")
+                .iter()
+                .any(|r| r["workload"] == workload && r["metric"] == "pss_mib"),
+            "a hull/runc PSS ratio for {workload}"
+        );
+    }
+    let roles: Vec<&str> = run["params"]["processes"]
+        .as_array()
+        .expect("params.processes")
+        .iter()
+        .filter(|p| p["contestant"] == qemu && p["workload"] == "1 pod")
+        .filter_map(|p| p["role"].as_str())
+        .collect();
+    for process in [
+        "containerd-shim-hull-v2",
+        "qemu-system-x86_64",
+        "hull-vsock",
+        "hull-fs",
+    ] {
+        assert!(roles.contains(&process), "{process} in {roles:?}");
+    }
+    assert!(
+        run["notes"].as_array().expect("notes").iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.starts_with("Goal PSS per pod"))),
+        "the goal is compared: {run}"
+    );
+    let name = path.file_stem().and_then(|n| n.to_str()).expect("a name");
+    let chart = std::fs::read_to_string(path.with_file_name(format!("{name}-growth.svg")))
+        .expect("the growth chart beside the JSON");
+    assert!(chart.starts_with("<svg") && chart.contains("PSS MiB/pod"));
 }
 
 #[test]
 fn subcommands_not_built_yet_fail_naming_themselves() {
-    for name in [
-        "net",
-        "vsock",
-        "vmm-start",
-        "vmm-exits",
-        "density",
-        "startup",
-    ] {
+    for name in ["net", "vsock", "vmm-start", "vmm-exits"] {
         let (output, _) = hull_bench(&[name, "--quick"]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{name} must not succeed");

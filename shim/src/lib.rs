@@ -21,6 +21,7 @@ pub mod host;
 pub mod hybrid_vsock;
 pub mod network;
 pub mod paths;
+pub mod phase;
 pub mod qemu;
 pub mod rootfs;
 pub mod sandbox;

@@ -14,6 +14,7 @@ use crate::backend::{self, BackendProcess};
 use crate::config::{Config, HypervisorKind};
 use crate::host::{find_program, Virtualization};
 use crate::network::PodNetwork;
+use crate::phase::Phase;
 use crate::qemu::{self, Accel, QemuOptions, QemuVm};
 use crate::vm_spec::{VmDevice, VmSpec};
 
@@ -327,7 +328,9 @@ pub async fn boot_pod(
         machine: config.qemu.machine,
         accel,
     };
+    crate::phase::sandbox(id, Phase::BackendsReady);
     let mut vm = QemuVm::start(&spec, &options, &run_dir.join("qemu")).await?;
+    crate::phase::sandbox(id, Phase::VmStarted);
     let deadline = Duration::from_secs(u64::from(config.agent.start_timeout_secs));
     // A VM that dies while booting ends the wait at once, with the console's last words.
     let outcome = tokio::select! {

@@ -16,6 +16,7 @@ use crate::agent_link::AgentLink;
 use crate::config::{Config, HypervisorKind};
 use crate::host::Virtualization;
 use crate::network::PodNetwork;
+use crate::phase::Phase;
 
 /// How long one agent call may take, for calls that do not wait for the container.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -124,6 +125,7 @@ impl Sandbox {
             HypervisorKind::Auto => Virtualization::probe().auto_hypervisor(),
             other => other,
         };
+        crate::phase::sandbox(id, Phase::SandboxStart);
         let mut record = SandboxRecord::new(id);
         record.paths.push(run_dir.to_owned());
         // Recorded before anything exists, so a crash during the start is cleaned up too.
@@ -194,6 +196,7 @@ impl Sandbox {
             })
             .collect();
         record.save(record_path)?;
+        crate::phase::sandbox(id, Phase::AgentReady);
         tracing::info!(sandbox = %id, hypervisor = ?kind, "sandbox started");
         Ok(Self {
             id: id.to_owned(),

@@ -38,6 +38,7 @@ use crate::agent_link;
 use crate::config::{self, ConfigSearch, HypervisorKind};
 use crate::container::stdio::{ProcessRef, StdioPaths};
 use crate::container::{Container, Containers, Exit, ExitHook, Process, Status};
+use crate::phase::Phase;
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::lifecycle::Sandbox;
 use crate::sandbox::share::guest_rootfs;
@@ -457,6 +458,7 @@ impl Inner {
             exec_id: String::new(),
         };
         self.containers.start_stdio(sandbox.agent(), &process);
+        crate::phase::container(&id, Phase::ContainerCreated);
         tracing::info!(container = %id, "container created");
         let event = TaskCreate {
             container_id: id,
@@ -499,7 +501,9 @@ impl Inner {
             Some(json) => agent.exec_process(id, exec_id, json).await,
         }
         .map_err(|e| agent_error(&e))?;
-        if !exec_id.is_empty() {
+        if exec_id.is_empty() {
+            crate::phase::container(id, Phase::ContainerStarted);
+        } else {
             self.containers.start_stdio(agent, &process);
         }
         self.containers.watch_exit(agent, process, self.exit_hook());

@@ -1,0 +1,348 @@
+//! Pods through a real containerd, for `startup` and `density`: the end-to-end tests' private
+//! containerd (`hull_tests::containerd`, its own root, state and sockets, so the host's
+//! containerd is untouched) with the busybox image built on this machine, and a configuration
+//! file per hull variant, handed to the shim as containerd's runtime options.
+//!
+//! Every container a run creates is named `hb-<pid>-<n>`; [`Pods::remove`] stops and removes
+//! one, and dropping [`Pods`] removes whatever is still there (the harness's Drop kills and
+//! deletes every task and container, stops containerd and unmounts what it left).
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use hull_tests::containerd::Containerd;
+use hull_tests::oci_image::{build_busybox_archive, busybox};
+use hull_tests::prereq::find_program as find_on_path;
+
+use crate::child::{find_program, RunDir};
+use crate::{Error, Result};
+
+/// hull's runtime type in containerd.
+pub const HULL_RUNTIME: &str = "io.containerd.hull.v2";
+/// runc's.
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// The shim binary; its helpers (hull-agent, hull-vsock, hull-fs) are found beside it.
+pub const SHIM: &str = "containerd-shim-hull-v2";
+
+/// A way to run a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Runtime {
+    /// hull with the `qemu` hypervisor: a QEMU microVM per pod (TCG without hardware
+    /// virtualization), hull-vsock and hull-fs beside it.
+    HullQemu,
+    /// hull with the `none` hypervisor: hull-agent on the host, no VM (the runtime's own
+    /// overhead, for measurement only).
+    HullNone,
+    /// runc, containerd's default runtime: no VM, no agent.
+    Runc,
+}
+
+impl Runtime {
+    /// Its name in results. `tcg`: QEMU runs without hardware virtualization.
+    pub fn label(self, tcg: bool) -> String {
+        match self {
+            Runtime::HullQemu if tcg => "hull-qemu (TCG)".into(),
+            Runtime::HullQemu => "hull-qemu (KVM)".into(),
+            Runtime::HullNone => "hull-none".into(),
+            Runtime::Runc => "runc".into(),
+        }
+    }
+
+    /// Its runtime type in containerd.
+    pub fn runtime_type(self) -> &'static str {
+        match self {
+            Runtime::HullQemu | Runtime::HullNone => HULL_RUNTIME,
+            Runtime::Runc => RUNC_RUNTIME,
+        }
+    }
+
+    /// The helpers the shim needs beside it for this runtime.
+    fn helpers(self) -> &'static [&'static str] {
+        match self {
+            Runtime::HullQemu => &["hull-vsock", "hull-fs"],
+            Runtime::HullNone => &["hull-agent"],
+            Runtime::Runc => &[],
+        }
+    }
+}
+
+/// Whether full guests run on KVM here (/dev/kvm opens and the CPU has VMX or SVM); the
+/// shim's qemu backend uses TCG otherwise.
+pub fn tcg() -> bool {
+    hull_tests::prereq::hardware_virtualization().is_err()
+}
+
+/// A private containerd ready to run busybox pods with the runtimes asked for.
+pub struct Pods {
+    containerd: Containerd,
+    image: &'static str,
+    configs: BTreeMap<Runtime, PathBuf>,
+    prefix: String,
+    next: Cell<usize>,
+    shim: PathBuf,
+    // Dropped after containerd, which may still read the configuration files.
+    _dir: RunDir,
+}
+
+impl Pods {
+    /// Starts containerd for `runtimes`, with the shim from `bin_dir` (default: beside
+    /// hull-bench, else on PATH); `purpose` names the run's temporary directory.
+    pub fn start(purpose: &str, bin_dir: Option<&Path>, runtimes: &[Runtime]) -> Result<Self> {
+        let explicit = bin_dir.map(|dir| dir.join(SHIM));
+        let shim = find_program(
+            SHIM,
+            explicit.as_deref(),
+            "build it with 'cargo build -p hull-shim' or pass --bin-dir DIR",
+        )?;
+        let shim_dir = shim
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        for runtime in runtimes {
+            for helper in runtime.helpers() {
+                if !shim_dir.join(helper).is_file() {
+                    return Err(Error::MissingProgram {
+                        name: shim_dir.join(helper).display().to_string(),
+                        fix: "build it beside the shim ('cargo build' of the workspace)".into(),
+                    });
+                }
+            }
+        }
+        find_on_path("runc", "runc")?;
+        let dir = RunDir::new(&std::env::temp_dir(), purpose)?;
+        let mut configs = BTreeMap::new();
+        for &runtime in runtimes {
+            let text = match runtime {
+                Runtime::HullQemu => {
+                    let kernel = hull_tests::artifacts::vmlinux()?;
+                    let initrd = hull_tests::artifacts::initrd()?;
+                    format!(
+                        "hypervisor = \"qemu\"\n[vm]\nkernel = {:?}\ninitrd = {:?}\n",
+                        kernel.display().to_string(),
+                        initrd.display().to_string()
+                    )
+                }
+                Runtime::HullNone => {
+                    "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n".to_owned()
+                }
+                Runtime::Runc => continue,
+            };
+            let path = dir.path().join(format!("{runtime:?}.toml"));
+            std::fs::write(&path, text).map_err(|source| Error::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            })?;
+            configs.insert(runtime, path);
+        }
+        let busybox = busybox()?;
+        let containerd = Containerd::start(&[shim_dir])?.map_err(|source| Error::Containerd {
+            what: "starting a private containerd".into(),
+            source,
+        })?;
+        let archive = dir.path().join("busybox.tar");
+        let image = build_busybox_archive(&busybox, &archive)?;
+        containerd
+            .import(&archive)
+            .map_err(|source| Error::Containerd {
+                what: "importing the busybox image".into(),
+                source,
+            })?;
+        Ok(Self {
+            containerd,
+            image,
+            configs,
+            prefix: format!("hb-{}", std::process::id()),
+            next: Cell::new(0),
+            shim,
+            _dir: dir,
+        })
+    }
+
+    /// The shim binary the pods use.
+    pub fn shim(&self) -> &Path {
+        &self.shim
+    }
+
+    /// A container id not used before in this run.
+    pub fn new_id(&self) -> String {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        format!("{}-{n}", self.prefix)
+    }
+
+    /// `ctr run` of container `id` with `runtime`, `flags` (`--rm`, `-d`) and `args` as the
+    /// container's command.
+    pub fn run_command(
+        &self,
+        runtime: Runtime,
+        flags: &[&str],
+        id: &str,
+        args: &[&str],
+    ) -> Command {
+        let mut all: Vec<&str> = vec!["run", "--runtime", runtime.runtime_type()];
+        if let Some(config) = self.configs.get(&runtime).and_then(|p| p.to_str()) {
+            all.extend(["--runtime-config-path", config]);
+        }
+        all.extend_from_slice(flags);
+        all.push(self.image);
+        all.push(id);
+        all.extend_from_slice(args);
+        self.containerd.ctr_command(&all)
+    }
+
+    /// Runs `ctr` with `args`, failing with everything it printed.
+    pub fn ctr(&self, args: &[&str]) -> Result<String> {
+        self.containerd
+            .ctr(args)
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .map_err(|source| Error::Containerd {
+                what: format!("ctr {}", args.join(" ")),
+                source,
+            })
+    }
+
+    /// Kills container `id`'s task, then deletes the task and the container; what is not
+    /// there is skipped.
+    pub fn remove(&self, id: &str) {
+        let _ = self.containerd.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+        // The task must have exited before it can be deleted.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.containerd.ctr(&["tasks", "delete", id]).is_err()
+            && self.task_pid(id).is_some()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.containerd.ctr(&["containers", "delete", id]);
+    }
+
+    /// The pid `ctr tasks ls` shows for container `id` (for hull the shim's, for runc the
+    /// container's first process), when its task exists.
+    pub fn task_pid(&self, id: &str) -> Option<u32> {
+        let listing = self.ctr(&["tasks", "ls"]).ok()?;
+        listing.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(id))
+                .then(|| fields.next()?.parse().ok())
+                .flatten()
+        })
+    }
+
+    /// The state `ctr tasks ls` shows for container `id` ("RUNNING", "STOPPED", ...).
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let listing = self.ctr(&["tasks", "ls"]).ok()?;
+        listing.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.first() == Some(&id))
+                .then(|| fields.get(2).map(|s| (*s).to_owned()))
+                .flatten()
+        })
+    }
+
+    /// Containers and tasks this run left in containerd.
+    pub fn leftovers(&self) -> Vec<String> {
+        let (containers, tasks) = self.containerd.leftovers();
+        containers
+            .into_iter()
+            .map(|c| format!("container {c}"))
+            .chain(tasks.into_iter().map(|t| format!("task {t}")))
+            .filter(|what| what.contains(&self.prefix))
+            .collect()
+    }
+
+    /// The start-up marks the shim logged for pod `id` (see [`phase_marks`]).
+    pub fn marks(&self, id: &str) -> BTreeMap<String, SystemTime> {
+        phase_marks(&self.containerd.log(), id)
+    }
+
+    /// containerd's log lines that report errors, for an error message.
+    pub fn log_errors(&self) -> String {
+        let log = self.containerd.log();
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("level=error") || l.contains("level=fatal"))
+            .collect();
+        errors[errors.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+/// The shim's start-up marks for pod `id` in containerd's log `log`: lines whose message is
+/// `hull phase sandbox=ID phase=NAME` (or `container=ID`), logged by `hull_shim::phase`, with
+/// their RFC 3339 `time`. A phase marked twice keeps its first time.
+pub fn phase_marks(log: &str, id: &str) -> BTreeMap<String, SystemTime> {
+    let mut marks = BTreeMap::new();
+    for line in log.lines() {
+        let Some(message) = line.split_once("msg=\"hull phase ").map(|(_, m)| m) else {
+            continue;
+        };
+        let mut phase = None;
+        let mut ours = false;
+        for token in message.split_whitespace() {
+            let token = token.trim_end_matches('"');
+            match token.split_once('=') {
+                Some(("sandbox" | "container", value)) => ours |= value == id,
+                Some(("phase", value)) => phase = Some(value),
+                _ => {}
+            }
+        }
+        let time = line
+            .split_once("time=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .and_then(|(time, _)| chrono::DateTime::parse_from_rfc3339(time).ok());
+        if let (true, Some(phase), Some(time)) = (ours, phase, time) {
+            marks
+                .entry(phase.to_owned())
+                .or_insert_with(|| SystemTime::from(time));
+        }
+    }
+    marks
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LOG: &str = concat!(
+        "time=\"2026-11-23T19:40:01.5Z\" level=info msg=\"hull phase sandbox=hb-1-0 phase=sandbox-start\"\n",
+        "\n",
+        "time=\"2026-11-23T19:40:01.25Z\" level=info msg=\"hull phase sandbox=hb-1-10 phase=sandbox-start\"\n",
+        "time=\"2026-11-23T19:40:03.75Z\" level=info msg=\"hull phase sandbox=hb-1-0 phase=agent-ready\"\n",
+        "time=\"2026-11-23T19:40:04Z\" level=info msg=\"hull phase container=hb-1-0 phase=container-created\"\n",
+        "time=\"2026-11-23T19:40:05Z\" level=info msg=\"hull phase sandbox=hb-1-0 phase=sandbox-start\"\n",
+        "time=\"2026-11-23T19:40:05Z\" level=info msg=\"sandbox started sandbox=hb-1-0\"\n",
+        "time=\"garbage\" level=info msg=\"hull phase sandbox=hb-1-0 phase=vm-started\"\n",
+    );
+
+    fn at(secs: f64) -> SystemTime {
+        let base = chrono::DateTime::parse_from_rfc3339("2026-11-23T19:40:00Z").expect("time");
+        SystemTime::from(base) + Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn marks_are_the_pods_own_with_their_first_time() {
+        let marks = phase_marks(LOG, "hb-1-0");
+        let expected: BTreeMap<String, SystemTime> = [
+            ("sandbox-start".to_owned(), at(1.5)),
+            ("agent-ready".to_owned(), at(3.75)),
+            ("container-created".to_owned(), at(4.0)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            marks, expected,
+            "hb-1-10's and unparsable lines are not hb-1-0's"
+        );
+        assert!(phase_marks(LOG, "hb-1").is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn any_log_text_parses_without_panicking(log in ".{0,400}", id in "[a-z0-9-]{1,8}") {
+            let _ = phase_marks(&log, &id);
+        }
+    }
+}
