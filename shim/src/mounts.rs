@@ -296,6 +296,7 @@ fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
 /// kernel's layout rather than taken from libc, whose definition is not exported on every
 /// target.
 #[repr(C)]
+#[allow(dead_code)] // Its fields are read by the kernel, not by Rust.
 struct MountAttr {
     attr_set: u64,
     attr_clr: u64,

@@ -862,7 +862,7 @@ fn bind_mounts_and_volumes_reach_the_container() {
         mount(&rw, "/rw", "rbind:rw"),
         mount(&file, "/hull-file", "bind:ro"),
     ];
-    let extra = [
+    let extra: [&str; 7] = [
         "--rm", "--mount", &mounts[0], "--mount", &mounts[1], "--mount", &mounts[2],
     ];
     let script = "exec 2>&1; cat /ro/greeting; \
