@@ -43,7 +43,7 @@ pub enum Error {
         reason: String,
     },
     /// A bind mount's source does not exist (or cannot be looked at) on the host.
-    #[error("mount of {destination}: bind source {} does not exist on the host", source_path.display())]
+    #[error("mount of {destination}: bind source {source_path} does not exist on the host")]
     MissingSource {
         /// The mount's destination in the container.
         destination: String,
@@ -68,7 +68,7 @@ pub enum Error {
         reason: String,
     },
     /// Binding a source into the pod's share failed.
-    #[error("{what} {}", path.display())]
+    #[error("{what} {path}")]
     Bind {
         /// The step that failed.
         what: &'static str,
