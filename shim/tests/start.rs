@@ -51,8 +51,9 @@ impl Bench {
             .to_string()
     }
 
+    /// As containerd sets it: a path, no scheme.
     fn ttrpc_address(&self) -> String {
-        format!("unix://{}", self.dir.path().join("ttrpc.sock").display())
+        self.dir.path().join("ttrpc.sock").display().to_string()
     }
 
     /// Runs `start` with `args`, only `env` of containerd's variables, and `stdin`.
