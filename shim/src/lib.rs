@@ -9,7 +9,8 @@
 //! the agent link), [`agent_link`] (ttrpc to the agent), [`backend`] (device backend
 //! processes), [`vm_spec`], the [`qemu`] backend's VM process management, [`sandbox`] (a VM
 //! booted to a serving agent, or the `none` hypervisor's agent on the host; the persisted
-//! record), [`rootfs`] (containerd's rootfs mounts), [`container`] (the container manager and
+//! record), [`rootfs`] (containerd's rootfs mounts), [`mounts`] (the spec's bind mounts and
+//! volumes on their way into a sandbox), [`container`] (the container manager and
 //! stdio copies) and [`service`] (containerd's side). Still to come: the rootfs shared into a
 //! VM through hull-fs, and the built-in VMM backend.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod container;
 pub mod host;
 pub mod hybrid_vsock;
+pub mod mounts;
 pub mod network;
 pub mod paths;
 pub mod phase;

@@ -205,6 +205,7 @@ async fn stdin_reaches_the_process_and_output_is_complete_before_the_exit() {
             bundle: dir.path().to_owned(),
             rootfs: None,
             shared_rootfs: false,
+            volumes: Vec::new(),
             paused: false,
             init: Process::new(paths.clone(), None),
             execs: Default::default(),

@@ -371,3 +371,105 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
         "hull's ingress qdisc was left on eth0"
     );
 }
+
+/// Host bind mounts and volumes reach the container in its VM through the pod's share: a
+/// directory bound read-only is readable and a write to it fails with EROFS; a writable
+/// directory receives what the container writes, seen on the host; a single file bound is
+/// read. After `ctr run --rm` none of the binds is left mounted.
+#[test]
+fn bind_mounts_and_volumes_reach_the_container_in_its_vm() {
+    let test = "bind_mounts_and_volumes_reach_the_container_in_its_vm";
+    let busybox = require!(test, busybox());
+    let kernel = require!(test, hull_tests::artifacts::vmlinux());
+    let initrd = require!(test, hull_tests::artifacts::initrd());
+    require!(test, hull_tests::prereq::root());
+    for helper in ["hull-vsock", "hull-fs"] {
+        require!(test, hull_tests::artifacts::workspace_binary(helper));
+    }
+    let (containerd, dir, image) = require!(test, busybox_containerd(&busybox));
+    let config = qemu_config(dir.path(), &kernel, &initrd);
+    let id = "hull-e2e-volumes";
+    let ro = dir.path().join("ro-volume");
+    let rw = dir.path().join("rw-volume");
+    let file = dir.path().join("single-file");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::write(ro.join("greeting"), "read-only hello\n").unwrap();
+    std::fs::write(&file, "one file\n").unwrap();
+    let mount = |src: &Path, dst: &str, options: &str| {
+        format!(
+            "type=bind,src={},dst={dst},options={options}",
+            src.display()
+        )
+    };
+    let (ro_mount, rw_mount, file_mount) = (
+        mount(&ro, "/ro", "rbind:ro"),
+        mount(&rw, "/rw", "rbind:rw"),
+        mount(&file, "/hull-file", "bind:ro"),
+    );
+    let script = "exec 2>&1; cat /ro/greeting; \
+                  if echo x > /ro/new; then echo RO-WRITTEN; fi; \
+                  echo from-the-vm > /rw/out && echo RW-WRITTEN; \
+                  cat /hull-file";
+    let output = containerd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.hull.v2",
+            "--runtime-config-path",
+            config.to_str().expect("UTF-8 temp path"),
+            "--mount",
+            &ro_mount,
+            "--mount",
+            &rw_mount,
+            "--mount",
+            &file_mount,
+            image,
+            id,
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let _ = containerd.ctr(&["containers", "delete", id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !pod_leftovers(id).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        output.status.success(),
+        "ctr run failed: {stderr}\noutput: {stdout}\ncontainerd log:\n{}",
+        containerd.log()
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("read-only hello"), "{stdout}");
+    let refused = lines.next().unwrap_or_default();
+    assert!(
+        refused.contains("Read-only file system"),
+        "a write to the ro volume was not refused with EROFS: {stdout}"
+    );
+    assert!(!stdout.contains("RO-WRITTEN"), "{stdout}");
+    assert!(!ro.join("new").exists(), "written through a ro volume");
+    assert_eq!(lines.next(), Some("RW-WRITTEN"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("out")).unwrap(),
+        "from-the-vm\n",
+        "the container's write is seen on the host"
+    );
+    assert_eq!(lines.next(), Some("one file"), "{stdout}");
+    assert!(
+        pod_leftovers(id).is_empty(),
+        "left behind: {:?}",
+        pod_leftovers(id)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let volumes: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(dir.path().to_str().expect("UTF-8 temp path")))
+        .collect();
+    assert!(volumes.is_empty(), "volume mounts left: {volumes:?}");
+}

@@ -51,6 +51,16 @@ impl Setup {
     /// A setup whose configuration file holds `config`; `containers` says whether the test
     /// needs an agent that runs containers.
     fn with_config(test: &str, config_text: &str, containers: bool) -> Option<Self> {
+        Self::with_shim_dirs(test, config_text, containers, &[])
+    }
+
+    /// [`Setup::with_config`] with `dirs` searched for shims ahead of this build's.
+    fn with_shim_dirs(
+        test: &str,
+        config_text: &str,
+        containers: bool,
+        dirs: &[PathBuf],
+    ) -> Option<Self> {
         let busybox = need!(test, busybox());
         let agent = need!(test, hull_tests::artifacts::workspace_binary("hull-agent"));
         if containers {
@@ -64,8 +74,9 @@ impl Setup {
             Some(shim_dir),
             "hull-agent is found beside the shim"
         );
-        let containerd =
-            need!(test, Containerd::start(&[shim_dir.to_owned()])).expect("containerd starts");
+        let mut path = dirs.to_vec();
+        path.push(shim_dir.to_owned());
+        let containerd = need!(test, Containerd::start(&path)).expect("containerd starts");
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("busybox.tar");
         let image = build_busybox_archive(&busybox, &archive).unwrap();
@@ -820,4 +831,229 @@ fn a_lost_agent_ends_its_tasks_with_a_status() {
         "shim left"
     );
     assert!(!run_dir.exists(), "run directory left");
+}
+
+/// The same binds as the VM test, on `none` (the agent binds the host paths itself): a
+/// read-only directory, a writable one the host sees written, a single file.
+#[test]
+fn bind_mounts_and_volumes_reach_the_container() {
+    let Some(setup) = Setup::new("bind_mounts_and_volumes_reach_the_container") else {
+        return;
+    };
+    let id = "hull-none-volumes";
+    let host = tempfile::tempdir().unwrap();
+    let (ro, rw, file) = (
+        host.path().join("ro"),
+        host.path().join("rw"),
+        host.path().join("file"),
+    );
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::write(ro.join("greeting"), "read-only hello\n").unwrap();
+    std::fs::write(&file, "one file\n").unwrap();
+    let mount = |src: &Path, dst: &str, options: &str| {
+        format!(
+            "type=bind,src={},dst={dst},options={options}",
+            src.display()
+        )
+    };
+    let mounts = [
+        mount(&ro, "/ro", "rbind:ro"),
+        mount(&rw, "/rw", "rbind:rw"),
+        mount(&file, "/hull-file", "bind:ro"),
+    ];
+    let extra: [&str; 7] = [
+        "--rm", "--mount", &mounts[0], "--mount", &mounts[1], "--mount", &mounts[2],
+    ];
+    let script = "exec 2>&1; cat /ro/greeting; \
+                  if echo x > /ro/new; then echo RO-WRITTEN; fi; \
+                  echo from-the-container > /rw/out && echo RW-WRITTEN; \
+                  cat /hull-file";
+    let output = setup
+        .containerd
+        .ctr_command(&setup.run_args(&extra, id, &["sh", "-c", script]))
+        .output()
+        .expect("ctr runs");
+    assert!(output.status.success(), "{}", setup.explain(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"read-only hello"), "{stdout}");
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.contains("Read-only file system")),
+        "{stdout}"
+    );
+    assert_eq!(lines.get(2), Some(&"RW-WRITTEN"), "{stdout}");
+    assert_eq!(lines.get(3), Some(&"one file"), "{stdout}");
+    assert!(!ro.join("new").exists());
+    assert_eq!(
+        std::fs::read_to_string(rw.join("out")).unwrap(),
+        "from-the-container\n"
+    );
+    setup.assert_nothing_left(id);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.contains(host.path().to_str().expect("UTF-8 temp path")))
+        .collect();
+    assert!(left.is_empty(), "volume mounts left: {left:?}");
+}
+
+/// A bind source that does not exist fails Create naming it, before any sandbox starts, and
+/// leaves nothing behind.
+#[test]
+fn a_missing_bind_source_is_named_through_ctr_and_leaves_nothing() {
+    let test = "a_missing_bind_source_is_named_through_ctr_and_leaves_nothing";
+    let Some(setup) = Setup::with_config(
+        test,
+        "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n",
+        false,
+    ) else {
+        return;
+    };
+    let id = "hull-none-nosource";
+    let extra = [
+        "--rm",
+        "--mount",
+        "type=bind,src=/nonexistent/hull-volume-source,dst=/data,options=rbind:ro",
+    ];
+    let output = setup
+        .containerd
+        .ctr_command(&setup.run_args(&extra, id, &["true"]))
+        .output()
+        .expect("ctr runs");
+    assert!(!output.status.success(), "{}", setup.explain(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/hull-volume-source") && stderr.contains("/data"),
+        "the error does not name the source: {}",
+        setup.explain(&output)
+    );
+    let _ = setup.containerd.ctr(&["containers", "delete", id]);
+    setup.assert_nothing_left(id);
+}
+
+/// A bundle whose spec has no process (`ctr run --config` with such a spec) is refused at
+/// Create naming what is missing, before a sandbox starts; nothing is left.
+#[test]
+fn a_bundle_without_a_process_is_refused_through_ctr_and_leaves_nothing() {
+    let test = "a_bundle_without_a_process_is_refused_through_ctr_and_leaves_nothing";
+    let Some(setup) = Setup::with_config(
+        test,
+        "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n",
+        false,
+    ) else {
+        return;
+    };
+    let id = "hull-none-noprocess";
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "linux": {"namespaces": [{"type": "mount"}]}}"#,
+    )
+    .unwrap();
+    let output = setup
+        .containerd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            setup.config.to_str().expect("UTF-8 temp path"),
+            "--config",
+            spec.to_str().expect("UTF-8 temp path"),
+            id,
+        ])
+        .output()
+        .expect("ctr runs");
+    assert!(!output.status.success(), "{}", setup.explain(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("config.json") && stderr.contains("process is missing"),
+        "the error does not name the bundle's problem: {}",
+        setup.explain(&output)
+    );
+    let _ = setup.containerd.ctr(&["containers", "delete", id]);
+    setup.assert_nothing_left(id);
+}
+
+/// Runtime options of a type hull does not read are refused naming their type. ctr sends
+/// runc's options only to a runtime named `io.containerd.runc.v2`, so containerd is given
+/// hull's shim under runc's binary name.
+#[test]
+fn foreign_runtime_options_are_refused_through_ctr_naming_their_type() {
+    let test = "foreign_runtime_options_are_refused_through_ctr_naming_their_type";
+    let links = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(SHIM, links.path().join("containerd-shim-runc-v2")).unwrap();
+    let Some(setup) = Setup::with_shim_dirs(
+        test,
+        "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n",
+        false,
+        &[links.path().to_owned()],
+    ) else {
+        return;
+    };
+    let id = "hull-none-runcoptions";
+    let output = setup
+        .containerd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--runc-binary",
+            "/nonexistent/runc",
+            setup.image,
+            id,
+            "true",
+        ])
+        .output()
+        .expect("ctr runs");
+    assert!(!output.status.success(), "{}", setup.explain(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("containerd.runc.v1.Options") && stderr.contains("not hull's"),
+        "the error does not name the options' type: {}",
+        setup.explain(&output)
+    );
+    let _ = setup.containerd.ctr(&["containers", "delete", id]);
+    setup.assert_nothing_left(id);
+}
+
+/// A configuration file named by the runtime options that does not exist is named through
+/// ctr; nothing is left.
+#[test]
+fn a_missing_configuration_file_is_named_through_ctr_and_leaves_nothing() {
+    let test = "a_missing_configuration_file_is_named_through_ctr_and_leaves_nothing";
+    let Some(setup) = Setup::with_config(test, "", false) else {
+        return;
+    };
+    let id = "hull-none-noconfig";
+    let output = setup
+        .containerd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            "/nonexistent/hull-configuration.toml",
+            setup.image,
+            id,
+            "true",
+        ])
+        .output()
+        .expect("ctr runs");
+    assert!(!output.status.success(), "{}", setup.explain(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/hull-configuration.toml"),
+        "the error does not name the file: {}",
+        setup.explain(&output)
+    );
+    let _ = setup.containerd.ctr(&["containers", "delete", id]);
+    setup.assert_nothing_left(id);
 }

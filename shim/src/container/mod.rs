@@ -99,6 +99,8 @@ pub struct Container {
     pub rootfs: Option<(PathBuf, usize)>,
     /// Whether the rootfs is bound into the pod's share (a VM's containers).
     pub shared_rootfs: bool,
+    /// The host mount points of its volumes (host binds) in the pod's share.
+    pub volumes: Vec<PathBuf>,
     /// Whether it is paused.
     pub paused: bool,
     /// Its init process.
@@ -275,6 +277,7 @@ mod tests {
             bundle: PathBuf::from("/b"),
             rootfs: None,
             shared_rootfs: false,
+            volumes: Vec::new(),
             paused: false,
             init: Process::new(StdioPaths::default(), None),
             execs: HashMap::from([(
@@ -300,6 +303,7 @@ mod tests {
                 bundle: PathBuf::from("/b"),
                 rootfs: None,
                 shared_rootfs: false,
+                volumes: Vec::new(),
                 paused: false,
                 init: running,
                 execs: HashMap::from([

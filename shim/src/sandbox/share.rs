@@ -1,7 +1,8 @@
 //! The pod's shared directory: one host directory per sandbox, served to the guest by one
 //! hull-fs (virtio-fs, tag [`SHARE_TAG`]), under which each container's rootfs is
-//! bind-mounted as `<container id>/rootfs`. The guest agent mounts the share for each
-//! container at `/run/hull/containers/<container id>` and uses
+//! bind-mounted as `<container id>/rootfs`, and each of its host bind mounts (volumes) as
+//! `<container id>/volumes/<index in the spec's mounts>`. The guest agent mounts the share
+//! for each container at `/run/hull/containers/<container id>` and uses
 //! `/run/hull/containers/<id>/<id>/rootfs` as the container's root (the layout Kata uses).
 //!
 //! The directory is made a shared mount of itself, so that the bind mounts the shim adds
@@ -128,14 +129,25 @@ impl SharedDir {
         })
     }
 
-    /// Removes container `id`'s rootfs from the share.
+    /// Where spec mount `index` of container `id` (a host bind) is bound on the host side of
+    /// the share.
+    pub fn volume_target(&self, id: &str, index: usize) -> PathBuf {
+        self.host.join(id).join("volumes").join(index.to_string())
+    }
+
+    /// Removes container `id`'s rootfs from the share, and its directory there. The caller
+    /// removes the container's volumes first. Directories are removed one by one, never
+    /// recursively: one that is still a mount point (or holds one) stays, rather than the
+    /// removal descending into the rootfs or a volume and deleting the host's files.
     pub fn unshare_rootfs(&self, id: &str) {
         let target = self.rootfs_target(id);
         unmount(&target);
         let dir = self.host.join(id);
-        if let Err(err) = std::fs::remove_dir_all(&dir) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), %err, "removing a container's share directory");
+        for dir in [target, dir.join("volumes"), dir] {
+            if let Err(err) = std::fs::remove_dir(&dir) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %dir.display(), %err, "removing a container's share directory");
+                }
             }
         }
     }
@@ -151,6 +163,12 @@ impl Drop for SharedDir {
             }
         }
     }
+}
+
+/// Where the agent finds spec mount `index` of container `id` (a host bind, at
+/// [`SharedDir::volume_target`] on the host) in the guest.
+pub fn guest_volume(id: &str, index: usize) -> String {
+    format!("{GUEST_CONTAINERS_DIR}/{id}/{id}/volumes/{index}")
 }
 
 /// What the agent mounts for container `id`, and the container's root path in the guest.
@@ -208,6 +226,10 @@ mod tests {
         assert_eq!(storage.source, SHARE_TAG);
         assert_eq!(storage.mount_point, "/run/hull/containers/c1");
         assert_eq!(root, "/run/hull/containers/c1/c1/rootfs");
+        assert_eq!(
+            guest_volume("c1", 4),
+            "/run/hull/containers/c1/c1/volumes/4"
+        );
         assert_eq!(
             storage.kind.enum_value(),
             Ok(StorageKind::STORAGE_KIND_VIRTIO_FS)

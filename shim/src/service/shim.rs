@@ -53,9 +53,7 @@ impl Shim for HullShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        let grouping = sandbox_grouping(&self.bundle, &opts.id);
-        tracing::info!(id = %opts.id, sandbox = %grouping, "starting the shim");
-        spawn(opts, &grouping, Vec::new()).await
+        start_daemon(opts, &self.bundle, Vec::new()).await
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
@@ -102,6 +100,18 @@ impl Shim for HullShim {
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         TaskService::new(Arc::clone(&self.exit), publisher, &self.namespace)
     }
+}
+
+/// Starts the serving shim of the pod that container `opts.id` (bundle `bundle`) belongs to,
+/// with `env` added to its environment, or finds it serving already; returns its address.
+pub async fn start_daemon(
+    opts: StartOpts,
+    bundle: &Path,
+    env: Vec<(&str, &str)>,
+) -> Result<String, Error> {
+    let grouping = sandbox_grouping(bundle, &opts.id);
+    tracing::info!(id = %opts.id, sandbox = %grouping, "starting the shim");
+    spawn(opts, &grouping, env).await
 }
 
 /// The file system path of a `unix://` shim address.

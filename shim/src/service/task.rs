@@ -38,10 +38,11 @@ use crate::agent_link;
 use crate::config::{self, ConfigSearch, HypervisorKind};
 use crate::container::stdio::{ProcessRef, StdioPaths};
 use crate::container::{Container, Containers, Exit, ExitHook, Process, Status};
+use crate::mounts;
 use crate::phase::Phase;
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::lifecycle::Sandbox;
-use crate::sandbox::share::guest_rootfs;
+use crate::sandbox::share::{guest_rootfs, guest_volume};
 
 /// How long Shutdown waits for the sandbox to stop before it answers (containerd waits 3 s).
 const SHUTDOWN_INLINE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -347,6 +348,13 @@ impl Inner {
         let mut spec = read_spec(&bundle)?;
         let options = RuntimeOptions::try_from(req.options.as_ref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        // Checked before the sandbox starts: a missing bind source must not cost a VM boot.
+        let spec_mounts = mounts::classify(&spec, &bundle).map_err(|e| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("container {id}: {}", chain(&e)),
+            )
+        })?;
         let sandbox = self.ensure_sandbox(&id, &bundle, &spec, &options).await?;
         if sandbox.hypervisor() != HypervisorKind::None && !crate::paths::is_safe_id(&id) {
             return Err(status(
@@ -354,6 +362,18 @@ impl Inner {
                 format!("container id {id:?} cannot name a directory of the pod's share"),
             ));
         }
+        // With a VM, host binds go through the pod's share; without one (`none`) the agent
+        // sees the host and binds them itself.
+        let host_binds = if sandbox.share().is_some() {
+            mounts::for_vm(&spec_mounts).map_err(|e| {
+                status(
+                    Code::INVALID_ARGUMENT,
+                    format!("container {id}: {}", chain(&e)),
+                )
+            })?
+        } else {
+            Vec::new()
+        };
 
         // The rootfs: containerd's mounts on the bundle's root path.
         let root = spec
@@ -372,7 +392,10 @@ impl Inner {
                 .add_mount(&target)
                 .map_err(|e| status(Code::INTERNAL, chain(&e)))?;
         }
-        let undo_rootfs = |sandbox: &Sandbox, shared: bool| {
+        // The volumes bound into the share so far (their host mount points).
+        let mut volumes: Vec<PathBuf> = Vec::new();
+        let undo_rootfs = |sandbox: &Sandbox, shared: bool, volumes: &[PathBuf]| {
+            release_volumes(sandbox, &id, volumes);
             if shared {
                 if let Some(share) = sandbox.share() {
                     share.unshare_rootfs(&id);
@@ -389,7 +412,7 @@ impl Inner {
             }
         };
         if let Err(err) = rootfs::mount_all(&mounts, &target) {
-            undo_rootfs(&sandbox, false);
+            undo_rootfs(&sandbox, false, &volumes);
             return Err(status(Code::INTERNAL, chain(&err)));
         }
         // Where the agent finds the rootfs: with `none` it sees the host's file system, so
@@ -400,7 +423,7 @@ impl Inner {
                 (target.display().to_string(), Vec::new(), false)
             }
             None => {
-                undo_rootfs(&sandbox, false);
+                undo_rootfs(&sandbox, false, &volumes);
                 return Err(status(
                     Code::UNIMPLEMENTED,
                     format!(
@@ -416,8 +439,26 @@ impl Inner {
                     .map_err(|e| chain(&e))
                     .and_then(|()| share.share_rootfs(&id, &target).map_err(|e| chain(&e)));
                 if let Err(err) = bound {
-                    undo_rootfs(&sandbox, true);
+                    undo_rootfs(&sandbox, true, &volumes);
                     return Err(status(Code::INTERNAL, err));
+                }
+                for (index, bind) in &host_binds {
+                    let volume = share.volume_target(&id, *index);
+                    let bound = sandbox
+                        .add_mount(&volume)
+                        .map_err(|e| chain(&e))
+                        .and_then(|()| {
+                            volumes.push(volume.clone());
+                            mounts::make_mount_point(bind, &volume)
+                                .and_then(|()| mounts::bind_into_share(bind, &volume))
+                                .map_err(|e| format!("container {id}: {}", chain(&e)))
+                        });
+                    if let Err(err) = bound {
+                        undo_rootfs(&sandbox, true, &volumes);
+                        return Err(status(Code::INTERNAL, err));
+                    }
+                    mounts::rewrite_source(&mut spec, *index, &guest_volume(&id, *index));
+                    tracing::debug!(container = %id, source = %bind.source.display(), readonly = bind.readonly, "volume shared");
                 }
                 let (storage, root) = guest_rootfs(&id);
                 // The pod's interfaces are the guest's: the container shares the guest's
@@ -430,7 +471,7 @@ impl Inner {
         let spec_json = match serde_json::to_vec(&spec) {
             Ok(json) => json,
             Err(err) => {
-                undo_rootfs(&sandbox, shared);
+                undo_rootfs(&sandbox, shared, &volumes);
                 return Err(status(Code::INTERNAL, format!("encoding the spec: {err}")));
             }
         };
@@ -439,7 +480,7 @@ impl Inner {
             .create_container(&id, spec_json, storages)
             .await
         {
-            undo_rootfs(&sandbox, shared);
+            undo_rootfs(&sandbox, shared, &volumes);
             return Err(agent_error(&err));
         }
         self.containers.lock().insert(
@@ -448,6 +489,7 @@ impl Inner {
                 bundle: bundle.clone(),
                 rootfs: (layers > 0).then(|| (target.clone(), layers)),
                 shared_rootfs: shared,
+                volumes,
                 paused: false,
                 init: Process::new(stdio.clone(), None),
                 execs: Default::default(),
@@ -559,6 +601,7 @@ impl Inner {
                     tracing::warn!(container = %id, "removing the container: {}", err.agent_message());
                 }
             }
+            release_volumes(&sandbox, id, &container.volumes);
             if container.shared_rootfs {
                 if let Some(share) = sandbox.share() {
                     share.unshare_rootfs(id);
@@ -591,6 +634,17 @@ impl Inner {
             exited_at: timestamp(at),
             ..Default::default()
         })
+    }
+}
+
+/// Unmounts container `id`'s volumes from the pod's share and forgets them in the sandbox's
+/// record.
+fn release_volumes(sandbox: &Sandbox, id: &str, volumes: &[PathBuf]) {
+    for volume in volumes.iter().rev() {
+        mounts::unbind(volume);
+        if let Err(err) = sandbox.remove_mount(volume) {
+            tracing::warn!(container = %id, "{}", chain(&err));
+        }
     }
 }
 
@@ -631,6 +685,13 @@ fn read_spec(bundle: &Path) -> TtrpcResult<serde_json::Value> {
         serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
     if !spec.is_object() {
         return Err(invalid("not a JSON object".to_owned()));
+    }
+    // Checked here rather than by the agent: the first container's Create would otherwise
+    // boot a VM to be told.
+    if spec.get("process").is_none_or(|p| !p.is_object()) {
+        return Err(invalid(
+            "process is missing: a task needs a process to run".to_owned(),
+        ));
     }
     Ok(spec)
 }
@@ -1070,6 +1131,14 @@ mod tests {
         std::fs::write(
             bundle.path().join("config.json"),
             r#"{"root": {"path": "rootfs"}}"#,
+        )
+        .unwrap();
+        let (c, message) = code(read_spec(bundle.path()).unwrap_err());
+        assert_eq!(c, Some(Code::INVALID_ARGUMENT));
+        assert!(message.contains("process is missing"), "{message}");
+        std::fs::write(
+            bundle.path().join("config.json"),
+            r#"{"root": {"path": "rootfs"}, "process": {"args": ["true"], "cwd": "/"}}"#,
         )
         .unwrap();
         assert_eq!(read_spec(bundle.path()).unwrap()["root"]["path"], "rootfs");
