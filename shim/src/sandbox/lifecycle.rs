@@ -232,8 +232,8 @@ impl Sandbox {
         })
     }
 
-    /// The sandbox's host processes, to wait for the first death with
-    /// [`super::watch::first_death`].
+    /// The sandbox's host processes, to wait for their first death with
+    /// [`super::watch::deaths`].
     pub fn watches(&self) -> Arc<[ProcessWatch]> {
         Arc::clone(&self.watches)
     }

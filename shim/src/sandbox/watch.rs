@@ -140,16 +140,26 @@ impl ProcessWatch {
         Death {
             role: self.role,
             pid: self.pid,
-            ending: self.ending(),
+            ending: self.ending().unwrap_or(Ending::Unknown),
         }
     }
 
-    /// How the process ended, read without reaping it.
-    fn ending(&self) -> Ending {
+    /// The process's death, if it has exited by now.
+    fn death_now(&self) -> Option<Death> {
+        Some(Death {
+            role: self.role,
+            pid: self.pid,
+            ending: self.ending()?,
+        })
+    }
+
+    /// How the process ended, read without reaping it; `None` while it runs. A status that
+    /// cannot be read is [`Ending::Unknown`].
+    fn ending(&self) -> Option<Ending> {
         // SAFETY: siginfo_t is plain data for which all zeroes is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let Ok(id) = libc::id_t::try_from(self.fd.get_ref().as_raw_fd()) else {
-            return Ending::Unknown;
+            return Some(Ending::Unknown);
         };
         // SAFETY: waitid(2) writes one siginfo_t to the valid, exclusively borrowed `info`;
         // WNOWAIT leaves the child for its owner to reap.
@@ -163,14 +173,17 @@ impl ProcessWatch {
         };
         // SAFETY: the kernel filled a SIGCHLD siginfo (or left zeroes, where si_pid is 0).
         let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-        if rc != 0 || pid == 0 {
-            return Ending::Unknown;
+        if rc != 0 {
+            return Some(Ending::Unknown);
         }
-        match info.si_code {
+        if pid == 0 {
+            return None;
+        }
+        Some(match info.si_code {
             libc::CLD_EXITED => Ending::Exited(status),
             libc::CLD_KILLED | libc::CLD_DUMPED => Ending::Killed(status),
             _ => Ending::Unknown,
-        }
+        })
     }
 
     /// Sends `signal` to the process, unless it has been reaped (then nothing happens).
@@ -195,14 +208,24 @@ impl ProcessWatch {
     }
 }
 
-/// The first of `watches` to die; never returns if there are none.
-pub async fn first_death(watches: &[ProcessWatch]) -> Death {
+/// Waits for the first of `watches` to die, and answers it with every other one that is dead
+/// by then (QEMU and its backends often go together, and the order in which the loop sees
+/// them says nothing about which went first). Never returns if there are none.
+pub async fn deaths(watches: &[ProcessWatch]) -> Vec<Death> {
     if watches.is_empty() {
         return std::future::pending().await;
     }
-    let (death, _, _) =
+    let (first, index, _) =
         futures_util::future::select_all(watches.iter().map(|w| Box::pin(w.exited()))).await;
-    death
+    let mut all = vec![first];
+    all.extend(
+        watches
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != index)
+            .filter_map(|(_, w)| w.death_now()),
+    );
+    all
 }
 
 #[cfg(test)]
@@ -243,7 +266,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_first_death_of_several_names_that_process_and_its_exit_status() {
+    async fn a_death_names_that_process_and_its_exit_status_and_no_living_one() {
         let long = spawn(&["sleep", "100"]);
         let mut short = spawn(&["sh", "-c", "exit 3"]);
         let long_pid = long.id().unwrap();
@@ -252,25 +275,35 @@ mod tests {
             ProcessWatch::open("hull-vsock", long_pid).unwrap(),
             ProcessWatch::open("hull-fs", short_pid).unwrap(),
         ];
-        let death = first_death(&watches).await;
+        let found = deaths(&watches).await;
         assert_eq!(
-            death,
-            Death {
+            found,
+            [Death {
                 role: "hull-fs",
                 pid: short_pid,
                 ending: Ending::Exited(3)
-            }
+            }]
+        );
+        // Once the other dies too, both are named, however the loop orders them.
+        watches[0].kill(libc::SIGKILL);
+        watches[0].exited().await;
+        let mut found = deaths(&watches).await;
+        found.sort_by_key(|d| d.role);
+        assert_eq!(
+            found.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                format!("hull-fs (pid {short_pid}) exited with status 3"),
+                format!("hull-vsock (pid {long_pid}) was killed by signal 9 (SIGKILL)"),
+            ]
         );
         assert_eq!(short.wait().await.unwrap().code(), Some(3));
     }
 
     #[tokio::test]
     async fn nothing_to_watch_is_never_a_death() {
-        assert!(
-            tokio::time::timeout(Duration::from_millis(20), first_death(&[]))
-                .await
-                .is_err()
-        );
+        assert!(tokio::time::timeout(Duration::from_millis(20), deaths(&[]))
+            .await
+            .is_err());
     }
 
     #[test]

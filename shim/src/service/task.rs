@@ -46,7 +46,7 @@ use crate::container::{Container, Containers, Exit, ExitHook, Process, Status};
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::lifecycle::Sandbox;
 use crate::sandbox::share::guest_rootfs;
-use crate::sandbox::watch::first_death;
+use crate::sandbox::watch::deaths;
 
 /// The exit status of every process of a lost sandbox (its VM or a backend died, or its agent
 /// stopped answering): the process died with its guest, so it has no exit code or signal of
@@ -293,12 +293,17 @@ impl Inner {
         let sandbox = Arc::downgrade(sandbox);
         let inner = Arc::downgrade(self);
         let task = tokio::spawn(async move {
-            let death = first_death(&watches).await;
+            let dead = deaths(&watches).await;
             // Gone already: the sandbox was shut down, and this is its orderly end.
             let (Some(inner), Some(sandbox)) = (inner.upgrade(), sandbox.upgrade()) else {
                 return;
             };
-            inner.sandbox_lost(&sandbox, &death.to_string()).await;
+            let reason = dead
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            inner.sandbox_lost(&sandbox, &reason).await;
         });
         let previous = self
             .death_watch
