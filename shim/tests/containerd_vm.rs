@@ -569,6 +569,11 @@ fn a_pod_whose_vm_or_backend_or_shim_is_killed_stops_with_a_reason_and_leaves_no
             _ => {
                 assert_eq!(status, "STOPPED", "{victim:?}");
                 let reason = format!("{} (pid {pid}) was killed by signal 9", victim.name());
+                // The log reaches containerd through a FIFO, asynchronously to the exit.
+                let deadline = Instant::now() + BOUND;
+                while !setup.containerd.log().contains(&reason) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 assert!(
                     setup.containerd.log().contains(&reason),
                     "{victim:?}: the shim's log does not say {reason:?}:\n{}",
