@@ -116,7 +116,10 @@ impl ProcessWatch {
             .map_err(|_| error(std::io::Error::from(std::io::ErrorKind::InvalidData)))?;
         // SAFETY: pidfd_open just returned this descriptor; nothing else owns it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let fd = AsyncFd::with_interest(owned, Interest::READABLE).map_err(error)?;
+        // SAFETY: `owned` is the open pidfd just made, owned by the AsyncFd from here on, and
+        // its as_raw_fd always answers that descriptor.
+        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
+            .map_err(|e| error(e.into()))?;
         Ok(Self { role, pid, fd })
     }
 
