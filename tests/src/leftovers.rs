@@ -4,13 +4,26 @@
 /// Command lines (arguments joined by spaces) of the processes whose command line contains
 /// every one of `needles`.
 pub fn processes_with(needles: &[&str]) -> Vec<String> {
+    matching(needles).into_iter().map(|(_, c)| c).collect()
+}
+
+/// Pids of the processes whose command line contains every one of `needles`, for a test
+/// that must signal one of them.
+pub fn pids_with(needles: &[&str]) -> Vec<i32> {
+    matching(needles).into_iter().map(|(p, _)| p).collect()
+}
+
+fn matching(needles: &[&str]) -> Vec<(i32, String)> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
-        .filter(|cmdline| needles.iter().all(|n| cmdline.contains(n)))
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .filter(|(_, cmdline)| needles.iter().all(|n| cmdline.contains(n)))
         .collect()
 }
 
@@ -35,6 +48,10 @@ mod tests {
             found = processes_with(&["sleep 100", &marker]);
         }
         assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            pids_with(&["sleep 100", &marker]),
+            [i32::try_from(child.id()).unwrap()]
+        );
         child.kill().expect("kill");
         child.wait().expect("wait");
         assert!(processes_with(&[&marker]).is_empty());

@@ -217,7 +217,7 @@ impl Containers {
                 .and_then(|c| c.process(&process.exec_id))
                 .is_none_or(|p| p.status == Status::Stopped);
             if reported {
-                // Reported already, by the sandbox's failure ([`Containers::fail_running`]).
+                // Reported already, by the sandbox's failure ([`Containers::fail_unfinished`]).
                 return;
             }
             tracing::info!(container = %process.container_id, exec = %process.exec_id, status, "process exited");
@@ -237,10 +237,10 @@ impl Containers {
 }
 
 impl Containers {
-    /// Marks every running process exited with `status`, when the sandbox running them is
-    /// lost (its agent stopped answering), and returns them for their exit events. Their
-    /// waiters report nothing more.
-    pub fn fail_running(&self, status: u32) -> Vec<(ProcessRef, Exit)> {
+    /// Marks every process that has not exited (running, or created and never started)
+    /// exited with `status`, when the sandbox running them is lost, and returns them for
+    /// their exit events. Their waiters report nothing more, and they cannot be started.
+    pub fn fail_unfinished(&self, status: u32) -> Vec<(ProcessRef, Exit)> {
         let exit = Exit {
             status,
             at: SystemTime::now(),
@@ -250,7 +250,7 @@ impl Containers {
             let processes = std::iter::once((String::new(), &mut container.init))
                 .chain(container.execs.iter_mut().map(|(e, p)| (e.clone(), p)));
             for (exec_id, process) in processes {
-                if process.status == Status::Running {
+                if process.status != Status::Stopped {
                     process.status = Status::Stopped;
                     process.exit.send_replace(Some(exit));
                     failed.push((
@@ -291,12 +291,19 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_sandbox_fails_only_running_processes() {
+    fn a_lost_sandbox_fails_every_unfinished_process_once() {
         let containers = Containers::default();
         let mut running = Process::new(StdioPaths::default(), None);
         running.status = Status::Running;
         let mut exec = Process::new(StdioPaths::default(), Some(b"{}".to_vec()));
         exec.status = Status::Running;
+        let mut finished = Process::new(StdioPaths::default(), Some(b"{}".to_vec()));
+        finished.status = Status::Stopped;
+        let exit_3 = Exit {
+            status: 3,
+            at: SystemTime::now(),
+        };
+        finished.exit.send_replace(Some(exit_3));
         containers.lock().insert(
             "c1".to_owned(),
             Container {
@@ -312,11 +319,12 @@ mod tests {
                         "e2".to_owned(),
                         Process::new(StdioPaths::default(), Some(b"{}".to_vec())),
                     ),
+                    ("e3".to_owned(), finished),
                 ]),
             },
         );
         let mut failed: Vec<(String, String, u32)> = containers
-            .fail_running(255)
+            .fail_unfinished(255)
             .into_iter()
             .map(|(p, e)| (p.container_id, p.exec_id, e.status))
             .collect();
@@ -325,18 +333,24 @@ mod tests {
             failed,
             [
                 ("c1".to_owned(), String::new(), 255),
-                ("c1".to_owned(), "e1".to_owned(), 255)
+                ("c1".to_owned(), "e1".to_owned(), 255),
+                ("c1".to_owned(), "e2".to_owned(), 255),
             ]
         );
         let map = containers.lock();
         assert_eq!(map["c1"].init.exit().map(|e| e.status), Some(255));
         assert_eq!(
             map["c1"].execs["e2"].status,
-            Status::Created,
-            "never started"
+            Status::Stopped,
+            "a created process can never start now"
+        );
+        assert_eq!(
+            map["c1"].execs["e3"].exit(),
+            Some(exit_3),
+            "an exit already reported stays"
         );
         drop(map);
-        assert!(containers.fail_running(255).is_empty(), "reported once");
+        assert!(containers.fail_unfinished(255).is_empty(), "reported once");
     }
 
     #[tokio::test]

@@ -3,15 +3,21 @@
 //! ([`super::host_agent`]). Owns the sandbox's run directory and its persisted record: every
 //! process and mount it acquires is written to the record before it is used, so `shim delete`
 //! can release it after a crash, and [`Sandbox::shutdown`] releases all of it.
+//!
+//! A sandbox can be lost: one of its host processes died (QEMU, a device backend, the host
+//! agent; see [`super::watch`]) or its agent stopped answering. [`Sandbox::lose`] then kills
+//! what is left of it at once; the rest (mounts, files, the record) is released by the
+//! containers' Delete and the shim's Shutdown as usual, without asking the agent.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::boot::{self, BootedVm};
 use super::host_agent::{self, HostAgent};
 use super::persist::{self, OwnedProcess, SandboxRecord};
 use super::share::SharedDir;
+use super::watch::ProcessWatch;
 use crate::agent_link::AgentLink;
 use crate::config::{Config, HypervisorKind};
 use crate::host::Virtualization;
@@ -90,6 +96,10 @@ pub struct Sandbox {
     record_path: PathBuf,
     /// The pod's network carried into the VM, detached after the VM stops.
     network: Option<PodNetwork>,
+    /// Its host processes, watched for death.
+    watches: Arc<[ProcessWatch]>,
+    /// Why the sandbox was lost, once it was.
+    lost: Mutex<Option<String>>,
 }
 
 /// Creates `dir` (and its parents), the last component 0700.
@@ -183,10 +193,23 @@ impl Sandbox {
                 return Err(err);
             }
         };
-        let pids: Vec<(&str, u32)> = match &runner {
+        let pids: Vec<(&'static str, u32)> = match &runner {
             Runner::Vm(vm) => vm.processes(),
             Runner::Host(agent) => agent.pid().map(|p| ("hull-agent", p)).into_iter().collect(),
         };
+        let watches: Arc<[ProcessWatch]> = pids
+            .iter()
+            .filter_map(|&(role, pid)| {
+                ProcessWatch::open(role, pid)
+                    .map_err(|err| {
+                        let cause = std::error::Error::source(&err)
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
+                        tracing::warn!(sandbox = %id, "{err}: {cause}; its death is noticed only by health checks");
+                    })
+                    .ok()
+            })
+            .collect();
         record.processes = pids
             .into_iter()
             .filter_map(|(role, pid)| OwnedProcess::of(role, i32::try_from(pid).ok()?))
@@ -207,7 +230,49 @@ impl Sandbox {
             record: Mutex::new(record),
             record_path: record_path.to_owned(),
             network,
+            watches,
+            lost: Mutex::new(None),
         })
+    }
+
+    /// The sandbox's host processes, to wait for their first death with
+    /// [`super::watch::deaths`].
+    pub fn watches(&self) -> Arc<[ProcessWatch]> {
+        Arc::clone(&self.watches)
+    }
+
+    /// Marks the sandbox lost for `reason` and ends what is left of it: every process of a
+    /// VM is killed (the guest and its containers die with QEMU); the host agent of `none`
+    /// gets SIGTERM, on which it removes its containers (SIGKILL would leave them running on
+    /// the host), and SIGKILL at Shutdown if it lingers. Answers whether this call lost it
+    /// (false if it was lost already).
+    pub fn lose(&self, reason: &str) -> bool {
+        {
+            let mut lost = self
+                .lost
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if lost.is_some() {
+                return false;
+            }
+            *lost = Some(reason.to_owned());
+        }
+        let signal = match self.runner {
+            Runner::Vm(_) => libc::SIGKILL,
+            Runner::Host(_) => libc::SIGTERM,
+        };
+        for watch in self.watches.iter() {
+            watch.kill(signal);
+        }
+        true
+    }
+
+    /// Why the sandbox was lost, if it was.
+    pub fn lost(&self) -> Option<String> {
+        self.lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The sandbox id.
@@ -267,15 +332,26 @@ impl Sandbox {
             record_path,
             run_dir,
             network,
+            lost,
             ..
         } = self;
         let started = std::time::Instant::now();
-        let destroyed = match agent.destroy_sandbox().await {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::warn!(sandbox = %id, "DestroySandbox: {}", err.agent_message());
+        let lost = lost
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let destroyed = match lost {
+            // Nothing to ask: its processes are dead or dying.
+            Some(reason) => {
+                tracing::info!(sandbox = %id, %reason, "stopping a lost sandbox");
                 false
             }
+            None => match agent.destroy_sandbox().await {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(sandbox = %id, "DestroySandbox: {}", err.agent_message());
+                    false
+                }
+            },
         };
         tracing::debug!(sandbox = %id, elapsed = ?started.elapsed(), "DestroySandbox answered");
         drop(agent);

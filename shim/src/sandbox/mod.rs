@@ -5,10 +5,12 @@
 //! host instead (`none`); [`lifecycle`] is the running sandbox the Task service uses (start,
 //! shutdown, the host mounts it owns); [`share`] is the pod's directory shared into the VM
 //! through hull-fs; [`persist`] is the record of what a sandbox owns on the
-//! host, kept on disk so that `shim delete` or a restarted shim can clean up after a crash.
+//! host, kept on disk so that `shim delete` or a restarted shim can clean up after a crash;
+//! [`watch`] notices when one of the sandbox's host processes dies.
 
 pub mod boot;
 pub mod host_agent;
 pub mod lifecycle;
 pub mod persist;
 pub mod share;
+pub mod watch;

@@ -9,6 +9,11 @@
 //! The first Create starts the sandbox (the configuration is loaded then, from the runtime
 //! options' ConfigPath, `HULL_CONF_FILE` or the system files); Shutdown with no container
 //! left stops it and ends the shim.
+//!
+//! A sandbox whose VM, device backend or host agent dies, or whose agent stops answering its
+//! health checks, is lost: the shim logs why, ends what is left of it, and reports every
+//! process of its containers exited with [`LOST_SANDBOX_STATUS`], so that `ctr task wait`,
+//! `ctr run` and CRI see the task stopped at once. The containers are then deleted as usual.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,9 +48,19 @@ use crate::phase::Phase;
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::lifecycle::Sandbox;
 use crate::sandbox::share::{guest_rootfs, guest_volume};
+use crate::sandbox::watch::deaths;
+
+/// The exit status of every process of a lost sandbox (its VM or a backend died, or its agent
+/// stopped answering): the process died with its guest, so it has no exit code or signal of
+/// its own. 255, as Kata Containers reports containers lost with their VM.
+pub const LOST_SANDBOX_STATUS: u32 = 255;
 
 /// How long Shutdown waits for the sandbox to stop before it answers (containerd waits 3 s).
 const SHUTDOWN_INLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long Shutdown waits for the tasks that still hold the sandbox (a health check or
+/// death report under way) to let go of it.
+const SHUTDOWN_RELEASE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest bundle config.json read, in bytes (the agent takes at most 1 MiB of spec).
 const MAX_SPEC: u64 = 1 << 20;
@@ -68,6 +83,8 @@ struct Inner {
     /// The task waiting for OOM events; it holds a connection to the agent, which must be
     /// closed before the agent can stop serving.
     oom_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task waiting for the sandbox's host processes to die.
+    death_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn status(code: Code, message: impl Into<String>) -> TtrpcError {
@@ -111,6 +128,7 @@ impl TaskService {
                 sandbox: AsyncMutex::new(None),
                 beside: std::env::current_exe().ok(),
                 oom_watch: std::sync::Mutex::new(None),
+                death_watch: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -150,6 +168,16 @@ impl Inner {
             .await
             .clone()
             .ok_or_else(|| self.not_found(id, ""))
+    }
+
+    /// The running sandbox, for calls that need its agent: FAILED_PRECONDITION, with the
+    /// reason, once the sandbox is lost.
+    async fn live_sandbox(&self, id: &str) -> TtrpcResult<Arc<Sandbox>> {
+        let sandbox = self.sandbox(id).await?;
+        match sandbox.lost() {
+            None => Ok(sandbox),
+            Some(reason) => Err(lost_error(id, &reason)),
+        }
     }
 
     /// Runs `f` on process `exec_id` of container `id`, or answers NOT_FOUND.
@@ -214,6 +242,7 @@ impl Inner {
         .map_err(|e| status(Code::UNKNOWN, chain(&e)))?;
         let sandbox = Arc::new(sandbox);
         self.watch_oom(sandbox.agent().clone());
+        self.watch_death(&sandbox);
         if config.agent.health_check_interval_secs > 0 {
             self.watch_health(
                 sandbox.agent().clone(),
@@ -258,10 +287,56 @@ impl Inner {
         }
     }
 
-    /// Checks the agent every `interval`; if it stops answering (a hung or dead VM), every
-    /// running process is reported exited (255, as Kata reports a lost sandbox) so that
-    /// containerd and its clients are not left waiting. A shim whose sandbox is lost is
-    /// then deleted by containerd like any other.
+    /// Waits for the first death among the sandbox's host processes (QEMU, a backend, the
+    /// host agent), then reports the sandbox lost. Holds neither the sandbox nor the service
+    /// while it waits.
+    fn watch_death(self: &Arc<Self>, sandbox: &Arc<Sandbox>) {
+        let watches = sandbox.watches();
+        let sandbox = Arc::downgrade(sandbox);
+        let inner = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let dead = deaths(&watches).await;
+            // Gone already: the sandbox was shut down, and this is its orderly end.
+            let (Some(inner), Some(sandbox)) = (inner.upgrade(), sandbox.upgrade()) else {
+                return;
+            };
+            let reason = dead
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            inner.sandbox_lost(&sandbox, &reason).await;
+        });
+        let previous = self
+            .death_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(task);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+    }
+
+    /// Reports the sandbox lost for `reason` (once): ends what is left of it and reports
+    /// every unfinished process of its containers exited with [`LOST_SANDBOX_STATUS`].
+    async fn sandbox_lost(self: &Arc<Self>, sandbox: &Sandbox, reason: &str) {
+        if !sandbox.lose(reason) {
+            return;
+        }
+        let failed = self.containers.fail_unfinished(LOST_SANDBOX_STATUS);
+        tracing::error!(
+            sandbox = %sandbox.id(),
+            "the sandbox is lost: {reason}; what is left of it is stopped, and its containers' {} unfinished processes are reported exited with status {LOST_SANDBOX_STATUS}",
+            failed.len()
+        );
+        for (process, exit) in failed {
+            (self.exit_hook())(process, exit).await;
+        }
+    }
+
+    /// Checks the agent every `interval`; if it stops answering (a hung VM), the sandbox is
+    /// lost (see [`Inner::sandbox_lost`]), so that containerd and its clients are not left
+    /// waiting. A shim whose sandbox is lost is then deleted by containerd like any other.
     fn watch_health(self: &Arc<Self>, agent: agent_link::AgentLink, interval: std::time::Duration) {
         let inner = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -273,17 +348,19 @@ impl Inner {
                     return;
                 };
                 // Stopped with the sandbox: nothing to check any more.
-                if inner.sandbox.lock().await.is_none() {
+                let Some(sandbox) = inner.sandbox.lock().await.clone() else {
                     return;
-                }
+                };
                 let reason = match answer {
                     Ok(()) => continue,
                     Err(err) => err.agent_message(),
                 };
-                tracing::error!("the sandbox's agent is lost ({reason}): its running processes are reported exited");
-                for (process, exit) in inner.containers.fail_running(255) {
-                    (inner.exit_hook())(process, exit).await;
-                }
+                inner
+                    .sandbox_lost(
+                        &sandbox,
+                        &format!("its agent stopped answering health checks ({reason})"),
+                    )
+                    .await;
                 return;
             }
         });
@@ -356,6 +433,9 @@ impl Inner {
             )
         })?;
         let sandbox = self.ensure_sandbox(&id, &bundle, &spec, &options).await?;
+        if let Some(reason) = sandbox.lost() {
+            return Err(lost_error(&id, &reason));
+        }
         if sandbox.hypervisor() != HypervisorKind::None && !crate::paths::is_safe_id(&id) {
             return Err(status(
                 Code::INVALID_ARGUMENT,
@@ -522,7 +602,7 @@ impl Inner {
     }
 
     async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> TtrpcResult<u32> {
-        let sandbox = self.sandbox(id).await?;
+        let sandbox = self.live_sandbox(id).await?;
         let process_json = self.with_process(id, exec_id, |c, e| {
             let p = c.process(e).ok_or_else(|| self.not_found(id, e))?;
             if p.status != Status::Created {
@@ -596,7 +676,12 @@ impl Inner {
         };
         let (status_code, at) = exit.map_or((0, SystemTime::now()), |e| (e.status, e.at));
         if let Some(container) = removed {
-            if let Err(err) = sandbox.agent().remove_container(id, 0).await {
+            // A lost sandbox's containers died with it: nothing to ask its agent.
+            let removal = match sandbox.lost() {
+                None => sandbox.agent().remove_container(id, 0).await,
+                Some(_) => Ok(()),
+            };
+            if let Err(err) = removal {
                 if err.code() != Some(Code::NOT_FOUND) {
                     tracing::warn!(container = %id, "removing the container: {}", err.agent_message());
                 }
@@ -646,6 +731,28 @@ fn release_volumes(sandbox: &Sandbox, id: &str, volumes: &[PathBuf]) {
             tracing::warn!(container = %id, "{}", chain(&err));
         }
     }
+}
+
+/// The sandbox, once no other task holds it (a health check or a death report may, for a
+/// moment), or after [`SHUTDOWN_RELEASE`] the shared handle back.
+async fn release(mut sandbox: Arc<Sandbox>) -> Result<Sandbox, Arc<Sandbox>> {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_RELEASE;
+    loop {
+        match Arc::try_unwrap(sandbox) {
+            Ok(sandbox) => return Ok(sandbox),
+            Err(shared) if tokio::time::Instant::now() >= deadline => return Err(shared),
+            Err(shared) => sandbox = shared,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The answer to a call that needs the agent of a lost sandbox.
+fn lost_error(id: &str, reason: &str) -> TtrpcError {
+    status(
+        Code::FAILED_PRECONDITION,
+        format!("container {id}'s sandbox is lost ({reason}): delete it and run it again"),
+    )
 }
 
 /// containerd's `ProcessDetails` naming an exec, for `ctr task ps`; none for other processes.
@@ -781,7 +888,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let sandbox = self.inner.sandbox(&req.id).await?;
+        let sandbox = self.inner.live_sandbox(&req.id).await?;
         self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
         let processes = sandbox
             .agent()
@@ -803,7 +910,7 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        let sandbox = self.inner.sandbox(&req.id).await?;
+        let sandbox = self.inner.live_sandbox(&req.id).await?;
         self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
         sandbox
             .agent()
@@ -824,7 +931,7 @@ impl Task for TaskService {
     }
 
     async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        let sandbox = self.inner.sandbox(&req.id).await?;
+        let sandbox = self.inner.live_sandbox(&req.id).await?;
         self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
         sandbox
             .agent()
@@ -857,6 +964,18 @@ impl Task for TaskService {
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
         let sandbox = self.inner.sandbox(&req.id).await?;
+        if let Some(reason) = sandbox.lost() {
+            // As runc's shim for a finished process: every process died with the sandbox.
+            self.inner
+                .with_process(&req.id, &req.exec_id, |_, _| Ok(()))?;
+            return Err(status(
+                Code::NOT_FOUND,
+                format!(
+                    "process {:?} of container {} already finished: its sandbox is lost ({reason})",
+                    req.exec_id, req.id
+                ),
+            ));
+        }
         self.inner.with_process(&req.id, &req.exec_id, |c, e| {
             match c.process(e).map(|p| p.status) {
                 // As runc's shim: a finished process is not found.
@@ -936,7 +1055,7 @@ impl Task for TaskService {
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
-        let sandbox = self.inner.sandbox(&req.id).await?;
+        let sandbox = self.inner.live_sandbox(&req.id).await?;
         self.inner
             .with_process(&req.id, &req.exec_id, |_, _| Ok(()))?;
         sandbox
@@ -968,7 +1087,7 @@ impl Task for TaskService {
     }
 
     async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
-        let sandbox = self.inner.sandbox(&req.id).await?;
+        let sandbox = self.inner.live_sandbox(&req.id).await?;
         self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
         // containerd marshals the OCI LinuxResources as JSON in the Any.
         let resources = req
@@ -1024,7 +1143,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let sandbox = self.inner.sandbox(&req.id).await?;
+        let sandbox = self.inner.live_sandbox(&req.id).await?;
         self.inner.with_process(&req.id, "", |_, _| Ok(()))?;
         let stats = sandbox
             .agent()
@@ -1070,6 +1189,17 @@ impl Task for TaskService {
             // waits for before it exits.
             let _ = task.await;
         }
+        let death_watch = self
+            .inner
+            .death_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = death_watch {
+            // The orderly stop ends the sandbox's processes: that is no death to report.
+            task.abort();
+            let _ = task.await;
+        }
         // containerd gives Shutdown 3 s, then closes the connection and runs `shim delete`,
         // which kills what the sandbox record lists. So the sandbox is stopped gracefully
         // for up to SHUTDOWN_INLINE before the answer, and the rest (a slow VM) continues
@@ -1077,7 +1207,7 @@ impl Task for TaskService {
         let exit = Arc::clone(&self.inner.exit);
         let teardown = tokio::spawn(async move {
             if let Some(sandbox) = sandbox {
-                match Arc::try_unwrap(sandbox) {
+                match release(sandbox).await {
                     Ok(sandbox) => sandbox.shutdown().await,
                     Err(sandbox) => {
                         tracing::error!(sandbox = %sandbox.id(), "sandbox still in use at shutdown; its record is left for 'shim delete'");
