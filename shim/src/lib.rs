@@ -19,6 +19,7 @@ pub mod config;
 pub mod container;
 pub mod host;
 pub mod hybrid_vsock;
+pub mod monitor;
 pub mod network;
 pub mod paths;
 pub mod qemu;

@@ -66,6 +66,8 @@ struct Inner {
     /// The task waiting for OOM events; it holds a connection to the agent, which must be
     /// closed before the agent can stop serving.
     oom_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task serving the pod's metrics on its run directory's socket.
+    metrics_server: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn status(code: Code, message: impl Into<String>) -> TtrpcError {
@@ -109,6 +111,7 @@ impl TaskService {
                 sandbox: AsyncMutex::new(None),
                 beside: std::env::current_exe().ok(),
                 oom_watch: std::sync::Mutex::new(None),
+                metrics_server: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -211,6 +214,7 @@ impl Inner {
         .await
         .map_err(|e| status(Code::UNKNOWN, chain(&e)))?;
         let sandbox = Arc::new(sandbox);
+        self.serve_metrics(&sandbox);
         self.watch_oom(sandbox.agent().clone());
         if config.agent.health_check_interval_secs > 0 {
             self.watch_health(
@@ -220,6 +224,32 @@ impl Inner {
         }
         *slot = Some(Arc::clone(&sandbox));
         Ok(sandbox)
+    }
+
+    /// Serves the pod's Prometheus metrics on `shim-monitor.sock` in its run directory, for
+    /// `hull monitor`. The socket goes with the run directory; a failure to bind is logged,
+    /// not fatal: the pod runs without metrics.
+    fn serve_metrics(&self, sandbox: &Arc<Sandbox>) {
+        let socket = sandbox.run_dir().join(crate::monitor::SOCKET_NAME);
+        let listener = match tokio::net::UnixListener::bind(&socket) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(socket = %socket.display(), %err, "the pod's metrics will not be served");
+                return;
+            }
+        };
+        let task = tokio::spawn(crate::monitor::serve_shim(
+            listener,
+            Arc::downgrade(sandbox),
+        ));
+        let previous = self
+            .metrics_server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(task);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
     }
 
     /// Publishes TaskOOM for each container the agent reports OOM-killed, until the agent
@@ -993,6 +1023,16 @@ impl Task for TaskService {
             return Ok(Empty::new());
         }
         let sandbox = self.inner.sandbox.lock().await.take();
+        let metrics_server = self
+            .inner
+            .metrics_server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = metrics_server {
+            task.abort();
+            let _ = task.await;
+        }
         let oom_watch = self
             .inner
             .oom_watch
