@@ -10,12 +10,11 @@ use std::time::Duration;
 use hull_agent_protocol::agent::{
     CheckRequest, CloseStdinRequest, CreateContainerRequest, DestroySandboxRequest,
     ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest, GuestDetailsRequest,
-    GuestDetailsResponse,
-    ListProcessesRequest, PauseContainerRequest, ProcessInfo, ReadStreamRequest,
-    RemoveContainerRequest, ResumeContainerRequest, ServingStatus, SignalProcessRequest,
-    StartContainerRequest, StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest,
-    UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest,
-    WaitProcessResponse, WriteStreamRequest,
+    GuestDetailsResponse, ListProcessesRequest, PauseContainerRequest, ProcessInfo,
+    ReadStreamRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
+    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+    WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
 };
 use hull_agent_protocol::ttrpc::context;
 use hull_agent_protocol::ttrpc::r#async::transport::Socket;

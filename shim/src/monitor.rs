@@ -100,7 +100,9 @@ pub fn parse_request(head: &[u8]) -> Result<Request, Error> {
         return Err(bad("the method is not a token of capitals"));
     }
     if !target.starts_with('/') || !target.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad("the path is not an absolute path of printable characters"));
+        return Err(bad(
+            "the path is not an absolute path of printable characters",
+        ));
     }
     if version != "HTTP/1.0" && version != "HTTP/1.1" {
         return Err(bad("the version is not HTTP/1.0 or HTTP/1.1"));
@@ -195,11 +197,7 @@ pub fn parse_stat(stat: &str) -> Option<(u64, u64, u64)> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After ')' the first field is field 3 (state): field N is at index N - 3.
     let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-    Some((
-        field(14)?.checked_add(field(15)?)?,
-        field(20)?,
-        field(24)?,
-    ))
+    Some((field(14)?.checked_add(field(15)?)?, field(20)?, field(24)?))
 }
 
 impl ProcessStats {
@@ -358,7 +356,10 @@ pub fn discover(run_root: &Path) -> Vec<ShimEndpoint> {
     let mut found = Vec::new();
     for namespace in names(run_root) {
         for sandbox_id in names(&run_root.join(&namespace)) {
-            let socket = run_root.join(&namespace).join(&sandbox_id).join(SOCKET_NAME);
+            let socket = run_root
+                .join(&namespace)
+                .join(&sandbox_id)
+                .join(SOCKET_NAME);
             if socket.exists() {
                 found.push(ShimEndpoint {
                     namespace: namespace.clone(),
@@ -578,7 +579,11 @@ mod tests {
             b"GET  /metrics HTTP/1.1\r\n",
             b"GET /metrics HTTP/1.1",
         ] {
-            assert!(parse_request(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_request(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -654,8 +659,13 @@ mod tests {
         }
         let ok = ask(b"GET /metrics HTTP/1.1\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains(CONTENT_TYPE) && ok.ends_with("\r\n\r\nm 1\n"), "{ok}");
-        assert!(ask(b"GET / HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404"));
+        assert!(
+            ok.contains(CONTENT_TYPE) && ok.ends_with("\r\n\r\nm 1\n"),
+            "{ok}"
+        );
+        assert!(ask(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 404"));
         assert!(ask(b"POST /metrics HTTP/1.1\r\n\r\n")
             .await
             .starts_with("HTTP/1.1 405"));

@@ -22,9 +22,9 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
     LinuxPodSandboxConfig, ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StatusRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StatusRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -120,7 +120,8 @@ impl CriSetup {
             cni_conf_dir,
         };
         let netns_before = netns_names();
-        let containerd = Containerd::start_with_cri(&[shim_dir], &options)?.expect("containerd starts");
+        let containerd =
+            Containerd::start_with_cri(&[shim_dir], &options)?.expect("containerd starts");
         let archive = dir.path().join("busybox.tar");
         build_busybox_archive(&busybox, &archive).unwrap();
         containerd.import_in(CRI_NAMESPACE, &archive).unwrap();
@@ -325,7 +326,11 @@ async fn pod_life_cycle(
             pod_sandbox_id: pod_id.clone(),
             config: Some(container_config(
                 "first",
-                &["sh", "-c", "echo hello from the first container; exec sleep 1000"],
+                &[
+                    "sh",
+                    "-c",
+                    "echo hello from the first container; exec sleep 1000",
+                ],
             )),
             sandbox_config: Some(config.clone()),
         })
@@ -433,7 +438,10 @@ async fn pod_life_cycle(
         .expect("ExecSync (second)")
         .into_inner();
     assert_eq!(exec.exit_code, 0);
-    assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec in the second\n");
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        "exec in the second\n"
+    );
     let run_dir = hull_shim::paths::sandbox_run_dir(CRI_NAMESPACE, &pod_id);
     let run_dir = run_dir.display().to_string();
     let (what, holders) = match runner {
@@ -451,7 +459,10 @@ async fn pod_life_cycle(
         .into_iter()
         .filter(|p| p.contains(&first) || p.contains(&second))
         .collect::<Vec<_>>();
-    assert!(shims.is_empty(), "a container got a shim of its own: {shims:?}");
+    assert!(
+        shims.is_empty(),
+        "a container got a shim of its own: {shims:?}"
+    );
 
     // Stop and remove, as the kubelet does.
     for id in [&second, &first] {
@@ -522,7 +533,11 @@ async fn assert_nothing_left(setup: &CriSetup, pod_id: &str) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let leaked: Vec<&str> = mounts.lines().filter(|l| l.contains(pod_id)).collect();
     assert!(leaked.is_empty(), "mounts left: {leaked:?}");
-    assert_eq!(netns_names(), setup.netns_before, "a network namespace was left");
+    assert_eq!(
+        netns_names(),
+        setup.netns_before,
+        "a network namespace was left"
+    );
     assert_eq!(setup.veths_on_bridge(), "", "a veth was left on the bridge");
     assert!(
         setup.ipam_allocations().is_empty(),
@@ -596,7 +611,9 @@ fn a_cri_pod_on_the_none_hypervisor_runs_two_containers_and_leaves_nothing() {
             .await
             .expect_err("a pod annotation outside runtime.allowed_annotations is refused");
         assert!(
-            refused.message().contains("io.hull.config.vm.kernel_params"),
+            refused
+                .message()
+                .contains("io.hull.config.vm.kernel_params"),
             "the error does not name the annotation: {refused}"
         );
         let pods = client

@@ -45,7 +45,9 @@ fn parse_prometheus(text: &str) -> Vec<Sample> {
         if let Some(comment) = line.strip_prefix("# ") {
             let mut words = comment.splitn(3, ' ');
             let keyword = words.next().unwrap();
-            let name = words.next().unwrap_or_else(|| panic!("bare comment {line:?}"));
+            let name = words
+                .next()
+                .unwrap_or_else(|| panic!("bare comment {line:?}"));
             assert!(is_name(name), "bad metric name in {line:?}");
             match keyword {
                 "HELP" => {}
@@ -207,7 +209,11 @@ fn hull_monitor_serves_prometheus_text_with_each_pods_series() {
     let socket = hull_shim::paths::sandbox_run_dir(NAMESPACE, id).join("shim-monitor.sock");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !socket.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", socket.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            socket.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -240,7 +246,10 @@ fn hull_monitor_serves_prometheus_text_with_each_pods_series() {
             assert_eq!(of_pod(name, Some(role)).len(), 1, "{name} {role}:\n{body}");
         }
         let rss = of_pod("hull_process_resident_memory_bytes", Some(role));
-        assert!(rss.len() == 1 && rss[0] > 0.0, "{role} RSS: {rss:?}\n{body}");
+        assert!(
+            rss.len() == 1 && rss[0] > 0.0,
+            "{role} RSS: {rss:?}\n{body}"
+        );
     }
     assert_eq!(of_pod("hull_agent_up", None), vec![1.0], "{body}");
     assert_eq!(of_pod("hull_monitor_shim_up", None), vec![1.0], "{body}");

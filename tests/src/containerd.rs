@@ -39,7 +39,8 @@ impl CriOptions {
     /// The CRI plugin's section of containerd's configuration.
     fn config(&self) -> String {
         let handler = &self.handler;
-        let runtime = format!("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}]");
+        let runtime =
+            format!("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}]");
         let mut text = format!(
             "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
              \x20 sandbox_image = {:?}\n\
