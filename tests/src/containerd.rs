@@ -36,7 +36,8 @@ pub struct CriOptions {
 }
 
 impl CriOptions {
-    /// The CRI plugin's section of containerd's configuration.
+    /// The CRI plugin's section of containerd's configuration. runc stays configured: CRI
+    /// refuses to load when its default runtime (`runc`) is not among the runtimes.
     fn config(&self) -> String {
         let handler = &self.handler;
         let runtime =
@@ -50,6 +51,8 @@ impl CriOptions {
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
              \x20 bin_dir = {:?}\n\
              \x20 conf_dir = {:?}\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+             \x20 runtime_type = \"io.containerd.runc.v2\"\n\
              {runtime}\n\
              \x20 runtime_type = {:?}\n\
              \x20 pod_annotations = {:?}\n",
