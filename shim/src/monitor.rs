@@ -688,7 +688,7 @@ mod tests {
         #[test]
         fn any_line_gets_the_labels_or_is_dropped(line in "\\PC{0,80}") {
             if let Some(labelled) = add_labels(&line, "sandbox_id=\"p\"") {
-                prop_assert!(labelled.contains("{sandbox_id=\"p\""));
+                prop_assert!(labelled.contains("{sandbox_id=\"p\""), "{}", labelled);
             }
             let shim = ShimEndpoint {
                 namespace: "n".into(),
