@@ -220,10 +220,18 @@ impl ProcessStats {
     }
 }
 
+/// A process metric family: name, type, help, and how its value is read.
+type Family4 = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ProcessStats) -> String,
+);
+
 /// The Prometheus text of processes by role (`shim`, `qemu`, `hull-vsock`, ...).
 pub fn render_processes(processes: &[(String, ProcessStats)]) -> String {
     let mut out = String::new();
-    let families: [(&str, &str, &str, fn(&ProcessStats) -> String); 4] = [
+    let families: [Family4; 4] = [
         (
             "hull_process_cpu_seconds_total",
             "counter",
