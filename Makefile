@@ -12,11 +12,13 @@ HOST_TRIPLE := x86_64-unknown-linux-gnu
 AGENT_BIN := target/$(HOST_TRIPLE)/release/hull-agent
 
 # Debian 12 packages the build, the image and the tests use. Recommends are not installed
-# (QEMU's pull in a GUI), so firmware and helpers are listed by name.
+# (QEMU's pull in a GUI), so firmware and helpers are listed by name. The CRI test uses the
+# CNI plugins (bridge, host-local, loopback); protoc builds the CRI client's gRPC code.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 \
 	linux-source-6.1 qemu-system-x86 qemu-system-data seabios qemu-system-common \
 	busybox-static containerd runc iproute2 procps util-linux \
-	libseccomp-dev libcap-ng-dev fio
+	libseccomp-dev libcap-ng-dev fio \
+	containernetworking-plugins protobuf-compiler
 
 .PHONY: help deps build agent image lint test demo install clean-cache bench-deps
 

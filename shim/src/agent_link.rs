@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use hull_agent_protocol::agent::{
     CheckRequest, CloseStdinRequest, CreateContainerRequest, DestroySandboxRequest,
-    ExecProcessRequest, GetOOMEventRequest, GuestDetailsRequest, GuestDetailsResponse,
-    ListProcessesRequest, PauseContainerRequest, ProcessInfo, ReadStreamRequest,
-    RemoveContainerRequest, ResumeContainerRequest, ServingStatus, SignalProcessRequest,
-    StartContainerRequest, StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest,
-    UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest,
-    WaitProcessResponse, WriteStreamRequest,
+    ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest, GuestDetailsRequest,
+    GuestDetailsResponse, ListProcessesRequest, PauseContainerRequest, ProcessInfo,
+    ReadStreamRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
+    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+    WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
 };
 use hull_agent_protocol::ttrpc::context;
 use hull_agent_protocol::ttrpc::r#async::transport::Socket;
@@ -521,6 +521,18 @@ impl AgentLink {
                 .destroy_sandbox(self.ctx(), &DestroySandboxRequest::new())
                 .await,
         )
+    }
+
+    /// GetMetrics: the agent's and the guest's figures, in the Prometheus text format.
+    pub async fn get_metrics(&self) -> Result<String> {
+        self.client
+            .get_metrics(self.ctx(), &GetMetricsRequest::new())
+            .await
+            .map(|metrics| metrics.metrics)
+            .map_err(|source| Error::Call {
+                call: "GetMetrics",
+                source,
+            })
     }
 
     /// The generated client, for calls this type does not wrap yet.

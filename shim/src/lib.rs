@@ -20,6 +20,7 @@ pub mod config;
 pub mod container;
 pub mod host;
 pub mod hybrid_vsock;
+pub mod monitor;
 pub mod mounts;
 pub mod network;
 pub mod paths;

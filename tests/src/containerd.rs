@@ -11,6 +11,68 @@ use crate::prereq::{find_program, Missing};
 /// The namespace tests run in.
 pub const NAMESPACE: &str = "hull-test";
 
+/// The namespace containerd's CRI plugin keeps its pods, containers and images in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// containerd's CRI plugin, enabled for a test (it is disabled otherwise): a runtime handler
+/// for hull, the pod sandbox image (no registry is reachable: it must be imported), CNI.
+#[derive(Debug, Clone)]
+pub struct CriOptions {
+    /// The runtime handler's name (`RunPodSandboxRequest.runtime_handler`).
+    pub handler: String,
+    /// Its `runtime_type`, e.g. `io.containerd.hull.v2`.
+    pub runtime_type: String,
+    /// The configuration file handed to the shim as `runtimeoptions.v1.Options.ConfigPath`.
+    pub config_path: Option<PathBuf>,
+    /// Pod annotations (globs) the handler passes on to the runtime.
+    pub pod_annotations: Vec<String>,
+    /// The image the pod sandbox ("pause") container runs; it must be imported into
+    /// [`CRI_NAMESPACE`] before a pod starts.
+    pub sandbox_image: String,
+    /// Where the CNI plugins are (`/usr/lib/cni` with Debian's containernetworking-plugins).
+    pub cni_bin_dir: PathBuf,
+    /// Where the CNI network configuration is.
+    pub cni_conf_dir: PathBuf,
+}
+
+impl CriOptions {
+    /// The CRI plugin's section of containerd's configuration. runc stays configured: CRI
+    /// refuses to load when its default runtime (`runc`) is not among the runtimes.
+    fn config(&self) -> String {
+        let handler = &self.handler;
+        let runtime =
+            format!("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}]");
+        let mut text = format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+             \x20 sandbox_image = {:?}\n\
+             \x20 disable_apparmor = true\n\
+             \x20 stream_server_address = \"127.0.0.1\"\n\
+             \x20 stream_server_port = \"0\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+             \x20 bin_dir = {:?}\n\
+             \x20 conf_dir = {:?}\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+             \x20 runtime_type = \"io.containerd.runc.v2\"\n\
+             {runtime}\n\
+             \x20 runtime_type = {:?}\n\
+             \x20 pod_annotations = {:?}\n",
+            self.sandbox_image,
+            self.cni_bin_dir.display().to_string(),
+            self.cni_conf_dir.display().to_string(),
+            self.runtime_type,
+            self.pod_annotations,
+        );
+        if let Some(path) = &self.config_path {
+            text.push_str(&format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}.options]\n\
+                 \x20 ConfigPath = {:?}\n",
+                path.display().to_string()
+            ));
+        }
+        text
+    }
+}
+
 /// Errors of the test containerd.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,6 +106,8 @@ pub struct Containerd {
     child: Child,
     ctr: PathBuf,
     path_env: std::ffi::OsString,
+    /// Whether the CRI plugin runs (and [`CRI_NAMESPACE`] needs cleaning up too).
+    cri: bool,
 }
 
 impl Containerd {
@@ -52,10 +116,35 @@ impl Containerd {
         let containerd = find_program("containerd", "containerd")?;
         let ctr = find_program("ctr", "containerd")?;
         find_program("runc", "runc")?;
-        Ok(Self::spawn(&containerd, ctr, extra_path))
+        Ok(Self::spawn(&containerd, ctr, extra_path, None))
     }
 
-    fn spawn(containerd: &Path, ctr: PathBuf, extra_path: &[PathBuf]) -> Result<Self, Error> {
+    /// Starts containerd with its CRI plugin enabled as `cri` says; its CRI endpoint is
+    /// [`Self::address`], as with a system containerd.
+    pub fn start_with_cri(
+        extra_path: &[PathBuf],
+        cri: &CriOptions,
+    ) -> Result<Result<Self, Error>, Missing> {
+        let containerd = find_program("containerd", "containerd")?;
+        let ctr = find_program("ctr", "containerd")?;
+        find_program("runc", "runc")?;
+        for plugin in ["bridge", "host-local", "loopback"] {
+            if !cri.cni_bin_dir.join(plugin).is_file() {
+                return Err(Missing::new(
+                    format!("the CNI plugin {plugin} in {}", cri.cni_bin_dir.display()),
+                    "apt-get install containernetworking-plugins",
+                ));
+            }
+        }
+        Ok(Self::spawn(&containerd, ctr, extra_path, Some(cri)))
+    }
+
+    fn spawn(
+        containerd: &Path,
+        ctr: PathBuf,
+        extra_path: &[PathBuf],
+        cri: Option<&CriOptions>,
+    ) -> Result<Self, Error> {
         let io = |what: &str| {
             let what = what.to_owned();
             move |source| Error::Io { what, source }
@@ -65,13 +154,21 @@ impl Containerd {
             .tempdir()
             .map_err(io("creating a temp dir"))?;
         let d = dir.path().display();
-        let config = format!(
+        let disabled = if cri.is_some() {
+            ""
+        } else {
+            "\"io.containerd.grpc.v1.cri\""
+        };
+        let mut config = format!(
             "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             disabled_plugins = [{disabled}]\n\
              [grpc]\n  address = \"{d}/containerd.sock\"\n\
              [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
              [debug]\n  level = \"debug\"\n"
         );
+        if let Some(cri) = cri {
+            config.push_str(&cri.config());
+        }
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).map_err(io("writing containerd's config"))?;
         let log = std::fs::File::create(dir.path().join("containerd.log"))
@@ -99,6 +196,7 @@ impl Containerd {
             child,
             ctr,
             path_env,
+            cri: cri.is_some(),
         };
         let bound = Duration::from_secs(60);
         let deadline = Instant::now() + bound;
@@ -123,10 +221,15 @@ impl Containerd {
 
     /// A `ctr` command against this containerd, in [`NAMESPACE`].
     pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_in(NAMESPACE, args)
+    }
+
+    /// A `ctr` command against this containerd, in `namespace`.
+    pub fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.ctr);
         cmd.arg("--address")
             .arg(self.address())
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args);
         cmd.env("PATH", &self.path_env).stdin(Stdio::null());
         cmd
@@ -134,8 +237,13 @@ impl Containerd {
 
     /// Runs `ctr` and returns its output, or an error with everything it printed.
     pub fn ctr(&self, args: &[&str]) -> Result<Output, Error> {
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// Runs `ctr` in `namespace`, as [`Self::ctr`].
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<Output, Error> {
         let output = self
-            .ctr_command(args)
+            .ctr_command_in(namespace, args)
             .output()
             .map_err(|source| Error::Io {
                 what: format!("running ctr {}", args.join(" ")),
@@ -165,10 +273,35 @@ impl Containerd {
         self.ctr(&["images", "import", archive]).map(drop)
     }
 
+    /// Imports an OCI archive into `namespace` ([`CRI_NAMESPACE`] for CRI's pods).
+    pub fn import_in(&self, namespace: &str, archive: &Path) -> Result<(), Error> {
+        let archive = archive.to_str().ok_or_else(|| Error::Io {
+            what: format!("image archive path {archive:?}"),
+            source: std::io::Error::other("not UTF-8"),
+        })?;
+        self.ctr_in(namespace, &["images", "import", archive])
+            .map(drop)
+    }
+
+    /// The directory containerd keeps its state in (`state` in its configuration).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The directory containerd keeps its data in (`root` in its configuration).
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
     /// Names of the containers and tasks that exist now, for leak checks.
     pub fn leftovers(&self) -> (Vec<String>, Vec<String>) {
+        self.leftovers_in(NAMESPACE)
+    }
+
+    /// Names of the containers and tasks that exist now in `namespace`.
+    pub fn leftovers_in(&self, namespace: &str) -> (Vec<String>, Vec<String>) {
         let names = |args: &[&str]| {
-            self.ctr(args)
+            self.ctr_in(namespace, args)
                 .map(|o| {
                     String::from_utf8_lossy(&o.stdout)
                         .lines()
@@ -186,13 +319,20 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let (containers, tasks) = self.leftovers();
-        for task in &tasks {
-            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", task]);
-            let _ = self.ctr(&["tasks", "delete", "-f", task]);
-        }
-        for container in &containers {
-            let _ = self.ctr(&["containers", "delete", container]);
+        let namespaces: &[&str] = if self.cri {
+            &[NAMESPACE, CRI_NAMESPACE]
+        } else {
+            &[NAMESPACE]
+        };
+        for namespace in namespaces {
+            let (containers, tasks) = self.leftovers_in(namespace);
+            for task in &tasks {
+                let _ = self.ctr_in(namespace, &["tasks", "kill", "-s", "SIGKILL", task]);
+                let _ = self.ctr_in(namespace, &["tasks", "delete", "-f", task]);
+            }
+            for container in &containers {
+                let _ = self.ctr_in(namespace, &["containers", "delete", container]);
+            }
         }
         // SAFETY: kill(2) with a pid we spawned and have not reaped yet; at worst ESRCH.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };

@@ -15,6 +15,10 @@ use crate::prereq::Missing;
 /// The name the image is imported under.
 pub const BUSYBOX_IMAGE: &str = "docker.io/hull/busybox:latest";
 
+/// The name of the pod sandbox image (CRI's "pause" image): the same busybox, whose default
+/// command sleeps until it is killed, as pause does.
+pub const PAUSE_IMAGE: &str = "docker.io/hull/pause:latest";
+
 /// Errors building an image.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -96,23 +100,43 @@ fn layer(busybox: &Path) -> std::io::Result<Vec<u8>> {
 
 /// Writes the busybox image as an OCI archive at `out` and returns the name it imports as.
 pub fn build_busybox_archive(busybox: &Path, out: &Path) -> Result<&'static str, Error> {
+    build_archive(busybox, out, BUSYBOX_IMAGE, &[], &["sh"])
+}
+
+/// Writes the pod sandbox image ([`PAUSE_IMAGE`]) as an OCI archive at `out` and returns the
+/// name it imports as. No pause image can be pulled here; this one sleeps instead.
+pub fn build_pause_archive(busybox: &Path, out: &Path) -> Result<&'static str, Error> {
+    build_archive(busybox, out, PAUSE_IMAGE, &["/bin/sleep"], &["2147483647"])
+}
+
+/// Writes a busybox image named `name` with `entrypoint` and `cmd` as an OCI archive at
+/// `out`.
+fn build_archive(
+    busybox: &Path,
+    out: &Path,
+    name: &'static str,
+    entrypoint: &[&str],
+    cmd: &[&str],
+) -> Result<&'static str, Error> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Io { path, source }
     };
     let layer = layer(busybox).map_err(io(busybox))?;
     let layer_digest = sha256(&layer);
-    let config = json!({
+    let mut config = json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
+            "Cmd": cmd,
         },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
-    })
-    .to_string()
-    .into_bytes();
+    });
+    if !entrypoint.is_empty() {
+        config["config"]["Entrypoint"] = json!(entrypoint);
+    }
+    let config = config.to_string().into_bytes();
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -135,7 +159,7 @@ pub fn build_busybox_archive(busybox: &Path, out: &Path) -> Result<&'static str,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": format!("sha256:{}", sha256(&manifest)),
             "size": manifest.len(),
-            "annotations": { "io.containerd.image.name": BUSYBOX_IMAGE },
+            "annotations": { "io.containerd.image.name": name },
         }],
     })
     .to_string()
@@ -154,5 +178,5 @@ pub fn build_busybox_archive(busybox: &Path, out: &Path) -> Result<&'static str,
     let bytes = archive.into_inner().map_err(io(out))?;
     let mut file = std::fs::File::create(out).map_err(io(out))?;
     file.write_all(&bytes).map_err(io(out))?;
-    Ok(BUSYBOX_IMAGE)
+    Ok(name)
 }

@@ -39,6 +39,13 @@ enum Command {
     },
     /// Prints hull's manual page (roff), generated from these definitions.
     Man,
+    /// Serves the Prometheus metrics of every running hull pod on one HTTP endpoint
+    /// (GET /metrics), each series labelled with its sandbox_id and namespace.
+    Monitor {
+        /// Address to listen on; loopback by default. Port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .render(&mut std::io::stdout())
                 .context("writing the manual page")?;
         }
+        Command::Monitor { listen } => monitor(listen)?,
         Command::Env => {
             let loaded = load_config(cli.config)?;
             print!("{}", hull_shim::host::environment_report(&loaded));
@@ -128,6 +136,31 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<hull_shim::config::Loade
     use anyhow::Context;
     hull_shim::config::load(&hull_shim::config::ConfigSearch::from_env(path))
         .context("loading the configuration")
+}
+
+/// `hull monitor`: finds the shims under the run root at each scrape and serves their
+/// metrics merged.
+fn monitor(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let bound = listener.local_addr().context("the bound address")?;
+        println!("hull monitor: serving http://{bound}/metrics");
+        std::io::stdout().flush().context("writing to stdout")?;
+        hull_shim::monitor::serve_monitor(
+            listener,
+            std::path::PathBuf::from(hull_shim::paths::RUN_ROOT),
+        )
+        .await;
+        Ok(())
+    })
 }
 
 /// `hull check --boot`: boots a guest as a pod would and asks its agent how it is.

@@ -298,6 +298,21 @@ impl Sandbox {
         &self.agent
     }
 
+    /// The sandbox's run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The host processes the sandbox owns, by role (`qemu`, `hull-vsock`, `hull-fs`,
+    /// `hull-agent`), as its record lists them.
+    pub fn processes(&self) -> Vec<(String, i32)> {
+        self.lock_record()
+            .processes
+            .iter()
+            .map(|p| (p.role.clone(), p.pid))
+            .collect()
+    }
+
     /// Records a host mount the sandbox now owns (before it is made).
     pub fn add_mount(&self, target: &Path) -> Result<()> {
         let mut record = self.lock_record();

@@ -85,6 +85,8 @@ struct Inner {
     oom_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The task waiting for the sandbox's host processes to die.
     death_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task serving the pod's metrics on its run directory's socket.
+    metrics_server: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn status(code: Code, message: impl Into<String>) -> TtrpcError {
@@ -129,6 +131,7 @@ impl TaskService {
                 beside: std::env::current_exe().ok(),
                 oom_watch: std::sync::Mutex::new(None),
                 death_watch: std::sync::Mutex::new(None),
+                metrics_server: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -241,6 +244,7 @@ impl Inner {
         .await
         .map_err(|e| status(Code::UNKNOWN, chain(&e)))?;
         let sandbox = Arc::new(sandbox);
+        self.serve_metrics(&sandbox);
         self.watch_oom(sandbox.agent().clone());
         self.watch_death(&sandbox);
         if config.agent.health_check_interval_secs > 0 {
@@ -251,6 +255,32 @@ impl Inner {
         }
         *slot = Some(Arc::clone(&sandbox));
         Ok(sandbox)
+    }
+
+    /// Serves the pod's Prometheus metrics on `shim-monitor.sock` in its run directory, for
+    /// `hull monitor`. The socket goes with the run directory; a failure to bind is logged,
+    /// not fatal: the pod runs without metrics.
+    fn serve_metrics(&self, sandbox: &Arc<Sandbox>) {
+        let socket = sandbox.run_dir().join(crate::monitor::SOCKET_NAME);
+        let listener = match tokio::net::UnixListener::bind(&socket) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(socket = %socket.display(), %err, "the pod's metrics will not be served");
+                return;
+            }
+        };
+        let task = tokio::spawn(crate::monitor::serve_shim(
+            listener,
+            Arc::downgrade(sandbox),
+        ));
+        let previous = self
+            .metrics_server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(task);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
     }
 
     /// Publishes TaskOOM for each container the agent reports OOM-killed, until the agent
@@ -1177,28 +1207,22 @@ impl Task for TaskService {
             return Ok(Empty::new());
         }
         let sandbox = self.inner.sandbox.lock().await.take();
-        let oom_watch = self
-            .inner
-            .oom_watch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = oom_watch {
-            task.abort();
-            // Dropped with the task: its connection to the agent, which the agent's server
-            // waits for before it exits.
-            let _ = task.await;
-        }
-        let death_watch = self
-            .inner
-            .death_watch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = death_watch {
-            // The orderly stop ends the sandbox's processes: that is no death to report.
-            task.abort();
-            let _ = task.await;
+        // The metrics server, the OOM watch (its connection to the agent, which the agent's
+        // server waits for before it exits) and the death watch (the orderly stop ends the
+        // sandbox's processes: that is no death to report) end before the sandbox stops.
+        for watcher in [
+            &self.inner.metrics_server,
+            &self.inner.oom_watch,
+            &self.inner.death_watch,
+        ] {
+            let task = watcher
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(task) = task {
+                task.abort();
+                let _ = task.await;
+            }
         }
         // containerd gives Shutdown 3 s, then closes the connection and runs `shim delete`,
         // which kills what the sandbox record lists. So the sandbox is stopped gracefully
