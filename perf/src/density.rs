@@ -80,9 +80,12 @@ pub fn rollup_pss_kib(smaps_rollup: &str) -> Option<u64> {
     })
 }
 
-/// PSS in KiB of the guest RAM mappings in a process's `smaps`: the mappings of QEMU's
-/// `memory-backend-memfd` object `mem` (`/memfd:mem (deleted)`), in QEMU and in every
-/// vhost-user backend that maps the guest's memory.
+/// The guest RAM's mapping in `/proc/PID/smaps`: QEMU's `memory-backend-memfd` object (QEMU
+/// names the memfd after the object's type; hull's VMs have exactly one), mapped by QEMU and
+/// by every vhost-user backend that maps the guest's memory.
+const GUEST_RAM_MEMFD: &str = "/memfd:memory-backend-memfd";
+
+/// PSS in KiB of the guest RAM mappings ([`GUEST_RAM_MEMFD`]) in a process's `smaps`.
 pub fn guest_ram_pss_kib(smaps: &str) -> u64 {
     let mut total = 0;
     let mut in_guest_ram = false;
@@ -91,7 +94,7 @@ pub fn guest_ram_pss_kib(smaps: &str) -> u64 {
         let first = fields.next().unwrap_or_default();
         // A mapping's header starts with its address range "start-end".
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            in_guest_ram = fields.nth(4).is_some_and(|path| path == "/memfd:mem");
+            in_guest_ram = fields.nth(4).is_some_and(|path| path == GUEST_RAM_MEMFD);
             continue;
         }
         if in_guest_ram && first == "Pss:" {
@@ -475,7 +478,7 @@ fn notes(skipped: &[usize]) -> Vec<String> {
             SETTLE.as_secs()
         ),
         format!(
-            "PSS excludes the guest RAM ({GUEST_MIB} MiB per VM, QEMU's memfd `mem`, mapped by \
+            "PSS excludes the guest RAM ({GUEST_MIB} MiB per VM, QEMU's memfd `memory-backend-memfd`, mapped by \
              QEMU and the vhost-user backends), which is reported apart as guest RAM PSS: only \
              the pages the guest touched count. Goal: PSS per pod ≤ {GOAL_PSS_MIB} MiB without \
              guest RAM."
@@ -718,7 +721,7 @@ mod tests {
 55d0c0000000-55d0c0100000 r-xp 00000000 fd:01 1234   /usr/bin/qemu-system-x86_64
 Size:               1024 kB
 Pss:                 300 kB
-7f0000000000-7f0010000000 rw-s 00000000 00:01 99     /memfd:mem (deleted)
+7f0000000000-7f0010000000 rw-s 00000000 00:01 99     /memfd:memory-backend-memfd (deleted)
 Size:             262144 kB
 Pss:               40960 kB
 Swap:                  0 kB
