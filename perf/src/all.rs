@@ -68,15 +68,26 @@ pub fn publish(run: &Run, out: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((json, svg))
 }
 
+/// The options of every subcommand `all` runs.
+#[derive(Debug)]
+pub struct Options {
+    /// For `rpc`.
+    pub rpc: rpc::Options,
+    /// For `blk`.
+    pub blk: blk::Options,
+    /// For `fs`.
+    pub fs: fs::Options,
+    /// For `startup`.
+    pub startup: startup::Options,
+    /// For `density`.
+    pub density: density::Options,
+}
+
 /// Runs every subcommand with these options, saving each run in `out`; `on_run` sees each
 /// run once saved (with its JSON and chart paths), `on_listed` each outcome. Returns the
 /// list and the path of the saved list.
 pub fn run(
-    rpc_options: &rpc::Options,
-    blk_options: &blk::Options,
-    fs_options: &fs::Options,
-    startup_options: &startup::Options,
-    density_options: &density::Options,
+    options: &Options,
     out: &Path,
     mut on_run: impl FnMut(&Run, &Path, &Path),
     mut on_listed: impl FnMut(&Listed),
@@ -84,11 +95,11 @@ pub fn run(
     let mut listed = Vec::new();
     for subcommand in SUBCOMMANDS {
         let measured = match subcommand {
-            "rpc" => Some(rpc::run(rpc_options)),
-            "blk" => Some(blk::run(blk_options)),
-            "fs" => Some(fs::run(fs_options)),
-            startup::NAME => Some(startup::run(startup_options)),
-            density::NAME => Some(density::run(density_options)),
+            "rpc" => Some(rpc::run(&options.rpc)),
+            "blk" => Some(blk::run(&options.blk)),
+            "fs" => Some(fs::run(&options.fs)),
+            startup::NAME => Some(startup::run(&options.startup)),
+            density::NAME => Some(density::run(&options.density)),
             _ => None,
         };
         let status = match measured {
@@ -108,7 +119,7 @@ pub fn run(
         on_listed(&entry);
         listed.push(entry);
     }
-    let quick = rpc_options.quick || blk_options.quick;
+    let quick = options.rpc.quick || options.blk.quick;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ");
     let path = out.join(format!(
         "all-{stamp}{}.json",

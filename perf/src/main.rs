@@ -336,22 +336,20 @@ fn finish(run: &Run, out: &Path) -> anyhow::Result<()> {
 /// Runs every subcommand; fails when an implemented one failed.
 fn run_all(args: &AllArgs) -> anyhow::Result<()> {
     let out = args.common.out();
-    let (listed, path) = all::run(
-        &rpc_options(&args.common, args.agent.clone()),
-        &blk_options(&args.common, &args.blk),
-        &fs_options(&args.common, &args.fs),
-        &startup_options(&args.common, &args.pods, None),
-        &density_options(&args.common, &args.pods, &[]),
-        &out,
-        print_run,
-        |entry| match &entry.status {
-            all::Status::Ok { .. } => {}
-            all::Status::NotImplemented { message } => println!("{}: {message}", entry.subcommand),
-            all::Status::Failed { message } => {
-                eprintln!("{}: failed: {message}", entry.subcommand)
-            }
-        },
-    )?;
+    let options = all::Options {
+        rpc: rpc_options(&args.common, args.agent.clone()),
+        blk: blk_options(&args.common, &args.blk),
+        fs: fs_options(&args.common, &args.fs),
+        startup: startup_options(&args.common, &args.pods, None),
+        density: density_options(&args.common, &args.pods, &[]),
+    };
+    let (listed, path) = all::run(&options, &out, print_run, |entry| match &entry.status {
+        all::Status::Ok { .. } => {}
+        all::Status::NotImplemented { message } => println!("{}: {message}", entry.subcommand),
+        all::Status::Failed { message } => {
+            eprintln!("{}: failed: {message}", entry.subcommand)
+        }
+    })?;
     println!("summary: {}", path.display());
     let failed: Vec<&str> = listed
         .iter()
