@@ -644,20 +644,13 @@ pub fn growth_chart(run: &Run, path: &Path) -> Result<()> {
         .filter_map(|s| pods_of(&s.workload))
         .max()
         .ok_or_else(|| plot_error("the run has no figures".into()))?;
-    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(e.to_string()))?;
-    let title = format!(
-        "hull-bench density ({}{}): per pod against the number of pods; blue hull, orange runc",
-        run.started_at,
-        if run.quick {
-            ", quick: not figures"
-        } else {
-            ""
-        }
-    );
-    let root = root
-        .titled(&title, ("sans-serif", 15))
-        .map_err(|e| plot_error(e.to_string()))?;
+    let root = crate::plot::titled_canvas(
+        path,
+        (900, 600),
+        run,
+        "density",
+        "per pod against the number of pods; blue hull, orange runc",
+    )?;
     for (panel, metric) in root.split_evenly((2, 2)).iter().zip(metrics) {
         let lines: Vec<(Role, Vec<(u32, f64)>)> = contestants
             .iter()

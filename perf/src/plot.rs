@@ -48,6 +48,31 @@ fn tick(value: f64) -> String {
     }
 }
 
+/// A white SVG canvas of `size` pixels at `path`, titled "hull-bench `what` (when the run
+/// started[, quick: not figures]): `caption`", for every chart of the harness.
+pub(crate) fn titled_canvas<'a>(
+    path: &'a Path,
+    size: (u32, u32),
+    run: &Run,
+    what: &str,
+    caption: &str,
+) -> Result<DrawingArea<SVGBackend<'a>, plotters::coord::Shift>> {
+    let plot_error = |message: String| Error::Plot {
+        path: path.to_owned(),
+        message,
+    };
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_error(e.to_string()))?;
+    let quick = if run.quick {
+        ", quick: not figures"
+    } else {
+        ""
+    };
+    let title = format!("hull-bench {what} ({}{quick}): {caption}", run.started_at);
+    root.titled(&title, ("sans-serif", 15))
+        .map_err(|e| plot_error(e.to_string()))
+}
+
 /// Draws `run` into the SVG file `path`.
 pub fn chart(run: &Run, path: &Path) -> Result<()> {
     let plot_error = |message: String| Error::Plot {
@@ -73,22 +98,13 @@ pub fn chart(run: &Run, path: &Path) -> Result<()> {
         PANEL_W.saturating_mul(cols),
         PANEL_H.saturating_mul(rows).saturating_add(40),
     );
-    let root = SVGBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(e.to_string()))?;
-    let title = format!(
-        "hull-bench {} ({}{}): median of the rounds, whisker min-max; blue hull, orange peer, \
-         grey limit",
-        run.subcommand,
-        run.started_at,
-        if run.quick {
-            ", quick: not figures"
-        } else {
-            ""
-        }
-    );
-    let root = root
-        .titled(&title, ("sans-serif", 15))
-        .map_err(|e| plot_error(e.to_string()))?;
+    let root = titled_canvas(
+        path,
+        size,
+        run,
+        &run.subcommand,
+        "median of the rounds, whisker min-max; blue hull, orange peer, grey limit",
+    )?;
     let panels = root.split_evenly((workloads.len(), metrics.len()));
     for (index, panel) in panels.iter().enumerate() {
         let workload = workloads[index / metrics.len()];

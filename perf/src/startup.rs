@@ -531,20 +531,13 @@ pub fn phase_chart(run: &Run, path: &Path) -> Result<()> {
         return Err(plot_error("the run has no phases".into()));
     }
     let rows = u32::try_from(workloads.len()).unwrap_or(u32::MAX);
-    let root = SVGBackend::new(path, (900, 60 + 220 * rows)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(e.to_string()))?;
-    let title = format!(
-        "hull-bench startup ({}{}): ctr run to first output and exit, by phase (median ms)",
-        run.started_at,
-        if run.quick {
-            ", quick: not figures"
-        } else {
-            ""
-        }
-    );
-    let root = root
-        .titled(&title, ("sans-serif", 15))
-        .map_err(|e| plot_error(e.to_string()))?;
+    let root = crate::plot::titled_canvas(
+        path,
+        (900, 60 + 220 * rows),
+        run,
+        "startup",
+        "ctr run to first output and exit, by phase (median ms)",
+    )?;
     for (panel, workload) in root
         .split_evenly((workloads.len(), 1))
         .iter()
