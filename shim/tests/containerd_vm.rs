@@ -400,7 +400,11 @@ fn a_pods_vm_serves_the_task_api_through_ctr_and_leaves_nothing() {
 #[test]
 #[ignore = "reason: a pod's second container in a VM fails at CreateContainer: the agent \
             answers that root.path /run/hull/containers/<id>/<id>/rootfs is not a directory \
-            in the guest (the first container's rootfs, shared the same way, is found)"]
+            in the guest (the first container's rootfs, shared the same way, is found). \
+            Seen from the host: once the shim has bound the second rootfs into \
+            run_dir/shared, hull-fs's confined root lists only the first container's \
+            directory, not even the second's (a plain mkdir), so hull-fs serves a different \
+            directory than the one the shim writes to; cause not found yet"]
 fn a_pods_vm_runs_a_second_container_with_stdin_and_a_terminal() {
     let test = "a_pods_vm_runs_a_second_container_with_stdin_and_a_terminal";
     let Some(setup) = VmSetup::new(test) else {
