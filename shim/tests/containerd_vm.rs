@@ -446,7 +446,7 @@ fn a_pods_vm_serves_the_task_api_through_ctr_and_leaves_nothing() {
     );
 
     // ctr task metrics: the guest's cgroup v2 figures of the container; then a memory
-    // limit set with Task.Update, visible in the next metrics.
+    // and a pids limit set with Task.Update, visible in the next metrics.
     let metrics = setup.metrics(pod);
     assert!(
         metric(&metrics, "pids.current").is_some_and(|n| n >= 1),
@@ -461,12 +461,21 @@ fn a_pods_vm_serves_the_task_api_through_ctr_and_leaves_nothing() {
         "cpu.usage_usec missing or zero:\n{metrics}"
     );
     let limit = 64u64 << 20;
-    setup.update(pod, pod, &format!(r#"{{"memory":{{"limit":{limit}}}}}"#));
+    setup.update(
+        pod,
+        pod,
+        &format!(r#"{{"memory":{{"limit":{limit}}},"pids":{{"limit":64}}}}"#),
+    );
     let metrics = setup.metrics(pod);
     assert_eq!(
         metric(&metrics, "memory.usage_limit"),
         Some(limit),
-        "the updated limit is not in the metrics:\n{metrics}"
+        "the updated memory limit is not in the metrics:\n{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "pids.limit"),
+        Some(64),
+        "the updated pids limit is not in the metrics:\n{metrics}"
     );
 
     // The pod's monitor socket (what `hull monitor` gathers): the VM's host processes, and
