@@ -182,6 +182,37 @@ impl VmSetup {
             });
     }
 
+    /// The contents (trimmed) of `files` of container `id`'s cgroup in the guest, read by
+    /// an exec `exec_id` in the container (its /sys/fs/cgroup is the guest's cgroup2 mount;
+    /// the exec is in the container's cgroup, which /proc/self/cgroup names). Each call
+    /// needs an exec id of its own: the agent keeps a finished exec's id taken.
+    fn cgroup_files(&self, id: &str, exec_id: &str, files: &[&str]) -> Vec<String> {
+        let script = files
+            .iter()
+            .map(|f| format!("cat \"/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/{f}\""))
+            .collect::<Vec<_>>()
+            .join(" && ");
+        let output = self
+            .containerd
+            .ctr_command(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                exec_id,
+                id,
+                "sh",
+                "-c",
+                &script,
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", self.explain(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let lines: Vec<String> = text.lines().map(|l| l.trim().to_owned()).collect();
+        assert_eq!(lines.len(), files.len(), "one line per file: {text}");
+        lines
+    }
+
     /// The body of `GET /metrics` on pod `pod`'s monitor socket (in its run directory).
     fn monitor(&self, pod: &str) -> String {
         let socket =
@@ -369,9 +400,16 @@ fn a_pods_vm_serves_the_task_api_through_ctr_and_leaves_nothing() {
     let pod = "hull-vm-pod";
     let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
 
-    // The pod's first container, ended by SIGKILL at the end of the test.
+    // The pod's first container, ended by SIGKILL at the end of the test. It sees the
+    // guest's cgroup file system (read-only), so the test can read its cgroup's files.
     let init = setup.spawn_ctr(&setup.run_args(
-        &["--rm", "--annotation", &annotation],
+        &[
+            "--rm",
+            "--annotation",
+            &annotation,
+            "--mount",
+            "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:nodev:noexec",
+        ],
         pod,
         &["sleep", "100000"],
     ));
@@ -460,11 +498,31 @@ fn a_pods_vm_serves_the_task_api_through_ctr_and_leaves_nothing() {
         metric(&metrics, "cpu.usage_usec").is_some_and(|n| n > 0),
         "cpu.usage_usec missing or zero:\n{metrics}"
     );
+    // The container's cgroup has the cpu, io, memory and pids controllers (the guest
+    // kernel's configuration, agent/image/kernel.fragment, has all four).
+    let controllers = setup.cgroup_files(pod, "cgroup-1", &["cgroup.controllers"]);
+    let has: Vec<&str> = controllers[0]
+        .split_whitespace()
+        .filter(|c| ["cpu", "io", "memory", "pids"].contains(c))
+        .collect();
+    assert_eq!(
+        has,
+        ["cpu", "io", "memory", "pids"],
+        "the container's cgroup lacks controllers: {controllers:?}"
+    );
+
     let limit = 64u64 << 20;
     setup.update(
         pod,
         pod,
-        &format!(r#"{{"memory":{{"limit":{limit}}},"pids":{{"limit":64}}}}"#),
+        &format!(
+            r#"{{"memory":{{"limit":{limit}}},"pids":{{"limit":64}},"cpu":{{"quota":50000,"period":100000}}}}"#
+        ),
+    );
+    assert_eq!(
+        setup.cgroup_files(pod, "cgroup-2", &["cpu.max"]),
+        ["50000 100000"],
+        "the CPU quota was not applied"
     );
     let metrics = setup.metrics(pod);
     assert_eq!(
