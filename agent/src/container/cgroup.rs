@@ -3,7 +3,7 @@
 //! it): cgroup v2 in a hull guest; v1 (legacy or hybrid) on a host running the agent with
 //! `--listen`. Both are served fully; the few figures that differ between them are converted
 //! here to the protocol's units (microseconds, bytes). Statistics of a v2 cgroup are read by
-//! [`stats_v2`] rather than libcgroups (which fails on a minimal guest kernel; see there).
+//! `stats_v2` rather than libcgroups (which fails on a minimal guest kernel; see there).
 //!
 //! Not enforced in a guest: the spec's device rules (`linux.resources.devices`). cgroup v2
 //! enforces them with an eBPF program, which libcgroups loads only with its
