@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use hull_agent_protocol::agent::{
-    CheckRequest, CloseStdinRequest, CreateContainerRequest, DestroySandboxRequest,
-    ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest, GuestDetailsRequest,
-    GuestDetailsResponse, ListProcessesRequest, PauseContainerRequest, ProcessInfo,
-    ReadStreamRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
+    CheckRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
+    DestroySandboxRequest, ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest,
+    GuestDetailsRequest, GuestDetailsResponse, ListProcessesRequest, PauseContainerRequest,
+    ProcessInfo, ReadStreamRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
     SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
     TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
     WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
@@ -199,6 +199,20 @@ impl AgentLink {
                 call: "GetGuestDetails",
                 source,
             })
+    }
+
+    /// CreateSandbox: what every container of the pod shares, set up once before the first
+    /// of them: `storages` (the pod's virtio-fs share) are mounted before it returns.
+    pub async fn create_sandbox(&self, sandbox_id: &str, storages: Vec<Storage>) -> Result<()> {
+        let req = CreateSandboxRequest {
+            sandbox_id: sandbox_id.to_owned(),
+            storages,
+            ..Default::default()
+        };
+        call(
+            "CreateSandbox",
+            self.client.create_sandbox(self.ctx(), &req).await,
+        )
     }
 
     /// CreateContainer: `spec_json` is the OCI spec with paths as the agent sees them.

@@ -590,13 +590,6 @@ fn a_pods_vm_serves_the_task_api_through_ctr_and_leaves_nothing() {
 /// A second and a third container of a pod, in the pod's VM: stdin and its end, the exit
 /// code, and a terminal, all through `ctr`.
 #[test]
-#[ignore = "reason: a pod's second container in a VM fails at CreateContainer: the agent \
-            answers that root.path /run/hull/containers/<id>/<id>/rootfs is not a directory \
-            in the guest (the first container's rootfs, shared the same way, is found). \
-            hull-fs's debug log shows the agent's lookup made under FUSE nodeid 3 (the first \
-            container's rootfs, announced as a submount) instead of the share root: the second \
-            virtiofs mount of the same tag got the submount's superblock. Fix: mount the share \
-            once per sandbox in the guest"]
 fn a_pods_vm_runs_a_second_container_with_stdin_and_a_terminal() {
     let test = "a_pods_vm_runs_a_second_container_with_stdin_and_a_terminal";
     let Some(setup) = VmSetup::new(test) else {

@@ -189,6 +189,9 @@ pub struct Container {
     id: String,
     bundle: PathBuf,
     mounts: Vec<PathBuf>,
+    /// Its root, when the guest kernel automounted it as a virtio-fs submount of a sandbox
+    /// storage (see [`storage::automounted_root`]): unmounted with the container.
+    root_submount: Option<PathBuf>,
     cgroup: Arc<Cgroup>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Option<Arc<Process>>>>,
@@ -410,10 +413,12 @@ impl Containers {
             .await;
         match result {
             Ok((spawned, stdio, cgroup)) => {
+                let root_submount = storage::automounted_root(root, &mounts);
                 let container = Container {
                     id: id.clone(),
                     bundle,
                     mounts,
+                    root_submount,
                     cgroup: Arc::new(cgroup),
                     init: Arc::new(Process {
                         pid: spawned.pid,
@@ -981,6 +986,9 @@ impl Containers {
         }
         self.helper_op(HelperOp::Delete, id).await?;
         storage::unmount_all(&container.mounts);
+        if let Some(root) = &container.root_submount {
+            storage::unmount_all(std::slice::from_ref(root));
+        }
         if let Err(err) = std::fs::remove_dir_all(&container.bundle) {
             tracing::warn!(container = %id, "removing its bundle: {err}");
         }

@@ -47,7 +47,7 @@ use crate::mounts;
 use crate::phase::Phase;
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::lifecycle::Sandbox;
-use crate::sandbox::share::{guest_rootfs, guest_volume};
+use crate::sandbox::share::{guest_root, guest_volume};
 use crate::sandbox::watch::deaths;
 
 /// The exit status of every process of a lost sandbox (its VM or a backend died, or its agent
@@ -570,11 +570,11 @@ impl Inner {
                     mounts::rewrite_source(&mut spec, *index, &guest_volume(&id, *index));
                     tracing::debug!(container = %id, source = %bind.source.display(), readonly = bind.readonly, "volume shared");
                 }
-                let (storage, root) = guest_rootfs(&id);
+                let root = guest_root(&id);
                 // The pod's interfaces are the guest's: the container shares the guest's
                 // network namespace instead of a host path that does not exist there.
                 crate::network::spec::share_guest_network(&mut spec);
-                (root, vec![storage], true)
+                (root, Vec::new(), true)
             }
         };
         spec["root"]["path"] = serde_json::Value::String(guest_root);
