@@ -1153,17 +1153,21 @@ async fn removed_execs_free_their_id_and_descriptors() {
     let (code, message) = status_of(remove_process(&client, "probed", "probe").await);
     assert_eq!(code, Code::NOT_FOUND, "removed once: {message}");
 
-    // 200 probes with the one id: each runs with its own output and exit, and the agent's
-    // descriptors do not grow with them.
+    // 200 probes with the one id, every tenth on a terminal: each runs with its own output
+    // and exit, and the agent's descriptors do not grow with them.
     let before = open_fds(agent_pid);
     for n in 1..=200u32 {
-        exec(&client, "probed", "probe", probe(n))
+        let terminal = n % 10 == 0;
+        let mut args = probe(n);
+        args["terminal"] = json!(terminal);
+        exec(&client, "probed", "probe", args)
             .await
             .unwrap_or_else(|err| panic!("ExecProcess of probe {n}: {err:?}"));
         assert_eq!(wait(&client, "probed", "probe").await.exit_status, n % 3);
+        let newline = if terminal { "\r\n" } else { "\n" };
         assert_eq!(
             read_all(&client, "probed", "probe", false).await,
-            format!("probe-{n}\n")
+            format!("probe-{n}{newline}")
         );
         remove_process(&client, "probed", "probe")
             .await
@@ -1203,7 +1207,7 @@ async fn removed_execs_free_their_id_and_descriptors() {
     let after = open_fds(agent_pid);
     println!("agent descriptors: {before} before 200 execs, {after} after");
     // Slack of 2 for descriptors the agent opens lazily (none is per exec: without
-    // RemoveProcess each exec keeps 4, a pidfd and 3 pipe ends, so 800 here).
+    // RemoveProcess each exec keeps a pidfd and 3 pipe ends or a pty master).
     assert!(
         after <= before + 2,
         "the agent's descriptors grew from {before} to {after} over 201 removed execs"

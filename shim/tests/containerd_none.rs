@@ -488,7 +488,10 @@ fn an_exec_id_is_reusable_after_its_delete_and_execs_leak_no_descriptors() {
         .ctr(&setup.run_args(&["-d"], id, &["sleep", "1000"]))
         .expect("ctr run -d");
     setup.wait_running(id);
+    // `ctr task exec` always attaches stdin (the test's /dev/null), so the shim's stdin copy
+    // runs for each probe too.
     let probe = |n: u32| {
+        let script = format!("echo probe-{n}; exit {}", n % 3);
         let output = setup
             .containerd
             .ctr_command(&[
@@ -499,8 +502,9 @@ fn an_exec_id_is_reusable_after_its_delete_and_execs_leak_no_descriptors() {
                 id,
                 "sh",
                 "-c",
-                &format!("echo probe-{n}; exit {}", n % 3),
+                &script,
             ])
+            .stdin(Stdio::null())
             .output()
             .unwrap();
         assert_eq!(
