@@ -11,10 +11,11 @@ use hull_agent_protocol::agent::{
     CheckRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
     DestroySandboxRequest, ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest,
     GuestDetailsRequest, GuestDetailsResponse, ListProcessesRequest, PauseContainerRequest,
-    ProcessInfo, ReadStreamRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
-    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
-    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
-    WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
+    ProcessInfo, ReadStreamRequest, RemoveContainerRequest, RemoveProcessRequest,
+    ResumeContainerRequest, ServingStatus, SignalProcessRequest, StartContainerRequest,
+    StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest,
+    UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest, WaitProcessResponse,
+    WriteStreamRequest,
 };
 use hull_agent_protocol::ttrpc::context;
 use hull_agent_protocol::ttrpc::r#async::transport::Socket;
@@ -341,6 +342,20 @@ impl AgentLink {
                 call: "WaitProcess",
                 source,
             })
+    }
+
+    /// RemoveProcess: the agent forgets an exec that has exited (closes its pidfd and
+    /// stdio, frees its id); its stream calls still in flight end with NOT_FOUND.
+    pub async fn remove_process(&self, container_id: &str, exec_id: &str) -> Result<()> {
+        let req = RemoveProcessRequest {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        call(
+            "RemoveProcess",
+            self.client.remove_process(self.ctx(), &req).await,
+        )
     }
 
     /// ReadStdout or ReadStderr: at most `len` bytes, blocking until one is there; empty at
