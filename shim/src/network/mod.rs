@@ -31,6 +31,7 @@ use std::path::PathBuf;
 pub use endpoint::{
     release, Endpoint, EndpointModel, PodNetwork, RecordedInterface, RecordedNetwork,
 };
+pub(crate) use guest::mac_text;
 pub use scan::{Interface, IpNetwork, LinkKind, NetnsScan, Route};
 
 /// Errors setting up or tearing down a pod's network.
