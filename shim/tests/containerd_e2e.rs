@@ -206,24 +206,65 @@ fn a_missing_kernel_is_named_through_ctr_and_leaves_nothing() {
 /// (MTU 1400, 169.254.77.2/24, default route via .1) is a veth whose peer is in a second
 /// namespace standing for the host. The container, in its VM, sees eth0 with that address,
 /// MTU and route; it pings the peer and the peer pings it; TCP echoes cross both ways;
-/// afterwards the pod's namespace holds no tap and no filter of hull's.
+/// afterwards the pod's namespace holds no tap and no filter of hull's. QEMU serves the NIC
+/// (`network.backend = "qemu"`).
 #[test]
 fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
-    let test = "a_pods_network_namespace_reaches_the_container_in_its_vm";
+    pod_network_reaches_the_container(
+        "a_pods_network_namespace_reaches_the_container_in_its_vm",
+        "qemu",
+    );
+}
+
+/// The same pod network, the NIC served by hull-net (`network.backend = "hull-net"`): a
+/// hull-net process runs for the pod while it lives, and none is left afterwards.
+#[test]
+fn a_pods_network_namespace_reaches_the_container_through_hull_net() {
+    pod_network_reaches_the_container(
+        "a_pods_network_namespace_reaches_the_container_through_hull_net",
+        "hull-net",
+    );
+}
+
+/// Processes whose command line names hull-net and the pod's run directory.
+fn hull_net_processes(id: &str) -> Vec<String> {
+    let run_dir = hull_shim::paths::sandbox_run_dir(hull_tests::containerd::NAMESPACE, id);
+    hull_tests::leftovers::processes_with(&["hull-net", &run_dir.display().to_string()])
+}
+
+fn pod_network_reaches_the_container(test: &str, backend: &str) {
     let busybox = require!(test, busybox());
     let kernel = require!(test, hull_tests::artifacts::vmlinux());
     let initrd = require!(test, hull_tests::artifacts::initrd());
     require!(test, hull_tests::prereq::root());
     require!(test, hull_tests::prereq::tun());
     require!(test, hull_tests::prereq::find_program("ip", "iproute2"));
-    for helper in ["hull-vsock", "hull-fs"] {
+    let mut helpers = vec!["hull-vsock", "hull-fs"];
+    if backend == "hull-net" {
+        helpers.push("hull-net");
+    }
+    for helper in helpers {
         require!(test, hull_tests::artifacts::workspace_binary(helper));
     }
-    let PodNetns { pod, peer } = PodNetns::new("e2e");
+    let short = if backend == "hull-net" { "e2h" } else { "e2e" };
+    let PodNetns { pod, peer } = PodNetns::new(short);
 
     let (containerd, dir, image) = require!(test, busybox_containerd(&busybox));
     let config = qemu_config(dir.path(), &kernel, &initrd);
-    let id = "hull-e2e-net";
+    std::fs::write(
+        &config,
+        format!(
+            "{}[network]\nbackend = {backend:?}\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let id = if backend == "hull-net" {
+        "hull-e2e-net-hn"
+    } else {
+        "hull-e2e-net"
+    };
+    let mut nets_while_running = None;
     let netns = format!("network:{}", pod.path().display());
     // TCP both ways: the peer serves an echo on 7777 for the container, the container one on
     // 7778 for the peer.
@@ -280,6 +321,7 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
         }
         seen.push_str(&line);
         if line.trim() == "READY" && peer_ping.is_none() {
+            nets_while_running = Some(hull_net_processes(id).len());
             // The container's listener may take a moment to start: a few tries.
             for _ in 0..10 {
                 let echo = std::process::Command::new("sh")
@@ -363,6 +405,17 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
         pod_leftovers(id).is_empty(),
         "left behind: {:?}",
         pod_leftovers(id)
+    );
+    let expected_nets = usize::from(backend == "hull-net");
+    assert_eq!(
+        nets_while_running,
+        Some(expected_nets),
+        "hull-net processes while the pod ran, with backend {backend}"
+    );
+    assert!(
+        hull_net_processes(id).is_empty(),
+        "hull-net left: {:?}",
+        hull_net_processes(id)
     );
     let links = ip(&["-n", pod.name(), "-o", "link", "show"]);
     assert!(!links.contains("hull_tap"), "a tap was left: {links}");
