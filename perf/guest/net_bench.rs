@@ -9,6 +9,10 @@
 //!   of bytes it received (8 bytes, little-endian) once it has read them all. Answers
 //!   `result WRITES BYTES_RECEIVED ELAPSED_NS 0 0`, elapsed up to the sink's answer, so only
 //!   bytes that arrived are counted.
+//! - `run tcp_rx BUDGET_MS 0`: one TCP connection to the host's source on [`SOURCE_PORT`],
+//!   which is sent BUDGET_MS (8 bytes, little-endian), writes 64 KiB chunks for that long and
+//!   closes. Answers `result READS BYTES_RECEIVED ELAPSED_NS 0 0`, elapsed up to the end of
+//!   the stream.
 //! - `run udp_rr BUDGET_MS 0`: 64-byte UDP datagrams to `HULL_NET_HOST_IP`:[`UDP_PORT`], one
 //!   at a time, each waiting for the host's echo (a request/response packet rate, like
 //!   netperf's UDP_RR). Answers `result ROUND_TRIPS BYTES ELAPSED_NS P50_NS P99_NS`; a lost
@@ -28,6 +32,8 @@ use std::time::{Duration, Instant};
 const TCP_PORT: u16 = 7001;
 /// Host port of the UDP echo.
 const UDP_PORT: u16 = 7002;
+/// Host port of the TCP source.
+const SOURCE_PORT: u16 = 7003;
 /// Bytes per TCP write.
 const CHUNK: usize = 64 << 10;
 /// UDP payload bytes.
@@ -114,6 +120,35 @@ fn tcp(host: Ipv4Addr, budget: Duration) -> Result<Outcome, String> {
     })
 }
 
+fn tcp_rx(host: Ipv4Addr, budget: Duration) -> Result<Outcome, String> {
+    let mut stream = TcpStream::connect(SocketAddrV4::new(host, SOURCE_PORT))
+        .map_err(|e| format!("connect: {e}"))?;
+    let start = Instant::now();
+    let budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+    stream
+        .write_all(&budget_ms.to_le_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buffer = vec![0u8; CHUNK];
+    let (mut reads, mut bytes) = (0u64, 0u64);
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                reads += 1;
+                bytes += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    Ok(Outcome {
+        ops: reads,
+        bytes,
+        elapsed: start.elapsed(),
+        latencies: Vec::new(),
+    })
+}
+
 fn udp_rr(host: Ipv4Addr, budget: Duration) -> Result<Outcome, String> {
     let socket = UdpSocket::bind("0.0.0.0:0").map_err(s)?;
     socket
@@ -194,6 +229,7 @@ fn serve() -> Result<(), String> {
                     let budget = Duration::from_millis(budget_ms);
                     match *workload {
                         "tcp" => tcp(host, budget),
+                        "tcp_rx" => tcp_rx(host, budget),
                         "udp_rr" => udp_rr(host, budget),
                         other => Err(format!("unknown workload {other}")),
                     }

@@ -42,6 +42,10 @@ pub const NAME: &str = "net";
 pub const TCP_PORT: u16 = 7001;
 /// Port of the UDP echo in the lab namespace.
 pub const UDP_PORT: u16 = 7002;
+/// Port of the TCP source in the lab namespace.
+pub const SOURCE_PORT: u16 = 7003;
+/// Longest stream the TCP source sends, whatever a client asks.
+const SOURCE_MAX: Duration = Duration::from_secs(600);
 /// Bytes per TCP write, as the guest writes them.
 const CHUNK: usize = 64 << 10;
 /// UDP payload bytes, as the guest sends them.
@@ -71,8 +75,10 @@ pub struct Options {
 /// What a workload does; see perf/guest/net_bench.rs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
-    /// One TCP stream of 64 KiB writes to the host's sink.
+    /// One TCP stream of 64 KiB writes to the host's sink (the backend's transmit path).
     TcpStream,
+    /// One TCP stream of 64 KiB writes from the host's source (the backend's receive path).
+    TcpRx,
     /// 64-byte UDP request/response with the host's echo, one in flight.
     UdpRr,
 }
@@ -81,6 +87,7 @@ impl measure::Workload for Workload {
     fn name(&self) -> String {
         match self {
             Workload::TcpStream => "tcp stream guest→host".into(),
+            Workload::TcpRx => "tcp stream host→guest".into(),
             Workload::UdpRr => format!("udp {DATAGRAM}B request/response"),
         }
     }
@@ -91,13 +98,14 @@ impl Workload {
     fn command(self) -> &'static str {
         match self {
             Workload::TcpStream => "tcp",
+            Workload::TcpRx => "tcp_rx",
             Workload::UdpRr => "udp_rr",
         }
     }
 }
 
 /// The workloads of a run, in run order.
-pub const WORKLOADS: [Workload; 2] = [Workload::TcpStream, Workload::UdpRr];
+pub const WORKLOADS: [Workload; 3] = [Workload::TcpStream, Workload::TcpRx, Workload::UdpRr];
 
 /// Runs `f` on a new thread that has entered the network namespace at `netns`.
 fn in_netns<T: Send + 'static>(
@@ -151,6 +159,39 @@ fn tcp_sink(listener: TcpListener, stop: &AtomicBool) -> Result<()> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
             Err(e) => return Err(io("accepting on the TCP sink")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The TCP source: reads how long to send (milliseconds, 8 bytes little-endian, at most
+/// [`SOURCE_MAX`]), writes 64 KiB chunks for that long, closes.
+fn tcp_source(listener: TcpListener, stop: &AtomicBool) -> Result<()> {
+    listener
+        .set_nonblocking(true)
+        .map_err(io("the TCP source's listener"))?;
+    let chunk = vec![0xa5u8; CHUNK];
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream
+                    .set_nonblocking(false)
+                    .map_err(io("a TCP source connection"))?;
+                let mut asked = [0u8; 8];
+                if stream.read_exact(&mut asked).is_err() {
+                    continue;
+                }
+                let budget = Duration::from_millis(u64::from_le_bytes(asked)).min(SOURCE_MAX);
+                let start = Instant::now();
+                // A client that went away ends its stream early.
+                while start.elapsed() < budget && !stop.load(Ordering::Relaxed) {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+            Err(e) => return Err(io("accepting on the TCP source")(e)),
         }
     }
     Ok(())
@@ -249,6 +290,12 @@ impl Lab {
                 .map_err(io(format!("binding the TCP sink on port {TCP_PORT}")))?;
             tcp_sink(listener, &tcp_stop)
         })?);
+        let source_stop = Arc::clone(&lab.stop);
+        lab.sinks.push(in_netns(&path, move || {
+            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, SOURCE_PORT))
+                .map_err(io(format!("binding the TCP source on port {SOURCE_PORT}")))?;
+            tcp_source(listener, &source_stop)
+        })?);
         lab.sinks.push(in_netns(&path, move || {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT))
                 .map_err(io(format!("binding the UDP echo on port {UDP_PORT}")))?;
@@ -313,6 +360,38 @@ fn tcp_client(host: Ipv4Addr, budget: Duration) -> Result<Trial> {
     Ok(Trial {
         ops: writes,
         bytes: u64::from_le_bytes(ack),
+        elapsed: start.elapsed(),
+        p50_us: None,
+        p99_us: None,
+        cpu_us_per_op: None,
+    })
+}
+
+/// One TCP stream from `host`'s source for about `budget`, as the guest runs it.
+fn tcp_rx_client(host: Ipv4Addr, budget: Duration) -> Result<Trial> {
+    let mut stream = TcpStream::connect(SocketAddrV4::new(host, SOURCE_PORT))
+        .map_err(io(format!("connecting to the TCP source on {host}")))?;
+    let start = Instant::now();
+    let budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+    stream
+        .write_all(&budget_ms.to_le_bytes())
+        .map_err(io("asking the source for a stream"))?;
+    let mut buffer = vec![0u8; CHUNK];
+    let (mut reads, mut bytes) = (0u64, 0u64);
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                reads += 1;
+                bytes += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io("reading the source's stream")(e)),
+        }
+    }
+    Ok(Trial {
+        ops: reads,
+        bytes,
         elapsed: start.elapsed(),
         p50_us: None,
         p99_us: None,
@@ -434,6 +513,7 @@ impl Contestant<Workload> for Veth {
         let workload = *workload;
         in_netns(&self.peer, move || match workload {
             Workload::TcpStream => tcp_client(host, budget),
+            Workload::TcpRx => tcp_rx_client(host, budget),
             Workload::UdpRr => udp_client(host, budget),
         })?
         .join()
@@ -663,8 +743,9 @@ pub fn run(options: &Options) -> Result<Run> {
              hull-net, QEMU's by its tap netdev (vnet_hdr=on, vhost=off: no /dev/vhost-net); the \
              sinks are host threads in that namespace."
         ),
-        "tcp: one stream of 64 KiB writes from the guest; bytes are those the host's sink \
-         read, time up to its answer. udp: 64-byte request/response with one in flight \
+        "tcp guest→host: one stream of 64 KiB writes from the guest; bytes are those the \
+         host's sink read, time up to its answer. tcp host→guest: the host's source writes 64 \
+         KiB chunks for the trial's time; bytes and time as the guest read them. udp: 64-byte request/response with one in flight \
          (netperf UDP_RR style); ops/s is round trips per second, latency per round trip."
             .into(),
         "Limit: the same clients on the host across a veth pair, without a VM. Under TCG the \

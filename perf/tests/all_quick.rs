@@ -313,7 +313,11 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
             ("qemu virtio-net", "peer"),
             ("host veth", "limit"),
         ],
-        &["tcp stream guest→host", "udp 64B request/response"],
+        &[
+            "tcp stream guest→host",
+            "tcp stream host→guest",
+            "udp 64B request/response",
+        ],
         &["ops_per_sec", "mb_per_sec"],
     );
 
