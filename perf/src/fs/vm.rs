@@ -4,6 +4,9 @@
 //! `vhost-user-fs-device` as hull-fs's own QEMU test (tests/src/qemu.rs), with stdin kept
 //! open for the commands, so it is started here rather than through that harness.
 //!
+//! `hull-bench net` boots its guests through the same console protocol with other devices
+//! ([`Vm::boot_with`]).
+//!
 //! QEMU is killed and reaped when the handle drops, on every path out of a run.
 
 use std::io::{BufRead, BufReader, Write};

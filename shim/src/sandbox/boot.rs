@@ -201,8 +201,9 @@ pub async fn boot_with_share(
 }
 
 /// [`boot_with_share`], and with `network` a NIC per pod interface (on the endpoint's tap:
-/// QEMU's virtio-net, or a hull-net per NIC as `network.backend` says) whose guest side the agent configures (UpdateInterface for each, then
-/// UpdateRoutes) before the boot counts as done.
+/// QEMU's virtio-net, or a hull-net per NIC as `network.backend` says) whose guest side the
+/// agent configures (UpdateInterface for each, then UpdateRoutes) before the boot counts as
+/// done.
 pub async fn boot_pod(
     config: &Config,
     id: &str,
