@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::results::{Run, SCHEMA_VERSION};
-use crate::{blk, density, fs, plot, rpc, startup, Error, Result};
+use crate::{blk, density, fs, net, plot, rpc, startup, Error, Result};
 
 /// Every subcommand of the design that measures, in the order `all` runs them.
 pub const SUBCOMMANDS: [&str; 9] = [
@@ -77,6 +77,8 @@ pub struct Options {
     pub blk: blk::Options,
     /// For `fs`.
     pub fs: fs::Options,
+    /// For `net`.
+    pub net: net::Options,
     /// For `startup`.
     pub startup: startup::Options,
     /// For `density`.
@@ -98,6 +100,7 @@ pub fn run(
             "rpc" => Some(rpc::run(&options.rpc)),
             "blk" => Some(blk::run(&options.blk)),
             "fs" => Some(fs::run(&options.fs)),
+            net::NAME => Some(net::run(&options.net)),
             startup::NAME => Some(startup::run(&options.startup)),
             density::NAME => Some(density::run(&options.density)),
             _ => None,

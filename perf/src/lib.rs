@@ -8,7 +8,8 @@
 //! runs on are shared and noisy.
 //!
 //! Implemented: [`rpc`] (agent round trips), [`blk`] (vhost-user-blk backends through a fake
-//! guest), [`fs`] (vhost-user-fs backends under QEMU guests), [`startup`] (`ctr run` to first
+//! guest), [`fs`] (vhost-user-fs backends under QEMU guests), [`net`] (hull-net against
+//! QEMU's virtio-net under QEMU guests), [`startup`] (`ctr run` to first
 //! output through containerd, split by phase) and [`density`] (memory, threads and descriptors
 //! per pod), the last two on [`pods`] (a private containerd with hull's shim and runc). The
 //! other subcommands of the design answer "not implemented yet".
@@ -19,6 +20,7 @@ pub mod child;
 pub mod density;
 pub mod fs;
 pub mod measure;
+pub mod net;
 pub mod plot;
 pub mod pods;
 pub mod progress;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hull_bench::measure::Plan;
 use hull_bench::results::{self, Run};
-use hull_bench::{all, blk, density, fs, report, rpc, startup, Error};
+use hull_bench::{all, blk, density, fs, net, report, rpc, startup, Error};
 
 /// hull's components measured against peers in the same run (ratios, never bare figures).
 #[derive(Debug, Parser)]
@@ -93,6 +93,21 @@ struct BlkOnly {
     qsd_aio: Vec<blk::QsdAio>,
 }
 
+#[derive(Debug, Args)]
+struct NetArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    net: NetOnly,
+}
+
+#[derive(Debug, Clone, Args)]
+struct NetOnly {
+    /// The hull-net binary [default: beside hull-bench, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    hull_net: Option<PathBuf>,
+}
+
 /// Where the pods' shim is, for startup and density.
 #[derive(Debug, Clone, Args)]
 struct PodsOnly {
@@ -167,6 +182,8 @@ struct AllArgs {
     #[command(flatten)]
     fs: FsOnly,
     #[command(flatten)]
+    net: NetOnly,
+    #[command(flatten)]
     pods: PodsOnly,
 }
 
@@ -195,8 +212,9 @@ enum Command {
     /// vhost-user-fs: hull-fs against upstream virtiofsd, each serving a QEMU guest that runs
     /// the workloads on the share.
     Fs(FsArgs),
-    /// vhost-user-net against QEMU's virtio-net (not implemented yet).
-    Net(Common),
+    /// vhost-user-net: hull-net against QEMU's built-in virtio-net on a tap, each serving a
+    /// QEMU guest that streams TCP and echoes UDP with the host, with host veth as the limit.
+    Net(NetArgs),
     /// vhost-user-vsock against vhost-device-vsock (not implemented yet).
     Vsock(Common),
     /// VMM start to first instruction against QEMU microvm (not implemented yet).
@@ -244,7 +262,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             let run = fs::run(&fs_options(&args.common, &args.fs)).context("hull-bench fs")?;
             finish(&run, &args.common.out())
         }
-        Command::Net(_) => Err(Error::NotImplemented("net".into()).into()),
+        Command::Net(args) => {
+            let run = net::run(&net_options(&args.common, &args.net)).context("hull-bench net")?;
+            finish(&run, &args.common.out())
+        }
         Command::Vsock(_) => Err(Error::NotImplemented("vsock".into()).into()),
         Command::VmmStart(_) => Err(Error::NotImplemented("vmm-start".into()).into()),
         Command::VmmExits(_) => Err(Error::NotImplemented("vmm-exits".into()).into()),
@@ -298,6 +319,14 @@ fn fs_options(common: &Common, fs: &FsOnly) -> fs::Options {
     }
 }
 
+fn net_options(common: &Common, net: &NetOnly) -> net::Options {
+    net::Options {
+        plan: common.plan(),
+        quick: common.quick,
+        hull_net: net.hull_net.clone(),
+    }
+}
+
 fn startup_options(common: &Common, pods: &PodsOnly, parallel: Option<usize>) -> startup::Options {
     startup::Options {
         plan: common.plan(),
@@ -340,6 +369,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         rpc: rpc_options(&args.common, args.agent.clone()),
         blk: blk_options(&args.common, &args.blk),
         fs: fs_options(&args.common, &args.fs),
+        net: net_options(&args.common, &args.net),
         startup: startup_options(&args.common, &args.pods, None),
         density: density_options(&args.common, &args.pods, &[]),
     };

@@ -171,6 +171,10 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
     require!(test, find_program("fio", "fio"));
     let hull_fs = require!(test, artifacts::workspace_binary("hull-fs"));
     let virtiofsd = require!(test, virtiofsd());
+    let hull_net = require!(test, artifacts::workspace_binary("hull-net"));
+    require!(test, hull_tests::prereq::root());
+    require!(test, hull_tests::prereq::tun());
+    require!(test, find_program("ip", "iproute2"));
     require!(test, artifacts::vmlinux());
     require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
     let shim = require!(test, artifacts::workspace_binary("containerd-shim-hull-v2"));
@@ -203,6 +207,8 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         &hull_fs.to_string_lossy(),
         "--virtiofsd",
         &virtiofsd.to_string_lossy(),
+        "--hull-net",
+        &hull_net.to_string_lossy(),
         "--bin-dir",
         &bin_dir.to_string_lossy(),
     ]);
@@ -238,10 +244,10 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
             .map(|s| s["status"].clone())
             .unwrap_or_else(|| panic!("{name} listed in {summary}"))
     };
-    for name in ["rpc", "blk", "fs", "startup", "density"] {
+    for name in ["rpc", "blk", "fs", "net", "startup", "density"] {
         assert_eq!(status(name), "ok", "{name}: {summary}");
     }
-    for name in ["net", "vsock", "vmm-start", "vmm-exits"] {
+    for name in ["vsock", "vmm-start", "vmm-exits"] {
         assert_eq!(status(name), "not implemented", "{summary}");
         assert!(
             stdout.contains(&format!("{name}: not implemented yet: {name}")),
@@ -299,6 +305,22 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         &["ops_per_sec", "cpu_us_per_op"],
     );
 
+    assert_run(
+        &find("net-"),
+        "net",
+        &[
+            ("hull-net", "subject"),
+            ("qemu virtio-net", "peer"),
+            ("host veth", "limit"),
+        ],
+        &[
+            "tcp stream guest→host",
+            "tcp stream host→guest",
+            "udp 64B request/response",
+        ],
+        &["ops_per_sec", "mb_per_sec"],
+    );
+
     let qemu = if hull_tests::prereq::hardware_virtualization().is_ok() {
         "hull-qemu (KVM)"
     } else {
@@ -320,7 +342,7 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
     assert_density(&find("density-"), qemu);
 
     // Nothing of the run is left: its servers, guests, pods and temporary directories.
-    for purpose in ["rpc", "blk", "fs", "startup", "density"] {
+    for purpose in ["rpc", "blk", "fs", "net", "startup", "density"] {
         let dir = format!("hull-bench-{purpose}-{pid}");
         assert!(
             leftovers::processes_with(&[&dir]).is_empty(),
@@ -328,6 +350,11 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         );
         assert!(!std::env::temp_dir().join(&dir).exists(), "{dir} removed");
     }
+    let namespaces = hull_tests::netns::run("ip", &["netns", "list"]).unwrap_or_default();
+    assert!(
+        !namespaces.contains(&format!("bench-net-{pid}")),
+        "net's namespaces were left: {namespaces}"
+    );
     let pods = format!("hb-{pid}-");
     assert!(
         leftovers::processes_with(&[&pods]).is_empty(),
@@ -466,7 +493,7 @@ fn assert_density(path: &Path, qemu: &str) {
 
 #[test]
 fn subcommands_not_built_yet_fail_naming_themselves() {
-    for name in ["net", "vsock", "vmm-start", "vmm-exits"] {
+    for name in ["vsock", "vmm-start", "vmm-exits"] {
         let (output, _) = hull_bench(&[name, "--quick"]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{name} must not succeed");

@@ -2,6 +2,7 @@
 //! sandbox: started with its socket path, ready once the socket exists, its stderr kept in a
 //! log file, and stopped with SIGTERM (then SIGKILL) or killed when dropped.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -71,12 +72,42 @@ impl BackendProcess {
         log: &Path,
         deadline: Duration,
     ) -> Result<Self> {
+        Self::start_inheriting(program, args, &[], socket, log, deadline).await
+    }
+
+    /// [`BackendProcess::start`], the child inheriting the shim's open descriptors
+    /// `inherited` under the same numbers (hull-net's `--tap-fd`); the shim keeps its copies.
+    pub async fn start_inheriting(
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        inherited: &[RawFd],
+        socket: &Path,
+        log: &Path,
+        deadline: Duration,
+    ) -> Result<Self> {
         let spawn_error = |source| Error::Spawn {
             program: program.to_owned(),
             source,
         };
         let stderr = std::fs::File::create(log).map_err(spawn_error)?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        if !inherited.is_empty() {
+            let inherited = inherited.to_vec();
+            // SAFETY: the closure runs in the child between fork and exec and only calls
+            // fcntl(2), which is async-signal-safe, on descriptors the parent holds open;
+            // clearing FD_CLOEXEC there leaves the parent's descriptors as they are.
+            unsafe {
+                command.pre_exec(move || {
+                    for fd in &inherited {
+                        if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -172,5 +203,60 @@ impl BackendProcess {
             .wait()
             .await
             .map_err(|source| self.wait_error(source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// Starts `sh -c script` as a backend whose "socket" is the file the script writes.
+    async fn start_shell(
+        dir: &Path,
+        script: &str,
+        inherited: &[RawFd],
+    ) -> (BackendProcess, PathBuf) {
+        let out = dir.join("out");
+        let script = format!(
+            "{{ {script}; }} > {}.tmp && mv {0}.tmp {0}; exec sleep 100",
+            out.display()
+        );
+        let args: [&std::ffi::OsStr; 2] = ["-c".as_ref(), script.as_ref()];
+        let backend = BackendProcess::start_inheriting(
+            Path::new("/bin/sh"),
+            &args,
+            inherited,
+            &out,
+            &dir.join("log"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        (backend, out)
+    }
+
+    #[tokio::test]
+    async fn inherited_descriptors_keep_their_numbers_in_the_backend_and_others_do_not_leak() {
+        let dir = tempfile::tempdir().unwrap();
+        let passed = std::fs::File::open(dir.path()).unwrap();
+        let kept = std::fs::File::open("/dev/null").unwrap();
+        let (fd, other) = (passed.as_raw_fd(), kept.as_raw_fd());
+        let script =
+            format!("readlink /proc/self/fd/{fd}; readlink /proc/self/fd/{other} || echo closed");
+        let (backend, out) = start_shell(dir.path(), &script, &[fd]).await;
+        let seen = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(
+            seen.lines().collect::<Vec<_>>(),
+            [dir.path().to_str().unwrap(), "closed"],
+            "{seen}"
+        );
+        // The shim's own copy stays close-on-exec.
+        // SAFETY: F_GETFD only reads the flags of a descriptor this test holds open.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let status = backend.kill_after(Duration::ZERO).await.unwrap();
+        assert!(!status.success());
     }
 }

@@ -206,24 +206,65 @@ fn a_missing_kernel_is_named_through_ctr_and_leaves_nothing() {
 /// (MTU 1400, 169.254.77.2/24, default route via .1) is a veth whose peer is in a second
 /// namespace standing for the host. The container, in its VM, sees eth0 with that address,
 /// MTU and route; it pings the peer and the peer pings it; TCP echoes cross both ways;
-/// afterwards the pod's namespace holds no tap and no filter of hull's.
+/// afterwards the pod's namespace holds no tap and no filter of hull's. QEMU serves the NIC
+/// (`network.backend = "qemu"`).
 #[test]
 fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
-    let test = "a_pods_network_namespace_reaches_the_container_in_its_vm";
+    pod_network_reaches_the_container(
+        "a_pods_network_namespace_reaches_the_container_in_its_vm",
+        "qemu",
+    );
+}
+
+/// The same pod network, the NIC served by hull-net (`network.backend = "hull-net"`): a
+/// hull-net process runs for the pod while it lives, and none is left afterwards.
+#[test]
+fn a_pods_network_namespace_reaches_the_container_through_hull_net() {
+    pod_network_reaches_the_container(
+        "a_pods_network_namespace_reaches_the_container_through_hull_net",
+        "hull-net",
+    );
+}
+
+/// Processes whose command line names hull-net and the pod's run directory.
+fn hull_net_processes(id: &str) -> Vec<String> {
+    let run_dir = hull_shim::paths::sandbox_run_dir(hull_tests::containerd::NAMESPACE, id);
+    hull_tests::leftovers::processes_with(&["hull-net", &run_dir.display().to_string()])
+}
+
+fn pod_network_reaches_the_container(test: &str, backend: &str) {
     let busybox = require!(test, busybox());
     let kernel = require!(test, hull_tests::artifacts::vmlinux());
     let initrd = require!(test, hull_tests::artifacts::initrd());
     require!(test, hull_tests::prereq::root());
     require!(test, hull_tests::prereq::tun());
     require!(test, hull_tests::prereq::find_program("ip", "iproute2"));
-    for helper in ["hull-vsock", "hull-fs"] {
+    let mut helpers = vec!["hull-vsock", "hull-fs"];
+    if backend == "hull-net" {
+        helpers.push("hull-net");
+    }
+    for helper in helpers {
         require!(test, hull_tests::artifacts::workspace_binary(helper));
     }
-    let PodNetns { pod, peer } = PodNetns::new("e2e");
+    let short = if backend == "hull-net" { "e2h" } else { "e2e" };
+    let PodNetns { pod, peer } = PodNetns::new(short);
 
     let (containerd, dir, image) = require!(test, busybox_containerd(&busybox));
     let config = qemu_config(dir.path(), &kernel, &initrd);
-    let id = "hull-e2e-net";
+    std::fs::write(
+        &config,
+        format!(
+            "{}[network]\nbackend = {backend:?}\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let id = if backend == "hull-net" {
+        "hull-e2e-hullnet"
+    } else {
+        "hull-e2e-net"
+    };
+    let mut nets_while_running = None;
     let netns = format!("network:{}", pod.path().display());
     // TCP both ways: the peer serves an echo on 7777 for the container, the container one on
     // 7778 for the peer.
@@ -280,6 +321,7 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
         }
         seen.push_str(&line);
         if line.trim() == "READY" && peer_ping.is_none() {
+            nets_while_running = Some(hull_net_processes(id).len());
             // The container's listener may take a moment to start: a few tries.
             for _ in 0..10 {
                 let echo = std::process::Command::new("sh")
@@ -363,6 +405,17 @@ fn a_pods_network_namespace_reaches_the_container_in_its_vm() {
         pod_leftovers(id).is_empty(),
         "left behind: {:?}",
         pod_leftovers(id)
+    );
+    let expected_nets = usize::from(backend == "hull-net");
+    assert_eq!(
+        nets_while_running,
+        Some(expected_nets),
+        "hull-net processes while the pod ran, with backend {backend}"
+    );
+    assert!(
+        hull_net_processes(id).is_empty(),
+        "hull-net left: {:?}",
+        hull_net_processes(id)
     );
     let links = ip(&["-n", pod.name(), "-o", "link", "show"]);
     assert!(!links.contains("hull_tap"), "a tap was left: {links}");
@@ -472,4 +525,114 @@ fn bind_mounts_and_volumes_reach_the_container_in_its_vm() {
         .filter(|l| l.contains(dir.path().to_str().expect("UTF-8 temp path")))
         .collect();
     assert!(volumes.is_empty(), "volume mounts left: {volumes:?}");
+}
+
+/// hull-net is one of the pod's watched processes: when it is killed, the pod is lost at once
+/// (its container ends with the lost-sandbox status and the shim's log names hull-net and the
+/// signal), and after `ctr` removes the task and container nothing of the pod is left: no
+/// process, no tap, no filter.
+#[test]
+fn a_pod_whose_hull_net_is_killed_stops_naming_it_and_leaves_nothing() {
+    let test = "a_pod_whose_hull_net_is_killed_stops_naming_it_and_leaves_nothing";
+    let busybox = require!(test, busybox());
+    let kernel = require!(test, hull_tests::artifacts::vmlinux());
+    let initrd = require!(test, hull_tests::artifacts::initrd());
+    require!(test, hull_tests::prereq::root());
+    require!(test, hull_tests::prereq::tun());
+    require!(test, hull_tests::prereq::find_program("ip", "iproute2"));
+    for helper in ["hull-vsock", "hull-fs", "hull-net"] {
+        require!(test, hull_tests::artifacts::workspace_binary(helper));
+    }
+    let PodNetns { pod, peer: _peer } = PodNetns::new("e2k");
+    let (containerd, dir, image) = require!(test, busybox_containerd(&busybox));
+    let config = qemu_config(dir.path(), &kernel, &initrd);
+    std::fs::write(
+        &config,
+        format!(
+            "{}[network]\nbackend = \"hull-net\"\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let id = "hull-e2e-killnet";
+    let netns = format!("network:{}", pod.path().display());
+    let mut run = containerd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            "io.containerd.hull.v2",
+            "--runtime-config-path",
+            config.to_str().expect("UTF-8 temp path"),
+            "--with-ns",
+            &netns,
+            image,
+            id,
+            "sleep",
+            "100000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Running once containerd lists the task as such (a TCG boot: minutes at worst).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let running = || {
+        containerd
+            .ctr(&["tasks", "ls"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("RUNNING"))
+    };
+    while !running() && std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = run.try_wait() {
+            panic!(
+                "ctr run ended ({status}) before the task ran:\n{}",
+                containerd.log()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(running(), "the task never ran:\n{}", containerd.log());
+    let run_dir = hull_shim::paths::sandbox_run_dir(hull_tests::containerd::NAMESPACE, id);
+    let pids = hull_tests::leftovers::pids_with(&["hull-net", &run_dir.display().to_string()]);
+    assert_eq!(pids.len(), 1, "one hull-net serves the pod: {pids:?}");
+    // SAFETY: kill(2) with a pid read from /proc just now, of the pod's hull-net.
+    assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
+
+    let status = run.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        i32::try_from(hull_shim::service::task::LOST_SANDBOX_STATUS).ok(),
+        "ctr run: {status}\n{}",
+        containerd.log()
+    );
+    let reason = format!("hull-net (pid {}) was killed by signal 9", pids[0]);
+    // The shim's log reaches containerd's through a FIFO, after the exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !containerd.log().contains(&reason) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        containerd.log().contains(&reason),
+        "the shim's log does not say {reason:?}:\n{}",
+        containerd.log()
+    );
+    let _ = containerd.ctr(&["tasks", "delete", id]);
+    let _ = containerd.ctr(&["containers", "delete", id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !pod_leftovers(id).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        pod_leftovers(id).is_empty(),
+        "left behind: {:?}",
+        pod_leftovers(id)
+    );
+    let links = ip(&["-n", pod.name(), "-o", "link", "show"]);
+    assert!(!links.contains("hull_tap"), "a tap was left: {links}");
+    assert!(
+        !pod.has_ingress_qdisc("eth0"),
+        "hull's ingress qdisc was left on eth0"
+    );
 }

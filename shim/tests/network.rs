@@ -441,3 +441,54 @@ fn the_sandbox_record_removes_a_dead_shims_filters() {
     drop(pod);
     assert!(loaded.cleanup().errors.is_empty());
 }
+
+/// An interface added to the pod's namespace after the VM started is named, with why it
+/// cannot reach the VM (no NIC hotplug) and what to do; the pod's own interface and hull's
+/// tap are not reported.
+#[test]
+fn an_interface_added_after_the_start_is_refused_by_name() {
+    let test = "an_interface_added_after_the_start_is_refused_by_name";
+    require!(test, prerequisites());
+    let PodNetns { pod, peer: _peer } = PodNetns::new("hotplug");
+    let network = PodNetwork::attach(&pod.path(), 1).expect("attach");
+    let known = network.known();
+    assert_eq!(known.added().expect("scan"), Vec::<String>::new());
+    known
+        .refuse_added("QEMU microvm")
+        .expect("nothing added yet");
+
+    ip(&[
+        "-n",
+        pod.name(),
+        "link",
+        "add",
+        "late0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "late1",
+    ]);
+    let mut added = known.added().expect("scan");
+    added.sort();
+    assert_eq!(added, ["late0", "late1"]);
+    let error = known
+        .refuse_added("QEMU microvm")
+        .expect_err("an added interface is refused");
+    let text = error.to_string();
+    assert!(
+        matches!(error, Error::HotplugUnsupported { .. }),
+        "{error:?}"
+    );
+    for part in [
+        "late0",
+        "late1",
+        "QEMU microvm",
+        "hot-plug",
+        "recreate the pod",
+    ] {
+        assert!(text.contains(part), "{part} missing: {text}");
+    }
+    network.detach().expect("detach");
+    assert!(!pod.has_link("hull_tap0"), "the tap went with the network");
+}

@@ -4,6 +4,9 @@
 //! `vhost-user-fs-device` as hull-fs's own QEMU test (tests/src/qemu.rs), with stdin kept
 //! open for the commands, so it is started here rather than through that harness.
 //!
+//! `hull-bench net` boots its guests through the same console protocol with other devices
+//! ([`Vm::boot_with`]).
+//!
 //! QEMU is killed and reaped when the handle drops, on every path out of a run.
 
 use std::io::{BufRead, BufReader, Write};
@@ -52,12 +55,44 @@ impl Vm {
     /// guest's clock is not the TSC: under TCG the kernel's TSC calibration sometimes fails on
     /// a loaded host, and the fallback (jiffies, 4 ms steps) is too coarse for latencies.
     pub fn boot(name: &str, config: &VmConfig, bound: Duration) -> Result<Self> {
+        let devices = [
+            "-chardev".to_owned(),
+            format!("socket,id=fs,path={}", config.socket.display()),
+            "-device".to_owned(),
+            "vhost-user-fs-device,chardev=fs,tag=hullfs".to_owned(),
+        ];
+        Self::boot_with(name, config, &[], &devices, "", bound)
+    }
+
+    /// [`Vm::boot`] with other devices (QEMU arguments, `config.socket` unused), QEMU started
+    /// through `prefix` (e.g. `ip netns exec NS`) when it is not empty, and `extra_cmdline`
+    /// appended to the kernel's command line (for the guest program's settings).
+    pub fn boot_with(
+        name: &str,
+        config: &VmConfig,
+        prefix: &[String],
+        devices: &[String],
+        extra_cmdline: &str,
+        bound: Duration,
+    ) -> Result<Self> {
         let memory = format!(
             "memory-backend-memfd,id=mem,size={}M,share=on",
             config.memory_mib
         );
         let cpu = if config.accel == "kvm" { "host" } else { "max" };
-        let mut command = Command::new(&config.qemu);
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&config.qemu);
+                command
+            }
+            None => Command::new(&config.qemu),
+        };
+        let mut line = cmdline();
+        if !extra_cmdline.is_empty() {
+            line.push(' ');
+            line.push_str(extra_cmdline);
+        }
         command
             .args([
                 "-M",
@@ -65,9 +100,7 @@ impl Vm {
                 "-object",
                 &memory,
             ])
-            .arg("-chardev")
-            .arg(format!("socket,id=fs,path={}", config.socket.display()))
-            .args(["-device", "vhost-user-fs-device,chardev=fs,tag=hullfs"])
+            .args(devices)
             .args(["-accel", &config.accel, "-cpu", cpu])
             .args(["-m", &config.memory_mib.to_string(), "-smp", "1"])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
@@ -77,7 +110,7 @@ impl Vm {
             .arg("-initrd")
             .arg(&config.initrd)
             .arg("-append")
-            .arg(cmdline())
+            .arg(line)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -269,7 +302,15 @@ pub fn kernel() -> Result<PathBuf> {
 
 /// Compiles the guest program and packs it as the /init of an initrd in `dir`.
 pub fn initrd(dir: &Path) -> Result<PathBuf> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/fs_bench.rs");
+    initrd_of("fs_bench.rs", dir)
+}
+
+/// Compiles the guest program perf/guest/`program` and packs it as the /init of an initrd
+/// in `dir`.
+pub fn initrd_of(program: &str, dir: &Path) -> Result<PathBuf> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("guest")
+        .join(program);
     match hull_tests::guest_program::build_initrd(&source, dir) {
         Ok(Ok(initrd)) => Ok(initrd),
         Ok(Err(err)) => Err(Error::Unexpected(format!("building the guest: {err}"))),

@@ -271,6 +271,24 @@ mod tests {
     }
 
     #[test]
+    fn the_network_backend_is_chosen_by_name_and_a_wrong_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("configuration.toml");
+        write(&main, "[network]\nbackend = \"hull-net\"\n");
+        let loaded = load(&search_system(&[&main])).unwrap();
+        assert_eq!(
+            loaded.config.network.backend,
+            super::super::NetworkBackend::HullNet
+        );
+        write(&main, "[network]\nbackend = \"vhost-net\"\n");
+        let err = load(&search_system(&[&main])).unwrap_err().to_string();
+        assert!(
+            err.contains("vhost-net") && err.contains("hull-net") && err.contains("qemu"),
+            "the error names the value and the choices: {err}"
+        );
+    }
+
+    #[test]
     fn wrong_type_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("configuration.toml");

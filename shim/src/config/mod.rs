@@ -94,6 +94,18 @@ pub enum QemuMachine {
     Q35,
 }
 
+/// Who serves the virtio-net device of each pod interface, on the endpoint's tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkBackend {
+    /// QEMU's own virtio-net on its `tap` netdev (the tap descriptors inherited by QEMU).
+    #[default]
+    Qemu,
+    /// One `hull-net` process per interface (vhost-user-net on the tap's descriptors), its
+    /// data plane outside QEMU.
+    HullNet,
+}
+
 /// hull's configuration, after defaults, files, drop-ins and annotations.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -108,6 +120,16 @@ pub struct Config {
     pub agent: AgentConfig,
     /// The shim itself.
     pub runtime: RuntimeConfig,
+    /// Pod networking.
+    pub network: NetworkConfig,
+}
+
+/// How a pod's network reaches its VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Who serves the guest NIC of each pod interface.
+    pub backend: NetworkBackend,
 }
 
 /// The guest VM's shape.
@@ -168,6 +190,7 @@ impl Default for Config {
             qemu: QemuConfig::default(),
             agent: AgentConfig::default(),
             runtime: RuntimeConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

@@ -64,6 +64,44 @@ pub struct RecordedNetwork {
     pub interfaces: Vec<RecordedInterface>,
 }
 
+/// The interfaces of a pod's namespace its VM knows of (the pod's, and hull's taps), to
+/// notice ones added later ([`KnownInterfaces::added`]) without holding the [`PodNetwork`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownInterfaces {
+    netns: PathBuf,
+    indexes: Vec<u32>,
+}
+
+impl KnownInterfaces {
+    /// The names of the interfaces (loopback aside) in the namespace now that the VM does
+    /// not know of: added after the sandbox started. Blocks while it scans (a thread of its
+    /// own enters the namespace).
+    pub fn added(&self) -> Result<Vec<String>> {
+        let NetnsScan { interfaces, .. } = run_in(&self.netns, || {
+            with_netlink(async |handle| scan(&handle).await)
+        })?;
+        Ok(interfaces
+            .into_iter()
+            .filter(|interface| !self.indexes.contains(&interface.index))
+            .map(|interface| interface.name)
+            .collect())
+    }
+
+    /// [`Error::HotplugUnsupported`] naming the interfaces added since the sandbox started,
+    /// if any: `hypervisor` (which runs the VM) cannot hot-plug NICs.
+    pub fn refuse_added(&self, hypervisor: &'static str) -> Result<()> {
+        let names = self.added()?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        Err(Error::HotplugUnsupported {
+            names,
+            netns: self.netns.clone(),
+            hypervisor,
+        })
+    }
+}
+
 /// Removes what a dead shim's pod network left on the pod's interfaces. A namespace that is
 /// gone took everything with it.
 pub fn release(recorded: &RecordedNetwork) -> Result<()> {
@@ -158,6 +196,18 @@ impl PodNetwork {
         RecordedNetwork {
             netns: self.netns.clone(),
             interfaces: self.endpoints.iter().map(Endpoint::recorded).collect(),
+        }
+    }
+
+    /// The interfaces the VM knows of, to notice ones added to the namespace later.
+    pub fn known(&self) -> KnownInterfaces {
+        KnownInterfaces {
+            netns: self.netns.clone(),
+            indexes: self
+                .endpoints
+                .iter()
+                .flat_map(|endpoint| [endpoint.interface.index, endpoint.tap_index])
+                .collect(),
         }
     }
 

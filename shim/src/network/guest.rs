@@ -3,7 +3,7 @@
 //! and one UpdateRoutes, so the guest's interfaces and routes match the pod's namespace.
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use hull_agent_protocol::types::{Interface, IpAddress, IpFamily, Route, Routes};
 
@@ -21,7 +21,8 @@ fn family(addr: &IpAddr) -> IpFamily {
     }
 }
 
-fn mac_text(mac: &[u8]) -> String {
+/// `aa:bb:cc:dd:ee:ff`, as `ip`, QEMU and hull-net write a MAC address.
+pub(crate) fn mac_text(mac: &[u8]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -47,6 +48,21 @@ impl PodNetwork {
                     fds: endpoint.tap_fds.iter().map(|fd| fd.as_raw_fd()).collect(),
                     mac: endpoint.guest_mac()?,
                 })
+            })
+            .collect()
+    }
+
+    /// The VM's NICs, in endpoint order, for a backend outside the hypervisor (hull-net):
+    /// each NIC's tap descriptors (one per queue, to be inherited by the backend) and MAC.
+    /// Endpoints without an Ethernet address get none, as in [`PodNetwork::vm_devices`].
+    pub fn nics(&self) -> Vec<(Vec<RawFd>, [u8; 6])> {
+        self.endpoints
+            .iter()
+            .filter_map(|endpoint| {
+                Some((
+                    endpoint.tap_fds.iter().map(|fd| fd.as_raw_fd()).collect(),
+                    endpoint.guest_mac()?,
+                ))
             })
             .collect()
     }

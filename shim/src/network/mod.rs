@@ -29,8 +29,10 @@ mod tap;
 use std::path::PathBuf;
 
 pub use endpoint::{
-    release, Endpoint, EndpointModel, PodNetwork, RecordedInterface, RecordedNetwork,
+    release, Endpoint, EndpointModel, KnownInterfaces, PodNetwork, RecordedInterface,
+    RecordedNetwork,
 };
+pub(crate) use guest::mac_text;
 pub use scan::{Interface, IpNetwork, LinkKind, NetnsScan, Route};
 
 /// Errors setting up or tearing down a pod's network.
@@ -93,6 +95,23 @@ pub enum Error {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// Interfaces appeared in the pod's namespace after its VM started, and the VM cannot
+    /// take a new NIC.
+    #[error(
+        "interface(s) {} were added to the pod's network namespace {} after its VM started; \
+         {hypervisor} cannot hot-plug a NIC into a running VM, so the pod would not see them: \
+         recreate the pod to carry them into its VM",
+        names.join(", "),
+        netns.display()
+    )]
+    HotplugUnsupported {
+        /// The new interfaces.
+        names: Vec<String>,
+        /// The namespace.
+        netns: PathBuf,
+        /// What runs the VM (`QEMU microvm`).
+        hypervisor: &'static str,
     },
     /// An interface vanished while it was being set up.
     #[error("interface {0} disappeared from the pod's network namespace during set-up")]

@@ -5,13 +5,13 @@
 //! started (each piece's Drop kills its process), so a failed boot leaves nothing running.
 //! Only the `qemu` hypervisor is wired so far; the built-in VMM needs virtio-mmio and vsock.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent_link::{self, AgentLink};
 use crate::backend::{self, BackendProcess};
-use crate::config::{Config, HypervisorKind};
+use crate::config::{Config, HypervisorKind, NetworkBackend};
 use crate::host::{find_program, Virtualization};
 use crate::network::PodNetwork;
 use crate::phase::Phase;
@@ -47,6 +47,15 @@ pub enum Error {
     /// The vsock backend failed.
     #[error("the vsock backend")]
     Backend(#[from] backend::Error),
+    /// A network backend (hull-net) failed to start.
+    #[error("hull-net for the pod's interface number {nic} (network.backend = \"hull-net\")")]
+    NetBackend {
+        /// The NIC's index among the pod's interfaces.
+        nic: usize,
+        /// Why.
+        #[source]
+        source: backend::Error,
+    },
     /// The VM failed.
     #[error("the VM")]
     Vm(#[from] qemu::Error),
@@ -94,6 +103,8 @@ pub struct BootedVm {
     vm: QemuVm,
     vsock: BackendProcess,
     fs: Option<BackendProcess>,
+    /// One hull-net per pod interface, with `network.backend = "hull-net"`.
+    nets: Vec<BackendProcess>,
     // Dropped after the processes that serve it, before the run directory.
     share: Option<SharedDir>,
     /// Time from the start of [`boot`] to the agent's first SERVING answer.
@@ -129,6 +140,7 @@ impl BootedVm {
             ("qemu", self.vm.pid()),
         ]
         .into_iter()
+        .chain(self.nets.iter().map(|net| ("hull-net", net.pid())))
         .filter_map(|(role, pid)| Some((role, pid?)))
         .collect()
     }
@@ -146,6 +158,7 @@ impl BootedVm {
             vm,
             vsock,
             fs,
+            nets,
             share,
             _run_dir: run_dir,
             ..
@@ -155,6 +168,9 @@ impl BootedVm {
         vsock.stop(grace).await?;
         if let Some(fs) = fs {
             fs.stop(grace).await?;
+        }
+        for net in nets {
+            net.stop(grace).await?;
         }
         drop(share);
         drop(run_dir);
@@ -187,9 +203,10 @@ pub async fn boot_with_share(
     boot_pod(config, id, run_dir, beside, share, None).await
 }
 
-/// [`boot_with_share`], and with `network` a NIC per pod interface (QEMU's virtio-net on the
-/// endpoint's tap) whose guest side the agent configures (UpdateInterface for each, then
-/// UpdateRoutes) before the boot counts as done.
+/// [`boot_with_share`], and with `network` a NIC per pod interface (on the endpoint's tap:
+/// QEMU's virtio-net, or a hull-net per NIC as `network.backend` says) whose guest side the
+/// agent configures (UpdateInterface for each, then UpdateRoutes) before the boot counts as
+/// done.
 pub async fn boot_pod(
     config: &Config,
     id: &str,
@@ -229,6 +246,17 @@ pub async fn boot_pod(
         )
     } else {
         None
+    };
+    let net_bin = match network {
+        Some(network)
+            if config.network.backend == NetworkBackend::HullNet && !network.nics().is_empty() =>
+        {
+            Some(
+                crate::paths::find_helper("hull-net", beside, path_env.as_deref())
+                    .ok_or(Error::Helper("hull-net"))?,
+            )
+        }
+        _ => None,
     };
 
     // run_dir holds the backends' sockets and logs, and QEMU's own directory.
@@ -310,8 +338,38 @@ pub async fn boot_pod(
             .split_whitespace()
             .map(str::to_owned),
     );
+    let mut nets = Vec::new();
     if let Some(network) = network {
-        devices.extend(network.vm_devices());
+        match &net_bin {
+            None => devices.extend(network.vm_devices()),
+            Some(net_bin) => {
+                for (nic, (fds, mac)) in network.nics().into_iter().enumerate() {
+                    let socket = backends.join(format!("net{nic}.sock"));
+                    let mut args: Vec<OsString> = vec![
+                        "--socket".into(),
+                        socket.clone().into(),
+                        "--mac".into(),
+                        crate::network::mac_text(&mac).into(),
+                    ];
+                    for fd in &fds {
+                        args.extend(["--tap-fd".into(), fd.to_string().into()]);
+                    }
+                    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+                    let net = BackendProcess::start_inheriting(
+                        net_bin,
+                        &args,
+                        &fds,
+                        &socket,
+                        &backends.join(format!("hull-net{nic}.log")),
+                        BACKEND_DEADLINE,
+                    )
+                    .await
+                    .map_err(|source| Error::NetBackend { nic, source })?;
+                    nets.push(net);
+                    devices.push(VmDevice::VhostUserNet { socket, mac });
+                }
+            }
+        }
     }
     let spec = VmSpec {
         id: id.to_owned(),
@@ -392,6 +450,7 @@ pub async fn boot_pod(
         vm,
         vsock,
         fs,
+        nets,
         share,
         boot_time: started.elapsed(),
         _run_dir: guard,

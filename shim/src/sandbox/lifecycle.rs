@@ -53,6 +53,9 @@ pub enum Error {
     /// The pod's network could not be carried into the VM.
     #[error("connecting the pod's network namespace to the VM")]
     Network(#[source] crate::network::Error),
+    /// The pod's network namespace changed in a way its VM cannot follow.
+    #[error("the pod's network namespace changed after its VM started")]
+    NetworkChanged(#[source] crate::network::Error),
     /// The thread connecting the pod's network failed.
     #[error("the task connecting the pod's network panicked")]
     NetworkTask,
@@ -273,6 +276,30 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Fails, naming them, if interfaces were added to the pod's network namespace since the
+    /// VM started: hull's QEMU VMs take no NIC after the start (microvm has no hotplug), so
+    /// the pod would not see them. Nothing to check without a pod network.
+    pub async fn check_network(&self) -> Result<()> {
+        let Some(known) = self.network.as_ref().map(PodNetwork::known) else {
+            return Ok(());
+        };
+        match tokio::task::spawn_blocking(move || known.refuse_added("QEMU as hull runs it"))
+            .await
+            .map_err(|_| Error::NetworkTask)?
+        {
+            Err(err @ crate::network::Error::HotplugUnsupported { .. }) => {
+                Err(Error::NetworkChanged(err))
+            }
+            // The check is a courtesy: a namespace that cannot be scanned now does not stop
+            // the container (the VM's interfaces are unchanged).
+            Err(err) => {
+                tracing::warn!(sandbox = %self.id, "rescanning the pod's network namespace: {err}");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     /// The sandbox id.

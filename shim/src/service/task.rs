@@ -466,6 +466,14 @@ impl Inner {
         if let Some(reason) = sandbox.lost() {
             return Err(lost_error(&id, &reason));
         }
+        // A container would not see interfaces added to the pod's namespace since its VM
+        // started: refused by name rather than started without them.
+        sandbox.check_network().await.map_err(|e| {
+            status(
+                Code::FAILED_PRECONDITION,
+                format!("container {id}: {}", chain(&e)),
+            )
+        })?;
         if sandbox.hypervisor() != HypervisorKind::None && !crate::paths::is_safe_id(&id) {
             return Err(status(
                 Code::INVALID_ARGUMENT,

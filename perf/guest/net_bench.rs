@@ -1,0 +1,344 @@
+//! /init of the guest `hull-bench net` boots once per virtio-net backend: gives `eth0` the
+//! address in `HULL_NET_GUEST_IP` (/24, from the kernel command line) and runs the network
+//! workloads the host asks for on its serial console, one command a line, answering each with
+//! one `HULLFS-BENCH` line (the console protocol of perf/src/fs/vm.rs, shared with fs_bench).
+//!
+//! Once ready it says `HULLFS-BENCH ready CLOCKSOURCE`. Commands:
+//! - `run tcp BUDGET_MS 0`: one TCP connection to `HULL_NET_HOST_IP`:[`TCP_PORT`], 64 KiB
+//!   writes for about BUDGET_MS, then a half-close; the host's sink answers with the number
+//!   of bytes it received (8 bytes, little-endian) once it has read them all. Answers
+//!   `result WRITES BYTES_RECEIVED ELAPSED_NS 0 0`, elapsed up to the sink's answer, so only
+//!   bytes that arrived are counted.
+//! - `run tcp_rx BUDGET_MS 0`: one TCP connection to the host's source on [`SOURCE_PORT`],
+//!   which is sent BUDGET_MS (8 bytes, little-endian), writes 64 KiB chunks for that long and
+//!   closes. Answers `result READS BYTES_RECEIVED ELAPSED_NS 0 0`, elapsed up to the end of
+//!   the stream.
+//! - `run udp_rr BUDGET_MS 0`: 64-byte UDP datagrams to `HULL_NET_HOST_IP`:[`UDP_PORT`], one
+//!   at a time, each waiting for the host's echo (a request/response packet rate, like
+//!   netperf's UDP_RR). Answers `result ROUND_TRIPS BYTES ELAPSED_NS P50_NS P99_NS`; a lost
+//!   datagram is retried after 200 ms and counted in neither.
+//! - `quit` powers the VM off.
+//!
+//! Timings are taken in the guest (CLOCK_MONOTONIC). Built by hull-bench with plain `rustc`
+//! (std only, statically linked), not by cargo.
+
+use std::ffi::CString;
+use std::io::{BufRead, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// Host port of the TCP sink.
+const TCP_PORT: u16 = 7001;
+/// Host port of the UDP echo.
+const UDP_PORT: u16 = 7002;
+/// Host port of the TCP source.
+const SOURCE_PORT: u16 = 7003;
+/// Bytes per TCP write.
+const CHUNK: usize = 64 << 10;
+/// UDP payload bytes.
+const DATAGRAM: usize = 64;
+
+extern "C" {
+    fn mount(
+        source: *const i8,
+        target: *const i8,
+        fstype: *const i8,
+        flags: u64,
+        data: *const u8,
+    ) -> i32;
+    fn reboot(cmd: i32) -> i32;
+    fn sync();
+}
+
+const RB_AUTOBOOT: i32 = 0x0123_4567;
+
+fn mount_fs(source: &str, target: &str, fstype: &str) -> Result<(), String> {
+    let c = |s: &str| CString::new(s).map_err(|e| e.to_string());
+    let (source, target, fstype) = (c(source)?, c(target)?, c(fstype)?);
+    // SAFETY: all three are NUL-terminated strings that outlive the call; no data.
+    let rc = unsafe {
+        mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
+}
+
+fn s<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Counts and per-operation latencies of one trial.
+struct Outcome {
+    ops: u64,
+    bytes: u64,
+    elapsed: Duration,
+    latencies: Vec<u64>,
+}
+
+fn tcp(host: Ipv4Addr, budget: Duration) -> Result<Outcome, String> {
+    let mut stream =
+        TcpStream::connect(SocketAddrV4::new(host, TCP_PORT)).map_err(|e| format!("connect: {e}"))?;
+    let chunk = vec![0x5au8; CHUNK];
+    let start = Instant::now();
+    let mut writes = 0u64;
+    while start.elapsed() < budget {
+        stream.write_all(&chunk).map_err(|e| format!("write: {e}"))?;
+        writes += 1;
+    }
+    stream.shutdown(Shutdown::Write).map_err(s)?;
+    let mut ack = [0u8; 8];
+    stream
+        .read_exact(&mut ack)
+        .map_err(|e| format!("reading the sink's count: {e}"))?;
+    Ok(Outcome {
+        ops: writes,
+        bytes: u64::from_le_bytes(ack),
+        elapsed: start.elapsed(),
+        latencies: Vec::new(),
+    })
+}
+
+fn tcp_rx(host: Ipv4Addr, budget: Duration) -> Result<Outcome, String> {
+    let mut stream = TcpStream::connect(SocketAddrV4::new(host, SOURCE_PORT))
+        .map_err(|e| format!("connect: {e}"))?;
+    let start = Instant::now();
+    let budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+    stream
+        .write_all(&budget_ms.to_le_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buffer = vec![0u8; CHUNK];
+    let (mut reads, mut bytes) = (0u64, 0u64);
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                reads += 1;
+                bytes += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    Ok(Outcome {
+        ops: reads,
+        bytes,
+        elapsed: start.elapsed(),
+        latencies: Vec::new(),
+    })
+}
+
+fn udp_rr(host: Ipv4Addr, budget: Duration) -> Result<Outcome, String> {
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(s)?;
+    socket
+        .connect(SocketAddrV4::new(host, UDP_PORT))
+        .map_err(s)?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(s)?;
+    let mut payload = [0u8; DATAGRAM];
+    let mut answer = [0u8; DATAGRAM * 2];
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while start.elapsed() < budget {
+        seq += 1;
+        payload[..8].copy_from_slice(&seq.to_le_bytes());
+        let sent = Instant::now();
+        socket.send(&payload).map_err(|e| format!("send: {e}"))?;
+        loop {
+            match socket.recv(&mut answer) {
+                Ok(n) if n == DATAGRAM && answer[..8] == payload[..8] => {
+                    latencies.push(ns(sent.elapsed()));
+                    break;
+                }
+                // An old echo of a datagram given up on: wait for this one's.
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(format!("recv: {e}")),
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let ops = latencies.len() as u64;
+    Ok(Outcome {
+        ops,
+        bytes: ops * DATAGRAM as u64,
+        elapsed,
+        latencies,
+    })
+}
+
+fn env_ip(name: &str) -> Result<Ipv4Addr, String> {
+    std::env::var(name)
+        .map_err(|_| format!("{name} missing from the kernel command line"))?
+        .parse()
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+fn serve() -> Result<(), String> {
+    let guest = env_ip("HULL_NET_GUEST_IP")?;
+    let host = env_ip("HULL_NET_HOST_IP")?;
+    configure("eth0", guest)?;
+    let clock = std::fs::read_to_string(
+        "/sys/devices/system/clocksource/clocksource0/current_clocksource",
+    )
+    .unwrap_or_else(|_| "unknown".into());
+    println!("HULLFS-BENCH ready {}", clock.trim());
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).map_err(s)? == 0 {
+            return Err("the console closed".into());
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["quit"] => return Ok(()),
+            ["run", workload, budget_ms, _count] => {
+                let answer = budget_ms.parse::<u64>().map_err(s).and_then(|budget_ms| {
+                    let budget = Duration::from_millis(budget_ms);
+                    match *workload {
+                        "tcp" => tcp(host, budget),
+                        "tcp_rx" => tcp_rx(host, budget),
+                        "udp_rr" => udp_rr(host, budget),
+                        other => Err(format!("unknown workload {other}")),
+                    }
+                });
+                match answer {
+                    Ok(mut outcome) => {
+                        outcome.latencies.sort_unstable();
+                        println!(
+                            "HULLFS-BENCH result {} {} {} {} {}",
+                            outcome.ops,
+                            outcome.bytes,
+                            ns(outcome.elapsed),
+                            percentile(&outcome.latencies, 50.0),
+                            percentile(&outcome.latencies, 99.0)
+                        );
+                    }
+                    Err(err) => println!("HULLFS-BENCH error {workload}: {err}"),
+                }
+            }
+            [] => {}
+            _ => println!("HULLFS-BENCH error unknown command: {}", line.trim()),
+        }
+    }
+}
+
+fn main() {
+    let _ = mount_fs("proc", "/proc", "proc");
+    let _ = mount_fs("sysfs", "/sys", "sysfs");
+    if let Err(err) = serve() {
+        println!("HULLFS-BENCH error {err}");
+    }
+    let _ = std::io::stdout().flush();
+    // SAFETY: sync and reboot take no pointers; reboot powers the VM off (reboot=t plus
+    // QEMU's -no-reboot), which is how the host sees the guest finish.
+    unsafe {
+        sync();
+        reboot(RB_AUTOBOOT);
+    }
+}
+
+fn sockaddr_in(ip: Ipv4Addr) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[..2].copy_from_slice(&(sys::AF_INET as u16).to_ne_bytes());
+    addr[4..8].copy_from_slice(&ip.octets());
+    addr
+}
+
+/// Address, netmask /24, up; waits a little for the driver to register the interface.
+fn configure(name: &str, ip: Ipv4Addr) -> Result<(), String> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { sys::socket(sys::AF_INET, sys::SOCK_DGRAM | sys::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = [0u8; 40];
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    let mut tries = 0;
+    loop {
+        // SAFETY: SIOCGIFFLAGS reads and writes a 40-byte ifreq, which `req` is.
+        if unsafe { sys::ioctl(sock.as_raw_fd(), sys::SIOCGIFFLAGS, req.as_mut_ptr()) } == 0 {
+            break;
+        }
+        tries += 1;
+        if tries > 50 {
+            return Err(format!("no {name}: {}", std::io::Error::last_os_error()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flags = u16::from_ne_bytes([req[16], req[17]]) | sys::IFF_UP;
+    for (request, value) in [
+        (sys::SIOCSIFADDR, sockaddr_in(ip)),
+        (sys::SIOCSIFNETMASK, sockaddr_in(Ipv4Addr::new(255, 255, 255, 0))),
+    ] {
+        req[16..32].copy_from_slice(&value);
+        // SAFETY: the ioctl reads a 40-byte ifreq, which `req` is.
+        if unsafe { sys::ioctl(sock.as_raw_fd(), request, req.as_mut_ptr()) } < 0 {
+            return Err(format!(
+                "ioctl {request:#x} on {name}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    req[16..32].fill(0);
+    req[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: SIOCSIFFLAGS reads a 40-byte ifreq, which `req` is.
+    if unsafe { sys::ioctl(sock.as_raw_fd(), sys::SIOCSIFFLAGS, req.as_mut_ptr()) } < 0 {
+        return Err(format!(
+            "bringing {name} up: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// The libc calls and Linux constants this program needs (x86_64 Linux values).
+mod sys {
+    pub const AF_INET: i32 = 2;
+    pub const SOCK_DGRAM: i32 = 2;
+    pub const SOCK_CLOEXEC: i32 = 0o2_000_000;
+    pub const SIOCGIFFLAGS: u64 = 0x8913;
+    pub const SIOCSIFFLAGS: u64 = 0x8914;
+    pub const SIOCSIFADDR: u64 = 0x8916;
+    pub const SIOCSIFNETMASK: u64 = 0x891c;
+    pub const IFF_UP: u16 = 1;
+
+    extern "C" {
+        pub fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+        pub fn ioctl(fd: i32, request: u64, arg: *mut u8) -> i32;
+    }
+}
