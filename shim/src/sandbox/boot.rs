@@ -123,7 +123,7 @@ impl BootedVm {
         [
             ("hull-vsock", self.vsock.pid()),
             ("hull-fs", self.fs.as_ref().and_then(BackendProcess::pid)),
-            ("qemu", self.vm.pid()),
+            (super::watch::VMM_ROLE, self.vm.pid()),
         ]
         .into_iter()
         .filter_map(|(role, pid)| Some((role, pid?)))
