@@ -135,6 +135,7 @@ impl Sandbox {
             HypervisorKind::Auto => Virtualization::probe().auto_hypervisor(),
             other => other,
         };
+        crate::phase::record_to(&config.runtime.phase_file);
         crate::phase::sandbox(id, Phase::SandboxStart);
         let mut record = SandboxRecord::new(id);
         record.paths.push(run_dir.to_owned());
