@@ -1,7 +1,8 @@
 //! Marks in the shim's log where a pod's start-up passes from one phase to the next, so the
 //! time from `ctr run` to a container's first output can be split by phase (VM boot, agent
-//! ready, container create and start). `hull-bench startup` reads them from containerd's log,
-//! where the shim's log lines end up, and takes their timestamps.
+//! ready, container create and start). `hull-bench startup` reads them from the phase file
+//! (below) it names in the shim's configuration, and from containerd's log, where the shim's
+//! log lines end up, for any the file lacks.
 //!
 //! Each mark is one info line, `hull phase sandbox=ID phase=NAME` (or `container=ID` for the
 //! container's phases). The names are a contract with hull-bench: change them together.
