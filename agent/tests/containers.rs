@@ -47,12 +47,15 @@ impl Fixture {
 
     /// Starts the agent with `extra` arguments.
     fn start_with(name: &str, busybox: &Path, extra: &[&str]) -> Fixture {
+        // What earlier runs killed before their cleanup left: their agents, containers, mounts.
+        hull_tests::stale::sweep(&std::env::temp_dir(), "hull-ct-");
         let dir = std::env::temp_dir().join(format!("hull-ct-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let rootfs = dir.join("rootfs");
         for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
             std::fs::create_dir_all(rootfs.join(sub)).expect("creating the rootfs");
         }
+        hull_tests::stale::claim(&dir).expect("claiming the fixture's directory");
         std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copying busybox");
         for applet in ["sh", "cat", "echo", "sleep", "stty", "true", "ls", "dd"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))

@@ -83,6 +83,8 @@ pub struct Pods {
     prefix: String,
     next: Cell<usize>,
     shim: PathBuf,
+    /// The file hull's shims append their start-up marks to (`runtime.phase_file`).
+    phase_file: PathBuf,
     // Dropped after containerd, which may still read the configuration files.
     _dir: RunDir,
 }
@@ -112,6 +114,9 @@ impl Pods {
         }
         find_on_path("runc", "runc")?;
         let dir = RunDir::new(&std::env::temp_dir(), purpose)?;
+        let phase_file = dir.path().join("phases");
+        // The shims append their marks there: containerd may drop a shim's last log lines.
+        let phase_key = format!("phase_file = {:?}\n", phase_file.display().to_string());
         let mut configs = BTreeMap::new();
         for &runtime in runtimes {
             let text = match runtime {
@@ -119,14 +124,15 @@ impl Pods {
                     let kernel = hull_tests::artifacts::vmlinux()?;
                     let initrd = hull_tests::artifacts::initrd()?;
                     format!(
-                        "hypervisor = \"qemu\"\n[vm]\nkernel = {:?}\ninitrd = {:?}\n",
+                        "hypervisor = \"qemu\"\n[vm]\nkernel = {:?}\ninitrd = {:?}\n\
+                         [runtime]\n{phase_key}",
                         kernel.display().to_string(),
                         initrd.display().to_string()
                     )
                 }
-                Runtime::HullNone => {
-                    "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n".to_owned()
-                }
+                Runtime::HullNone => format!(
+                    "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n{phase_key}"
+                ),
                 Runtime::Runc => continue,
             };
             let path = dir.path().join(format!("{runtime:?}.toml"));
@@ -156,6 +162,7 @@ impl Pods {
             prefix: format!("hb-{}", std::process::id()),
             next: Cell::new(0),
             shim,
+            phase_file,
             _dir: dir,
         })
     }
@@ -252,9 +259,15 @@ impl Pods {
             .collect()
     }
 
-    /// The start-up marks the shim logged for pod `id` (see [`phase_marks`]).
+    /// The start-up marks the shim recorded for pod `id`: those of the phase file (see
+    /// [`phase_file_marks`]), and any it lacks from containerd's log (see [`phase_marks`]).
     pub fn marks(&self, id: &str) -> BTreeMap<String, SystemTime> {
-        phase_marks(&self.containerd.log(), id)
+        let recorded = std::fs::read_to_string(&self.phase_file).unwrap_or_default();
+        let mut marks = phase_file_marks(&recorded, id);
+        for (phase, at) in phase_marks(&self.containerd.log(), id) {
+            marks.entry(phase).or_insert(at);
+        }
+        marks
     }
 
     /// containerd's log lines that report errors, for an error message.
@@ -300,6 +313,41 @@ pub fn phase_marks(log: &str, id: &str) -> BTreeMap<String, SystemTime> {
     marks
 }
 
+/// The start-up marks for pod `id` in the shims' phase file `text`: lines
+/// `<unix seconds>.<nanoseconds> sandbox=ID phase=NAME` (or `container=ID`), appended by
+/// `hull_shim::phase` when `runtime.phase_file` is set. A phase marked twice keeps its first
+/// time; lines that do not parse are skipped.
+pub fn phase_file_marks(text: &str, id: &str) -> BTreeMap<String, SystemTime> {
+    let mut marks = BTreeMap::new();
+    for line in text.lines() {
+        let mut fields = line.split(' ');
+        let (Some(time), Some(what), Some(phase), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let ours =
+            matches!(what.split_once('='), Some(("sandbox" | "container", value)) if value == id);
+        let Some(("phase", phase)) = phase.split_once('=') else {
+            continue;
+        };
+        let Some((secs, nanos)) = time.split_once('.') else {
+            continue;
+        };
+        let (Ok(secs), Ok(nanos)) = (secs.parse::<u64>(), nanos.parse::<u32>()) else {
+            continue;
+        };
+        if !ours || nanos >= 1_000_000_000 || phase.is_empty() {
+            continue;
+        }
+        let Some(at) = SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos)) else {
+            continue;
+        };
+        marks.entry(phase.to_owned()).or_insert(at);
+    }
+    marks
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -339,10 +387,57 @@ mod tests {
         assert!(phase_marks(LOG, "hb-1").is_empty());
     }
 
+    #[test]
+    fn phase_file_marks_are_the_pods_own_with_their_first_time() {
+        let text = concat!(
+            "1795462801.500000000 sandbox=hb-1-0 phase=sandbox-start\n",
+            "1795462801.250000000 sandbox=hb-1-10 phase=sandbox-start\n",
+            "1795462803.750000000 sandbox=hb-1-0 phase=agent-ready\n",
+            "1795462804.000000000 container=hb-1-0 phase=container-created\n",
+            "1795462805.000000000 sandbox=hb-1-0 phase=sandbox-start\n",
+            "1795462805.2 sandbox=hb-1-0 phase=container-started extra\n",
+            "x.1 sandbox=hb-1-0 phase=container-started\n",
+            "1795462805.5000000000 sandbox=hb-1-0 phase=container-started\n",
+            "1795462806.0 sandbox=hb-1-0\n",
+        );
+        // 2026-11-23T19:40:00Z is 1795462800.
+        let expected: BTreeMap<String, SystemTime> = [
+            ("sandbox-start".to_owned(), at(1.5)),
+            ("agent-ready".to_owned(), at(3.75)),
+            ("container-created".to_owned(), at(4.0)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(phase_file_marks(text, "hb-1-0"), expected);
+        assert!(phase_file_marks(text, "hb-1").is_empty());
+    }
+
     proptest! {
         #[test]
         fn any_log_text_parses_without_panicking(log in ".{0,400}", id in "[a-z0-9-]{1,8}") {
             let _ = phase_marks(&log, &id);
+        }
+
+        #[test]
+        fn any_phase_file_text_parses_without_panicking(
+            text in "[0-9. a-z=\n-]{0,400}",
+            id in "[a-z0-9-]{1,8}",
+        ) {
+            let _ = phase_file_marks(&text, &id);
+        }
+
+        #[test]
+        fn a_phase_file_line_reads_back_as_written(
+            secs in 0u64..4_000_000_000,
+            nanos in 0u32..1_000_000_000,
+            phase in "[a-z-]{1,20}",
+        ) {
+            let text = format!("{secs}.{nanos:09} container=pod phase={phase}\n");
+            let marks = phase_file_marks(&text, "pod");
+            prop_assert_eq!(
+                marks.get(&phase).copied(),
+                Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+            );
         }
     }
 }

@@ -7,10 +7,12 @@
 //! subjects, and runc, the peer. Workloads: one pod at a time, and `--parallel K` pods started
 //! at once (each start's time, and starts per second of the whole batch).
 //!
-//! hull's time is split by phase from the marks its shim logs (`hull_shim::phase`, read from
-//! containerd's log): containerd and the shim up to the sandbox's start, the VM's backends,
-//! QEMU's start, the guest's boot until the agent answers, the container's create and start,
-//! then the first output and the exit with the container's removal, which `ctr` sees.
+//! hull's time is split by phase from the marks its shim records (`hull_shim::phase`, read
+//! from the phase file hull-bench names in the shim's configuration, `runtime.phase_file`,
+//! and from containerd's log for any the file lacks): containerd and the shim up to the
+//! sandbox's start, the VM's backends, QEMU's start, the guest's boot until the agent
+//! answers, the container's create and start, then the first output and the exit with the
+//! container's removal, which `ctr` sees.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -395,7 +397,7 @@ fn notes(tcg: bool, parallel: usize) -> Vec<String> {
          runc (the runtime's own overhead, without a guest)."
             .into(),
         "Phases (params.phases, ms, the median over a batch's pods then over the rounds) come \
-         from the marks the shim logs (hull_shim::phase) in containerd's log; runc logs none, \
+         from the marks the shim records (hull_shim::phase) in its phase file; runc has none, \
          so its whole time to first output is one phase. 'exit + removal' runs from the first \
          output to ctr's exit (the container exits, ctr --rm deletes it)."
             .into(),

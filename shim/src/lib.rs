@@ -11,7 +11,8 @@
 //! booted to a serving agent, or the `none` hypervisor's agent on the host; the persisted
 //! record), [`rootfs`] (containerd's rootfs mounts), [`mounts`] (the spec's bind mounts and
 //! volumes on their way into a sandbox), [`container`] (the container manager and
-//! stdio copies) and [`service`] (containerd's side). Still to come: the rootfs shared into a
+//! stdio copies), [`logging`] (the log FIFO, and journald where present) and [`service`]
+//! (containerd's side). Still to come: the rootfs shared into a
 //! VM through hull-fs, and the built-in VMM backend.
 
 pub mod agent_link;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod container;
 pub mod host;
 pub mod hybrid_vsock;
+pub mod logging;
 pub mod monitor;
 pub mod mounts;
 pub mod network;

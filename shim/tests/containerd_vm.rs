@@ -792,17 +792,14 @@ fn a_pod_whose_vm_or_backend_or_shim_is_killed_stops_with_a_reason_and_leaves_no
                     matches!(status.as_str(), "STOPPED" | ""),
                     "{victim:?}: task {status}"
                 );
-                let reason = format!("{} (pid {pid}) was killed by signal 9", victim.name());
-                // When QEMU is killed, its backends see their frontend go and exit cleanly,
-                // sometimes before QEMU's own exit is waitable: the shim then names the
-                // backend's exit as the cause (a known race: the reason should wait a moment
-                // for QEMU). Either way the loss must be logged with a process named.
-                let said = |log: &str| {
-                    log.contains(&reason)
-                        || (matches!(victim, Victim::Qemu)
-                            && log.contains("the sandbox is lost: hull-")
-                            && log.contains("exited with status 0"))
-                };
+                // The process killed is named as the cause, first: when QEMU is killed, its
+                // backends see their frontend go and may exit (cleanly) before QEMU's own exit
+                // is seen; the shim waits for QEMU then.
+                let reason = format!(
+                    "the sandbox is lost: {} (pid {pid}) was killed by signal 9",
+                    victim.name()
+                );
+                let said = |log: &str| log.contains(&reason);
                 // The log reaches containerd through a FIFO, asynchronously to the exit.
                 let deadline = Instant::now() + BOUND;
                 while !said(&setup.containerd.log()) && Instant::now() < deadline {

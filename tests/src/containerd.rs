@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::prereq::{find_program, Missing};
 
+/// How the temp directories of test containerds are named.
+pub const TEMP_PREFIX: &str = "hull-containerd-";
+
 /// The namespace tests run in.
 pub const NAMESPACE: &str = "hull-test";
 
@@ -149,10 +152,18 @@ impl Containerd {
             let what = what.to_owned();
             move |source| Error::Io { what, source }
         };
+        // What earlier runs killed before their cleanup left (see crate::stale).
+        for swept in crate::stale::sweep(&std::env::temp_dir(), TEMP_PREFIX) {
+            eprintln!(
+                "removed {} of a dead earlier run, with its processes and mounts",
+                swept.display()
+            );
+        }
         let dir = tempfile::Builder::new()
-            .prefix("hull-containerd-")
+            .prefix(TEMP_PREFIX)
             .tempdir()
             .map_err(io("creating a temp dir"))?;
+        crate::stale::claim(dir.path()).map_err(io("claiming the temp dir"))?;
         let d = dir.path().display();
         let disabled = if cri.is_some() {
             ""

@@ -13,3 +13,4 @@ pub mod netns;
 pub mod oci_image;
 pub mod prereq;
 pub mod qemu;
+pub mod stale;

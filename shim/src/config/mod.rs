@@ -175,6 +175,9 @@ pub struct AgentConfig {
 pub struct RuntimeConfig {
     /// `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: String,
+    /// A file the shim appends each start-up phase mark to (`crate::phase`), one line with
+    /// its wall-clock time; empty: marks go to the log only.
+    pub phase_file: PathBuf,
     /// Allows `hypervisor = "none"` (no isolation).
     pub enable_none_hypervisor: bool,
     /// Keys (`vm.vcpus`) that pods may override with `io.hull.config.<key>` annotations;
@@ -229,6 +232,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             log_level: "info".to_owned(),
+            phase_file: PathBuf::new(),
             enable_none_hypervisor: false,
             allowed_annotations: vec!["vm.vcpus".to_owned(), "vm.memory_mib".to_owned()],
         }
@@ -277,6 +281,7 @@ impl Config {
         for (key, path) in [
             ("vm.kernel", &self.vm.kernel),
             ("vm.initrd", &self.vm.initrd),
+            ("runtime.phase_file", &self.runtime.phase_file),
         ] {
             if !path.as_os_str().is_empty() && !path.is_absolute() {
                 return Err(invalid(

@@ -137,7 +137,7 @@ impl BootedVm {
         [
             ("hull-vsock", self.vsock.pid()),
             ("hull-fs", self.fs.as_ref().and_then(BackendProcess::pid)),
-            ("qemu", self.vm.pid()),
+            (super::watch::VMM_ROLE, self.vm.pid()),
         ]
         .into_iter()
         .chain(self.nets.iter().map(|net| ("hull-net", net.pid())))
@@ -260,16 +260,12 @@ pub async fn boot_pod(
     };
 
     // run_dir holds the backends' sockets and logs, and QEMU's own directory.
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(run_dir)
-            .map_err(|source| qemu::Error::RunDir {
-                path: run_dir.to_owned(),
-                source,
-            })?;
-    }
+    // (Its parent, the namespace's directory, may be removed by another pod's stop meanwhile:
+    // created again then.)
+    super::persist::create_run_dir(run_dir).map_err(|source| qemu::Error::RunDir {
+        path: run_dir.to_owned(),
+        source,
+    })?;
     let guard = RunDir(run_dir.to_owned());
     let backends = run_dir;
     let vhost_socket = backends.join("vsock.sock");

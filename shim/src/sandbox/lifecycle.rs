@@ -107,18 +107,10 @@ pub struct Sandbox {
 
 /// Creates `dir` (and its parents), the last component 0700.
 fn make_run_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let error = |source| Error::RunDir {
+    persist::create_run_dir(dir).map_err(|source| Error::RunDir {
         path: dir.to_owned(),
         source,
-    };
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(error)?;
-    }
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir)
-        .map_err(error)
+    })
 }
 
 impl Sandbox {
@@ -138,6 +130,7 @@ impl Sandbox {
             HypervisorKind::Auto => Virtualization::probe().auto_hypervisor(),
             other => other,
         };
+        crate::phase::record_to(&config.runtime.phase_file);
         crate::phase::sandbox(id, Phase::SandboxStart);
         let mut record = SandboxRecord::new(id);
         record.paths.push(run_dir.to_owned());
@@ -419,9 +412,11 @@ impl Sandbox {
             tracing::error!(sandbox = %id, "cleanup: {error}");
         }
         remove_record(&record_path);
-        // The namespace's directory goes with its last sandbox (ENOTEMPTY while others run).
+        // The namespace's directory goes with its last sandbox (left while others run).
         if let Some(parent) = run_dir.parent() {
-            let _ = std::fs::remove_dir(parent);
+            if let Err(err) = persist::remove_if_empty(parent) {
+                tracing::warn!(dir = %parent.display(), %err, "removing the namespace's run directory");
+            }
         }
         tracing::info!(sandbox = %id, ?report, "sandbox stopped");
     }

@@ -238,8 +238,61 @@ impl SandboxRecord {
                     .errors
                     .push(format!("removing {}: {err}", path.display())),
             }
+            // A namespace's directory under /run/hull goes with its last sandbox.
+            if let Some(namespace) = namespace_dir_of(path) {
+                match remove_if_empty(namespace) {
+                    Ok(true) => report.removed.push(namespace.to_owned()),
+                    Ok(false) => {}
+                    Err(err) => report
+                        .errors
+                        .push(format!("removing {}: {err}", namespace.display())),
+                }
+            }
         }
         report
+    }
+}
+
+/// The namespace directory (`/run/hull/<namespace>`) that holds sandbox run directory
+/// `run_dir`, if `run_dir` is one ([`crate::paths::sandbox_run_dir`]).
+pub fn namespace_dir_of(run_dir: &Path) -> Option<&Path> {
+    let namespace = run_dir.parent()?;
+    (namespace.parent() == Some(Path::new(crate::paths::RUN_ROOT))).then_some(namespace)
+}
+
+/// Removes directory `dir` if it is empty, answering whether it did. A directory that is not
+/// empty (another sandbox of the namespace runs or starts) or already gone is left alone:
+/// rmdir(2) checks and removes in one step, so this never races with a sandbox's start (which
+/// creates its directory with [`create_run_dir`], retrying if the parent just went).
+pub fn remove_if_empty(dir: &Path) -> std::io::Result<bool> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::ENOTEMPTY | libc::EEXIST | libc::ENOENT)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Creates run directory `dir` (mode 0700; it must not exist) and its parents. The parent, a
+/// namespace's directory, may be removed by the last sandbox of the namespace at any moment
+/// ([`remove_if_empty`]): creating `dir` then fails with ENOENT, and is tried again.
+pub fn create_run_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut tries = 0;
+    loop {
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && tries < 10 => tries += 1,
+            other => return other,
+        }
     }
 }
 
@@ -453,5 +506,68 @@ mod tests {
             fs::write(&path, &bytes).unwrap();
             let _ = SandboxRecord::load(&path);
         }
+    }
+
+    #[test]
+    fn only_run_directories_under_run_hull_have_a_namespace_directory() {
+        let run_dir = crate::paths::sandbox_run_dir("k8s.io", "pod-1");
+        assert_eq!(
+            namespace_dir_of(&run_dir),
+            Some(Path::new("/run/hull/k8s.io"))
+        );
+        assert_eq!(namespace_dir_of(Path::new("/tmp/x/pod-1")), None);
+        assert_eq!(namespace_dir_of(Path::new("/run/hull/k8s.io")), None);
+        assert_eq!(namespace_dir_of(Path::new("/")), None);
+    }
+
+    #[test]
+    fn a_directory_is_removed_only_when_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let namespace = dir.path().join("ns");
+        create_run_dir(&namespace.join("a")).unwrap();
+        create_run_dir(&namespace.join("b")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(namespace.join("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(
+            create_run_dir(&namespace.join("a")).is_err(),
+            "it must not exist"
+        );
+        fs::remove_dir(namespace.join("a")).unwrap();
+        assert!(!remove_if_empty(&namespace).unwrap(), "b is still there");
+        assert!(namespace.is_dir());
+        fs::remove_dir(namespace.join("b")).unwrap();
+        assert!(remove_if_empty(&namespace).unwrap());
+        assert!(!namespace.exists());
+        assert!(!remove_if_empty(&namespace).unwrap(), "gone already");
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        assert!(remove_if_empty(&file).is_err(), "not a directory");
+    }
+
+    #[test]
+    fn a_run_directory_is_made_even_while_its_namespace_directory_comes_and_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let namespace = dir.path().join("ns");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let remover = {
+            let (namespace, stop) = (namespace.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = remove_if_empty(&namespace);
+                }
+            })
+        };
+        for i in 0..200 {
+            let run_dir = namespace.join(format!("pod-{i}"));
+            create_run_dir(&run_dir).unwrap();
+            assert!(run_dir.is_dir());
+            fs::remove_dir(&run_dir).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        remover.join().unwrap();
     }
 }

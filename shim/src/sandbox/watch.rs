@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -211,6 +212,14 @@ impl ProcessWatch {
     }
 }
 
+/// The role of the VMM process among a sandbox's watched processes; the others (device
+/// backends) depend on it.
+pub const VMM_ROLE: &str = "qemu";
+
+/// How long a backend's clean exit waits for the VMM's own exit before it is named the cause
+/// of a loss (see [`loss`]).
+pub const VMM_GRACE: Duration = Duration::from_secs(2);
+
 /// Waits for the first of `watches` to die, and answers it with every other one that is dead
 /// by then (QEMU and its backends often go together, and the order in which the loop sees
 /// them says nothing about which went first). Never returns if there are none.
@@ -231,6 +240,114 @@ pub async fn deaths(watches: &[ProcessWatch]) -> Vec<Death> {
     all
 }
 
+/// Why a sandbox was lost: the death that caused it, and the others seen with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    /// The process whose death lost the sandbox.
+    pub cause: Death,
+    /// The other processes seen dead with it, in the order they were seen.
+    pub also: Vec<Death>,
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.cause)?;
+        if !self.also.is_empty() {
+            let also: Vec<String> = self.also.iter().map(ToString::to_string).collect();
+            write!(f, " (and with it: {})", also.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the first of `watches` to die and answers which death lost the sandbox. Never
+/// returns if there are none.
+///
+/// When QEMU is killed, the kernel closes its sockets before its exit can be waited for, so
+/// its vhost-user backends may see their frontend go and exit cleanly first. So a backend's
+/// clean exit, seen while the VMM still runs, waits up to `grace` (on the event loop) for the
+/// VMM's own exit before the decision ([`blame`]) is made. A backend killed by a signal or
+/// failing (nonzero status) is the cause at once.
+pub async fn loss(watches: &[ProcessWatch], grace: Duration) -> Loss {
+    let first = deaths(watches).await;
+    let mut later = Vec::new();
+    let vmm = watches.iter().find(|w| w.role == VMM_ROLE);
+    if let Some(vmm) = vmm {
+        if waits_for_vmm(&first) {
+            if tokio::time::timeout(grace, vmm.exited()).await.is_err() {
+                tracing::debug!(
+                    "a device backend exited and the VMM still runs after {grace:?}: the backend is the cause"
+                );
+            }
+            later.extend(
+                watches
+                    .iter()
+                    .filter(|w| !first.iter().any(|d| d.pid == w.pid))
+                    .filter_map(ProcessWatch::death_now),
+            );
+        }
+    }
+    match blame(first, later) {
+        Some(loss) => loss,
+        // `deaths` answers at least one death.
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the first deaths seen leave the cause open until the VMM's exit is known: the VMM
+/// is not among them, and each of them may be a backend's clean exit after its frontend went.
+fn waits_for_vmm(first: &[Death]) -> bool {
+    !first.iter().any(|d| d.role == VMM_ROLE) && !first.iter().any(Death::failed)
+}
+
+impl Death {
+    /// Whether the process was killed by a signal or exited with a nonzero status, which a
+    /// device backend does not do when its frontend (the VMM) merely goes away.
+    fn failed(&self) -> bool {
+        match self.ending {
+            Ending::Killed(_) => true,
+            Ending::Exited(code) => code != 0,
+            Ending::Unknown => false,
+        }
+    }
+}
+
+/// Decides which death lost a sandbox, from the deaths seen at the first wake-up (`first`, in
+/// the order seen) and those seen after waiting for the VMM (`later`); `None` if there are
+/// none. In this order:
+/// 1. a backend killed by a signal (a VMM's death never kills its backends);
+/// 2. a backend that failed (nonzero status) seen while the VMM still ran (the VMM is not in
+///    the same batch);
+/// 3. the VMM, if it died;
+/// 4. otherwise the first death seen (a backend's clean exit while the VMM runs on).
+pub fn blame(first: Vec<Death>, later: Vec<Death>) -> Option<Loss> {
+    let is_vmm = |d: &Death| d.role == VMM_ROLE;
+    let vmm_alive_first = !first.iter().any(is_vmm);
+    let vmm_alive_later = !later.iter().any(is_vmm);
+    let first_len = first.len();
+    let mut seen = first;
+    seen.extend(later);
+    let killed = seen
+        .iter()
+        .position(|d| !is_vmm(d) && matches!(d.ending, Ending::Killed(_)));
+    let failed = (0..seen.len()).find(|&i| {
+        let d = &seen[i];
+        let vmm_alive = if i < first_len {
+            vmm_alive_first
+        } else {
+            vmm_alive_later
+        };
+        vmm_alive && !is_vmm(d) && d.failed()
+    });
+    let vmm = seen.iter().position(is_vmm);
+    let index = killed.or(failed).or(vmm).unwrap_or(0);
+    if index >= seen.len() {
+        return None;
+    }
+    let cause = seen.remove(index);
+    Some(Loss { cause, also: seen })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -240,6 +357,7 @@ mod tests {
     fn spawn(args: &[&str]) -> tokio::process::Child {
         tokio::process::Command::new(args[0])
             .args(&args[1..])
+            .stdin(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap()
@@ -307,6 +425,143 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(20), deaths(&[]))
             .await
             .is_err());
+    }
+
+    fn death(role: &'static str, pid: u32, ending: Ending) -> Death {
+        Death { role, pid, ending }
+    }
+
+    const QEMU_KILLED: Ending = Ending::Killed(libc::SIGKILL);
+
+    #[test]
+    fn a_killed_vmm_seen_after_its_backends_clean_exits_is_the_cause() {
+        let vsock = death("hull-vsock", 10, Ending::Exited(0));
+        let fs = death("hull-fs", 11, Ending::Exited(0));
+        let qemu = death("qemu", 12, QEMU_KILLED);
+        // Seen after the wait, or in the first batch after the backends: QEMU either way.
+        for (first, later) in [
+            (vec![vsock.clone(), fs.clone()], vec![qemu.clone()]),
+            (vec![vsock.clone(), qemu.clone(), fs.clone()], vec![]),
+            (vec![fs.clone()], vec![vsock.clone(), qemu.clone()]),
+        ] {
+            let loss = blame(first, later).unwrap();
+            assert_eq!(loss.cause, qemu);
+            assert_eq!(loss.also.len(), 2);
+        }
+        let loss = blame(vec![vsock.clone(), fs.clone()], vec![qemu]).unwrap();
+        assert_eq!(
+            loss.to_string(),
+            "qemu (pid 12) was killed by signal 9 (SIGKILL) (and with it: hull-vsock (pid 10) \
+             exited with status 0, hull-fs (pid 11) exited with status 0)"
+        );
+    }
+
+    #[test]
+    fn a_backend_killed_by_a_signal_stays_the_cause_even_if_the_vmm_follows() {
+        let fs = death("hull-fs", 11, QEMU_KILLED);
+        let vsock = death("hull-vsock", 10, Ending::Exited(0));
+        let qemu = death("qemu", 12, Ending::Exited(1));
+        for (first, later) in [
+            (vec![fs.clone()], vec![]),
+            (vec![fs.clone()], vec![vsock.clone(), qemu.clone()]),
+            (vec![qemu.clone(), vsock.clone(), fs.clone()], vec![]),
+        ] {
+            assert_eq!(blame(first, later).unwrap().cause, fs);
+        }
+    }
+
+    #[test]
+    fn a_failed_backend_is_the_cause_only_if_the_vmm_still_ran() {
+        let fs = death("hull-fs", 11, Ending::Exited(1));
+        let qemu = death("qemu", 12, QEMU_KILLED);
+        // Seen while QEMU ran: the backend, whatever QEMU did after.
+        assert_eq!(blame(vec![fs.clone()], vec![]).unwrap().cause, fs);
+        assert_eq!(
+            blame(vec![fs.clone()], vec![qemu.clone()]).unwrap().cause,
+            fs
+        );
+        // Seen together with QEMU's death: QEMU.
+        assert_eq!(
+            blame(vec![fs.clone(), qemu.clone()], vec![]).unwrap().cause,
+            qemu
+        );
+    }
+
+    #[test]
+    fn a_clean_backend_exit_while_the_vmm_runs_on_is_the_cause() {
+        let vsock = death("hull-vsock", 10, Ending::Exited(0));
+        let fs = death("hull-fs", 11, Ending::Unknown);
+        let loss = blame(vec![vsock.clone()], vec![fs.clone()]).unwrap();
+        assert_eq!(
+            loss,
+            Loss {
+                cause: vsock,
+                also: vec![fs]
+            }
+        );
+        // The host agent of `none` is its sandbox's only process.
+        let agent = death("hull-agent", 13, Ending::Exited(0));
+        assert_eq!(blame(vec![agent.clone()], vec![]).unwrap().cause, agent);
+        assert_eq!(blame(vec![], vec![]), None);
+    }
+
+    #[test]
+    fn waiting_for_the_vmm_only_when_every_death_seen_may_follow_from_its_exit() {
+        let clean = death("hull-vsock", 10, Ending::Exited(0));
+        let unknown = death("hull-fs", 11, Ending::Unknown);
+        let failed = death("hull-fs", 11, Ending::Exited(2));
+        let killed = death("hull-fs", 11, QEMU_KILLED);
+        let qemu = death("qemu", 12, Ending::Exited(0));
+        assert!(waits_for_vmm(&[clean.clone(), unknown]));
+        assert!(!waits_for_vmm(&[clean.clone(), failed]));
+        assert!(!waits_for_vmm(&[killed]));
+        assert!(!waits_for_vmm(&[clean, qemu]));
+    }
+
+    #[tokio::test]
+    async fn a_vmm_killed_after_its_backend_exited_cleanly_is_named_the_cause() {
+        let mut qemu = spawn(&["sleep", "100"]);
+        let mut backend = spawn(&["cat"]);
+        let watches = [
+            ProcessWatch::open("hull-vsock", backend.id().unwrap()).unwrap(),
+            ProcessWatch::open(VMM_ROLE, qemu.id().unwrap()).unwrap(),
+        ];
+        let qemu_pid = watches[1].pid();
+        // The backend exits cleanly (its stdin closes), and QEMU is killed only once that
+        // exit was seen: the order in which the race goes wrong.
+        drop(backend.stdin.take());
+        let kill_after_backend = async {
+            watches[0].exited().await;
+            watches[1].kill(libc::SIGKILL);
+        };
+        let (loss, ()) = tokio::join!(loss(&watches, VMM_GRACE), kill_after_backend);
+        assert_eq!(
+            loss.cause,
+            Death {
+                role: VMM_ROLE,
+                pid: qemu_pid,
+                ending: QEMU_KILLED
+            }
+        );
+        assert_eq!(loss.also.len(), 1);
+        assert_eq!(loss.also[0].ending, Ending::Exited(0));
+        backend.wait().await.unwrap();
+        qemu.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_backends_clean_exit_is_the_cause_if_the_vmm_runs_on_past_the_grace() {
+        let qemu = spawn(&["sleep", "100"]);
+        let mut backend = spawn(&["true"]);
+        let watches = [
+            ProcessWatch::open(VMM_ROLE, qemu.id().unwrap()).unwrap(),
+            ProcessWatch::open("hull-fs", backend.id().unwrap()).unwrap(),
+        ];
+        let loss = loss(&watches, Duration::from_millis(50)).await;
+        assert_eq!(loss.cause.role, "hull-fs");
+        assert_eq!(loss.cause.ending, Ending::Exited(0));
+        assert!(loss.also.is_empty(), "{loss}");
+        backend.wait().await.unwrap();
     }
 
     #[test]

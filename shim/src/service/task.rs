@@ -48,7 +48,7 @@ use crate::phase::Phase;
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::lifecycle::Sandbox;
 use crate::sandbox::share::{guest_root, guest_volume};
-use crate::sandbox::watch::deaths;
+use crate::sandbox::watch::{loss, VMM_GRACE};
 
 /// The exit status of every process of a lost sandbox (its VM or a backend died, or its agent
 /// stopped answering): the process died with its guest, so it has no exit code or signal of
@@ -318,24 +318,20 @@ impl Inner {
     }
 
     /// Waits for the first death among the sandbox's host processes (QEMU, a backend, the
-    /// host agent), then reports the sandbox lost. Holds neither the sandbox nor the service
+    /// host agent), then reports the sandbox lost, naming the death that caused it (see
+    /// [`crate::sandbox::watch::loss`]). Holds neither the sandbox nor the service
     /// while it waits.
     fn watch_death(self: &Arc<Self>, sandbox: &Arc<Sandbox>) {
         let watches = sandbox.watches();
         let sandbox = Arc::downgrade(sandbox);
         let inner = Arc::downgrade(self);
         let task = tokio::spawn(async move {
-            let dead = deaths(&watches).await;
+            let loss = loss(&watches, VMM_GRACE).await;
             // Gone already: the sandbox was shut down, and this is its orderly end.
             let (Some(inner), Some(sandbox)) = (inner.upgrade(), sandbox.upgrade()) else {
                 return;
             };
-            let reason = dead
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            inner.sandbox_lost(&sandbox, &reason).await;
+            inner.sandbox_lost(&sandbox, &loss.to_string()).await;
         });
         let previous = self
             .death_watch
