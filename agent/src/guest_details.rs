@@ -30,6 +30,7 @@ pub const SERVED_CALLS: &[Call] = &[
     Call::ExecProcess,
     Call::SignalProcess,
     Call::WaitProcess,
+    Call::RemoveProcess,
     Call::WriteStdin,
     Call::ReadStdout,
     Call::ReadStderr,

@@ -379,6 +379,17 @@ impl AgentService for Agent {
         Ok(response)
     }
 
+    async fn remove_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.containers
+            .remove_process(&req.container_id, &req.exec_id)
+            .map_err(|err| failure(Call::RemoveProcess, err))?;
+        Ok(Empty::new())
+    }
+
     async fn write_stdin(
         &self,
         _ctx: &TtrpcContext,

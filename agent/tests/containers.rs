@@ -395,6 +395,24 @@ async fn exec(
     client.exec_process(ctx(), &request).await
 }
 
+async fn remove_process(
+    client: &AgentServiceClient,
+    id: &str,
+    exec_id: &str,
+) -> ttrpc::Result<Empty> {
+    let mut request = RemoveProcessRequest::new();
+    request.container_id = id.into();
+    request.exec_id = exec_id.into();
+    client.remove_process(ctx(), &request).await
+}
+
+/// How many descriptors process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("listing the agent's descriptors")
+        .count()
+}
+
 fn process(args: &[&str], terminal: bool) -> serde_json::Value {
     json!({"terminal": terminal, "user": {"uid": 0, "gid": 0}, "args": args,
            "env": ["PATH=/bin", "TERM=xterm"], "cwd": "/"})
@@ -1052,5 +1070,148 @@ async fn containerds_default_spec_runs_as_the_shim_would_send_it() {
     )) {
         let _ = std::fs::remove_dir(dir);
     }
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+/// Kubernetes exec probes run an exec every few seconds for the life of a pod: the agent must
+/// forget each one at RemoveProcess (the shim's Delete of the exec), closing its pidfd and
+/// pipes and freeing its id, or it runs out of descriptors.
+#[tokio::test(flavor = "current_thread")]
+async fn removed_execs_free_their_id_and_descriptors() {
+    require!("removed_execs_free_their_id_and_descriptors", root());
+    let busybox = require!(
+        "removed_execs_free_their_id_and_descriptors",
+        hull_tests::oci_image::busybox()
+    );
+    let mut fx = Fixture::start("probes", &busybox);
+    let client = fx.client().await;
+    fx.create(&client, "probed", &["sleep", "1000"], false)
+        .await;
+    start(&client, "probed").await.expect("StartContainer");
+    let agent_pid = fx.agent.id();
+
+    // What RemoveProcess refuses: the init process, a running exec, an unknown one.
+    let (code, message) = status_of(remove_process(&client, "probed", "").await);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    let (code, message) = status_of(remove_process(&client, "nope", "probe").await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    let (code, message) = status_of(remove_process(&client, "probed", "probe").await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    exec(
+        &client,
+        "probed",
+        "long",
+        process(&["sleep", "1000"], false),
+    )
+    .await
+    .expect("ExecProcess");
+    let (code, message) = status_of(remove_process(&client, "probed", "long").await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    signal(&client, "probed", "long", libc::SIGKILL, false).await;
+    assert_eq!(wait(&client, "probed", "long").await.exit_status, 137);
+    remove_process(&client, "probed", "long")
+        .await
+        .expect("RemoveProcess of a killed exec");
+
+    // One probe as the shim runs it: exec, wait, read the rest of the output, then remove.
+    // Until then its id is taken; after, every call naming it answers NOT_FOUND.
+    let probe = |n: u32| {
+        process(
+            &["sh", "-c", &format!("echo probe-{n}; exit {}", n % 3)],
+            false,
+        )
+    };
+    exec(&client, "probed", "probe", probe(0))
+        .await
+        .expect("ExecProcess");
+    assert_eq!(wait(&client, "probed", "probe").await.exit_status, 0);
+    let (code, message) = status_of(exec(&client, "probed", "probe", probe(0)).await);
+    assert_eq!(code, Code::ALREADY_EXISTS, "{message}");
+    assert_eq!(
+        read_all(&client, "probed", "probe", false).await,
+        "probe-0\n"
+    );
+    remove_process(&client, "probed", "probe")
+        .await
+        .expect("RemoveProcess");
+    let mut request = ReadStreamRequest::new();
+    request.container_id = "probed".into();
+    request.exec_id = "probe".into();
+    request.len = 4096;
+    let (code, message) = status_of(client.read_stdout(ctx(), &request).await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    let mut request = CloseStdinRequest::new();
+    request.container_id = "probed".into();
+    request.exec_id = "probe".into();
+    let (code, message) = status_of(client.close_stdin(ctx(), &request).await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    let mut request = WaitProcessRequest::new();
+    request.container_id = "probed".into();
+    request.exec_id = "probe".into();
+    let (code, message) = status_of(client.wait_process(ctx(), &request).await);
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    let (code, message) = status_of(remove_process(&client, "probed", "probe").await);
+    assert_eq!(code, Code::NOT_FOUND, "removed once: {message}");
+
+    // 200 probes with the one id, every tenth on a terminal: each runs with its own output
+    // and exit, and the agent's descriptors do not grow with them.
+    let before = open_fds(agent_pid);
+    for n in 1..=200u32 {
+        let terminal = n % 10 == 0;
+        let mut args = probe(n);
+        args["terminal"] = json!(terminal);
+        exec(&client, "probed", "probe", args)
+            .await
+            .unwrap_or_else(|err| panic!("ExecProcess of probe {n}: {err:?}"));
+        assert_eq!(wait(&client, "probed", "probe").await.exit_status, n % 3);
+        let newline = if terminal { "\r\n" } else { "\n" };
+        assert_eq!(
+            read_all(&client, "probed", "probe", false).await,
+            format!("probe-{n}{newline}")
+        );
+        remove_process(&client, "probed", "probe")
+            .await
+            .unwrap_or_else(|err| panic!("RemoveProcess of probe {n}: {err:?}"));
+    }
+
+    // An exec whose child outlives it and holds its stdout open: a read of it waits for an
+    // end of stream that does not come, until RemoveProcess ends it with NOT_FOUND, and the
+    // pipes are closed all the same.
+    exec(
+        &client,
+        "probed",
+        "parent",
+        process(&["sh", "-c", "sleep 1000 & echo started"], false),
+    )
+    .await
+    .expect("ExecProcess");
+    assert_eq!(wait(&client, "probed", "parent").await.exit_status, 0);
+    assert_eq!(
+        read_until(&client, "probed", "parent", "started").await,
+        "started\n"
+    );
+    let mut request = ReadStreamRequest::new();
+    request.container_id = "probed".into();
+    request.exec_id = "parent".into();
+    request.len = 4096;
+    let pending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.read_stdout(ctx(), &request).await })
+    };
+    remove_process(&client, "probed", "parent")
+        .await
+        .expect("RemoveProcess with a read in flight");
+    let (code, message) = status_of(pending.await.expect("the read task"));
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+
+    let after = open_fds(agent_pid);
+    println!("agent descriptors: {before} before 200 execs, {after} after");
+    // Slack of 2 for descriptors the agent opens lazily (none is per exec: without
+    // RemoveProcess each exec keeps a pidfd and 3 pipe ends or a pty master).
+    assert!(
+        after <= before + 2,
+        "the agent's descriptors grew from {before} to {after} over 201 removed execs"
+    );
+    fx.track(&client, "probed").await;
     fx.destroy_and_check_nothing_left(&client).await;
 }

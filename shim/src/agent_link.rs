@@ -8,13 +8,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use hull_agent_protocol::agent::{
-    CheckRequest, CloseStdinRequest, CreateContainerRequest, DestroySandboxRequest,
-    ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest, GuestDetailsRequest,
-    GuestDetailsResponse, ListProcessesRequest, PauseContainerRequest, ProcessInfo,
-    ReadStreamRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
-    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
-    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
-    WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
+    CheckRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
+    DestroySandboxRequest, ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest,
+    GuestDetailsRequest, GuestDetailsResponse, ListProcessesRequest, PauseContainerRequest,
+    ProcessInfo, ReadStreamRequest, RemoveContainerRequest, RemoveProcessRequest,
+    ResumeContainerRequest, ServingStatus, SignalProcessRequest, StartContainerRequest,
+    StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest,
+    UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest, WaitProcessResponse,
+    WriteStreamRequest,
 };
 use hull_agent_protocol::ttrpc::context;
 use hull_agent_protocol::ttrpc::r#async::transport::Socket;
@@ -201,6 +202,20 @@ impl AgentLink {
             })
     }
 
+    /// CreateSandbox: what every container of the pod shares, set up once before the first
+    /// of them: `storages` (the pod's virtio-fs share) are mounted before it returns.
+    pub async fn create_sandbox(&self, sandbox_id: &str, storages: Vec<Storage>) -> Result<()> {
+        let req = CreateSandboxRequest {
+            sandbox_id: sandbox_id.to_owned(),
+            storages,
+            ..Default::default()
+        };
+        call(
+            "CreateSandbox",
+            self.client.create_sandbox(self.ctx(), &req).await,
+        )
+    }
+
     /// CreateContainer: `spec_json` is the OCI spec with paths as the agent sees them.
     pub async fn create_container(
         &self,
@@ -327,6 +342,20 @@ impl AgentLink {
                 call: "WaitProcess",
                 source,
             })
+    }
+
+    /// RemoveProcess: the agent forgets an exec that has exited (closes its pidfd and
+    /// stdio, frees its id); its stream calls still in flight end with NOT_FOUND.
+    pub async fn remove_process(&self, container_id: &str, exec_id: &str) -> Result<()> {
+        let req = RemoveProcessRequest {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        call(
+            "RemoveProcess",
+            self.client.remove_process(self.ctx(), &req).await,
+        )
     }
 
     /// ReadStdout or ReadStderr: at most `len` bytes, blocking until one is there; empty at

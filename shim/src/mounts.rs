@@ -637,10 +637,10 @@ mod tests {
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]}
         ]});
-        rewrite_source(&mut spec, 1, "/run/hull/containers/c1/c1/volumes/1");
+        rewrite_source(&mut spec, 1, "/run/hull/shared/c1/volumes/1");
         assert_eq!(
             spec["mounts"][1],
-            json!({"destination": "/data", "type": "bind", "source": "/run/hull/containers/c1/c1/volumes/1", "options": ["rbind", "ro"]})
+            json!({"destination": "/data", "type": "bind", "source": "/run/hull/shared/c1/volumes/1", "options": ["rbind", "ro"]})
         );
         assert_eq!(spec["mounts"][0]["source"], "proc");
         rewrite_source(&mut spec, 9, "/nowhere");

@@ -452,6 +452,116 @@ fn ctr_task_exec_runs_a_second_process() {
     setup.assert_nothing_left(id);
 }
 
+/// The processes whose command line contains every one of `needles` and none of `not`.
+fn pids_with(needles: &[&str], not: &[&str]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                needles.iter().all(|n| c.contains(n)) && !not.iter().any(|n| c.contains(n))
+            })
+        })
+        .collect()
+}
+
+/// How many descriptors process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("listing a process's descriptors")
+        .count()
+}
+
+/// Exec probes (as Kubernetes runs them) reuse one exec id after each Delete, for the life of
+/// the pod: each works, and neither the shim nor the agent keeps descriptors per exec.
+#[test]
+fn an_exec_id_is_reusable_after_its_delete_and_execs_leak_no_descriptors() {
+    let test = "an_exec_id_is_reusable_after_its_delete_and_execs_leak_no_descriptors";
+    let Some(setup) = Setup::new(test) else {
+        return;
+    };
+    let id = "hull-none-exec-reuse";
+    setup
+        .containerd
+        .ctr(&setup.run_args(&["-d"], id, &["sleep", "1000"]))
+        .expect("ctr run -d");
+    setup.wait_running(id);
+    // `ctr task exec` always attaches stdin (the test's /dev/null), so the shim's stdin copy
+    // runs for each probe too.
+    let probe = |n: u32| {
+        let script = format!("echo probe-{n}; exit {}", n % 3);
+        let output = setup
+            .containerd
+            .ctr_command(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                "probe",
+                id,
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(i32::try_from(n % 3).unwrap()),
+            "probe {n}: {}",
+            setup.explain(&output)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!("probe-{n}\n")
+        );
+    };
+    // `ctr task exec` deletes its exec when it ends: the same id works again at once.
+    probe(1);
+    probe(2);
+
+    let shim = pids_with(&["containerd-shim-hull-v2", id], &["--listen"]);
+    assert_eq!(shim.len(), 1, "one shim serves the container: {shim:?}");
+    let agent = pids_with(&["hull-agent", "--listen", id], &[]);
+    assert_eq!(agent.len(), 1, "one agent serves the container: {agent:?}");
+    let before = (open_fds(shim[0]), open_fds(agent[0]));
+    for n in 3..=32 {
+        probe(n);
+    }
+    let after = (open_fds(shim[0]), open_fds(agent[0]));
+    println!("descriptors (shim, agent): {before:?} before 30 execs, {after:?} after");
+    // Slack of 2 for descriptors opened lazily; a leak per exec would be 30 or more.
+    assert!(
+        after.0 <= before.0 + 2,
+        "the shim's descriptors grew from {} to {} over 30 execs",
+        before.0,
+        after.0
+    );
+    assert!(
+        after.1 <= before.1 + 2,
+        "the agent's descriptors grew from {} to {} over 30 execs",
+        before.1,
+        after.1
+    );
+
+    setup
+        .containerd
+        .ctr(&["tasks", "kill", "--signal", "SIGKILL", id])
+        .expect("ctr task kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while setup.containerd.ctr(&["tasks", "delete", id]).is_err() {
+        assert!(Instant::now() < deadline, "task never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    setup
+        .containerd
+        .ctr(&["containers", "delete", id])
+        .expect("ctr containers delete");
+    setup.assert_nothing_left(id);
+}
+
 #[test]
 fn a_failed_create_is_reported_and_leaves_nothing_behind() {
     let test = "a_failed_create_is_reported_and_leaves_nothing_behind";

@@ -20,7 +20,8 @@ pub struct GuestConfig {
     pub kernel: PathBuf,
     /// Initrd.
     pub initrd: PathBuf,
-    /// Kernel command line, after `console=ttyS0 reboot=t panic=-1`.
+    /// Kernel command line, after `console=ttyS0 reboot=t panic=-1 no_timer_check` (the
+    /// last: a TCG guest on a loaded host fails the IO-APIC timer check and panics).
     pub extra_cmdline: String,
     /// Guest memory in MiB.
     pub memory_mib: u32,
@@ -103,7 +104,10 @@ impl Guest {
     fn spawn(qemu: &Path, config: &GuestConfig) -> Result<Self, Error> {
         let accel = accelerator();
         let cpu = if accel == "kvm" { "host" } else { "max" };
-        let cmdline = format!("console=ttyS0 reboot=t panic=-1 {}", config.extra_cmdline);
+        let cmdline = format!(
+            "console=ttyS0 reboot=t panic=-1 no_timer_check {}",
+            config.extra_cmdline
+        );
         let mut command = Command::new(qemu);
         if config.devices.is_empty() {
             command.args(["-M", "microvm,acpi=off"]);

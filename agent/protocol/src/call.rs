@@ -40,6 +40,7 @@ calls!(
     ExecProcess,
     SignalProcess,
     WaitProcess,
+    RemoveProcess,
     WriteStdin,
     ReadStdout,
     ReadStderr,

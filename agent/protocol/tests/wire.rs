@@ -35,6 +35,7 @@ fn decode_as_every_message(bytes: &[u8]) {
         ExecProcessRequest,
         SignalProcessRequest,
         WaitProcessRequest,
+        RemoveProcessRequest,
         WriteStreamRequest,
         ReadStreamRequest,
         CloseStdinRequest,
@@ -91,6 +92,7 @@ fn decode_request_of(call: Call, bytes: &[u8]) {
         Call::ExecProcess => round_trip::<ExecProcessRequest>(bytes),
         Call::SignalProcess => round_trip::<SignalProcessRequest>(bytes),
         Call::WaitProcess => round_trip::<WaitProcessRequest>(bytes),
+        Call::RemoveProcess => round_trip::<RemoveProcessRequest>(bytes),
         Call::WriteStdin => round_trip::<WriteStreamRequest>(bytes),
         Call::ReadStdout | Call::ReadStderr => round_trip::<ReadStreamRequest>(bytes),
         Call::CloseStdin => round_trip::<CloseStdinRequest>(bytes),
@@ -110,7 +112,7 @@ fn decode_request_of(call: Call, bytes: &[u8]) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
-    /// The request of each of the service's 27 calls decodes arbitrary bytes without panic.
+    /// The request of each of the service's 28 calls decodes arbitrary bytes without panic.
     #[test]
     fn every_calls_request_decodes_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         for &call in Call::ALL {

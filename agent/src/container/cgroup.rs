@@ -2,7 +2,8 @@
 //! OOM kills. The manager is chosen by what is mounted at /sys/fs/cgroup (libcgroups detects
 //! it): cgroup v2 in a hull guest; v1 (legacy or hybrid) on a host running the agent with
 //! `--listen`. Both are served fully; the few figures that differ between them are converted
-//! here to the protocol's units (microseconds, bytes).
+//! here to the protocol's units (microseconds, bytes). Statistics of a v2 cgroup are read by
+//! `stats_v2` rather than libcgroups (which fails on a minimal guest kernel; see there).
 //!
 //! Not enforced in a guest: the spec's device rules (`linux.resources.devices`). cgroup v2
 //! enforces them with an eBPF program, which libcgroups loads only with its
@@ -20,6 +21,8 @@ use libcgroups::common::{
     CgroupSetup, ControllerOpt, FreezerState, DEFAULT_CGROUP_ROOT,
 };
 use libcontainer::oci_spec::runtime::LinuxResources;
+
+mod stats_v2;
 
 /// Why a cgroup operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +155,15 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
-    /// Everything StatsContainer reports.
+    /// Everything StatsContainer reports. On cgroup v2, a section whose controller is not
+    /// enabled in the cgroup is absent.
     pub fn stats(&self) -> Result<CgroupStats, Error> {
+        if matches!(self.setup, CgroupSetup::Unified) {
+            let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+            let dir = Path::new(DEFAULT_CGROUP_ROOT).join(relative);
+            return stats_v2::read(&dir)
+                .map_err(|err| self.op_error("reading the statistics")(err.to_string()));
+        }
         let stats = self
             .manager
             .stats()

@@ -98,6 +98,9 @@ pub struct Process {
     exit: ExitWatch,
     /// Its stdio.
     pub stdio: Stdio,
+    /// Set once the process is forgotten (RemoveProcess): calls still in flight on its stdio
+    /// end, so the last reference, and with it the pidfd and the pipes, goes at once.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Process {
@@ -109,6 +112,37 @@ impl Process {
     /// Waits for it to exit.
     pub async fn wait(&self) -> Result<ExitStatus, Failure> {
         wait_exit(self.exit.clone(), self.pid).await
+    }
+
+    /// A process the agent just started.
+    fn new(spawned: Spawned, stdio: Stdio) -> Self {
+        Process {
+            pid: spawned.pid,
+            pidfd: spawned.pidfd,
+            exit: spawned.exit,
+            stdio,
+            removed: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Runs a stdio call on the process, unless or until the process is forgotten: then the
+    /// call ends with NOT_FOUND (its future, and the stdio lock it may hold, are dropped).
+    async fn unless_removed<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        call: impl std::future::Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        let mut removed = self.removed.subscribe();
+        tokio::select! {
+            biased;
+            _ = removed.wait_for(|removed| *removed) => {
+                Err(Failure::NotFound(format!(
+                    "process {exec_id:?} of container {id:?} was removed"
+                )))
+            }
+            result = call => result,
+        }
     }
 
     /// Sends `signal`; a process that has exited is not an error.
@@ -190,6 +224,9 @@ pub struct Container {
     id: String,
     bundle: PathBuf,
     mounts: Vec<PathBuf>,
+    /// Its root, when the guest kernel automounted it as a virtio-fs submount of a sandbox
+    /// storage (see [`storage::automounted_root`]): unmounted with the container.
+    root_submount: Option<PathBuf>,
     cgroup: Arc<Cgroup>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Option<Arc<Process>>>>,
@@ -414,17 +451,14 @@ impl Containers {
             .await;
         match result {
             Ok((spawned, stdio, cgroup)) => {
+                let root_submount = storage::automounted_root(root, &mounts);
                 let container = Container {
                     id: id.clone(),
                     bundle,
                     mounts,
+                    root_submount,
                     cgroup: Arc::new(cgroup),
-                    init: Arc::new(Process {
-                        pid: spawned.pid,
-                        pidfd: spawned.pidfd,
-                        exit: spawned.exit,
-                        stdio,
-                    }),
+                    init: Arc::new(Process::new(spawned, stdio)),
                     execs: Mutex::new(HashMap::new()),
                     state: Mutex::new(State::Created),
                     oom_reported: AtomicU64::new(0),
@@ -787,12 +821,7 @@ impl Containers {
                 return Err(err);
             }
         };
-        let process = Process {
-            pid: spawned.pid,
-            pidfd: spawned.pidfd,
-            exit: spawned.exit,
-            stdio,
-        };
+        let process = Process::new(spawned, stdio);
         tracing::info!(container = %id, exec = %exec_id, pid = process.pid, "exec started");
         lock(&container.execs).insert(exec_id.to_owned(), Some(Arc::new(process)));
         reservation.keep();
@@ -929,11 +958,14 @@ impl Containers {
         }
         let len = len.min(hull_agent_protocol::MAX_CHUNK_BYTES);
         let process = self.get(id)?.process(exec_id)?;
-        process
-            .stdio
-            .read(stream, len)
-            .await
-            .map_err(|err| Failure::Internal(format!("{err:#}")))
+        let read = async {
+            process
+                .stdio
+                .read(stream, len)
+                .await
+                .map_err(|err| Failure::Internal(format!("{err:#}")))
+        };
+        process.unless_removed(id, exec_id, read).await
     }
 
     /// WriteStdin.
@@ -946,13 +978,15 @@ impl Containers {
             )));
         }
         let process = self.get(id)?.process(exec_id)?;
-        process.stdio.write_stdin(data).await.map_err(stdio_failure)
+        let write = async { process.stdio.write_stdin(data).await.map_err(stdio_failure) };
+        process.unless_removed(id, exec_id, write).await
     }
 
     /// CloseStdin.
     pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), Failure> {
         let process = self.get(id)?.process(exec_id)?;
-        process.stdio.close_stdin().await.map_err(stdio_failure)
+        let close = async { process.stdio.close_stdin().await.map_err(stdio_failure) };
+        process.unless_removed(id, exec_id, close).await
     }
 
     /// TtyWinResize.
@@ -971,6 +1005,34 @@ impl Containers {
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitStatus, Failure> {
         let process = self.get(id)?.process(exec_id)?;
         process.wait().await
+    }
+
+    /// RemoveProcess: forgets an exec process that has exited. Its pidfd and the agent's
+    /// ends of its stdio close once the calls in flight on it have ended (they end now, with
+    /// NOT_FOUND), and its exec id is free again.
+    pub fn remove_process(&self, id: &str, exec_id: &str) -> Result<(), Failure> {
+        if exec_id.is_empty() {
+            return Err(Failure::InvalidArgument(
+                "exec_id is empty: the init process goes with RemoveContainer".into(),
+            ));
+        }
+        let container = self.get(id)?;
+        let process = {
+            let mut execs = lock(&container.execs);
+            let process = execs.get(exec_id).and_then(Clone::clone).ok_or_else(|| {
+                Failure::NotFound(format!("container {id:?} has no process {exec_id:?}"))
+            })?;
+            if process.exit().is_none() {
+                return Err(Failure::FailedPrecondition(format!(
+                    "process {exec_id:?} of container {id:?} is running: signal it and wait first"
+                )));
+            }
+            execs.remove(exec_id);
+            process
+        };
+        process.removed.send_replace(true);
+        tracing::info!(container = %id, exec = %exec_id, "exec removed");
+        Ok(())
     }
 
     /// RemoveContainer: kills what still runs, waits up to `timeout` for it, deletes the
@@ -1012,6 +1074,9 @@ impl Containers {
         }
         self.helper_op(HelperOp::Delete, id).await?;
         storage::unmount_all(&container.mounts);
+        if let Some(root) = &container.root_submount {
+            storage::unmount_all(std::slice::from_ref(root));
+        }
         if let Err(err) = std::fs::remove_dir_all(&container.bundle) {
             tracing::warn!(container = %id, "removing its bundle: {err}");
         }

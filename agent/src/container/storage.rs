@@ -107,6 +107,26 @@ fn mount_one(index: usize, storage: &StorageRequest) -> Result<(), Error> {
     Ok(())
 }
 
+/// `root` when it is the root of a virtio-fs mount that is not one of `own_storages`: a
+/// submount the guest kernel made when the container's root was first looked up in the
+/// sandbox's share (hull-fs announces each of the share's bind mounts as a submount). The
+/// kernel never expires it, and it pins the host's rootfs in hull-fs, so the container's
+/// removal unmounts it. `None` for anything else (on a host, the shim's own overlay).
+pub fn automounted_root(root: &Path, own_storages: &[PathBuf]) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    if own_storages.iter().any(|point| point == root) {
+        return None;
+    }
+    let fs = nix::sys::statfs::statfs(root).ok()?;
+    // virtio-fs is FUSE to the guest kernel.
+    if fs.filesystem_type() != nix::sys::statfs::FUSE_SUPER_MAGIC {
+        return None;
+    }
+    let dev = std::fs::metadata(root).ok()?.dev();
+    let parent_dev = std::fs::metadata(root.join("..")).ok()?.dev();
+    (dev != parent_dev).then(|| root.to_owned())
+}
+
 /// Unmounts `mount_points` in reverse order, detaching what is busy; failures are logged.
 pub fn unmount_all(mount_points: &[PathBuf]) {
     for point in mount_points.iter().rev() {
@@ -123,6 +143,15 @@ fn unmount(point: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_that_is_not_a_virtio_fs_submount_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        // A plain directory (tmpfs or ext4 here), and a storage's own mount point.
+        assert_eq!(automounted_root(dir.path(), &[]), None);
+        assert_eq!(automounted_root(dir.path(), &[dir.path().to_owned()]), None);
+        assert_eq!(automounted_root(&dir.path().join("missing"), &[]), None);
+    }
 
     #[test]
     fn options_split_into_flags_and_data() {

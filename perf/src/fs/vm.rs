@@ -196,7 +196,8 @@ impl Drop for Vm {
 /// fails on a loaded host.
 fn cmdline() -> String {
     let mut line =
-        "console=ttyS0 reboot=t panic=-1 quiet loglevel=1 clocksource=tsc tsc=reliable".to_owned();
+        "console=ttyS0 reboot=t panic=-1 no_timer_check quiet loglevel=1 clocksource=tsc tsc=reliable"
+            .to_owned();
     if let Some(khz) = host_tsc_khz() {
         line.push_str(&format!(" tsc_early_khz={khz}"));
     }

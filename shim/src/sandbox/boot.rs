@@ -64,6 +64,9 @@ pub enum Error {
     /// The agent could not configure the pod's network in the guest.
     #[error("configuring the pod's network in the guest")]
     Network(#[source] agent_link::Error),
+    /// The agent could not set up the sandbox (CreateSandbox: the share's mount).
+    #[error("setting up the sandbox in the guest")]
+    Sandbox(#[source] agent_link::Error),
     /// The agent did not answer.
     #[error("the guest agent (console log: {console})")]
     Agent {
@@ -291,10 +294,14 @@ pub async fn boot_pod(
         None => (None, None),
     };
 
-    let mut kernel_params: Vec<String> = ["console=ttyS0", "reboot=t", "panic=-1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // no_timer_check (as Kata's default kernel_params): the kernel's IO-APIC timer check
+    // counts ticks against a busy-wait, and a guest under TCG on a loaded host fails it and
+    // panics ("IO-APIC + timer doesn't work!"); the timer works, the check is too strict.
+    let mut kernel_params: Vec<String> =
+        ["console=ttyS0", "reboot=t", "panic=-1", "no_timer_check"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     kernel_params.push(format!("agent.hostname={}", hostname_of(id)));
     kernel_params.extend(
         config
@@ -371,6 +378,15 @@ pub async fn boot_pod(
             .await
             .map_err(Error::Network)?;
     }
+    // The sandbox's share is mounted once in the guest, before any container is created.
+    let storages = share
+        .as_ref()
+        .map(|_| vec![super::share::guest_share_storage()])
+        .unwrap_or_default();
+    agent
+        .create_sandbox(id, storages)
+        .await
+        .map_err(Error::Sandbox)?;
     Ok(BootedVm {
         agent,
         vm,

@@ -1,9 +1,16 @@
 //! The pod's shared directory: one host directory per sandbox, served to the guest by one
 //! hull-fs (virtio-fs, tag [`SHARE_TAG`]), under which each container's rootfs is
 //! bind-mounted as `<container id>/rootfs`, and each of its host bind mounts (volumes) as
-//! `<container id>/volumes/<index in the spec's mounts>`. The guest agent mounts the share
-//! for each container at `/run/hull/containers/<container id>` and uses
-//! `/run/hull/containers/<id>/<id>/rootfs` as the container's root (the layout Kata uses).
+//! `<container id>/volumes/<index in the spec's mounts>`. The agent mounts the share once for
+//! the whole sandbox (a CreateSandbox storage, [`guest_share_storage`]) at
+//! [`GUEST_SHARED_DIR`], and each container's root is `GUEST_SHARED_DIR/<id>/rootfs` (Kata
+//! mounts its share once at `/run/kata-containers/shared/containers` the same way).
+//!
+//! Once, not per container: hull-fs announces each bind mount in the share as a submount
+//! (its own st_dev), and the guest kernel keys a virtio-fs submount's superblock by the
+//! host's device. A second mount of the same tag per container got the first container's
+//! submount superblock back for the second container's rootfs (`root.path ... is not a
+//! directory in the guest`); one mount of the share has one submount per bind mount.
 //!
 //! The directory is made a shared mount of itself, so that the bind mounts the shim adds
 //! after hull-fs started propagate into hull-fs's mount namespace (hull-fs makes its copy a
@@ -15,8 +22,8 @@ use hull_agent_protocol::types::{Storage, StorageKind};
 
 /// The virtio-fs tag of the pod's share.
 pub const SHARE_TAG: &str = "hull-shared";
-/// Where the agent mounts the share for each container.
-pub const GUEST_CONTAINERS_DIR: &str = "/run/hull/containers";
+/// Where the agent mounts the share, once for the sandbox.
+pub const GUEST_SHARED_DIR: &str = "/run/hull/shared";
 
 /// Errors of the shared directory.
 #[derive(Debug, thiserror::Error)]
@@ -168,21 +175,24 @@ impl Drop for SharedDir {
 /// Where the agent finds spec mount `index` of container `id` (a host bind, at
 /// [`SharedDir::volume_target`] on the host) in the guest.
 pub fn guest_volume(id: &str, index: usize) -> String {
-    format!("{GUEST_CONTAINERS_DIR}/{id}/{id}/volumes/{index}")
+    format!("{GUEST_SHARED_DIR}/{id}/volumes/{index}")
 }
 
-/// What the agent mounts for container `id`, and the container's root path in the guest.
-pub fn guest_rootfs(id: &str) -> (Storage, String) {
-    let mount_point = format!("{GUEST_CONTAINERS_DIR}/{id}");
-    let root = format!("{mount_point}/{id}/rootfs");
-    let storage = Storage {
+/// Container `id`'s root path in the guest (its rootfs at [`SharedDir::rootfs_target`] on
+/// the host).
+pub fn guest_root(id: &str) -> String {
+    format!("{GUEST_SHARED_DIR}/{id}/rootfs")
+}
+
+/// The sandbox's storage that mounts the share at [`GUEST_SHARED_DIR`] in the guest.
+pub fn guest_share_storage() -> Storage {
+    Storage {
         kind: StorageKind::STORAGE_KIND_VIRTIO_FS.into(),
         source: SHARE_TAG.to_owned(),
         fstype: "virtiofs".to_owned(),
-        mount_point,
+        mount_point: GUEST_SHARED_DIR.to_owned(),
         ..Default::default()
-    };
-    (storage, root)
+    }
 }
 
 #[cfg(test)]
@@ -221,15 +231,12 @@ mod tests {
     }
 
     #[test]
-    fn the_guest_root_is_under_the_containers_share_mount() {
-        let (storage, root) = guest_rootfs("c1");
+    fn guest_roots_and_volumes_are_paths_in_the_one_share_mount() {
+        let storage = guest_share_storage();
         assert_eq!(storage.source, SHARE_TAG);
-        assert_eq!(storage.mount_point, "/run/hull/containers/c1");
-        assert_eq!(root, "/run/hull/containers/c1/c1/rootfs");
-        assert_eq!(
-            guest_volume("c1", 4),
-            "/run/hull/containers/c1/c1/volumes/4"
-        );
+        assert_eq!(storage.mount_point, "/run/hull/shared");
+        assert_eq!(guest_root("c1"), "/run/hull/shared/c1/rootfs");
+        assert_eq!(guest_volume("c1", 4), "/run/hull/shared/c1/volumes/4");
         assert_eq!(
             storage.kind.enum_value(),
             Ok(StorageKind::STORAGE_KIND_VIRTIO_FS)

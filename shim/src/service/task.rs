@@ -47,7 +47,7 @@ use crate::mounts;
 use crate::phase::Phase;
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::lifecycle::Sandbox;
-use crate::sandbox::share::{guest_rootfs, guest_volume};
+use crate::sandbox::share::{guest_root, guest_volume};
 use crate::sandbox::watch::deaths;
 
 /// The exit status of every process of a lost sandbox (its VM or a backend died, or its agent
@@ -570,11 +570,11 @@ impl Inner {
                     mounts::rewrite_source(&mut spec, *index, &guest_volume(&id, *index));
                     tracing::debug!(container = %id, source = %bind.source.display(), readonly = bind.readonly, "volume shared");
                 }
-                let (storage, root) = guest_rootfs(&id);
+                let root = guest_root(&id);
                 // The pod's interfaces are the guest's: the container shares the guest's
                 // network namespace instead of a host path that does not exist there.
                 crate::network::spec::share_guest_network(&mut spec);
-                (root, vec![storage], true)
+                (root, Vec::new(), true)
             }
         };
         spec["root"]["path"] = serde_json::Value::String(guest_root);
@@ -684,7 +684,7 @@ impl Inner {
 
     async fn delete(&self, id: &str, exec_id: &str) -> TtrpcResult<api::DeleteResponse> {
         let sandbox = self.sandbox(id).await?;
-        let (exit, removed) = {
+        let (exit, removed, started) = {
             let mut map = self.containers.lock();
             let container = map.get_mut(id).ok_or_else(|| self.not_found(id, exec_id))?;
             let p = container
@@ -697,13 +697,26 @@ impl Inner {
                 ));
             }
             let exit = p.exit();
+            let started = p.status != Status::Created;
             if exec_id.is_empty() {
-                (exit, map.remove(id))
+                (exit, map.remove(id), started)
             } else {
+                // Its copy tasks have ended (the exit waits for them) and its stdin copy was
+                // told to close: dropping it closes the last of the shim's side.
                 container.execs.remove(exec_id);
-                (exit, None)
+                (exit, None, started)
             }
         };
+        // The agent forgets a started exec now that its output is read (as containerd's runc
+        // shim forgets it at Delete): its pidfd and pipes close and its id is free again. An
+        // exec the agent never ran, or the agent of a lost sandbox, has nothing to forget.
+        if !exec_id.is_empty() && started && sandbox.lost().is_none() {
+            if let Err(err) = sandbox.agent().remove_process(id, exec_id).await {
+                if err.code() != Some(Code::NOT_FOUND) {
+                    tracing::warn!(container = %id, exec = %exec_id, "removing the exec in the agent: {}", err.agent_message());
+                }
+            }
+        }
         let (status_code, at) = exit.map_or((0, SystemTime::now()), |e| (e.status, e.at));
         if let Some(container) = removed {
             // A lost sandbox's containers died with it: nothing to ask its agent.
@@ -1107,11 +1120,12 @@ impl Task for TaskService {
         match copier {
             // The copy sends what is buffered, then closes stdin.
             Some(notify) => notify.notify_one(),
-            None => sandbox
-                .agent()
-                .close_stdin(&req.id, &req.exec_id)
-                .await
-                .map_err(|e| agent_error(&e))?,
+            // NOT_FOUND: the agent forgot the process (it exited and was removed); its stdin
+            // is closed with it.
+            None => match sandbox.agent().close_stdin(&req.id, &req.exec_id).await {
+                Err(e) if e.code() != Some(Code::NOT_FOUND) => return Err(agent_error(&e)),
+                _ => {}
+            },
         }
         Ok(Empty::new())
     }
