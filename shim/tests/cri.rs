@@ -590,6 +590,16 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The tests of this file run one at a time: each snapshots the host's network namespaces
+/// and removes the `cni-` ones it did not see before, which would be the other test's pod's.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -603,6 +613,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn a_cri_pod_on_the_none_hypervisor_runs_two_containers_and_leaves_nothing() {
     let test = "a_cri_pod_on_the_none_hypervisor_runs_two_containers_and_leaves_nothing";
+    let _serial = serial();
     require!(
         test,
         hull_tests::artifacts::workspace_binary("hull-agent").map(drop)
@@ -661,13 +672,9 @@ fn a_cri_pod_on_the_none_hypervisor_runs_two_containers_and_leaves_nothing() {
 /// VM, the pod's CNI address on the guest's NIC, and the `io.hull.config.vm.memory_mib` pod
 /// annotation sizing the guest.
 #[test]
-#[ignore = "reason: RunPodSandbox passes (the pause container runs in the VM with the pod's \
-            CNI address), but the first CreateContainer is the pod's second container in the \
-            VM and fails as in containerd_vm.rs's ignored second-container test (root.path \
-            /run/hull/containers/<id>/<id>/rootfs is not a directory in the guest: the share \
-            must be mounted once per sandbox in the guest)"]
 fn a_cri_pod_runs_two_containers_in_one_vm_and_leaves_nothing() {
     let test = "a_cri_pod_runs_two_containers_in_one_vm_and_leaves_nothing";
+    let _serial = serial();
     let kernel = require!(test, hull_tests::artifacts::vmlinux());
     let initrd = require!(test, hull_tests::artifacts::initrd());
     require!(test, hull_tests::prereq::tun());
