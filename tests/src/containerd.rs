@@ -36,6 +36,11 @@ pub struct CriOptions {
     pub cni_bin_dir: PathBuf,
     /// Where the CNI network configuration is.
     pub cni_conf_dir: PathBuf,
+    /// CRI's `restrict_oom_score_adj`: clamp the OOM score adjustments it puts in specs (the
+    /// pod sandbox's is -998) to containerd's own. Needed where containers are made on a host
+    /// whose root lacks CAP_SYS_RESOURCE (a lower value than the current one is refused
+    /// then), as with the `none` hypervisor in a container.
+    pub restrict_oom_score_adj: bool,
 }
 
 impl CriOptions {
@@ -49,6 +54,7 @@ impl CriOptions {
             "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
              \x20 sandbox_image = {:?}\n\
              \x20 disable_apparmor = true\n\
+             \x20 restrict_oom_score_adj = {}\n\
              \x20 stream_server_address = \"127.0.0.1\"\n\
              \x20 stream_server_port = \"0\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
@@ -60,6 +66,7 @@ impl CriOptions {
              \x20 runtime_type = {:?}\n\
              \x20 pod_annotations = {:?}\n",
             self.sandbox_image,
+            self.restrict_oom_score_adj,
             self.cni_bin_dir.display().to_string(),
             self.cni_conf_dir.display().to_string(),
             self.runtime_type,

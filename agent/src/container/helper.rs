@@ -14,6 +14,12 @@
 //! agent; /dev/null with a terminal, whose pty libcontainer sends to the console socket). It
 //! never logs: its stderr is the container's. It writes the created process's PID to the pid
 //! file (libcontainer's `--pid-file`), a failure's message to the error file, and exits 0 or 1.
+//!
+//! A failure's message is the error's whole chain of causes plus what libcontainer logged at
+//! the error level on the way (captured in memory, see [`ErrorLog`]): libcontainer's
+//! `CreateContainerError` keeps its cause out of `source()`, so a create that failed on, say,
+//! a bind mount's missing source would otherwise read only "failed to create container: io
+//! error", while libcontainer's log names the mount and the errno.
 //! The process it creates is cloned with CLONE_PARENT, a child of the helper; when the helper
 //! exits it is re-parented to the agent (PID 1, or a child subreaper on a host), whose reaper
 //! owns its exit status (see [`crate::reaper`]). The helper waits for libcontainer's
@@ -21,8 +27,10 @@
 //! cannot see it.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -132,9 +140,20 @@ pub fn main(args: &[OsString]) -> ExitCode {
     // execve, so reset it, or `yes | head` in a container would never end.
     // SAFETY: setting a signal's disposition to the default installs no handler.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let log = ErrorLog::default();
+    // Only this single-threaded process; a failure to install it loses detail, not the error.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::ERROR)
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .try_init();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
+            let message = with_logged(message, &log.lines());
             // The agent reads this file; if even that fails, the exit code still says it.
             let _ = std::fs::write(&args.error_file, message);
             ExitCode::FAILURE
@@ -176,6 +195,62 @@ fn run(args: &HelperArgs) -> Result<(), String> {
             .map(drop)
             .map_err(|err| chain(&err)),
         HelperOp::Start | HelperOp::Delete => Ok(()),
+    }
+}
+
+/// libcontainer's error-level log lines, kept in memory (the helper's stderr belongs to the
+/// container) for the failure's message. Bounded: a log that runs away keeps its first lines.
+#[derive(Debug, Clone, Default)]
+struct ErrorLog(Arc<Mutex<Vec<u8>>>);
+
+/// At most this much of libcontainer's log goes into a failure's message, in bytes.
+const MAX_LOGGED_BYTES: usize = 4096;
+
+impl ErrorLog {
+    /// The lines logged so far.
+    fn lines(&self) -> Vec<String> {
+        let buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&buffer)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Write for ErrorLog {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_LOGGED_BYTES.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&data[..data.len().min(room)]);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ErrorLog {
+    type Writer = ErrorLog;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// `message` followed by the `logged` lines it does not already say.
+fn with_logged(message: String, logged: &[String]) -> String {
+    let extra: Vec<&str> = logged
+        .iter()
+        .map(String::as_str)
+        .filter(|line| !message.contains(line))
+        .collect();
+    if extra.is_empty() {
+        message
+    } else {
+        format!("{message} (libcontainer: {})", extra.join("; "))
     }
 }
 
@@ -221,5 +296,30 @@ mod tests {
             None
         );
         assert!(HelperArgs::parse(&[]).is_none());
+    }
+
+    #[test]
+    fn a_failure_message_carries_what_libcontainer_logged() {
+        let mut log = ErrorLog::default();
+        writeln!(log, "failed to mount /dev/shm: ENOENT").unwrap();
+        writeln!(log, "io error").unwrap();
+        assert_eq!(
+            with_logged("failed to create container: io error".into(), &log.lines()),
+            "failed to create container: io error (libcontainer: failed to mount /dev/shm: ENOENT)"
+        );
+        assert_eq!(with_logged("plain".into(), &[]), "plain");
+    }
+
+    #[test]
+    fn the_captured_log_is_bounded() {
+        let mut log = ErrorLog::default();
+        for _ in 0..1000 {
+            writeln!(log, "0123456789").unwrap();
+        }
+        let kept = log.lines().join("\n").len();
+        assert!(
+            (MAX_LOGGED_BYTES - 20..=MAX_LOGGED_BYTES).contains(&kept),
+            "{kept}"
+        );
     }
 }

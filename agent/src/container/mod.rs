@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod helper;
+pub mod namespaces;
 pub mod stdio;
 pub mod storage;
 
@@ -420,6 +421,9 @@ impl Containers {
             .pointer("/process/terminal")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
+        if let Some(sandbox_id) = namespaces::cri_sandbox_of(&spec).map(str::to_owned) {
+            self.join_sandbox_namespaces(&id, &sandbox_id, &mut spec)?;
+        }
         let cgroup_path = cgroups_path(&mut spec, &id)?;
         if spec.pointer("/linux/seccomp").is_some_and(|v| !v.is_null()) {
             // libcontainer is built without libseccomp (a C library the static agent would
@@ -473,6 +477,33 @@ impl Containers {
                 Err(err)
             }
         }
+    }
+
+    /// Points the shared namespaces of CRI container `id` at those of its pod's sandbox
+    /// container `sandbox_id` (see [`namespaces`]), which must be here and alive.
+    fn join_sandbox_namespaces(
+        &self,
+        id: &str,
+        sandbox_id: &str,
+        spec: &mut serde_json::Value,
+    ) -> Result<(), Failure> {
+        let sandbox = self.get(sandbox_id).map_err(|_| {
+            Failure::FailedPrecondition(format!(
+                "container {id:?} belongs to pod sandbox {sandbox_id:?} \
+                 ({}), which this agent does not have",
+                namespaces::SANDBOX_ID_ANNOTATION
+            ))
+        })?;
+        if !sandbox.init_alive() {
+            return Err(Failure::FailedPrecondition(format!(
+                "container {id:?}: the init of its pod sandbox {sandbox_id:?} has exited, so \
+                 there are no pod namespaces to join"
+            )));
+        }
+        let joined = namespaces::join_sandbox(spec, sandbox.init.pid)
+            .map_err(|err| Failure::InvalidArgument(err.to_string()))?;
+        tracing::debug!(container = %id, sandbox = %sandbox_id, ?joined, "joins the pod's namespaces");
+        Ok(())
     }
 
     async fn create_in_bundle(
