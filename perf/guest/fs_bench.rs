@@ -22,47 +22,17 @@
 //! Timings are taken in the guest (CLOCK_MONOTONIC), so the console's round trip is not in
 //! them. Built by hull-bench with plain `rustc` (std only, statically linked), not by cargo.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-extern "C" {
-    fn mount(
-        source: *const i8,
-        target: *const i8,
-        fstype: *const i8,
-        flags: u64,
-        data: *const u8,
-    ) -> i32;
-    fn reboot(cmd: i32) -> i32;
-    fn sync();
-}
+#[path = "../../tests/guest/vm.rs"]
+mod vm;
+use vm::mount_fs;
 
-const RB_AUTOBOOT: i32 = 0x0123_4567;
 const MIB: usize = 1 << 20;
-
-fn mount_fs(source: &str, target: &str, fstype: &str) -> Result<(), String> {
-    let c = |s: &str| CString::new(s).map_err(|e| e.to_string());
-    let (source, target, fstype) = (c(source)?, c(target)?, c(fstype)?);
-    // SAFETY: all three are NUL-terminated strings that outlive the call; no data.
-    let rc = unsafe {
-        mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().to_string())
-    }
-}
 
 /// Counts and per-operation latencies of one trial.
 struct Outcome {
@@ -334,10 +304,5 @@ fn main() {
         Err(err) => println!("HULLFS-BENCH error mounting the share: {err}"),
     }
     let _ = std::io::stdout().flush();
-    // SAFETY: sync and reboot take no pointers; reboot powers the VM off (reboot=t plus
-    // QEMU's -no-reboot), which is how the host sees the guest finish.
-    unsafe {
-        sync();
-        reboot(RB_AUTOBOOT);
-    }
+    vm::stop();
 }

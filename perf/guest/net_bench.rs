@@ -22,11 +22,16 @@
 //! Timings are taken in the guest (CLOCK_MONOTONIC). Built by hull-bench with plain `rustc`
 //! (std only, statically linked), not by cargo.
 
-use std::ffi::CString;
 use std::io::{BufRead, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+#[path = "../../tests/guest/net_if.rs"]
+mod net_if;
+#[path = "../../tests/guest/vm.rs"]
+mod vm;
+use net_if::configure;
+use vm::mount_fs;
 
 /// Host port of the TCP sink.
 const TCP_PORT: u16 = 7001;
@@ -39,39 +44,6 @@ const CHUNK: usize = 64 << 10;
 /// UDP payload bytes.
 const DATAGRAM: usize = 64;
 
-extern "C" {
-    fn mount(
-        source: *const i8,
-        target: *const i8,
-        fstype: *const i8,
-        flags: u64,
-        data: *const u8,
-    ) -> i32;
-    fn reboot(cmd: i32) -> i32;
-    fn sync();
-}
-
-const RB_AUTOBOOT: i32 = 0x0123_4567;
-
-fn mount_fs(source: &str, target: &str, fstype: &str) -> Result<(), String> {
-    let c = |s: &str| CString::new(s).map_err(|e| e.to_string());
-    let (source, target, fstype) = (c(source)?, c(target)?, c(fstype)?);
-    // SAFETY: all three are NUL-terminated strings that outlive the call; no data.
-    let rc = unsafe {
-        mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().to_string())
-    }
-}
 
 fn s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
@@ -262,83 +234,6 @@ fn main() {
         println!("HULLFS-BENCH error {err}");
     }
     let _ = std::io::stdout().flush();
-    // SAFETY: sync and reboot take no pointers; reboot powers the VM off (reboot=t plus
-    // QEMU's -no-reboot), which is how the host sees the guest finish.
-    unsafe {
-        sync();
-        reboot(RB_AUTOBOOT);
-    }
+    vm::stop();
 }
 
-fn sockaddr_in(ip: Ipv4Addr) -> [u8; 16] {
-    let mut addr = [0u8; 16];
-    addr[..2].copy_from_slice(&(sys::AF_INET as u16).to_ne_bytes());
-    addr[4..8].copy_from_slice(&ip.octets());
-    addr
-}
-
-/// Address, netmask /24, up; waits a little for the driver to register the interface.
-fn configure(name: &str, ip: Ipv4Addr) -> Result<(), String> {
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd = unsafe { sys::socket(sys::AF_INET, sys::SOCK_DGRAM | sys::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!("socket: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: socket returned a new descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut req = [0u8; 40];
-    req[..name.len()].copy_from_slice(name.as_bytes());
-    let mut tries = 0;
-    loop {
-        // SAFETY: SIOCGIFFLAGS reads and writes a 40-byte ifreq, which `req` is.
-        if unsafe { sys::ioctl(sock.as_raw_fd(), sys::SIOCGIFFLAGS, req.as_mut_ptr()) } == 0 {
-            break;
-        }
-        tries += 1;
-        if tries > 50 {
-            return Err(format!("no {name}: {}", std::io::Error::last_os_error()));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let flags = u16::from_ne_bytes([req[16], req[17]]) | sys::IFF_UP;
-    for (request, value) in [
-        (sys::SIOCSIFADDR, sockaddr_in(ip)),
-        (sys::SIOCSIFNETMASK, sockaddr_in(Ipv4Addr::new(255, 255, 255, 0))),
-    ] {
-        req[16..32].copy_from_slice(&value);
-        // SAFETY: the ioctl reads a 40-byte ifreq, which `req` is.
-        if unsafe { sys::ioctl(sock.as_raw_fd(), request, req.as_mut_ptr()) } < 0 {
-            return Err(format!(
-                "ioctl {request:#x} on {name}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    req[16..32].fill(0);
-    req[16..18].copy_from_slice(&flags.to_ne_bytes());
-    // SAFETY: SIOCSIFFLAGS reads a 40-byte ifreq, which `req` is.
-    if unsafe { sys::ioctl(sock.as_raw_fd(), sys::SIOCSIFFLAGS, req.as_mut_ptr()) } < 0 {
-        return Err(format!(
-            "bringing {name} up: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
-}
-
-/// The libc calls and Linux constants this program needs (x86_64 Linux values).
-mod sys {
-    pub const AF_INET: i32 = 2;
-    pub const SOCK_DGRAM: i32 = 2;
-    pub const SOCK_CLOEXEC: i32 = 0o2_000_000;
-    pub const SIOCGIFFLAGS: u64 = 0x8913;
-    pub const SIOCSIFFLAGS: u64 = 0x8914;
-    pub const SIOCSIFADDR: u64 = 0x8916;
-    pub const SIOCSIFNETMASK: u64 = 0x891c;
-    pub const IFF_UP: u16 = 1;
-
-    extern "C" {
-        pub fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
-        pub fn ioctl(fd: i32, request: u64, arg: *mut u8) -> i32;
-    }
-}

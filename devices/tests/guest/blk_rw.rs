@@ -38,7 +38,7 @@ const SERIAL: &str = "disk.img";
 /// `O_DIRECT` on x86_64 Linux.
 const O_DIRECT: i32 = 0o40_000;
 
-#[path = "vm.rs"]
+#[path = "../../../tests/guest/vm.rs"]
 mod vm;
 
 fn main() {

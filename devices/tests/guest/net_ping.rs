@@ -26,8 +26,11 @@ const STREAM_BYTES: usize = 1 << 20;
 /// ICMP payload sizes pinged: small, one full frame, fragmented.
 const PING_SIZES: [usize; 3] = [56, 1400, 8000];
 
-#[path = "vm.rs"]
+#[path = "../../../tests/guest/net_if.rs"]
+mod net_if;
+#[path = "../../../tests/guest/vm.rs"]
 mod vm;
+use net_if::{configure, sockaddr_in};
 
 fn main() {
     println!("net-ping-guest: started");
@@ -188,50 +191,6 @@ fn checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn sockaddr_in(ip: Ipv4Addr) -> [u8; 16] {
-    let mut addr = [0u8; 16];
-    addr[..2].copy_from_slice(&(sys::AF_INET as u16).to_ne_bytes());
-    addr[4..8].copy_from_slice(&ip.octets());
-    addr
-}
-
-/// Address, netmask /24, up; waits a little for the driver to register the interface.
-fn configure(name: &str, ip: Ipv4Addr) -> Result<(), String> {
-    let sock = Socket::new(sys::AF_INET, sys::SOCK_DGRAM, 0)?;
-    let mut req = [0u8; 40];
-    req[..name.len()].copy_from_slice(name.as_bytes());
-    let mut tries = 0;
-    loop {
-        // SAFETY: SIOCGIFFLAGS reads and writes a 40-byte ifreq, which `req` is.
-        if unsafe { sys::ioctl(sock.raw(), sys::SIOCGIFFLAGS, req.as_mut_ptr()) } == 0 {
-            break;
-        }
-        tries += 1;
-        if tries > 50 {
-            return Err(format!("no {name}: {}", std::io::Error::last_os_error()));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let flags = u16::from_ne_bytes([req[16], req[17]]) | sys::IFF_UP;
-    for (request, value) in [
-        (sys::SIOCSIFADDR, sockaddr_in(ip)),
-        (sys::SIOCSIFNETMASK, sockaddr_in(Ipv4Addr::new(255, 255, 255, 0))),
-    ] {
-        req[16..32].copy_from_slice(&value);
-        // SAFETY: the ioctl reads a 40-byte ifreq, which `req` is.
-        if unsafe { sys::ioctl(sock.raw(), request, req.as_mut_ptr()) } < 0 {
-            return Err(format!("ioctl {request:#x} on {name}: {}", std::io::Error::last_os_error()));
-        }
-    }
-    req[16..32].fill(0);
-    req[16..18].copy_from_slice(&flags.to_ne_bytes());
-    // SAFETY: SIOCSIFFLAGS reads a 40-byte ifreq, which `req` is.
-    if unsafe { sys::ioctl(sock.raw(), sys::SIOCSIFFLAGS, req.as_mut_ptr()) } < 0 {
-        return Err(format!("bringing {name} up: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 struct Socket(OwnedFd);
 
 impl Socket {
@@ -265,22 +224,15 @@ impl Socket {
 /// The libc calls and Linux constants this program needs (x86_64 Linux values).
 mod sys {
     pub const AF_INET: i32 = 2;
-    pub const SOCK_DGRAM: i32 = 2;
     pub const SOCK_RAW: i32 = 3;
     pub const SOCK_CLOEXEC: i32 = 0o2_000_000;
     pub const IPPROTO_ICMP: i32 = 1;
     pub const SOL_SOCKET: i32 = 1;
     pub const SO_RCVTIMEO: i32 = 20;
-    pub const SIOCGIFFLAGS: u64 = 0x8913;
-    pub const SIOCSIFFLAGS: u64 = 0x8914;
-    pub const SIOCSIFADDR: u64 = 0x8916;
-    pub const SIOCSIFNETMASK: u64 = 0x891c;
-    pub const IFF_UP: u16 = 1;
 
     extern "C" {
         pub fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
         pub fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
-        pub fn ioctl(fd: i32, request: u64, arg: *mut u8) -> i32;
         pub fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, len: u32) -> i32;
         pub fn sendto(fd: i32, buf: *const u8, len: usize, flags: i32, to: *const u8, tolen: u32)
             -> isize;

@@ -24,7 +24,7 @@ const HOST_PORT: u32 = 5001;
 /// What the guest sends the host.
 const GREETING: &[u8] = b"hello from the guest over hull-vsock\n";
 
-#[path = "vm.rs"]
+#[path = "../../../tests/guest/vm.rs"]
 mod vm;
 
 fn main() {

@@ -12,45 +12,15 @@
 //!
 //! Built by the test with plain `rustc` (std only, statically linked), not by cargo.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-extern "C" {
-    fn mount(
-        source: *const i8,
-        target: *const i8,
-        fstype: *const i8,
-        flags: u64,
-        data: *const u8,
-    ) -> i32;
-    fn reboot(cmd: i32) -> i32;
-    fn sync();
-}
+#[path = "../../../tests/guest/vm.rs"]
+mod vm;
+use vm::mount_fs;
 
-const RB_AUTOBOOT: i32 = 0x0123_4567;
-
-fn mount_fs(source: &str, target: &str, fstype: &str) -> Result<(), String> {
-    let c = |s: &str| CString::new(s).map_err(|e| e.to_string());
-    let (source, target, fstype) = (c(source)?, c(target)?, c(fstype)?);
-    // SAFETY: all three are NUL-terminated strings that outlive the call; no data.
-    let rc = unsafe {
-        mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().to_string())
-    }
-}
 
 /// Up to 64 bytes of `path`'s content, printable.
 fn read_some(path: &str) -> std::io::Result<String> {
@@ -176,10 +146,7 @@ fn run() {
 
 fn main() {
     run();
-    // SAFETY: sync has no arguments and cannot fail.
-    unsafe { sync() };
     println!("HULLFS-ESCAPE-DONE");
     let _ = std::io::stdout().flush();
-    // SAFETY: reboot with RB_AUTOBOOT; QEMU runs with -no-reboot, so the VM stops.
-    unsafe { reboot(RB_AUTOBOOT) };
+    vm::stop();
 }

@@ -11,48 +11,22 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+#[path = "../../../tests/guest/vm.rs"]
+mod vm;
+use vm::mount_fs;
+
 extern "C" {
-    fn mount(
-        source: *const i8,
-        target: *const i8,
-        fstype: *const i8,
-        flags: u64,
-        data: *const u8,
-    ) -> i32;
-    fn reboot(cmd: i32) -> i32;
     fn setxattr(path: *const i8, name: *const i8, value: *const u8, size: usize, flags: i32)
         -> i32;
     fn getxattr(path: *const i8, name: *const i8, value: *mut u8, size: usize) -> isize;
-    fn sync();
 }
 
-const RB_AUTOBOOT: i32 = 0x0123_4567;
 
 /// The content of big.bin: 4 MiB, no page repeating, so a misplaced chunk is caught.
 fn big_content() -> Vec<u8> {
     (0..4u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect()
-}
-
-fn mount_fs(source: &str, target: &str, fstype: &str) -> Result<(), String> {
-    let c = |s: &str| CString::new(s).map_err(|e| e.to_string());
-    let (source, target, fstype) = (c(source)?, c(target)?, c(fstype)?);
-    // SAFETY: all three are NUL-terminated strings that outlive the call; no data.
-    let rc = unsafe {
-        mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().to_string())
-    }
 }
 
 fn check(name: &str, result: Result<(), String>) -> bool {
@@ -261,8 +235,6 @@ fn run() -> bool {
 
 fn main() {
     let ok = run();
-    // SAFETY: sync has no arguments and cannot fail.
-    unsafe { sync() };
     println!(
         "{}",
         if ok {
@@ -272,6 +244,5 @@ fn main() {
         }
     );
     let _ = std::io::stdout().flush();
-    // SAFETY: reboot with RB_AUTOBOOT; QEMU runs with -no-reboot, so the VM stops.
-    unsafe { reboot(RB_AUTOBOOT) };
+    vm::stop();
 }
