@@ -290,7 +290,9 @@ pub fn create_run_dir(dir: &Path) -> std::io::Result<()> {
             fs::create_dir_all(parent)?;
         }
         match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound && tries < 10 => tries += 1,
+            // Each retry needs the namespace's last sandbox to go again in between: a bound
+            // only against a livelock, never reached by real sandboxes.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && tries < 100 => tries += 1,
             other => return other,
         }
     }
@@ -556,8 +558,11 @@ mod tests {
         let remover = {
             let (namespace, stop) = (namespace.clone(), stop.clone());
             std::thread::spawn(move || {
+                // As often as sandboxes could end, and far more: a remover spinning without a
+                // pause starves the creator on a loaded 2-core machine and says nothing.
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let _ = remove_if_empty(&namespace);
+                    std::thread::sleep(std::time::Duration::from_micros(20));
                 }
             })
         };
