@@ -132,7 +132,8 @@ impl Vm {
         );
         match self {
             Vm::Qemu(_) => console,
-            Vm::Builtin(vm) => format!("{console}\nhull-vmm: {}", last_lines(&vm.stderr(), 5)),
+            // Its lines start with "hull-vmm: ".
+            Vm::Builtin(vm) => format!("{console}\n{}", last_lines(&vm.stderr(), 5)),
         }
     }
 
