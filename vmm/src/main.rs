@@ -235,6 +235,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any text either parses to its socket and an in-range CID,
+        /// or is refused with a message quoting it; nothing panics.
+        #[test]
+        fn vsock_argument_parses_exactly_or_is_refused_quoting_it(value in "\\PC{0,24}(,cid=[0-9x-]{0,12})?") {
+            match parse_vsock(&value) {
+                Ok((socket, cid)) => {
+                    proptest::prop_assert!((VSOCK_CID_MIN..=VSOCK_CID_MAX).contains(&cid));
+                    let (text_socket, text_cid) = value.rsplit_once(",cid=").unwrap();
+                    proptest::prop_assert_eq!(socket, PathBuf::from(text_socket));
+                    proptest::prop_assert_eq!(text_cid.parse::<u64>(), Ok(cid));
+                }
+                Err(err) => proptest::prop_assert!(err.contains(&format!("{value:?}")), "{}", err),
+            }
+        }
+    }
+
     #[test]
     fn vsock_flag_parses_on_the_command_line() {
         let args =

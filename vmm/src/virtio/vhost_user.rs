@@ -91,23 +91,27 @@ fn check_backend_cid(
             op: "GET_CONFIG",
             source,
         })?;
-    let backend_cid = config
-        .get(..VSOCK_CONFIG_SIZE)
-        .and_then(|bytes| <[u8; VSOCK_CONFIG_SIZE]>::try_from(bytes).ok())
+    compare_cid(&config, cid).map_err(|reason| Error::VhostUserBackend {
+        socket: socket.to_owned(),
+        reason,
+    })
+}
+
+/// Compares the vsock configuration space a backend served (`config`, peer-controlled: any
+/// length) with the guest CID `cid`; the error says what differs.
+fn compare_cid(config: &[u8], cid: u64) -> std::result::Result<(), String> {
+    let backend_cid = <[u8; VSOCK_CONFIG_SIZE]>::try_from(config)
+        .ok()
         .map(u64::from_le_bytes);
     match backend_cid {
         Some(backend_cid) if backend_cid == cid => Ok(()),
-        Some(backend_cid) => Err(Error::VhostUserBackend {
-            socket: socket.to_owned(),
-            reason: format!("the backend serves guest cid {backend_cid}, not {cid}"),
-        }),
-        None => Err(Error::VhostUserBackend {
-            socket: socket.to_owned(),
-            reason: format!(
-                "the backend's vsock configuration space is {} bytes, not {VSOCK_CONFIG_SIZE}",
-                config.len()
-            ),
-        }),
+        Some(backend_cid) => Err(format!(
+            "the backend serves guest cid {backend_cid}, not {cid}"
+        )),
+        None => Err(format!(
+            "the backend's vsock configuration space is {} bytes, not {VSOCK_CONFIG_SIZE}",
+            config.len()
+        )),
     }
 }
 
@@ -530,6 +534,28 @@ mod tests {
         assert_eq!(kind.queues(), 3);
         assert_eq!(kind.device_type(), TYPE_VSOCK);
         assert_eq!(kind.withheld_features(), 0);
+    }
+
+    proptest::proptest! {
+        /// A backend's vsock configuration space matches only when it is exactly the
+        /// CID's 8 bytes; any other answer is refused, naming the CID or the length.
+        #[test]
+        fn backend_vsock_config_matches_only_the_cid(
+            config in proptest::collection::vec(proptest::num::u8::ANY, 0..16),
+            cid in proptest::num::u64::ANY,
+        ) {
+            match compare_cid(&config, cid) {
+                Ok(()) => proptest::prop_assert_eq!(&config[..], &cid.to_le_bytes()[..]),
+                Err(reason) if config.len() == VSOCK_CONFIG_SIZE => {
+                    proptest::prop_assert_ne!(&config[..], &cid.to_le_bytes()[..]);
+                    proptest::prop_assert!(reason.contains(&format!("not {cid}")), "{}", reason);
+                }
+                Err(reason) => proptest::prop_assert!(
+                    reason.contains(&format!("is {} bytes", config.len())), "{}", reason
+                ),
+            }
+            proptest::prop_assert!(compare_cid(&cid.to_le_bytes(), cid).is_ok());
+        }
     }
 
     #[test]
