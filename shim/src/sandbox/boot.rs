@@ -116,6 +116,14 @@ impl Vm {
         }
     }
 
+    /// Its role among the sandbox's watched processes.
+    fn role(&self) -> &'static str {
+        match self {
+            Vm::Qemu(_) => super::watch::VMM_ROLE,
+            Vm::Builtin(_) => super::watch::BUILTIN_VMM_ROLE,
+        }
+    }
+
     fn console_log(&self) -> PathBuf {
         match self {
             Vm::Qemu(vm) => vm.console_log(),
@@ -194,7 +202,7 @@ impl BootedVm {
         [
             ("hull-vsock", self.vsock.pid()),
             ("hull-fs", self.fs.as_ref().and_then(BackendProcess::pid)),
-            (super::watch::VMM_ROLE, self.vm.pid()),
+            (self.vm.role(), self.vm.pid()),
         ]
         .into_iter()
         .chain(self.nets.iter().map(|net| ("hull-net", net.pid())))
