@@ -468,8 +468,8 @@ mod tests {
         let vsock = death("hull-vsock", 10, Ending::Exited(0));
         let vmm = death(BUILTIN_VMM_ROLE, 12, QEMU_KILLED);
         // A backend's clean exit seen first is not the cause: hull-vmm is, as QEMU would be.
-        assert!(!waits_for_vmm(&[vmm.clone()]));
-        assert!(waits_for_vmm(&[vsock.clone()]));
+        assert!(!waits_for_vmm(std::slice::from_ref(&vmm)));
+        assert!(waits_for_vmm(std::slice::from_ref(&vsock)));
         let loss = blame(vec![vsock], vec![vmm]).unwrap();
         assert_eq!(
             loss.to_string(),
