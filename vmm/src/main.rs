@@ -9,7 +9,9 @@ use clap::{Parser, ValueEnum};
 use hull_vmm::boot::{self, BootConfig, DEFAULT_CMDLINE};
 use hull_vmm::cpu::cpuid::CpuFeature;
 use hull_vmm::lifecycle::StopReason;
-use hull_vmm::virtio::vhost_user::{VhostUserDevice, VhostUserKind, FS_TAG_MAX};
+use hull_vmm::virtio::vhost_user::{
+    VhostUserDevice, VhostUserKind, FS_TAG_MAX, VSOCK_CID_MAX, VSOCK_CID_MIN,
+};
 use hull_vmm::vm::{KickPath, Vm, VmConfig, MAX_VCPUS};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -50,6 +52,30 @@ struct Args {
     /// repeatable.
     #[arg(long, value_name = "SOCK")]
     vhost_user_net: Vec<PathBuf>,
+    /// A virtio-vsock device with guest context id N served by the vhost-user-vsock
+    /// backend on SOCK (hull-vsock, started with the same --guest-cid); at most one.
+    #[arg(long, value_name = "SOCK,cid=N", value_parser = parse_vsock)]
+    vhost_user_vsock: Option<(PathBuf, u64)>,
+}
+
+/// Parses `SOCK,cid=N`.
+fn parse_vsock(value: &str) -> Result<(PathBuf, u64), String> {
+    let (socket, cid) = value
+        .rsplit_once(",cid=")
+        .ok_or_else(|| format!("{value:?} is not SOCK,cid=N"))?;
+    if socket.is_empty() {
+        return Err(format!("{value:?}: the socket must not be empty"));
+    }
+    let cid = cid
+        .parse::<u64>()
+        .ok()
+        .filter(|cid| (VSOCK_CID_MIN..=VSOCK_CID_MAX).contains(cid))
+        .ok_or_else(|| {
+            format!(
+                "{value:?}: cid {cid:?} is not a number from {VSOCK_CID_MIN} to {VSOCK_CID_MAX}"
+            )
+        })?;
+    Ok((PathBuf::from(socket), cid))
 }
 
 /// Parses `SOCK,tag=TAG`.
@@ -109,6 +135,10 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
             args.vhost_user_net
                 .into_iter()
                 .map(|socket| (socket, VhostUserKind::Net)),
+        )
+        .chain(
+            args.vhost_user_vsock
+                .map(|(socket, cid)| (socket, VhostUserKind::Vsock { cid })),
         );
     for (socket, kind) in devices {
         let device = VhostUserDevice::connect(&socket, kind).with_context(|| {
@@ -169,5 +199,67 @@ fn main() -> ExitCode {
             eprintln!("hull-vmm: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vsock_argument_is_socket_and_cid() {
+        assert_eq!(
+            parse_vsock("/run/a,b.sock,cid=3").unwrap(),
+            (PathBuf::from("/run/a,b.sock"), 3)
+        );
+        assert_eq!(
+            parse_vsock(&format!("v.sock,cid={VSOCK_CID_MAX}"))
+                .unwrap()
+                .1,
+            VSOCK_CID_MAX
+        );
+    }
+
+    #[test]
+    fn malformed_vsock_arguments_are_named() {
+        for (value, named) in [
+            ("v.sock", "\"v.sock\" is not SOCK,cid=N"),
+            (",cid=3", "the socket must not be empty"),
+            ("v.sock,cid=2", "cid \"2\""),
+            ("v.sock,cid=", "cid \"\""),
+            ("v.sock,cid=x3", "cid \"x3\""),
+            ("v.sock,cid=4294967295", "cid \"4294967295\""),
+        ] {
+            let err = parse_vsock(value).unwrap_err();
+            assert!(err.contains(named), "{value}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text either parses to its socket and an in-range CID,
+        /// or is refused with a message quoting it; nothing panics.
+        #[test]
+        fn vsock_argument_parses_exactly_or_is_refused_quoting_it(value in "\\PC{0,24}(,cid=[0-9x-]{0,12})?") {
+            match parse_vsock(&value) {
+                Ok((socket, cid)) => {
+                    proptest::prop_assert!((VSOCK_CID_MIN..=VSOCK_CID_MAX).contains(&cid));
+                    let (text_socket, text_cid) = value.rsplit_once(",cid=").unwrap();
+                    proptest::prop_assert_eq!(socket, PathBuf::from(text_socket));
+                    proptest::prop_assert_eq!(text_cid.parse::<u64>(), Ok(cid));
+                }
+                Err(err) => proptest::prop_assert!(err.contains(&format!("{value:?}")), "{}", err),
+            }
+        }
+    }
+
+    #[test]
+    fn vsock_flag_parses_on_the_command_line() {
+        let args =
+            Args::try_parse_from(["hull-vmm", "--kernel", "k", "--vhost-user-vsock", "s,cid=9"])
+                .unwrap();
+        assert_eq!(args.vhost_user_vsock, Some((PathBuf::from("s"), 9)));
+        let err = Args::try_parse_from(["hull-vmm", "--kernel", "k", "--vhost-user-vsock", "s"])
+            .unwrap_err();
+        assert!(err.to_string().contains("is not SOCK,cid=N"), "{err}");
     }
 }

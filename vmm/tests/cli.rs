@@ -53,6 +53,7 @@ fn help_documents_every_flag() {
         "--vhost-user-blk <SOCK>",
         "--vhost-user-fs <SOCK,tag=TAG>",
         "--vhost-user-net <SOCK>",
+        "--vhost-user-vsock <SOCK,cid=N>",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

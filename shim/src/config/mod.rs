@@ -74,7 +74,9 @@ pub enum HypervisorKind {
     /// `builtin` where hardware virtualization works, else `qemu`.
     #[default]
     Auto,
-    /// The VMM in the shim's process.
+    /// hull-vmm, this project's KVM VMM, one child process per pod with vhost-user devices
+    /// behind virtio-mmio. Linux guests need hardware virtualization (vmx/svm); pod
+    /// interfaces need `network.backend = "hull-net"` (it serves no taps itself); no pause.
     Builtin,
     /// A child qemu-system-x86_64 (KVM, or TCG where there is no hardware virtualization).
     Qemu,

@@ -3,7 +3,7 @@
 //!
 //! Everything started here is owned by [`BootedVm`]; an error part-way stops what was already
 //! started (each piece's Drop kills its process), so a failed boot leaves nothing running.
-//! Only the `qemu` hypervisor is wired so far; the built-in VMM needs virtio-mmio and vsock.
+//! The VM is QEMU (`qemu`) or hull-vmm (`builtin`, see [`crate::vmm`]), behind [`Vm`].
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use crate::network::PodNetwork;
 use crate::phase::Phase;
 use crate::qemu::{self, Accel, QemuOptions, QemuVm};
 use crate::vm_spec::{VmDevice, VmSpec};
+use crate::vmm::{self, VmmVm};
 
 use super::share::{SharedDir, SHARE_TAG};
 
@@ -31,7 +32,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The configuration asks for a hypervisor this step cannot use yet.
-    #[error("hypervisor {0:?} cannot boot a guest yet: set hypervisor = \"qemu\" (or \"auto\" where it picks qemu)")]
+    #[error(
+        "hypervisor {0:?} cannot boot a guest: set hypervisor = \"qemu\", \"builtin\" or \"auto\""
+    )]
     Hypervisor(HypervisorKind),
     /// A helper binary was not found.
     #[error("{0} not found next to this binary or on PATH: run 'make build' and put target/release on PATH")]
@@ -59,6 +62,9 @@ pub enum Error {
     /// The VM failed.
     #[error("the VM")]
     Vm(#[from] qemu::Error),
+    /// The built-in VMM failed.
+    #[error("the VM (hull-vmm)")]
+    Vmm(#[from] vmm::Error),
     /// The VM stopped before its agent answered.
     #[error("the VM exited ({status}) before its agent answered; console log ends:\n{console}")]
     VmExited {
@@ -93,14 +99,73 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// What ended the wait for the agent.
 enum BootOutcome {
     Agent(agent_link::Result<AgentLink>),
-    VmExited(qemu::Result<std::process::ExitStatus>),
+    VmExited(Result<std::process::ExitStatus>),
+}
+
+/// The VM process: QEMU or hull-vmm, with what the boot and the shutdown need of either.
+enum Vm {
+    Qemu(QemuVm),
+    Builtin(VmmVm),
+}
+
+impl Vm {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Vm::Qemu(vm) => vm.pid(),
+            Vm::Builtin(vm) => vm.pid(),
+        }
+    }
+
+    /// Its role among the sandbox's watched processes.
+    fn role(&self) -> &'static str {
+        match self {
+            Vm::Qemu(_) => super::watch::VMM_ROLE,
+            Vm::Builtin(_) => super::watch::BUILTIN_VMM_ROLE,
+        }
+    }
+
+    fn console_log(&self) -> PathBuf {
+        match self {
+            Vm::Qemu(vm) => vm.console_log(),
+            Vm::Builtin(vm) => vm.console_log(),
+        }
+    }
+
+    /// The console's last lines, and for hull-vmm its own last words (QEMU's are in the
+    /// error of its start).
+    fn last_words(&self) -> String {
+        let console = last_lines(
+            &std::fs::read_to_string(self.console_log()).unwrap_or_default(),
+            20,
+        );
+        match self {
+            Vm::Qemu(_) => console,
+            // Its lines start with "hull-vmm: ".
+            Vm::Builtin(vm) => format!("{console}\n{}", last_lines(&vm.stderr(), 5)),
+        }
+    }
+
+    async fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(match self {
+            Vm::Qemu(vm) => vm.wait().await?,
+            Vm::Builtin(vm) => vm.wait().await?,
+        })
+    }
+
+    async fn stop(self, grace: Duration) -> Result<()> {
+        match self {
+            Vm::Qemu(vm) => drop(vm.stop(grace).await?),
+            Vm::Builtin(vm) => drop(vm.stop(grace).await?),
+        }
+        Ok(())
+    }
 }
 
 /// A booted VM whose agent answers.
 pub struct BootedVm {
     /// The agent.
     pub agent: AgentLink,
-    vm: QemuVm,
+    vm: Vm,
     vsock: BackendProcess,
     fs: Option<BackendProcess>,
     /// One hull-net per pod interface, with `network.backend = "hull-net"`.
@@ -137,7 +202,7 @@ impl BootedVm {
         [
             ("hull-vsock", self.vsock.pid()),
             ("hull-fs", self.fs.as_ref().and_then(BackendProcess::pid)),
-            (super::watch::VMM_ROLE, self.vm.pid()),
+            (self.vm.role(), self.vm.pid()),
         ]
         .into_iter()
         .chain(self.nets.iter().map(|net| ("hull-net", net.pid())))
@@ -222,7 +287,7 @@ pub async fn boot_pod(
         HypervisorKind::Auto => virt.auto_hypervisor(),
         other => other,
     };
-    if kind != HypervisorKind::Qemu {
+    if !matches!(kind, HypervisorKind::Qemu | HypervisorKind::Builtin) {
         return Err(Error::Hypervisor(kind));
     }
     let (kernel, initrd) = (config.kernel(), config.initrd());
@@ -237,8 +302,12 @@ pub async fn boot_pod(
     let path_env = std::env::var_os("PATH");
     let vsock_bin = crate::paths::find_helper("hull-vsock", beside, path_env.as_deref())
         .ok_or(Error::Helper("hull-vsock"))?;
-    let qemu_bin = find_program(&config.qemu.path, path_env.as_deref())
-        .ok_or(Error::Helper("qemu-system-x86_64"))?;
+    let vm_bin = if kind == HypervisorKind::Builtin {
+        vmm::find_vmm(beside, path_env.as_deref())?
+    } else {
+        find_program(&config.qemu.path, path_env.as_deref())
+            .ok_or(Error::Helper("qemu-system-x86_64"))?
+    };
     let fs_bin = if share {
         Some(
             crate::paths::find_helper("hull-fs", beside, path_env.as_deref())
@@ -376,21 +445,28 @@ pub async fn boot_pod(
         memory_mib: config.vm.memory_mib,
         devices,
     };
-    let accel = if virt.full_guests_on_kvm() {
-        Accel::Kvm
-    } else {
-        Accel::Tcg
-    };
-    if accel == Accel::Tcg {
-        tracing::warn!(vm = %id, "no hardware virtualization: the guest runs under QEMU TCG, slowly");
-    }
-    let options = QemuOptions {
-        binary: qemu_bin,
-        machine: config.qemu.machine,
-        accel,
-    };
     crate::phase::sandbox(id, Phase::BackendsReady);
-    let mut vm = QemuVm::start(&spec, &options, &run_dir.join("qemu")).await?;
+    let mut vm = if kind == HypervisorKind::Builtin {
+        if !virt.full_guests_on_kvm() {
+            tracing::warn!(vm = %id, "no hardware virtualization: a Linux guest may not boot under hull-vmm here");
+        }
+        Vm::Builtin(VmmVm::start(&spec, GUEST_CID, &vm_bin, &run_dir.join("vmm")).await?)
+    } else {
+        let accel = if virt.full_guests_on_kvm() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        };
+        if accel == Accel::Tcg {
+            tracing::warn!(vm = %id, "no hardware virtualization: the guest runs under QEMU TCG, slowly");
+        }
+        let options = QemuOptions {
+            binary: vm_bin,
+            machine: config.qemu.machine,
+            accel,
+        };
+        Vm::Qemu(QemuVm::start(&spec, &options, &run_dir.join("qemu")).await?)
+    };
     crate::phase::sandbox(id, Phase::VmStarted);
     let deadline = Duration::from_secs(u64::from(config.agent.start_timeout_secs));
     // A VM that dies while booting ends the wait at once, with the console's last words.
@@ -398,12 +474,7 @@ pub async fn boot_pod(
         agent = AgentLink::connect(&uds, deadline, CALL_TIMEOUT) => BootOutcome::Agent(agent),
         status = vm.wait() => BootOutcome::VmExited(status),
     };
-    let console = || {
-        last_lines(
-            &std::fs::read_to_string(vm.console_log()).unwrap_or_default(),
-            20,
-        )
-    };
+    let console = || vm.last_words();
     let agent = match outcome {
         BootOutcome::Agent(Ok(agent)) => agent,
         BootOutcome::Agent(Err(source)) => {
@@ -485,9 +556,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn builtin_is_refused_with_what_to_set_instead() {
+    async fn none_is_refused_with_what_to_set_instead() {
         let config = Config {
-            hypervisor: HypervisorKind::Builtin,
+            hypervisor: HypervisorKind::None,
             ..Config::default()
         };
         let dir = tempfile::tempdir().unwrap();

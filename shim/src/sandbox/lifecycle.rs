@@ -145,7 +145,7 @@ impl Sandbox {
                     .map(|(agent, link)| (Runner::Host(agent), link))
                     .map_err(Error::from)
             }
-            HypervisorKind::Qemu => {
+            HypervisorKind::Qemu | HypervisorKind::Builtin => {
                 // Recorded before it is mounted: a crash part-way still unmounts it.
                 record.mounts.push(run_dir.join("shared"));
                 record.save(record_path)?;

@@ -215,6 +215,13 @@ impl ProcessWatch {
 /// The role of the VMM process among a sandbox's watched processes; the others (device
 /// backends) depend on it.
 pub const VMM_ROLE: &str = "qemu";
+/// [`VMM_ROLE`] when the VMM is hull-vmm (`hypervisor = "builtin"`).
+pub const BUILTIN_VMM_ROLE: &str = "hull-vmm";
+
+/// Whether `role` is the VMM's (QEMU or hull-vmm).
+pub fn is_vmm_role(role: &str) -> bool {
+    role == VMM_ROLE || role == BUILTIN_VMM_ROLE
+}
 
 /// How long a backend's clean exit waits for the VMM's own exit before it is named the cause
 /// of a loss (see [`loss`]).
@@ -271,7 +278,7 @@ impl fmt::Display for Loss {
 pub async fn loss(watches: &[ProcessWatch], grace: Duration) -> Loss {
     let first = deaths(watches).await;
     let mut later = Vec::new();
-    let vmm = watches.iter().find(|w| w.role == VMM_ROLE);
+    let vmm = watches.iter().find(|w| is_vmm_role(w.role));
     if let Some(vmm) = vmm {
         if waits_for_vmm(&first) {
             if tokio::time::timeout(grace, vmm.exited()).await.is_err() {
@@ -297,7 +304,7 @@ pub async fn loss(watches: &[ProcessWatch], grace: Duration) -> Loss {
 /// Whether the first deaths seen leave the cause open until the VMM's exit is known: the VMM
 /// is not among them, and each of them may be a backend's clean exit after its frontend went.
 fn waits_for_vmm(first: &[Death]) -> bool {
-    !first.iter().any(|d| d.role == VMM_ROLE) && !first.iter().any(Death::failed)
+    !first.iter().any(|d| is_vmm_role(d.role)) && !first.iter().any(Death::failed)
 }
 
 impl Death {
@@ -321,7 +328,7 @@ impl Death {
 /// 3. the VMM, if it died;
 /// 4. otherwise the first death seen (a backend's clean exit while the VMM runs on).
 pub fn blame(first: Vec<Death>, later: Vec<Death>) -> Option<Loss> {
-    let is_vmm = |d: &Death| d.role == VMM_ROLE;
+    let is_vmm = |d: &Death| is_vmm_role(d.role);
     let vmm_alive_first = !first.iter().any(is_vmm);
     let vmm_alive_later = !later.iter().any(is_vmm);
     let first_len = first.len();
@@ -453,6 +460,21 @@ mod tests {
             loss.to_string(),
             "qemu (pid 12) was killed by signal 9 (SIGKILL) (and with it: hull-vsock (pid 10) \
              exited with status 0, hull-fs (pid 11) exited with status 0)"
+        );
+    }
+
+    #[test]
+    fn a_killed_hull_vmm_is_the_vmm_and_named_as_itself() {
+        let vsock = death("hull-vsock", 10, Ending::Exited(0));
+        let vmm = death(BUILTIN_VMM_ROLE, 12, QEMU_KILLED);
+        // A backend's clean exit seen first is not the cause: hull-vmm is, as QEMU would be.
+        assert!(!waits_for_vmm(std::slice::from_ref(&vmm)));
+        assert!(waits_for_vmm(std::slice::from_ref(&vsock)));
+        let loss = blame(vec![vsock], vec![vmm]).unwrap();
+        assert_eq!(
+            loss.to_string(),
+            "hull-vmm (pid 12) was killed by signal 9 (SIGKILL) (and with it: hull-vsock \
+             (pid 10) exited with status 0)"
         );
     }
 

@@ -17,6 +17,9 @@
 //! locally, as QEMU does: libvhost-user backends (qemu-storage-daemon) ignore the offset.
 //! virtio-fs backends do not serve a configuration space, so the frontend builds it from
 //! the tag, as QEMU's vhost-user-fs device does.
+//! A virtio-vsock device serves its configuration space (the guest CID) from its argument
+//! too, after checking at connection that a backend serving one (hull-vsock) has the same
+//! CID; its three queues (receive, transmit, event) all go to the backend.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -29,7 +32,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-use super::{Activation, Disconnector, VirtioDevice, TYPE_BLOCK, TYPE_FS, TYPE_NET};
+use super::{Activation, Disconnector, VirtioDevice, TYPE_BLOCK, TYPE_FS, TYPE_NET, TYPE_VSOCK};
 use crate::{Error, Result};
 
 /// The vhost-user feature bit saying the backend speaks protocol features; never offered
@@ -44,6 +47,14 @@ const BLK_CONFIG_SIZE: usize = 60;
 const NET_CONFIG_SIZE: usize = 12;
 /// Longest virtio-fs tag, in bytes (the `tag` field of `virtio_fs_config`).
 pub const FS_TAG_MAX: usize = 36;
+/// Bytes of the virtio-vsock configuration space: the guest CID.
+const VSOCK_CONFIG_SIZE: usize = 8;
+/// [`VSOCK_CONFIG_SIZE`] as vhost-user's `GET_CONFIG` wants it.
+const VSOCK_CONFIG_SIZE32: u32 = 8;
+/// Smallest guest context id: 0 to 2 are the hypervisor, local and host addresses.
+pub const VSOCK_CID_MIN: u64 = 3;
+/// Largest guest context id: ids are 32-bit on the wire and `u32::MAX` is VMADDR_CID_ANY.
+pub const VSOCK_CID_MAX: u64 = u32::MAX as u64 - 1;
 
 /// Connects to `socket`, retrying a few times while it refuses: a backend creates its
 /// socket file just before it listens on it (as `Frontend::connect` does).
@@ -60,6 +71,50 @@ fn connect_retrying(socket: &Path) -> std::io::Result<UnixStream> {
     }
 }
 
+/// Checks that a vsock backend serving a configuration space (hull-vsock does) has the
+/// guest CID the frontend announces: with two different CIDs the guest's packets would
+/// carry one the backend drops. A backend without `CONFIG` is not asked.
+fn check_backend_cid(
+    frontend: &mut Frontend,
+    protocol_features: VhostUserProtocolFeatures,
+    socket: &Path,
+    cid: u64,
+) -> Result<()> {
+    if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
+        return Ok(());
+    }
+    let buf = [0u8; VSOCK_CONFIG_SIZE];
+    let (_, config) = frontend
+        .get_config(0, VSOCK_CONFIG_SIZE32, VhostUserConfigFlags::WRITABLE, &buf)
+        .map_err(|source| Error::VhostUser {
+            socket: socket.to_owned(),
+            op: "GET_CONFIG",
+            source,
+        })?;
+    compare_cid(&config, cid).map_err(|reason| Error::VhostUserBackend {
+        socket: socket.to_owned(),
+        reason,
+    })
+}
+
+/// Compares the vsock configuration space a backend served (`config`, peer-controlled: any
+/// length) with the guest CID `cid`; the error says what differs.
+fn compare_cid(config: &[u8], cid: u64) -> std::result::Result<(), String> {
+    let backend_cid = <[u8; VSOCK_CONFIG_SIZE]>::try_from(config)
+        .ok()
+        .map(u64::from_le_bytes);
+    match backend_cid {
+        Some(backend_cid) if backend_cid == cid => Ok(()),
+        Some(backend_cid) => Err(format!(
+            "the backend serves guest cid {backend_cid}, not {cid}"
+        )),
+        None => Err(format!(
+            "the backend's vsock configuration space is {} bytes, not {VSOCK_CONFIG_SIZE}",
+            config.len()
+        )),
+    }
+}
+
 /// What kind of device a vhost-user backend serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VhostUserKind {
@@ -73,6 +128,13 @@ pub enum VhostUserKind {
         /// The mount tag, at most [`FS_TAG_MAX`] bytes.
         tag: String,
     },
+    /// A virtio-vsock socket device with the guest context id `cid`: the receive,
+    /// transmit and event queues, all served by the backend (hull-vsock), as QEMU's
+    /// vhost-user-vsock-device sets them up.
+    Vsock {
+        /// The guest's context id, [`VSOCK_CID_MIN`] to [`VSOCK_CID_MAX`].
+        cid: u64,
+    },
 }
 
 impl VhostUserKind {
@@ -82,6 +144,7 @@ impl VhostUserKind {
             VhostUserKind::Block => TYPE_BLOCK,
             VhostUserKind::Net => TYPE_NET,
             VhostUserKind::Fs { .. } => TYPE_FS,
+            VhostUserKind::Vsock { .. } => TYPE_VSOCK,
         }
     }
 
@@ -89,6 +152,7 @@ impl VhostUserKind {
         match self {
             VhostUserKind::Block => 1,
             VhostUserKind::Net | VhostUserKind::Fs { .. } => 2,
+            VhostUserKind::Vsock { .. } => 3,
         }
     }
 
@@ -99,7 +163,7 @@ impl VhostUserKind {
         match self {
             VhostUserKind::Block => 1 << VIRTIO_BLK_F_MQ,
             VhostUserKind::Net => (1 << VIRTIO_NET_F_MQ) | (1 << VIRTIO_NET_F_CTRL_VQ),
-            VhostUserKind::Fs { .. } => 0,
+            VhostUserKind::Fs { .. } | VhostUserKind::Vsock { .. } => 0,
         }
     }
 
@@ -114,6 +178,8 @@ impl VhostUserKind {
                 config[FS_TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
                 Some(config)
             }
+            // guest_cid (le64), virtio 1.2 section 5.10.4.
+            VhostUserKind::Vsock { cid } => Some(cid.to_le_bytes().to_vec()),
             VhostUserKind::Block | VhostUserKind::Net => None,
         }
     }
@@ -123,6 +189,7 @@ impl VhostUserKind {
             VhostUserKind::Block => BLK_CONFIG_SIZE,
             VhostUserKind::Net => NET_CONFIG_SIZE,
             VhostUserKind::Fs { .. } => 0,
+            VhostUserKind::Vsock { .. } => VSOCK_CONFIG_SIZE,
         }
     }
 }
@@ -165,6 +232,16 @@ impl VhostUserDevice {
                 return Err(Error::VhostUserBackend {
                     socket: socket.to_owned(),
                     reason: format!("virtio-fs tag {tag:?} must be 1 to {FS_TAG_MAX} bytes"),
+                });
+            }
+        }
+        if let VhostUserKind::Vsock { cid } = &kind {
+            if !(VSOCK_CID_MIN..=VSOCK_CID_MAX).contains(cid) {
+                return Err(Error::VhostUserBackend {
+                    socket: socket.to_owned(),
+                    reason: format!(
+                        "vsock guest cid {cid} must be {VSOCK_CID_MIN} to {VSOCK_CID_MAX}"
+                    ),
                 });
             }
         }
@@ -219,6 +296,9 @@ impl VhostUserDevice {
                     });
                 }
             }
+        }
+        if let VhostUserKind::Vsock { cid } = &kind {
+            check_backend_cid(&mut frontend, protocol_features, socket, *cid)?;
         }
         tracing::info!(
             socket = %socket.display(),
@@ -444,6 +524,47 @@ mod tests {
         assert_eq!(config[36..], 1u32.to_le_bytes());
         assert_eq!(kind.queues(), 2);
         assert_eq!(kind.device_type(), TYPE_FS);
+    }
+
+    #[test]
+    fn vsock_config_is_the_guest_cid_and_three_queues() {
+        let kind = VhostUserKind::Vsock { cid: 0x1_0000_0203 };
+        let config = kind.local_config().unwrap();
+        assert_eq!(config, [3, 2, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(kind.queues(), 3);
+        assert_eq!(kind.device_type(), TYPE_VSOCK);
+        assert_eq!(kind.withheld_features(), 0);
+    }
+
+    proptest::proptest! {
+        /// A backend's vsock configuration space matches only when it is exactly the
+        /// CID's 8 bytes; any other answer is refused, naming the CID or the length.
+        #[test]
+        fn backend_vsock_config_matches_only_the_cid(
+            config in proptest::collection::vec(proptest::num::u8::ANY, 0..16),
+            cid in proptest::num::u64::ANY,
+        ) {
+            match compare_cid(&config, cid) {
+                Ok(()) => proptest::prop_assert_eq!(&config[..], &cid.to_le_bytes()[..]),
+                Err(reason) if config.len() == VSOCK_CONFIG_SIZE => {
+                    proptest::prop_assert_ne!(&config[..], &cid.to_le_bytes()[..]);
+                    proptest::prop_assert!(reason.contains(&format!("not {cid}")), "{}", reason);
+                }
+                Err(reason) => proptest::prop_assert!(
+                    reason.contains(&format!("is {} bytes", config.len())), "{}", reason
+                ),
+            }
+            proptest::prop_assert!(compare_cid(&cid.to_le_bytes(), cid).is_ok());
+        }
+    }
+
+    #[test]
+    fn reserved_or_overlong_vsock_cids_are_refused() {
+        for cid in [0, 1, 2, u64::from(u32::MAX), u64::MAX] {
+            let kind = VhostUserKind::Vsock { cid };
+            let err = VhostUserDevice::connect(Path::new("/nonexistent"), kind).unwrap_err();
+            assert!(err.to_string().contains(&format!("cid {cid}")), "{err}");
+        }
     }
 
     #[test]

@@ -1,0 +1,391 @@
+//! The `builtin` hypervisor backend: one child `hull-vmm` per pod (this workspace's KVM VMM,
+//! `vmm/`), booting the [`VmSpec`]'s kernel and initrd with its vhost-user devices
+//! (vsock, fs, net, blk) behind virtio-mmio.
+//!
+//! Owns the hull-vmm process from spawn to reaping and its per-VM run directory (console log,
+//! hull-vmm's stderr). Like [`crate::qemu`], it does not start the device backends or talk to
+//! the agent. hull-vmm has no control socket: it is stopped with SIGTERM (it stops its vCPUs
+//! and exits), then killed after the grace period; pause and resume are not offered.
+//!
+//! What it cannot do yet, refused with an error naming it: taps served by the VMM itself
+//! (hull-vmm has no virtio-net of its own: use `network.backend = "hull-net"`), and more
+//! than one vsock device.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::vm_spec::{VmDevice, VmSpec};
+
+/// The VMM binary's name, found next to the shim, then on PATH.
+pub const VMM_BINARY: &str = "hull-vmm";
+
+/// Errors of the builtin backend.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// hull-vmm is neither next to the shim nor on PATH.
+    #[error("{VMM_BINARY} not found next to this binary or on PATH: run 'make build' and put target/release on PATH")]
+    NotFound,
+    /// The spec has something hull-vmm cannot serve yet.
+    #[error("hypervisor \"builtin\" cannot {0} yet")]
+    Unsupported(&'static str),
+    /// The run directory or a log file in it could not be made.
+    #[error("creating {path}")]
+    RunDir {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// hull-vmm could not be started at all.
+    #[error("starting {binary}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for or signalling hull-vmm failed.
+    #[error("waiting for hull-vmm (pid {pid:?})")]
+    Wait {
+        /// Its pid.
+        pid: Option<u32>,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Finds hull-vmm next to `beside` (the shim binary), then on `path`.
+pub fn find_vmm(beside: Option<&Path>, path: Option<&std::ffi::OsStr>) -> Result<PathBuf> {
+    crate::paths::find_helper(VMM_BINARY, beside, path).ok_or(Error::NotFound)
+}
+
+/// Builds hull-vmm's arguments for `spec`, the vsock device getting guest context id `cid`.
+pub fn arguments(spec: &VmSpec, cid: u32) -> Result<Vec<OsString>> {
+    let mut args: Vec<OsString> = vec![
+        "--kernel".into(),
+        spec.kernel.clone().into(),
+        "--initrd".into(),
+        spec.initrd.clone().into(),
+        "--cmdline".into(),
+        spec.kernel_params.join(" ").into(),
+        "--memory".into(),
+        spec.memory_mib.to_string().into(),
+        "--vcpus".into(),
+        spec.vcpus.to_string().into(),
+    ];
+    let mut vsock = false;
+    for device in &spec.devices {
+        // hull-vmm's flags take `SOCK,key=value`: built as OsStrings so any socket path
+        // passes through unchanged.
+        let (flag, mut value, suffix): (&str, OsString, Option<String>) = match device {
+            VmDevice::VhostUserVsock { socket } => {
+                if std::mem::replace(&mut vsock, true) {
+                    return Err(Error::Unsupported("serve two vsock devices"));
+                }
+                (
+                    "--vhost-user-vsock",
+                    socket.clone().into(),
+                    Some(format!(",cid={cid}")),
+                )
+            }
+            VmDevice::VhostUserFs { socket, tag } => (
+                "--vhost-user-fs",
+                socket.clone().into(),
+                Some(format!(",tag={tag}")),
+            ),
+            // The MAC is served by hull-net in the device's configuration space.
+            VmDevice::VhostUserNet { socket, .. } => {
+                ("--vhost-user-net", socket.clone().into(), None)
+            }
+            VmDevice::VhostUserBlk { socket } => ("--vhost-user-blk", socket.clone().into(), None),
+            VmDevice::Tap { .. } => {
+                return Err(Error::Unsupported(
+                    "serve a tap itself: set network.backend = \"hull-net\"",
+                ))
+            }
+        };
+        if let Some(suffix) = suffix {
+            value.push(suffix);
+        }
+        args.extend([flag.into(), value]);
+    }
+    Ok(args)
+}
+
+/// A running hull-vmm. Dropping it kills hull-vmm and removes its run directory;
+/// [`VmmVm::stop`] is the orderly way.
+#[derive(Debug)]
+pub struct VmmVm {
+    child: Child,
+    pid: Option<u32>,
+    run_dir: RunDir,
+}
+
+/// The VM's run directory, removed with everything in it when dropped.
+#[derive(Debug)]
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.0.display(), %err, "could not remove the VM run directory");
+            }
+        }
+    }
+}
+
+impl VmmVm {
+    /// Starts `binary` (hull-vmm) for `spec` with its files in `run_dir` (created 0700, must
+    /// not exist): the guest console in `console.log`, hull-vmm's own messages in
+    /// `vmm.stderr`. Returns once it is spawned; hull-vmm then connects to the backends and
+    /// boots, and exits (seen by [`VmmVm::wait`]) if it cannot.
+    pub async fn start(spec: &VmSpec, cid: u32, binary: &Path, run_dir: &Path) -> Result<Self> {
+        let args = arguments(spec, cid)?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(run_dir)
+            .map_err(|source| Error::RunDir {
+                path: run_dir.to_owned(),
+                source,
+            })?;
+        let run_dir = RunDir(run_dir.to_owned());
+        let file = |name: &str| {
+            let path = run_dir.0.join(name);
+            fs::File::create(&path).map_err(|source| Error::RunDir { path, source })
+        };
+        let console = file("console.log")?;
+        let stderr = file("vmm.stderr")?;
+        tracing::info!(vm = %spec.id, binary = %binary.display(), "starting hull-vmm");
+        tracing::debug!(?args, "hull-vmm arguments");
+        let child = Command::new(binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                binary: binary.to_owned(),
+                source,
+            })?;
+        let pid = child.id();
+        Ok(Self {
+            child,
+            pid,
+            run_dir,
+        })
+    }
+
+    /// hull-vmm's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// The file the guest's serial console is written to.
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir.0.join("console.log")
+    }
+
+    /// What hull-vmm itself wrote (why it could not start, a vCPU's failure).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.run_dir.0.join("vmm.stderr")).unwrap_or_default()
+    }
+
+    /// Waits until hull-vmm exits by itself (the guest stopped, or it failed). Cancel-safe.
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        let pid = self.pid;
+        self.child
+            .wait()
+            .await
+            .map_err(|source| Error::Wait { pid, source })
+    }
+
+    /// Sends hull-vmm SIGTERM (it stops the vCPUs and exits), and kills it if it has not
+    /// exited within `grace`. Returns once it is reaped and its run directory removed.
+    pub async fn stop(mut self, grace: Duration) -> Result<ExitStatus> {
+        let pid = self.pid;
+        if let Some(raw) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // Not reaped yet (only `wait` here reaps it), so the pid is still this child's,
+            // if only as a zombie.
+            // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
+            if unsafe { libc::kill(raw, libc::SIGTERM) } != 0 {
+                tracing::debug!(err = %std::io::Error::last_os_error(), "SIGTERM to hull-vmm");
+            }
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status.map_err(|source| Error::Wait { pid, source }),
+            Err(_) => {
+                tracing::warn!(?pid, ?grace, "hull-vmm did not stop in time; killing it");
+                self.child
+                    .kill()
+                    .await
+                    .map_err(|source| Error::Wait { pid, source })?;
+                self.child
+                    .wait()
+                    .await
+                    .map_err(|source| Error::Wait { pid, source })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(devices: Vec<VmDevice>) -> VmSpec {
+        VmSpec {
+            id: "pod1".into(),
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd.img".into(),
+            kernel_params: vec!["console=ttyS0".into(), "agent.hostname=pod1".into()],
+            vcpus: 2,
+            memory_mib: 512,
+            devices,
+        }
+    }
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_with_vsock_fs_and_net_becomes_hull_vmm_flags() {
+        let args = arguments(
+            &spec(vec![
+                VmDevice::VhostUserVsock {
+                    socket: "/run/p/vsock.sock".into(),
+                },
+                VmDevice::VhostUserFs {
+                    socket: "/run/p/fs.sock".into(),
+                    tag: "hullshared".into(),
+                },
+                VmDevice::VhostUserNet {
+                    socket: "/run/p/net0.sock".into(),
+                    mac: [2, 0, 0, 0, 0, 1],
+                },
+            ]),
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            strings(&args),
+            [
+                "--kernel",
+                "/k/vmlinux",
+                "--initrd",
+                "/k/initrd.img",
+                "--cmdline",
+                "console=ttyS0 agent.hostname=pod1",
+                "--memory",
+                "512",
+                "--vcpus",
+                "2",
+                "--vhost-user-vsock",
+                "/run/p/vsock.sock,cid=3",
+                "--vhost-user-fs",
+                "/run/p/fs.sock,tag=hullshared",
+                "--vhost-user-net",
+                "/run/p/net0.sock",
+            ]
+        );
+    }
+
+    #[test]
+    fn blk_devices_are_passed_on() {
+        let args = arguments(
+            &spec(vec![VmDevice::VhostUserBlk {
+                socket: "/run/p/blk.sock".into(),
+            }]),
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            strings(&args[10..]),
+            ["--vhost-user-blk", "/run/p/blk.sock"]
+        );
+    }
+
+    #[test]
+    fn a_tap_or_a_second_vsock_is_refused_by_name() {
+        let err = arguments(
+            &spec(vec![VmDevice::Tap {
+                fds: vec![7],
+                mac: [2, 0, 0, 0, 0, 1],
+            }]),
+            3,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("network.backend = \"hull-net\""),
+            "{err}"
+        );
+        let vsock = VmDevice::VhostUserVsock {
+            socket: "/v.sock".into(),
+        };
+        let err = arguments(&spec(vec![vsock.clone(), vsock]), 3).unwrap_err();
+        assert!(err.to_string().contains("two vsock devices"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_hull_vmm_is_named() {
+        let empty = tempfile::tempdir().unwrap();
+        let beside = empty.path().join("containerd-shim-hull-v2");
+        let err = find_vmm(Some(&beside), Some(empty.path().as_os_str())).unwrap_err();
+        assert!(err.to_string().starts_with("hull-vmm not found"), "{err}");
+    }
+
+    #[test]
+    fn hull_vmm_is_found_next_to_the_shim_first() {
+        use std::os::unix::fs::PermissionsExt;
+        let (shim_dir, path_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for dir in [shim_dir.path(), path_dir.path()] {
+            let vmm = dir.join(VMM_BINARY);
+            fs::write(&vmm, "#!/bin/sh\n").unwrap();
+            fs::set_permissions(&vmm, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let beside = shim_dir.path().join("containerd-shim-hull-v2");
+        let found = find_vmm(Some(&beside), Some(path_dir.path().as_os_str())).unwrap();
+        assert_eq!(found, shim_dir.path().join(VMM_BINARY));
+        let found = find_vmm(None, Some(path_dir.path().as_os_str())).unwrap();
+        assert_eq!(found, path_dir.path().join(VMM_BINARY));
+    }
+
+    #[tokio::test]
+    async fn stop_ends_a_running_vmm_and_removes_its_run_directory() {
+        // A stand-in for hull-vmm that runs until signalled: stop's SIGTERM must end it.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join(VMM_BINARY);
+        fs::write(&fake, "#!/bin/sh\necho booting\nexec sleep 600\n").unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        let run_dir = dir.path().join("vmm");
+        let vm = VmmVm::start(&spec(vec![]), 3, &fake, &run_dir)
+            .await
+            .unwrap();
+        let pid = vm.pid().unwrap();
+        let status = vm.stop(Duration::from_secs(20)).await.unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+        assert!(!run_dir.exists(), "the run directory is removed");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the process is reaped"
+        );
+    }
+}
