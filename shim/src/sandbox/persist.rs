@@ -286,13 +286,21 @@ pub fn create_run_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let mut tries = 0;
     loop {
+        // Each retry needs the namespace's last sandbox to go again in between: a bound only
+        // against a livelock, never reached by real sandboxes.
+        let retry = tries < 100;
         if let Some(parent) = dir.parent() {
-            fs::create_dir_all(parent)?;
+            match fs::create_dir_all(parent) {
+                // create_dir_all saw the parent exist (EEXIST), then it went before its check.
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && retry => {
+                    tries += 1;
+                    continue;
+                }
+                other => other?,
+            }
         }
         match fs::DirBuilder::new().mode(0o700).create(dir) {
-            // Each retry needs the namespace's last sandbox to go again in between: a bound
-            // only against a livelock, never reached by real sandboxes.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound && tries < 100 => tries += 1,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && retry => tries += 1,
             other => return other,
         }
     }
