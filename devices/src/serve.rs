@@ -83,6 +83,9 @@ pub struct NetConfig {
     pub queues: u16,
     /// The guest's MAC address in the config space (random if not given).
     pub mac: Option<crate::net::Mac>,
+    /// The link's MTU in the config space (the tap's if not given: a macvtap's cannot be
+    /// asked through its descriptors from outside its namespace, so its caller says it).
+    pub mtu: Option<u16>,
     /// Serve the next frontend after one disconnects, instead of exiting.
     pub keep_listening: bool,
 }
@@ -284,7 +287,10 @@ pub fn run_net(config: NetConfig, signals: &TermSignals) -> Result<ExitReason> {
         }
     };
     let mac = config.mac.unwrap_or_else(Mac::random);
-    let device = Arc::new(NetDevice::new(tap, mac)?);
+    let device = Arc::new(match config.mtu {
+        Some(mtu) => NetDevice::with_mtu(tap, mac, mtu),
+        None => NetDevice::new(tap, mac)?,
+    });
     info!(socket = %config.socket.display(), tap = device.tap().name(), %mac,
         mtu = device.mtu(), queue_pairs = device.queue_pairs(),
         offloads = ?device.tap().supported_offloads(),
@@ -335,6 +341,10 @@ pub fn serve_net_frontend(
             path: path.clone(),
             source,
         })?;
+    // The relay's connection waits in the listener's backlog, so the name has served its
+    // purpose: it goes now, not when serving ends, so a hull-net killed while serving (SIGKILL
+    // from a shim tearing a pod down) leaves no directory behind.
+    drop(private);
     let backend = Arc::new(NetBackend::new(Arc::clone(device)));
     std::thread::scope(|scope| {
         let shutdown = (frontend.try_clone(), relay_end.try_clone());

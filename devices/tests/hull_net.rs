@@ -567,22 +567,31 @@ fn frames_both_ways(
     );
 
     let pid = backend.0.id();
+    // Nothing of the relay is on disk while hull-net serves, so a hull-net killed now (a shim
+    // tearing a pod down SIGKILLs it) leaves nothing in the temporary directory either.
+    assert_eq!(
+        relay_dirs(pid),
+        Vec::<String>::new(),
+        "{test}: relay socket on disk while serving"
+    );
     drop(guest);
     common::expect_exit_after_frontend(backend, log, "hull-net");
     assert!(!socket.exists(), "{test}: hull-net removed its socket");
-    let relay_dirs: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+    assert_eq!(
+        relay_dirs(pid),
+        Vec::<String>::new(),
+        "{test}: relay sockets left"
+    );
+}
+
+/// hull-net's private relay directories (`hull-net-<pid>-<n>`) in the temporary directory.
+fn relay_dirs(pid: u32) -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
         .expect("temp dir")
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("hull-net-{pid}-"))
-        })
-        .collect();
-    assert!(
-        relay_dirs.is_empty(),
-        "{test}: relay sockets left: {relay_dirs:?}"
-    );
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&format!("hull-net-{pid}-")))
+        .collect()
 }
 
 fn start_in_ns(ns: &NetNs, dir: &Path, extra: &[&str]) -> (Reaped, PathBuf, PathBuf) {

@@ -255,6 +255,23 @@ fn a_pods_network_namespace_reaches_the_container_through_hull_net() {
     );
 }
 
+/// A pod whose `eth0` is a macvtap (the macvtap CNI plugin's kind): the VM's NIC is served
+/// on the macvtap's own queues, by QEMU.
+#[test]
+fn a_pods_macvtap_reaches_the_container_in_its_vm() {
+    pod_network_reaches_the_container("a_pods_macvtap_reaches_the_container_in_its_vm", "qemu");
+}
+
+/// The macvtap's queues served by hull-net, which is told the MTU (a macvtap's descriptors
+/// do not say which namespace to ask it in).
+#[test]
+fn a_pods_macvtap_reaches_the_container_through_hull_net() {
+    pod_network_reaches_the_container(
+        "a_pods_macvtap_reaches_the_container_through_hull_net",
+        "hull-net",
+    );
+}
+
 /// Processes whose command line names hull-net and the pod's run directory.
 fn hull_net_processes(id: &str) -> Vec<String> {
     let run_dir = hull_shim::paths::sandbox_run_dir(hull_tests::containerd::NAMESPACE, id);
@@ -275,8 +292,19 @@ fn pod_network_reaches_the_container(test: &str, backend: &str) {
     for helper in helpers {
         require!(test, hull_tests::artifacts::workspace_binary(helper));
     }
-    let short = if backend == "hull-net" { "e2h" } else { "e2e" };
-    let PodNetns { pod, peer } = PodNetns::new(short);
+    let macvtap = test.contains("macvtap");
+    let short = match (backend, macvtap) {
+        ("hull-net", false) => "e2h",
+        ("hull-net", true) => "e2mh",
+        (_, false) => "e2e",
+        (_, true) => "e2m",
+    };
+    let PodNetns { pod, peer } = if macvtap {
+        PodNetns::with_macvtap(short)
+    } else {
+        PodNetns::new(short)
+    };
+    let pod_mac = pod.mac("eth0");
 
     let (containerd, dir, image) = require!(test, busybox_containerd(&busybox));
     let config = qemu_config(dir.path(), &kernel, &initrd);
@@ -288,11 +316,8 @@ fn pod_network_reaches_the_container(test: &str, backend: &str) {
         ),
     )
     .unwrap();
-    let id = if backend == "hull-net" {
-        "hull-e2e-hullnet"
-    } else {
-        "hull-e2e-net"
-    };
+    let id = format!("hull-{short}-net");
+    let id = id.as_str();
     let mut nets_while_running = None;
     let netns = format!("network:{}", pod.path().display());
     // TCP both ways: the peer serves an echo on 7777 for the container, the container one on
@@ -312,7 +337,8 @@ fn pod_network_reaches_the_container(test: &str, backend: &str) {
         ])
         .spawn()
         .expect("starting the peer's echo server");
-    let script = "cat /sys/class/net/eth0/mtu; ip -o -4 addr show eth0; ip route; \
+    let script = "cat /sys/class/net/eth0/mtu; cat /sys/class/net/eth0/address; \
+                  ip -o -4 addr show eth0; ip route; \
                   ping -c 2 -W 5 169.254.77.1 >/dev/null && echo PING-OK; \
                   echo \"TCP-OUT:$(echo hull-tcp-out | nc -w 5 169.254.77.1 7777)\"; \
                   nc -l -p 7778 -e /bin/cat & \
@@ -403,6 +429,11 @@ fn pod_network_reaches_the_container(test: &str, backend: &str) {
     );
     let mut lines = seen.lines();
     assert_eq!(lines.next(), Some("1400"), "{seen}");
+    assert_eq!(
+        lines.next(),
+        Some(pod_mac.as_str()),
+        "the guest's NIC has the pod interface's MAC: {seen}"
+    );
     assert!(seen.contains("inet 169.254.77.2/24"), "{seen}");
     assert!(seen.contains("default via 169.254.77.1 dev eth0"), "{seen}");
     assert!(
@@ -448,6 +479,10 @@ fn pod_network_reaches_the_container(test: &str, backend: &str) {
     );
     let links = ip(&["-n", pod.name(), "-o", "link", "show"]);
     assert!(!links.contains("hull_tap"), "a tap was left: {links}");
+    assert!(
+        links.contains("eth0"),
+        "the pod's interface is the pod's: it stays: {links}"
+    );
     assert!(
         !pod.has_ingress_qdisc("eth0"),
         "hull's ingress qdisc was left on eth0"
@@ -660,6 +695,10 @@ fn a_pod_whose_hull_net_is_killed_stops_naming_it_and_leaves_nothing() {
     );
     let links = ip(&["-n", pod.name(), "-o", "link", "show"]);
     assert!(!links.contains("hull_tap"), "a tap was left: {links}");
+    assert!(
+        links.contains("eth0"),
+        "the pod's interface is the pod's: it stays: {links}"
+    );
     assert!(
         !pod.has_ingress_qdisc("eth0"),
         "hull's ingress qdisc was left on eth0"

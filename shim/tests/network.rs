@@ -6,7 +6,7 @@
 //! `peer0`, lives in a "peer" namespace playing the host's bridge side. Link-local addresses
 //! only; nothing touches the host's own namespace.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -116,6 +116,35 @@ fn packet_socket(device: &str) -> std::io::Result<OwnedFd> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(socket)
+}
+
+/// The first frame of the test's EtherType on any of a tap's `queues` (the kernel picks the
+/// queue by flow), after its virtio-net header; None after 5 seconds.
+fn receive_on_any(queues: &[OwnedFd]) -> Option<Vec<u8>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let mut polls: Vec<libc::pollfd> = queues
+            .iter()
+            .map(|q| libc::pollfd {
+                fd: q.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: a live array of pollfds, and its length.
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 500) };
+        if n <= 0 {
+            continue;
+        }
+        for (poll, queue) in polls.iter().zip(queues) {
+            if poll.revents & libc::POLLIN != 0 {
+                if let Some(frame) = receive_test_frame(queue.as_fd(), VNET_HDR_LEN) {
+                    return Some(frame);
+                }
+            }
+        }
+    }
+    None
 }
 
 fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) {
@@ -398,6 +427,173 @@ fn a_macvlan_interface_gets_an_endpoint_too() {
     network.detach().expect("detach");
     assert!(!pod.has_ingress_qdisc("mv0"));
     assert!(!pod.has_link("hull_tap1"));
+}
+
+/// A macvtap in the pod's namespace (as the macvtap CNI plugin leaves one: made on a host
+/// interface, then moved in) serves the NIC on its own queues: no tap, no filter. Here the
+/// macvtap's lower device is `peer0`, the other end of the pod's veth, so a frame the guest
+/// would send through the macvtap comes back into the pod's `eth0` and through its tcfilter
+/// endpoint, and the reverse: both models carry frames, in both directions.
+#[test]
+fn a_macvtap_serves_the_nic_on_its_own_queues_and_is_left_as_it_was() {
+    let test = "a_macvtap_serves_the_nic_on_its_own_queues_and_is_left_as_it_was";
+    require!(test, prerequisites());
+    let PodNetns { pod, peer } = PodNetns::new("macvtap");
+    ip(&[
+        "-n",
+        peer.name(),
+        "link",
+        "add",
+        "mvt0",
+        "link",
+        "peer0",
+        "type",
+        "macvtap",
+        "mode",
+        "bridge",
+    ]);
+    ip(&[
+        "-n",
+        peer.name(),
+        "link",
+        "set",
+        "mvt0",
+        "netns",
+        pod.name(),
+    ]);
+    ip(&["-n", pod.name(), "link", "set", "mvt0", "mtu", "1400"]);
+    let eth0_mac = mac_of(&pod, "eth0");
+    let mvt0_mac = mac_of(&pod, "mvt0");
+
+    let network = PodNetwork::attach(&pod.path(), 2).expect("attach");
+    let kinds: Vec<(String, LinkKind, String, usize)> = network
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.interface.name.clone(),
+                e.interface.kind.clone(),
+                e.tap_name.clone(),
+                e.tap_fds.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                "eth0".to_string(),
+                LinkKind::Veth,
+                "hull_tap0".to_string(),
+                2
+            ),
+            ("mvt0".to_string(), LinkKind::MacVtap, "mvt0".to_string(), 2),
+        ]
+    );
+    assert_eq!(
+        network.endpoints[1].model,
+        hull_shim::network::EndpointModel::MacVtap
+    );
+    assert!(!pod.has_ingress_qdisc("mvt0"), "no filter on a macvtap");
+    assert!(!pod.has_link("hull_tap1"), "no tap is made for a macvtap");
+    assert!(
+        ip(&["-n", pod.name(), "-o", "link", "show", "mvt0"]).contains(",UP"),
+        "the macvtap is brought up"
+    );
+    let guest: Vec<(String, u32)> = network
+        .guest_interfaces()
+        .iter()
+        .map(|i| (i.hw_addr.clone(), i.mtu))
+        .collect();
+    let mvt0_text = pod.mac("mvt0");
+    assert!(
+        guest.contains(&(mvt0_text.clone(), 1400)),
+        "the guest's NIC takes the macvtap's MAC and MTU: {guest:?}"
+    );
+    assert_eq!(
+        network.recorded().interfaces.len(),
+        1,
+        "only the veth's filters need undoing after a crash"
+    );
+
+    let (tap0, macvtap) = (&network.endpoints[0].tap_fds, &network.endpoints[1].tap_fds);
+    // Out of the macvtap (what its guest sends), in through eth0 to hull_tap0.
+    let out = frame(eth0_mac, mvt0_mac, b"out of the macvtap");
+    write_all(
+        macvtap[0].as_fd(),
+        &[vec![0; VNET_HDR_LEN], out.clone()].concat(),
+    );
+    assert_eq!(
+        receive_on_any(tap0).as_deref(),
+        Some(&out[..]),
+        "{test}: the macvtap's frame leaves through its lower device"
+    );
+    // Out of hull_tap0, through eth0 and peer0, into the macvtap's queues.
+    let back = frame(mvt0_mac, eth0_mac, b"into the macvtap");
+    write_all(
+        tap0[0].as_fd(),
+        &[vec![0; VNET_HDR_LEN], back.clone()].concat(),
+    );
+    assert_eq!(
+        receive_on_any(macvtap).as_deref(),
+        Some(&back[..]),
+        "{test}: a frame for the macvtap's MAC reaches one of its queues"
+    );
+
+    network.detach().expect("detach");
+    assert!(pod.has_link("mvt0"), "the macvtap is the pod's: it stays");
+    assert!(!pod.has_ingress_qdisc("eth0"));
+    assert!(!pod.has_link("hull_tap0"));
+}
+
+/// An ipvlan is joined like a veth (Kata's tcfilter model for ipvlan too). Kernels built
+/// without CONFIG_IPVLAN (this test machine's) cannot make one: the test skips saying so.
+#[test]
+fn an_ipvlan_interface_gets_an_endpoint_too() {
+    let test = "an_ipvlan_interface_gets_an_endpoint_too";
+    require!(test, prerequisites());
+    let PodNetns { pod, peer: _peer } = PodNetns::new("ipvlan");
+    if let Err(error) = run(
+        "ip",
+        &[
+            "-n",
+            pod.name(),
+            "link",
+            "add",
+            "iv0",
+            "link",
+            "eth0",
+            "type",
+            "ipvlan",
+            "mode",
+            "l2",
+        ],
+    ) {
+        require!(
+            test,
+            Err::<(), _>(Missing::hardware(
+                "ipvlan in the host kernel",
+                format!("a kernel with CONFIG_IPVLAN; `ip link add type ipvlan` said: {error}"),
+            ))
+        );
+    }
+    ip(&["-n", pod.name(), "link", "set", "iv0", "up"]);
+    let network = PodNetwork::attach(&pod.path(), 1).expect("attach");
+    let kinds: Vec<(String, LinkKind)> = network
+        .endpoints
+        .iter()
+        .map(|e| (e.interface.name.clone(), e.interface.kind.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("eth0".to_string(), LinkKind::Veth),
+            ("iv0".to_string(), LinkKind::IpVlan)
+        ]
+    );
+    assert!(pod.has_ingress_qdisc("iv0"));
+    network.detach().expect("detach");
+    assert!(!pod.has_ingress_qdisc("iv0"));
 }
 
 /// A shim that dies leaves its filters on the pod's interface (its taps die with its

@@ -101,11 +101,43 @@ impl PodNetns {
     pub fn new(label: &str) -> PodNetns {
         let pod = Netns::new(&format!("{label}-pod"));
         let peer = Netns::new(&format!("{label}-peer"));
-        let mtu = MTU.to_string();
         ip(&[
             "link", "add", "eth0", "netns", &pod.0, "type", "veth", "peer", "name", "peer0",
             "netns", &peer.0,
         ]);
+        Self::configure(pod, peer)
+    }
+
+    /// The same network, but the pod's `eth0` is a macvtap (bridge mode), as the macvtap CNI
+    /// plugin leaves one: made on `low0` in `peer` (the other end of a veth whose `peer0`
+    /// has [`PEER_ADDRESS`]), then moved into `pod`.
+    pub fn with_macvtap(label: &str) -> PodNetns {
+        let pod = Netns::new(&format!("{label}-pod"));
+        let peer = Netns::new(&format!("{label}-peer"));
+        ip(&[
+            "-n", &peer.0, "link", "add", "low0", "type", "veth", "peer", "name", "peer0",
+        ]);
+        ip(&[
+            "-n",
+            &peer.0,
+            "link",
+            "set",
+            "low0",
+            "mtu",
+            &MTU.to_string(),
+            "up",
+        ]);
+        ip(&[
+            "-n", &peer.0, "link", "add", "eth0", "link", "low0", "type", "macvtap", "mode",
+            "bridge",
+        ]);
+        ip(&["-n", &peer.0, "link", "set", "eth0", "netns", &pod.0]);
+        Self::configure(pod, peer)
+    }
+
+    /// Gives `eth0` in `pod` and `peer0` in `peer` their MTU, addresses and routes.
+    fn configure(pod: Netns, peer: Netns) -> PodNetns {
+        let mtu = MTU.to_string();
         ip(&["-n", &pod.0, "link", "set", "eth0", "mtu", &mtu, "up"]);
         ip(&[
             "-n",

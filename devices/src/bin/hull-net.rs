@@ -42,6 +42,10 @@ struct Args {
     /// random locally administered one).
     #[arg(long, value_name = "MAC")]
     mac: Option<Mac>,
+    /// The link's MTU the guest is told (default: the tap's, asked in the tap's namespace;
+    /// give it for a macvtap, whose namespace its descriptors do not tell).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(68..))]
+    mtu: Option<u16>,
     /// After a frontend disconnects, wait for the next one instead of exiting.
     #[arg(long)]
     keep_listening: bool,
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         tap,
         queues: args.queues.unwrap_or(fds.max(1)),
         mac: args.mac,
+        mtu: args.mtu,
         keep_listening: args.keep_listening,
     };
     cli::run("hull-net", &socket.clone(), |signals| {

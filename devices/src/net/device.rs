@@ -204,16 +204,21 @@ pub struct NetDevice {
 }
 
 impl NetDevice {
-    /// A device on `tap` whose guest has address `mac`.
+    /// A device on `tap` whose guest has address `mac`, with the tap's MTU.
     pub fn new(tap: Tap, mac: Mac) -> Result<Self, TapError> {
         let mtu = tap.mtu()?;
+        Ok(Self::with_mtu(tap, mac, mtu))
+    }
+
+    /// A device on `tap` whose guest has address `mac` and link MTU `mtu`.
+    pub fn with_mtu(tap: Tap, mac: Mac, mtu: u16) -> Self {
         let pairs = tap.queues().len();
-        Ok(Self {
+        Self {
             tap,
             mac,
             mtu,
             counters: Counters::new(pairs),
-        })
+        }
     }
 
     /// The tap.

@@ -12,7 +12,7 @@ use rtnetlink::{Handle, LinkUnspec};
 
 use super::netns::{run_in, with_netlink};
 use super::scan::{scan, Interface, LinkKind, NetnsScan, Route};
-use super::{tap, Error, Result};
+use super::{macvtap, tap, Error, Result};
 
 /// How an interface is connected to the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,18 +21,21 @@ pub enum EndpointModel {
     /// the other (Kata's "tcfilter" model): works for veth, macvlan and ipvlan, needs no
     /// bridge and no change to the interface itself.
     TcFilter,
+    /// The interface is a macvtap: its own queues serve the NIC, with no tap and no filter
+    /// (Kata's macvtap endpoint). Nothing is added to the namespace, so nothing is removed.
+    MacVtap,
 }
 
-/// One pod interface connected to a tap.
+/// One pod interface connected to a tap (a macvtap is its own).
 #[derive(Debug)]
 pub struct Endpoint {
     /// The pod interface, as scanned: the guest's NIC takes its MAC, MTU and addresses.
     pub interface: Interface,
     /// How it is connected.
     pub model: EndpointModel,
-    /// The tap's name in the pod's namespace.
+    /// The tap's name in the pod's namespace (a macvtap's own name).
     pub tap_name: String,
-    /// The tap's interface index in the pod's namespace.
+    /// The tap's interface index in the pod's namespace (a macvtap's own index).
     pub tap_index: u32,
     /// One descriptor per queue, for the hypervisor or hull-net (pass them on; the tap lives
     /// while any copy is open).
@@ -191,11 +194,17 @@ impl PodNetwork {
         })
     }
 
-    /// What to keep in the sandbox's record, so the filters can be removed after a crash.
+    /// What to keep in the sandbox's record, so the filters can be removed after a crash
+    /// (macvtap endpoints have none).
     pub fn recorded(&self) -> RecordedNetwork {
         RecordedNetwork {
             netns: self.netns.clone(),
-            interfaces: self.endpoints.iter().map(Endpoint::recorded).collect(),
+            interfaces: self
+                .endpoints
+                .iter()
+                .filter(|endpoint| endpoint.model == EndpointModel::TcFilter)
+                .map(Endpoint::recorded)
+                .collect(),
         }
     }
 
@@ -265,6 +274,7 @@ impl Drop for PodNetwork {
 fn model(interface: &Interface) -> Result<EndpointModel> {
     match interface.kind {
         LinkKind::Veth | LinkKind::MacVlan | LinkKind::IpVlan => Ok(EndpointModel::TcFilter),
+        LinkKind::MacVtap => Ok(EndpointModel::MacVtap),
         _ => Err(Error::UnsupportedKind {
             name: interface.name.clone(),
             kind: interface.kind.to_string(),
@@ -277,9 +287,13 @@ fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
     move |source| Error::Netlink { what, source }
 }
 
-/// Creates interface number `n`'s tap and the filters joining the two.
+/// Creates interface number `n`'s tap and the filters joining the two; a macvtap's own
+/// queues are opened instead.
 async fn connect(handle: &Handle, interface: Interface, n: usize, queues: u16) -> Result<Endpoint> {
     let model = model(&interface)?;
+    if model == EndpointModel::MacVtap {
+        return connect_macvtap(handle, interface, queues).await;
+    }
     let tap_name = format!("hull_tap{n}");
     let tap_fds = tap::create(&tap_name, queues)?;
     let tap_index = handle
@@ -308,6 +322,25 @@ async fn connect(handle: &Handle, interface: Interface, n: usize, queues: u16) -
         return Err(error);
     }
     Ok(endpoint)
+}
+
+/// A macvtap's queues, the interface brought up (the guest's NIC is as up as it is).
+async fn connect_macvtap(handle: &Handle, interface: Interface, queues: u16) -> Result<Endpoint> {
+    let tap_fds = macvtap::open_queues(&interface.name, interface.index, queues)?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(interface.index).up().build())
+        .execute()
+        .await
+        .map_err(netlink(format!("bringing up {}", interface.name)))?;
+    Ok(Endpoint {
+        model: EndpointModel::MacVtap,
+        tap_name: interface.name.clone(),
+        tap_index: interface.index,
+        tap_fds,
+        added_qdisc: false,
+        interface,
+    })
 }
 
 async fn join(handle: &Handle, endpoint: &mut Endpoint) -> Result<()> {
@@ -368,6 +401,9 @@ async fn add_ingress_qdisc(
 /// Removes what [`join`] added to the pod's interface. The tap's own qdisc and filter go
 /// with the tap.
 async fn disconnect(handle: &Handle, endpoint: &Endpoint) -> Result<()> {
+    if endpoint.model == EndpointModel::MacVtap {
+        return Ok(());
+    }
     disconnect_recorded(handle, &endpoint.recorded()).await
 }
 

@@ -29,6 +29,18 @@ pub(crate) fn mac_text(mac: &[u8]) -> String {
         .join(":")
 }
 
+/// A VM NIC for a backend outside the hypervisor: see [`PodNetwork::nics`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// The tap's (or macvtap's) descriptors, one per queue.
+    pub fds: Vec<RawFd>,
+    /// The guest's MAC: the pod interface's.
+    pub mac: [u8; 6],
+    /// The pod interface's MTU (a backend cannot ask a macvtap's from outside its
+    /// namespace).
+    pub mtu: u32,
+}
+
 impl Endpoint {
     /// The guest NIC's MAC: the pod interface's own, so peers that learnt it keep reaching
     /// the pod. `None` if the interface has no Ethernet address.
@@ -53,16 +65,18 @@ impl PodNetwork {
     }
 
     /// The VM's NICs, in endpoint order, for a backend outside the hypervisor (hull-net):
-    /// each NIC's tap descriptors (one per queue, to be inherited by the backend) and MAC.
-    /// Endpoints without an Ethernet address get none, as in [`PodNetwork::vm_devices`].
-    pub fn nics(&self) -> Vec<(Vec<RawFd>, [u8; 6])> {
+    /// each NIC's tap descriptors (one per queue, to be inherited by the backend), MAC and
+    /// MTU. Endpoints without an Ethernet address get none, as in
+    /// [`PodNetwork::vm_devices`].
+    pub fn nics(&self) -> Vec<Nic> {
         self.endpoints
             .iter()
             .filter_map(|endpoint| {
-                Some((
-                    endpoint.tap_fds.iter().map(|fd| fd.as_raw_fd()).collect(),
-                    endpoint.guest_mac()?,
-                ))
+                Some(Nic {
+                    fds: endpoint.tap_fds.iter().map(|fd| fd.as_raw_fd()).collect(),
+                    mac: endpoint.guest_mac()?,
+                    mtu: endpoint.interface.mtu,
+                })
             })
             .collect()
     }

@@ -10,6 +10,9 @@
 //!                    ◀──mirred redirect: ingress── hull_tap0 ◀── VM NIC
 //! ```
 //!
+//! A macvtap interface (as the macvtap CNI plugin puts in a pod) is a tap already: its own
+//! queues serve the NIC, and nothing is added to the namespace (see [`macvtap`]).
+//!
 //! Everything here runs on a short-lived thread that has entered the pod's namespace
 //! ([`netns::run_in`]): a thread's network namespace is its own, so the shim's event loop never
 //! changes namespace, and netlink sockets opened on that thread talk to the pod's namespace.
@@ -21,6 +24,7 @@
 
 mod endpoint;
 mod guest;
+mod macvtap;
 pub mod netns;
 mod scan;
 pub mod spec;
@@ -33,6 +37,7 @@ pub use endpoint::{
     RecordedNetwork,
 };
 pub(crate) use guest::mac_text;
+pub use guest::Nic;
 pub use scan::{Interface, IpNetwork, LinkKind, NetnsScan, Route};
 
 /// Errors setting up or tearing down a pod's network.
@@ -79,13 +84,24 @@ pub enum Error {
     /// An interface of a kind hull cannot connect to a VM.
     #[error(
         "interface {name} in the pod's network namespace is of kind {kind}, which hull does not \
-         support (supported: veth, macvlan, ipvlan)"
+         support (supported: veth, macvlan, ipvlan, macvtap)"
     )]
     UnsupportedKind {
         /// The interface name.
         name: String,
         /// Its kind as the kernel names it.
         kind: String,
+    },
+    /// A macvtap interface's queues could not be opened.
+    #[error("opening the queues of macvtap {name}: {what}")]
+    Macvtap {
+        /// The interface's name.
+        name: String,
+        /// The step that failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// A tap device could not be created.
     #[error("creating tap device {name}")]

@@ -408,13 +408,17 @@ pub async fn boot_pod(
         match &net_bin {
             None => devices.extend(network.vm_devices()),
             Some(net_bin) => {
-                for (nic, (fds, mac)) in network.nics().into_iter().enumerate() {
+                for (nic, crate::network::Nic { fds, mac, mtu }) in
+                    network.nics().into_iter().enumerate()
+                {
                     let socket = backends.join(format!("net{nic}.sock"));
                     let mut args: Vec<OsString> = vec![
                         "--socket".into(),
                         socket.clone().into(),
                         "--mac".into(),
                         crate::network::mac_text(&mac).into(),
+                        "--mtu".into(),
+                        mtu.to_string().into(),
                     ];
                     for fd in &fds {
                         args.extend(["--tap-fd".into(), fd.to_string().into()]);
