@@ -17,6 +17,7 @@ pub mod copy_file;
 pub mod guest_check;
 pub mod guest_details;
 pub mod listen;
+pub mod log_forward;
 pub mod metrics;
 pub mod network;
 pub mod pid1;
@@ -29,7 +30,7 @@ pub mod service;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use hull_agent_protocol::{AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
+use hull_agent_protocol::{AGENT_LOG_VSOCK_PORT, AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
 
 use crate::listen::ListenAddr;
 use crate::service::Agent;
@@ -93,6 +94,10 @@ pub struct Options {
     /// On a host, enter containers' rootfs by MS_MOVE and chroot instead of pivot_root, as
     /// the agent does by itself when its root is an initramfs (a guest's).
     pub no_pivot: bool,
+    /// The agent's log lines, and where to serve them to the shim: in a guest
+    /// [`hull_agent_protocol::AGENT_LOG_VSOCK_PORT`] when `None` is given here, on a host
+    /// only where asked (`--log-listen`). Without a buffer the log is not forwarded.
+    pub log: Option<(log_forward::LogBuffer, Option<ListenAddr>)>,
 }
 
 /// Runs the agent: as PID 1 of a guest, or on a host serving on `options.listen`.
@@ -111,7 +116,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 state_dir.clone(),
                 options.no_pivot,
             );
-            let served = server::serve(agent, &addr);
+            let log = options.log.and_then(|(buffer, addr)| Some((buffer, addr?)));
+            let served = server::serve(agent, &addr, log);
             if let Err(err) = std::fs::remove_dir_all(&state_dir) {
                 if err.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!("removing {}: {err}", state_dir.display());
@@ -140,7 +146,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         PathBuf::from(GUEST_STATE_DIR),
                         false,
                     );
-                    server::serve(agent, &addr).context("serving as PID 1")
+                    let log = options.log.map(|(buffer, addr)| {
+                        (
+                            buffer,
+                            addr.unwrap_or(ListenAddr::Vsock(AGENT_LOG_VSOCK_PORT)),
+                        )
+                    });
+                    server::serve(agent, &addr, log).context("serving as PID 1")
                 }
             }
         }

@@ -7,8 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use hull_agent::container::helper::HELPER_ARG;
 use hull_agent::listen::ListenAddr;
+use hull_agent::log_forward::LogBuffer;
 use hull_agent::Options;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 /// hull's guest agent. Without options it is the /init of a hull guest and serves on vsock
 /// port 1024; with --listen it serves on a host, for tests and benchmarks.
@@ -28,6 +32,10 @@ struct Cli {
     /// Least severe log level written to stderr: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
+    /// Also serve the log, a line per event, to a reader on this address: unix:PATH or
+    /// vsock:PORT (in a guest the default is vsock port 1025, where the shim reads it).
+    #[arg(long, value_name = "ADDR")]
+    log_listen: Option<ListenAddr>,
 }
 
 fn main() -> ExitCode {
@@ -37,15 +45,28 @@ fn main() -> ExitCode {
         return hull_agent::container::helper::main(args.get(2..).unwrap_or_default());
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_max_level(cli.log_level)
+    // Forwarded in a guest always, on a host where asked.
+    let forward = (cli.listen.is_none() || cli.log_listen.is_some()).then(LogBuffer::default);
+    let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false)
+        .with_target(false);
+    let forwarded = forward.clone().map(|buffer| {
+        // The shim stamps the time and reads the level first.
+        tracing_subscriber::fmt::layer()
+            .with_writer(buffer)
+            .with_target(false)
+            .with_ansi(false)
+            .without_time()
+    });
+    tracing_subscriber::registry()
+        .with(console.with_filter(cli.log_level))
+        .with(forwarded.with_filter(cli.log_level))
         .init();
     let options = Options {
         listen: cli.listen,
         shared_dir: cli.shared_dir,
         no_pivot: cli.no_pivot,
+        log: forward.map(|buffer| (buffer, cli.log_listen)),
     };
     match hull_agent::run(options) {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,23 +9,32 @@ use hull_agent_protocol::ttrpc::r#async::Server;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::listen::ListenAddr;
+use crate::log_forward::LogBuffer;
 use crate::service::Agent;
 use crate::{pid1, Mode};
 
 /// Serves the protocol on `addr` until the agent is told to stop: on a host by DestroySandbox,
 /// or by SIGTERM or SIGINT (which remove its containers first), after which the socket is
 /// removed; in the guest by DestroySandbox, after which the VM powers off.
-pub fn serve(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()> {
+pub fn serve(
+    agent: Agent,
+    addr: &ListenAddr,
+    log: Option<(LogBuffer, ListenAddr)>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // File work (CopyFile) runs off the event loop, on at most this many threads.
         .max_blocking_threads(2)
         .build()
         .context("building the agent's event loop")?;
-    runtime.block_on(serve_on_runtime(agent, addr))
+    runtime.block_on(serve_on_runtime(agent, addr, log))
 }
 
-async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()> {
+async fn serve_on_runtime(
+    agent: Agent,
+    addr: &ListenAddr,
+    log: Option<(LogBuffer, ListenAddr)>,
+) -> anyhow::Result<()> {
     let mode = agent.mode();
     if mode == Mode::Host {
         // A container's processes are created by a helper child that exits at once (see
@@ -54,6 +63,21 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
         )),
         Mode::Guest => None,
     };
+    // The log is served before the protocol, so a shim that reaches the agent can also
+    // reach its log. Losing it is no reason to stop serving: the console still has it.
+    let mut log_socket = None;
+    if let Some((buffer, log_addr)) = log {
+        if let ListenAddr::Unix(path) = &log_addr {
+            log_socket = Some(path.clone());
+        }
+        tokio::spawn(async move {
+            let shown = log_addr.to_string();
+            if let Err(err) = buffer.serve(log_addr).await {
+                tracing::warn!(addr = %shown, %err, "the agent's log is not forwarded");
+            }
+        });
+        tokio::task::yield_now().await;
+    }
     let listener = addr
         .bind()
         .with_context(|| format!("listening on {addr}"))?;
@@ -93,6 +117,9 @@ async fn serve_on_runtime(agent: Agent, addr: &ListenAddr) -> anyhow::Result<()>
             }
             tracing::info!("stopping");
             stop_server(&mut server).await?;
+            if let Some(path) = log_socket {
+                let _ = std::fs::remove_file(path);
+            }
             if let ListenAddr::Unix(path) = addr {
                 std::fs::remove_file(path)
                     .with_context(|| format!("removing {}", path.display()))?;

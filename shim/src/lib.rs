@@ -16,6 +16,7 @@
 //! VM through hull-fs, and the built-in VMM backend.
 
 pub mod agent_link;
+pub mod agent_log;
 pub mod backend;
 pub mod config;
 pub mod container;

@@ -316,6 +316,23 @@ fn ctr_run_prints_the_containers_output() {
         setup.explain(&output)
     );
     setup.assert_nothing_left(id);
+    // The agent's own log reached containerd's through the shim, marked as the agent's.
+    let forwarded = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("serving hull.agent.v1")
+                && l.contains("agent")
+                && l.contains(&format!("sandbox={id}"))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !forwarded(&setup.containerd.log()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        forwarded(&setup.containerd.log()),
+        "the agent's log line is not in containerd's log:\n{}",
+        setup.containerd.log()
+    );
 }
 
 #[test]

@@ -45,6 +45,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The vsock port the agent listens on in the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The vsock port the agent serves its log on in the guest (Kata's is 1025 too): one line per
+/// event, the level first (` INFO message key=value`).
+pub const AGENT_LOG_VSOCK_PORT: u32 = 1025;
+
 /// The guest directory that CopyFile writes under (and where the shim's shared files, such as
 /// a container's resolv.conf, live).
 pub const GUEST_SHARED_DIR: &str = "/run/hull/shared";

@@ -174,6 +174,8 @@ pub struct BootedVm {
     share: Option<SharedDir>,
     /// Time from the start of [`boot`] to the agent's first SERVING answer.
     pub boot_time: Duration,
+    /// The agent's log, forwarded into the shim's while the VM runs.
+    _agent_log: crate::agent_log::Forwarding,
     // Declared last, so it is dropped after the processes using it.
     _run_dir: RunDir,
 }
@@ -495,6 +497,10 @@ pub async fn boot_pod(
             });
         }
     };
+    let agent_log = crate::agent_log::Forwarding::start(
+        crate::agent_log::LogSource::HybridVsock(uds.clone()),
+        id.to_owned(),
+    );
     if let Some(network) = network {
         for interface in network.guest_interfaces() {
             agent
@@ -524,6 +530,7 @@ pub async fn boot_pod(
         nets,
         share,
         boot_time: started.elapsed(),
+        _agent_log: agent_log,
         _run_dir: guard,
     })
 }

@@ -46,6 +46,8 @@ pub enum Error {
 #[derive(Debug)]
 pub struct HostAgent {
     process: BackendProcess,
+    /// Its log, forwarded into the shim's (the file in the run directory keeps it too).
+    _log: Option<crate::agent_log::Forwarding>,
 }
 
 impl HostAgent {
@@ -66,11 +68,15 @@ impl HostAgent {
         );
         let socket = run_dir.join("agent.sock");
         let listen = format!("unix:{}", socket.display());
-        let args: [&OsStr; 4] = [
+        let log_socket = run_dir.join("agent-log.sock");
+        let log_listen = format!("unix:{}", log_socket.display());
+        let args: [&OsStr; 6] = [
             "--listen".as_ref(),
             listen.as_ref(),
             "--log-level".as_ref(),
             log_level.as_ref(),
+            "--log-listen".as_ref(),
+            log_listen.as_ref(),
         ];
         let process = BackendProcess::start(
             &program,
@@ -80,9 +86,23 @@ impl HostAgent {
             START_DEADLINE,
         )
         .await?;
-        let agent = Self { process };
+        let mut agent = Self {
+            process,
+            _log: None,
+        };
         match AgentLink::connect_unix(&socket, START_DEADLINE, call_timeout).await {
-            Ok(link) => Ok((agent, link)),
+            Ok(link) => {
+                // The log socket is bound before the protocol's, so it is there by now.
+                let sandbox = run_dir
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                agent._log = Some(crate::agent_log::Forwarding::start(
+                    crate::agent_log::LogSource::Unix(log_socket),
+                    sandbox,
+                ));
+                Ok((agent, link))
+            }
             Err(source) => Err(Error::Link {
                 socket,
                 log: agent.process.log_text(),
