@@ -1,7 +1,8 @@
 //! `hull-bench all --quick`, the smoke run `make test` uses so the harness stays working: the
 //! real binary runs every subcommand against the real hull-agent, hull-blk,
-//! qemu-storage-daemon and fio, and pods through a private containerd with hull's shim (QEMU
-//! and `none`) and runc, and must write well-formed results with every field a reader of
+//! qemu-storage-daemon and fio, hull-fs and virtiofsd, hull-net, hull-vsock and
+//! vhost-device-vsock under QEMU guests, and pods through a private containerd with hull's
+//! shim (QEMU and `none`) and runc, and must write well-formed results with every field a reader of
 //! RESULTS.md needs. Never a timing: only that figures exist and are numbers.
 
 use std::path::{Path, PathBuf};
