@@ -596,6 +596,38 @@ fn vsock_quick_compares_both_backends_and_leaves_nothing() {
     );
 }
 
+/// A backend that does not serve fails the run naming it, and the error path leaves nothing
+/// either (the host sink, the run's directory with the guest's initrd).
+#[test]
+fn vsock_with_a_backend_that_exits_fails_naming_it_and_leaves_nothing() {
+    let test = "vsock_with_a_backend_that_exits_fails_naming_it_and_leaves_nothing";
+    let peer = require!(test, vhost_device_vsock());
+    let exits = require!(test, find_program("false", "coreutils"));
+    require!(test, artifacts::vmlinux());
+    require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
+    let out = TempDir::new("vsock-fail");
+    let (output, pid) = hull_bench(&[
+        "vsock",
+        "--quick",
+        "--out",
+        &out.0.to_string_lossy(),
+        "--hull-vsock",
+        &exits.to_string_lossy(),
+        "--vhost-device-vsock",
+        &peer.to_string_lossy(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the run fails: {stderr}");
+    assert!(
+        stderr.contains("hull-vsock did not serve (exit status: 1)"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "no figures");
+    let dir = format!("hull-bench-vsock-{pid}");
+    assert!(leftovers::processes_with(&[&dir]).is_empty(), "{dir}");
+    assert!(!std::env::temp_dir().join(&dir).exists(), "{dir} removed");
+}
+
 #[test]
 fn subcommands_not_built_yet_fail_naming_themselves() {
     for name in ["vmm-start", "vmm-exits"] {
