@@ -27,7 +27,7 @@ help:
 	@echo "make test   the whole test suite (lints, unit, integration, end to end)"
 	@echo "make image  build the guest kernel and initrd into $(HULL_CACHE_DIR)"
 	@echo "make deps   install missing Debian packages (as root)"
-	@echo "make bench-deps  install the benchmark peers Debian lacks (virtiofsd) into the cache"
+	@echo "make bench-deps  install the benchmark peers Debian lacks (virtiofsd, vhost-device-vsock) into the cache"
 	@echo "make install  install the shim, backends, guest image and default configuration"
 	@echo "             (PREFIX=/usr/local, DESTDIR= for staging)"
 
@@ -68,15 +68,24 @@ image: agent
 	agent/image/build-initrd.sh $(AGENT_BIN)
 
 # The peers hull-bench compares with that Debian does not package: upstream virtiofsd (for
-# `hull-bench fs`), the release hull-fs's library is, installed once into the cache.
+# `hull-bench fs`), the release hull-fs's library is, and rust-vmm's vhost-device-vsock (for
+# `hull-bench vsock`), each installed once into the cache at a pinned version.
 VIRTIOFSD_VERSION := 1.14.0
 VIRTIOFSD_ROOT := $(HULL_CACHE_DIR)/virtiofsd-$(VIRTIOFSD_VERSION)
+VHOST_DEVICE_VSOCK_VERSION := 0.3.0
+VHOST_DEVICE_VSOCK_ROOT := $(HULL_CACHE_DIR)/vhost-device-vsock-$(VHOST_DEVICE_VSOCK_VERSION)
 bench-deps:
 	@if [ -x $(VIRTIOFSD_ROOT)/bin/virtiofsd ]; then \
 		echo "==> virtiofsd $(VIRTIOFSD_VERSION): $(VIRTIOFSD_ROOT)/bin/virtiofsd"; \
 	else \
 		echo "==> installing virtiofsd $(VIRTIOFSD_VERSION) into $(VIRTIOFSD_ROOT) (hull-bench fs's peer)"; \
 		$(CARGO) install virtiofsd --version $(VIRTIOFSD_VERSION) --locked --root $(VIRTIOFSD_ROOT); \
+	fi
+	@if [ -x $(VHOST_DEVICE_VSOCK_ROOT)/bin/vhost-device-vsock ]; then \
+		echo "==> vhost-device-vsock $(VHOST_DEVICE_VSOCK_VERSION): $(VHOST_DEVICE_VSOCK_ROOT)/bin/vhost-device-vsock"; \
+	else \
+		echo "==> installing vhost-device-vsock $(VHOST_DEVICE_VSOCK_VERSION) into $(VHOST_DEVICE_VSOCK_ROOT) (hull-bench vsock's peer)"; \
+		$(CARGO) install vhost-device-vsock --version $(VHOST_DEVICE_VSOCK_VERSION) --locked --root $(VHOST_DEVICE_VSOCK_ROOT); \
 	fi
 
 lint:

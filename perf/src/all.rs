@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::results::{Run, SCHEMA_VERSION};
-use crate::{blk, density, fs, net, plot, rpc, startup, Error, Result};
+use crate::{blk, density, fs, net, plot, rpc, startup, vsock, Error, Result};
 
 /// Every subcommand of the design that measures, in the order `all` runs them.
 pub const SUBCOMMANDS: [&str; 9] = [
@@ -79,6 +79,8 @@ pub struct Options {
     pub fs: fs::Options,
     /// For `net`.
     pub net: net::Options,
+    /// For `vsock`.
+    pub vsock: vsock::Options,
     /// For `startup`.
     pub startup: startup::Options,
     /// For `density`.
@@ -101,6 +103,7 @@ pub fn run(
             "blk" => Some(blk::run(&options.blk)),
             "fs" => Some(fs::run(&options.fs)),
             net::NAME => Some(net::run(&options.net)),
+            vsock::NAME => Some(vsock::run(&options.vsock)),
             startup::NAME => Some(startup::run(&options.startup)),
             density::NAME => Some(density::run(&options.density)),
             _ => None,

@@ -9,7 +9,8 @@
 //!
 //! Implemented: [`rpc`] (agent round trips), [`blk`] (vhost-user-blk backends through a fake
 //! guest), [`fs`] (vhost-user-fs backends under QEMU guests), [`net`] (hull-net against
-//! QEMU's virtio-net under QEMU guests), [`startup`] (`ctr run` to first
+//! QEMU's virtio-net under QEMU guests), [`vsock`] (hull-vsock against vhost-device-vsock
+//! under QEMU guests), [`startup`] (`ctr run` to first
 //! output through containerd, split by phase) and [`density`] (memory, threads and descriptors
 //! per pod), the last two on [`pods`] (a private containerd with hull's shim and runc). The
 //! other subcommands of the design answer "not implemented yet".
@@ -28,6 +29,7 @@ pub mod report;
 pub mod results;
 pub mod rpc;
 pub mod startup;
+pub mod vsock;
 
 use std::path::PathBuf;
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hull_bench::measure::Plan;
 use hull_bench::results::{self, Run};
-use hull_bench::{all, blk, density, fs, net, report, rpc, startup, Error};
+use hull_bench::{all, blk, density, fs, net, report, rpc, startup, vsock, Error};
 
 /// hull's components measured against peers in the same run (ratios, never bare figures).
 #[derive(Debug, Parser)]
@@ -108,6 +108,26 @@ struct NetOnly {
     hull_net: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct VsockArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    vsock: VsockOnly,
+}
+
+#[derive(Debug, Clone, Args)]
+struct VsockOnly {
+    /// The hull-vsock binary [default: beside hull-bench, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    hull_vsock: Option<PathBuf>,
+    /// rust-vmm's vhost-device-vsock [default:
+    /// $HULL_CACHE_DIR/vhost-device-vsock-<version>/bin/vhost-device-vsock, as `make
+    /// bench-deps` installs it].
+    #[arg(long, value_name = "PATH")]
+    vhost_device_vsock: Option<PathBuf>,
+}
+
 /// Where the pods' shim is, for startup and density.
 #[derive(Debug, Clone, Args)]
 struct PodsOnly {
@@ -184,6 +204,8 @@ struct AllArgs {
     #[command(flatten)]
     net: NetOnly,
     #[command(flatten)]
+    vsock: VsockOnly,
+    #[command(flatten)]
     pods: PodsOnly,
 }
 
@@ -208,15 +230,17 @@ enum Command {
     /// Renders the tables of perf/RESULTS.md from the latest results, and their charts.
     Report(ReportArgs),
     /// Every subcommand in turn (with --quick: the smoke run `make test` uses).
-    All(AllArgs),
+    All(Box<AllArgs>),
     /// vhost-user-fs: hull-fs against upstream virtiofsd, each serving a QEMU guest that runs
     /// the workloads on the share.
     Fs(FsArgs),
     /// vhost-user-net: hull-net against QEMU's built-in virtio-net on a tap, each serving a
     /// QEMU guest that streams TCP and echoes UDP with the host, with host veth as the limit.
     Net(NetArgs),
-    /// vhost-user-vsock against vhost-device-vsock (not implemented yet).
-    Vsock(Common),
+    /// vhost-user-vsock: hull-vsock against rust-vmm's vhost-device-vsock, each serving a
+    /// QEMU guest: stream throughput and connection set-up both ways, with a bare unix socket
+    /// pair as the limit.
+    Vsock(VsockArgs),
     /// VMM start to first instruction against QEMU microvm (not implemented yet).
     VmmStart(Common),
     /// VMM exits per second and kick-to-interrupt latency (not implemented yet).
@@ -266,7 +290,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             let run = net::run(&net_options(&args.common, &args.net)).context("hull-bench net")?;
             finish(&run, &args.common.out())
         }
-        Command::Vsock(_) => Err(Error::NotImplemented("vsock".into()).into()),
+        Command::Vsock(args) => {
+            let run = vsock::run(&vsock_options(&args.common, &args.vsock))
+                .context("hull-bench vsock")?;
+            finish(&run, &args.common.out())
+        }
         Command::VmmStart(_) => Err(Error::NotImplemented("vmm-start".into()).into()),
         Command::VmmExits(_) => Err(Error::NotImplemented("vmm-exits".into()).into()),
         Command::Density(args) => {
@@ -327,6 +355,15 @@ fn net_options(common: &Common, net: &NetOnly) -> net::Options {
     }
 }
 
+fn vsock_options(common: &Common, vsock: &VsockOnly) -> vsock::Options {
+    vsock::Options {
+        plan: common.plan(),
+        quick: common.quick,
+        hull_vsock: vsock.hull_vsock.clone(),
+        vhost_device_vsock: vsock.vhost_device_vsock.clone(),
+    }
+}
+
 fn startup_options(common: &Common, pods: &PodsOnly, parallel: Option<usize>) -> startup::Options {
     startup::Options {
         plan: common.plan(),
@@ -370,6 +407,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         blk: blk_options(&args.common, &args.blk),
         fs: fs_options(&args.common, &args.fs),
         net: net_options(&args.common, &args.net),
+        vsock: vsock_options(&args.common, &args.vsock),
         startup: startup_options(&args.common, &args.pods, None),
         density: density_options(&args.common, &args.pods, &[]),
     };

@@ -523,7 +523,7 @@ impl Contestant<Workload> for Veth {
 
 /// A trial from the guest's `result OPS BYTES ELAPSED_NS P50_NS P99_NS` (percentiles 0 when
 /// the workload has none); `None` for anything else.
-fn parse_result(answer: &str) -> Option<Trial> {
+pub(crate) fn parse_result(answer: &str) -> Option<Trial> {
     let mut words = answer.split_whitespace();
     if words.next()? != "result" {
         return None;

@@ -1,7 +1,8 @@
 //! `hull-bench all --quick`, the smoke run `make test` uses so the harness stays working: the
 //! real binary runs every subcommand against the real hull-agent, hull-blk,
-//! qemu-storage-daemon and fio, and pods through a private containerd with hull's shim (QEMU
-//! and `none`) and runc, and must write well-formed results with every field a reader of
+//! qemu-storage-daemon and fio, hull-fs and virtiofsd, hull-net, hull-vsock and
+//! vhost-device-vsock under QEMU guests, and pods through a private containerd with hull's
+//! shim (QEMU and `none`) and runc, and must write well-formed results with every field a reader of
 //! RESULTS.md needs. Never a timing: only that figures exist and are numbers.
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,21 @@ fn virtiofsd() -> Result<PathBuf, hull_tests::prereq::Missing> {
     } else {
         Err(hull_tests::prereq::Missing::new(
             format!("upstream virtiofsd at {}", path.display()),
+            "make bench-deps",
+        ))
+    }
+}
+
+/// rust-vmm's vhost-device-vsock where `make bench-deps` installs it (or
+/// $HULL_VHOST_DEVICE_VSOCK).
+fn vhost_device_vsock() -> Result<PathBuf, hull_tests::prereq::Missing> {
+    let path = std::env::var_os("HULL_VHOST_DEVICE_VSOCK")
+        .map_or_else(hull_bench::vsock::vhost_device_vsock_default, PathBuf::from);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(hull_tests::prereq::Missing::new(
+            format!("vhost-device-vsock at {}", path.display()),
             "make bench-deps",
         ))
     }
@@ -172,6 +188,8 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
     let hull_fs = require!(test, artifacts::workspace_binary("hull-fs"));
     let virtiofsd = require!(test, virtiofsd());
     let hull_net = require!(test, artifacts::workspace_binary("hull-net"));
+    let hull_vsock = require!(test, artifacts::workspace_binary("hull-vsock"));
+    let peer_vsock = require!(test, vhost_device_vsock());
     require!(test, hull_tests::prereq::root());
     require!(test, hull_tests::prereq::tun());
     require!(test, find_program("ip", "iproute2"));
@@ -209,6 +227,10 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         &virtiofsd.to_string_lossy(),
         "--hull-net",
         &hull_net.to_string_lossy(),
+        "--hull-vsock",
+        &hull_vsock.to_string_lossy(),
+        "--vhost-device-vsock",
+        &peer_vsock.to_string_lossy(),
         "--bin-dir",
         &bin_dir.to_string_lossy(),
     ]);
@@ -244,10 +266,10 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
             .map(|s| s["status"].clone())
             .unwrap_or_else(|| panic!("{name} listed in {summary}"))
     };
-    for name in ["rpc", "blk", "fs", "net", "startup", "density"] {
+    for name in ["rpc", "blk", "fs", "net", "vsock", "startup", "density"] {
         assert_eq!(status(name), "ok", "{name}: {summary}");
     }
-    for name in ["vsock", "vmm-start", "vmm-exits"] {
+    for name in ["vmm-start", "vmm-exits"] {
         assert_eq!(status(name), "not implemented", "{summary}");
         assert!(
             stdout.contains(&format!("{name}: not implemented yet: {name}")),
@@ -321,6 +343,8 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
         &["ops_per_sec", "mb_per_sec"],
     );
 
+    assert_vsock_run(&find("vsock-"));
+
     let qemu = if hull_tests::prereq::hardware_virtualization().is_ok() {
         "hull-qemu (KVM)"
     } else {
@@ -342,7 +366,7 @@ fn all_quick_writes_well_formed_results_of_every_implemented_subcommand() {
     assert_density(&find("density-"), qemu);
 
     // Nothing of the run is left: its servers, guests, pods and temporary directories.
-    for purpose in ["rpc", "blk", "fs", "net", "startup", "density"] {
+    for purpose in ["rpc", "blk", "fs", "net", "vsock", "startup", "density"] {
         let dir = format!("hull-bench-{purpose}-{pid}");
         assert!(
             leftovers::processes_with(&[&dir]).is_empty(),
@@ -472,9 +496,141 @@ fn assert_density(path: &Path, qemu: &str) {
     assert!(chart.starts_with("<svg") && chart.contains("PSS MiB/pod"));
 }
 
+/// A vsock run: both backends and the limit in every workload, throughput where a stream
+/// is measured, percentiles where connections are, each backend's CPU per operation.
+fn assert_vsock_run(path: &Path) {
+    let contestants = [
+        ("hull-vsock", "subject"),
+        ("vhost-device-vsock", "peer"),
+        ("unix socket pair", "limit"),
+    ];
+    let streams = ["stream guest→host", "stream host→guest"];
+    let connects = ["connect host→guest", "connect guest→host"];
+    assert_run(
+        path,
+        "vsock",
+        &contestants,
+        &[streams[0], streams[1], connects[0], connects[1]],
+        &["ops_per_sec"],
+    );
+    let run = read_json(path);
+    let series = run["series"].as_array().expect("series");
+    let metric = |workload: &str, contestant: &str, metric: &str| {
+        series
+            .iter()
+            .find(|s| s["workload"] == workload && s["contestant"] == contestant)
+            .map(|s| s["metrics"][metric].clone())
+            .unwrap_or_default()
+    };
+    let rounds = usize::try_from(run["plan"]["rounds"].as_u64().expect("rounds")).expect("fits");
+    for (contestant, _) in contestants {
+        for workload in streams {
+            let what = format!("{contestant} {workload} mb_per_sec");
+            assert_stat(&metric(workload, contestant, "mb_per_sec"), rounds, &what);
+        }
+        for workload in connects {
+            for percentile in ["p50_us", "p99_us"] {
+                let what = format!("{contestant} {workload} {percentile}");
+                assert_stat(&metric(workload, contestant, percentile), rounds, &what);
+            }
+        }
+    }
+    for backend in ["hull-vsock", "vhost-device-vsock"] {
+        for workload in streams.iter().chain(&connects) {
+            let what = format!("{backend} {workload} cpu_us_per_op");
+            assert_stat(&metric(workload, backend, "cpu_us_per_op"), rounds, &what);
+        }
+    }
+    assert_eq!(
+        run["params"]["vhost_device_vsock"],
+        "vhost-device-vsock 0.3.0"
+    );
+}
+
+/// `hull-bench vsock --quick` alone: well-formed results of both backends' guests, and
+/// nothing of the run left (QEMU, backends, sockets, the run's directory).
+#[test]
+fn vsock_quick_compares_both_backends_and_leaves_nothing() {
+    let test = "vsock_quick_compares_both_backends_and_leaves_nothing";
+    let hull_vsock = require!(test, artifacts::workspace_binary("hull-vsock"));
+    let peer = require!(test, vhost_device_vsock());
+    require!(test, artifacts::vmlinux());
+    require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
+    let out = TempDir::new("vsock");
+    let (output, pid) = hull_bench(&[
+        "vsock",
+        "--quick",
+        "--out",
+        &out.0.to_string_lossy(),
+        "--hull-vsock",
+        &hull_vsock.to_string_lossy(),
+        "--vhost-device-vsock",
+        &peer.to_string_lossy(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "hull-bench vsock --quick: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("hull-vsock / vhost-device-vsock: ops/s"),
+        "{stdout}"
+    );
+    let json = std::fs::read_dir(&out.0)
+        .expect("the results directory")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a JSON result");
+    assert_vsock_run(&json);
+    let dir = format!("hull-bench-vsock-{pid}");
+    assert!(
+        leftovers::processes_with(&[&dir]).is_empty(),
+        "a process of {dir} still runs: {:?}",
+        leftovers::processes_with(&[&dir])
+    );
+    assert!(
+        !std::env::temp_dir().join(&dir).exists(),
+        "{dir} (sockets, logs, initrd) removed"
+    );
+}
+
+/// A backend that does not serve fails the run naming it, and the error path leaves nothing
+/// either (the host sink, the run's directory with the guest's initrd).
+#[test]
+fn vsock_with_a_backend_that_exits_fails_naming_it_and_leaves_nothing() {
+    let test = "vsock_with_a_backend_that_exits_fails_naming_it_and_leaves_nothing";
+    let peer = require!(test, vhost_device_vsock());
+    let exits = require!(test, find_program("false", "coreutils"));
+    require!(test, artifacts::vmlinux());
+    require!(test, find_program("qemu-system-x86_64", "qemu-system-x86"));
+    let out = TempDir::new("vsock-fail");
+    let (output, pid) = hull_bench(&[
+        "vsock",
+        "--quick",
+        "--out",
+        &out.0.to_string_lossy(),
+        "--hull-vsock",
+        &exits.to_string_lossy(),
+        "--vhost-device-vsock",
+        &peer.to_string_lossy(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the run fails: {stderr}");
+    assert!(
+        stderr.contains("hull-vsock did not serve (exit status: 1)"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "no figures");
+    let dir = format!("hull-bench-vsock-{pid}");
+    assert!(leftovers::processes_with(&[&dir]).is_empty(), "{dir}");
+    assert!(!std::env::temp_dir().join(&dir).exists(), "{dir} removed");
+}
+
 #[test]
 fn subcommands_not_built_yet_fail_naming_themselves() {
-    for name in ["vsock", "vmm-start", "vmm-exits"] {
+    for name in ["vmm-start", "vmm-exits"] {
         let (output, _) = hull_bench(&[name, "--quick"]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{name} must not succeed");
@@ -550,6 +706,7 @@ fn all_goes_on_after_a_failing_subcommand_lists_it_and_fails() {
     let out = TempDir::new("all-fail");
     let missing_agent = out.0.join("no-such-hull-agent");
     let missing_virtiofsd = out.0.join("no-such-virtiofsd");
+    let missing_peer_vsock = out.0.join("no-such-vhost-device-vsock");
     let (output, _) = hull_bench(&[
         "all",
         "--quick",
@@ -563,6 +720,8 @@ fn all_goes_on_after_a_failing_subcommand_lists_it_and_fails() {
         "16",
         "--virtiofsd",
         &missing_virtiofsd.to_string_lossy(),
+        "--vhost-device-vsock",
+        &missing_peer_vsock.to_string_lossy(),
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -593,6 +752,15 @@ fn all_goes_on_after_a_failing_subcommand_lists_it_and_fails() {
     assert_eq!(listed[2]["status"], "failed", "{summary}");
     assert!(
         stderr.contains("fs: failed: program") && stderr.contains("make bench-deps"),
+        "{stderr}"
+    );
+    // So does vsock's, the same way.
+    assert_eq!(listed[4]["subcommand"], "vsock");
+    assert_eq!(listed[4]["status"], "failed", "{summary}");
+    assert!(
+        stderr.contains("vsock: failed: program")
+            && stderr.contains("no-such-vhost-device-vsock")
+            && stderr.contains("cargo install vhost-device-vsock --version 0.3.0"),
         "{stderr}"
     );
 }
