@@ -183,6 +183,14 @@ fn ctr_run_in_a_vm_prints_the_containers_output_and_leaves_nothing() {
         String::from_utf8_lossy(&output.stdout),
         "hello from the VM\n"
     );
+    // The guest agent's log came over vsock port 1025 into the shim's, and so containerd's.
+    let log = containerd.log();
+    assert!(
+        log.lines().any(|l| l.contains("serving hull.agent.v1")
+            && l.contains("agent")
+            && l.contains(&format!("sandbox={id}"))),
+        "the guest agent's log is not in containerd's:\n{log}"
+    );
 }
 
 /// A kernel that is not there is named through containerd, and the pod's half-made state
