@@ -16,6 +16,7 @@ use std::path::PathBuf;
 pub mod blk;
 pub mod chain;
 pub mod config_space;
+pub mod metrics;
 pub mod net;
 pub mod seccomp;
 pub mod serve;

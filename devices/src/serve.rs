@@ -9,7 +9,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -22,6 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::{BlkBackend, BlkDevice, SyncEngine};
+use crate::metrics::{self, MetricsSocket};
 use crate::net::{frontend_relay, Mac, NetBackend, NetDevice, Tap};
 use crate::vsock::backend::BACKEND_EVENT;
 use crate::vsock::{Muxer, VsockBackend, VsockDevice};
@@ -38,6 +39,8 @@ pub struct VsockConfig {
     pub guest_cid: u64,
     /// Serve the next frontend after one disconnects, instead of exiting.
     pub keep_listening: bool,
+    /// Where to serve the device's counters in Prometheus' text format (none if not given).
+    pub metrics_socket: Option<PathBuf>,
 }
 
 /// What `hull-blk` serves, from its command line.
@@ -55,6 +58,8 @@ pub struct BlkConfig {
     pub queues: u16,
     /// Serve the next frontend after one disconnects, instead of exiting.
     pub keep_listening: bool,
+    /// Where to serve the device's counters in Prometheus' text format (none if not given).
+    pub metrics_socket: Option<PathBuf>,
     /// Serve every request with blocking calls instead of io_uring.
     pub sync_io: bool,
 }
@@ -88,6 +93,8 @@ pub struct NetConfig {
     pub mtu: Option<u16>,
     /// Serve the next frontend after one disconnects, instead of exiting.
     pub keep_listening: bool,
+    /// Where to serve the device's counters in Prometheus' text format (none if not given).
+    pub metrics_socket: Option<PathBuf>,
 }
 
 /// Most queue pairs `hull-net` serves (one worker thread and tap queue each; the kernel
@@ -186,11 +193,32 @@ pub fn run_vsock(config: &VsockConfig, signals: &TermSignals) -> Result<ExitReas
     check_guest_cid(config.guest_cid)?;
     info!(socket = %config.socket.display(), uds = %config.uds.display(), guest_cid = config.guest_cid,
         "hull-vsock listening for a vhost-user frontend");
+    // Each frontend gets a fresh device: the metrics read the current one's counters.
+    let current: Arc<Mutex<Option<Arc<RwLock<VsockBackend>>>>> = Arc::default();
+    let _metrics = match &config.metrics_socket {
+        Some(path) => {
+            let current = Arc::clone(&current);
+            Some(MetricsSocket::serve(path, move || {
+                let backend = current.lock().ok().and_then(|slot| slot.clone());
+                let counters = backend
+                    .and_then(|b| b.read().ok().map(|b| b.counters()))
+                    .unwrap_or_default();
+                metrics::render(&metrics::vsock_samples(&counters))
+            })?)
+        }
+        None => None,
+    };
     serve_until_done(
         &config.socket,
         config.keep_listening,
         signals,
-        |listener, stop| serve_vsock_frontend(listener, config, stop),
+        |listener, stop| {
+            serve_vsock_frontend_with(listener, config, stop, |backend| {
+                if let Ok(mut slot) = current.lock() {
+                    *slot = Some(Arc::clone(backend));
+                }
+            })
+        },
     )
 }
 
@@ -201,11 +229,22 @@ pub fn serve_vsock_frontend(
     config: &VsockConfig,
     stop: BorrowedFd<'_>,
 ) -> Result<Outcome> {
+    serve_vsock_frontend_with(listener, config, stop, |_| {})
+}
+
+/// [`serve_vsock_frontend`], handing `started` the device's backend before serving.
+fn serve_vsock_frontend_with(
+    listener: &mut Listener,
+    config: &VsockConfig,
+    stop: BorrowedFd<'_>,
+    started: impl FnOnce(&Arc<RwLock<VsockBackend>>),
+) -> Result<Outcome> {
     check_guest_cid(config.guest_cid)?;
     let muxer = Muxer::new(&config.uds, config.guest_cid)?;
     let mut backend = VsockBackend::new(VsockDevice::new(muxer), config.guest_cid);
     let host_fd = backend.host_event_fd();
     let backend = Arc::new(RwLock::new(backend));
+    started(&backend);
     let outcome = serve_frontend(
         listener,
         "hull-vsock",
@@ -244,6 +283,15 @@ pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> 
         device = device.without_uring();
     }
     let device = Arc::new(device);
+    let _metrics = match &config.metrics_socket {
+        Some(path) => {
+            let device = Arc::clone(&device);
+            Some(MetricsSocket::serve(path, move || {
+                metrics::render(&metrics::blk_samples(&device.counters()))
+            })?)
+        }
+        None => None,
+    };
     info!(socket = %config.socket.display(), disk = %config.path.display(),
         sectors = device.capacity(),
         readonly = config.readonly, direct = config.direct, queues = config.queues,
@@ -291,6 +339,15 @@ pub fn run_net(config: NetConfig, signals: &TermSignals) -> Result<ExitReason> {
         Some(mtu) => NetDevice::with_mtu(tap, mac, mtu),
         None => NetDevice::new(tap, mac)?,
     });
+    let _metrics = match &config.metrics_socket {
+        Some(path) => {
+            let device = Arc::clone(&device);
+            Some(MetricsSocket::serve(path, move || {
+                metrics::render(&metrics::net_samples(&device.counters()))
+            })?)
+        }
+        None => None,
+    };
     info!(socket = %config.socket.display(), tap = device.tap().name(), %mac,
         mtu = device.mtu(), queue_pairs = device.queue_pairs(),
         offloads = ?device.tap().supported_offloads(),
@@ -530,6 +587,7 @@ mod tests {
             uds: dir.path().join("v.sock"),
             guest_cid: GUEST_CID,
             keep_listening: false,
+            metrics_socket: None,
         };
         let mut listener = Listener::new(&config.socket, true).expect("listener");
         let thread_config = config.clone();

@@ -566,6 +566,32 @@ fn frames_both_ways(
         read(log)
     );
 
+    // The counters a metrics reader sees (when the test asked hull-net for them).
+    let metrics = socket.with_file_name("metrics.sock");
+    if metrics.exists() {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::os::unix::net::UnixStream::connect(&metrics).expect("metrics socket"),
+            &mut text,
+        )
+        .expect("reading the metrics");
+        let value = |series: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{test}: no {series} in:\n{text}"))
+        };
+        assert!(value("hull_net_tx_frames_total ") >= 1, "{text}");
+        assert!(
+            value("hull_net_rx_frames_total ") >= sent.len() as u64,
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE hull_net_rx_bytes_total counter"),
+            "{text}"
+        );
+        assert_eq!(value("hull_net_malformed_chains_total "), 0, "{text}");
+    }
+
     let pid = backend.0.id();
     // Nothing of the relay is on disk while hull-net serves, so a hull-net killed now (a shim
     // tearing a pod down SIGKILLs it) leaves nothing in the temporary directory either.
@@ -641,8 +667,12 @@ fn frames_cross_a_real_tap_both_ways_and_nothing_is_left_behind() {
     {
         let ns = NetNs::new("net-tap", "hnt0", false);
         name = ns.name.clone();
-        let (mut backend, socket, log) = start_in_ns(&ns, &dir.0, &[]);
+        let metrics = dir.0.join("metrics.sock");
+        let metrics_arg = metrics.to_str().expect("UTF-8 temp path");
+        let (mut backend, socket, log) =
+            start_in_ns(&ns, &dir.0, &["--metrics-socket", metrics_arg]);
         frames_both_ways(test, &ns, 1, &mut backend, &socket, &log);
+        assert!(!metrics.exists(), "hull-net removed its metrics socket");
         assert!(
             read(&log).contains("offloads"),
             "the log names the tap's offloads"

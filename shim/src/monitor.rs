@@ -278,9 +278,13 @@ fn escape(value: &str) -> String {
 /// after it stopped).
 pub async fn gather(sandbox: &Weak<Sandbox>) -> String {
     // The sandbox is held only here, without an await: Shutdown must be able to take it.
-    let (processes, agent) = match sandbox.upgrade() {
-        Some(sandbox) => (sandbox.processes(), Some(sandbox.agent().clone())),
-        None => (Vec::new(), None),
+    let (processes, agent, run_dir) = match sandbox.upgrade() {
+        Some(sandbox) => (
+            sandbox.processes(),
+            Some(sandbox.agent().clone()),
+            Some(sandbox.run_dir().to_owned()),
+        ),
+        None => (Vec::new(), None, None),
     };
     let mut stats = vec![(
         "shim".to_owned(),
@@ -291,6 +295,7 @@ pub async fn gather(sandbox: &Weak<Sandbox>) -> String {
         Some((role, ProcessStats::read(pid)?))
     }));
     let mut out = render_processes(&stats);
+    out.push_str(&backend_metrics(run_dir.as_deref()).await);
     let agent_text = match agent {
         Some(agent) => tokio::time::timeout(CALL_TIMEOUT, agent.get_metrics())
             .await
@@ -314,6 +319,52 @@ pub async fn gather(sandbox: &Weak<Sandbox>) -> String {
         Err(err) => tracing::debug!("the agent's metrics: {err}"),
     }
     out
+}
+
+/// What ends the name of a backend's metrics socket in a sandbox's run directory: the
+/// backend (`hull-vsock`, `hull-net0`, ...) comes before it, and labels its series.
+pub const BACKEND_METRICS_SUFFIX: &str = ".metrics.sock";
+
+/// The metrics socket of backend `role` in `run_dir`, for its `--metrics-socket`.
+pub fn backend_metrics_socket(run_dir: &Path, role: &str) -> PathBuf {
+    run_dir.join(format!("{role}{BACKEND_METRICS_SUFFIX}"))
+}
+
+/// The backends' own counters (virtqueue packets, bytes, drops, malformed chains), read from
+/// their metrics sockets in `run_dir`, labelled `backend="<role>"` and merged. A backend that
+/// does not answer in time is left out (its process series still say it is there).
+async fn backend_metrics(run_dir: Option<&Path>) -> String {
+    let Some(run_dir) = run_dir else {
+        return String::new();
+    };
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return String::new();
+    };
+    let mut sockets: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let role = name.strip_suffix(BACKEND_METRICS_SUFFIX)?.to_owned();
+            Some((role, entry.path()))
+        })
+        .collect();
+    sockets.sort();
+    let mut texts = Vec::new();
+    for (role, path) in sockets {
+        let read = async {
+            let mut stream = tokio::net::UnixStream::connect(&path).await?;
+            let mut text = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text).await?;
+            Ok::<_, std::io::Error>(text)
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, read).await {
+            Ok(Ok(text)) => texts.push((format!("backend=\"{}\"", escape(&role)), text)),
+            Ok(Err(err)) => tracing::debug!(%role, %err, "a backend's metrics"),
+            Err(_) => tracing::debug!(%role, "a backend's metrics: timed out"),
+        }
+    }
+    let texts: Vec<(String, &str)> = texts.iter().map(|(l, t)| (l.clone(), t.as_str())).collect();
+    merge_labelled(&texts)
 }
 
 /// Serves `GET /metrics` on `listener` (the shim's [`SOCKET_NAME`]) until the task is
@@ -453,13 +504,29 @@ struct Family {
 /// first shim that gave them), its samples from every shim with that shim's `sandbox_id` and
 /// `namespace` labels. Lines that are neither comments nor samples are dropped.
 pub fn merge(texts: &[(ShimEndpoint, String)]) -> String {
+    let labelled: Vec<(String, &str)> = texts
+        .iter()
+        .map(|(shim, text)| {
+            (
+                format!(
+                    "sandbox_id=\"{}\",namespace=\"{}\"",
+                    escape(&shim.sandbox_id),
+                    escape(&shim.namespace)
+                ),
+                text.as_str(),
+            )
+        })
+        .collect();
+    merge_labelled(&labelled)
+}
+
+/// Merges expositions into one: each family once (its HELP and TYPE from the first text that
+/// gave them), the samples of each text with its labels (`a="x",b="y"`, not empty) added.
+/// Lines that are neither comments nor samples are dropped.
+pub fn merge_labelled(texts: &[(String, &str)]) -> String {
     let mut families: BTreeMap<String, Family> = BTreeMap::new();
-    for (shim, text) in texts {
-        let labels = format!(
-            "sandbox_id=\"{}\",namespace=\"{}\"",
-            escape(&shim.sandbox_id),
-            escape(&shim.namespace)
-        );
+    for (labels, text) in texts {
+        let labels = labels.as_str();
         let mut current = String::new();
         for line in text.lines() {
             let line = line.trim_end();
@@ -483,7 +550,7 @@ pub fn merge(texts: &[(ShimEndpoint, String)]) -> String {
             if line.is_empty() {
                 continue;
             }
-            let Some(sample) = add_labels(line, &labels) else {
+            let Some(sample) = add_labels(line, labels) else {
                 continue;
             };
             // A sample belongs to the family announced last when its name extends that

@@ -559,6 +559,24 @@ fn a_pods_vm_serves_the_task_api_through_ctr_and_leaves_nothing() {
             .is_some_and(|v| v > 0.0),
         "QEMU's resident memory missing or zero:\n{monitor}"
     );
+    // The vsock backend's own counters: every call above crossed it, both ways.
+    let vsock = |name: &str| {
+        monitor
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("backend=\"hull-vsock\""))
+            .find_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+    };
+    for name in [
+        "hull_vsock_tx_packets_total",
+        "hull_vsock_rx_packets_total",
+        "hull_vsock_tx_bytes_total",
+        "hull_vsock_connections_total",
+    ] {
+        assert!(
+            vsock(name).is_some_and(|v| v > 0.0),
+            "{name} of hull-vsock missing or zero:\n{monitor}"
+        );
+    }
 
     // Pause and resume (the cgroup freezer in the guest), as containerd reports them.
     setup

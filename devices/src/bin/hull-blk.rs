@@ -33,6 +33,10 @@ struct Args {
     /// After a frontend disconnects, wait for the next one instead of exiting.
     #[arg(long)]
     keep_listening: bool,
+    /// Serve the device's counters (Prometheus text, once per connection) on this unix
+    /// socket.
+    #[arg(long, value_name = "PATH")]
+    metrics_socket: Option<PathBuf>,
     /// Serve every request with blocking calls instead of io_uring (which is used when the
     /// kernel allows it).
     #[arg(long)]
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         direct: args.direct,
         queues: args.queues,
         keep_listening: args.keep_listening,
+        metrics_socket: args.metrics_socket,
         sync_io: args.sync_io,
     };
     cli::run("hull-blk", &config.socket.clone(), |signals| {

@@ -49,6 +49,10 @@ struct Args {
     /// After a frontend disconnects, wait for the next one instead of exiting.
     #[arg(long)]
     keep_listening: bool,
+    /// Serve the device's counters (Prometheus text, once per connection) on this unix
+    /// socket.
+    #[arg(long, value_name = "PATH")]
+    metrics_socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         mac: args.mac,
         mtu: args.mtu,
         keep_listening: args.keep_listening,
+        metrics_socket: args.metrics_socket,
     };
     cli::run("hull-net", &socket.clone(), |signals| {
         run_net(config, signals)

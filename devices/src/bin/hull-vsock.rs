@@ -28,6 +28,10 @@ struct Args {
     /// After a frontend disconnects, wait for the next one instead of exiting.
     #[arg(long)]
     keep_listening: bool,
+    /// Serve the device's counters (Prometheus text, once per connection) on this unix
+    /// socket.
+    #[arg(long, value_name = "PATH")]
+    metrics_socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         uds: args.uds,
         guest_cid: args.guest_cid,
         keep_listening: args.keep_listening,
+        metrics_socket: args.metrics_socket,
     };
     cli::run("hull-vsock", &config.socket.clone(), |signals| {
         run_vsock(&config, signals)

@@ -342,13 +342,16 @@ pub async fn boot_pod(
     let vhost_socket = backends.join("vsock.sock");
     let uds = backends.join("agent.vsock");
     let cid = GUEST_CID.to_string();
-    let args: [&OsStr; 6] = [
+    let vsock_metrics = crate::monitor::backend_metrics_socket(backends, "hull-vsock");
+    let args: [&OsStr; 8] = [
         "--socket".as_ref(),
         vhost_socket.as_os_str(),
         "--uds".as_ref(),
         uds.as_os_str(),
         "--guest-cid".as_ref(),
         cid.as_ref(),
+        "--metrics-socket".as_ref(),
+        vsock_metrics.as_os_str(),
     ];
     let vsock = BackendProcess::start(
         &vsock_bin,
@@ -421,6 +424,9 @@ pub async fn boot_pod(
                         crate::network::mac_text(&mac).into(),
                         "--mtu".into(),
                         mtu.to_string().into(),
+                        "--metrics-socket".into(),
+                        crate::monitor::backend_metrics_socket(backends, &format!("hull-net{nic}"))
+                            .into(),
                     ];
                     for fd in &fds {
                         args.extend(["--tap-fd".into(), fd.to_string().into()]);
