@@ -51,7 +51,7 @@ impl Setup {
     /// A setup whose configuration file holds `config`; `containers` says whether the test
     /// needs an agent that runs containers.
     fn with_config(test: &str, config_text: &str, containers: bool) -> Option<Self> {
-        Self::with_shim_dirs(test, config_text, containers, &[])
+        Self::with_shim_dirs(test, config_text, containers, &[], &[])
     }
 
     /// [`Setup::with_config`] with `dirs` searched for shims ahead of this build's.
@@ -60,6 +60,7 @@ impl Setup {
         config_text: &str,
         containers: bool,
         dirs: &[PathBuf],
+        env: &[(&str, &str)],
     ) -> Option<Self> {
         let busybox = need!(test, busybox());
         let agent = need!(test, hull_tests::artifacts::workspace_binary("hull-agent"));
@@ -76,7 +77,8 @@ impl Setup {
         );
         let mut path = dirs.to_vec();
         path.push(shim_dir.to_owned());
-        let containerd = need!(test, Containerd::start(&path)).expect("containerd starts");
+        let containerd =
+            need!(test, Containerd::start_with_env(&path, env)).expect("containerd starts");
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("busybox.tar");
         let image = build_busybox_archive(&busybox, &archive).unwrap();
@@ -333,6 +335,68 @@ fn ctr_run_prints_the_containers_output() {
         "the agent's log line is not in containerd's log:\n{}",
         setup.containerd.log()
     );
+}
+
+/// With `HULL_LOG_FORMAT=json` in containerd's environment, every line the shim writes to
+/// containerd's log is a JSON object with time, level and msg, and an event's fields are
+/// members of it (the phase marks' `sandbox` and `phase`, the agent's forwarded lines'
+/// `source`).
+#[test]
+fn the_shims_log_is_json_lines_when_asked() {
+    let test = "the_shims_log_is_json_lines_when_asked";
+    let Some(setup) = Setup::with_shim_dirs(
+        test,
+        "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n",
+        true,
+        &[],
+        &[("HULL_LOG_FORMAT", "json")],
+    ) else {
+        return;
+    };
+    let id = "hull-none-json";
+    let output = setup.ctr_run(id, &["echo", "hello"]);
+    assert!(output.status.success(), "{}", setup.explain(&output));
+    setup.assert_nothing_left(id);
+    // containerd copies the shim's lines into its own log as they are: the JSON objects are
+    // the lines that start with '{'.
+    let objects = |log: &str| -> Vec<serde_json::Value> {
+        log.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let has = |objects: &[serde_json::Value], key: &str, value: &str| {
+        objects
+            .iter()
+            .any(|o| o.get(key).and_then(|v| v.as_str()) == Some(value))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut found = objects(&setup.containerd.log());
+    while !(has(&found, "source", "agent") && has(&found, "sandbox", id))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        found = objects(&setup.containerd.log());
+    }
+    assert!(
+        has(&found, "sandbox", id) && has(&found, "source", "agent"),
+        "no JSON line of the shim with sandbox={id} and one forwarded from the agent:\n{}",
+        setup.containerd.log()
+    );
+    for object in &found {
+        for key in ["time", "level", "msg"] {
+            assert!(object.get(key).is_some(), "{key} missing in {object}");
+        }
+    }
+    // And none of the shim's lines is in the text form any more.
+    let text_lines: Vec<String> = setup
+        .containerd
+        .log()
+        .lines()
+        .filter(|l| l.contains("hull phase") && !l.starts_with('{'))
+        .map(str::to_owned)
+        .collect();
+    assert!(text_lines.is_empty(), "text lines: {text_lines:?}");
 }
 
 #[test]
@@ -1120,6 +1184,7 @@ fn foreign_runtime_options_are_refused_through_ctr_naming_their_type() {
         "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n",
         false,
         &[links.path().to_owned()],
+        &[],
     ) else {
         return;
     };

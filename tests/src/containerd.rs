@@ -126,7 +126,18 @@ impl Containerd {
         let containerd = find_program("containerd", "containerd")?;
         let ctr = find_program("ctr", "containerd")?;
         find_program("runc", "runc")?;
-        Ok(Self::spawn(&containerd, ctr, extra_path, None))
+        Ok(Self::spawn(&containerd, ctr, extra_path, None, &[]))
+    }
+
+    /// [`Containerd::start`] with `env` in containerd's environment (its shims inherit it).
+    pub fn start_with_env(
+        extra_path: &[PathBuf],
+        env: &[(&str, &str)],
+    ) -> Result<Result<Self, Error>, Missing> {
+        let containerd = find_program("containerd", "containerd")?;
+        let ctr = find_program("ctr", "containerd")?;
+        find_program("runc", "runc")?;
+        Ok(Self::spawn(&containerd, ctr, extra_path, None, env))
     }
 
     /// Starts containerd with its CRI plugin enabled as `cri` says; its CRI endpoint is
@@ -146,7 +157,7 @@ impl Containerd {
                 ));
             }
         }
-        Ok(Self::spawn(&containerd, ctr, extra_path, Some(cri)))
+        Ok(Self::spawn(&containerd, ctr, extra_path, Some(cri), &[]))
     }
 
     fn spawn(
@@ -154,6 +165,7 @@ impl Containerd {
         ctr: PathBuf,
         extra_path: &[PathBuf],
         cri: Option<&CriOptions>,
+        env: &[(&str, &str)],
     ) -> Result<Self, Error> {
         let io = |what: &str| {
             let what = what.to_owned();
@@ -204,6 +216,7 @@ impl Containerd {
             .arg("--config")
             .arg(&config_path)
             .env("PATH", &path_env)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -2,8 +2,8 @@
 //! `io.containerd.hull.v2`). containerd runs it; see `hull_shim::service`.
 
 fn main() -> std::process::ExitCode {
-    // containerd's log FIFO, and journald where it runs.
-    hull_shim::logging::init();
+    // Logging (containerd's log FIFO, journald) is set up by `service::run`, which knows
+    // whether this process serves.
     // One thread for the whole shim, as the design requires.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

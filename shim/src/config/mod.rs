@@ -177,6 +177,11 @@ pub struct AgentConfig {
 pub struct RuntimeConfig {
     /// `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: String,
+    /// How the shim writes its log lines to containerd: `text` (containerd's own
+    /// `time=… level=… msg=…`) or `json` (one object per line). Read when the shim starts,
+    /// from the configuration the default search finds (`HULL_LOG_FORMAT` overrides it): a
+    /// pod's own configuration path comes too late for it.
+    pub log_format: crate::logging::LogFormat,
     /// A file the shim appends each start-up phase mark to (`crate::phase`), one line with
     /// its wall-clock time; empty: marks go to the log only.
     pub phase_file: PathBuf,
@@ -234,6 +239,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             log_level: "info".to_owned(),
+            log_format: crate::logging::LogFormat::Text,
             phase_file: PathBuf::new(),
             enable_none_hypervisor: false,
             allowed_annotations: vec!["vm.vcpus".to_owned(), "vm.memory_mib".to_owned()],

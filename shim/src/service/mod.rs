@@ -19,7 +19,22 @@ pub const RUNTIME_ID: &str = "io.containerd.hull.v2";
 /// Entry point of `containerd-shim-hull-v2`: runs the action containerd asked for.
 pub async fn run() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut own_logger = false;
     if let Ok(flags) = containerd_shim::parse(&args) {
+        // The serving shim (no action, a socket) writes containerd's log FIFO itself, in the
+        // configured format; `start` and `delete` log to stderr as containerd-shim does.
+        if flags.action.is_empty() && !flags.socket.is_empty() && !flags.version && !flags.info {
+            let format = crate::logging::log_format_from_env_or_config();
+            match crate::logging::init_serving(std::path::Path::new("log"), flags.debug, format) {
+                Ok(()) => own_logger = true,
+                Err(err) => {
+                    eprintln!("{RUNTIME_ID}: opening containerd's log FIFO: {err}; using containerd-shim's logger");
+                    crate::logging::init();
+                }
+            }
+        } else {
+            crate::logging::init();
+        }
         if flags.action == "start" && !flags.version && !flags.info {
             match start(flags).await {
                 Ok(()) => std::process::exit(0),
@@ -36,6 +51,7 @@ pub async fn run() {
         // processes live in the guest, so nothing re-parents to the shim: no sub-reaper.
         no_reaper: true,
         no_sub_reaper: true,
+        no_setup_logger: own_logger,
         ..Default::default()
     };
     containerd_shim::asynchronous::run::<shim::HullShim>(RUNTIME_ID, Some(config)).await;
