@@ -23,36 +23,21 @@
 //! them. Built by hull-bench with plain `rustc` (std only, statically linked), not by cargo.
 
 use std::fs;
-use std::io::{BufRead, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 #[path = "../../tests/guest/vm.rs"]
 mod vm;
+mod console;
+use console::{ns, Outcome};
 use vm::mount_fs;
 
 const MIB: usize = 1 << 20;
 
-/// Counts and per-operation latencies of one trial.
-struct Outcome {
-    ops: u64,
-    bytes: u64,
-    elapsed: Duration,
-    latencies: Vec<u64>,
-}
 
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 struct Rng(u64);
 
@@ -240,56 +225,7 @@ fn serve(m: &Path) -> Result<(), String> {
         rng: Rng(0x9e37_79b9_7f4a_7c15),
         trial: 0,
     };
-    // The clock the timings use: the host insists on the TSC (a microvm falls back to
-    // jiffies, 4 ms steps, when the kernel finds the TSC unusable at boot).
-    let clock =
-        fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-            .unwrap_or_else(|_| "unknown".into());
-    println!("HULLFS-BENCH ready {}", clock.trim());
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if lines.read_line(&mut line).map_err(s)? == 0 {
-            return Err("the console closed".into());
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["quit"] => return Ok(()),
-            ["run", workload, budget_ms, count] => {
-                let parsed = budget_ms
-                    .parse::<u64>()
-                    .map_err(s)
-                    .and_then(|b| count.parse::<u64>().map_err(s).map(|c| (b, c)));
-                let answer = parsed.and_then(|(budget_ms, count)| {
-                    run(
-                        m,
-                        &mut state,
-                        workload,
-                        Duration::from_millis(budget_ms),
-                        count,
-                    )
-                });
-                match answer {
-                    Ok(mut outcome) => {
-                        outcome.latencies.sort_unstable();
-                        println!(
-                            "HULLFS-BENCH result {} {} {} {} {}",
-                            outcome.ops,
-                            outcome.bytes,
-                            ns(outcome.elapsed),
-                            percentile(&outcome.latencies, 50.0),
-                            percentile(&outcome.latencies, 99.0)
-                        );
-                    }
-                    Err(err) => println!("HULLFS-BENCH error {workload}: {err}"),
-                }
-            }
-            [] => {}
-            _ => println!("HULLFS-BENCH error unknown command: {}", line.trim()),
-        }
-    }
+    console::serve(|workload, budget, count| run(m, &mut state, workload, budget, count))
 }
 
 fn main() {

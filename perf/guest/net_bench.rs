@@ -22,7 +22,7 @@
 //! Timings are taken in the guest (CLOCK_MONOTONIC). Built by hull-bench with plain `rustc`
 //! (std only, statically linked), not by cargo.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 mod net_if;
 #[path = "../../tests/guest/vm.rs"]
 mod vm;
+mod console;
+use console::{ns, Outcome};
 use net_if::configure;
 use vm::mount_fs;
 
@@ -49,25 +51,8 @@ fn s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
-/// Counts and per-operation latencies of one trial.
-struct Outcome {
-    ops: u64,
-    bytes: u64,
-    elapsed: Duration,
-    latencies: Vec<u64>,
-}
 
 fn tcp(host: Ipv4Addr, budget: Duration) -> Result<Outcome, String> {
     let mut stream =
@@ -180,51 +165,12 @@ fn serve() -> Result<(), String> {
     let guest = env_ip("HULL_NET_GUEST_IP")?;
     let host = env_ip("HULL_NET_HOST_IP")?;
     configure("eth0", guest)?;
-    let clock = std::fs::read_to_string(
-        "/sys/devices/system/clocksource/clocksource0/current_clocksource",
-    )
-    .unwrap_or_else(|_| "unknown".into());
-    println!("HULLFS-BENCH ready {}", clock.trim());
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if lines.read_line(&mut line).map_err(s)? == 0 {
-            return Err("the console closed".into());
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["quit"] => return Ok(()),
-            ["run", workload, budget_ms, _count] => {
-                let answer = budget_ms.parse::<u64>().map_err(s).and_then(|budget_ms| {
-                    let budget = Duration::from_millis(budget_ms);
-                    match *workload {
-                        "tcp" => tcp(host, budget),
-                        "tcp_rx" => tcp_rx(host, budget),
-                        "udp_rr" => udp_rr(host, budget),
-                        other => Err(format!("unknown workload {other}")),
-                    }
-                });
-                match answer {
-                    Ok(mut outcome) => {
-                        outcome.latencies.sort_unstable();
-                        println!(
-                            "HULLFS-BENCH result {} {} {} {} {}",
-                            outcome.ops,
-                            outcome.bytes,
-                            ns(outcome.elapsed),
-                            percentile(&outcome.latencies, 50.0),
-                            percentile(&outcome.latencies, 99.0)
-                        );
-                    }
-                    Err(err) => println!("HULLFS-BENCH error {workload}: {err}"),
-                }
-            }
-            [] => {}
-            _ => println!("HULLFS-BENCH error unknown command: {}", line.trim()),
-        }
-    }
+    console::serve(|workload, budget, _count| match workload {
+        "tcp" => tcp(host, budget),
+        "tcp_rx" => tcp_rx(host, budget),
+        "udp_rr" => udp_rr(host, budget),
+        other => Err(format!("unknown workload {other}")),
+    })
 }
 
 fn main() {

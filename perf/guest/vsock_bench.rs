@@ -30,12 +30,14 @@
 //! (std only, statically linked), not by cargo; the few libc calls it needs are declared in
 //! [`sys`], as in devices/tests/guest/vsock_echo.rs.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 #[path = "../../tests/guest/vm.rs"]
 mod vm;
+mod console;
+use console::{ns, Outcome};
 use vm::mount_fs;
 
 /// Guest port of the listener the host connects to.
@@ -47,25 +49,8 @@ const CHUNK: usize = 64 << 10;
 /// Bytes of a frame's length.
 const HEADER: usize = 4;
 
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
-/// Counts and per-operation latencies of one trial.
-struct Outcome {
-    ops: u64,
-    bytes: u64,
-    elapsed: Duration,
-    latencies: Vec<u64>,
-}
 
 fn check(rc: i32, what: &str) -> Result<i32, String> {
     if rc < 0 {
@@ -232,53 +217,11 @@ fn connect_latency(budget: Duration) -> Result<Outcome, String> {
 fn serve() -> Result<(), String> {
     let listener = listen_for_host()?;
     std::thread::spawn(move || serve_host_connections(listener));
-    let clock = std::fs::read_to_string(
-        "/sys/devices/system/clocksource/clocksource0/current_clocksource",
-    )
-    .unwrap_or_else(|_| "unknown".into());
-    println!("HULLFS-BENCH ready {}", clock.trim());
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if lines.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-            return Err("the console closed".into());
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["quit"] => return Ok(()),
-            ["run", workload, budget_ms, _count] => {
-                let answer = budget_ms
-                    .parse::<u64>()
-                    .map_err(|e| e.to_string())
-                    .and_then(|budget_ms| {
-                        let budget = Duration::from_millis(budget_ms);
-                        match *workload {
-                            "g2h" => g2h(budget),
-                            "connect" => connect_latency(budget),
-                            other => Err(format!("unknown workload {other}")),
-                        }
-                    });
-                match answer {
-                    Ok(mut outcome) => {
-                        outcome.latencies.sort_unstable();
-                        println!(
-                            "HULLFS-BENCH result {} {} {} {} {}",
-                            outcome.ops,
-                            outcome.bytes,
-                            ns(outcome.elapsed),
-                            percentile(&outcome.latencies, 50.0),
-                            percentile(&outcome.latencies, 99.0)
-                        );
-                    }
-                    Err(err) => println!("HULLFS-BENCH error {workload}: {err}"),
-                }
-            }
-            [] => {}
-            _ => println!("HULLFS-BENCH error unknown command: {}", line.trim()),
-        }
-    }
+    console::serve(|workload, budget, _count| match workload {
+        "g2h" => g2h(budget),
+        "connect" => connect_latency(budget),
+        other => Err(format!("unknown workload {other}")),
+    })
 }
 
 fn main() {
