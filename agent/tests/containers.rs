@@ -764,6 +764,23 @@ async fn bad_requests_get_precise_errors() {
     let (code, message) = status_of(create_with(&client, "missing", spec).await);
     assert_eq!(code, Code::INTERNAL, "{message}");
     assert!(message.contains("/bin/nonexistent"), "{message}");
+    // A failure inside the container's init, preparing its rootfs: the message carries what
+    // libcontainer logged there (in a process cloned from the helper), naming the bind
+    // source that is not there, not only "failed to prepare rootfs".
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&fx.spec("nobind", &["true"], false, true)).expect("a spec");
+    let absent = fx.dir.join("absent-bind-source");
+    spec["mounts"].as_array_mut().expect("mounts").push(
+        json!({"destination": "/data", "type": "bind", "source": absent,
+                     "options": ["rbind"]}),
+    );
+    let spec = serde_json::to_vec(&spec).expect("json");
+    let (code, message) = status_of(create_with(&client, "nobind", spec).await);
+    assert_eq!(code, Code::INTERNAL, "{message}");
+    assert!(
+        message.contains(&absent.display().to_string()),
+        "the message does not name the missing bind source: {message}"
+    );
     let spec = fx.spec("missing", &["true"], false, true);
     create_with(&client, "missing", spec)
         .await
