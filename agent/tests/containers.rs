@@ -224,6 +224,31 @@ impl Drop for Fixture {
         // Only reached with the agent still running when a test failed half-way.
         let _ = self.agent.kill();
         let _ = self.agent.wait();
+        // Its containers outlive a killed agent (one in a PID namespace of its own, as its
+        // PID 1): kill those still there, then remove their cgroups.
+        for (pid, started) in &self.pids {
+            if start_time(*pid).as_ref() == Some(started) {
+                if let Ok(pid) = i32::try_from(*pid) {
+                    // SAFETY: kill(2) takes plain integers; the start time just read says
+                    // the PID is still the container's process.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for cgroup in &self.cgroups {
+            for dir in cgroup_dirs(cgroup) {
+                // A killed process leaves its cgroup a moment after the signal.
+                while dir.exists()
+                    && std::fs::remove_dir(&dir).is_err()
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        // The directory is left to the next run's stale::sweep, which unmounts before it
+        // removes.
     }
 }
 
@@ -739,6 +764,23 @@ async fn bad_requests_get_precise_errors() {
     let (code, message) = status_of(create_with(&client, "missing", spec).await);
     assert_eq!(code, Code::INTERNAL, "{message}");
     assert!(message.contains("/bin/nonexistent"), "{message}");
+    // A failure inside the container's init, preparing its rootfs: the message carries what
+    // libcontainer logged there (in a process cloned from the helper), naming the bind
+    // source that is not there, not only "failed to prepare rootfs".
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&fx.spec("nobind", &["true"], false, true)).expect("a spec");
+    let absent = fx.dir.join("absent-bind-source");
+    spec["mounts"].as_array_mut().expect("mounts").push(
+        json!({"destination": "/data", "type": "bind", "source": absent,
+                     "options": ["rbind"]}),
+    );
+    let spec = serde_json::to_vec(&spec).expect("json");
+    let (code, message) = status_of(create_with(&client, "nobind", spec).await);
+    assert_eq!(code, Code::INTERNAL, "{message}");
+    assert!(
+        message.contains(&absent.display().to_string()),
+        "the message does not name the missing bind source: {message}"
+    );
     let spec = fx.spec("missing", &["true"], false, true);
     create_with(&client, "missing", spec)
         .await
@@ -1216,5 +1258,119 @@ async fn removed_execs_free_their_id_and_descriptors() {
         "the agent's descriptors grew from {before} to {after} over 201 removed execs"
     );
     fx.track(&client, "probed").await;
+    fx.destroy_and_check_nothing_left(&client).await;
+}
+
+/// The host PID of container `id`'s init.
+async fn init_pid(client: &AgentServiceClient, id: &str) -> u32 {
+    let mut list = ListProcessesRequest::new();
+    list.container_id = id.into();
+    let listed = client
+        .list_processes(ctx(), &list)
+        .await
+        .expect("ListProcesses");
+    listed
+        .processes
+        .first()
+        .map(|p| p.pid)
+        .unwrap_or_else(|| panic!("container {id} has no process"))
+}
+
+/// A container that joins another's PID namespace (a CRI pod's second container, with the
+/// pause container's) mounts its `cgroup` file system whatever PID it gets there. On a
+/// cgroup v1 host, libcontainer 0.7.0 read the host's /proc/<that PID> on the way and failed
+/// "to prepare rootfs" when no host process had it (issue 12, patched in
+/// third_party/libcontainer): here the pod's next PID is set to one the host does not have.
+/// On a cgroup v2 host that path is not taken and the test checks the v2 mount.
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_joining_a_pid_namespace_mounts_cgroups_whatever_its_pid() {
+    let test = "a_container_joining_a_pid_namespace_mounts_cgroups_whatever_its_pid";
+    require!(test, root());
+    let busybox = require!(test, hull_tests::oci_image::busybox());
+    let nsenter = require!(
+        test,
+        hull_tests::prereq::find_program("nsenter", "util-linux")
+    );
+    let mut fx = Fixture::start("joinpid", &busybox);
+    let client = fx.client().await;
+    let cgroup_mounts = json!([
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+    ]);
+    let with_cgroup_mounts = |spec: Vec<u8>, pid_ns: Option<String>| -> Vec<u8> {
+        let mut spec: serde_json::Value = serde_json::from_slice(&spec).expect("a spec");
+        let mounts = spec["mounts"].as_array_mut().expect("mounts");
+        mounts.extend(cgroup_mounts.as_array().expect("a list").iter().cloned());
+        if let Some(path) = pid_ns {
+            spec["linux"]["namespaces"]
+                .as_array_mut()
+                .expect("namespaces")
+                .push(json!({"type": "pid", "path": path}));
+        }
+        serde_json::to_vec(&spec).expect("a spec encodes")
+    };
+
+    // The "pause" container: a new PID namespace, where it is PID 1.
+    let spec = fx.spec("pause", &["sleep", "1000"], false, true);
+    create_with(&client, "pause", with_cgroup_mounts(spec, None))
+        .await
+        .expect("CreateContainer (pause)");
+    fx.track(&client, "pause").await;
+    start(&client, "pause")
+        .await
+        .expect("StartContainer (pause)");
+    let pause = init_pid(&client, "pause").await;
+
+    // The next PID of the pod's namespace: one no host process has (as PID 11 had not in the
+    // failing CRI run), set through ns_last_pid from inside that namespace.
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max is a number");
+    let next = (2..pid_max)
+        .rev()
+        .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .expect("a PID the host does not use");
+    let set = Command::new(&nsenter)
+        .arg(format!("--target={pause}"))
+        .arg("--pid")
+        .args(["--", "sh", "-c"])
+        .arg(format!("echo {} > /proc/sys/kernel/ns_last_pid", next - 1))
+        .status()
+        .expect("running nsenter");
+    assert!(set.success(), "setting the pod's ns_last_pid: {set}");
+
+    // The second container joins that namespace, gets PID `next`, and mounts its cgroups.
+    let spec = fx.spec(
+        "second",
+        &["sh", "-c", "echo pid=$$; ls /sys/fs/cgroup"],
+        false,
+        false,
+    );
+    let spec = with_cgroup_mounts(spec, Some(format!("/proc/{pause}/ns/pid")));
+    create_with(&client, "second", spec)
+        .await
+        .expect("CreateContainer (second, joining the pod's PID namespace)");
+    fx.track(&client, "second").await;
+    start(&client, "second")
+        .await
+        .expect("StartContainer (second)");
+    let out = read_all(&client, "second", "", false).await;
+    let exit = wait(&client, "second", "").await;
+    assert_eq!(exit.exit_status, 0, "{out}");
+    assert!(
+        out.lines().next() == Some(&format!("pid={next}")),
+        "the second container did not get PID {next} in the pod's namespace: {out}"
+    );
+    // Its own cgroup file system: v1 hierarchies (emulated by libcontainer), or v2's files.
+    let listed: Vec<&str> = out.lines().skip(1).collect();
+    assert!(
+        listed.contains(&"memory") || listed.contains(&"cgroup.controllers"),
+        "no cgroup file system at /sys/fs/cgroup: {out}"
+    );
+    remove(&client, "second").await;
     fx.destroy_and_check_nothing_left(&client).await;
 }

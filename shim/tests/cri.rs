@@ -432,29 +432,25 @@ async fn pod_life_cycle(
         resolv,
         "/etc/resolv.conf"
     );
-    // Checked in the VM only: on `none`, the second container's create then fails in
-    // libcontainer ("failed to prepare rootfs"; an open defect).
-    if matches!(runner, Runner::Qemu) {
-        let updated = format!("{hosts}169.254.1.1 hull-cri-added\n");
-        std::fs::write(&hosts_file, &updated).expect("updating the pod's hosts file");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = String::new();
-        while seen != updated && Instant::now() < deadline {
-            let exec = client
-                .exec_sync(cat("cat /etc/hosts"))
-                .await
-                .expect("ExecSync cat /etc/hosts")
-                .into_inner();
-            seen = String::from_utf8_lossy(&exec.stdout).into_owned();
-            if seen != updated {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+    let updated = format!("{hosts}169.254.1.1 hull-cri-added\n");
+    std::fs::write(&hosts_file, &updated).expect("updating the pod's hosts file");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    while seen != updated && Instant::now() < deadline {
+        let exec = client
+            .exec_sync(cat("cat /etc/hosts"))
+            .await
+            .expect("ExecSync cat /etc/hosts")
+            .into_inner();
+        seen = String::from_utf8_lossy(&exec.stdout).into_owned();
+        if seen != updated {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert_eq!(
-            seen, updated,
-            "the update of the pod's hosts file is not seen in the container"
-        );
     }
+    assert_eq!(
+        seen, updated,
+        "the update of the pod's hosts file is not seen in the container"
+    );
 
     // And the host reaches the pod's address.
     let ping = std::process::Command::new("ping")

@@ -16,10 +16,12 @@
 //! file (libcontainer's `--pid-file`), a failure's message to the error file, and exits 0 or 1.
 //!
 //! A failure's message is the error's whole chain of causes plus what libcontainer logged at
-//! the error level on the way (captured in memory, see [`ErrorLog`]): libcontainer's
-//! `CreateContainerError` keeps its cause out of `source()`, so a create that failed on, say,
-//! a bind mount's missing source would otherwise read only "failed to create container: io
-//! error", while libcontainer's log names the mount and the errno.
+//! the error level on the way, in the helper or in the processes libcontainer clones from it
+//! (collected in the error file, see [`ErrorLog`]): libcontainer's `CreateContainerError`
+//! keeps its cause out of `source()`, and the init reports its own failures to the helper by
+//! their outermost message only, so a create that failed on, say, a bind mount's missing
+//! source would otherwise read only "failed to prepare rootfs", while the init's log names
+//! the mount and the errno.
 //! The process it creates is cloned with CLONE_PARENT, a child of the helper; when the helper
 //! exits it is re-parented to the agent (PID 1, or a child subreaper on a host), whose reaper
 //! owns its exit status (see [`crate::reaper`]). The helper waits for libcontainer's
@@ -30,7 +32,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -140,20 +142,24 @@ pub fn main(args: &[OsString]) -> ExitCode {
     // execve, so reset it, or `yes | head` in a container would never end.
     // SAFETY: setting a signal's disposition to the default installs no handler.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let log = ErrorLog::default();
-    // Only this single-threaded process; a failure to install it loses detail, not the error.
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::ERROR)
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .with_level(false)
-        .try_init();
+    // A log that cannot be opened loses detail, not the error.
+    let log = ErrorLog::open(&args.error_file).ok();
+    if let Some(log) = &log {
+        // Only this single-threaded process (and its clones).
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::ERROR)
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_level(false)
+            .try_init();
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            let message = with_logged(message, &log.lines());
+            let logged = log.as_ref().map(ErrorLog::lines).unwrap_or_default();
+            let message = with_logged(message, &logged);
             // The agent reads this file; if even that fails, the exit code still says it.
             let _ = std::fs::write(&args.error_file, message);
             ExitCode::FAILURE
@@ -198,18 +204,39 @@ fn run(args: &HelperArgs) -> Result<(), String> {
     }
 }
 
-/// libcontainer's error-level log lines, kept in memory (the helper's stderr belongs to the
-/// container) for the failure's message. Bounded: a log that runs away keeps its first lines.
-#[derive(Debug, Clone, Default)]
-struct ErrorLog(Arc<Mutex<Vec<u8>>>);
+/// libcontainer's error-level log lines, for the failure's message (the helper's stderr
+/// belongs to the container), appended to the error file through a descriptor opened before
+/// libcontainer runs. Not kept in memory: libcontainer logs the init's own failures (a
+/// mount's, say) in the init and intermediate processes it clones from the helper, whose
+/// memory dies with them, while the descriptor they inherit writes to the same file (it is
+/// close-on-exec, so nothing of it reaches the container's program). Bounded: a log that
+/// runs away keeps its first lines. The helper replaces the file's content with the whole
+/// message at a failure; the agent removes the file either way.
+#[derive(Debug, Clone)]
+struct ErrorLog(Arc<std::fs::File>);
 
 /// At most this much of libcontainer's log goes into a failure's message, in bytes.
 const MAX_LOGGED_BYTES: usize = 4096;
 
 impl ErrorLog {
-    /// The lines logged so far.
+    /// Opens (creates) `path` for appending.
+    fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        Ok(Self(Arc::new(file)))
+    }
+
+    /// The lines logged so far, by any process.
     fn lines(&self) -> Vec<String> {
-        let buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        use std::io::{Read, Seek, SeekFrom};
+        let mut buffer = Vec::new();
+        let mut file = &*self.0;
+        if file.seek(SeekFrom::Start(0)).is_err() || file.read_to_end(&mut buffer).is_err() {
+            return Vec::new();
+        }
         String::from_utf8_lossy(&buffer)
             .lines()
             .map(str::trim)
@@ -221,9 +248,11 @@ impl ErrorLog {
 
 impl Write for ErrorLog {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let mut buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let room = MAX_LOGGED_BYTES.saturating_sub(buffer.len());
-        buffer.extend_from_slice(&data[..data.len().min(room)]);
+        let mut file = &*self.0;
+        let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+        let room = MAX_LOGGED_BYTES.saturating_sub(len);
+        // One write(2) per event on an O_APPEND descriptor: the processes' lines do not mix.
+        file.write_all(&data[..data.len().min(room)])?;
         Ok(data.len())
     }
 
@@ -300,7 +329,8 @@ mod tests {
 
     #[test]
     fn a_failure_message_carries_what_libcontainer_logged() {
-        let mut log = ErrorLog::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ErrorLog::open(&dir.path().join("err")).unwrap();
         writeln!(log, "failed to mount /dev/shm: ENOENT").unwrap();
         writeln!(log, "io error").unwrap();
         assert_eq!(
@@ -312,7 +342,8 @@ mod tests {
 
     #[test]
     fn the_captured_log_is_bounded() {
-        let mut log = ErrorLog::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ErrorLog::open(&dir.path().join("err")).unwrap();
         for _ in 0..1000 {
             writeln!(log, "0123456789").unwrap();
         }
