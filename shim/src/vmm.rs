@@ -153,7 +153,15 @@ impl VmmVm {
     /// `vmm.stderr`. Returns once it is spawned; hull-vmm then connects to the backends and
     /// boots, and exits (seen by [`VmmVm::wait`]) if it cannot.
     pub async fn start(spec: &VmSpec, cid: u32, binary: &Path, run_dir: &Path) -> Result<Self> {
-        let args = arguments(spec, cid)?;
+        let mut args = arguments(spec, cid)?;
+        // The VM's counters (vCPU exits) beside the backends', where the pod's metrics
+        // gather them (the sandbox's run directory, this one's parent).
+        if let Some(sandbox_dir) = run_dir.parent() {
+            args.extend([
+                "--metrics-socket".into(),
+                crate::monitor::backend_metrics_socket(sandbox_dir, "hull-vmm").into(),
+            ]);
+        }
         fs::DirBuilder::new()
             .mode(0o700)
             .create(run_dir)

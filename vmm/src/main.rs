@@ -56,6 +56,10 @@ struct Args {
     /// backend on SOCK (hull-vsock, started with the same --guest-cid); at most one.
     #[arg(long, value_name = "SOCK,cid=N", value_parser = parse_vsock)]
     vhost_user_vsock: Option<(PathBuf, u64)>,
+    /// Serve the VM's counters (vCPU exits by kind, unclaimed guest accesses) in
+    /// Prometheus' text format on this unix socket, once per connection, while it runs.
+    #[arg(long, value_name = "PATH")]
+    metrics_socket: Option<PathBuf>,
 }
 
 /// Parses `SOCK,cid=N`.
@@ -176,8 +180,111 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
             }
         })
         .context("cannot spawn the signal thread")?;
+    let metrics = args
+        .metrics_socket
+        .map(|path| MetricsSocket::bind(&path).map(|listener| (path, listener)))
+        .transpose()
+        .context("cannot serve the metrics socket")?;
     let running = vm.start(entry).context("cannot start the vCPUs")?;
+    if let Some((path, listener)) = metrics {
+        // Served by the main thread, which otherwise only waits: no thread beyond the
+        // vCPUs' and the signals'.
+        let state = running.run_state();
+        while !state.stop_requested() {
+            if let Some(mut reader) = listener.accept_within(METRICS_POLL) {
+                let (pio, mmio) = running.unmapped_accesses();
+                let text = render_metrics(&running.exit_counts(), pio, mmio);
+                let _ = std::io::Write::write_all(&mut reader, text.as_bytes());
+            }
+        }
+        drop(listener);
+        let _ = std::fs::remove_file(path);
+    }
     Ok(running.wait())
+}
+
+/// How long the main thread waits for a metrics reader before it looks whether the VM stops.
+const METRICS_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A listening unix socket for `--metrics-socket`.
+struct MetricsSocket(std::os::unix::net::UnixListener);
+
+impl MetricsSocket {
+    /// Binds `path`, replacing a socket nobody serves (never another kind of file).
+    fn bind(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(meta) = path.symlink_metadata() {
+            if !meta.file_type().is_socket() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        Ok(Self(listener))
+    }
+
+    /// A reader that connects within `timeout`, if any.
+    fn accept_within(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Option<std::os::unix::net::UnixStream> {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.0.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => {
+                let (stream, _) = self.0.accept().ok()?;
+                // The write of a few hundred bytes must not hang the VMM on a reader that
+                // does not read.
+                stream.set_nonblocking(false).ok()?;
+                stream
+                    .set_write_timeout(Some(std::time::Duration::from_secs(1)))
+                    .ok()?;
+                Some(stream)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Prometheus text of the VM's counters.
+fn render_metrics(exits: &[hull_vmm::cpu::vcpu::ExitCounts], pio: u64, mmio: u64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# HELP hull_vmm_vcpu_exits_total Exits to the VMM handled, by vCPU and kind.\n\
+         # TYPE hull_vmm_vcpu_exits_total counter\n",
+    );
+    for (vcpu, counts) in exits.iter().enumerate() {
+        for (kind, value) in [
+            ("pio_in", counts.pio_in),
+            ("pio_out", counts.pio_out),
+            ("mmio_read", counts.mmio_read),
+            ("mmio_write", counts.mmio_write),
+            ("interrupted", counts.interrupted),
+        ] {
+            let _ = writeln!(
+                out,
+                "hull_vmm_vcpu_exits_total{{vcpu=\"{vcpu}\",kind=\"{kind}\"}} {value}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hull_vmm_unclaimed_accesses_total Guest port and MMIO accesses no device claims.\n\
+         # TYPE hull_vmm_unclaimed_accesses_total counter\n\
+         hull_vmm_unclaimed_accesses_total{{bus=\"pio\"}} {pio}\n\
+         hull_vmm_unclaimed_accesses_total{{bus=\"mmio\"}} {mmio}"
+    );
+    out
 }
 
 fn main() -> ExitCode {

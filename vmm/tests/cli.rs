@@ -190,9 +190,12 @@ fn sigterm_stops_a_running_guest_cleanly() {
         0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xeb, 0xfe,
     ];
     let kernel = TempFile::new("spin-kernel", &tiny_kernel(&code));
+    let metrics = std::env::temp_dir().join(format!("hull-vmm-cli-{}.sock", std::process::id()));
     let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
             .args(["--kernel", kernel.0.to_str().unwrap(), "--memory", "32"])
+            .arg("--metrics-socket")
+            .arg(&metrics)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -207,6 +210,25 @@ fn sigterm_stops_a_running_guest_cleanly() {
         .read_exact(&mut up)
         .unwrap();
     assert_eq!(&up, b"up");
+    // The two port writes that printed "up" are counted, as the metrics socket says.
+    let mut text = String::new();
+    std::os::unix::net::UnixStream::connect(&metrics)
+        .expect("hull-vmm serves its metrics socket")
+        .read_to_string(&mut text)
+        .unwrap();
+    let pio_out = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("hull_vmm_vcpu_exits_total{vcpu=\"0\",kind=\"pio_out\"} ")?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no vCPU 0 pio_out exits in:\n{text}"));
+    assert!(pio_out >= 2, "{text}");
+    assert!(
+        text.contains("# TYPE hull_vmm_vcpu_exits_total counter"),
+        "{text}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -217,6 +239,7 @@ fn sigterm_stops_a_running_guest_cleanly() {
         status.success(),
         "hull-vmm exited with {status} after SIGTERM"
     );
+    assert!(!metrics.exists(), "hull-vmm removed its metrics socket");
 }
 
 /// Kills and reaps the child if the test fails before it exits.
