@@ -399,7 +399,12 @@ fn a_macvlan_interface_gets_an_endpoint_too() {
         "macvlan",
     ]);
     ip(&["-n", pod.name(), "link", "set", "mv0", "up"]);
+    a_second_interface_is_joined_by_tc_filters(&pod, "mv0", LinkKind::MacVlan);
+}
 
+/// Attaches the pod's network (its `eth0` and `name` of `kind`), checks both got a tap joined
+/// by tc filters, then that detaching removes the filters and the taps.
+fn a_second_interface_is_joined_by_tc_filters(pod: &Netns, name: &str, kind: LinkKind) {
     let network = PodNetwork::attach(&pod.path(), 1).expect("attach");
     let kinds: Vec<(String, LinkKind, String)> = network
         .endpoints
@@ -416,16 +421,12 @@ fn a_macvlan_interface_gets_an_endpoint_too() {
         kinds,
         [
             ("eth0".to_string(), LinkKind::Veth, "hull_tap0".to_string()),
-            (
-                "mv0".to_string(),
-                LinkKind::MacVlan,
-                "hull_tap1".to_string()
-            ),
+            (name.to_string(), kind, "hull_tap1".to_string()),
         ]
     );
-    assert!(pod.has_ingress_qdisc("mv0"));
+    assert!(pod.has_ingress_qdisc(name));
     network.detach().expect("detach");
-    assert!(!pod.has_ingress_qdisc("mv0"));
+    assert!(!pod.has_ingress_qdisc(name));
     assert!(!pod.has_link("hull_tap1"));
 }
 
@@ -578,22 +579,7 @@ fn an_ipvlan_interface_gets_an_endpoint_too() {
         );
     }
     ip(&["-n", pod.name(), "link", "set", "iv0", "up"]);
-    let network = PodNetwork::attach(&pod.path(), 1).expect("attach");
-    let kinds: Vec<(String, LinkKind)> = network
-        .endpoints
-        .iter()
-        .map(|e| (e.interface.name.clone(), e.interface.kind.clone()))
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            ("eth0".to_string(), LinkKind::Veth),
-            ("iv0".to_string(), LinkKind::IpVlan)
-        ]
-    );
-    assert!(pod.has_ingress_qdisc("iv0"));
-    network.detach().expect("detach");
-    assert!(!pod.has_ingress_qdisc("iv0"));
+    a_second_interface_is_joined_by_tc_filters(&pod, "iv0", LinkKind::IpVlan);
 }
 
 /// A shim that dies leaves its filters on the pod's interface (its taps die with its
