@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hull_bench::measure::Plan;
 use hull_bench::results::{self, Run};
-use hull_bench::{all, blk, density, fs, net, report, rpc, startup, Error};
+use hull_bench::{all, blk, density, fs, net, report, rpc, startup, vmm, Error};
 
 /// hull's components measured against peers in the same run (ratios, never bare figures).
 #[derive(Debug, Parser)]
@@ -171,6 +171,24 @@ struct FsOnly {
 }
 
 #[derive(Debug, Args)]
+struct VmmArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    vmm: VmmOnly,
+}
+
+#[derive(Debug, Clone, Args)]
+struct VmmOnly {
+    /// The hull-vmm binary [default: beside hull-bench, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    hull_vmm: Option<PathBuf>,
+    /// Exits per guest run of vmm-exits [default: 100000, --quick 2000].
+    #[arg(long, value_name = "N")]
+    exits: Option<u32>,
+}
+
+#[derive(Debug, Args)]
 struct AllArgs {
     #[command(flatten)]
     common: Common,
@@ -185,6 +203,8 @@ struct AllArgs {
     net: NetOnly,
     #[command(flatten)]
     pods: PodsOnly,
+    #[command(flatten)]
+    vmm: VmmOnly,
 }
 
 #[derive(Debug, Args)]
@@ -217,10 +237,13 @@ enum Command {
     Net(NetArgs),
     /// vhost-user-vsock against vhost-device-vsock (not implemented yet).
     Vsock(Common),
-    /// VMM start to first instruction against QEMU microvm (not implemented yet).
-    VmmStart(Common),
-    /// VMM exits per second and kick-to-interrupt latency (not implemented yet).
-    VmmExits(Common),
+    /// hull-vmm against QEMU microvm booting the same small PVH guest: exec to the guest's
+    /// first output and to the VMM's exit on the guest's reset, with KVM_CREATE_VM + KVM_RUN
+    /// in this process as the limit; and each VMM's PSS and threads with the guest parked.
+    VmmStart(VmmArgs),
+    /// hull-vmm against QEMU microvm: port I/O and MMIO exits per second of the same small
+    /// guest, with a bare KVM_RUN loop as the limit (kick-to-interrupt latency: not yet).
+    VmmExits(VmmArgs),
     /// Memory (PSS, guest RAM apart), threads and descriptors per pod with hull (qemu) and
     /// runc, for growing numbers of pods, through a private containerd.
     Density(DensityArgs),
@@ -267,8 +290,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             finish(&run, &args.common.out())
         }
         Command::Vsock(_) => Err(Error::NotImplemented("vsock".into()).into()),
-        Command::VmmStart(_) => Err(Error::NotImplemented("vmm-start".into()).into()),
-        Command::VmmExits(_) => Err(Error::NotImplemented("vmm-exits".into()).into()),
+        Command::VmmStart(args) => {
+            let run = vmm::run_start(&vmm_options(&args.common, &args.vmm))
+                .context("hull-bench vmm-start")?;
+            finish(&run, &args.common.out())
+        }
+        Command::VmmExits(args) => {
+            let run = vmm::run_exits(&vmm_options(&args.common, &args.vmm))
+                .context("hull-bench vmm-exits")?;
+            finish(&run, &args.common.out())
+        }
         Command::Density(args) => {
             let options = density_options(&args.common, &args.pods, &args.pods_at_once);
             let run = density::run(&options).context("hull-bench density")?;
@@ -327,6 +358,17 @@ fn net_options(common: &Common, net: &NetOnly) -> net::Options {
     }
 }
 
+fn vmm_options(common: &Common, vmm: &VmmOnly) -> vmm::Options {
+    vmm::Options {
+        plan: common.plan(),
+        quick: common.quick,
+        hull_vmm: vmm.hull_vmm.clone(),
+        exits: vmm
+            .exits
+            .unwrap_or(if common.quick { 2_000 } else { 100_000 }),
+    }
+}
+
 fn startup_options(common: &Common, pods: &PodsOnly, parallel: Option<usize>) -> startup::Options {
     startup::Options {
         plan: common.plan(),
@@ -372,6 +414,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         net: net_options(&args.common, &args.net),
         startup: startup_options(&args.common, &args.pods, None),
         density: density_options(&args.common, &args.pods, &[]),
+        vmm: vmm_options(&args.common, &args.vmm),
     };
     let (listed, path) = all::run(&options, &out, print_run, |entry| match &entry.status {
         all::Status::Ok { .. } => {}
