@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::measure::{Metric, Role};
 use crate::results::{self, Run};
-use crate::{density, net, plot, startup, Error, Result};
+use crate::{density, net, plot, startup, vmm, Error, Result};
 
 /// Marks the start of the generated section of RESULTS.md.
 pub const BEGIN: &str = "<!-- BEGIN hull-bench report: generated, edits here are lost -->";
@@ -18,7 +18,16 @@ pub const BEGIN: &str = "<!-- BEGIN hull-bench report: generated, edits here are
 pub const END: &str = "<!-- END hull-bench report -->";
 
 /// The subcommands with results to report, in report order.
-pub const REPORTED: [&str; 6] = ["rpc", "blk", "fs", net::NAME, startup::NAME, density::NAME];
+pub const REPORTED: [&str; 8] = [
+    "rpc",
+    "blk",
+    "fs",
+    net::NAME,
+    vmm::START,
+    vmm::EXITS,
+    startup::NAME,
+    density::NAME,
+];
 
 fn role_name(role: Role) -> &'static str {
     match role {
@@ -215,6 +224,9 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
     }
     if run.subcommand == startup::NAME {
         md.push_str(&startup::markdown_phases(run));
+    }
+    if run.subcommand == vmm::START || run.subcommand == vmm::EXITS {
+        md.push_str(&vmm::markdown_footprint(run));
     }
     md
 }

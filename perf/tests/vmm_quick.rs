@@ -207,6 +207,15 @@ fn assert_workloads(run: &Value, qemu: &str, workloads: &[&str], metrics: &[&str
             .any(|r| r["workload"] == resident && r["metric"] == "pss_mib"),
         "a PSS ratio: {run}"
     );
+    let hull_threads = run["params"]["thread_names"]["hull-vmm"]
+        .as_array()
+        .unwrap_or_else(|| panic!("hull-vmm's thread names: {run}"));
+    assert!(
+        hull_threads
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.ends_with("vcpu0"))),
+        "hull-vmm's vCPU thread is among {hull_threads:?}"
+    );
     let notes: Vec<&str> = run["notes"]
         .as_array()
         .expect("notes")

@@ -557,11 +557,27 @@ fn vmms(options: &Options, images: &Images) -> Result<(Vec<Vmm>, Option<String>)
 }
 
 /// One process's footprint while its guest is parked.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Footprint {
     pss_kib: u64,
     guest_pss_kib: u64,
     threads: u64,
+    /// Each thread's name (`/proc/PID/task/*/comm`), sorted.
+    thread_names: Vec<String>,
+}
+
+/// The names of process `pid`'s threads, sorted (KVM's own workers, such as
+/// `kvm-nx-lpage-recovery`, are listed among them by the kernel).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn footprint(vmm: &Vmm, images: &Images) -> Result<Footprint> {
@@ -579,17 +595,24 @@ fn footprint(vmm: &Vmm, images: &Images) -> Result<Footprint> {
     let pss = density::rollup_pss_kib(&read("smaps_rollup")?).unwrap_or(0);
     let guest = density::mapping_pss_kib(&read("smaps")?, vmm.guest_ram());
     let threads = density::status_field(&read("status")?, "Threads").unwrap_or(0);
+    let thread_names = thread_names(pid);
     launch.stop();
     Ok(Footprint {
         pss_kib: pss.saturating_sub(guest),
         guest_pss_kib: guest,
         threads,
+        thread_names,
     })
 }
 
 /// Each VMM's footprint with a parked guest, `rounds` times in alternating order: a series
-/// per VMM and the subject's ratios against the peer, round by round.
-fn footprints(vmms: &[Vmm], images: &Images, rounds: usize) -> Result<Outcome> {
+/// per VMM and the subject's ratios against the peer, round by round; and each VMM's thread
+/// names (of its last round) as JSON.
+fn footprints(
+    vmms: &[Vmm],
+    images: &Images,
+    rounds: usize,
+) -> Result<(Outcome, serde_json::Value)> {
     let mut samples: Vec<Vec<Footprint>> = vec![Vec::new(); vmms.len()];
     for round in 0..rounds {
         for offset in 0..vmms.len() {
@@ -644,7 +667,12 @@ fn footprints(vmms: &[Vmm], images: &Images, rounds: usize) -> Result<Outcome> {
             }
         }
     }
-    Ok(outcome)
+    let names: serde_json::Map<String, serde_json::Value> = vmms
+        .iter()
+        .zip(&samples)
+        .filter_map(|(vmm, samples)| Some((vmm.name(), json!(samples.last()?.thread_names))))
+        .collect();
+    Ok((outcome, serde_json::Value::Object(names)))
 }
 
 /// Notes every run of both subcommands carries.
@@ -747,13 +775,14 @@ pub fn run_start(options: &Options) -> Result<Run> {
     let progress = Progress::new(START, trials);
     let mut outcome = measure::run(&options.plan, &workloads, &mut contestants, &progress)?;
     progress.step_message("footprint with the guest parked");
-    let resident = footprints(&vmms, &images, options.plan.rounds)?;
+    let (resident, threads) = footprints(&vmms, &images, options.plan.rounds)?;
     drop(progress);
     outcome.series.extend(resident.series);
     outcome.ratios.extend(resident.ratios);
 
     run.machine.finish();
     run.params = params(&vmms, &images);
+    run.params["thread_names"] = threads;
     run.notes = common_notes(&vmms, tcg_because.as_deref());
     run.notes.push(
         "'exec to first guest output' is the guest's first instruction as far as the host can \
@@ -802,13 +831,14 @@ pub fn run_exits(options: &Options) -> Result<Run> {
     let progress = Progress::new(EXITS, trials);
     let mut outcome = measure::run(&options.plan, &workloads, &mut contestants, &progress)?;
     progress.step_message("footprint with the guest parked");
-    let resident = footprints(&vmms, &images, options.plan.rounds)?;
+    let (resident, threads) = footprints(&vmms, &images, options.plan.rounds)?;
     drop(progress);
     outcome.series.extend(resident.series);
     outcome.ratios.extend(resident.ratios);
 
     run.machine.finish();
     let mut params = params(&vmms, &images);
+    params["thread_names"] = threads;
     params["exits_per_guest_run"] = json!(n);
     params["exit_port"] = json!(format!("{:#x}", guest::EXIT_PORT));
     params["exit_mmio_addr"] = json!(format!("{:#x}", guest::EXIT_MMIO_ADDR));
@@ -829,6 +859,48 @@ pub fn run_exits(options: &Options) -> Result<Run> {
     run.notes.extend(footprint_note(&outcome));
     run.record(outcome);
     Ok(run)
+}
+
+/// The footprint table of a `vmm-start` or `vmm-exits` run, for `perf/RESULTS.md`.
+pub fn markdown_footprint(run: &Run) -> String {
+    use std::fmt::Write;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\nFootprint with the guest parked in `hlt` (median of the rounds; guest RAM apart):\n"
+    );
+    let _ = writeln!(
+        md,
+        "| VMM | PSS MiB beside guest RAM | guest RAM PSS MiB | threads | thread names |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for series in run.series.iter().filter(|s| s.workload == RESIDENT) {
+        let cell = |metric: Metric| {
+            series
+                .metrics
+                .get(&metric)
+                .map_or_else(|| "–".to_owned(), |s| format!("{:.2}", s.median))
+        };
+        let names = run.params["thread_names"][&series.contestant]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {names} |",
+            series.contestant,
+            cell(Metric::PssMib),
+            cell(Metric::GuestPssMib),
+            cell(Metric::Threads)
+        );
+    }
+    md
 }
 
 #[cfg(test)]
@@ -858,6 +930,35 @@ mod tests {
         );
         let (_, args) = Vmm::Hull("h".into()).command_line(Path::new("/g.elf"));
         assert_eq!(args, ["--kernel", "/g.elf", "--memory", "16"]);
+    }
+
+    #[test]
+    fn footprint_table_lists_each_vmm_with_its_figures_and_thread_names() {
+        let mut run = Run::new(START, true, Plan::quick(), Machine::probe());
+        let stat = |v: f64| Stat::of(vec![v, v]).expect("a stat");
+        for (name, pss) in [("hull-vmm", 1.5), ("qemu microvm (KVM)", 30.0)] {
+            run.series.push(Series {
+                contestant: name.into(),
+                role: Role::Peer,
+                workload: RESIDENT.into(),
+                metrics: [
+                    (Metric::PssMib, stat(pss)),
+                    (Metric::GuestPssMib, stat(0.25)),
+                    (Metric::Threads, stat(3.0)),
+                ]
+                .into(),
+            });
+        }
+        run.params = json!({"thread_names": {"hull-vmm": ["hull-vmm", "vm0-vcpu0"]}});
+        let md = markdown_footprint(&run);
+        assert!(
+            md.contains("| hull-vmm | 1.50 | 0.25 | 3.00 | hull-vmm, vm0-vcpu0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| qemu microvm (KVM) | 30.00 | 0.25 | 3.00 |  |"),
+            "{md}"
+        );
     }
 
     #[test]
