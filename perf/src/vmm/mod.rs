@@ -712,6 +712,18 @@ fn common_notes(vmms: &[Vmm], tcg_because: Option<&str>) -> Vec<String> {
     notes
 }
 
+/// The first line of `program --version`, or why there is none.
+fn version(program: &Path) -> String {
+    match Command::new(program).arg("--version").output() {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or("no version printed")
+            .to_owned(),
+        Err(err) => format!("--version failed: {err}"),
+    }
+}
+
 fn params(vmms: &[Vmm], images: &Images) -> serde_json::Value {
     let commands: Vec<String> = vmms
         .iter()
@@ -720,10 +732,18 @@ fn params(vmms: &[Vmm], images: &Images) -> serde_json::Value {
             format!("{} {}", program.display(), args.join(" "))
         })
         .collect();
+    let versions: Vec<String> = vmms
+        .iter()
+        .map(|vmm| {
+            let (program, _) = vmm.command_line(Path::new(""));
+            format!("{}: {}", vmm.name(), version(&program))
+        })
+        .collect();
     json!({
         "guest_mib": GUEST_MIB,
         "vcpus": 1,
         "commands": commands,
+        "versions": versions,
     })
 }
 
