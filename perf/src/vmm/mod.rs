@@ -759,19 +759,31 @@ fn goal_note(outcome: &Outcome, workload: &str, metric: Metric, goal: &str) -> O
     ))
 }
 
-/// The footprint goal as a note.
-fn footprint_note(outcome: &Outcome) -> Option<String> {
+/// The footprint goal as a note; `thread_names` is the JSON [`footprints`] returns.
+fn footprint_note(outcome: &Outcome, thread_names: &serde_json::Value) -> Option<String> {
     let hull = outcome
         .series
         .iter()
         .find(|s| s.workload == RESIDENT && s.role == Role::Subject)?;
     let pss = hull.metrics.get(&Metric::PssMib)?.median;
     let threads = hull.metrics.get(&Metric::Threads)?.median;
+    // KVM's own workers (kvm-nx-lpage-recovery) are listed among a VM process's threads by
+    // the kernel, for every VMM alike: not the VMM's threads.
+    let kvm_workers = thread_names[&hull.contestant]
+        .as_array()
+        .map_or(0, |names| {
+            names
+                .iter()
+                .filter(|n| n.as_str().is_some_and(|n| n.starts_with("kvm-")))
+                .count()
+        }) as f64;
+    let own = threads - kvm_workers;
     Some(format!(
-        "Goal footprint: hull-vmm {pss:.2} MiB PSS beside guest RAM (goal ≤ 5: {}), {threads} \
-         threads (goal 2 = 1 vCPU + 1: {}).",
+        "Goal footprint: hull-vmm {pss:.2} MiB PSS beside guest RAM (goal ≤ 5: {}); {threads} \
+         threads, of which {kvm_workers} KVM kernel worker, so {own} of its own (goal 2 = 1 \
+         vCPU + 1: {}).",
         if pss <= 5.0 { "met" } else { "missed" },
-        if threads <= 2.0 { "met" } else { "missed" }
+        if own <= 2.0 { "met" } else { "missed" }
     ))
 }
 
@@ -816,7 +828,8 @@ pub fn run_start(options: &Options) -> Result<Run> {
         Metric::P50Us,
         "start ≤ 0.2× QEMU's",
     ));
-    run.notes.extend(footprint_note(&outcome));
+    run.notes
+        .extend(footprint_note(&outcome, &run.params["thread_names"]));
     run.record(outcome);
     Ok(run)
 }
@@ -876,7 +889,8 @@ pub fn run_exits(options: &Options) -> Result<Run> {
         Metric::OpsPerSec,
         "exit throughput ≥ QEMU's",
     ));
-    run.notes.extend(footprint_note(&outcome));
+    run.notes
+        .extend(footprint_note(&outcome, &run.params["thread_names"]));
     run.record(outcome);
     Ok(run)
 }
