@@ -181,14 +181,21 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
                         },
                     )
             };
-            let _ = writeln!(
-                md,
-                "| {workload} | {other} ({}) | {} | {} | {} | {} |",
-                role_name(role),
+            let cells = [
                 cell(Metric::OpsPerSec),
                 cell(Metric::P50Us),
                 cell(Metric::P99Us),
-                cell(Metric::CpuUsPerOp)
+                cell(Metric::CpuUsPerOp),
+            ];
+            // A workload measured in other units (vmm's footprint) has its own table.
+            if cells.iter().all(|c| c == "–") {
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {workload} | {other} ({}) | {} |",
+                role_name(role),
+                cells.join(" | ")
             );
         }
     }
@@ -209,17 +216,23 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
                 |s| format!("{} (±{:.0}%)", number(s.median), s.spread_pct / 2.0),
             )
         };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            series.workload,
-            series.contestant,
-            role_name(series.role),
+        let cells = [
             cell(Metric::OpsPerSec),
             cell(Metric::MbPerSec),
             cell(Metric::P50Us),
             cell(Metric::P99Us),
-            cell(Metric::CpuUsPerOp)
+            cell(Metric::CpuUsPerOp),
+        ];
+        if cells.iter().all(|c| c == "–") {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            series.workload,
+            series.contestant,
+            role_name(series.role),
+            cells.join(" | ")
         );
     }
     if run.subcommand == startup::NAME {

@@ -993,6 +993,13 @@ mod tests {
             md.contains("| qemu microvm (KVM) | 30.00 | 0.25 | 3.00 |  |"),
             "{md}"
         );
+        // The generic tables leave out the footprint's rows, which have none of their units.
+        let report = crate::report::markdown(&run, None);
+        assert!(report.contains(&md), "{report}");
+        assert!(
+            !report.contains("| guest parked in hlt | hull-vmm |"),
+            "{report}"
+        );
     }
 
     #[test]
