@@ -158,27 +158,45 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         cmdline,
     };
     let entry = boot::load(vm.memory(), &boot).context("cannot load the kernel")?;
-    // SIGINT and SIGTERM stop the VM cleanly: blocked here, before the vCPU threads inherit
-    // the mask, and taken by one thread that asks the VM to stop.
+    // SIGINT and SIGTERM stop the VM cleanly. The main thread takes them itself, so the
+    // process has one thread besides its vCPUs (issue 7: threads = vCPUs + 1): they are
+    // blocked here, before the vCPU threads inherit the mask, and the main thread waits for
+    // them with sigwait. A stop the guest makes (reset, halt, fault) reaches that wait as
+    // GUEST_STOPPED, which the VM's stop hook sends to the process.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(GUEST_STOPPED);
     signals
         .thread_block()
-        .context("cannot block SIGINT and SIGTERM")?;
+        .context("cannot block SIGINT, SIGTERM and SIGUSR1")?;
     let state = vm.run_state();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(signal) = signals.wait() {
+    state.on_stop(|| {
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), GUEST_STOPPED);
+    });
+    let running = vm.start(entry).context("cannot start the vCPUs")?;
+    loop {
+        match signals.wait() {
+            // Sent by the stop hook; one from elsewhere while the VM runs is ignored.
+            Ok(GUEST_STOPPED) if !state.stop_requested() => continue,
+            Ok(GUEST_STOPPED) => break,
+            Ok(signal) => {
                 tracing::info!(%signal, "stopping the VM");
                 state.request_stop(StopReason::Requested);
+                break;
             }
-        })
-        .context("cannot spawn the signal thread")?;
-    let running = vm.start(entry).context("cannot start the vCPUs")?;
+            // sigwait fails only on an invalid set; the VM's own stop still ends the wait.
+            Err(err) => {
+                tracing::warn!(%err, "cannot wait for signals");
+                break;
+            }
+        }
+    }
     Ok(running.wait())
 }
+
+/// The signal the VM's stop hook sends the process, to end the main thread's wait.
+const GUEST_STOPPED: Signal = Signal::SIGUSR1;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
