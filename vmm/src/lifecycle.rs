@@ -67,6 +67,8 @@ impl RunState {
     /// Asks the VM to stop for `reason`, unless a stop was already asked for.
     pub fn request_stop(&self, reason: StopReason) {
         let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        // Before the hook: whoever it wakes must see the stop.
+        self.stopping.store(true, Ordering::Release);
         if current.is_none() {
             tracing::info!(?reason, "VM stopping");
             *current = Some(reason);
@@ -74,7 +76,6 @@ impl RunState {
                 hook();
             }
         }
-        self.stopping.store(true, Ordering::Release);
         self.stopped.notify_all();
     }
 
@@ -142,6 +143,19 @@ mod tests {
         let state = RunState::new();
         assert!(state.on_stop(counter(&runs)));
         assert!(!state.on_stop(counter(&runs)), "one hook only");
+        // What the hook wakes sees the stop already (hull-vmm's main thread checks it).
+        let seen = Arc::new(RunState::new());
+        let seen_in_hook = Arc::clone(&seen);
+        let saw = Arc::new(AtomicBool::new(false));
+        let saw_in_hook = Arc::clone(&saw);
+        seen.on_stop(move || {
+            saw_in_hook.store(seen_in_hook.stop_requested(), Ordering::SeqCst);
+        });
+        seen.request_stop(StopReason::Halted);
+        assert!(
+            saw.load(Ordering::SeqCst),
+            "stop_requested() is true inside the hook"
+        );
         assert_eq!(runs.load(Ordering::SeqCst), 0);
         state.request_stop(StopReason::I8042Reset);
         state.request_stop(StopReason::Requested);
