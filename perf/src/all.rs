@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::results::{Run, SCHEMA_VERSION};
-use crate::{blk, density, fs, net, plot, rpc, startup, vsock, Error, Result};
+use crate::{blk, density, fs, net, plot, rpc, startup, vmm, vsock, Error, Result};
 
 /// Every subcommand of the design that measures, in the order `all` runs them.
 pub const SUBCOMMANDS: [&str; 9] = [
@@ -85,6 +85,8 @@ pub struct Options {
     pub startup: startup::Options,
     /// For `density`.
     pub density: density::Options,
+    /// For `vmm-start` and `vmm-exits`.
+    pub vmm: vmm::Options,
 }
 
 /// Runs every subcommand with these options, saving each run in `out`; `on_run` sees each
@@ -106,6 +108,8 @@ pub fn run(
             vsock::NAME => Some(vsock::run(&options.vsock)),
             startup::NAME => Some(startup::run(&options.startup)),
             density::NAME => Some(density::run(&options.density)),
+            vmm::START => Some(vmm::run_start(&options.vmm)),
+            vmm::EXITS => Some(vmm::run_exits(&options.vmm)),
             _ => None,
         };
         let status = match measured {

@@ -87,6 +87,11 @@ const GUEST_RAM_MEMFD: &str = "/memfd:memory-backend-memfd";
 
 /// PSS in KiB of the guest RAM mappings ([`GUEST_RAM_MEMFD`]) in a process's `smaps`.
 pub fn guest_ram_pss_kib(smaps: &str) -> u64 {
+    mapping_pss_kib(smaps, GUEST_RAM_MEMFD)
+}
+
+/// PSS in KiB of the mappings of file `path` (as `smaps` names it) in a process's `smaps`.
+pub fn mapping_pss_kib(smaps: &str, path: &str) -> u64 {
     let mut total = 0;
     let mut in_guest_ram = false;
     for line in smaps.lines() {
@@ -94,7 +99,7 @@ pub fn guest_ram_pss_kib(smaps: &str) -> u64 {
         let first = fields.next().unwrap_or_default();
         // A mapping's header starts with its address range "start-end".
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            in_guest_ram = fields.nth(4).is_some_and(|path| path == GUEST_RAM_MEMFD);
+            in_guest_ram = fields.nth(4).is_some_and(|name| name == path);
             continue;
         }
         if in_guest_ram && first == "Pss:" {
@@ -108,7 +113,7 @@ pub fn guest_ram_pss_kib(smaps: &str) -> u64 {
 }
 
 /// A field of `/proc/PID/status` (`Threads:`, `PPid:`) as a number.
-fn status_field(status: &str, key: &str) -> Option<u64> {
+pub(crate) fn status_field(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let rest = line.strip_prefix(key)?.strip_prefix(':')?;
         rest.split_whitespace().next()?.parse().ok()

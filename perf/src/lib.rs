@@ -12,8 +12,9 @@
 //! QEMU's virtio-net under QEMU guests), [`vsock`] (hull-vsock against vhost-device-vsock
 //! under QEMU guests), [`startup`] (`ctr run` to first
 //! output through containerd, split by phase) and [`density`] (memory, threads and descriptors
-//! per pod), the last two on [`pods`] (a private containerd with hull's shim and runc). The
-//! other subcommands of the design answer "not implemented yet".
+//! per pod), the last two on [`pods`] (a private containerd with hull's shim and runc), and
+//! [`vmm`] (`vmm-start`, `vmm-exits`: hull-vmm against QEMU microvm with the same small
+//! guest). The other subcommands of the design answer "not implemented yet".
 
 pub mod all;
 pub mod blk;
@@ -29,6 +30,7 @@ pub mod report;
 pub mod results;
 pub mod rpc;
 pub mod startup;
+pub mod vmm;
 pub mod vsock;
 
 use std::path::PathBuf;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hull_bench::measure::Plan;
 use hull_bench::results::{self, Run};
-use hull_bench::{all, blk, density, fs, net, report, rpc, startup, vsock, Error};
+use hull_bench::{all, blk, density, fs, net, report, rpc, startup, vmm, vsock};
 
 /// hull's components measured against peers in the same run (ratios, never bare figures).
 #[derive(Debug, Parser)]
@@ -191,6 +191,24 @@ struct FsOnly {
 }
 
 #[derive(Debug, Args)]
+struct VmmArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    vmm: VmmOnly,
+}
+
+#[derive(Debug, Clone, Args)]
+struct VmmOnly {
+    /// The hull-vmm binary [default: beside hull-bench, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    hull_vmm: Option<PathBuf>,
+    /// Exits per guest run of vmm-exits [default: 100000, --quick 2000].
+    #[arg(long, value_name = "N")]
+    exits: Option<u32>,
+}
+
+#[derive(Debug, Args)]
 struct AllArgs {
     #[command(flatten)]
     common: Common,
@@ -207,6 +225,8 @@ struct AllArgs {
     vsock: VsockOnly,
     #[command(flatten)]
     pods: PodsOnly,
+    #[command(flatten)]
+    vmm: VmmOnly,
 }
 
 #[derive(Debug, Args)]
@@ -241,10 +261,13 @@ enum Command {
     /// QEMU guest: stream throughput and connection set-up both ways, with a bare unix socket
     /// pair as the limit.
     Vsock(VsockArgs),
-    /// VMM start to first instruction against QEMU microvm (not implemented yet).
-    VmmStart(Common),
-    /// VMM exits per second and kick-to-interrupt latency (not implemented yet).
-    VmmExits(Common),
+    /// hull-vmm against QEMU microvm booting the same small PVH guest: exec to the guest's
+    /// first output and to the VMM's exit on the guest's reset, with KVM_CREATE_VM + KVM_RUN
+    /// in this process as the limit; and each VMM's PSS and threads with the guest parked.
+    VmmStart(VmmArgs),
+    /// hull-vmm against QEMU microvm: port I/O and MMIO exits per second of the same small
+    /// guest, with a bare KVM_RUN loop as the limit (kick-to-interrupt latency: not yet).
+    VmmExits(VmmArgs),
     /// Memory (PSS, guest RAM apart), threads and descriptors per pod with hull (qemu) and
     /// runc, for growing numbers of pods, through a private containerd.
     Density(DensityArgs),
@@ -295,8 +318,16 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .context("hull-bench vsock")?;
             finish(&run, &args.common.out())
         }
-        Command::VmmStart(_) => Err(Error::NotImplemented("vmm-start".into()).into()),
-        Command::VmmExits(_) => Err(Error::NotImplemented("vmm-exits".into()).into()),
+        Command::VmmStart(args) => {
+            let run = vmm::run_start(&vmm_options(&args.common, &args.vmm))
+                .context("hull-bench vmm-start")?;
+            finish(&run, &args.common.out())
+        }
+        Command::VmmExits(args) => {
+            let run = vmm::run_exits(&vmm_options(&args.common, &args.vmm))
+                .context("hull-bench vmm-exits")?;
+            finish(&run, &args.common.out())
+        }
         Command::Density(args) => {
             let options = density_options(&args.common, &args.pods, &args.pods_at_once);
             let run = density::run(&options).context("hull-bench density")?;
@@ -364,6 +395,17 @@ fn vsock_options(common: &Common, vsock: &VsockOnly) -> vsock::Options {
     }
 }
 
+fn vmm_options(common: &Common, vmm: &VmmOnly) -> vmm::Options {
+    vmm::Options {
+        plan: common.plan(),
+        quick: common.quick,
+        hull_vmm: vmm.hull_vmm.clone(),
+        exits: vmm
+            .exits
+            .unwrap_or(if common.quick { 2_000 } else { 100_000 }),
+    }
+}
+
 fn startup_options(common: &Common, pods: &PodsOnly, parallel: Option<usize>) -> startup::Options {
     startup::Options {
         plan: common.plan(),
@@ -410,6 +452,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         vsock: vsock_options(&args.common, &args.vsock),
         startup: startup_options(&args.common, &args.pods, None),
         density: density_options(&args.common, &args.pods, &[]),
+        vmm: vmm_options(&args.common, &args.vmm),
     };
     let (listed, path) = all::run(&options, &out, print_run, |entry| match &entry.status {
         all::Status::Ok { .. } => {}

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::measure::{Metric, Role};
 use crate::results::{self, Run};
-use crate::{density, net, plot, startup, vsock, Error, Result};
+use crate::{density, net, plot, startup, vmm, vsock, Error, Result};
 
 /// Marks the start of the generated section of RESULTS.md.
 pub const BEGIN: &str = "<!-- BEGIN hull-bench report: generated, edits here are lost -->";
@@ -18,12 +18,14 @@ pub const BEGIN: &str = "<!-- BEGIN hull-bench report: generated, edits here are
 pub const END: &str = "<!-- END hull-bench report -->";
 
 /// The subcommands with results to report, in report order.
-pub const REPORTED: [&str; 7] = [
+pub const REPORTED: [&str; 9] = [
     "rpc",
     "blk",
     "fs",
     net::NAME,
     vsock::NAME,
+    vmm::START,
+    vmm::EXITS,
     startup::NAME,
     density::NAME,
 ];
@@ -180,14 +182,21 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
                         },
                     )
             };
-            let _ = writeln!(
-                md,
-                "| {workload} | {other} ({}) | {} | {} | {} | {} |",
-                role_name(role),
+            let cells = [
                 cell(Metric::OpsPerSec),
                 cell(Metric::P50Us),
                 cell(Metric::P99Us),
-                cell(Metric::CpuUsPerOp)
+                cell(Metric::CpuUsPerOp),
+            ];
+            // A workload measured in other units (vmm's footprint) has its own table.
+            if cells.iter().all(|c| c == "–") {
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {workload} | {other} ({}) | {} |",
+                role_name(role),
+                cells.join(" | ")
             );
         }
     }
@@ -208,21 +217,30 @@ pub fn markdown(run: &Run, chart: Option<&str>) -> String {
                 |s| format!("{} (±{:.0}%)", number(s.median), s.spread_pct / 2.0),
             )
         };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            series.workload,
-            series.contestant,
-            role_name(series.role),
+        let cells = [
             cell(Metric::OpsPerSec),
             cell(Metric::MbPerSec),
             cell(Metric::P50Us),
             cell(Metric::P99Us),
-            cell(Metric::CpuUsPerOp)
+            cell(Metric::CpuUsPerOp),
+        ];
+        if cells.iter().all(|c| c == "–") {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            series.workload,
+            series.contestant,
+            role_name(series.role),
+            cells.join(" | ")
         );
     }
     if run.subcommand == startup::NAME {
         md.push_str(&startup::markdown_phases(run));
+    }
+    if run.subcommand == vmm::START || run.subcommand == vmm::EXITS {
+        md.push_str(&vmm::markdown_footprint(run));
     }
     md
 }

@@ -6,7 +6,7 @@
 //! [`crate::vm`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 
 /// Why a VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,12 +36,26 @@ pub enum StopReason {
     },
 }
 
+/// What [`RunState::on_stop`] runs.
+type StopHook = Box<dyn Fn() + Send + Sync>;
+
 /// The run state shared by a VM's threads and devices.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RunState {
     stopping: AtomicBool,
     reason: Mutex<Option<StopReason>>,
     stopped: Condvar,
+    on_stop: OnceLock<StopHook>,
+}
+
+impl std::fmt::Debug for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunState")
+            .field("stopping", &self.stopping)
+            .field("reason", &self.reason)
+            .field("on_stop", &self.on_stop.get().is_some())
+            .finish()
+    }
 }
 
 impl RunState {
@@ -53,12 +67,34 @@ impl RunState {
     /// Asks the VM to stop for `reason`, unless a stop was already asked for.
     pub fn request_stop(&self, reason: StopReason) {
         let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        // Before the hook: whoever it wakes must see the stop.
+        self.stopping.store(true, Ordering::Release);
         if current.is_none() {
             tracing::info!(?reason, "VM stopping");
             *current = Some(reason);
+            if let Some(hook) = self.on_stop.get() {
+                hook();
+            }
         }
-        self.stopping.store(true, Ordering::Release);
         self.stopped.notify_all();
+    }
+
+    /// Registers `hook` to run once, on the first stop request (on the requesting thread,
+    /// right away if the VM already stopped): for a thread that waits for other events as
+    /// well as the stop, such as `hull-vmm`'s main thread waiting for signals. Returns
+    /// `false`, and drops `hook`, if one is registered already.
+    pub fn on_stop(&self, hook: impl Fn() + Send + Sync + 'static) -> bool {
+        // Under the reason's lock, so a concurrent first stop runs the hook exactly once.
+        let current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if self.on_stop.set(Box::new(hook)).is_err() {
+            return false;
+        }
+        if current.is_some() {
+            if let Some(hook) = self.on_stop.get() {
+                hook();
+            }
+        }
+        true
     }
 
     /// Whether a stop was asked for; vCPU threads check it before every KVM_RUN.
@@ -92,6 +128,48 @@ mod tests {
         state.request_stop(StopReason::Requested);
         assert!(state.stop_requested());
         assert_eq!(state.wait(), StopReason::I8042Reset);
+    }
+
+    #[test]
+    fn stop_hook_runs_once_on_the_first_stop_or_at_once_if_stopped_already() {
+        use std::sync::atomic::AtomicUsize;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = |runs: &Arc<AtomicUsize>| {
+            let runs = Arc::clone(runs);
+            move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let state = RunState::new();
+        assert!(state.on_stop(counter(&runs)));
+        assert!(!state.on_stop(counter(&runs)), "one hook only");
+        // What the hook wakes sees the stop already (hull-vmm's main thread checks it).
+        let seen = Arc::new(RunState::new());
+        let seen_in_hook = Arc::clone(&seen);
+        let saw = Arc::new(AtomicBool::new(false));
+        let saw_in_hook = Arc::clone(&saw);
+        seen.on_stop(move || {
+            saw_in_hook.store(seen_in_hook.stop_requested(), Ordering::SeqCst);
+        });
+        seen.request_stop(StopReason::Halted);
+        assert!(
+            saw.load(Ordering::SeqCst),
+            "stop_requested() is true inside the hook"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        state.request_stop(StopReason::I8042Reset);
+        state.request_stop(StopReason::Requested);
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "first stop only");
+
+        let late = Arc::new(AtomicUsize::new(0));
+        let stopped = RunState::new();
+        stopped.request_stop(StopReason::Halted);
+        assert!(stopped.on_stop(counter(&late)));
+        assert_eq!(
+            late.load(Ordering::SeqCst),
+            1,
+            "already stopped: run at once"
+        );
     }
 
     #[test]

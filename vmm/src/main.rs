@@ -14,6 +14,7 @@ use hull_vmm::virtio::vhost_user::{
 };
 use hull_vmm::vm::{KickPath, Vm, VmConfig, MAX_VCPUS};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// Boot a Linux kernel in a KVM microVM; the guest's serial console (COM1) goes to stdout.
 #[derive(Debug, Parser)]
@@ -162,49 +163,107 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         cmdline,
     };
     let entry = boot::load(vm.memory(), &boot).context("cannot load the kernel")?;
-    // SIGINT and SIGTERM stop the VM cleanly: blocked here, before the vCPU threads inherit
-    // the mask, and taken by one thread that asks the VM to stop.
+    // SIGINT and SIGTERM stop the VM cleanly. The main thread takes them itself, so the
+    // process has one thread besides its vCPUs (issue 7: threads = vCPUs + 1): they are
+    // blocked here, before the vCPU threads inherit the mask, and the main thread waits for
+    // them with sigwait. A stop the guest makes (reset, halt, fault) reaches that wait as
+    // GUEST_STOPPED, which the VM's stop hook sends to the process.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(GUEST_STOPPED);
     signals
         .thread_block()
-        .context("cannot block SIGINT and SIGTERM")?;
+        .context("cannot block SIGINT, SIGTERM and SIGUSR1")?;
     let state = vm.run_state();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(signal) = signals.wait() {
-                tracing::info!(%signal, "stopping the VM");
-                state.request_stop(StopReason::Requested);
-            }
-        })
-        .context("cannot spawn the signal thread")?;
+    state.on_stop(|| {
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), GUEST_STOPPED);
+    });
+    // The blocked signals arrive on a signalfd, so the same wait can also answer metrics
+    // readers.
+    let signal_fd =
+        SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).context("cannot open a signalfd")?;
     let metrics = args
         .metrics_socket
         .map(|path| MetricsSocket::bind(&path).map(|listener| (path, listener)))
         .transpose()
         .context("cannot serve the metrics socket")?;
     let running = vm.start(entry).context("cannot start the vCPUs")?;
-    if let Some((path, listener)) = metrics {
-        // Served by the main thread, which otherwise only waits: no thread beyond the
-        // vCPUs' and the signals'.
-        let state = running.run_state();
-        while !state.stop_requested() {
-            if let Some(mut reader) = listener.accept_within(METRICS_POLL) {
-                let (pio, mmio) = running.unmapped_accesses();
-                let text = render_metrics(&running.exit_counts(), pio, mmio);
-                let _ = std::io::Write::write_all(&mut reader, text.as_bytes());
+    loop {
+        let (signalled, reader) = match wait_for(&signal_fd, metrics.as_ref().map(|m| &m.1)) {
+            Ok(ready) => ready,
+            // poll fails only on bad arguments; the VM's own stop still ends the run.
+            Err(err) => {
+                tracing::warn!(%err, "cannot wait for signals");
+                break;
+            }
+        };
+        if reader {
+            if let Some((_, listener)) = &metrics {
+                if let Some(mut reader) = listener.accept() {
+                    let (pio, mmio) = running.unmapped_accesses();
+                    let text = render_metrics(&running.exit_counts(), pio, mmio);
+                    let _ = std::io::Write::write_all(&mut reader, text.as_bytes());
+                }
             }
         }
+        if !signalled {
+            continue;
+        }
+        match signal_fd.read_signal() {
+            Ok(Some(info)) => {
+                let signal = i32::try_from(info.ssi_signo)
+                    .ok()
+                    .and_then(|n| Signal::try_from(n).ok());
+                match signal {
+                    // Sent by the stop hook; one from elsewhere while the VM runs is ignored.
+                    Some(GUEST_STOPPED) if !state.stop_requested() => {}
+                    Some(GUEST_STOPPED) => break,
+                    other => {
+                        tracing::info!(signal = ?other, "stopping the VM");
+                        state.request_stop(StopReason::Requested);
+                        break;
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the signalfd");
+                break;
+            }
+        }
+    }
+    if let Some((path, listener)) = metrics {
         drop(listener);
         let _ = std::fs::remove_file(path);
     }
     Ok(running.wait())
 }
 
-/// How long the main thread waits for a metrics reader before it looks whether the VM stops.
-const METRICS_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Waits until a blocked signal is pending or a metrics reader connects; answers which.
+fn wait_for(signals: &SignalFd, metrics: Option<&MetricsSocket>) -> nix::Result<(bool, bool)> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    if let Some(metrics) = metrics {
+        fds.push(PollFd::new(metrics.0.as_fd(), PollFlags::POLLIN));
+    }
+    loop {
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let ready = |fd: Option<&PollFd<'_>>| {
+        fd.and_then(|fd| fd.revents())
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
+    };
+    Ok((ready(fds.first()), ready(fds.get(1))))
+}
+
+/// The signal the VM's stop hook sends the process, to end the main thread's wait.
+const GUEST_STOPPED: Signal = Signal::SIGUSR1;
 
 /// A listening unix socket for `--metrics-socket`.
 struct MetricsSocket(std::os::unix::net::UnixListener);
@@ -229,30 +288,16 @@ impl MetricsSocket {
         Ok(Self(listener))
     }
 
-    /// A reader that connects within `timeout`, if any.
-    fn accept_within(
-        &self,
-        timeout: std::time::Duration,
-    ) -> Option<std::os::unix::net::UnixStream> {
-        use std::os::fd::AsFd;
-        let mut fds = [nix::poll::PollFd::new(
-            self.0.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-            Ok(n) if n > 0 => {
-                let (stream, _) = self.0.accept().ok()?;
-                // The write of a few hundred bytes must not hang the VMM on a reader that
-                // does not read.
-                stream.set_nonblocking(false).ok()?;
-                stream
-                    .set_write_timeout(Some(std::time::Duration::from_secs(1)))
-                    .ok()?;
-                Some(stream)
-            }
-            _ => None,
-        }
+    /// The reader that connected, if it is still there.
+    fn accept(&self) -> Option<std::os::unix::net::UnixStream> {
+        let (stream, _) = self.0.accept().ok()?;
+        // The write of a few hundred bytes must not hang the VMM on a reader that does not
+        // read.
+        stream.set_nonblocking(false).ok()?;
+        stream
+            .set_write_timeout(Some(std::time::Duration::from_secs(1)))
+            .ok()?;
+        Some(stream)
     }
 }
 

@@ -242,6 +242,44 @@ fn sigterm_stops_a_running_guest_cleanly() {
     assert!(!metrics.exists(), "hull-vmm removed its metrics socket");
 }
 
+#[test]
+fn a_running_vm_has_one_thread_per_vcpu_and_one_more() {
+    require!("a_running_vm_has_one_thread_per_vcpu_and_one_more", kvm());
+    // Print "up", then spin.
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xeb, 0xfe,
+    ];
+    let kernel = TempFile::new("threads-kernel", &tiny_kernel(&code));
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+            .args(["--kernel", kernel.0.to_str().unwrap(), "--memory", "32"])
+            .args(["--vcpus", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut up = [0u8; 2];
+    let stdout = child.0.stdout.as_mut().unwrap();
+    stdout.read_exact(&mut up).unwrap();
+    assert_eq!(&up, b"up");
+    // KVM lists its own workers (kvm-nx-lpage-recovery) among a VM process's threads.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.0.id()))
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.starts_with("kvm-"))
+        .collect();
+    assert_eq!(threads.len(), 3, "2 vCPUs + 1: {threads:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status} after SIGTERM");
+}
+
 /// Kills and reaps the child if the test fails before it exits.
 struct KillOnDrop(std::process::Child);
 
