@@ -113,21 +113,26 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
+}
+
+/// Asks `child` to stop (SIGTERM), kills it if it has not within 5 s, and reaps it.
+pub(crate) fn terminate(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
 }
 
 /// A temporary directory of the run (sockets, logs, the test file), removed when dropped.

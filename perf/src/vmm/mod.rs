@@ -27,8 +27,6 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::child::{find_program, RunDir};
@@ -346,20 +344,7 @@ impl Launch {
 
     /// Asks the process to stop (SIGTERM), then kills it if it does not within 5 s.
     fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        crate::child::terminate(&mut self.child);
     }
 }
 
