@@ -788,31 +788,48 @@ fn footprint_note(outcome: &Outcome, thread_names: &serde_json::Value) -> Option
     ))
 }
 
+/// Runs `workloads` on each VMM booting `images` and on the in-process limit, in interleaved
+/// rounds, then measures each VMM's footprint with the guest parked: the outcome with the
+/// footprint's series and ratios, and each VMM's thread names.
+fn measure_vmms<'i, W: Workload>(
+    name: &str,
+    plan: &Plan,
+    vmms: &[Vmm],
+    images: &'i Images,
+    workloads: &[W],
+) -> Result<(Outcome, serde_json::Value)>
+where
+    Process<'i>: Contestant<W>,
+    Limit: Contestant<W>,
+{
+    let mut contestants: Vec<Box<dyn Contestant<W> + 'i>> = vmms
+        .iter()
+        .map(|vmm| {
+            Box::new(Process {
+                vmm: vmm.clone(),
+                images,
+            }) as Box<dyn Contestant<W> + 'i>
+        })
+        .collect();
+    contestants.push(Box::new(Limit));
+    let trials = (plan.rounds * contestants.len() * workloads.len()) as u64;
+    let progress = Progress::new(name, trials);
+    let mut outcome = measure::run(plan, workloads, &mut contestants, &progress)?;
+    progress.step_message("footprint with the guest parked");
+    let (resident, threads) = footprints(vmms, images, plan.rounds)?;
+    drop(progress);
+    outcome.series.extend(resident.series);
+    outcome.ratios.extend(resident.ratios);
+    Ok((outcome, threads))
+}
+
 /// `hull-bench vmm-start`.
 pub fn run_start(options: &Options) -> Result<Run> {
     let mut run = Run::new(START, options.quick, options.plan, Machine::probe());
     let images = Images::new(START)?;
     let (vmms, tcg_because) = vmms(options, &images)?;
     let workloads = [StartTo::FirstOutput, StartTo::Exit];
-    let mut contestants: Vec<Box<dyn Contestant<StartTo> + '_>> = vmms
-        .iter()
-        .map(|vmm| {
-            Box::new(Process {
-                vmm: vmm.clone(),
-                images: &images,
-            }) as Box<dyn Contestant<StartTo>>
-        })
-        .collect();
-    contestants.push(Box::new(Limit));
-    let trials = (options.plan.rounds * contestants.len() * workloads.len()) as u64;
-    let progress = Progress::new(START, trials);
-    let mut outcome = measure::run(&options.plan, &workloads, &mut contestants, &progress)?;
-    progress.step_message("footprint with the guest parked");
-    let (resident, threads) = footprints(&vmms, &images, options.plan.rounds)?;
-    drop(progress);
-    outcome.series.extend(resident.series);
-    outcome.ratios.extend(resident.ratios);
-
+    let (outcome, threads) = measure_vmms(START, &options.plan, &vmms, &images, &workloads)?;
     run.machine.finish();
     run.params = params(&vmms, &images);
     run.params["thread_names"] = threads;
@@ -851,25 +868,7 @@ pub fn run_exits(options: &Options) -> Result<Run> {
             n,
         },
     ];
-    let mut contestants: Vec<Box<dyn Contestant<ExitLoop> + '_>> = vmms
-        .iter()
-        .map(|vmm| {
-            Box::new(Process {
-                vmm: vmm.clone(),
-                images: &images,
-            }) as Box<dyn Contestant<ExitLoop>>
-        })
-        .collect();
-    contestants.push(Box::new(Limit));
-    let trials = (options.plan.rounds * contestants.len() * workloads.len()) as u64;
-    let progress = Progress::new(EXITS, trials);
-    let mut outcome = measure::run(&options.plan, &workloads, &mut contestants, &progress)?;
-    progress.step_message("footprint with the guest parked");
-    let (resident, threads) = footprints(&vmms, &images, options.plan.rounds)?;
-    drop(progress);
-    outcome.series.extend(resident.series);
-    outcome.ratios.extend(resident.ratios);
-
+    let (outcome, threads) = measure_vmms(EXITS, &options.plan, &vmms, &images, &workloads)?;
     run.machine.finish();
     let mut params = params(&vmms, &images);
     params["thread_names"] = threads;
