@@ -87,7 +87,7 @@ impl ListenAddr {
 }
 
 /// Removes a socket at `path` that nobody serves on any more.
-fn remove_stale_socket(path: &Path) -> Result<(), Error> {
+pub(crate) fn remove_stale_socket(path: &Path) -> Result<(), Error> {
     let Ok(metadata) = path.symlink_metadata() else {
         return Ok(());
     };

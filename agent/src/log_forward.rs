@@ -219,10 +219,9 @@ fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
 fn bind(addr: &ListenAddr) -> io::Result<OwnedFd> {
     match addr {
         ListenAddr::Unix(path) => {
-            // A socket left by an agent that died is replaced; one in use is not.
-            if std::os::unix::net::UnixStream::connect(path).is_err() {
-                let _ = std::fs::remove_file(path);
-            }
+            // A socket left by an agent that died is replaced; one in use, or a file that is
+            // not a socket, is not.
+            crate::listen::remove_stale_socket(path).map_err(io::Error::other)?;
             let listener = std::os::unix::net::UnixListener::bind(path)?;
             listener.set_nonblocking(true)?;
             Ok(OwnedFd::from(listener))
