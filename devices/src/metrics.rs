@@ -1,74 +1,87 @@
 //! A backend's counters for operators, in Prometheus' text format, on a unix socket
 //! (`--metrics-socket PATH`): each connection gets the text once, then the socket closes, so
 //! `socat - UNIX-CONNECT:PATH` (or the shim's `hull monitor`, which labels and merges them with
-//! the pod's other series) reads them. The socket is served by one small thread that sleeps in
-//! accept(2): the worker threads never wait for a reader.
+//! the pod's other series) reads them. The socket and the text format are hull-metrics',
+//! shared with hull-fs and hull-vmm; the socket is served by one small thread of its own:
+//! the worker threads never wait for a reader.
 
-use std::fmt::Write as _;
-use std::io::Write as _;
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{Error, Result};
 
-/// One counter or gauge of a backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sample {
-    /// The series' name, `hull_<backend>_...`.
-    pub name: &'static str,
-    /// Its help text.
-    pub help: &'static str,
-    /// `counter` or `gauge`.
-    pub kind: &'static str,
-    /// Labels, `key="value"` pairs joined by commas (empty for none); values are ours, not
-    /// the guest's, so they need no escaping.
-    pub labels: String,
-    /// The value.
-    pub value: u64,
+pub use hull_metrics::{render, Sample};
+
+/// Per queue: the guest's notifications (kicks) the backend woke up for, and the used-buffer
+/// notifications (interrupts) it sent back. Their ratio to the requests served shows how well
+/// notification suppression (EVENT_IDX) batches work.
+#[derive(Debug, Default)]
+pub struct QueueEvents {
+    kicks: Vec<AtomicU64>,
+    interrupts: Vec<AtomicU64>,
 }
 
-impl Sample {
-    /// A counter without labels.
-    pub fn counter(name: &'static str, help: &'static str, value: u64) -> Self {
+impl QueueEvents {
+    /// Counters for `queues` queues.
+    pub fn new(queues: usize) -> Self {
         Self {
-            name,
-            help,
-            kind: "counter",
-            labels: String::new(),
-            value,
+            kicks: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            interrupts: (0..queues).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// The same series with `labels`.
-    pub fn with_labels(mut self, labels: String) -> Self {
-        self.labels = labels;
-        self
+    /// The backend woke up for a kick of `queue` (one wake-up may stand for several kicks the
+    /// eventfd merged). A queue out of range is not counted.
+    pub fn kick(&self, queue: usize) {
+        count(&self.kicks, queue);
     }
-}
 
-/// Prometheus text for `samples`: HELP and TYPE once per name, in the order names first come.
-pub fn render(samples: &[Sample]) -> String {
-    let mut out = String::new();
-    let mut described: Vec<&str> = Vec::new();
-    for sample in samples {
-        if !described.contains(&sample.name) {
-            described.push(sample.name);
-            let _ = writeln!(
-                out,
-                "# HELP {} {}\n# TYPE {} {}",
-                sample.name, sample.help, sample.name, sample.kind
-            );
-            // The other samples of this name follow it, whatever their order in `samples`.
-            for same in samples.iter().filter(|s| s.name == sample.name) {
-                if same.labels.is_empty() {
-                    let _ = writeln!(out, "{} {}", same.name, same.value);
-                } else {
-                    let _ = writeln!(out, "{}{{{}}} {}", same.name, same.labels, same.value);
-                }
+    /// The backend notified the guest of used buffers on `queue`.
+    pub fn interrupt(&self, queue: usize) {
+        count(&self.interrupts, queue);
+    }
+
+    /// The series `hull_<backend>_queue_kicks_total` and `..._queue_interrupts_total`, one
+    /// per queue, labelled with `names[queue]` (or the queue's index where `names` has none).
+    pub fn samples(
+        &self,
+        kicks: &'static str,
+        interrupts: &'static str,
+        names: &[&str],
+    ) -> Vec<Sample> {
+        let label = |queue: usize| match names.get(queue) {
+            Some(name) => format!("queue=\"{name}\""),
+            None => format!("queue=\"{queue}\""),
+        };
+        let mut samples = Vec::new();
+        for (name, help, counters) in [
+            (
+                kicks,
+                "Wake-ups for the guest's queue notifications (kicks).",
+                &self.kicks,
+            ),
+            (
+                interrupts,
+                "Used-buffer notifications sent to the guest.",
+                &self.interrupts,
+            ),
+        ] {
+            for (queue, n) in counters.iter().enumerate() {
+                samples.push(
+                    Sample::counter(name, help, n.load(Ordering::Relaxed))
+                        .with_labels(label(queue)),
+                );
             }
         }
+        samples
     }
-    out
+}
+
+/// Adds one to `counters[queue]`, if there is such a queue.
+fn count(counters: &[AtomicU64], queue: usize) {
+    if let Some(n) = counters.get(queue) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// hull-net's series.
@@ -228,109 +241,50 @@ pub fn vsock_samples(c: &crate::vsock::metrics::Counters) -> Vec<Sample> {
     ]
 }
 
-/// The metrics socket of a backend; removed when dropped (the serving thread ends with the
-/// process).
-#[derive(Debug)]
-pub struct MetricsSocket {
-    path: PathBuf,
-}
-
-impl MetricsSocket {
-    /// Binds `path` (replacing a stale socket, never another file) and answers each
-    /// connection with `render()`'s text from a thread of its own.
-    pub fn serve(path: &Path, render: impl Fn() -> String + Send + 'static) -> Result<Self> {
-        let listen_error = |source| Error::Bind {
+/// Serves `render()`'s text on the metrics socket `path` from a thread of its own, so the
+/// worker threads never wait for a reader; the socket file goes when the handle is dropped.
+pub fn serve(
+    path: &Path,
+    render: impl Fn() -> String + Send + 'static,
+) -> Result<hull_metrics::ServedSocket> {
+    hull_metrics::MetricsListener::bind(path)
+        .and_then(|listener| listener.serve_on_thread("hull-metrics", render))
+        .map_err(|source| Error::Bind {
             path: path.to_owned(),
             source,
-        };
-        if let Ok(meta) = path.symlink_metadata() {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                return Err(listen_error(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "it exists and is not a socket: remove it or choose another --metrics-socket",
-                )));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_err() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        let listener = UnixListener::bind(path).map_err(listen_error)?;
-        std::thread::Builder::new()
-            .name("hull-metrics".into())
-            .spawn(move || {
-                loop {
-                    match listener.accept() {
-                        // A reader that goes before reading all is its own business.
-                        Ok((mut stream, _)) => {
-                            let _ = stream.write_all(render().as_bytes());
-                        }
-                        // Out of descriptors or the like: try again later, without spinning.
-                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
-                    }
-                }
-            })
-            .map_err(|source| Error::Os {
-                what: "starting the metrics thread",
-                source,
-            })?;
-        Ok(Self {
-            path: path.to_owned(),
         })
-    }
-}
-
-impl Drop for MetricsSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
-
     use super::*;
 
     #[test]
-    fn samples_of_one_name_share_their_help_and_type() {
-        let text = render(&[
-            Sample::counter("hull_x_total", "Xs.", 1).with_labels("queue=\"0\"".into()),
-            Sample::counter("hull_y_total", "Ys.", 2),
-            Sample::counter("hull_x_total", "Xs.", 3).with_labels("queue=\"1\"".into()),
-        ]);
-        assert_eq!(
-            text,
-            "# HELP hull_x_total Xs.\n# TYPE hull_x_total counter\n\
-             hull_x_total{queue=\"0\"} 1\nhull_x_total{queue=\"1\"} 3\n\
-             # HELP hull_y_total Ys.\n# TYPE hull_y_total counter\nhull_y_total 2\n"
+    fn queue_events_are_counted_per_queue_and_named() {
+        let events = QueueEvents::new(2);
+        events.kick(0);
+        events.kick(0);
+        events.kick(1);
+        events.interrupt(1);
+        events.kick(7); // no such queue: not counted, no panic
+        let text = render(&events.samples("hull_x_kicks_total", "hull_x_irqs_total", &["rx"]));
+        assert!(
+            text.contains("hull_x_kicks_total{queue=\"rx\"} 2\n"),
+            "{text}"
         );
-    }
-
-    #[test]
-    fn each_reader_gets_the_current_text_and_the_socket_goes_on_drop() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("metrics.sock");
-        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let seen = std::sync::Arc::clone(&count);
-        let socket = MetricsSocket::serve(&path, move || {
-            let n = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            render(&[Sample::counter("hull_reads_total", "Reads.", n)])
-        })
-        .expect("serving");
-        for expected in 1..=2 {
-            let mut text = String::new();
-            std::os::unix::net::UnixStream::connect(&path)
-                .expect("connect")
-                .read_to_string(&mut text)
-                .expect("read");
-            assert!(
-                text.ends_with(&format!("hull_reads_total {expected}\n")),
-                "{text}"
-            );
-        }
-        drop(socket);
-        assert!(!path.exists());
+        assert!(
+            text.contains("hull_x_kicks_total{queue=\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hull_x_irqs_total{queue=\"rx\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hull_x_irqs_total{queue=\"1\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE hull_x_kicks_total counter").count(), 1);
     }
 
     #[test]
@@ -338,7 +292,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("metrics.sock");
         std::fs::write(&path, "keep").expect("write");
-        let err = MetricsSocket::serve(&path, String::new).expect_err("a file is in the way");
+        let err = serve(&path, String::new).expect_err("a file is in the way");
         assert!(
             err.to_string().contains(&path.display().to_string()),
             "{err}"

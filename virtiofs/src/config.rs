@@ -75,11 +75,14 @@ pub struct Config {
     pub sandbox: SandboxMode,
     /// Install the seccomp filter (killing the process on a syscall outside the list).
     pub seccomp: bool,
+    /// Where the supervisor serves the request counters (Prometheus text, one per
+    /// connection); none if `None`.
+    pub metrics_socket: Option<PathBuf>,
 }
 
 impl Config {
     /// A configuration with virtiofsd's defaults: cache auto, read-write, no thread pool, no
-    /// xattrs, namespace sandbox, seccomp on.
+    /// xattrs, namespace sandbox, seccomp on, no metrics socket.
     pub fn new(socket_path: impl Into<PathBuf>, shared_dir: impl Into<PathBuf>) -> Self {
         Self {
             socket_path: socket_path.into(),
@@ -90,6 +93,7 @@ impl Config {
             xattr: false,
             sandbox: SandboxMode::Namespace,
             seccomp: true,
+            metrics_socket: None,
         }
     }
 

@@ -5,11 +5,12 @@
 //! device) is upstream virtiofsd used as a library; README.md says what is reused and why.
 //! hull adds the process life cycle (a supervisor that owns the socket and signals, a worker
 //! that is confined before it serves) and its choices of confinement, including a check of
-//! every name the guest sends (`name_guard`).
+//! every name the guest sends (`name_guard`), and counters of the guest's requests that the
+//! supervisor serves on `--metrics-socket` (`metrics`).
 //!
 //! Process picture, in the default namespace sandbox:
 //! ```text
-//! hull-fs (supervisor: socket, pid file, signals, exit status)
+//! hull-fs (supervisor: socket, pid file, signals, exit status, metrics socket)
 //!   └─ worker (own process group; waits for the server, exits with its status)
 //!        └─ server (pid 1 of new pid/mount/net namespaces, root = shared dir, seccomp,
 //!                   reduced capabilities; serves the vhost-user connection)
@@ -18,6 +19,7 @@
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod config;
+pub mod metrics;
 pub mod name_guard;
 pub mod sandbox;
 pub mod serve;
@@ -48,6 +50,15 @@ pub enum Error {
     #[error("cannot write pid file {path}")]
     PidFile {
         /// `<socket>.pid`.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics socket cannot be served.
+    #[error("cannot serve the metrics socket {path}")]
+    MetricsSocket {
+        /// The `--metrics-socket` path.
         path: PathBuf,
         /// Why.
         #[source]

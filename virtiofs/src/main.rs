@@ -49,6 +49,11 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Seccomp::Kill)]
     seccomp: Seccomp,
 
+    /// Serve the request counters (Prometheus text: requests by kind, errors, bytes read and
+    /// written, refused names) on this unix socket, one text per connection
+    #[arg(long, value_name = "PATH")]
+    metrics_socket: Option<PathBuf>,
+
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG wins
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     log_level: String,
@@ -93,11 +98,17 @@ impl From<Args> for Config {
             Sandbox::None => SandboxMode::None,
         };
         config.seccomp = matches!(args.seccomp, Seccomp::Kill);
+        config.metrics_socket = args.metrics_socket;
         config
     }
 }
 
 fn main() -> ExitCode {
+    // The vhost-user and metrics sockets are the owner's alone (0600). What the guest
+    // creates in the share gets the guest's own mode: virtiofsd's file system clears the
+    // umask for itself before serving.
+    // SAFETY: umask(2) only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&args.log_level))

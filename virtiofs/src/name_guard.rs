@@ -1,6 +1,8 @@
 //! A second wall behind the sandbox: every name a guest sends to be created, looked up,
 //! moved or removed must be one path component. Wraps any upstream `FileSystem` and forwards
-//! every call; the name-carrying ones are checked first.
+//! every call; the name-carrying ones are checked first. Since every request passes here, it
+//! is also where they are counted for `--metrics-socket`: by kind, failed ones, bytes read
+//! and written, and refused names.
 //!
 //! Why it is needed: upstream's LOOKUP resolves names with `openat2(RESOLVE_IN_ROOT)`, but
 //! RENAME, MKDIR, MKNOD, SYMLINK, LINK, CREATE, UNLINK and RMDIR hand the guest's name to
@@ -24,15 +26,41 @@ use virtiofsd::filesystem::{
 };
 use virtiofsd::fuse;
 
-/// A file system that refuses names that are not a single path component.
+use crate::metrics::{RequestKind, SharedCounters};
+
+/// A file system that refuses names that are not a single path component, and counts every
+/// request it forwards (see [`crate::metrics`]).
 pub struct NameGuard<F> {
     inner: F,
+    counters: Arc<SharedCounters>,
 }
 
 impl<F> NameGuard<F> {
-    /// Guards `inner`.
-    pub fn new(inner: F) -> Self {
-        Self { inner }
+    /// Guards `inner`, counting its requests into `counters`.
+    pub fn new(inner: F, counters: Arc<SharedCounters>) -> Self {
+        Self { inner, counters }
+    }
+
+    /// Runs `request` and counts it as one of `kind`, failed if it returns an error.
+    fn counted<T>(
+        &self,
+        kind: RequestKind,
+        request: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let result = request();
+        self.counters.request(kind, result.is_err());
+        result
+    }
+
+    /// Refuses (EINVAL, logged, counted) a name that is not one path component.
+    fn check_name(&self, op: &'static str, name: &CStr) -> io::Result<()> {
+        if is_single_component(name.to_bytes()) {
+            Ok(())
+        } else {
+            self.counters.refused_name();
+            warn!(op, name = %name.to_string_lossy(), "refused a guest name that is not one path component");
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        }
     }
 }
 
@@ -41,39 +69,34 @@ pub fn is_single_component(name: &[u8]) -> bool {
     !(name.is_empty() || name == b"." || name == b".." || name.contains(&b'/'))
 }
 
-/// Refuses (EINVAL, logged) a name that is not one path component.
-fn check_name(op: &'static str, name: &CStr) -> io::Result<()> {
-    if is_single_component(name.to_bytes()) {
-        Ok(())
-    } else {
-        warn!(op, name = %name.to_string_lossy(), "refused a guest name that is not one path component");
-        Err(io::Error::from_raw_os_error(libc::EINVAL))
-    }
-}
-
 impl<F: FileSystem> FileSystem for NameGuard<F> {
     type Inode = F::Inode;
     type Handle = F::Handle;
     type DirIter = F::DirIter;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        self.counted(RequestKind::Other, || self.inner.init(capable))
     }
 
     fn destroy(&self) {
+        self.counters.request(RequestKind::Other, false);
         self.inner.destroy()
     }
 
     fn lookup(&self, ctx: Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
-        check_name("lookup", name)?;
-        self.inner.lookup(ctx, parent, name)
+        self.counted(RequestKind::Lookup, || {
+            self.check_name("lookup", name)?;
+            self.inner.lookup(ctx, parent, name)
+        })
     }
 
     fn forget(&self, ctx: Context, inode: Self::Inode, count: u64) {
+        self.counters.request(RequestKind::Other, false);
         self.inner.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: Context, requests: Vec<(Self::Inode, u64)>) {
+        self.counters.request(RequestKind::Other, false);
         self.inner.batch_forget(ctx, requests)
     }
 
@@ -83,7 +106,9 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         inode: Self::Inode,
         handle: Option<Self::Handle>,
     ) -> io::Result<(fuse::Attr, Duration)> {
-        self.inner.getattr(ctx, inode, handle)
+        self.counted(RequestKind::Getattr, || {
+            self.inner.getattr(ctx, inode, handle)
+        })
     }
 
     fn setattr(
@@ -94,11 +119,13 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         handle: Option<Self::Handle>,
         valid: SetattrValid,
     ) -> io::Result<(fuse::Attr, Duration)> {
-        self.inner.setattr(ctx, inode, attr, handle, valid)
+        self.counted(RequestKind::Setattr, || {
+            self.inner.setattr(ctx, inode, attr, handle, valid)
+        })
     }
 
     fn readlink(&self, ctx: Context, inode: Self::Inode) -> io::Result<Vec<u8>> {
-        self.inner.readlink(ctx, inode)
+        self.counted(RequestKind::Other, || self.inner.readlink(ctx, inode))
     }
 
     fn symlink(
@@ -109,8 +136,10 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         name: &CStr,
         extensions: Extensions,
     ) -> io::Result<Entry> {
-        check_name("symlink", name)?;
-        self.inner.symlink(ctx, linkname, parent, name, extensions)
+        self.counted(RequestKind::Create, || {
+            self.check_name("symlink", name)?;
+            self.inner.symlink(ctx, linkname, parent, name, extensions)
+        })
     }
 
     fn mknod(
@@ -123,9 +152,11 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         umask: u32,
         extensions: Extensions,
     ) -> io::Result<Entry> {
-        check_name("mknod", name)?;
-        self.inner
-            .mknod(ctx, inode, name, mode, rdev, umask, extensions)
+        self.counted(RequestKind::Create, || {
+            self.check_name("mknod", name)?;
+            self.inner
+                .mknod(ctx, inode, name, mode, rdev, umask, extensions)
+        })
     }
 
     fn mkdir(
@@ -137,18 +168,24 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         umask: u32,
         extensions: Extensions,
     ) -> io::Result<Entry> {
-        check_name("mkdir", name)?;
-        self.inner.mkdir(ctx, parent, name, mode, umask, extensions)
+        self.counted(RequestKind::Create, || {
+            self.check_name("mkdir", name)?;
+            self.inner.mkdir(ctx, parent, name, mode, umask, extensions)
+        })
     }
 
     fn unlink(&self, ctx: Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
-        check_name("unlink", name)?;
-        self.inner.unlink(ctx, parent, name)
+        self.counted(RequestKind::Remove, || {
+            self.check_name("unlink", name)?;
+            self.inner.unlink(ctx, parent, name)
+        })
     }
 
     fn rmdir(&self, ctx: Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
-        check_name("rmdir", name)?;
-        self.inner.rmdir(ctx, parent, name)
+        self.counted(RequestKind::Remove, || {
+            self.check_name("rmdir", name)?;
+            self.inner.rmdir(ctx, parent, name)
+        })
     }
 
     fn rename(
@@ -160,10 +197,12 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        check_name("rename", oldname)?;
-        check_name("rename", newname)?;
-        self.inner
-            .rename(ctx, olddir, oldname, newdir, newname, flags)
+        self.counted(RequestKind::Rename, || {
+            self.check_name("rename", oldname)?;
+            self.check_name("rename", newname)?;
+            self.inner
+                .rename(ctx, olddir, oldname, newdir, newname, flags)
+        })
     }
 
     fn link(
@@ -173,8 +212,10 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         newparent: Self::Inode,
         newname: &CStr,
     ) -> io::Result<Entry> {
-        check_name("link", newname)?;
-        self.inner.link(ctx, inode, newparent, newname)
+        self.counted(RequestKind::Create, || {
+            self.check_name("link", newname)?;
+            self.inner.link(ctx, inode, newparent, newname)
+        })
     }
 
     fn open(
@@ -184,7 +225,9 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         kill_priv: bool,
         flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
-        self.inner.open(ctx, inode, kill_priv, flags)
+        self.counted(RequestKind::Open, || {
+            self.inner.open(ctx, inode, kill_priv, flags)
+        })
     }
 
     fn create(
@@ -198,9 +241,11 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         umask: u32,
         extensions: Extensions,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions)> {
-        check_name("create", name)?;
-        self.inner
-            .create(ctx, parent, name, mode, kill_priv, flags, umask, extensions)
+        self.counted(RequestKind::Create, || {
+            self.check_name("create", name)?;
+            self.inner
+                .create(ctx, parent, name, mode, kill_priv, flags, umask, extensions)
+        })
     }
 
     fn read<W: ZeroCopyWriter>(
@@ -214,8 +259,13 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        self.counted(RequestKind::Read, || {
+            let bytes = self
+                .inner
+                .read(ctx, inode, handle, w, size, offset, lock_owner, flags)?;
+            self.counters.read(bytes);
+            Ok(bytes)
+        })
     }
 
     fn write<R: ZeroCopyReader>(
@@ -231,18 +281,22 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         kill_priv: bool,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner.write(
-            ctx,
-            inode,
-            handle,
-            r,
-            size,
-            offset,
-            lock_owner,
-            delayed_write,
-            kill_priv,
-            flags,
-        )
+        self.counted(RequestKind::Write, || {
+            let bytes = self.inner.write(
+                ctx,
+                inode,
+                handle,
+                r,
+                size,
+                offset,
+                lock_owner,
+                delayed_write,
+                kill_priv,
+                flags,
+            )?;
+            self.counters.written(bytes);
+            Ok(bytes)
+        })
     }
 
     fn flush(
@@ -252,7 +306,9 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         handle: Self::Handle,
         lock_owner: u64,
     ) -> io::Result<()> {
-        self.inner.flush(ctx, inode, handle, lock_owner)
+        self.counted(RequestKind::Open, || {
+            self.inner.flush(ctx, inode, handle, lock_owner)
+        })
     }
 
     fn fsync(
@@ -262,7 +318,9 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         datasync: bool,
         handle: Self::Handle,
     ) -> io::Result<()> {
-        self.inner.fsync(ctx, inode, datasync, handle)
+        self.counted(RequestKind::Other, || {
+            self.inner.fsync(ctx, inode, datasync, handle)
+        })
     }
 
     fn fallocate(
@@ -274,8 +332,10 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        self.inner
-            .fallocate(ctx, inode, handle, mode, offset, length)
+        self.counted(RequestKind::Other, || {
+            self.inner
+                .fallocate(ctx, inode, handle, mode, offset, length)
+        })
     }
 
     fn release(
@@ -288,12 +348,14 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        self.counted(RequestKind::Open, || {
+            self.inner
+                .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        })
     }
 
     fn statfs(&self, ctx: Context, inode: Self::Inode) -> io::Result<libc::statvfs64> {
-        self.inner.statfs(ctx, inode)
+        self.counted(RequestKind::Other, || self.inner.statfs(ctx, inode))
     }
 
     fn setxattr(
@@ -305,8 +367,10 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         flags: u32,
         extra_flags: SetxattrFlags,
     ) -> io::Result<()> {
-        self.inner
-            .setxattr(ctx, inode, name, value, flags, extra_flags)
+        self.counted(RequestKind::Xattr, || {
+            self.inner
+                .setxattr(ctx, inode, name, value, flags, extra_flags)
+        })
     }
 
     fn getxattr(
@@ -316,15 +380,21 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.counted(RequestKind::Xattr, || {
+            self.inner.getxattr(ctx, inode, name, size)
+        })
     }
 
     fn listxattr(&self, ctx: Context, inode: Self::Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.counted(RequestKind::Xattr, || {
+            self.inner.listxattr(ctx, inode, size)
+        })
     }
 
     fn removexattr(&self, ctx: Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
-        self.inner.removexattr(ctx, inode, name)
+        self.counted(RequestKind::Xattr, || {
+            self.inner.removexattr(ctx, inode, name)
+        })
     }
 
     fn opendir(
@@ -333,7 +403,9 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         inode: Self::Inode,
         flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, flags)
+        self.counted(RequestKind::Readdir, || {
+            self.inner.opendir(ctx, inode, flags)
+        })
     }
 
     fn readdir(
@@ -344,7 +416,9 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         size: u32,
         offset: u64,
     ) -> io::Result<Self::DirIter> {
-        self.inner.readdir(ctx, inode, handle, size, offset)
+        self.counted(RequestKind::Readdir, || {
+            self.inner.readdir(ctx, inode, handle, size, offset)
+        })
     }
 
     fn fsyncdir(
@@ -354,7 +428,9 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         datasync: bool,
         handle: Self::Handle,
     ) -> io::Result<()> {
-        self.inner.fsyncdir(ctx, inode, datasync, handle)
+        self.counted(RequestKind::Readdir, || {
+            self.inner.fsyncdir(ctx, inode, datasync, handle)
+        })
     }
 
     fn releasedir(
@@ -364,11 +440,13 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         flags: u32,
         handle: Self::Handle,
     ) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        self.counted(RequestKind::Readdir, || {
+            self.inner.releasedir(ctx, inode, flags, handle)
+        })
     }
 
     fn access(&self, ctx: Context, inode: Self::Inode, mask: u32) -> io::Result<()> {
-        self.inner.access(ctx, inode, mask)
+        self.counted(RequestKind::Other, || self.inner.access(ctx, inode, mask))
     }
 
     fn lseek(
@@ -379,7 +457,9 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        self.inner.lseek(ctx, inode, handle, offset, whence)
+        self.counted(RequestKind::Other, || {
+            self.inner.lseek(ctx, inode, handle, offset, whence)
+        })
     }
 
     fn copyfilerange(
@@ -394,45 +474,47 @@ impl<F: FileSystem> FileSystem for NameGuard<F> {
         len: u64,
         flags: u64,
     ) -> io::Result<usize> {
-        self.inner.copyfilerange(
-            ctx, inode_in, handle_in, offset_in, inode_out, handle_out, offset_out, len, flags,
-        )
+        self.counted(RequestKind::Other, || {
+            self.inner.copyfilerange(
+                ctx, inode_in, handle_in, offset_in, inode_out, handle_out, offset_out, len, flags,
+            )
+        })
     }
 
     fn syncfs(&self, ctx: Context, inode: Self::Inode) -> io::Result<()> {
-        self.inner.syncfs(ctx, inode)
+        self.counted(RequestKind::Other, || self.inner.syncfs(ctx, inode))
     }
 
     fn getlk(&self) -> io::Result<()> {
-        self.inner.getlk()
+        self.counted(RequestKind::Other, || self.inner.getlk())
     }
 
     fn setlk(&self) -> io::Result<()> {
-        self.inner.setlk()
+        self.counted(RequestKind::Other, || self.inner.setlk())
     }
 
     fn setlkw(&self) -> io::Result<()> {
-        self.inner.setlkw()
+        self.counted(RequestKind::Other, || self.inner.setlkw())
     }
 
     fn ioctl(&self) -> io::Result<()> {
-        self.inner.ioctl()
+        self.counted(RequestKind::Other, || self.inner.ioctl())
     }
 
     fn bmap(&self) -> io::Result<()> {
-        self.inner.bmap()
+        self.counted(RequestKind::Other, || self.inner.bmap())
     }
 
     fn poll(&self) -> io::Result<()> {
-        self.inner.poll()
+        self.counted(RequestKind::Other, || self.inner.poll())
     }
 
     fn notify_reply(&self) -> io::Result<()> {
-        self.inner.notify_reply()
+        self.counted(RequestKind::Other, || self.inner.notify_reply())
     }
 
     fn tmpfile(&self) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions)> {
-        self.inner.tmpfile()
+        self.counted(RequestKind::Other, || self.inner.tmpfile())
     }
 }
 

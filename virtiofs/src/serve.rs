@@ -18,6 +18,7 @@ use virtiofsd::passthrough::PassthroughFs;
 use virtiofsd::vhost_user::VhostUserFsBackendBuilder;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::metrics::SharedCounters;
 use crate::name_guard::NameGuard;
 use crate::{sandbox, Config, Error, Result};
 
@@ -35,12 +36,17 @@ pub enum Shutdown {
     Signal(i32),
 }
 
-/// Serves `config.shared_dir` on the connection `listener` accepts.
+/// Serves `config.shared_dir` on the connection `listener` accepts, counting requests into
+/// `counters` (shared with the supervisor, which serves them).
 ///
 /// Must be called while single-threaded: it enters the sandbox (see [`sandbox::enter`]: in
 /// the namespace mode the caller's process waits there for the confined child and exits with
 /// its status; only the child returns from here).
-pub fn serve(config: &Config, listener: Listener) -> Result<Shutdown> {
+pub fn serve(
+    config: &Config,
+    listener: Listener,
+    counters: Arc<SharedCounters>,
+) -> Result<Shutdown> {
     let fd_limit = limits::setup_rlimit_nofile(None).map_err(Error::FileLimit)?;
     let reserve = INTERNAL_FD_RESERVE + config.thread_pool_size.max(1) as u64;
     let guest_fd_limit = fd_limit.checked_sub(reserve).ok_or_else(|| {
@@ -75,7 +81,7 @@ pub fn serve(config: &Config, listener: Listener) -> Result<Shutdown> {
     if config.readonly {
         let fs = PassthroughFsRo::new(fs_config).map_err(fs_err)?;
         run_daemon(
-            NameGuard::new(fs),
+            NameGuard::new(fs, counters),
             listener,
             config.thread_pool_size,
             signals,
@@ -83,7 +89,7 @@ pub fn serve(config: &Config, listener: Listener) -> Result<Shutdown> {
     } else {
         let fs = PassthroughFs::new(fs_config).map_err(fs_err)?;
         run_daemon(
-            NameGuard::new(fs),
+            NameGuard::new(fs, counters),
             listener,
             config.thread_pool_size,
             signals,

@@ -2,20 +2,26 @@
 //! file, forks the worker that confines itself and serves, forwards stop signals to it, and
 //! turns its end into an [`Outcome`]. It never touches guest requests, so it needs no
 //! sandbox; it exists because upstream's sandbox ends the process that enters it with
-//! `exit()` and leaves the socket file behind.
+//! `exit()` and leaves the socket file behind. With `--metrics-socket` it also answers
+//! readers of the request counters, which the server fills in a page shared across the fork
+//! (see [`crate::metrics`]); it waits for signals and readers together, on one thread.
 
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, setpgid, ForkResult, Pid};
 use tracing::{error, info, warn};
 use vhost::vhost_user::Listener;
 
+use crate::metrics::{render, MetricsListener, SharedCounters};
 use crate::serve::{serve, Shutdown};
 use crate::{Config, Error, Result};
 
@@ -68,7 +74,8 @@ impl Outcome {
 }
 
 /// Serves `config` until the frontend disconnects or a stop signal (SIGTERM, SIGINT,
-/// SIGHUP) arrives. Must be called before the process starts any thread.
+/// SIGHUP) arrives, answering readers of `config.metrics_socket` meanwhile. Must be called
+/// before the process starts any thread.
 pub fn run(config: &Config) -> Result<Outcome> {
     if !config.shared_dir.is_dir() {
         return Err(Error::SharedDir {
@@ -107,14 +114,42 @@ pub fn run(config: &Config) -> Result<Outcome> {
             }
         }
     })?;
-    let socket = match BoundSocket::bind(&config.socket_path) {
-        Ok(socket) => socket,
+    // Mapped before the fork, so that the server, whatever sandbox it enters, counts into
+    // the page this process reads. The metrics socket is bound before the fork too, so that
+    // a bad path fails the start instead of leaving a server running without it, and before
+    // the vhost-user socket, so that a caller waiting for that one finds it ready.
+    // The signals are blocked, so from now on they queue for the signalfd the supervisor
+    // waits on (with the metrics socket).
+    let shared = SharedCounters::new().and_then(|counters| {
+        let metrics = config
+            .metrics_socket
+            .as_deref()
+            .map(crate::metrics::bind)
+            .transpose()?;
+        let signals = SignalFd::with_flags(&waited, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|source| Error::Sys {
+                what: "signalfd",
+                source,
+            })?;
+        Ok((Arc::new(counters), metrics, signals))
+    });
+    let (counters, metrics, signals) = match shared {
+        Ok(shared) => shared,
         Err(err) => {
             let _ = fs::remove_file(&pid_path);
             return Err(err);
         }
     };
+    let socket = match BoundSocket::bind(&config.socket_path) {
+        Ok(socket) => socket,
+        Err(err) => {
+            drop(metrics);
+            let _ = fs::remove_file(&pid_path);
+            return Err(err);
+        }
+    };
 
+    let supervisor = nix::unistd::getpid();
     // SAFETY: the process is single-threaded (checked above), so the child is a complete
     // copy with no lock held by a thread that does not exist in it.
     let fork = unsafe { fork() }.map_err(|source| Error::Sys {
@@ -122,7 +157,15 @@ pub fn run(config: &Config) -> Result<Outcome> {
         source,
     })?;
     let worker = match fork {
-        ForkResult::Child => worker(config, socket.listener, &waited),
+        ForkResult::Child => {
+            // The metrics socket and the signalfd are the supervisor's: the server must not
+            // hold them.
+            if let Some(metrics) = metrics {
+                metrics.close_descriptor();
+            }
+            drop(signals);
+            worker(config, socket.listener, &waited, counters, supervisor)
+        }
         ForkResult::Parent { child } => child,
     };
     info!(pid = worker.as_raw(), socket = %config.socket_path.display(), "server started");
@@ -130,7 +173,8 @@ pub fn run(config: &Config) -> Result<Outcome> {
     // path, which the worker serves) means a second frontend is refused, not left hanging.
     let socket_path = socket.close();
 
-    let outcome = wait_for_worker(worker, &waited);
+    let outcome = wait_for_worker(worker, &signals, metrics.as_ref(), &counters);
+    drop(metrics);
     socket_path.remove();
     let _ = fs::remove_file(&pid_path);
     drop(pid_file);
@@ -189,30 +233,45 @@ impl SocketPath {
 /// The forked worker: its own process group (so the supervisor can signal it and the
 /// confined server together), stop signals ignored until the server installs its handlers
 /// (the worker itself only waits), dies with the supervisor.
-fn worker(config: &Config, listener: Listener, waited: &SigSet) -> ! {
-    let code = match prepare_worker(waited).and_then(|()| serve(config, listener)) {
-        Ok(Shutdown::FrontendDisconnected) => {
-            info!("frontend disconnected, server exiting");
-            EXIT_DISCONNECTED
-        }
-        Ok(Shutdown::Signal(signal)) => {
-            info!(signal, "stop signal received, server exiting");
-            EXIT_SIGNALLED
-        }
-        Err(err) => {
-            error!("{}", error_chain(&err));
-            EXIT_FAILED
-        }
-    };
+fn worker(
+    config: &Config,
+    listener: Listener,
+    waited: &SigSet,
+    counters: Arc<SharedCounters>,
+    supervisor: Pid,
+) -> ! {
+    let code =
+        match prepare_worker(waited, supervisor).and_then(|()| serve(config, listener, counters)) {
+            Ok(Shutdown::FrontendDisconnected) => {
+                info!("frontend disconnected, server exiting");
+                EXIT_DISCONNECTED
+            }
+            Ok(Shutdown::Signal(signal)) => {
+                info!(signal, "stop signal received, server exiting");
+                EXIT_SIGNALLED
+            }
+            Err(err) => {
+                error!("{}", error_chain(&err));
+                EXIT_FAILED
+            }
+        };
     // A forked child never returns into the supervisor's code.
     std::process::exit(code)
 }
 
-fn prepare_worker(waited: &SigSet) -> Result<()> {
+fn prepare_worker(waited: &SigSet, supervisor: Pid) -> Result<()> {
     let sys = |what| move |source| Error::Sys { what, source };
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes nothing else.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         return Err(sys("prctl(PR_SET_PDEATHSIG)")(nix::Error::last()));
+    }
+    // A supervisor that died between the fork and the prctl sent nothing: the worker would
+    // serve on with no one to stop it (the fault matrix's "shim killed while creating" found
+    // one, its supervisor killed with the shim that started it).
+    if nix::unistd::getppid() != supervisor {
+        return Err(sys("the supervisor exited before the worker started")(
+            nix::Error::ESRCH,
+        ));
     }
     setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(sys("setpgid"))?;
     for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -235,7 +294,14 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-fn wait_for_worker(worker: Pid, waited: &SigSet) -> Result<Outcome> {
+/// Waits for the worker to end, forwarding stop signals to it and answering metrics readers
+/// meanwhile.
+fn wait_for_worker(
+    worker: Pid,
+    signals: &SignalFd,
+    metrics: Option<&MetricsListener>,
+    counters: &SharedCounters,
+) -> Result<Outcome> {
     let mut stop: Option<(Signal, Instant)> = None;
     loop {
         match waitpid(worker, Some(WaitPidFlag::WNOHANG)) {
@@ -263,13 +329,42 @@ fn wait_for_worker(worker: Pid, waited: &SigSet) -> Result<Outcome> {
                 })
             }
         }
-        let timeout = match stop {
-            Some((_, deadline)) => deadline
+        let timeout = stop.map(|(_, deadline)| {
+            deadline
                 .saturating_duration_since(Instant::now())
-                .min(STOP_REPEAT),
-            None => Duration::from_secs(3600),
+                .min(STOP_REPEAT)
+        });
+        let wake = wait(signals, metrics, timeout).map_err(|source| Error::Sys {
+            what: "poll",
+            source,
+        })?;
+        let signal = match wake {
+            Wake::Ready { signal, reader } => {
+                if reader {
+                    if let Some(metrics) = metrics {
+                        metrics.answer(|| render(&counters.values()));
+                    }
+                }
+                if !signal {
+                    continue;
+                }
+                match signals.read_signal() {
+                    Ok(Some(info)) => i32::try_from(info.ssi_signo)
+                        .ok()
+                        .and_then(|n| Signal::try_from(n).ok()),
+                    // Taken already (a SIGCHLD merged into one that was read): look again.
+                    Ok(None) => continue,
+                    Err(source) => {
+                        return Err(Error::Sys {
+                            what: "reading the signalfd",
+                            source,
+                        })
+                    }
+                }
+            }
+            Wake::Timeout => None,
         };
-        match wait_signal(waited, timeout) {
+        match signal {
             Some(Signal::SIGCHLD) => {}
             Some(signal) if stop.is_none() => {
                 info!(%signal, "stopping the server");
@@ -294,14 +389,48 @@ fn wait_for_worker(worker: Pid, waited: &SigSet) -> Result<Outcome> {
     }
 }
 
-/// Waits up to `timeout` for one of the blocked signals in `set`.
-fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    let timeout = libc::timespec {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos().min(999_999_999) as i32),
+/// What ended a [`wait`].
+enum Wake {
+    /// A blocked signal is pending, a metrics reader is waiting, or both.
+    Ready {
+        /// A signal can be read from the signalfd.
+        signal: bool,
+        /// A reader can be accepted on the metrics socket.
+        reader: bool,
+    },
+    /// The timeout passed first.
+    Timeout,
+}
+
+/// Waits up to `timeout` (for ever if `None`) for a blocked signal or a metrics reader.
+fn wait(
+    signals: &SignalFd,
+    metrics: Option<&MetricsListener>,
+    timeout: Option<Duration>,
+) -> nix::Result<Wake> {
+    let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    if let Some(metrics) = metrics {
+        fds.push(PollFd::new(metrics.as_fd(), PollFlags::POLLIN));
+    }
+    let timeout = match timeout {
+        Some(timeout) => PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
+        None => PollTimeout::NONE,
     };
-    // SAFETY: `set` is a valid sigset, the info pointer may be null, and `timeout` lives
-    // across the call.
-    let signo = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
-    Signal::try_from(signo).ok()
+    let ready = match poll(&mut fds, timeout) {
+        Ok(ready) => ready,
+        // Nothing to redo: the caller looks at the worker again before waiting again.
+        Err(nix::errno::Errno::EINTR) => 0,
+        Err(err) => return Err(err),
+    };
+    if ready == 0 {
+        return Ok(Wake::Timeout);
+    }
+    let is_ready = |fd: Option<&PollFd<'_>>| {
+        fd.and_then(|fd| fd.revents())
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
+    };
+    Ok(Wake::Ready {
+        signal: is_ready(fds.first()),
+        reader: is_ready(fds.get(1)),
+    })
 }

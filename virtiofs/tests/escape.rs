@@ -16,7 +16,7 @@ use std::path::Path;
 
 use hull_fs::name_guard::NameGuard;
 use hull_fs::{sandbox, Config, SandboxMode};
-use support::fuse::{entry, Frontend};
+use support::fuse::{entry, Frontend, FuseSession};
 use vhost::vhost_user::Listener;
 use virtiofsd::passthrough::PassthroughFs;
 
@@ -94,7 +94,10 @@ fn main() {
     let guarded = "name_guard_refuses_paths_without_the_sandbox";
     let config = Config::new(dir.path().join("unused.sock"), &share);
     let fs = PassthroughFs::new(config.passthrough(unconfined_root(&share), 10_000)).expect("fs");
-    let mut guest = Frontend::new(NameGuard::new(fs));
+    let mut guest = Frontend::new(NameGuard::new(
+        fs,
+        std::sync::Arc::new(hull_fs::metrics::SharedCounters::new().expect("counters")),
+    ));
     guest.init();
     let einval = |what: &str, reply: &support::fuse::Reply| {
         assert_eq!(

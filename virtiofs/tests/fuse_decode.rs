@@ -10,7 +10,7 @@ mod support;
 use std::mem::size_of;
 
 use proptest::prelude::*;
-use support::fuse::Frontend;
+use support::fuse::{Frontend, FuseSession};
 use virtiofsd::filesystem::{DirEntry, DirectoryIterator, FileSystem};
 use virtiofsd::fuse::InHeader;
 use vm_memory::ByteValued;

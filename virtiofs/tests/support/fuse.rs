@@ -110,35 +110,17 @@ impl<F: FileSystem + Sync> Frontend<F> {
             .expect("reply readable");
         (result, reply)
     }
+}
 
+/// A FUSE session, whatever carries its messages: the requests a guest kernel sends, built
+/// on [`FuseSession::request`].
+pub trait FuseSession {
     /// Sends one well-formed request and decodes the reply; panics if the server fails to
     /// answer at all.
-    pub fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
-        self.unique += 1;
-        let len = size_of::<InHeader>() + body.len();
-        let header = InHeader {
-            len: u32::try_from(len).expect("small request"),
-            opcode,
-            unique: self.unique,
-            nodeid,
-            ..Default::default()
-        };
-        let mut message = header.as_slice().to_vec();
-        message.extend_from_slice(body);
-        let (result, reply) = self.raw(&message, 64 * 1024);
-        let written = result.unwrap_or_else(|e| panic!("opcode {opcode}: server error {e}"));
-        let out = OutHeader::from_slice(&reply[..size_of::<OutHeader>()])
-            .copied()
-            .expect("out header");
-        assert_eq!(out.unique, self.unique, "reply to another request");
-        Reply {
-            error: out.error,
-            body: reply[size_of::<OutHeader>()..written].to_vec(),
-        }
-    }
+    fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply;
 
     /// FUSE_INIT at protocol 7.38.
-    pub fn init(&mut self) {
+    fn init(&mut self) {
         let init = fuse::InitInCompat {
             major: fuse::KERNEL_VERSION,
             minor: fuse::KERNEL_MINOR_VERSION,
@@ -150,14 +132,19 @@ impl<F: FileSystem + Sync> Frontend<F> {
     }
 
     /// LOOKUP of `name` (raw bytes, any content) in `parent`.
-    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Reply {
+    fn lookup(&mut self, parent: u64, name: &[u8]) -> Reply {
         self.request(fuse::Opcode::Lookup as u32, parent, &nul_terminated(name))
     }
 
     /// OPEN of `nodeid` read-only; the file handle, or the errno.
-    pub fn open(&mut self, nodeid: u64) -> Result<u64, i32> {
+    fn open(&mut self, nodeid: u64) -> Result<u64, i32> {
+        self.open_with(nodeid, libc::O_RDONLY)
+    }
+
+    /// OPEN of `nodeid` with open(2) `flags`; the file handle, or the errno.
+    fn open_with(&mut self, nodeid: u64, flags: i32) -> Result<u64, i32> {
         let open = fuse::OpenIn {
-            flags: libc::O_RDONLY as u32,
+            flags: flags as u32,
             open_flags: 0,
         };
         let reply = self.request(fuse::Opcode::Open as u32, nodeid, open.as_slice());
@@ -168,7 +155,7 @@ impl<F: FileSystem + Sync> Frontend<F> {
     }
 
     /// READ of up to `size` bytes at 0.
-    pub fn read(&mut self, nodeid: u64, fh: u64, size: u32) -> Result<Vec<u8>, i32> {
+    fn read(&mut self, nodeid: u64, fh: u64, size: u32) -> Result<Vec<u8>, i32> {
         let read = fuse::ReadIn {
             fh,
             offset: 0,
@@ -183,8 +170,25 @@ impl<F: FileSystem + Sync> Frontend<F> {
         }
     }
 
+    /// WRITE of `data` at 0; the bytes the server says it wrote, or the errno.
+    fn write(&mut self, nodeid: u64, fh: u64, data: &[u8]) -> Result<u32, i32> {
+        let write = fuse::WriteIn {
+            fh,
+            offset: 0,
+            size: u32::try_from(data.len()).expect("small write"),
+            ..Default::default()
+        };
+        let mut body = write.as_slice().to_vec();
+        body.extend_from_slice(data);
+        let reply = self.request(fuse::Opcode::Write as u32, nodeid, &body);
+        match reply.parse::<fuse::WriteOut>() {
+            Some(out) if reply.error == 0 => Ok(out.size),
+            _ => Err(reply.errno()),
+        }
+    }
+
     /// RELEASE of an open file.
-    pub fn release(&mut self, nodeid: u64, fh: u64) {
+    fn release(&mut self, nodeid: u64, fh: u64) {
         let release = fuse::ReleaseIn {
             fh,
             ..Default::default()
@@ -194,7 +198,7 @@ impl<F: FileSystem + Sync> Frontend<F> {
     }
 
     /// READLINK of `nodeid`.
-    pub fn readlink(&mut self, nodeid: u64) -> Result<Vec<u8>, i32> {
+    fn readlink(&mut self, nodeid: u64) -> Result<Vec<u8>, i32> {
         let reply = self.request(fuse::Opcode::Readlink as u32, nodeid, &[]);
         if reply.error == 0 {
             Ok(reply.body)
@@ -204,21 +208,21 @@ impl<F: FileSystem + Sync> Frontend<F> {
     }
 
     /// SYMLINK `name` -> `target` in `parent`.
-    pub fn symlink(&mut self, parent: u64, name: &[u8], target: &[u8]) -> Reply {
+    fn symlink(&mut self, parent: u64, name: &[u8], target: &[u8]) -> Reply {
         let mut body = nul_terminated(name);
         body.extend(nul_terminated(target));
         self.request(fuse::Opcode::Symlink as u32, parent, &body)
     }
 
     /// LINK of inode `oldnodeid` as `name` in `parent`.
-    pub fn link(&mut self, oldnodeid: u64, parent: u64, name: &[u8]) -> Reply {
+    fn link(&mut self, oldnodeid: u64, parent: u64, name: &[u8]) -> Reply {
         let mut body = fuse::LinkIn { oldnodeid }.as_slice().to_vec();
         body.extend(nul_terminated(name));
         self.request(fuse::Opcode::Link as u32, parent, &body)
     }
 
     /// RENAME of `oldname` in `olddir` to `newname` in `newdir`.
-    pub fn rename(&mut self, olddir: u64, oldname: &[u8], newdir: u64, newname: &[u8]) -> Reply {
+    fn rename(&mut self, olddir: u64, oldname: &[u8], newdir: u64, newname: &[u8]) -> Reply {
         let mut body = fuse::RenameIn { newdir }.as_slice().to_vec();
         body.extend(nul_terminated(oldname));
         body.extend(nul_terminated(newname));
@@ -226,7 +230,7 @@ impl<F: FileSystem + Sync> Frontend<F> {
     }
 
     /// MKDIR `name` in `parent`, mode 0755.
-    pub fn mkdir(&mut self, parent: u64, name: &[u8]) -> Reply {
+    fn mkdir(&mut self, parent: u64, name: &[u8]) -> Reply {
         let mut body = fuse::MkdirIn {
             mode: 0o755,
             umask: 0,
@@ -238,15 +242,46 @@ impl<F: FileSystem + Sync> Frontend<F> {
     }
 
     /// UNLINK `name` in `parent`.
-    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> Reply {
+    fn unlink(&mut self, parent: u64, name: &[u8]) -> Reply {
         self.request(fuse::Opcode::Unlink as u32, parent, &nul_terminated(name))
     }
 
     /// GETATTR of `nodeid`.
-    pub fn getattr(&mut self, nodeid: u64) -> Reply {
+    fn getattr(&mut self, nodeid: u64) -> Reply {
         let getattr = fuse::GetattrIn::default();
         self.request(fuse::Opcode::Getattr as u32, nodeid, getattr.as_slice())
     }
+}
+
+impl<F: FileSystem + Sync> FuseSession for Frontend<F> {
+    fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
+        self.unique += 1;
+        let message = request_message(self.unique, opcode, nodeid, body);
+        let (result, reply) = self.raw(&message, 64 * 1024);
+        let written = result.unwrap_or_else(|e| panic!("opcode {opcode}: server error {e}"));
+        let out = OutHeader::from_slice(&reply[..size_of::<OutHeader>()])
+            .copied()
+            .expect("out header");
+        assert_eq!(out.unique, self.unique, "reply to another request");
+        Reply {
+            error: out.error,
+            body: reply[size_of::<OutHeader>()..written].to_vec(),
+        }
+    }
+}
+
+/// A FUSE request: its in-header (length, opcode, unique id, node) and `body`.
+pub fn request_message(unique: u64, opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    let header = InHeader {
+        len: u32::try_from(size_of::<InHeader>() + body.len()).expect("small request"),
+        opcode,
+        unique,
+        nodeid,
+        ..Default::default()
+    };
+    let mut message = header.as_slice().to_vec();
+    message.extend_from_slice(body);
+    message
 }
 
 /// The entry a successful LOOKUP, SYMLINK or LINK returned.
@@ -258,7 +293,8 @@ pub fn entry(reply: &Reply) -> Option<fuse::EntryOut> {
     }
 }
 
-fn nul_terminated(bytes: &[u8]) -> Vec<u8> {
+/// `bytes` with a NUL after them, as FUSE carries names.
+pub fn nul_terminated(bytes: &[u8]) -> Vec<u8> {
     let mut v = bytes.to_vec();
     v.push(0);
     v

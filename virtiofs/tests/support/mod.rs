@@ -4,6 +4,7 @@
 #![allow(dead_code)] // Each test binary uses a different part.
 
 pub mod fuse;
+pub mod vhost_guest;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
