@@ -8,6 +8,7 @@
 //! - [`net`], the virtio-net device on a tap.
 //! - [`serve`], serving vhost-user frontends on a socket, until a signal or disconnect.
 //! - [`seccomp`], the system calls a backend may make.
+//! - [`privileges`], the capabilities a backend keeps once set up.
 
 #![warn(clippy::cast_possible_truncation)]
 
@@ -18,6 +19,7 @@ pub mod chain;
 pub mod config_space;
 pub mod metrics;
 pub mod net;
+pub mod privileges;
 pub mod seccomp;
 pub mod serve;
 pub mod vsock;
@@ -101,6 +103,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The capabilities the backend gives up once set up could not be dropped.
+    #[error(transparent)]
+    Privileges(#[from] privileges::Error),
 }
 
 /// Result of the device backends.

@@ -133,10 +133,14 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_prlimit64,
     libc::SYS_exit,
     libc::SYS_exit_group,
+    // Dropping capabilities after set-up (crate::privileges).
+    libc::SYS_capget,
+    libc::SYS_capset,
 ];
 
 /// The filter as BPF: [`ALLOWED`], `clone` for threads only, `setns` for network namespaces
-/// only, `prctl` for thread names only; everything else kills the process.
+/// only, `prctl` for thread names and dropping capabilities only; everything else kills the
+/// process.
 pub fn filter() -> Result<BpfProgram, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|call| (*call, Vec::new())).collect();
@@ -161,11 +165,16 @@ pub fn filter() -> Result<BpfProgram, Error> {
         vec![arg_has(0, libc::CLONE_THREAD as u64)?],
     );
     rules.insert(libc::SYS_setns, vec![arg_is(1, libc::CLONE_NEWNET as u64)?]);
+    // Thread names, and the capability calls of dropping privileges after set-up (see
+    // crate::privileges): they can only take capabilities away.
     rules.insert(
         libc::SYS_prctl,
         vec![
             arg_is(0, libc::PR_SET_NAME as u64)?,
             arg_is(0, libc::PR_GET_NAME as u64)?,
+            arg_is(0, libc::PR_CAPBSET_READ as u64)?,
+            arg_is(0, libc::PR_CAPBSET_DROP as u64)?,
+            arg_is(0, libc::PR_CAP_AMBIENT as u64)?,
         ],
     );
     let filter = SeccompFilter::new(
@@ -229,20 +238,7 @@ mod tests {
 
     #[test]
     fn execve_kills_the_process() {
-        let status = in_filtered_child(|| {
-            let path = c"/bin/true";
-            let argv = [path.as_ptr(), std::ptr::null()];
-            let envp = [std::ptr::null::<libc::c_char>()];
-            // SAFETY: valid NUL-terminated path and NULL-terminated argv/envp arrays.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_execve,
-                    path.as_ptr(),
-                    argv.as_ptr(),
-                    envp.as_ptr(),
-                )
-            }
-        });
+        let status = in_filtered_child(hull_tests::forbidden::execve_bin_true);
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
     }

@@ -21,8 +21,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::blk::{BlkBackend, BlkDevice, SyncEngine};
-use crate::metrics::{self, MetricsSocket};
+use crate::blk::{BlkBackend, BlkDevice, DiskId, SyncEngine};
+use crate::metrics;
 use crate::net::{frontend_relay, Mac, NetBackend, NetDevice, Tap};
 use crate::vsock::backend::BACKEND_EVENT;
 use crate::vsock::{Muxer, VsockBackend, VsockDevice};
@@ -62,6 +62,9 @@ pub struct BlkConfig {
     pub metrics_socket: Option<PathBuf>,
     /// Serve every request with blocking calls instead of io_uring.
     pub sync_io: bool,
+    /// The id answered to GET_ID (`/sys/block/vd*/serial` in a Linux guest); the backing
+    /// file's name when `None`.
+    pub serial: Option<DiskId>,
 }
 
 /// Most request queues `hull-blk` serves (one worker thread each).
@@ -191,6 +194,8 @@ pub fn serve_until_done(
 /// `keep_listening`, forever) or a termination signal arrives.
 pub fn run_vsock(config: &VsockConfig, signals: &TermSignals) -> Result<ExitReason> {
     check_guest_cid(config.guest_cid)?;
+    // Nothing to open first: sockets in root's run directory need no capability.
+    crate::privileges::keep_only(&[])?;
     info!(socket = %config.socket.display(), uds = %config.uds.display(), guest_cid = config.guest_cid,
         "hull-vsock listening for a vhost-user frontend");
     // Each frontend gets a fresh device: the metrics read the current one's counters.
@@ -198,12 +203,21 @@ pub fn run_vsock(config: &VsockConfig, signals: &TermSignals) -> Result<ExitReas
     let _metrics = match &config.metrics_socket {
         Some(path) => {
             let current = Arc::clone(&current);
-            Some(MetricsSocket::serve(path, move || {
+            Some(metrics::serve(path, move || {
                 let backend = current.lock().ok().and_then(|slot| slot.clone());
-                let counters = backend
-                    .and_then(|b| b.read().ok().map(|b| b.counters()))
-                    .unwrap_or_default();
-                metrics::render(&metrics::vsock_samples(&counters))
+                let Some(backend) = backend else {
+                    return metrics::render(&metrics::vsock_samples(&Default::default()));
+                };
+                let Ok(backend) = backend.read() else {
+                    return String::new();
+                };
+                let mut samples = metrics::vsock_samples(&backend.counters());
+                samples.extend(backend.queue_events().samples(
+                    "hull_vsock_queue_kicks_total",
+                    "hull_vsock_queue_interrupts_total",
+                    &["rx", "tx", "event"],
+                ));
+                metrics::render(&samples)
             })?)
         }
         None => None,
@@ -279,15 +293,26 @@ pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> 
     }
     let engine = SyncEngine::open(&config.path, config.readonly, config.direct)?;
     let mut device = BlkDevice::new(engine, config.readonly, config.queues);
+    if let Some(serial) = config.serial {
+        device = device.with_id(serial);
+    }
     if config.sync_io {
         device = device.without_uring();
     }
+    // The disk is open: nothing from here on needs a capability.
+    crate::privileges::keep_only(&[])?;
     let device = Arc::new(device);
     let _metrics = match &config.metrics_socket {
         Some(path) => {
             let device = Arc::clone(&device);
-            Some(MetricsSocket::serve(path, move || {
-                metrics::render(&metrics::blk_samples(&device.counters()))
+            Some(metrics::serve(path, move || {
+                let mut samples = metrics::blk_samples(&device.counters());
+                samples.extend(device.queue_events().samples(
+                    "hull_blk_queue_kicks_total",
+                    "hull_blk_queue_interrupts_total",
+                    &[],
+                ));
+                metrics::render(&samples)
             })?)
         }
         None => None,
@@ -339,11 +364,24 @@ pub fn run_net(config: NetConfig, signals: &TermSignals) -> Result<ExitReason> {
         Some(mtu) => NetDevice::with_mtu(tap, mac, mtu),
         None => NetDevice::new(tap, mac)?,
     });
+    // The tap is open and its MTU read: only enabling and disabling its queues still needs
+    // a capability.
+    crate::privileges::keep_only(&[caps::Capability::CAP_NET_ADMIN])?;
     let _metrics = match &config.metrics_socket {
         Some(path) => {
             let device = Arc::clone(&device);
-            Some(MetricsSocket::serve(path, move || {
-                metrics::render(&metrics::net_samples(&device.counters()))
+            Some(metrics::serve(path, move || {
+                let mut samples = metrics::net_samples(&device.counters());
+                let names: Vec<String> = (0..device.tap().queues().len())
+                    .flat_map(|pair| [format!("rx{pair}"), format!("tx{pair}")])
+                    .collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                samples.extend(device.queue_events().samples(
+                    "hull_net_queue_kicks_total",
+                    "hull_net_queue_interrupts_total",
+                    &names,
+                ));
+                metrics::render(&samples)
             })?)
         }
         None => None,

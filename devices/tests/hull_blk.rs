@@ -256,7 +256,7 @@ fn sigterm_stops_hull_blk_cleanly_before_any_frontend() {
     let dir = TempDir::new("blk-sigterm");
     let disk = sparse_disk(&dir.0);
     let (mut backend, socket, log) = start_blk(&dir.0, &disk, &[]);
-    assert_confined(&backend);
+    assert_confined(&backend, 0);
     terminate(&mut backend, &log);
     assert!(!socket.exists(), "socket removed");
 }
@@ -297,6 +297,28 @@ fn missing_disk_is_refused_with_a_message_naming_it() {
 }
 
 #[test]
+fn a_serial_longer_than_20_bytes_is_refused_naming_the_limit() {
+    let dir = TempDir::new("blk-serial");
+    let disk = sparse_disk(&dir.0);
+    let output = Command::new(env!("CARGO_BIN_EXE_hull-blk"))
+        .arg("--socket")
+        .arg(dir.0.join("vu.sock"))
+        .arg("--path")
+        .arg(&disk)
+        .args(["--serial", "abcdefghijklmnopqrstu"])
+        .output()
+        .expect("hull-blk runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--serial") && stderr.contains("21 bytes") && stderr.contains("at most 20"),
+        "{stderr}"
+    );
+    // Refused before serving: no socket was made.
+    assert!(!dir.0.join("vu.sock").exists());
+}
+
+#[test]
 fn help_lists_the_command_line() {
     let output = Command::new(env!("CARGO_BIN_EXE_hull-blk"))
         .arg("--help")
@@ -305,6 +327,7 @@ fn help_lists_the_command_line() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
     for option in [
+        "--serial",
         "--socket",
         "--path",
         "--readonly",

@@ -590,6 +590,33 @@ fn frames_both_ways(
             "{text}"
         );
         assert_eq!(value("hull_net_malformed_chains_total "), 0, "{text}");
+        // The guest kicked its tx queue to send, and was notified of the frames on rx.
+        assert!(
+            value("hull_net_queue_kicks_total{queue=\"tx0\"} ") >= 1,
+            "{text}"
+        );
+        // The notification follows the used ring the guest reads the frames from: wait for it.
+        let interrupts = |text: &str| -> u64 {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("hull_net_queue_interrupts_total{queue=\"rx0\"} ")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while interrupts(&text) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            text.clear();
+            std::io::Read::read_to_string(
+                &mut std::os::unix::net::UnixStream::connect(&metrics).expect("metrics socket"),
+                &mut text,
+            )
+            .expect("reading the metrics");
+        }
+        assert!(interrupts(&text) >= 1, "{text}");
     }
 
     let pid = backend.0.id();
@@ -765,7 +792,10 @@ fn keep_listening_serves_frontends_until_sigterm_and_cleans_up() {
         let ns = NetNs::new("net-sigterm", "hns0", false);
         name = ns.name.clone();
         let (mut backend, socket, log) = start_in_ns(&ns, &dir.0, &["--keep-listening"]);
-        assert_confined(&backend);
+        assert_confined(
+            &backend,
+            hull_devices::privileges::mask(&[caps::Capability::CAP_NET_ADMIN]),
+        );
         for _ in 0..2 {
             common::brief_frontend(&socket);
         }

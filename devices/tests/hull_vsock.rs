@@ -170,7 +170,7 @@ fn guest_and_host_echo_both_ways_through_hull_vsock_under_qemu() {
 fn sigterm_stops_hull_vsock_cleanly_before_any_frontend() {
     let dir = TempDir::new("vsock-sigterm");
     let (mut backend, socket, uds, log) = start_vsock(&dir.0, 3);
-    assert_confined(&backend);
+    assert_confined(&backend, 0);
     terminate(&mut backend, &log);
     assert!(!socket.exists() && !uds.exists(), "sockets removed");
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use hull_devices::blk::DiskId;
 use hull_devices::serve::{run_blk, BlkConfig};
 
 #[path = "cli/mod.rs"]
@@ -41,6 +42,11 @@ struct Args {
     /// kernel allows it).
     #[arg(long)]
     sync_io: bool,
+    /// The disk's serial, answered to VIRTIO_BLK_T_GET_ID (a Linux guest shows it in
+    /// /sys/block/vd*/serial): 1 to 20 bytes. The file name of --path (cut to 20 bytes) by
+    /// default.
+    #[arg(long, value_name = "ID")]
+    serial: Option<DiskId>,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +60,7 @@ fn main() -> ExitCode {
         keep_listening: args.keep_listening,
         metrics_socket: args.metrics_socket,
         sync_io: args.sync_io,
+        serial: args.serial,
     };
     cli::run("hull-blk", &config.socket.clone(), |signals| {
         run_blk(&config, signals).with_context(|| {

@@ -105,6 +105,7 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         };
         let index = thread_id + usize::from(device_event);
+        self.device.queue_events().kick(index);
         let mem = atomic.memory();
         let notify = {
             let mut state = vring.get_mut();
@@ -121,8 +122,9 @@ impl VhostUserBackend for BlkBackend {
             }
         };
         if notify {
-            if let Err(err) = vring.signal_used_queue() {
-                warn!(%err, "cannot signal the guest");
+            match vring.signal_used_queue() {
+                Ok(()) => self.device.queue_events().interrupt(index),
+                Err(err) => warn!(%err, "cannot signal the guest"),
             }
         }
         Ok(())

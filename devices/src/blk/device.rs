@@ -16,8 +16,9 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
+use super::disk_id::DiskId;
 use super::io::{Batch, SyncEngine, UringQueues};
-use super::request::{Rejected, Request, RequestType, Status, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE};
+use super::request::{Rejected, Request, RequestType, Status, MAX_SEGMENTS, SECTOR_SIZE};
 use crate::vsock::packet::Mem;
 
 /// Bytes of `struct virtio_blk_config` up to and including `write_zeroes_may_unmap` and its
@@ -37,8 +38,9 @@ pub struct BlkDevice {
     uring: Option<UringQueues>,
     readonly: bool,
     num_queues: u16,
-    id: [u8; ID_BYTES],
+    id: DiskId,
     counters: Counters,
+    queue_events: crate::metrics::QueueEvents,
 }
 
 /// Requests served, by outcome. Read with [`BlkDevice::counters`].
@@ -68,17 +70,9 @@ pub struct CounterValues {
 
 impl BlkDevice {
     /// A device over `engine` with `num_queues` queues (at least 1); read-only if `readonly`.
+    /// Its id is the backing file's name until [`BlkDevice::with_id`] sets another.
     pub fn new(engine: SyncEngine, readonly: bool, num_queues: u16) -> Self {
-        let mut id = [0u8; ID_BYTES];
-        // The id is the backing file's name, cut to 20 bytes (no NUL needed when full).
-        let name = engine
-            .path()
-            .file_name()
-            .map(|n| n.as_encoded_bytes().to_vec())
-            .unwrap_or_default();
-        for (dst, src) in id.iter_mut().zip(name) {
-            *dst = src;
-        }
+        let id = DiskId::from_file_name(engine.path());
         let uring = match UringQueues::new(usize::from(num_queues.max(1)), engine.file()) {
             Ok(rings) => Some(rings),
             Err(err) => {
@@ -96,7 +90,14 @@ impl BlkDevice {
                 per_queue: (0..num_queues.max(1)).map(|_| AtomicU64::new(0)).collect(),
                 ..Counters::default()
             },
+            queue_events: crate::metrics::QueueEvents::new(usize::from(num_queues.max(1))),
         }
+    }
+
+    /// The same device answering `id` to GET_ID (hull-blk's `--serial`).
+    pub fn with_id(mut self, id: DiskId) -> Self {
+        self.id = id;
+        self
     }
 
     /// The same device serving every request with blocking calls (no io_uring).
@@ -160,6 +161,11 @@ impl BlkDevice {
         config
     }
 
+    /// Kicks and interrupts of its queues so far.
+    pub fn queue_events(&self) -> &crate::metrics::QueueEvents {
+        &self.queue_events
+    }
+
     /// Requests served so far.
     pub fn counters(&self) -> CounterValues {
         let c = &self.counters;
@@ -191,8 +197,10 @@ impl BlkDevice {
         let mut batch = self.uring.as_ref().and_then(|u| u.batch(index, mem));
         loop {
             queue.disable_notification(mem)?;
+            let mut popped = false;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
+                popped = true;
                 served += 1;
                 let request = match Request::parse(chain, mem, self.engine.capacity()) {
                     Ok(request) => request,
@@ -221,7 +229,10 @@ impl BlkDevice {
             if let Some(batch) = batch.as_mut() {
                 self.complete(batch, queue, mem)?;
             }
-            if !queue.enable_notification(mem)? {
+            // More work after re-enabling means the guest added requests meanwhile; if this
+            // round found none, the ring's index lies (it claims more than the ring holds,
+            // which the queue refuses to pop) and looking again would spin forever.
+            if !queue.enable_notification(mem)? || !popped {
                 if let Some(count) = self.counters.per_queue.get(index) {
                     count.fetch_add(served as u64, Ordering::Relaxed);
                 }
@@ -323,7 +334,7 @@ impl BlkDevice {
     }
 
     fn write_id(&self, request: &Request, mem: &Mem) -> std::io::Result<()> {
-        let mut id = &self.id[..];
+        let mut id = &self.id.as_bytes()[..];
         for buf in &request.data {
             let (now, rest) = id.split_at(buf.len.min(id.len()));
             mem.write_slice(now, buf.addr)
@@ -580,6 +591,27 @@ mod tests {
         assert_eq!(guest.byte(status), S_OK, "the next request is served");
     }
 
+    /// Found by the `blk_request` fuzz target: an avail index more than the ring's size
+    /// ahead made the worker loop forever (the queue refuses to pop from such a ring, and
+    /// re-enabling notifications kept reporting more work).
+    #[test]
+    fn a_ring_index_beyond_the_ring_size_does_not_spin_the_worker() {
+        let disk = TempDisk::new("blk-lying-index", SECTORS);
+        let device = disk.device(false);
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let (_, status) = guest.request(T_FLUSH, 0, 0, false, 0);
+        assert_eq!(guest.run(&device).len(), 1);
+        assert_eq!(guest.byte(status), S_OK);
+        // 300 requests more than served, in a ring of 256 entries.
+        guest.set_available(guest.available().wrapping_add(300));
+        assert_eq!(
+            guest.run(&device),
+            vec![],
+            "nothing is served from a lying ring"
+        );
+    }
+
     #[test]
     fn buffer_outside_guest_memory_fails_with_ioerr_in_the_status_byte() {
         let disk = TempDisk::new("blk-oom", SECTORS);
@@ -689,6 +721,22 @@ mod tests {
         assert_eq!(guest.run(&device)[0].1, 21);
         assert_eq!(guest.byte(status), S_OK);
         let mut expected = b"disk.img".to_vec();
+        expected.resize(20, 0);
+        assert_eq!(guest.bytes(data, 20), expected);
+    }
+
+    #[test]
+    fn get_id_answers_the_serial_given_instead_of_the_file_name() {
+        let disk = TempDisk::new("blk-serial", SECTORS);
+        let device = disk
+            .device(false)
+            .with_id("hull-test-disk".parse().unwrap());
+        let mem = test_memory();
+        let mut guest = BlkGuest::new(&mem);
+        let (data, status) = guest.request(T_GET_ID, 0, 20, true, 0xff);
+        assert_eq!(guest.run(&device)[0].1, 21);
+        assert_eq!(guest.byte(status), S_OK);
+        let mut expected = b"hull-test-disk".to_vec();
         expected.resize(20, 0);
         assert_eq!(guest.bytes(data, 20), expected);
     }

@@ -157,6 +157,11 @@ impl<'a> BlkGuest<'a> {
         self.mock.avail().idx().load()
     }
 
+    /// Sets the avail ring's index to `idx`, as a lying guest may.
+    pub fn set_available(&self, idx: u16) {
+        self.mock.avail().idx().store(idx);
+    }
+
     /// An indirect descriptor table in guest memory holding `descs` (address, length,
     /// flags, next index within the table); returns its address.
     pub fn indirect_table(&mut self, descs: &[(u64, u32, u16, u16)]) -> u64 {

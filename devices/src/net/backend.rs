@@ -131,6 +131,16 @@ impl NetBackend {
         ))
     }
 
+    /// Notifies the guest of used buffers on `queue` when `notify` says so, and counts it.
+    fn signal(&self, vring: &VringRwLock, notify: bool, queue: usize) {
+        if notify {
+            match vring.signal_used_queue() {
+                Ok(()) => self.device.queue_events().interrupt(queue),
+                Err(err) => warn!(%err, "cannot signal the guest"),
+            }
+        }
+    }
+
     fn run_tx(&self, pair: usize, vring: &VringRwLock, mem: &Mem) {
         let Some(frames) = self.frames(pair) else {
             return;
@@ -147,7 +157,7 @@ impl NetBackend {
                 }
             }
         };
-        signal(vring, notify);
+        self.signal(vring, notify, 2 * pair + 1);
     }
 
     fn run_rx(&self, pair: usize, vring: &VringRwLock, mem: &Mem) {
@@ -182,15 +192,7 @@ impl NetBackend {
                 }
             }
         };
-        signal(vring, notify);
-    }
-}
-
-fn signal(vring: &VringRwLock, notify: bool) {
-    if notify {
-        if let Err(err) = vring.signal_used_queue() {
-            warn!(%err, "cannot signal the guest");
-        }
+        self.signal(vring, notify, 2 * pair);
     }
 }
 
@@ -274,8 +276,14 @@ impl VhostUserBackend for NetBackend {
         let pair = thread_id;
         let mem = atomic.memory();
         match usize::from(device_event) {
-            RX => self.run_rx(pair, rx, &mem),
-            TX => self.run_tx(pair, tx, &mem),
+            RX => {
+                self.device.queue_events().kick(2 * pair);
+                self.run_rx(pair, rx, &mem);
+            }
+            TX => {
+                self.device.queue_events().kick(2 * pair + 1);
+                self.run_tx(pair, tx, &mem);
+            }
             _ if device_event == self.tap_event() => {
                 if let Some(pending) = self.tap_pending.get(pair) {
                     pending.store(true, Ordering::Release);

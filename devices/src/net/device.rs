@@ -201,6 +201,7 @@ pub struct NetDevice {
     mac: Mac,
     mtu: u16,
     counters: Counters,
+    queue_events: crate::metrics::QueueEvents,
 }
 
 impl NetDevice {
@@ -218,6 +219,8 @@ impl NetDevice {
             mac,
             mtu,
             counters: Counters::new(pairs),
+            // Queue 2k is pair k's rx, 2k + 1 its tx (virtio-net's order).
+            queue_events: crate::metrics::QueueEvents::new(2 * pairs),
         }
     }
 
@@ -264,6 +267,11 @@ impl NetDevice {
         config[8..10].copy_from_slice(&self.queue_pairs().to_le_bytes());
         config[10..12].copy_from_slice(&self.mtu.to_le_bytes());
         config
+    }
+
+    /// Kicks and interrupts of its queues so far (queue 2k is pair k's rx, 2k + 1 its tx).
+    pub fn queue_events(&self) -> &crate::metrics::QueueEvents {
+        &self.queue_events
     }
 
     /// Frames moved so far.

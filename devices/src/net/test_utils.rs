@@ -176,6 +176,12 @@ impl<'a> NetGuest<'a> {
         (self.rx.avail().idx().load(), self.tx.avail().idx().load())
     }
 
+    /// Sets the avail ring's index of the rx (or tx) queue to `idx`, as a lying guest may.
+    pub fn set_available(&self, rx: bool, idx: u16) {
+        let queue = if rx { &self.rx } else { &self.tx };
+        queue.avail().idx().store(idx);
+    }
+
     /// The next frame the device wrote to the stand-in tap, if any.
     pub fn host_recv(&self) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 70_000];

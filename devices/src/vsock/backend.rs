@@ -41,6 +41,7 @@ pub struct VsockBackend {
     guest_cid: u64,
     mem: Option<GuestMemoryAtomic<Mem>>,
     event_idx: bool,
+    queue_events: crate::metrics::QueueEvents,
 }
 
 impl VsockBackend {
@@ -52,7 +53,13 @@ impl VsockBackend {
             guest_cid,
             mem: None,
             event_idx: false,
+            queue_events: crate::metrics::QueueEvents::new(NUM_QUEUES),
         }
+    }
+
+    /// Kicks and interrupts of the rx, tx and event queues so far.
+    pub fn queue_events(&self) -> &crate::metrics::QueueEvents {
+        &self.queue_events
     }
 
     /// The muxer's epoll descriptor, to register as [`BACKEND_EVENT`].
@@ -67,6 +74,7 @@ impl VsockBackend {
 
     fn run_queue(
         &mut self,
+        queue_index: usize,
         vring: &VringRwLock,
         mem: &Mem,
         process: fn(&mut VsockDevice, &mut virtio_queue::Queue, &Mem) -> Result<bool>,
@@ -86,8 +94,9 @@ impl VsockBackend {
             }
         };
         if notify {
-            if let Err(err) = vring.signal_used_queue() {
-                warn!(%err, "cannot signal the guest");
+            match vring.signal_used_queue() {
+                Ok(()) => self.queue_events.interrupt(queue_index),
+                Err(err) => warn!(%err, "cannot signal the guest"),
             }
         }
     }
@@ -154,17 +163,20 @@ impl VhostUserBackendMut for VsockBackend {
         let (Some(rx), Some(tx)) = (vrings.get(RX_QUEUE), vrings.get(TX_QUEUE)) else {
             return Ok(());
         };
+        if usize::from(device_event) < NUM_QUEUES {
+            self.queue_events.kick(usize::from(device_event));
+        }
         match usize::from(device_event) {
-            RX_QUEUE => self.run_queue(rx, &mem, VsockDevice::process_rx),
+            RX_QUEUE => self.run_queue(RX_QUEUE, rx, &mem, VsockDevice::process_rx),
             TX_QUEUE => {
-                self.run_queue(tx, &mem, VsockDevice::process_tx);
+                self.run_queue(TX_QUEUE, tx, &mem, VsockDevice::process_tx);
                 // Answers (responses, credit updates) may wait for rx buffers.
-                self.run_queue(rx, &mem, VsockDevice::process_rx);
+                self.run_queue(RX_QUEUE, rx, &mem, VsockDevice::process_rx);
             }
             EVENT_QUEUE => {}
             _ if device_event == BACKEND_EVENT => {
                 self.device.muxer().process_host_events();
-                self.run_queue(rx, &mem, VsockDevice::process_rx);
+                self.run_queue(RX_QUEUE, rx, &mem, VsockDevice::process_rx);
             }
             other => warn!(event = other, "unexpected event"),
         }

@@ -99,18 +99,30 @@ pub fn start_backend(binary: &str, args: &[&std::ffi::OsStr], socket: &Path, log
     backend
 }
 
-/// Checks the backend runs under its seccomp filter (mode 2 in /proc/PID/status).
-pub fn assert_confined(backend: &Reaped) {
+/// Checks the backend runs under its seccomp filter (mode 2 in /proc/PID/status) with the
+/// capabilities `kept` only (a mask, [`hull_devices::privileges::mask`]) in its effective,
+/// permitted and bounding sets.
+pub fn assert_confined(backend: &Reaped, kept: u64) {
     let status = read(Path::new(&format!("/proc/{}/status", backend.0.id())));
-    let mode = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Seccomp:"))
-        .map(str::trim);
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+    };
     assert_eq!(
-        mode,
+        field("Seccomp:"),
         Some("2"),
         "the backend is not under a seccomp filter:\n{status}"
     );
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let mask = field(set).and_then(|v| u64::from_str_radix(v, 16).ok());
+        assert_eq!(
+            mask,
+            Some(kept),
+            "the backend's {set} is not {kept:#x}:\n{status}"
+        );
+    }
 }
 
 /// Sends SIGTERM to a backend and checks it exits 0 saying why.

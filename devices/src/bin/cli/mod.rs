@@ -1,5 +1,5 @@
-//! What every backend binary does around its device: logging to stderr (`HULL_LOG` filter,
-//! `info` by default), termination signals read from a signalfd, the seccomp filter
+//! What every backend binary does around its device: umask 077, logging to stderr
+//! (`HULL_LOG` filter, `info` by default), termination signals read from a signalfd, the seccomp filter
 //! ([`hull_devices::seccomp`]), and one line on exit saying why, with the exit status (0 for a frontend leaving or a signal, 1 for an error).
 
 use std::io::IsTerminal;
@@ -15,6 +15,10 @@ pub fn run(
     socket: &Path,
     serve: impl FnOnce(&TermSignals) -> anyhow::Result<ExitReason>,
 ) -> ExitCode {
+    // Every socket and file the backend makes (vhost-user, metrics, hybrid vsock) is its
+    // owner's alone: 0600.
+    // SAFETY: umask(2) only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
