@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod containerd;
+pub mod forbidden;
 pub mod guest_program;
 pub mod host_agent;
 pub mod leftovers;

@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use hull_vmm::boot::{self, BootConfig, DEFAULT_CMDLINE};
 use hull_vmm::cpu::cpuid::CpuFeature;
 use hull_vmm::lifecycle::StopReason;
+use hull_vmm::seccomp::ThreadKind;
 use hull_vmm::virtio::vhost_user::{
     VhostUserDevice, VhostUserKind, FS_TAG_MAX, VSOCK_CID_MAX, VSOCK_CID_MIN,
 };
@@ -185,12 +186,26 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).context("cannot open a signalfd")?;
     let metrics = args
         .metrics_socket
-        .map(|path| MetricsSocket::bind(&path).map(|listener| (path, listener)))
+        .map(|path| hull_metrics::MetricsListener::bind(&path))
         .transpose()
         .context("cannot serve the metrics socket")?;
+    // Each thread confines itself once its set-up is done: the vCPUs before their first
+    // KVM_RUN, this thread once they run (see hull_vmm::seccomp).
+    let main_filter = if hull_vmm::seccomp::enabled() {
+        let pid = nix::unistd::getpid().as_raw();
+        vm.confine_vcpus(hull_vmm::seccomp::filter(ThreadKind::Vcpu, pid)?);
+        Some(hull_vmm::seccomp::filter(ThreadKind::Main, pid)?)
+    } else {
+        None
+    };
+    // Everything privileged is open: no thread needs a capability from here on.
+    hull_vmm::seccomp::drop_capabilities().context("cannot drop capabilities")?;
     let running = vm.start(entry).context("cannot start the vCPUs")?;
+    if let Some(program) = main_filter {
+        hull_vmm::seccomp::apply(ThreadKind::Main, &program)?;
+    }
     loop {
-        let (signalled, reader) = match wait_for(&signal_fd, metrics.as_ref().map(|m| &m.1)) {
+        let (signalled, reader) = match wait_for(&signal_fd, metrics.as_ref()) {
             Ok(ready) => ready,
             // poll fails only on bad arguments; the VM's own stop still ends the run.
             Err(err) => {
@@ -199,12 +214,11 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
             }
         };
         if reader {
-            if let Some((_, listener)) = &metrics {
-                if let Some(mut reader) = listener.accept() {
+            if let Some(listener) = &metrics {
+                listener.answer(|| {
                     let (pio, mmio) = running.unmapped_accesses();
-                    let text = render_metrics(&running.exit_counts(), pio, mmio);
-                    let _ = std::io::Write::write_all(&mut reader, text.as_bytes());
-                }
+                    render_metrics(&running.exit_counts(), pio, mmio)
+                });
             }
         }
         if !signalled {
@@ -233,20 +247,21 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
             }
         }
     }
-    if let Some((path, listener)) = metrics {
-        drop(listener);
-        let _ = std::fs::remove_file(path);
-    }
+    // The socket file goes with the listener.
+    drop(metrics);
     Ok(running.wait())
 }
 
 /// Waits until a blocked signal is pending or a metrics reader connects; answers which.
-fn wait_for(signals: &SignalFd, metrics: Option<&MetricsSocket>) -> nix::Result<(bool, bool)> {
+fn wait_for(
+    signals: &SignalFd,
+    metrics: Option<&hull_metrics::MetricsListener>,
+) -> nix::Result<(bool, bool)> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
     if let Some(metrics) = metrics {
-        fds.push(PollFd::new(metrics.0.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(metrics.as_fd(), PollFlags::POLLIN));
     }
     loop {
         match poll(&mut fds, PollTimeout::NONE) {
@@ -265,49 +280,10 @@ fn wait_for(signals: &SignalFd, metrics: Option<&MetricsSocket>) -> nix::Result<
 /// The signal the VM's stop hook sends the process, to end the main thread's wait.
 const GUEST_STOPPED: Signal = Signal::SIGUSR1;
 
-/// A listening unix socket for `--metrics-socket`.
-struct MetricsSocket(std::os::unix::net::UnixListener);
-
-impl MetricsSocket {
-    /// Binds `path`, replacing a socket nobody serves (never another kind of file).
-    fn bind(path: &std::path::Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::FileTypeExt;
-        if let Ok(meta) = path.symlink_metadata() {
-            if !meta.file_type().is_socket() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_err() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        let listener = std::os::unix::net::UnixListener::bind(path)?;
-        listener.set_nonblocking(true)?;
-        Ok(Self(listener))
-    }
-
-    /// The reader that connected, if it is still there.
-    fn accept(&self) -> Option<std::os::unix::net::UnixStream> {
-        let (stream, _) = self.0.accept().ok()?;
-        // The write of a few hundred bytes must not hang the VMM on a reader that does not
-        // read.
-        stream.set_nonblocking(false).ok()?;
-        stream
-            .set_write_timeout(Some(std::time::Duration::from_secs(1)))
-            .ok()?;
-        Some(stream)
-    }
-}
-
 /// Prometheus text of the VM's counters.
 fn render_metrics(exits: &[hull_vmm::cpu::vcpu::ExitCounts], pio: u64, mmio: u64) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from(
-        "# HELP hull_vmm_vcpu_exits_total Exits to the VMM handled, by vCPU and kind.\n\
-         # TYPE hull_vmm_vcpu_exits_total counter\n",
-    );
+    use hull_metrics::Sample;
+    let mut samples = Vec::new();
     for (vcpu, counts) in exits.iter().enumerate() {
         for (kind, value) in [
             ("pio_in", counts.pio_in),
@@ -316,23 +292,33 @@ fn render_metrics(exits: &[hull_vmm::cpu::vcpu::ExitCounts], pio: u64, mmio: u64
             ("mmio_write", counts.mmio_write),
             ("interrupted", counts.interrupted),
         ] {
-            let _ = writeln!(
-                out,
-                "hull_vmm_vcpu_exits_total{{vcpu=\"{vcpu}\",kind=\"{kind}\"}} {value}"
+            samples.push(
+                Sample::counter(
+                    "hull_vmm_vcpu_exits_total",
+                    "Exits to the VMM handled, by vCPU and kind.",
+                    value,
+                )
+                .with_labels(format!("vcpu=\"{vcpu}\",kind=\"{kind}\"")),
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP hull_vmm_unclaimed_accesses_total Guest port and MMIO accesses no device claims.\n\
-         # TYPE hull_vmm_unclaimed_accesses_total counter\n\
-         hull_vmm_unclaimed_accesses_total{{bus=\"pio\"}} {pio}\n\
-         hull_vmm_unclaimed_accesses_total{{bus=\"mmio\"}} {mmio}"
-    );
-    out
+    for (bus, value) in [("pio", pio), ("mmio", mmio)] {
+        samples.push(
+            Sample::counter(
+                "hull_vmm_unclaimed_accesses_total",
+                "Guest port and MMIO accesses no device claims.",
+                value,
+            )
+            .with_labels(format!("bus=\"{bus}\"")),
+        );
+    }
+    hull_metrics::render(&samples)
 }
 
 fn main() -> ExitCode {
+    // The metrics socket (and anything else hull-vmm makes) is its owner's alone: 0600.
+    // SAFETY: umask(2) only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

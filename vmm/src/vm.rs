@@ -65,6 +65,8 @@ pub struct Vm {
     state: Arc<RunState>,
     virtio: Vec<VirtioSlot>,
     disconnectors: Vec<Disconnector>,
+    /// The seccomp filter each vCPU thread installs before its first KVM_RUN.
+    vcpu_filter: Option<Arc<seccompiler::BpfProgram>>,
     // Declared before `memory`: KVM's slots point into it, so the VM goes first.
     vm_fd: VmFd,
     memory: GuestMemory,
@@ -159,6 +161,7 @@ impl Vm {
             state,
             virtio: Vec::new(),
             disconnectors: Vec::new(),
+            vcpu_filter: None,
             vm_fd,
             memory,
         })
@@ -251,6 +254,13 @@ impl Vm {
             .join(" ")
     }
 
+    /// Has every vCPU thread install `program` (the [`crate::seccomp::ThreadKind::Vcpu`]
+    /// filter) on itself before its first KVM_RUN. A thread that cannot install it stops the
+    /// VM with a vCPU error instead of running the guest unconfined.
+    pub fn confine_vcpus(&mut self, program: seccompiler::BpfProgram) {
+        self.vcpu_filter = Some(Arc::new(program));
+    }
+
     /// Configures every vCPU (CPUID, MSRs, FPU, LAPIC, and the entry state of the boot vCPU),
     /// writes the MP table when the guest has interrupt controllers, and starts the vCPU
     /// threads.
@@ -316,9 +326,20 @@ impl Vm {
             };
             let name = format!("{}vcpu{id}", running.thread_prefix);
             let guard = PanicStops(Arc::clone(&running.state), id);
+            let filter = self.vcpu_filter.clone();
+            let state = Arc::clone(&running.state);
             let thread = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
+                    if let Some(program) = filter {
+                        let kind = crate::seccomp::ThreadKind::Vcpu;
+                        if let Err(err) = crate::seccomp::apply(kind, &program) {
+                            let detail = format!("{err}: {}", error_chain(&err));
+                            state.request_stop(StopReason::VcpuError { vcpu: id, detail });
+                            drop(guard);
+                            return VcpuEnd::Stopped;
+                        }
+                    }
                     let end = vcpu.run();
                     drop(guard);
                     end
@@ -332,6 +353,17 @@ impl Vm {
         }
         Ok(running)
     }
+}
+
+/// The causes under `err`, joined, for a one-line report.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        causes.push(cause.to_string());
+        next = cause.source();
+    }
+    causes.join(": ")
 }
 
 /// Stops the VM if a vCPU thread unwinds, so that nobody waits forever on it.

@@ -245,6 +245,7 @@ fn sigterm_stops_a_running_guest_cleanly() {
 #[test]
 fn a_running_vm_has_one_thread_per_vcpu_and_one_more() {
     require!("a_running_vm_has_one_thread_per_vcpu_and_one_more", kvm());
+    // (and every one of them runs under its seccomp filter, without capabilities)
     // Print "up", then spin.
     let code = [
         0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xeb, 0xfe,
@@ -264,13 +265,62 @@ fn a_running_vm_has_one_thread_per_vcpu_and_one_more() {
     stdout.read_exact(&mut up).unwrap();
     assert_eq!(&up, b"up");
     // KVM lists its own workers (kvm-nx-lpage-recovery) among a VM process's threads.
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.0.id()))
-        .unwrap()
-        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.starts_with("kvm-"))
-        .collect();
-    assert_eq!(threads.len(), 3, "2 vCPUs + 1: {threads:?}");
+    let pid = child.0.id();
+    let threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.starts_with("kvm-"))
+            .collect()
+    };
+    // vCPU 0 may print before the second vCPU's thread is up on a loaded machine: wait for
+    // the VM to settle (a VM with more threads never settles at 3).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while threads().len() != 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(threads().len(), 3, "2 vCPUs + 1: {:?}", threads());
+    // Each of them confines itself with its seccomp filter once its set-up is done (the main
+    // thread after the vCPUs start), having dropped every capability: /proc says mode 2
+    // (filter) and empty capability sets for all three.
+    let unconfined = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|name| !name.starts_with("kvm-"))
+            })
+            .filter_map(|task| {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                // Seccomp mode 2 (filter), and no capability left in any set.
+                let wrong: Vec<&str> = status
+                    .lines()
+                    .filter(|l| {
+                        let mut words = l.split_whitespace();
+                        match (words.next(), words.next()) {
+                            (Some("Seccomp:"), Some(mode)) => mode != "2",
+                            (Some("CapEff:" | "CapPrm:" | "CapBnd:" | "CapInh:"), Some(mask)) => {
+                                !mask.trim_start_matches('0').is_empty()
+                            }
+                            _ => false,
+                        }
+                    })
+                    .collect();
+                (!wrong.is_empty()).then(|| format!("{}: {wrong:?}", task.path().display()))
+            })
+            .collect()
+    };
+    while !unconfined().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        unconfined(),
+        Vec::<String>::new(),
+        "threads without a seccomp filter or with capabilities"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
