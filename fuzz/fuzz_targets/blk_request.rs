@@ -1,0 +1,3 @@
+//! libFuzzer entry point of [`hull_fuzz::blk_request`].
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hull_fuzz::blk_request(data));
