@@ -104,6 +104,9 @@ pub struct StorageRequest {
     pub kind: StorageKind,
     /// See `Storage.source` in types.proto.
     pub source: String,
+    /// A BLOCK storage's disk: the serial of `serial:<ID>`, 1 to [`MAX_SERIAL_BYTES`]
+    /// bytes. `None` for the other kinds.
+    pub serial: Option<Vec<u8>>,
     /// File system type.
     pub fstype: String,
     /// mount(8)-style options.
@@ -204,6 +207,18 @@ fn storage_request(storage: &Storage) -> Result<StorageRequest, String> {
     if needs_source && storage.source.is_empty() {
         return Err("source is empty".into());
     }
+    let serial = if kind == StorageKind::STORAGE_KIND_BLOCK {
+        if storage.fstype.is_empty() {
+            return Err(
+                "fstype is empty: a BLOCK storage names the file system on its disk \
+                 (\"ext4\", \"xfs\" ...)"
+                    .into(),
+            );
+        }
+        Some(block_serial(&storage.source)?)
+    } else {
+        None
+    };
     if kind == StorageKind::STORAGE_KIND_BIND && !is_clean_absolute(Path::new(&storage.source)) {
         return Err(format!(
             "bind source {:?} is not an absolute path without '..'",
@@ -213,10 +228,43 @@ fn storage_request(storage: &Storage) -> Result<StorageRequest, String> {
     Ok(StorageRequest {
         kind,
         source: storage.source.clone(),
+        serial,
         fstype: storage.fstype.clone(),
         options: storage.options.clone(),
         mount_point,
     })
+}
+
+/// Most bytes of a disk serial: the size of the virtio-blk id (VIRTIO_BLK_ID_BYTES), all
+/// a guest can read of it, so a longer one could never match.
+pub const MAX_SERIAL_BYTES: usize = 20;
+
+/// The serial of a BLOCK storage's `source`, `serial:<ID>` (see `Storage.source` in
+/// types.proto). The `pci:` and `mmio:` forms the protocol once described are refused by
+/// name: the host cannot predict a disk's place on a bus as surely as its serial.
+fn block_serial(source: &str) -> Result<Vec<u8>, String> {
+    if let Some(id) = source.strip_prefix("serial:") {
+        let id = id.as_bytes();
+        if id.is_empty() || id.len() > MAX_SERIAL_BYTES || id.contains(&0) {
+            return Err(format!(
+                "block source {source:?}: the serial is {} bytes; give 1 to \
+                 {MAX_SERIAL_BYTES} bytes without NUL",
+                id.len()
+            ));
+        }
+        return Ok(id.to_vec());
+    }
+    for form in ["pci:", "mmio:"] {
+        if source.starts_with(form) {
+            return Err(format!(
+                "block source {source:?}: the {form}<...> form is not supported by this \
+                 agent; name the disk by its serial, serial:<ID>"
+            ));
+        }
+    }
+    Err(format!(
+        "block source {source:?} is not of the form serial:<ID> (the disk's virtio-blk serial)"
+    ))
 }
 
 /// Whether `path` is absolute and has no `..` component (so it cannot climb out of a root).
@@ -342,6 +390,67 @@ mod tests {
         }
     }
 
+    fn block(source: &str, fstype: &str) -> Storage {
+        let mut s = Storage::new();
+        s.kind = StorageKind::STORAGE_KIND_BLOCK.into();
+        s.source = source.into();
+        s.fstype = fstype.into();
+        s.mount_point = "/run/hull/c/vol".into();
+        s
+    }
+
+    #[test]
+    fn block_storages_name_their_disk_by_serial() {
+        let parsed = storage_requests(&[block("serial:hull-test-disk", "ext4")]).unwrap();
+        assert_eq!(parsed[0].serial.as_deref(), Some(&b"hull-test-disk"[..]));
+        assert_eq!(parsed[0].fstype, "ext4");
+        // 20 bytes, the whole virtio-blk id, and any bytes but NUL.
+        let full = format!("serial:{}", "é".repeat(10));
+        assert_eq!(
+            storage_requests(&[block(&full, "xfs")]).unwrap()[0].serial,
+            Some("é".repeat(10).into_bytes())
+        );
+        // Other kinds have no serial.
+        let mut tmpfs = Storage::new();
+        tmpfs.kind = StorageKind::STORAGE_KIND_TMPFS.into();
+        tmpfs.mount_point = "/t".into();
+        assert_eq!(storage_requests(&[tmpfs]).unwrap()[0].serial, None);
+    }
+
+    #[test]
+    fn block_sources_of_other_forms_are_refused_naming_the_form() {
+        let cases = [
+            ("pci:02/00", "the pci:<...> form is not supported"),
+            ("mmio:1", "the mmio:<...> form is not supported"),
+            ("/dev/vdb", "is not of the form serial:<ID>"),
+            ("vdb", "is not of the form serial:<ID>"),
+            ("serial:", "the serial is 0 bytes"),
+            ("serial:abcdefghijklmnopqrstu", "the serial is 21 bytes"),
+            ("serial:a\0b", "without NUL"),
+        ];
+        for (source, reason) in cases {
+            match storage_requests(&[block(source, "ext4")]) {
+                Err(Error::BadStorage {
+                    index: 0,
+                    reason: got,
+                }) => {
+                    assert!(got.contains(reason), "{source:?}: {got}")
+                }
+                other => panic!("expected {source:?} to be refused: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn block_storages_without_fstype_are_refused_naming_it() {
+        match storage_requests(&[block("serial:d", "")]) {
+            Err(Error::BadStorage { index: 0, reason }) => {
+                assert!(reason.starts_with("fstype is empty"), "{reason}")
+            }
+            other => panic!("expected a missing fstype to be refused: {other:?}"),
+        }
+    }
+
     proptest::proptest! {
         /// Whatever a shim sends, checking it answers Ok or a precise error, never a panic.
         #[test]
@@ -356,6 +465,19 @@ mod tests {
             let mut req = request(&id, "");
             req.oci_spec_json = spec;
             let _ = ContainerRequest::try_from(req);
+
+            // Any block source: a serial of 1 to 20 bytes without NUL, or refused.
+            let block_source = format!("serial:{source}");
+            match storage_requests(&[block(&block_source, "ext4")]) {
+                Ok(parsed) => {
+                    let serial = parsed[0].serial.clone().unwrap_or_default();
+                    proptest::prop_assert_eq!(serial.as_slice(), source.as_bytes());
+                    proptest::prop_assert!((1..=MAX_SERIAL_BYTES).contains(&serial.len()));
+                }
+                Err(_) => proptest::prop_assert!(
+                    source.is_empty() || source.len() > MAX_SERIAL_BYTES || source.contains('\0')
+                ),
+            }
 
             let spec = format!(r#"{{"ociVersion":"1.0.0","root":{{"path":"{json_root}"}}}}"#);
             let mut req = request(&id, &spec);

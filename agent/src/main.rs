@@ -47,8 +47,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Forwarded in a guest always, on a host where asked.
     let forward = (cli.listen.is_none() || cli.log_listen.is_some()).then(LogBuffer::default);
+    // Colours only on a terminal: on a host the shim keeps stderr in a file and quotes it in
+    // its errors, where escape codes are noise.
     let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let forwarded = forward.clone().map(|buffer| {
         // The shim stamps the time and reads the level first.

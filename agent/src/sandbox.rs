@@ -6,9 +6,9 @@
 //! DNS lines are not applied there (the storages are mounted, as a container's are).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use hull_agent_protocol::agent::CreateSandboxRequest;
+use tokio::sync::Mutex;
 
 use crate::container::{storage, Failure};
 use crate::container_request::storage_requests;
@@ -17,13 +17,14 @@ use crate::Mode;
 /// The sandbox's state.
 #[derive(Debug, Default)]
 pub struct Sandbox {
-    /// `None` until CreateSandbox; then the storages it mounted.
+    /// `None` until CreateSandbox; then the storages it mounted. Held while they are mounted
+    /// (a BLOCK disk may take a while to appear), so two CreateSandbox cannot both mount.
     mounts: Mutex<Option<Vec<PathBuf>>>,
 }
 
 impl Sandbox {
     /// CreateSandbox.
-    pub fn create(&self, mode: Mode, request: &CreateSandboxRequest) -> Result<(), Failure> {
+    pub async fn create(&self, mode: Mode, request: &CreateSandboxRequest) -> Result<(), Failure> {
         if !request.kernel_modules.is_empty() {
             return Err(Failure::Unimplemented(
                 "kernel_modules: loading kernel modules is not implemented by this agent".into(),
@@ -43,19 +44,13 @@ impl Sandbox {
         }
         let storages = storage_requests(&request.storages)
             .map_err(|err| Failure::InvalidArgument(err.to_string()))?;
-        let mut mounts = self
-            .mounts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut mounts = self.mounts.lock().await;
         if mounts.is_some() {
             return Err(Failure::FailedPrecondition(
                 "the sandbox exists already".into(),
             ));
         }
-        let mounted = storage::mount_all(&storages).map_err(|err| match err {
-            storage::Error::Unsupported { .. } => Failure::Unimplemented(err.to_string()),
-            storage::Error::Mount { .. } => Failure::Internal(err.to_string()),
-        })?;
+        let mounted = storage::mount_all(&storages).await.map_err(Failure::from)?;
         if mode == Mode::Guest {
             if let Err(err) = set_up_guest(request) {
                 storage::unmount_all(&mounted);
@@ -70,12 +65,8 @@ impl Sandbox {
     }
 
     /// Unmounts the sandbox's storages (DestroySandbox, after the containers are removed).
-    pub fn destroy(&self) {
-        let mounts = self
-            .mounts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+    pub async fn destroy(&self) {
+        let mounts = self.mounts.lock().await.take();
         if let Some(mounts) = mounts {
             storage::unmount_all(&mounts);
         }

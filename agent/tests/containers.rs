@@ -512,6 +512,42 @@ async fn output_and_exit_codes_of_init_processes() {
     fx.destroy_and_check_nothing_left(&client).await;
 }
 
+/// The shim kills a host agent 50 ms after DestroySandbox answers: by the answer the
+/// agent's state directory must be gone (it used to be removed only on a clean exit, so
+/// every pod left one /run/hull-agent-<pid>, as `hull-bench soak` found).
+#[tokio::test(flavor = "current_thread")]
+async fn destroy_sandbox_removes_the_state_directory_before_it_answers() {
+    let test = "destroy_sandbox_removes_the_state_directory_before_it_answers";
+    require!(test, root());
+    let busybox = require!(test, hull_tests::oci_image::busybox());
+    let mut fx = Fixture::start("state-dir", &busybox);
+    let client = fx.client().await;
+    let state_dir = PathBuf::from(format!("/run/hull-agent-{}", fx.agent.id()));
+    fx.create(&client, "hello", &["echo", "hello"], false).await;
+    start(&client, "hello").await.expect("StartContainer");
+    assert_eq!(read_all(&client, "hello", "", false).await, "hello\n");
+    wait(&client, "hello", "").await;
+    assert!(
+        state_dir.is_dir(),
+        "{} holds the container's files",
+        state_dir.display()
+    );
+    client
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .await
+        .expect("DestroySandbox");
+    let left = state_dir.exists();
+    // What the shim does next: SIGKILL, no time for the agent's own clean-up.
+    let _ = fx.agent.kill();
+    let _ = fx.agent.wait();
+    let _ = std::fs::remove_dir_all(&state_dir);
+    assert!(
+        !left,
+        "{} is there when DestroySandbox answers",
+        state_dir.display()
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn stdin_reaches_the_program_and_closing_it_is_end_of_file() {
     require!(
@@ -1011,20 +1047,36 @@ async fn storages_are_mounted_for_the_container_and_unmounted_at_remove() {
         "a storage is still mounted after RemoveContainer"
     );
 
-    // A block device storage is not served yet, and says so; nothing stays mounted.
+    // A block storage names its disk by serial: the pci: form is refused by name, and a
+    // serial no disk has ends the wait naming it; nothing stays mounted either way.
     create.container_id = "block".into();
-    create.storages = vec![
-        storage(StorageKind::STORAGE_KIND_TMPFS, "", &scratch, &[]),
-        storage(
+    let block = |source: &str| {
+        let mut disk = storage(
             StorageKind::STORAGE_KIND_BLOCK,
-            "pci:02/00",
+            source,
             &fx.dir.join("mnt/disk"),
             &[],
-        ),
-    ];
+        );
+        disk.fstype = "ext4".into();
+        vec![
+            storage(StorageKind::STORAGE_KIND_TMPFS, "", &scratch, &[]),
+            disk,
+        ]
+    };
+    create.storages = block("pci:02/00");
     let (code, message) = status_of(client.create_container(ctx(), &create).await);
-    assert_eq!(code, Code::UNIMPLEMENTED, "{message}");
-    assert!(message.contains("storages[1]"), "{message}");
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(
+        message.contains("storages[1]") && message.contains("pci:<...> form is not supported"),
+        "{message}"
+    );
+    create.storages = block("serial:hull-no-such-disk");
+    let (code, message) = status_of(client.create_container(ctx(), &create).await);
+    assert_eq!(code, Code::DEADLINE_EXCEEDED, "{message}");
+    assert!(
+        message.contains("storages[1]") && message.contains("\"hull-no-such-disk\""),
+        "{message}"
+    );
     fx.destroy_and_check_nothing_left(&client).await;
 }
 

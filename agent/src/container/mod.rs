@@ -11,6 +11,7 @@
 //! The semantics of each call are documented in agent.proto.
 
 pub mod cgroup;
+pub mod disk;
 pub mod helper;
 pub mod namespaces;
 pub mod stdio;
@@ -432,10 +433,9 @@ impl Containers {
             tracing::warn!(container = %id, "linux.seccomp is not applied by this agent");
         }
 
-        let mounts = storage::mount_all(&request.storages).map_err(|err| match err {
-            storage::Error::Unsupported { .. } => Failure::Unimplemented(err.to_string()),
-            storage::Error::Mount { .. } => Failure::Internal(err.to_string()),
-        })?;
+        let mounts = storage::mount_all(&request.storages)
+            .await
+            .map_err(Failure::from)?;
         // Checked once the storages are mounted: the rootfs is usually inside one of them.
         let root = &request.spec.root.path;
         if !root.is_dir() {
@@ -1088,6 +1088,15 @@ impl Containers {
     /// Removes every container (DestroySandbox); the first failure is returned after all
     /// were tried.
     pub async fn remove_all(&self) -> Result<(), Failure> {
+        // A create in flight (its entry reserved) is let finish first, so that its container
+        // is removed too rather than left with its cgroup and processes (the fault matrix's
+        // "shim killed while creating" with `none`: the dying shim's SIGTERM came mid-create).
+        let deadline = std::time::Instant::now() + CREATE_SETTLE;
+        while lock(&self.table).values().any(Option::is_none)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let ids: Vec<String> = lock(&self.table)
             .iter()
             .filter(|(_, c)| c.is_some())
@@ -1120,6 +1129,9 @@ impl Containers {
         }
     }
 }
+
+/// How long [`Containers::remove_all`] lets creates in flight finish.
+const CREATE_SETTLE: Duration = Duration::from_secs(2);
 
 /// Whether `/` is the kernel's initramfs (ramfs, or tmpfs with `rootfstype`), where
 /// pivot_root(2) answers EINVAL: a hull guest runs the agent from its initrd.

@@ -1,11 +1,14 @@
 //! The storages of a CreateContainer: mounted before the container is created, unmounted
-//! (in reverse order) when it is removed or when creating it fails.
+//! (in reverse order) when it is removed or when creating it fails. A BLOCK storage's disk
+//! is found by its serial first ([`super::disk`]).
 
 use std::path::{Path, PathBuf};
 
 use hull_agent_protocol::types::StorageKind;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use super::disk::{DiskError, DiskLookup};
+use super::Failure;
 use crate::container_request::StorageRequest;
 
 /// Why a storage could not be mounted.
@@ -19,6 +22,14 @@ pub enum Error {
         /// Its kind.
         kind: StorageKind,
     },
+    /// A BLOCK storage's disk is not there (or the disks cannot be listed).
+    #[error("storages[{index}]: {cause}")]
+    Disk {
+        /// Its index in the request.
+        index: usize,
+        /// Why (in the message: the agent answers with it).
+        cause: DiskError,
+    },
     /// Mounting failed.
     #[error("storages[{index}]: mounting {source_name} on {}: {cause}", mount_point.display())]
     Mount {
@@ -31,6 +42,21 @@ pub enum Error {
         /// The cause.
         cause: String,
     },
+}
+
+impl From<Error> for Failure {
+    /// A kind not mounted here is UNIMPLEMENTED, a disk that never appeared
+    /// DEADLINE_EXCEEDED, anything else the guest failing.
+    fn from(err: Error) -> Self {
+        match &err {
+            Error::Unsupported { .. } => Failure::Unimplemented(err.to_string()),
+            Error::Disk {
+                cause: DiskError::NotFound { .. },
+                ..
+            } => Failure::DeadlineExceeded(err.to_string()),
+            Error::Disk { .. } | Error::Mount { .. } => Failure::Internal(err.to_string()),
+        }
+    }
 }
 
 /// Splits mount(8)-style options into flags and file-system data.
@@ -54,12 +80,36 @@ fn parse_options(options: &[String]) -> (MsFlags, String) {
     (flags, data.join(","))
 }
 
-/// Mounts `storages` in order; on a failure unmounts those already mounted. Returns the
-/// mount points, to unmount with [`unmount_all`].
-pub fn mount_all(storages: &[StorageRequest]) -> Result<Vec<PathBuf>, Error> {
+/// Mounts `storages` in order, BLOCK disks found in the guest's /sys/block; on a failure
+/// unmounts those already mounted. Returns the mount points, to unmount with
+/// [`unmount_all`].
+pub async fn mount_all(storages: &[StorageRequest]) -> Result<Vec<PathBuf>, Error> {
+    mount_all_with(storages, &DiskLookup::guest()).await
+}
+
+/// [`mount_all`], finding BLOCK disks with `disks`.
+pub async fn mount_all_with(
+    storages: &[StorageRequest],
+    disks: &DiskLookup,
+) -> Result<Vec<PathBuf>, Error> {
     let mut mounted = Vec::new();
     for (index, storage) in storages.iter().enumerate() {
-        if let Err(err) = mount_one(index, storage) {
+        let result = match (&storage.kind, &storage.serial) {
+            (StorageKind::STORAGE_KIND_BLOCK, Some(serial)) => match disks.wait(serial).await {
+                Ok(node) => mount_one(index, storage, Some(&node)),
+                Err(cause) => Err(Error::Disk { index, cause }),
+            },
+            // container_request gives every BLOCK storage a serial; one built otherwise is
+            // refused as such rather than reported as an unsupported kind.
+            (StorageKind::STORAGE_KIND_BLOCK, None) => Err(Error::Mount {
+                index,
+                source_name: storage.source.clone(),
+                mount_point: storage.mount_point.clone(),
+                cause: "a BLOCK storage needs a serial:<ID> source".into(),
+            }),
+            _ => mount_one(index, storage, None),
+        };
+        if let Err(err) = result {
             unmount_all(&mounted);
             return Err(err);
         }
@@ -68,16 +118,21 @@ pub fn mount_all(storages: &[StorageRequest]) -> Result<Vec<PathBuf>, Error> {
     Ok(mounted)
 }
 
-fn mount_one(index: usize, storage: &StorageRequest) -> Result<(), Error> {
+/// Mounts one storage; `disk` is a BLOCK storage's device node.
+fn mount_one(index: usize, storage: &StorageRequest, disk: Option<&Path>) -> Result<(), Error> {
     let (mut flags, data) = parse_options(&storage.options);
-    let (source, fstype) = match storage.kind {
-        StorageKind::STORAGE_KIND_VIRTIO_FS => (storage.source.as_str(), Some("virtiofs")),
-        StorageKind::STORAGE_KIND_TMPFS => ("tmpfs", Some("tmpfs")),
-        StorageKind::STORAGE_KIND_BIND => {
+    let disk_name = disk.map(|node| node.to_string_lossy().into_owned());
+    let (source, fstype) = match (storage.kind, &disk_name) {
+        (StorageKind::STORAGE_KIND_VIRTIO_FS, _) => (storage.source.as_str(), Some("virtiofs")),
+        (StorageKind::STORAGE_KIND_TMPFS, _) => ("tmpfs", Some("tmpfs")),
+        (StorageKind::STORAGE_KIND_BIND, _) => {
             flags |= MsFlags::MS_BIND | MsFlags::MS_REC;
             (storage.source.as_str(), None)
         }
-        kind => return Err(Error::Unsupported { index, kind }),
+        (StorageKind::STORAGE_KIND_BLOCK, Some(node)) => {
+            (node.as_str(), Some(storage.fstype.as_str()))
+        }
+        (kind, _) => return Err(Error::Unsupported { index, kind }),
     };
     let error = |cause: String| Error::Mount {
         index,
