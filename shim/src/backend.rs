@@ -65,6 +65,7 @@ pub struct BackendProcess {
 
 impl BackendProcess {
     /// Starts `program args` with stderr in `log`, and returns once `socket` exists.
+    /// It is SIGKILLed if the shim dies (see [`crate::parent_death`]).
     pub async fn start(
         program: &Path,
         args: &[&std::ffi::OsStr],
@@ -72,7 +73,20 @@ impl BackendProcess {
         log: &Path,
         deadline: Duration,
     ) -> Result<Self> {
-        Self::start_inheriting(program, args, &[], socket, log, deadline).await
+        Self::spawn(program, args, &[], socket, log, deadline, libc::SIGKILL).await
+    }
+
+    /// [`BackendProcess::start`] for a process that must clean up when the shim dies: it
+    /// gets `signal` (SIGTERM for the host agent, which then removes its containers).
+    pub async fn start_ending_with(
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        socket: &Path,
+        log: &Path,
+        deadline: Duration,
+        signal: libc::c_int,
+    ) -> Result<Self> {
+        Self::spawn(program, args, &[], socket, log, deadline, signal).await
     }
 
     /// [`BackendProcess::start`], the child inheriting the shim's open descriptors
@@ -84,6 +98,27 @@ impl BackendProcess {
         socket: &Path,
         log: &Path,
         deadline: Duration,
+    ) -> Result<Self> {
+        Self::spawn(
+            program,
+            args,
+            inherited,
+            socket,
+            log,
+            deadline,
+            libc::SIGKILL,
+        )
+        .await
+    }
+
+    async fn spawn(
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        inherited: &[RawFd],
+        socket: &Path,
+        log: &Path,
+        deadline: Duration,
+        parent_death: libc::c_int,
     ) -> Result<Self> {
         let spawn_error = |source| Error::Spawn {
             program: program.to_owned(),
@@ -107,6 +142,7 @@ impl BackendProcess {
                 });
             }
         }
+        crate::parent_death::die_with_parent(command.as_std_mut(), parent_death);
         let child = command
             .args(args)
             .stdin(Stdio::null())
@@ -150,6 +186,18 @@ impl BackendProcess {
         self.child.id()
     }
 
+    /// Waits until the process exits (it is reaped then), and says how. Cancel-safe: a
+    /// caller racing it against something else may drop it and keep the process.
+    pub async fn exited(&mut self) -> Result<ExitStatus> {
+        let status = self.child.wait().await;
+        status.map_err(|source| self.wait_error(source))
+    }
+
+    /// How the process ended, if it has (it is reaped then); `None` while it runs.
+    pub fn try_exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// What the backend has written to stderr so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log)
@@ -177,6 +225,17 @@ impl BackendProcess {
             .map_err(|source| self.wait_error(source))?;
         self.child
             .wait()
+            .await
+            .map_err(|source| self.wait_error(source))
+    }
+
+    /// Kills the process (SIGKILL) and reaps it; it has ended when this returns.
+    pub async fn kill(&mut self) -> Result<()> {
+        if self.try_exited().is_some() {
+            return Ok(());
+        }
+        self.child
+            .kill()
             .await
             .map_err(|source| self.wait_error(source))
     }

@@ -72,6 +72,9 @@ pub struct HostFacts {
     pub helpers: Vec<(&'static str, Option<PathBuf>)>,
     /// `containerd --version`, if containerd is installed.
     pub containerd: Option<String>,
+    /// Whether this process can set up an io_uring (the shim's stdio and every backend's
+    /// data path need one), or why not.
+    pub io_uring: Result<(), String>,
 }
 
 impl HostFacts {
@@ -95,6 +98,7 @@ impl HostFacts {
                 .collect(),
             containerd: find_program(Path::new("containerd"), path.as_deref())
                 .and_then(|p| first_line_of(&p, "--version")),
+            io_uring: probe_io_uring(),
         }
     }
 
@@ -106,6 +110,23 @@ impl HostFacts {
     /// See [`Virtualization::auto_hypervisor`].
     pub fn auto_hypervisor(&self) -> HypervisorKind {
         self.virt.auto_hypervisor()
+    }
+}
+
+/// Sets up (and drops) a small io_uring; the error says why it failed, with the
+/// `kernel.io_uring_disabled` sysctl when it is what refuses.
+fn probe_io_uring() -> Result<(), String> {
+    match io_uring::IoUring::new(2) {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default();
+            Err(match disabled.as_str() {
+                "" | "0" => err.to_string(),
+                value => format!("{err} (kernel.io_uring_disabled = {value})"),
+            })
+        }
     }
 }
 
@@ -263,6 +284,15 @@ pub fn check(facts: &HostFacts, config: &Config) -> Vec<CheckLine> {
             ),
         });
     }
+    lines.push(match &facts.io_uring {
+        Ok(()) => line(Verdict::Pass, "io_uring", "usable".into(), None),
+        Err(err) => line(
+            Verdict::Fail,
+            "io_uring",
+            format!("cannot be set up: {err}"),
+            Some("sysctl kernel.io_uring_disabled=0, and allow io_uring_setup in any seccomp profile containerd runs under"),
+        ),
+    });
     lines.push(match &facts.containerd {
         Some(version) => line(Verdict::Pass, "containerd", version.clone(), None),
         None => line(
@@ -379,6 +409,7 @@ mod tests {
                 .map(|&h| (h, Some(PathBuf::from("/bin").join(h))))
                 .collect(),
             containerd: Some("containerd 1.6.20".into()),
+            io_uring: Ok(()),
         }
     }
 
@@ -435,6 +466,9 @@ mod tests {
             virt: NO_HW_VIRT,
             qemu: None,
             kernel: ("/nowhere/vmlinux".into(), false),
+            io_uring: Err(
+                "Operation not permitted (os error 1) (kernel.io_uring_disabled = 2)".into(),
+            ),
             ..healthy()
         };
         let lines = check(&facts, &Config::default());
@@ -445,6 +479,8 @@ mod tests {
         assert!(text.contains("apt-get install qemu-system-x86"), "{text}");
         assert!(text.contains("/nowhere/vmlinux does not exist"), "{text}");
         assert!(text.contains("make image"), "{text}");
+        assert_eq!(verdict_of(&lines, "io_uring"), Verdict::Fail);
+        assert!(text.contains("kernel.io_uring_disabled=0"), "{text}");
     }
 
     #[test]

@@ -330,7 +330,8 @@ pub fn backend_metrics_socket(run_dir: &Path, role: &str) -> PathBuf {
     run_dir.join(format!("{role}{BACKEND_METRICS_SUFFIX}"))
 }
 
-/// The backends' own counters (virtqueue packets, bytes, drops, malformed chains), read from
+/// The backends' own counters (virtqueue packets, bytes, drops, malformed chains; hull-fs's
+/// requests, bytes and refused names; hull-vmm's vCPU exits), read from
 /// their metrics sockets in `run_dir`, labelled `backend="<role>"` and merged. A backend that
 /// does not answer in time is left out (its process series still say it is there).
 async fn backend_metrics(run_dir: Option<&Path>) -> String {

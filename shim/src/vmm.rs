@@ -178,7 +178,10 @@ impl VmmVm {
         let stderr = file("vmm.stderr")?;
         tracing::info!(vm = %spec.id, binary = %binary.display(), "starting hull-vmm");
         tracing::debug!(?args, "hull-vmm arguments");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        // hull-vmm does not outlive the shim (see crate::parent_death).
+        crate::parent_death::die_with_parent(command.as_std_mut(), libc::SIGKILL);
+        let child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(console)
@@ -210,6 +213,16 @@ impl VmmVm {
     /// What hull-vmm itself wrote (why it could not start, a vCPU's failure).
     pub fn stderr(&self) -> String {
         fs::read_to_string(self.run_dir.0.join("vmm.stderr")).unwrap_or_default()
+    }
+
+    /// Kills hull-vmm (SIGKILL) and reaps it, for a boot that failed: it has ended when this
+    /// returns (dropping it only sends the signal).
+    pub async fn kill(&mut self) -> Result<()> {
+        let pid = self.pid;
+        self.child
+            .kill()
+            .await
+            .map_err(|source| Error::Wait { pid, source })
     }
 
     /// Waits until hull-vmm exits by itself (the guest stopped, or it failed). Cancel-safe.

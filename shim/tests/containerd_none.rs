@@ -4,7 +4,9 @@
 //!
 //! The configuration reaches the shim as containerd's runtime options
 //! (`ctr run --runtime-config-path`). After every test nothing of hull may be left: no shim or
-//! agent process, no run directory or socket, no rootfs mount, no sandbox record.
+//! agent process, no run directory or socket, no rootfs mount, no sandbox record. A shim or
+//! agent killed at each step of a container's life is the fault matrix's
+//! (`fault_matrix.rs`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -122,13 +124,33 @@ impl Setup {
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr),
-            self.containerd
-                .log()
-                .lines()
-                .filter(|l| l.contains("level=error") || l.contains("hull"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            self.containerd.log_excerpt()
         )
+    }
+
+    /// `ctr run -d` of container `id` running `args`, waiting until it runs.
+    fn run_detached(&self, id: &str, args: &[&str]) {
+        self.containerd
+            .ctr(&self.run_args(&["-d"], id, args))
+            .expect("ctr run -d");
+        self.wait_running(id);
+    }
+
+    /// Kills container `id`'s task, deletes it once stopped and the container, and checks
+    /// that nothing of it is left.
+    fn kill_and_remove(&self, id: &str) {
+        self.containerd
+            .ctr(&["tasks", "kill", "--signal", "SIGKILL", id])
+            .expect("ctr task kill");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.containerd.ctr(&["tasks", "delete", id]).is_err() {
+            assert!(Instant::now() < deadline, "task never stopped");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.containerd
+            .ctr(&["containers", "delete", id])
+            .expect("ctr containers delete");
+        self.assert_nothing_left(id);
     }
 
     /// Waits until `ctr task ls` shows `id` RUNNING.
@@ -191,17 +213,18 @@ impl Setup {
             "/sys/fs/cgroup/pids",
         ]
         .iter()
-        .flat_map(|root| walk_dirs(Path::new(root), 4))
+        .flat_map(|root| hull_tests::leftovers::dirs_below(Path::new(root), 4))
         .filter(|p| p.to_string_lossy().contains(id))
         .collect();
         assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let leaked: Vec<&str> = mounts.lines().filter(|l| l.contains(id)).collect();
         assert!(leaked.is_empty(), "mounts left: {leaked:?}");
-        let records: Vec<PathBuf> = walk(&self.containerd.address().with_file_name("state"))
-            .into_iter()
-            .filter(|p| p.ends_with(hull_shim::service::shim::RECORD_FILE))
-            .collect();
+        let records: Vec<PathBuf> =
+            hull_tests::leftovers::files_below(&self.containerd.address().with_file_name("state"))
+                .into_iter()
+                .filter(|p| p.ends_with(hull_shim::service::shim::RECORD_FILE))
+                .collect();
         assert!(records.is_empty(), "sandbox records left: {records:?}");
     }
 }
@@ -251,46 +274,6 @@ fn agent_serves_containers(agent: &Path) -> Result<(), hull_tests::prereq::Missi
             "build hull-agent with the container calls (branch agent-containers)",
         )),
     }
-}
-
-/// Directories below `dir`, at most `depth` levels down.
-fn walk_dirs(dir: &Path, depth: usize) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![(dir.to_owned(), 0)];
-    while let Some((dir, level)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                found.push(entry.path());
-                if level + 1 < depth {
-                    stack.push((entry.path(), level + 1));
-                }
-            }
-        }
-    }
-    found
-}
-
-/// Every file below `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
 }
 
 /// Kills a background `ctr` that a failed assertion left behind.
@@ -496,11 +479,7 @@ fn ctr_task_exec_runs_a_second_process() {
         return;
     };
     let id = "hull-none-exec";
-    setup
-        .containerd
-        .ctr(&setup.run_args(&["-d"], id, &["sleep", "1000"]))
-        .expect("ctr run -d");
-    setup.wait_running(id);
+    setup.run_detached(id, &["sleep", "1000"]);
     let output = setup
         .containerd
         .ctr_command(&[
@@ -517,20 +496,41 @@ fn ctr_task_exec_runs_a_second_process() {
         .unwrap();
     assert_eq!(output.status.code(), Some(3), "{}", setup.explain(&output));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "from exec\n");
-    setup
-        .containerd
-        .ctr(&["tasks", "kill", "--signal", "SIGKILL", id])
-        .expect("ctr task kill");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while setup.containerd.ctr(&["tasks", "delete", id]).is_err() {
-        assert!(Instant::now() < deadline, "task never stopped");
-        std::thread::sleep(Duration::from_millis(50));
+
+    // The output crossed containerd's FIFO through the shim's io_uring, on the shim's one
+    // thread: no thread per stream, and no io_uring worker thread either.
+    let shim = pids_with(&["containerd-shim-hull-v2", id], &["--listen"]);
+    assert_eq!(shim.len(), 1, "one shim serves the pod: {shim:?}");
+    let threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", shim[0]))
+            .unwrap()
+            .flatten()
+            .map(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+            .collect()
+    };
+    // containerd-shim's file operations at start run on tokio's blocking pool, whose thread
+    // lingers a second after its last use: wait for the steady state.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads().len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
     }
-    setup
-        .containerd
-        .ctr(&["containers", "delete", id])
-        .expect("ctr containers delete");
-    setup.assert_nothing_left(id);
+    assert_eq!(threads().len(), 1, "the shim's threads: {:?}", threads());
+    let rings = std::fs::read_dir(format!("/proc/{}/fd", shim[0]))
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy() == "anon_inode:[io_uring]")
+        })
+        .count();
+    assert_eq!(rings, 1, "the shim has its one io_uring");
+
+    setup.kill_and_remove(id);
 }
 
 /// The processes whose command line contains every one of `needles` and none of `not`.
@@ -564,11 +564,7 @@ fn an_exec_id_is_reusable_after_its_delete_and_execs_leak_no_descriptors() {
         return;
     };
     let id = "hull-none-exec-reuse";
-    setup
-        .containerd
-        .ctr(&setup.run_args(&["-d"], id, &["sleep", "1000"]))
-        .expect("ctr run -d");
-    setup.wait_running(id);
+    setup.run_detached(id, &["sleep", "1000"]);
     // `ctr task exec` always attaches stdin (the test's /dev/null), so the shim's stdin copy
     // runs for each probe too.
     let probe = |n: u32| {
@@ -627,20 +623,7 @@ fn an_exec_id_is_reusable_after_its_delete_and_execs_leak_no_descriptors() {
         after.1
     );
 
-    setup
-        .containerd
-        .ctr(&["tasks", "kill", "--signal", "SIGKILL", id])
-        .expect("ctr task kill");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while setup.containerd.ctr(&["tasks", "delete", id]).is_err() {
-        assert!(Instant::now() < deadline, "task never stopped");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    setup
-        .containerd
-        .ctr(&["containers", "delete", id])
-        .expect("ctr containers delete");
-    setup.assert_nothing_left(id);
+    setup.kill_and_remove(id);
 }
 
 #[test]
@@ -704,11 +687,7 @@ fn ctr_task_ps_metrics_pause_and_resume_work_on_a_running_container() {
         return;
     };
     let id = "hull-none-ops";
-    setup
-        .containerd
-        .ctr(&setup.run_args(&["-d"], id, &["sleep", "1000"]))
-        .expect("ctr run -d");
-    setup.wait_running(id);
+    setup.run_detached(id, &["sleep", "1000"]);
 
     let ps = setup
         .containerd
@@ -761,20 +740,7 @@ fn ctr_task_ps_metrics_pause_and_resume_work_on_a_running_container() {
         .expect("ctr task resume");
     assert_eq!(task_status(&setup, id), "RUNNING");
 
-    setup
-        .containerd
-        .ctr(&["tasks", "kill", "--signal", "SIGKILL", id])
-        .expect("ctr task kill");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while setup.containerd.ctr(&["tasks", "delete", id]).is_err() {
-        assert!(Instant::now() < deadline, "task never stopped");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    setup
-        .containerd
-        .ctr(&["containers", "delete", id])
-        .expect("ctr containers delete");
-    setup.assert_nothing_left(id);
+    setup.kill_and_remove(id);
 }
 
 #[test]
@@ -817,61 +783,6 @@ fn ctr_run_with_a_terminal_runs_the_program_on_a_tty() {
         setup.explain(&output)
     );
     setup.assert_nothing_left(id);
-}
-
-#[test]
-fn a_killed_shim_is_cleaned_up_with_its_containers() {
-    let Some(setup) = Setup::new("a_killed_shim_is_cleaned_up_with_its_containers") else {
-        return;
-    };
-    let id = "hull-none-shim-killed";
-    // A duration no other test uses, to find this container's process.
-    setup
-        .containerd
-        .ctr(&setup.run_args(&["-d"], id, &["sleep", "4242"]))
-        .expect("ctr run -d");
-    setup.wait_running(id);
-    assert_eq!(
-        hull_tests::leftovers::processes_with(&["sleep 4242"]).len(),
-        1,
-        "the container runs"
-    );
-    let shim: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("containerd-shim-hull-v2") && c.contains(id)
-            })
-        })
-        .collect();
-    assert_eq!(shim.len(), 1, "one shim serves the container: {shim:?}");
-    // SAFETY: kill(2) with a pid read from /proc just now, of the shim this test started.
-    assert_eq!(unsafe { libc::kill(shim[0], libc::SIGKILL) }, 0);
-
-    // containerd notices, runs `shim delete`, and reports the task stopped.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(task_status(&setup, id).as_str(), "STOPPED" | "") {
-        assert!(
-            Instant::now() < deadline,
-            "task still {}; containerd log:\n{}",
-            task_status(&setup, id),
-            setup.containerd.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = setup.containerd.ctr(&["tasks", "delete", id]);
-    setup
-        .containerd
-        .ctr(&["containers", "delete", id])
-        .expect("ctr containers delete");
-    setup.assert_nothing_left(id);
-    assert!(
-        hull_tests::leftovers::processes_with(&["sleep 4242"]).is_empty(),
-        "the container's process outlived its shim"
-    );
 }
 
 #[test]
@@ -933,95 +844,6 @@ fn containers_of_one_pod_share_its_sandbox() {
         .expect("ctr containers delete");
     setup.assert_nothing_left(pod);
     setup.assert_nothing_left(second);
-}
-
-#[test]
-fn a_lost_agent_ends_its_tasks_with_a_status() {
-    let test = "a_lost_agent_ends_its_tasks_with_a_status";
-    let Some(setup) = Setup::with_config(
-        test,
-        "hypervisor = \"none\"\n[agent]\nhealth_check_interval_secs = 1\n[runtime]\nenable_none_hypervisor = true\n",
-        true,
-    ) else {
-        return;
-    };
-    let id = "hull-none-agent-lost";
-    let child = setup
-        .containerd
-        .ctr_command(&setup.run_args(&["--rm"], id, &["sleep", "4343"]))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ctr starts");
-    let mut guard = ChildGuard(child);
-    setup.wait_running(id);
-    let run_dir = hull_shim::paths::sandbox_run_dir(hull_tests::containerd::NAMESPACE, id);
-    let agent: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("hull-agent") && c.contains(&run_dir.display().to_string())
-            })
-        })
-        .collect();
-    assert_eq!(agent.len(), 1, "one agent serves the pod: {agent:?}");
-    // SAFETY: kill(2) with a pid read from /proc just now, of the agent this test's shim
-    // started.
-    assert_eq!(unsafe { libc::kill(agent[0], libc::SIGKILL) }, 0);
-
-    let status = guard.0.wait().expect("ctr ends");
-    assert_eq!(status.code(), Some(255), "a lost sandbox's task exits 255");
-    // Without a VM, the container's processes outlive a SIGKILLed agent on the host (a VM
-    // takes them with it): end them here, as the host's init would have to.
-    let orphans: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("sleep\u{0}4343"))
-        })
-        .collect();
-    for pid in orphans {
-        // SAFETY: kill(2) with the pid of this test's container process, read just now.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    // So are its cgroups and the dead agent's state directory.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let cgroups: Vec<PathBuf> = walk_dirs(Path::new("/sys/fs/cgroup"), 4)
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains(id))
-            .collect();
-        if cgroups.is_empty() {
-            break;
-        }
-        for cgroup in cgroups {
-            let _ = std::fs::remove_dir(cgroup);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the container's cgroups stay busy"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = std::fs::remove_dir_all(format!("/run/hull-agent-{}", agent[0]));
-    let _ = setup.containerd.ctr(&["containers", "delete", id]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while (!hull_tests::leftovers::processes_with(&["containerd-shim-hull-v2", id]).is_empty()
-        || run_dir.exists())
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        hull_tests::leftovers::processes_with(&["containerd-shim-hull-v2", id]).is_empty(),
-        "shim left"
-    );
-    assert!(!run_dir.exists(), "run directory left");
 }
 
 /// The same binds as the VM test, on `none` (the agent binds the host paths itself): a
@@ -1246,6 +1068,305 @@ fn a_missing_configuration_file_is_named_through_ctr_and_leaves_nothing() {
         "the error does not name the file: {}",
         setup.explain(&output)
     );
+    let _ = setup.containerd.ctr(&["containers", "delete", id]);
+    setup.assert_nothing_left(id);
+}
+
+/// One journal entry in journald's native protocol (`KEY=value` lines, or `KEY`, a 64-bit
+/// little-endian length and the value for values that may hold newlines), as a map.
+fn journal_fields(datagram: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let Some(end) = rest.iter().position(|&b| b == b'=' || b == b'\n') else {
+            break;
+        };
+        let name = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let value;
+        if rest[end] == b'=' {
+            let line = &rest[end + 1..];
+            let stop = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+            value = &line[..stop];
+            rest = line.get(stop + 1..).unwrap_or_default();
+        } else {
+            let Some(len) = rest.get(end + 1..end + 9) else {
+                break;
+            };
+            let len = u64::from_le_bytes(len.try_into().unwrap()) as usize;
+            let Some(bytes) = rest.get(end + 9..end + 9 + len) else {
+                break;
+            };
+            value = bytes;
+            rest = rest.get(end + 10 + len..).unwrap_or_default();
+        }
+        fields.insert(name, String::from_utf8_lossy(value).into_owned());
+    }
+    fields
+}
+
+/// What listens on journald's socket for this test: journald itself where it runs (the test
+/// then reads the entries back with journalctl), or, on a host without it, the test, which
+/// binds the socket path for as long as it runs (removing it, and the directories it made,
+/// after) and keeps every datagram sent to it.
+enum Journal {
+    Real,
+    Stand {
+        made: Vec<PathBuf>,
+        entries: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        reader: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+impl Journal {
+    fn open(test: &str) -> Option<Self> {
+        let socket = Path::new(hull_shim::logging::JOURNAL_SOCKET);
+        if std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.connect(socket))
+            .is_ok()
+        {
+            if which("journalctl").is_none() {
+                hull_tests::prereq::skip(
+                    test,
+                    &hull_tests::prereq::Missing::new(
+                        "journalctl (journald runs here, and its entries are read back with it)",
+                        "apt-get install systemd",
+                    ),
+                );
+                return None;
+            }
+            return Some(Self::Real);
+        }
+        if socket.exists() {
+            hull_tests::prereq::skip(
+                test,
+                &hull_tests::prereq::Missing::new(
+                    "a free journald socket path: /run/systemd/journal/socket exists but nothing answers on it",
+                    "start systemd-journald, or remove the stale socket",
+                ),
+            );
+            return None;
+        }
+        let mut made = Vec::new();
+        for dir in ["/run/systemd", "/run/systemd/journal"] {
+            if !Path::new(dir).exists() {
+                std::fs::create_dir(dir).unwrap();
+                made.push(PathBuf::from(dir));
+            }
+        }
+        let listener = std::os::unix::net::UnixDatagram::bind(socket).unwrap();
+        made.push(socket.to_owned());
+        listener
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let entries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Read all along: a datagram socket's queue is short, and a full one would make the
+        // shims' logging wait.
+        let reader = {
+            let (entries, stop) = (entries.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256 * 1024];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(n) = listener.recv(&mut buf) {
+                        entries.lock().unwrap().push(buf[..n].to_vec());
+                    }
+                }
+            })
+        };
+        Some(Self::Stand {
+            made,
+            entries,
+            stop,
+            reader: Some(reader),
+        })
+    }
+
+    /// The entries logged by the shim since `since` (seconds since the epoch).
+    fn shim_entries(&self, since: u64) -> Vec<std::collections::HashMap<String, String>> {
+        match self {
+            Self::Real => {
+                let out = std::process::Command::new("journalctl")
+                    .args(["-o", "export", "--no-pager", "-t"])
+                    .arg(hull_shim::logging::JOURNAL_IDENTIFIER)
+                    .arg(format!("--since=@{since}"))
+                    .output()
+                    .expect("journalctl runs");
+                // The export format: entries separated by an empty line, fields as above.
+                out.stdout
+                    .split(|&b| b == b'\n')
+                    .fold(vec![Vec::new()], |mut entries, line| {
+                        if line.is_empty() {
+                            entries.push(Vec::new());
+                        } else if let Some(last) = entries.last_mut() {
+                            last.extend_from_slice(line);
+                            last.push(b'\n');
+                        }
+                        entries
+                    })
+                    .iter()
+                    .map(|e| journal_fields(e))
+                    .collect()
+            }
+            Self::Stand { entries, .. } => entries
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|e| journal_fields(e))
+                .filter(|f| {
+                    f.get("SYSLOG_IDENTIFIER").map(String::as_str)
+                        == Some(hull_shim::logging::JOURNAL_IDENTIFIER)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Self::Stand {
+            made, stop, reader, ..
+        } = self
+        {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(reader) = reader.take() {
+                let _ = reader.join();
+            }
+            for path in made.iter().rev() {
+                let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
+            }
+        }
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Where systemd's journal runs, the shim logs there too (as Kata's shim does), beside
+/// containerd's log: entries with the shim's identifier, a priority, and each event's fields
+/// (the phase marks' sandbox id).
+#[test]
+fn the_shim_logs_to_journald_where_it_runs() {
+    let test = "the_shim_logs_to_journald_where_it_runs";
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Before any shim starts: a shim decides at start whether journald is there.
+    let Some(journal) = Journal::open(test) else {
+        return;
+    };
+    let Some(setup) = Setup::with_config(
+        test,
+        "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n",
+        true,
+    ) else {
+        return;
+    };
+    let id = "hull-none-journald";
+    let output = setup.ctr_run(id, &["echo", "hello"]);
+    assert!(output.status.success(), "{}", setup.explain(&output));
+    setup.assert_nothing_left(id);
+    let marked = |entries: &[std::collections::HashMap<String, String>]| {
+        entries.iter().any(|e| {
+            e.get("F_SANDBOX").map(String::as_str) == Some(id)
+                && e.get("MESSAGE").is_some_and(|m| m.contains("hull phase"))
+                && e.get("PRIORITY").map(String::as_str) == Some("5")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut entries = journal.shim_entries(since);
+    while !marked(&entries) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        entries = journal.shim_entries(since);
+    }
+    assert!(
+        marked(&entries),
+        "no journal entry of the shim with its sandbox's phase mark among {} entries: {:?}",
+        entries.len(),
+        entries.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// containerd restarts while a pod runs (stopped as an upgrade does, then killed as in a
+/// crash): the shim keeps serving the pod, and each new containerd finds it again from its
+/// state: the task still runs, exec works, and its kill, exit and cleanup are as usual.
+#[test]
+fn a_running_pod_survives_containerd_restarts() {
+    let Some(mut setup) = Setup::new("a_running_pod_survives_containerd_restarts") else {
+        return;
+    };
+    let id = "hull-none-restart";
+    setup.run_detached(id, &["sleep", "1000"]);
+    let shim = pids_with(&["containerd-shim-hull-v2", id], &["--listen"]);
+    assert_eq!(shim.len(), 1, "one shim serves the pod: {shim:?}");
+
+    for (signal, how) in [(libc::SIGTERM, "stopped"), (libc::SIGKILL, "killed")] {
+        setup
+            .containerd
+            .restart(signal)
+            .unwrap_or_else(|e| panic!("containerd restarts after being {how}: {e}"));
+        assert_eq!(
+            task_status(&setup, id),
+            "RUNNING",
+            "the task after containerd was {how}; log:\n{}",
+            setup.containerd.log()
+        );
+        assert_eq!(
+            pids_with(&["containerd-shim-hull-v2", id], &["--listen"]),
+            shim,
+            "the same shim serves the pod after containerd was {how}"
+        );
+        let exec_id = format!("after-{how}");
+        let output = setup
+            .containerd
+            .ctr_command(&["tasks", "exec", "--exec-id", &exec_id, id, "echo", how])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", setup.explain(&output));
+        assert_eq!(String::from_utf8_lossy(&output.stdout), format!("{how}\n"));
+    }
+
+    setup.kill_and_remove(id);
+}
+
+/// A pod whose shim a restarted containerd cannot find again (its address file lost) is
+/// cleaned up whole by containerd's `shim delete`: the serving shim too, not only what it ran,
+/// so no shim is left serving a pod containerd no longer knows.
+#[test]
+fn a_shim_containerd_cannot_find_again_is_stopped_by_its_cleanup() {
+    let test = "a_shim_containerd_cannot_find_again_is_stopped_by_its_cleanup";
+    let Some(mut setup) = Setup::new(test) else {
+        return;
+    };
+    let id = "hull-none-lost-address";
+    setup.run_detached(id, &["sleep", "1000"]);
+    let bundle = setup
+        .containerd
+        .state_dir()
+        .join("io.containerd.runtime.v2.task")
+        .join(hull_tests::containerd::NAMESPACE)
+        .join(id);
+    std::fs::remove_file(bundle.join("address")).expect("the shim wrote its address");
+    setup
+        .containerd
+        .restart(libc::SIGKILL)
+        .expect("containerd restarts");
+    // containerd runs `shim delete` for the task it cannot reach and forgets it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !task_status(&setup, id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "task still listed: {}",
+            task_status(&setup, id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = setup.containerd.ctr(&["containers", "delete", id]);
     setup.assert_nothing_left(id);
 }

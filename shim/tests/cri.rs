@@ -160,12 +160,7 @@ impl CriSetup {
 
     /// containerd's log, the errors and hull's lines, for failure messages.
     fn log(&self) -> String {
-        self.containerd
-            .log()
-            .lines()
-            .filter(|l| l.contains("level=error") || l.contains("hull"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.containerd.log_excerpt()
     }
 }
 
@@ -619,28 +614,12 @@ async fn assert_nothing_left(setup: &CriSetup, pod_id: &str) {
         "IP allocations left: {:?}",
         setup.ipam_allocations()
     );
-    let records: Vec<String> = walk(&setup.containerd.state_dir())
+    let records: Vec<String> = hull_tests::leftovers::files_below(&setup.containerd.state_dir())
         .into_iter()
         .filter(|p| p.ends_with(hull_shim::service::shim::RECORD_FILE))
         .map(|p| p.display().to_string())
         .collect();
     assert!(records.is_empty(), "sandbox records left: {records:?}");
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 /// The tests of this file run one at a time: each snapshots the host's network namespaces

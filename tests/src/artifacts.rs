@@ -65,3 +65,22 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, Missing> {
         )),
     }
 }
+
+/// Writes `path`, a shim configuration selecting `qemu` with the guest image found here
+/// ([`vmlinux`], [`initrd`]) and the debug log, then `extra` (more TOML tables, which must
+/// not repeat `[vm]` or `[runtime]`).
+pub fn qemu_configuration(path: &std::path::Path, extra: &str) -> Result<(), Missing> {
+    let (kernel, initrd) = (vmlinux()?, initrd()?);
+    let text = format!(
+        "hypervisor = \"qemu\"\n[vm]\nkernel = {:?}\ninitrd = {:?}\n\
+         [runtime]\nlog_level = \"debug\"\n{extra}",
+        kernel.display().to_string(),
+        initrd.display().to_string()
+    );
+    std::fs::write(path, text).map_err(|err| {
+        Missing::new(
+            format!("a writable {} ({err})", path.display()),
+            "check the temp directory",
+        )
+    })
+}

@@ -116,6 +116,9 @@ pub struct Containerd {
     child: Child,
     ctr: PathBuf,
     path_env: std::ffi::OsString,
+    /// The containerd binary and the environment it runs with, for [`Self::restart`].
+    binary: PathBuf,
+    env: Vec<(String, String)>,
     /// Whether the CRI plugin runs (and [`CRI_NAMESPACE`] needs cleaning up too).
     cri: bool,
 }
@@ -201,9 +204,6 @@ impl Containerd {
         }
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).map_err(io("writing containerd's config"))?;
-        let log = std::fs::File::create(dir.path().join("containerd.log"))
-            .map_err(io("creating the log"))?;
-        let log_err = log.try_clone().map_err(io("duplicating the log"))?;
         let mut paths: Vec<PathBuf> = extra_path.to_vec();
         paths.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
@@ -212,32 +212,48 @@ impl Containerd {
             what: "joining PATH".into(),
             source: std::io::Error::other(e),
         })?;
-        let child = Command::new(containerd)
-            .arg("--config")
-            .arg(&config_path)
-            .env("PATH", &path_env)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(io("starting containerd"))?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = launch(containerd, dir.path(), &path_env, &env)?;
         let containerd = Self {
             dir,
             child,
             ctr,
             path_env,
+            binary: containerd.to_owned(),
+            env,
             cri: cri.is_some(),
         };
+        containerd.wait_ready()?;
+        Ok(containerd)
+    }
+
+    fn wait_ready(&self) -> Result<(), Error> {
         let bound = Duration::from_secs(60);
         let deadline = Instant::now() + bound;
-        while containerd.ctr(&["version"]).is_err() {
+        while self.ctr(&["version"]).is_err() {
             if Instant::now() >= deadline {
-                return Err(Error::NotReady(bound, containerd.log()));
+                return Err(Error::NotReady(bound, self.log()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(containerd)
+        Ok(())
+    }
+
+    /// Stops containerd with `signal` (SIGTERM as an upgrade does, SIGKILL as a crash), waits
+    /// for it to end, and starts it again on the same root, state and sockets: running shims
+    /// are left alone, and containerd must find them again. Its log goes on in the same file.
+    pub fn restart(&mut self, signal: libc::c_int) -> Result<(), Error> {
+        // SAFETY: kill(2) with the pid of our unreaped child; at worst ESRCH.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        self.child.wait().map_err(|source| Error::Io {
+            what: "waiting for containerd to stop".into(),
+            source,
+        })?;
+        self.child = launch(&self.binary, self.dir.path(), &self.path_env, &self.env)?;
+        self.wait_ready()
     }
 
     /// containerd's gRPC socket.
@@ -248,6 +264,16 @@ impl Containerd {
     /// containerd's own log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The lines of containerd's log (the shims' among them) that report errors or concern
+    /// hull and its sandboxes, for failure messages.
+    pub fn log_excerpt(&self) -> String {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("level=error") || l.contains("hull") || l.contains("sandbox"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// A `ctr` command against this containerd, in [`NAMESPACE`].
@@ -377,6 +403,35 @@ impl Drop for Containerd {
     }
 }
 
+/// Starts containerd with the configuration in `dir`, its output appended to `dir`'s log.
+fn launch(
+    containerd: &Path,
+    dir: &Path,
+    path_env: &std::ffi::OsStr,
+    env: &[(String, String)],
+) -> Result<Child, Error> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| Error::Io { what, source }
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .map_err(io("opening the log"))?;
+    let log_err = log.try_clone().map_err(io("duplicating the log"))?;
+    Command::new(containerd)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", path_env)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(io("starting containerd"))
+}
+
 /// Unmounts everything mounted at or below `dir`, deepest first.
 fn unmount_below(dir: &Path) {
     let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -394,5 +449,54 @@ fn unmount_below(dir: &Path) {
         };
         // SAFETY: umount2 reads a NUL-terminated path that outlives the call.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A `ctr` (or any child) running in the background, killed and reaped if a failed assertion
+/// leaves it behind.
+pub struct BackgroundCtr(pub Child);
+
+impl BackgroundCtr {
+    /// Whether it has ended.
+    pub fn done(&mut self) -> bool {
+        !matches!(self.0.try_wait(), Ok(None))
+    }
+
+    /// Waits for it to end, failing the test naming `what` (and `log()`, containerd's log)
+    /// if it still runs after `bound`, and returns its output.
+    pub fn finish(mut self, what: &str, bound: Duration, log: impl Fn() -> String) -> Output {
+        use std::io::Read;
+        let deadline = Instant::now() + bound;
+        let status = loop {
+            if let Some(status) = self.0.try_wait().expect("waiting for ctr") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: ctr still runs after {bound:?}; containerd log:\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        if let Some(mut out) = self.0.stdout.take() {
+            out.read_to_end(&mut stdout).expect("reading ctr's stdout");
+        }
+        if let Some(mut err) = self.0.stderr.take() {
+            err.read_to_end(&mut stderr).expect("reading ctr's stderr");
+        }
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for BackgroundCtr {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

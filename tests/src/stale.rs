@@ -25,13 +25,6 @@ fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
-/// The parent of process `pid` (field 4 of /proc/PID/stat).
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Marks `dir` as this process's own, so that a later run sweeps it only after this process
 /// is gone.
 pub fn claim(dir: &Path) -> std::io::Result<()> {
@@ -80,7 +73,7 @@ fn processes_of(needle: &str) -> BTreeSet<i32> {
                 found.insert(pid);
             }
         }
-        if let Some(parent) = parent_of(pid) {
+        if let Some(parent) = crate::leftovers::parent_of(pid) {
             parents.push((pid, parent));
         }
     }

@@ -7,6 +7,10 @@ fn main() -> std::process::ExitCode {
     // One thread for the whole shim, as the design requires.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // containerd-shim does a few file operations on tokio's blocking pool (at start and
+        // exit); its thread then idles 10 s by default. A second is enough to reuse it for
+        // the next, and the shim is back to its one thread soon after.
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
     {
         Ok(runtime) => runtime,

@@ -148,6 +148,11 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// Guest memory in MiB, at least 64.
     pub memory_mib: u32,
+    /// A pod's first container whose rootfs is a block device (one ext4 mount of a device,
+    /// as the devmapper snapshotter gives) gets it as a virtio-blk disk served by hull-blk
+    /// and mounted in the guest, never on the host. false: mounted on the host and shared
+    /// through hull-fs like any snapshot.
+    pub block_rootfs: bool,
 }
 
 /// Settings of the `qemu` backend.
@@ -213,6 +218,7 @@ impl Default for VmConfig {
             kernel_params: String::new(),
             vcpus: 1,
             memory_mib: 256,
+            block_rootfs: true,
         }
     }
 }

@@ -2,21 +2,23 @@
 //!
 //! Each stream is a task on the shim's one event loop, not a thread: output is read from the
 //! agent (ReadStdout/ReadStderr, which wait for data and answer empty at the end of the
-//! stream) and written to containerd's FIFO; input is read from containerd's stdin FIFO (a
-//! non-blocking pipe the loop polls) and written with WriteStdin, then CloseStdin at its end
-//! or when containerd's CloseIO says so. Only `fifo` paths are supported (what `ctr` and CRI
+//! stream) and written to containerd's FIFO; input is read from containerd's stdin FIFO and
+//! written with WriteStdin, then CloseStdin at its end or when containerd's CloseIO says so.
+//! The FIFOs are read and written through the shim's io_uring ([`crate::uring`]), whose
+//! completions the same loop reaps. Only `fifo` paths are supported (what `ctr` and CRI
 //! give); containerd's `binary://` and `file://` loggers are refused at Create.
 
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::Arc;
 
 use hull_agent_protocol::ttrpc::Code;
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::agent_link::{AgentLink, OutputStream};
+use crate::uring;
 
 /// Bytes asked of the agent per read, and read from the stdin FIFO at once.
 const CHUNK: u32 = 64 * 1024;
@@ -96,10 +98,12 @@ async fn copy_output(agent: AgentLink, process: ProcessRef, stream: OutputStream
     let mut fifo = if path.is_empty() {
         None
     } else {
-        // Read-write, so opening never fails for want of a reader (containerd's reader may
-        // come later); only this end writes, so the reader still sees the end of file when
-        // it is closed.
-        match pipe::OpenOptions::new().read_write(true).open_sender(&path) {
+        // Write-only, once containerd's reader is there: the reader sees the end of file
+        // when this end closes, and nothing written is lost before it came.
+        match open_for_reader(&path, READER_WAIT)
+            .await
+            .and_then(|fd| Ok((uring::shim_ring()?, fd)))
+        {
             Ok(fifo) => Some(fifo),
             Err(err) => {
                 tracing::error!(container = %process.container_id, exec = %process.exec_id, %path, %err, "opening the output FIFO; output is dropped");
@@ -122,59 +126,112 @@ async fn copy_output(agent: AgentLink, process: ProcessRef, stream: OutputStream
                 break;
             }
         };
-        if let Some(writer) = fifo.as_mut() {
-            if let Err(err) = writer.write_all(&data).await {
+        if let Some((ring, fd)) = fifo.as_ref() {
+            // Through the shim's io_uring: a full FIFO (containerd reading slowly) waits in
+            // the kernel, and an abandoned copy's write is cancelled with it.
+            if let (Err(err), _) = ring.write_all(fd, data).await {
                 tracing::warn!(container = %process.container_id, %path, %err, "writing to the output FIFO; the rest is dropped");
                 fifo = None;
             }
         }
     }
+    if let Some((_, fd)) = fifo {
+        wait_drained(&fd, DRAIN_WAIT).await;
+    }
+}
+
+/// How long the end of an output waits for containerd's reader to take what is left.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (up to `bound`) until the reader has taken everything written to the FIFO `fd`.
+/// The process's exit is reported once its outputs end, and a client may give up its reader
+/// at the exit: `ctr`'s reader, opened in a goroutine, throws away a FIFO whose open(2)
+/// returned just before the client was cancelled, with whatever was in it (`hull-bench soak`
+/// lost 2 of 2,000 short outputs that way at load 17). Once the pipe is empty the reader
+/// has the output in hand. A reader that never reads costs `bound`, then the FIFO closes as
+/// before.
+async fn wait_drained(fd: &OwnedFd, bound: std::time::Duration) {
+    use std::os::fd::AsRawFd;
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int into `unread`, which outlives the call; `fd` is a
+        // FIFO this copy owns (either end of a pipe answers FIONREAD).
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) };
+        if rc != 0 || unread == 0 || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// How long an output copy waits for containerd's reader to open the FIFO.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the output FIFO at `path` for writing once a reader has it open, waiting up to
+/// `bound` (and not blocking the loop: a non-blocking write-only open fails with ENXIO until
+/// then), as containerd's own shims wait for theirs. A write end opened without a reader
+/// (read-write, say) loses what it wrote if it is closed before the reader comes: a short
+/// process's whole output could vanish when `ctr`'s reader, opened in its own goroutine, came
+/// late (`hull-bench soak` lost 3 of 2,000 outputs that way on a loaded machine). The end is
+/// made blocking again for the io_uring writes.
+async fn open_for_reader(path: &str, bound: std::time::Duration) -> std::io::Result<Arc<OwnedFd>> {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        match open_fifo(path, libc::O_WRONLY | libc::O_NONBLOCK) {
+            Ok(fd) => {
+                use std::os::fd::AsRawFd;
+                // SAFETY: fcntl on a descriptor `fd` owns, with integer arguments only.
+                let cleared = unsafe {
+                    let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+                    flags >= 0
+                        && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
+                            == 0
+                };
+                if !cleared {
+                    return Err(std::io::Error::last_os_error());
+                }
+                return Ok(fd);
+            }
+            Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {}
+            Err(err) => return Err(err),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                format!("nobody opened it for reading within {bound:?}"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Opens the FIFO at `path` with `flags` (and close-on-exec), refusing anything else.
+fn open_fifo(path: &str, flags: libc::c_int) -> std::io::Result<Arc<OwnedFd>> {
+    let file = std::fs::OpenOptions::new()
+        .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+        .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+        .custom_flags(flags & !libc::O_ACCMODE)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_fifo() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "not a FIFO (containerd gives FIFOs for a process's stdio)",
+        ));
+    }
+    Ok(Arc::new(OwnedFd::from(file)))
 }
 
 /// Copies stdin until its end (or CloseIO), then closes the process's stdin.
 async fn copy_input(agent: AgentLink, process: ProcessRef, path: String, close: Arc<Notify>) {
-    // Read-only, so the end of file comes when containerd closes its end. The reader is
-    // opened without waiting for a writer; a read before containerd's writer is there would
-    // answer end of file, so reads wait for readiness first: a FIFO that never had a writer
-    // is not readable until one writes or goes away.
-    let fifo = match pipe::OpenOptions::new().open_receiver(&path) {
-        Ok(fifo) => Some(fifo),
+    // Read-only, so the end of file comes when containerd closes its end; opened without
+    // waiting for a writer.
+    let fifo = open_fifo(&path, libc::O_RDONLY | libc::O_NONBLOCK)
+        .and_then(|fd| Ok((uring::shim_ring()?, fd)));
+    match fifo {
+        Ok((ring, fd)) => copy_input_from(&agent, &process, ring, &fd, &close).await,
         Err(err) => {
             tracing::error!(container = %process.container_id, exec = %process.exec_id, %path, %err, "opening the stdin FIFO; stdin is closed");
-            None
-        }
-    };
-    if let Some(fifo) = fifo {
-        let mut buf = vec![0u8; CHUNK as usize];
-        let mut closing = false;
-        loop {
-            if !closing {
-                tokio::select! {
-                    ready = fifo.readable() => {
-                        if let Err(err) = ready {
-                            tracing::warn!(container = %process.container_id, %err, "polling the stdin FIFO");
-                            break;
-                        }
-                    }
-                    // CloseIO: send what containerd already wrote, then close.
-                    () = close.notified() => closing = true,
-                }
-            }
-            match fifo.try_read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if !write_all(&agent, &process, &buf[..n]).await {
-                        return;
-                    }
-                }
-                Err(err) if err.kind() == ErrorKind::WouldBlock && closing => break,
-                Err(err)
-                    if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                Err(err) => {
-                    tracing::warn!(container = %process.container_id, %err, "reading the stdin FIFO");
-                    break;
-                }
-            }
         }
     }
     if let Err(err) = agent
@@ -185,6 +242,85 @@ async fn copy_input(agent: AgentLink, process: ProcessRef, path: String, close: 
             tracing::warn!(container = %process.container_id, exec = %process.exec_id, "closing stdin: {}", err.agent_message());
         }
     }
+}
+
+/// The input copy's reads, through the shim's io_uring, until the end of the FIFO or, after
+/// CloseIO (or the process's end), until what containerd already wrote is sent (that last
+/// drain by plain non-blocking reads).
+async fn copy_input_from(
+    agent: &AgentLink,
+    process: &ProcessRef,
+    ring: &uring::Ring,
+    fd: &Arc<OwnedFd>,
+    close: &Notify,
+) {
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut closing = false;
+    // A read before containerd's writer has come answers end of file, so the copy first
+    // waits for readiness: a FIFO that never had a writer is not readable until one writes
+    // or goes away. Later reads wait in the kernel (a kernel that answers EAGAIN for a
+    // non-blocking FIFO instead gets another readiness wait).
+    let mut wait_ready = true;
+    loop {
+        if wait_ready && !closing {
+            let mut ready = ring.poll(fd, libc::POLLIN);
+            tokio::select! {
+                (result, _) = &mut ready => {
+                    if let Err(err) = result {
+                        tracing::warn!(container = %process.container_id, %err, "polling the stdin FIFO");
+                        return;
+                    }
+                    wait_ready = false;
+                }
+                // CloseIO: send what containerd already wrote, then close.
+                () = close.notified() => closing = true,
+            }
+        }
+        let (result, back) = if closing {
+            // Only what is there now: the FIFO is non-blocking, so read(2) answers at once.
+            // Not a RWF_NOWAIT read through the ring: the kernel refuses those on a named
+            // FIFO (EOPNOTSUPP: fifo_open does not mark the file FMODE_NOWAIT).
+            read_now(fd, buf)
+        } else {
+            let mut read = ring.read(fd, buf, false);
+            tokio::select! {
+                outcome = &mut read => outcome,
+                () = close.notified() => {
+                    closing = true;
+                    // A read that completed meanwhile keeps its data.
+                    read.cancel();
+                    read.await
+                }
+            }
+        };
+        buf = back;
+        match result {
+            Ok(0) => break,
+            Ok(n) => {
+                if !write_all(agent, process, &buf[..n]).await {
+                    return;
+                }
+            }
+            Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => {}
+            Err(err) if err.kind() == ErrorKind::WouldBlock && closing => break,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => wait_ready = true,
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => {
+                tracing::warn!(container = %process.container_id, %err, "reading the stdin FIFO");
+                break;
+            }
+        }
+    }
+}
+
+/// One read(2) of the non-blocking `fd` into `buf`, as the ring's reads answer.
+fn read_now(fd: &OwnedFd, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: reads at most buf.len() bytes into `buf`, which outlives the call, from a
+    // descriptor this copy owns.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    let result = usize::try_from(n).map_err(|_| std::io::Error::last_os_error());
+    (result, buf)
 }
 
 /// Writes all of `data` to the process's stdin; false if the process no longer takes input.
@@ -216,6 +352,46 @@ async fn write_all(agent: &AgentLink, process: &ProcessRef, mut data: &[u8]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO in a fresh directory (kept alive by the returned guard).
+    fn fifo() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that lives across the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        (dir, path.to_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn output_waits_for_its_reader_and_reaches_one_that_comes_late() {
+        let (_dir, path) = fifo();
+        // The reader comes a while later, as ctr's goroutine may.
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::fs::read(&path).unwrap()
+            })
+        };
+        let writer = open_for_reader(&path, std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        let ring = uring::Ring::new().unwrap();
+        let (written, _) = ring.write_all(&writer, b"late reader\n".to_vec()).await;
+        assert_eq!(written.unwrap(), 12);
+        drop(writer);
+        assert_eq!(reader.join().unwrap(), b"late reader\n");
+    }
+
+    #[tokio::test]
+    async fn a_fifo_nobody_opens_is_given_up_after_the_bound() {
+        let (_dir, path) = fifo();
+        let err = open_for_reader(&path, std::time::Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut);
+    }
 
     #[test]
     fn logger_uris_are_named_as_unsupported() {

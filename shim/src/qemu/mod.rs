@@ -145,20 +145,23 @@ impl QemuVm {
             })
             .collect();
         let mut command = Command::new(&options.binary);
-        if !inherited.is_empty() {
-            // SAFETY: the closure runs in the child between fork and exec and only calls
-            // fcntl(2), which is async-signal-safe, on descriptors the parent holds open.
-            unsafe {
-                command.pre_exec(move || {
-                    for fd in &inherited {
-                        if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
+        // SAFETY: the closure runs in the child between fork and exec and only calls umask(2)
+        // and fcntl(2), which are async-signal-safe, the latter on descriptors the parent
+        // holds open.
+        unsafe {
+            command.pre_exec(move || {
+                // QEMU's QMP socket and console log: the shim's alone (0600).
+                libc::umask(0o077);
+                for fd in &inherited {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
+        // QEMU does not outlive the shim (see crate::parent_death).
+        crate::parent_death::die_with_parent(command.as_std_mut(), libc::SIGKILL);
         let mut child = command
             .args(&args)
             .stdin(Stdio::null())
@@ -233,6 +236,16 @@ impl QemuVm {
     pub async fn resume(&mut self) -> Result<()> {
         self.qmp.execute("cont", None).await?;
         Ok(())
+    }
+
+    /// Kills QEMU (SIGKILL) and reaps it, for a boot that failed: it has ended when this
+    /// returns (dropping it only sends the signal).
+    pub async fn kill(&mut self) -> Result<()> {
+        let pid = self.pid;
+        self.child
+            .kill()
+            .await
+            .map_err(|source| Error::Wait { pid, source })
     }
 
     /// Waits until QEMU exits by itself (the guest stopped, or QEMU died). Cancel-safe.

@@ -1,8 +1,8 @@
 //! Bringing up a pod's VM to the point where its agent answers: the vsock backend, then the
 //! VM, then the agent link. Used by the sandbox's start and by `hull check --boot`.
 //!
-//! Everything started here is owned by [`BootedVm`]; an error part-way stops what was already
-//! started (each piece's Drop kills its process), so a failed boot leaves nothing running.
+//! Everything started here is owned by [`BootedVm`]; an error part-way kills and reaps the
+//! backends already started before it returns, so a failed boot leaves nothing running.
 //! The VM is QEMU (`qemu`) or hull-vmm (`builtin`, see [`crate::vmm`]), behind [`Vm`].
 
 use std::ffi::{OsStr, OsString};
@@ -19,7 +19,9 @@ use crate::qemu::{self, Accel, QemuOptions, QemuVm};
 use crate::vm_spec::{VmDevice, VmSpec};
 use crate::vmm::{self, VmmVm};
 
+use super::disk::BlockDisk;
 use super::share::{SharedDir, SHARE_TAG};
+use super::watch::{Death, Ending, VMM_GRACE};
 
 /// The guest's vsock context id (the first one past the reserved 0 to 2).
 pub const GUEST_CID: u32 = 3;
@@ -59,6 +61,17 @@ pub enum Error {
         #[source]
         source: backend::Error,
     },
+    /// A disk's backend (hull-blk) failed to start.
+    #[error("hull-blk for the VM's disk {} (serial {serial:?})", path.display())]
+    BlkBackend {
+        /// The disk's host path.
+        path: PathBuf,
+        /// Its serial.
+        serial: String,
+        /// Why.
+        #[source]
+        source: backend::Error,
+    },
     /// The VM failed.
     #[error("the VM")]
     Vm(#[from] qemu::Error),
@@ -82,6 +95,15 @@ pub enum Error {
     /// The agent could not set up the sandbox (CreateSandbox: the share's mount).
     #[error("setting up the sandbox in the guest")]
     Sandbox(#[source] agent_link::Error),
+    /// A device backend died while the VM booted.
+    #[error("{death} while the VM booted")]
+    BackendDied {
+        /// Which, and how.
+        death: Death,
+        /// What the boot made of it, if it failed of it before the death was seen.
+        #[source]
+        source: Option<Box<Error>>,
+    },
     /// The agent did not answer.
     #[error("the guest agent (console log: {console})")]
     Agent {
@@ -100,6 +122,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 enum BootOutcome {
     Agent(agent_link::Result<AgentLink>),
     VmExited(Result<std::process::ExitStatus>),
+    BackendDied(Death),
 }
 
 /// The VM process: QEMU or hull-vmm, with what the boot and the shutdown need of either.
@@ -152,6 +175,17 @@ impl Vm {
         })
     }
 
+    /// Kills and reaps it (a failed boot's end).
+    async fn kill(&mut self) {
+        let killed = match self {
+            Vm::Qemu(vm) => vm.kill().await.map_err(Error::from),
+            Vm::Builtin(vm) => vm.kill().await.map_err(Error::from),
+        };
+        if let Err(err) = killed {
+            tracing::warn!(%err, "killing the VM of a failed boot");
+        }
+    }
+
     async fn stop(self, grace: Duration) -> Result<()> {
         match self {
             Vm::Qemu(vm) => drop(vm.stop(grace).await?),
@@ -170,6 +204,8 @@ pub struct BootedVm {
     fs: Option<BackendProcess>,
     /// One hull-net per pod interface, with `network.backend = "hull-net"`.
     nets: Vec<BackendProcess>,
+    /// One hull-blk per disk given to [`boot_pod_with_disks`].
+    blks: Vec<BackendProcess>,
     // Dropped after the processes that serve it, before the run directory.
     share: Option<SharedDir>,
     /// Time from the start of [`boot`] to the agent's first SERVING answer.
@@ -208,6 +244,7 @@ impl BootedVm {
         ]
         .into_iter()
         .chain(self.nets.iter().map(|net| ("hull-net", net.pid())))
+        .chain(self.blks.iter().map(|blk| ("hull-blk", blk.pid())))
         .filter_map(|(role, pid)| Some((role, pid?)))
         .collect()
     }
@@ -226,6 +263,7 @@ impl BootedVm {
             vsock,
             fs,
             nets,
+            blks,
             share,
             _run_dir: run_dir,
             ..
@@ -238,6 +276,9 @@ impl BootedVm {
         }
         for net in nets {
             net.stop(grace).await?;
+        }
+        for blk in blks {
+            blk.stop(grace).await?;
         }
         drop(share);
         drop(run_dir);
@@ -282,6 +323,22 @@ pub async fn boot_pod(
     share: bool,
     network: Option<&PodNetwork>,
 ) -> Result<BootedVm> {
+    boot_pod_with_disks(config, id, run_dir, beside, share, network, &[]).await
+}
+
+/// [`boot_pod`], and a virtio-blk disk per entry of `disks`, each served by its own hull-blk
+/// under the disk's serial (see [`BlockDisk`]), stopped with the VM. The guest sees them in
+/// that order, after the share and before the NICs; the agent mounts one when a storage
+/// names its serial.
+pub async fn boot_pod_with_disks(
+    config: &Config,
+    id: &str,
+    run_dir: &Path,
+    beside: Option<&Path>,
+    share: bool,
+    network: Option<&PodNetwork>,
+    disks: &[BlockDisk],
+) -> Result<BootedVm> {
     let started = Instant::now();
     // Only what the boot needs: no version probes of QEMU or containerd on a pod's start.
     let virt = Virtualization::probe();
@@ -317,6 +374,14 @@ pub async fn boot_pod(
         )
     } else {
         None
+    };
+    let blk_bin = if disks.is_empty() {
+        None
+    } else {
+        Some(
+            crate::paths::find_helper("hull-blk", beside, path_env.as_deref())
+                .ok_or(Error::Helper("hull-blk"))?,
+        )
     };
     let net_bin = match network {
         Some(network)
@@ -365,104 +430,279 @@ pub async fn boot_pod(
     let mut devices = vec![VmDevice::VhostUserVsock {
         socket: vhost_socket,
     }];
-    let (fs, share) = match fs_bin {
-        Some(fs_bin) => {
-            let shared = SharedDir::create(&run_dir.join("shared"))?;
-            let fs_socket = backends.join("fs.sock");
-            let args: [&OsStr; 4] = [
-                "--socket-path".as_ref(),
-                fs_socket.as_os_str(),
-                "--shared-dir".as_ref(),
-                shared.host().as_os_str(),
-            ];
-            let fs = BackendProcess::start(
-                &fs_bin,
-                &args,
-                &fs_socket,
-                &backends.join("hull-fs.log"),
-                BACKEND_DEADLINE,
-            )
-            .await?;
-            devices.push(VmDevice::VhostUserFs {
-                socket: fs_socket,
-                tag: SHARE_TAG.to_owned(),
-            });
-            (Some(fs), Some(shared))
-        }
-        None => (None, None),
+    let mut backends = Backends {
+        vsock,
+        fs: None,
+        nets: Vec::new(),
+        blks: Vec::new(),
     };
+    // Every backend started joins `backends` at once, so that a failure of any later step
+    // kills and reaps all of them before the error is returned (their Drop only signals).
+    let mut share = None;
+    let started = async {
+        match fs_bin {
+            Some(fs_bin) => {
+                let shared = SharedDir::create(&run_dir.join("shared"))?;
+                let fs_socket = backends.join("fs.sock");
+                let fs_metrics = crate::monitor::backend_metrics_socket(backends, "hull-fs");
+                let args: [&OsStr; 6] = [
+                    "--socket-path".as_ref(),
+                    fs_socket.as_os_str(),
+                    "--shared-dir".as_ref(),
+                    shared.host().as_os_str(),
+                    "--metrics-socket".as_ref(),
+                    fs_metrics.as_os_str(),
+                ];
+                let fs = BackendProcess::start(
+                    &fs_bin,
+                    &args,
+                    &fs_socket,
+                    &backends.join("hull-fs.log"),
+                    BACKEND_DEADLINE,
+                )
+                .await?;
+                devices.push(VmDevice::VhostUserFs {
+                    socket: fs_socket,
+                    tag: SHARE_TAG.to_owned(),
+                });
+                backends.fs = Some(fs);
+                share = Some(shared);
+            }
+            None => {}
+        }
 
-    // no_timer_check (as Kata's default kernel_params): the kernel's IO-APIC timer check
-    // counts ticks against a busy-wait, and a guest under TCG on a loaded host fails it and
-    // panics ("IO-APIC + timer doesn't work!"); the timer works, the check is too strict.
-    let mut kernel_params: Vec<String> =
-        ["console=ttyS0", "reboot=t", "panic=-1", "no_timer_check"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    kernel_params.push(format!("agent.hostname={}", hostname_of(id)));
-    kernel_params.extend(
-        config
-            .vm
-            .kernel_params
-            .split_whitespace()
-            .map(str::to_owned),
-    );
-    let mut nets = Vec::new();
-    if let Some(network) = network {
-        match &net_bin {
-            None => devices.extend(network.vm_devices()),
-            Some(net_bin) => {
-                for (nic, crate::network::Nic { fds, mac, mtu }) in
-                    network.nics().into_iter().enumerate()
-                {
-                    let socket = backends.join(format!("net{nic}.sock"));
-                    let mut args: Vec<OsString> = vec![
-                        "--socket".into(),
-                        socket.clone().into(),
-                        "--mac".into(),
-                        crate::network::mac_text(&mac).into(),
-                        "--mtu".into(),
-                        mtu.to_string().into(),
-                        "--metrics-socket".into(),
-                        crate::monitor::backend_metrics_socket(backends, &format!("hull-net{nic}"))
+        if let Some(blk_bin) = &blk_bin {
+            for (index, disk) in disks.iter().enumerate() {
+                let socket = backends.join(format!("blk{index}.sock"));
+                let args = disk.hull_blk_args(&socket);
+                let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+                let blk = BackendProcess::start(
+                    blk_bin,
+                    &args,
+                    &socket,
+                    &backends.join(format!("hull-blk{index}.log")),
+                    BACKEND_DEADLINE,
+                )
+                .await
+                .map_err(|source| Error::BlkBackend {
+                    path: disk.path.clone(),
+                    serial: disk.serial.clone(),
+                    source,
+                })?;
+                backends.blks.push(blk);
+                devices.push(VmDevice::VhostUserBlk { socket });
+            }
+        }
+
+        // no_timer_check (as Kata's default kernel_params): the kernel's IO-APIC timer check
+        // counts ticks against a busy-wait, and a guest under TCG on a loaded host fails it and
+        // panics ("IO-APIC + timer doesn't work!"); the timer works, the check is too strict.
+        let mut kernel_params: Vec<String> =
+            ["console=ttyS0", "reboot=t", "panic=-1", "no_timer_check"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        kernel_params.push(format!("agent.hostname={}", hostname_of(id)));
+        kernel_params.extend(
+            config
+                .vm
+                .kernel_params
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+        if let Some(network) = network {
+            match &net_bin {
+                None => devices.extend(network.vm_devices()),
+                Some(net_bin) => {
+                    for (nic, crate::network::Nic { fds, mac, mtu }) in
+                        network.nics().into_iter().enumerate()
+                    {
+                        let socket = backends.join(format!("net{nic}.sock"));
+                        let mut args: Vec<OsString> = vec![
+                            "--socket".into(),
+                            socket.clone().into(),
+                            "--mac".into(),
+                            crate::network::mac_text(&mac).into(),
+                            "--mtu".into(),
+                            mtu.to_string().into(),
+                            "--metrics-socket".into(),
+                            crate::monitor::backend_metrics_socket(
+                                backends,
+                                &format!("hull-net{nic}"),
+                            )
                             .into(),
-                    ];
-                    for fd in &fds {
-                        args.extend(["--tap-fd".into(), fd.to_string().into()]);
+                        ];
+                        for fd in &fds {
+                            args.extend(["--tap-fd".into(), fd.to_string().into()]);
+                        }
+                        let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+                        let net = BackendProcess::start_inheriting(
+                            net_bin,
+                            &args,
+                            &fds,
+                            &socket,
+                            &backends.join(format!("hull-net{nic}.log")),
+                            BACKEND_DEADLINE,
+                        )
+                        .await
+                        .map_err(|source| Error::NetBackend { nic, source })?;
+                        backends.nets.push(net);
+                        devices.push(VmDevice::VhostUserNet { socket, mac });
                     }
-                    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
-                    let net = BackendProcess::start_inheriting(
-                        net_bin,
-                        &args,
-                        &fds,
-                        &socket,
-                        &backends.join(format!("hull-net{nic}.log")),
-                        BACKEND_DEADLINE,
-                    )
-                    .await
-                    .map_err(|source| Error::NetBackend { nic, source })?;
-                    nets.push(net);
-                    devices.push(VmDevice::VhostUserNet { socket, mac });
                 }
             }
         }
-    }
-    let spec = VmSpec {
-        id: id.to_owned(),
-        kernel,
-        initrd,
-        kernel_params,
-        vcpus: config.vm.vcpus,
-        memory_mib: config.vm.memory_mib,
-        devices,
+        let spec = VmSpec {
+            id: id.to_owned(),
+            kernel,
+            initrd,
+            kernel_params,
+            vcpus: config.vm.vcpus,
+            memory_mib: config.vm.memory_mib,
+            devices,
+        };
+        crate::phase::sandbox(id, Phase::BackendsReady);
+        boot_vm(
+            config,
+            id,
+            run_dir,
+            &spec,
+            kind,
+            &virt,
+            vm_bin,
+            &uds,
+            network,
+            share.is_some(),
+            &mut backends,
+        )
+        .await
     };
-    crate::phase::sandbox(id, Phase::BackendsReady);
+    let (agent, vm, agent_log) = match started.await {
+        Ok(booted) => booted,
+        // A backend that died is why the boot failed, whatever the VM made of it (QEMU
+        // refused its socket, the agent became unreachable): named first.
+        Err(err) => {
+            let err = match backends.dead() {
+                Some(death) => Error::BackendDied {
+                    death,
+                    source: Some(Box::new(err)),
+                },
+                None => err,
+            };
+            backends.kill().await;
+            return Err(err);
+        }
+    };
+    let Backends {
+        vsock,
+        fs,
+        nets,
+        blks,
+    } = backends;
+    Ok(BootedVm {
+        agent,
+        vm,
+        vsock,
+        fs,
+        nets,
+        blks,
+        share,
+        boot_time: started.elapsed(),
+        _agent_log: agent_log,
+        _run_dir: guard,
+    })
+}
+
+/// A VM's device backends, while it boots.
+struct Backends {
+    vsock: BackendProcess,
+    fs: Option<BackendProcess>,
+    nets: Vec<BackendProcess>,
+    blks: Vec<BackendProcess>,
+}
+
+impl Backends {
+    fn all(&mut self) -> Vec<(&'static str, &mut BackendProcess)> {
+        std::iter::once(("hull-vsock", &mut self.vsock))
+            .chain(self.fs.as_mut().map(|fs| ("hull-fs", fs)))
+            .chain(self.nets.iter_mut().map(|net| ("hull-net", net)))
+            .chain(self.blks.iter_mut().map(|blk| ("hull-blk", blk)))
+            .collect()
+    }
+
+    /// A backend that failed by now, the one killed by a signal first, then one that exited
+    /// with an error. A clean exit is no failure: a backend exits cleanly when QEMU goes,
+    /// which another's death, or the guest powering off, may cause (the fault matrix's
+    /// "hull-fs killed while creating" was blamed on hull-vsock's clean exit).
+    fn dead(&mut self) -> Option<Death> {
+        let rank = |death: &Death| match death.ending {
+            Ending::Killed(_) => 0,
+            Ending::Exited(_) => 1,
+            Ending::Unknown => 2,
+        };
+        self.all()
+            .into_iter()
+            .filter_map(|(role, backend)| {
+                let pid = backend.pid()?;
+                let status = backend.try_exited()?;
+                Some(Death {
+                    role,
+                    pid,
+                    ending: status.into(),
+                })
+            })
+            .filter(|death| !matches!(death.ending, Ending::Exited(0)))
+            .min_by_key(rank)
+    }
+
+    /// Kills every backend and reaps it, so that none is left running (nor a zombie) once
+    /// this returns: a failed boot's error reaches the caller only after this.
+    async fn kill(mut self) {
+        for (role, backend) in self.all() {
+            if let Err(err) = backend.kill().await {
+                tracing::warn!(role, %err, "killing a backend of a failed boot");
+            }
+        }
+    }
+
+    /// The first backend to exit (never returns while all run).
+    async fn first_death(&mut self) -> Death {
+        let waits: Vec<_> = self
+            .all()
+            .into_iter()
+            .map(|(role, backend)| {
+                Box::pin(async move {
+                    let pid = backend.pid().unwrap_or_default();
+                    let ending = backend.exited().await.map_or(Ending::Unknown, Into::into);
+                    Death { role, pid, ending }
+                })
+            })
+            .collect();
+        futures_util::future::select_all(waits).await.0
+    }
+}
+
+/// Starts the VM on `spec` and waits for its agent (ending the wait if the VM or one of
+/// `backends` dies), then sets up the pod's network and the sandbox in the guest.
+#[allow(clippy::too_many_arguments)] // The boot's own state, split off for its error path.
+async fn boot_vm(
+    config: &Config,
+    id: &str,
+    run_dir: &Path,
+    spec: &VmSpec,
+    kind: HypervisorKind,
+    virt: &Virtualization,
+    vm_bin: PathBuf,
+    uds: &Path,
+    network: Option<&PodNetwork>,
+    share: bool,
+    backends: &mut Backends,
+) -> Result<(AgentLink, Vm, crate::agent_log::Forwarding)> {
     let mut vm = if kind == HypervisorKind::Builtin {
         if !virt.full_guests_on_kvm() {
             tracing::warn!(vm = %id, "no hardware virtualization: a Linux guest may not boot under hull-vmm here");
         }
-        Vm::Builtin(VmmVm::start(&spec, GUEST_CID, &vm_bin, &run_dir.join("vmm")).await?)
+        Vm::Builtin(VmmVm::start(spec, GUEST_CID, &vm_bin, &run_dir.join("vmm")).await?)
     } else {
         let accel = if virt.full_guests_on_kvm() {
             Accel::Kvm
@@ -477,14 +717,48 @@ pub async fn boot_pod(
             machine: config.qemu.machine,
             accel,
         };
-        Vm::Qemu(QemuVm::start(&spec, &options, &run_dir.join("qemu")).await?)
+        Vm::Qemu(QemuVm::start(spec, &options, &run_dir.join("qemu")).await?)
     };
     crate::phase::sandbox(id, Phase::VmStarted);
+    match agent_up(config, id, uds, network, share, backends, &mut vm).await {
+        Ok((agent, agent_log)) => Ok((agent, vm, agent_log)),
+        Err(err) => {
+            vm.kill().await;
+            Err(err)
+        }
+    }
+}
+
+/// Waits for the agent of the started `vm` (ending the wait if the VM or one of `backends`
+/// dies), then sets up the pod's network and the sandbox in the guest.
+async fn agent_up(
+    config: &Config,
+    id: &str,
+    uds: &Path,
+    network: Option<&PodNetwork>,
+    share: bool,
+    backends: &mut Backends,
+    vm: &mut Vm,
+) -> Result<(AgentLink, crate::agent_log::Forwarding)> {
     let deadline = Duration::from_secs(u64::from(config.agent.start_timeout_secs));
-    // A VM that dies while booting ends the wait at once, with the console's last words.
+    // A VM that dies while booting ends the wait at once, with the console's last words; so
+    // does a backend (the fault matrix's "hull-vsock killed while creating": the agent is
+    // unreachable then, and the wait would last the whole start timeout).
     let outcome = tokio::select! {
-        agent = AgentLink::connect(&uds, deadline, CALL_TIMEOUT) => BootOutcome::Agent(agent),
+        agent = AgentLink::connect(uds, deadline, CALL_TIMEOUT) => BootOutcome::Agent(agent),
         status = vm.wait() => BootOutcome::VmExited(status),
+        death = backends.first_death() => {
+            // A backend exits cleanly when its frontend goes: if QEMU follows, QEMU's end is
+            // the cause (a guest that powered off), as the running sandbox's watch decides.
+            if matches!(death.ending, Ending::Exited(0)) {
+                match tokio::time::timeout(VMM_GRACE, vm.wait()).await {
+                    Ok(status) => BootOutcome::VmExited(status),
+                    Err(_) => BootOutcome::BackendDied(death),
+                }
+            } else {
+                BootOutcome::BackendDied(death)
+            }
+        }
     };
     let console = || vm.last_words();
     let agent = match outcome {
@@ -502,9 +776,15 @@ pub async fn boot_pod(
                 console: console(),
             });
         }
+        BootOutcome::BackendDied(death) => {
+            return Err(Error::BackendDied {
+                death,
+                source: None,
+            })
+        }
     };
     let agent_log = crate::agent_log::Forwarding::start(
-        crate::agent_log::LogSource::HybridVsock(uds.clone()),
+        crate::agent_log::LogSource::HybridVsock(uds.to_owned()),
         id.to_owned(),
     );
     if let Some(network) = network {
@@ -520,25 +800,16 @@ pub async fn boot_pod(
             .map_err(Error::Network)?;
     }
     // The sandbox's share is mounted once in the guest, before any container is created.
-    let storages = share
-        .as_ref()
-        .map(|_| vec![super::share::guest_share_storage()])
-        .unwrap_or_default();
+    let storages = if share {
+        vec![super::share::guest_share_storage()]
+    } else {
+        Vec::new()
+    };
     agent
         .create_sandbox(id, storages)
         .await
         .map_err(Error::Sandbox)?;
-    Ok(BootedVm {
-        agent,
-        vm,
-        vsock,
-        fs,
-        nets,
-        share,
-        boot_time: started.elapsed(),
-        _agent_log: agent_log,
-        _run_dir: guard,
-    })
+    Ok((agent, agent_log))
 }
 
 /// A host name for the guest from a sandbox id: letters, digits and '-', at most 63.

@@ -29,6 +29,18 @@ pub enum Error {
     /// The agent process failed to start.
     #[error("starting hull-agent on the host")]
     Start(#[from] backend::Error),
+    /// The agent died before it answered (killed, or crashed).
+    #[error("hull-agent on the host (pid {pid}) {ending} before it answered on {socket}; its log: {log}")]
+    Died {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        ending: crate::sandbox::watch::Ending,
+        /// Its socket.
+        socket: PathBuf,
+        /// What it wrote to stderr.
+        log: String,
+    },
     /// The agent did not answer on its socket.
     #[error("hull-agent on the host did not answer on {socket}; its log: {log}")]
     Link {
@@ -40,6 +52,14 @@ pub enum Error {
         #[source]
         source: agent_link::Error,
     },
+}
+
+/// The directory hull-agent on a host keeps its containers' files in
+/// (`/run/hull-agent-<its pid>`, hull-agent's `HOST_STATE_PREFIX`): it removes it when it
+/// exits, and the next agent removes those of dead agents, but a killed agent leaves it until
+/// then, so the sandbox's record lists it.
+pub fn state_dir(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/run/hull-agent-{pid}"))
 }
 
 /// An agent running on the host. Dropping it kills the agent.
@@ -78,19 +98,38 @@ impl HostAgent {
             "--log-listen".as_ref(),
             log_listen.as_ref(),
         ];
-        let process = BackendProcess::start(
+        // SIGTERM if the shim dies: the agent then removes its containers, which would
+        // otherwise run on the host with nothing to end them.
+        let process = BackendProcess::start_ending_with(
             &program,
             &args,
             &socket,
             &run_dir.join("hull-agent.log"),
             START_DEADLINE,
+            libc::SIGTERM,
         )
         .await?;
         let mut agent = Self {
             process,
             _log: None,
         };
-        match AgentLink::connect_unix(&socket, START_DEADLINE, call_timeout).await {
+        let pid = agent.process.pid().unwrap_or_default();
+        // An agent that dies while the shim waits for it ends the wait at once, named (the
+        // fault matrix's "agent killed while creating": a dead agent's socket refuses
+        // connections until the deadline, and the error would blame the socket).
+        let connected = tokio::select! {
+            link = AgentLink::connect_unix(&socket, START_DEADLINE, call_timeout) => link,
+            status = agent.process.exited() => {
+                let ending = status.map_or(crate::sandbox::watch::Ending::Unknown, Into::into);
+                return Err(Error::Died {
+                    pid,
+                    ending,
+                    socket,
+                    log: agent.process.log_text(),
+                });
+            }
+        };
+        match connected {
             Ok(link) => {
                 // The log socket is bound before the protocol's, so it is there by now.
                 let sandbox = run_dir

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::boot::{self, BootedVm};
+use super::disk::BlockDisk;
 use super::host_agent::{self, HostAgent};
 use super::persist::{self, OwnedProcess, SandboxRecord};
 use super::share::SharedDir;
@@ -103,9 +104,14 @@ pub struct Sandbox {
     watches: Arc<[ProcessWatch]>,
     /// Why the sandbox was lost, once it was.
     lost: Mutex<Option<String>>,
+    /// The disks the VM was booted with.
+    disks: Vec<BlockDisk>,
 }
 
 /// Creates `dir` (and its parents), the last component 0700.
+/// The role the serving shim records itself under in its sandbox's record.
+pub const SHIM_ROLE: &str = "containerd-shim-hull-v2";
+
 fn make_run_dir(dir: &Path) -> Result<()> {
     persist::create_run_dir(dir).map_err(|source| Error::RunDir {
         path: dir.to_owned(),
@@ -117,7 +123,9 @@ impl Sandbox {
     /// Starts sandbox `id` as `config` says, with its files in `run_dir` (which must not
     /// exist) and its record at `record_path`, finding helpers next to `beside`. In a VM, the
     /// interfaces of the pod's network namespace `netns` (when the spec names one) become the
-    /// guest's. A failure part-way releases what was started.
+    /// guest's, and `disks` (the first container's block-device rootfs) disks of it; without
+    /// a VM (`none`) they are not used, and the container's rootfs is mounted on the host as
+    /// any. A failure part-way releases what was started.
     pub async fn start(
         config: &Config,
         id: &str,
@@ -125,6 +133,7 @@ impl Sandbox {
         record_path: &Path,
         beside: Option<&Path>,
         netns: Option<&Path>,
+        disks: Vec<BlockDisk>,
     ) -> Result<Self> {
         let kind = match config.hypervisor {
             HypervisorKind::Auto => Virtualization::probe().auto_hypervisor(),
@@ -162,13 +171,21 @@ impl Sandbox {
                         // removes the filters.
                         record.network = network.as_ref().map(PodNetwork::recorded);
                         record.save(record_path)?;
-                        boot::boot_pod(config, id, run_dir, beside, true, network.as_ref())
-                            .await
-                            .map(|vm| {
-                                let link = vm.agent.clone();
-                                (Runner::Vm(vm), link)
-                            })
-                            .map_err(Error::from)
+                        boot::boot_pod_with_disks(
+                            config,
+                            id,
+                            run_dir,
+                            beside,
+                            true,
+                            network.as_ref(),
+                            &disks,
+                        )
+                        .await
+                        .map(|vm| {
+                            let link = vm.agent.clone();
+                            (Runner::Vm(vm), link)
+                        })
+                        .map_err(Error::from)
                     }
                     Err(err) => Err(err),
                 }
@@ -206,14 +223,28 @@ impl Sandbox {
                     .ok()
             })
             .collect();
-        record.processes = pids
+        // The serving shim itself, first (so killed last): a `shim delete` after containerd
+        // lost track of it (a shim that hangs, a containerd that cannot find it again) must
+        // not leave it running with nothing to serve. Its own cleanup passes over itself.
+        let shim = i32::try_from(std::process::id())
+            .ok()
+            .and_then(|pid| OwnedProcess::of(SHIM_ROLE, pid));
+        record.processes = shim
             .into_iter()
-            .filter_map(|(role, pid)| OwnedProcess::of(role, i32::try_from(pid).ok()?))
+            .chain(
+                pids.into_iter()
+                    .filter_map(|(role, pid)| OwnedProcess::of(role, i32::try_from(pid).ok()?)),
+            )
             .map(|mut process| {
                 process.graceful = process.role == "hull-agent";
                 process
             })
             .collect();
+        // The host agent keeps its containers' files in a directory of its own, which it
+        // removes itself unless it is killed.
+        if let Runner::Host(agent) = &runner {
+            record.paths.extend(agent.pid().map(host_agent::state_dir));
+        }
         record.save(record_path)?;
         crate::phase::sandbox(id, Phase::AgentReady);
         tracing::info!(sandbox = %id, hypervisor = ?kind, "sandbox started");
@@ -228,7 +259,17 @@ impl Sandbox {
             network,
             watches,
             lost: Mutex::new(None),
+            disks: if kind == HypervisorKind::None {
+                Vec::new()
+            } else {
+                disks
+            },
         })
+    }
+
+    /// The VM's disk serving the host block device `device`, if it was booted with one.
+    pub fn disk_serving(&self, device: &Path) -> Option<&BlockDisk> {
+        self.disks.iter().find(|disk| disk.path == device)
     }
 
     /// The sandbox's host processes, to wait for their first death with
@@ -337,6 +378,23 @@ impl Sandbox {
     pub fn add_mount(&self, target: &Path) -> Result<()> {
         let mut record = self.lock_record();
         record.mounts.push(target.to_owned());
+        record.save(&self.record_path).map_err(Error::from)
+    }
+
+    /// Records the host cgroup of a container the `none` hypervisor's agent is about to
+    /// create, so that it is emptied and removed even if the agent dies (nothing for a VM).
+    pub fn add_host_cgroup(&self, spec: &serde_json::Value, container: &str) -> Result<()> {
+        if !matches!(self.runner, Runner::Host(_)) {
+            return Ok(());
+        }
+        let Some(cgroup) = super::host_cgroups::container_cgroup(spec, container) else {
+            return Ok(());
+        };
+        let mut record = self.lock_record();
+        if record.host_cgroups.contains(&cgroup) {
+            return Ok(());
+        }
+        record.host_cgroups.push(cgroup);
         record.save(&self.record_path).map_err(Error::from)
     }
 

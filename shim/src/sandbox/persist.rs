@@ -90,6 +90,10 @@ pub struct SandboxRecord {
     /// The pod network's filters on the pod's interfaces, removed after the processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::RecordedNetwork>,
+    /// Host cgroups of the containers the `none` hypervisor's agent runs on the host: emptied
+    /// and removed after the processes (a killed agent leaves its containers running).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_cgroups: Vec<PathBuf>,
 }
 
 /// What a cleanup did, and what it could not do.
@@ -117,6 +121,7 @@ impl SandboxRecord {
             mounts: Vec::new(),
             paths: Vec::new(),
             network: None,
+            host_cgroups: Vec::new(),
         }
     }
 
@@ -171,7 +176,13 @@ impl SandboxRecord {
     /// Idempotent: what is already gone is reported as such, not as an error.
     pub fn cleanup(&self) -> CleanupReport {
         let mut report = CleanupReport::default();
+        let own_pid = i32::try_from(std::process::id()).ok();
         for process in self.processes.iter().rev() {
+            // The serving shim records itself (for a `shim delete` run by containerd); its
+            // own cleanup leaves it to end by itself.
+            if Some(process.pid) == own_pid {
+                continue;
+            }
             let id = (process.role.clone(), process.pid);
             if process_start_time(process.pid) != Some(process.start_time) {
                 report.already_gone.push(id);
@@ -206,6 +217,15 @@ impl SandboxRecord {
                 ));
             }
         }
+        for cgroup in &self.host_cgroups {
+            match super::host_cgroups::release(cgroup) {
+                Ok(true) => report.removed.push(cgroup.clone()),
+                Ok(false) => {}
+                Err(err) => report
+                    .errors
+                    .push(format!("the container cgroup {}: {err}", cgroup.display())),
+            }
+        }
         if let Some(network) = &self.network {
             if let Err(err) = crate::network::release(network) {
                 report.errors.push(format!(
@@ -227,18 +247,21 @@ impl SandboxRecord {
         }
         for path in &self.paths {
             let result = match fs::symlink_metadata(path) {
-                Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-                Ok(_) => fs::remove_file(path),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map(|()| true),
+                Ok(_) => fs::remove_file(path).map(|()| true),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
                 Err(err) => Err(err),
             };
             match result {
-                Ok(()) => report.removed.push(path.clone()),
+                Ok(true) => report.removed.push(path.clone()),
+                Ok(false) => {}
                 Err(err) => report
                     .errors
                     .push(format!("removing {}: {err}", path.display())),
             }
-            // A namespace's directory under /run/hull goes with its last sandbox.
+            // A namespace's directory under /run/hull goes with its last sandbox, also when
+            // this sandbox's own directory was never made (a start that failed before it:
+            // the namespace's directory may have been made for it all the same).
             if let Some(namespace) = namespace_dir_of(path) {
                 match remove_if_empty(namespace) {
                     Ok(true) => report.removed.push(namespace.to_owned()),
@@ -516,6 +539,43 @@ mod tests {
             fs::write(&path, &bytes).unwrap();
             let _ = SandboxRecord::load(&path);
         }
+    }
+
+    #[test]
+    fn cleanup_removes_the_namespace_directory_even_if_the_run_directory_was_never_made() {
+        // The real /run/hull, under a namespace of this test's own.
+        let namespace = Path::new(crate::paths::RUN_ROOT)
+            .join(format!("hull-unit-cleanup-{}", std::process::id()));
+        if let Err(err) = fs::create_dir_all(&namespace) {
+            eprintln!(
+                "SKIPPED: creating {} needs root: {err}",
+                namespace.display()
+            );
+            return;
+        }
+        // Removed whatever the outcome, so a failure leaves nothing in /run/hull.
+        struct Gone<'a>(&'a Path);
+        impl Drop for Gone<'_> {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(self.0);
+            }
+        }
+        let _gone = Gone(&namespace);
+        // A start that failed before making its run directory (the namespace's was made
+        // for it), beside another sandbox of the namespace that still runs.
+        let mut failed = SandboxRecord::new("pod-failed");
+        failed.paths.push(namespace.join("pod-failed"));
+        let running = namespace.join("pod-running");
+        fs::create_dir(&running).unwrap();
+        let report = failed.cleanup();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(namespace.is_dir(), "another sandbox of the namespace runs");
+
+        fs::remove_dir(&running).unwrap();
+        let report = failed.cleanup();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.removed, std::slice::from_ref(&namespace));
+        assert!(!namespace.exists(), "the empty namespace directory is left");
     }
 
     #[test]

@@ -56,6 +56,17 @@ impl fmt::Display for Ending {
     }
 }
 
+impl From<std::process::ExitStatus> for Ending {
+    fn from(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Ending::Exited(code),
+            (None, Some(signal)) => Ending::Killed(signal),
+            (None, None) => Ending::Unknown,
+        }
+    }
+}
+
 /// The names of the signals that end processes in practice; others are shown by number.
 fn signal_name(signal: i32) -> Option<&'static str> {
     Some(match signal {

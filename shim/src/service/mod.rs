@@ -32,6 +32,14 @@ pub async fn run() {
                     crate::logging::init();
                 }
             }
+            // Set up now, so a host whose io_uring is unavailable (disabled by
+            // kernel.io_uring_disabled or a seccomp profile) fails the pod with the reason
+            // rather than losing its containers' output later.
+            if let Err(err) = crate::uring::shim_ring() {
+                tracing::error!(%err, "setting up the shim's io_uring (is io_uring disabled on this host? see kernel.io_uring_disabled)");
+                eprintln!("{RUNTIME_ID}: setting up the shim's io_uring: {err}");
+                std::process::exit(1);
+            }
         } else {
             crate::logging::init();
         }

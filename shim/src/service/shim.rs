@@ -111,7 +111,26 @@ pub async fn start_daemon(
 ) -> Result<String, Error> {
     let grouping = sandbox_grouping(bundle, &opts.id);
     tracing::info!(id = %opts.id, sandbox = %grouping, "starting the shim");
-    spawn(opts, &grouping, env).await
+    let address = spawn(opts, &grouping, env).await?;
+    write_address(bundle, &address)?;
+    Ok(address)
+}
+
+/// The file in a bundle naming the address of the shim that serves it.
+pub const ADDRESS_FILE: &str = "address";
+
+/// Writes the shim's `address` into the bundle, where containerd 1.x looks when it restarts
+/// and reconnects to the shims it had (containerd-shim writes it only when a pod's shim is
+/// reused, as runc's shim writes it itself after spawning). Written whole or not at all.
+fn write_address(bundle: &Path, address: &str) -> Result<(), Error> {
+    let path = bundle.join(ADDRESS_FILE);
+    let partial = bundle.join(format!(".{ADDRESS_FILE}.partial"));
+    std::fs::write(&partial, address)
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|err| {
+            let _ = std::fs::remove_file(&partial);
+            Error::Other(format!("writing {}: {err}", path.display()))
+        })
 }
 
 /// The file system path of a `unix://` shim address.

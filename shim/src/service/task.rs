@@ -46,6 +46,7 @@ use crate::container::{Container, Containers, Exit, ExitHook, Process, Status};
 use crate::mounts;
 use crate::phase::Phase;
 use crate::rootfs::{self, RootfsMount};
+use crate::sandbox::disk::{guest_disk_root, RootDisk};
 use crate::sandbox::lifecycle::Sandbox;
 use crate::sandbox::share::{guest_root, guest_volume};
 use crate::sandbox::watch::{loss, VMM_GRACE};
@@ -198,13 +199,16 @@ impl Inner {
         f(container, exec_id)
     }
 
-    /// The sandbox, started by the first Create with the configuration it finds.
+    /// The sandbox, started by the first Create with the configuration it finds; its VM gets
+    /// `block_root`, the creating container `id`'s block-device rootfs, as a disk unless the
+    /// configuration says `vm.block_rootfs = false`.
     async fn ensure_sandbox(
         self: &Arc<Self>,
         id: &str,
         bundle: &Path,
         spec: &serde_json::Value,
         options: &RuntimeOptions,
+        block_root: Option<&rootfs::BlockRootfs>,
     ) -> TtrpcResult<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
@@ -212,15 +216,7 @@ impl Inner {
         }
         let loaded = config::load(&ConfigSearch::from_env(options.config_path.clone()))
             .map_err(|e| status(Code::FAILED_PRECONDITION, chain(&e)))?;
-        let annotations: BTreeMap<String, String> = spec
-            .get("annotations")
-            .and_then(serde_json::Value::as_object)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let annotations = spec_annotations(spec);
         let config = config::annotations::apply(&loaded.config, &annotations)
             .map_err(|e| status(Code::INVALID_ARGUMENT, chain(&e)))?;
         let sandbox_id = sandbox_grouping(bundle, id);
@@ -233,6 +229,11 @@ impl Inner {
         let run_dir = crate::paths::sandbox_run_dir(&self.namespace, &sandbox_id);
         tracing::info!(sandbox = %sandbox_id, config = %loaded.origin(), "starting the sandbox");
         let netns = crate::network::spec::pod_netns(spec);
+        let disks: Vec<_> = block_root
+            .filter(|_| config.vm.block_rootfs)
+            .map(|rootfs| RootDisk::new(id, rootfs.clone()).disk)
+            .into_iter()
+            .collect();
         let sandbox = Sandbox::start(
             &config,
             &sandbox_id,
@@ -240,6 +241,7 @@ impl Inner {
             &bundle.join(RECORD_FILE),
             self.beside.as_deref(),
             netns.as_deref(),
+            disks,
         )
         .await
         .map_err(|e| status(Code::UNKNOWN, chain(&e)))?;
@@ -262,10 +264,17 @@ impl Inner {
     /// not fatal: the pod runs without metrics.
     fn serve_metrics(&self, sandbox: &Arc<Sandbox>) {
         let socket = sandbox.run_dir().join(crate::monitor::SOCKET_NAME);
-        let listener = match tokio::net::UnixListener::bind(&socket) {
+        let bound = tokio::net::UnixListener::bind(&socket).and_then(|listener| {
+            use std::os::unix::fs::PermissionsExt;
+            // Readers are root (`hull monitor`): 0600, as every socket of the pod.
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+                .map(|()| listener)
+        });
+        let listener = match bound {
             Ok(listener) => listener,
             Err(err) => {
                 tracing::warn!(socket = %socket.display(), %err, "the pod's metrics will not be served");
+                let _ = std::fs::remove_file(&socket);
                 return;
             }
         };
@@ -458,7 +467,11 @@ impl Inner {
                 format!("container {id}: {}", chain(&e)),
             )
         })?;
-        let sandbox = self.ensure_sandbox(&id, &bundle, &spec, &options).await?;
+        let mounts: Vec<RootfsMount> = req.rootfs.iter().map(RootfsMount::from).collect();
+        let block_root = rootfs::block_device(&mounts);
+        let sandbox = self
+            .ensure_sandbox(&id, &bundle, &spec, &options, block_root.as_ref())
+            .await?;
         if let Some(reason) = sandbox.lost() {
             return Err(lost_error(&id, &reason));
         }
@@ -499,7 +512,27 @@ impl Inner {
         } else {
             bundle.join(root)
         };
-        let mounts: Vec<RootfsMount> = req.rootfs.iter().map(RootfsMount::from).collect();
+        // A block-device rootfs the VM was booted with is mounted by the agent in the guest;
+        // the host mounts nothing of it. Any other (a later container's device too) is
+        // mounted here.
+        let root_disk = block_root.clone().and_then(|rootfs| {
+            let disk = sandbox.disk_serving(&rootfs.device)?.clone();
+            Some(RootDisk {
+                container: id.clone(),
+                disk,
+                rootfs,
+            })
+        });
+        if let (Some(block), None) = (&block_root, &root_disk) {
+            if sandbox.share().is_some() {
+                tracing::info!(container = %id, device = %block.device.display(), "block-device rootfs mounted on the host and shared: the VM has no disk for it (only a pod's first container gets one)");
+            }
+        }
+        let mounts = if root_disk.is_some() {
+            Vec::new()
+        } else {
+            mounts
+        };
         let layers = mounts.len();
         if layers > 0 {
             sandbox
@@ -547,14 +580,17 @@ impl Inner {
                 ));
             }
             Some(share) => {
-                let shared_target = share.rootfs_target(&id);
-                let bound = sandbox
-                    .add_mount(&shared_target)
-                    .map_err(|e| chain(&e))
-                    .and_then(|()| share.share_rootfs(&id, &target).map_err(|e| chain(&e)));
-                if let Err(err) = bound {
-                    undo_rootfs(&sandbox, true, &volumes);
-                    return Err(status(Code::INTERNAL, err));
+                let shared = root_disk.is_none();
+                if shared {
+                    let shared_target = share.rootfs_target(&id);
+                    let bound = sandbox
+                        .add_mount(&shared_target)
+                        .map_err(|e| chain(&e))
+                        .and_then(|()| share.share_rootfs(&id, &target).map_err(|e| chain(&e)));
+                    if let Err(err) = bound {
+                        undo_rootfs(&sandbox, true, &volumes);
+                        return Err(status(Code::INTERNAL, err));
+                    }
                 }
                 for (index, bind) in &host_binds {
                     let volume = share.volume_target(&id, *index);
@@ -568,20 +604,28 @@ impl Inner {
                                 .map_err(|e| format!("container {id}: {}", chain(&e)))
                         });
                     if let Err(err) = bound {
-                        undo_rootfs(&sandbox, true, &volumes);
+                        undo_rootfs(&sandbox, shared, &volumes);
                         return Err(status(Code::INTERNAL, err));
                     }
                     mounts::rewrite_source(&mut spec, *index, &guest_volume(&id, *index));
                     tracing::debug!(container = %id, source = %bind.source.display(), readonly = bind.readonly, "volume shared");
                 }
-                let root = guest_root(&id);
                 // The pod's interfaces are the guest's: the container shares the guest's
                 // network namespace instead of a host path that does not exist there.
                 crate::network::spec::share_guest_network(&mut spec);
-                (root, Vec::new(), true)
+                match &root_disk {
+                    None => (guest_root(&id), Vec::new(), true),
+                    Some(disk) => (guest_disk_root(&id), vec![disk.storage()], false),
+                }
             }
         };
-        spec["root"]["path"] = serde_json::Value::String(guest_root);
+        if let Err(err) = set_root_path(&mut spec, guest_root) {
+            undo_rootfs(&sandbox, shared, &volumes);
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("container {id}: {err}"),
+            ));
+        }
         let spec_json = match serde_json::to_vec(&spec) {
             Ok(json) => json,
             Err(err) => {
@@ -589,13 +633,25 @@ impl Inner {
                 return Err(status(Code::INTERNAL, format!("encoding the spec: {err}")));
             }
         };
+        if let Err(err) = sandbox.add_host_cgroup(&spec, &id) {
+            undo_rootfs(&sandbox, shared, &volumes);
+            return Err(status(
+                Code::INTERNAL,
+                format!("container {id}: {}", chain(&err)),
+            ));
+        }
         if let Err(err) = sandbox
             .agent()
             .create_container(&id, spec_json, storages)
             .await
         {
             undo_rootfs(&sandbox, shared, &volumes);
-            return Err(agent_error(&err));
+            // A sandbox lost meanwhile is why the call failed: its reason names what died
+            // (the fault matrix's "hull-fs killed while creating": the connection reset).
+            return Err(match loss_behind(&sandbox, &err).await {
+                Some(reason) => lost_error(&id, &reason),
+                None => agent_error(&err),
+            });
         }
         self.containers.lock().insert(
             id.clone(),
@@ -652,11 +708,16 @@ impl Inner {
             container_id: id.to_owned(),
             exec_id: exec_id.to_owned(),
         };
-        match process_json {
+        let started = match process_json {
             None => agent.start_container(id).await,
             Some(json) => agent.exec_process(id, exec_id, json).await,
+        };
+        if let Err(err) = started {
+            return Err(match loss_behind(&sandbox, &err).await {
+                Some(reason) => lost_error(id, &reason),
+                None => agent_error(&err),
+            });
         }
-        .map_err(|e| agent_error(&e))?;
         if exec_id.is_empty() {
             crate::phase::container(id, Phase::ContainerStarted);
         } else {
@@ -794,6 +855,29 @@ async fn release(mut sandbox: Arc<Sandbox>) -> Result<Sandbox, Arc<Sandbox>> {
     }
 }
 
+/// How long a call whose connection broke waits for the death watch to say why.
+const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why the sandbox was lost, if that is why `err` happened. A call that got no answer (its
+/// connection broke) waits a moment for the death watch: the agent or its VM may have died
+/// just now, the connection noticing before the watch (the fault matrix's "agent killed
+/// while creating": 'socket err: Broken pipe' instead of the agent's death).
+async fn loss_behind(sandbox: &Sandbox, err: &agent_link::Error) -> Option<String> {
+    if err.code().is_some() {
+        return sandbox.lost();
+    }
+    let deadline = tokio::time::Instant::now() + LOSS_SETTLE;
+    loop {
+        if let Some(reason) = sandbox.lost() {
+            return Some(reason);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The answer to a call that needs the agent of a lost sandbox.
 fn lost_error(id: &str, reason: &str) -> TtrpcError {
     status(
@@ -835,19 +919,61 @@ fn read_spec(bundle: &Path) -> TtrpcResult<serde_json::Value> {
         )));
     }
     let bytes = std::fs::read(&path).map_err(|e| invalid(e.to_string()))?;
-    let spec: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    parse_bundle_spec(&bytes).map_err(invalid)
+}
+
+/// A bundle's config.json, parsed and checked as Create reads it: a JSON object with a
+/// `process` object. The error says what is wrong (the caller names the file).
+pub fn parse_bundle_spec(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    let spec: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if !spec.is_object() {
-        return Err(invalid("not a JSON object".to_owned()));
+        return Err("not a JSON object".to_owned());
     }
     // Checked here rather than by the agent: the first container's Create would otherwise
     // boot a VM to be told.
     if spec.get("process").is_none_or(|p| !p.is_object()) {
-        return Err(invalid(
-            "process is missing: a task needs a process to run".to_owned(),
-        ));
+        return Err("process is missing: a task needs a process to run".to_owned());
+    }
+    // Create points root.path at the guest's rootfs: a root of another shape is refused
+    // here, before a VM boots, rather than failing (or panicking) there.
+    if spec
+        .get("root")
+        .is_some_and(|r| !r.is_object() && !r.is_null())
+    {
+        return Err("root is not an object".to_owned());
     }
     Ok(spec)
+}
+
+/// The spec's annotations whose values are strings (the pod's, for a sandbox container),
+/// which may override configuration keys (see [`config::annotations`]).
+pub fn spec_annotations(spec: &serde_json::Value) -> BTreeMap<String, String> {
+    spec.get("annotations")
+        .and_then(serde_json::Value::as_object)
+        .map(|a| {
+            a.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Points the spec's `root.path` at `guest_root`, where the agent finds the container's
+/// root file system (a missing or null `root` becomes one). Refuses a spec that is not an
+/// object or whose `root` is not one, naming it.
+pub fn set_root_path(spec: &mut serde_json::Value, guest_root: String) -> Result<(), String> {
+    let spec = spec
+        .as_object_mut()
+        .ok_or_else(|| "the spec is not a JSON object".to_owned())?;
+    let root = spec.entry("root").or_insert_with(|| serde_json::json!({}));
+    if root.is_null() {
+        *root = serde_json::json!({});
+    }
+    let root = root
+        .as_object_mut()
+        .ok_or_else(|| "root is not an object".to_owned())?;
+    root.insert("path".to_owned(), serde_json::Value::String(guest_root));
+    Ok(())
 }
 
 #[async_trait]
@@ -1314,5 +1440,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read_spec(bundle.path()).unwrap()["root"]["path"], "rootfs");
+    }
+
+    /// A config.json whose `root` is not an object (`"root": 5`) panicked Create where it
+    /// points root.path at the guest's rootfs (serde_json's index assignment panics on a
+    /// number): it is refused as an invalid spec, and the rewrite itself refuses it too.
+    #[test]
+    fn a_spec_whose_root_is_not_an_object_is_refused_not_a_panic() {
+        for spec in [
+            r#"{"process": {}, "root": 5}"#,
+            r#"{"process": {}, "root": "rootfs"}"#,
+            r#"{"process": {}, "root": [1]}"#,
+        ] {
+            assert_eq!(
+                parse_bundle_spec(spec.as_bytes()).unwrap_err(),
+                "root is not an object",
+                "{spec}"
+            );
+            let mut value: serde_json::Value = serde_json::from_str(spec).unwrap();
+            assert_eq!(
+                set_root_path(&mut value, "/guest".into()).unwrap_err(),
+                "root is not an object"
+            );
+        }
+        for spec in [r#"{"process": {}}"#, r#"{"process": {}, "root": null}"#] {
+            let mut value = parse_bundle_spec(spec.as_bytes()).unwrap();
+            set_root_path(&mut value, "/guest".into()).unwrap();
+            assert_eq!(value["root"]["path"], "/guest", "{spec}");
+        }
+        assert!(set_root_path(&mut serde_json::json!([1]), "/guest".into()).is_err());
     }
 }
