@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::results::{Run, SCHEMA_VERSION};
-use crate::{blk, density, fs, net, plot, rpc, startup, vmm, vsock, Error, Result};
+use crate::{blk, density, fs, net, plot, rpc, soak, startup, vmm, vsock, Error, Result};
 
 /// Every subcommand of the design that measures, in the order `all` runs them.
 pub const SUBCOMMANDS: [&str; 9] = [
@@ -58,6 +58,10 @@ pub struct Listed {
 pub fn publish(run: &Run, out: &Path) -> Result<(PathBuf, PathBuf)> {
     let json = run.save(out)?;
     let svg = json.with_extension("svg");
+    if run.subcommand == soak::NAME {
+        soak::chart(run, &svg)?;
+        return Ok((json, svg));
+    }
     plot::chart(run, &svg)?;
     if run.subcommand == startup::NAME {
         startup::phase_chart(run, &startup::phase_chart_path(&json))?;

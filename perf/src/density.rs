@@ -83,7 +83,7 @@ pub fn rollup_pss_kib(smaps_rollup: &str) -> Option<u64> {
 /// The guest RAM's mapping in `/proc/PID/smaps`: QEMU's `memory-backend-memfd` object (QEMU
 /// names the memfd after the object's type; hull's VMs have exactly one), mapped by QEMU and
 /// by every vhost-user backend that maps the guest's memory.
-const GUEST_RAM_MEMFD: &str = "/memfd:memory-backend-memfd";
+pub(crate) const GUEST_RAM_MEMFD: &str = "/memfd:memory-backend-memfd";
 
 /// PSS in KiB of the guest RAM mappings ([`GUEST_RAM_MEMFD`]) in a process's `smaps`.
 pub fn guest_ram_pss_kib(smaps: &str) -> u64 {
@@ -92,17 +92,23 @@ pub fn guest_ram_pss_kib(smaps: &str) -> u64 {
 
 /// PSS in KiB of the mappings of file `path` (as `smaps` names it) in a process's `smaps`.
 pub fn mapping_pss_kib(smaps: &str, path: &str) -> u64 {
+    mapping_field_kib(smaps, path, "Pss:")
+}
+
+/// The sum of `field` (`"Pss:"`, `"Rss:"`, ...) in KiB over the mappings of file `path` (as
+/// `smaps` names it) in a process's `smaps`.
+pub fn mapping_field_kib(smaps: &str, path: &str, field: &str) -> u64 {
     let mut total = 0;
-    let mut in_guest_ram = false;
+    let mut in_mapping = false;
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
         let first = fields.next().unwrap_or_default();
         // A mapping's header starts with its address range "start-end".
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            in_guest_ram = fields.nth(4).is_some_and(|name| name == path);
+            in_mapping = fields.nth(4).is_some_and(|name| name == path);
             continue;
         }
-        if in_guest_ram && first == "Pss:" {
+        if in_mapping && first == field {
             total += fields
                 .next()
                 .and_then(|v| v.parse::<u64>().ok())
@@ -155,7 +161,7 @@ fn measure_process(pid: u32) -> Result<ProcessFigures> {
 }
 
 /// Every process's parent, from /proc.
-fn parents() -> BTreeMap<u32, u32> {
+pub(crate) fn parents() -> BTreeMap<u32, u32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -170,7 +176,7 @@ fn parents() -> BTreeMap<u32, u32> {
 }
 
 /// `root` and its descendants, except `excluded` and its descendants.
-fn tree(parents: &BTreeMap<u32, u32>, root: u32, excluded: Option<u32>) -> Vec<u32> {
+pub(crate) fn tree(parents: &BTreeMap<u32, u32>, root: u32, excluded: Option<u32>) -> Vec<u32> {
     let mut found = vec![root];
     let mut index = 0;
     while let Some(&pid) = found.get(index) {

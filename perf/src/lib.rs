@@ -29,6 +29,7 @@ pub mod progress;
 pub mod report;
 pub mod results;
 pub mod rpc;
+pub mod soak;
 pub mod startup;
 pub mod vmm;
 pub mod vsock;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hull_bench::measure::Plan;
 use hull_bench::results::{self, Run};
-use hull_bench::{all, blk, density, fs, net, report, rpc, startup, vmm, vsock};
+use hull_bench::{all, blk, density, fs, net, report, rpc, soak, startup, vmm, vsock};
 
 /// hull's components measured against peers in the same run (ratios, never bare figures).
 #[derive(Debug, Parser)]
@@ -162,6 +162,29 @@ struct DensityArgs {
 }
 
 #[derive(Debug, Args)]
+struct SoakArgs {
+    /// Smoke run: 64 cycles unless --cycles says otherwise.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for the JSON result and chart [default: $HULL_CACHE_DIR/bench, else
+    /// ~/.cache/hull/bench].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Create/start/delete cycles [default: 1000, --quick 64].
+    #[arg(long, value_name = "N")]
+    cycles: Option<usize>,
+    /// Cycles run at once.
+    #[arg(long, value_name = "K", default_value_t = 4)]
+    parallel: usize,
+    /// The pods' hypervisor: `none` (hull-agent on the host: the runtime's own leaks) or
+    /// `qemu` (a microVM per pod; slow under TCG).
+    #[arg(long, default_value = "none")]
+    hypervisor: soak::Hypervisor,
+    #[command(flatten)]
+    pods: PodsOnly,
+}
+
+#[derive(Debug, Args)]
 struct FsArgs {
     #[command(flatten)]
     common: Common,
@@ -274,6 +297,10 @@ enum Command {
     /// `ctr run --rm` to first output with hull (qemu and none) and runc, sequential and
     /// concurrent, split by phase from the shim's marks, through a private containerd.
     Startup(StartupArgs),
+    /// Many pod life cycles (`ctr run --rm` and an exec in a long-lived pod), in parallel:
+    /// containerd's, the long-lived shim's and its agent's descriptors, threads and RSS must
+    /// stay flat, and nothing of the pods may be left; fails otherwise.
+    Soak(SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -333,6 +360,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let run = density::run(&options).context("hull-bench density")?;
             finish(&run, &args.common.out())
         }
+        Command::Soak(args) => run_soak(&args),
         Command::Startup(args) => {
             let options = startup_options(&args.common, &args.pods, args.parallel);
             let run = startup::run(&options).context("hull-bench startup")?;
@@ -427,6 +455,25 @@ fn density_options(common: &Common, pods: &PodsOnly, at_once: &[usize]) -> densi
         },
         bin_dir: pods.bin_dir.clone(),
     }
+}
+
+/// Runs the soak, saves its result and chart, prints its table; fails when its verdict does.
+fn run_soak(args: &SoakArgs) -> anyhow::Result<()> {
+    let options = soak::Options {
+        cycles: args
+            .cycles
+            .unwrap_or(if args.quick { soak::QUICK_CYCLES } else { 1000 }),
+        parallel: args.parallel.max(1),
+        hypervisor: args.hypervisor,
+        quick: args.quick,
+        bin_dir: args.pods.bin_dir.clone(),
+    };
+    let run = soak::run(&options).context("hull-bench soak")?;
+    let out = args.out.clone().unwrap_or_else(results::default_dir);
+    let (json, svg) = all::publish(&run, &out).context("saving the results")?;
+    print!("{}", soak::summary(&run));
+    println!("results: {}\nchart:   {}", json.display(), svg.display());
+    soak::outcome(&run).map_err(|reasons| anyhow::anyhow!("the soak failed:\n{reasons}"))
 }
 
 fn print_run(run: &Run, json: &Path, svg: &Path) {

@@ -199,6 +199,27 @@ impl Pods {
         self.containerd.ctr_command(&all)
     }
 
+    /// A `ctr` command with `args` against this run's containerd, to spawn (for work done in
+    /// other threads: [`Pods`] itself stays on the thread that made it).
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.containerd.ctr_command(args)
+    }
+
+    /// The pid of this run's containerd (found by its configuration file, beside its socket).
+    pub fn containerd_pid(&self) -> Option<u32> {
+        let dir = self.containerd.address().parent()?.to_owned();
+        let config = dir.join("config.toml");
+        let config = config.to_str()?;
+        hull_tests::leftovers::pids_with(&["--config", config])
+            .into_iter()
+            .find_map(|pid| u32::try_from(pid).ok())
+    }
+
+    /// The prefix of every container id of this run (`hb-<pid>-`).
+    pub fn id_prefix(&self) -> String {
+        format!("{}-", self.prefix)
+    }
+
     /// Runs `ctr` with `args`, failing with everything it printed.
     pub fn ctr(&self, args: &[&str]) -> Result<String> {
         self.containerd
@@ -268,6 +289,14 @@ impl Pods {
             marks.entry(phase).or_insert(at);
         }
         marks
+    }
+
+    /// containerd's log lines (the shim's among them) that mention `needle`, the last `most`,
+    /// for an error message.
+    pub fn log_mentioning(&self, needle: &str, most: usize) -> String {
+        let log = self.containerd.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+        lines[lines.len().saturating_sub(most)..].join("\n")
     }
 
     /// containerd's log lines that report errors, for an error message.

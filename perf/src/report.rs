@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::measure::{Metric, Role};
 use crate::results::{self, Run};
-use crate::{density, net, plot, startup, vmm, vsock, Error, Result};
+use crate::{density, net, plot, soak, startup, vmm, vsock, Error, Result};
 
 /// Marks the start of the generated section of RESULTS.md.
 pub const BEGIN: &str = "<!-- BEGIN hull-bench report: generated, edits here are lost -->";
@@ -18,7 +18,7 @@ pub const BEGIN: &str = "<!-- BEGIN hull-bench report: generated, edits here are
 pub const END: &str = "<!-- END hull-bench report -->";
 
 /// The subcommands with results to report, in report order.
-pub const REPORTED: [&str; 9] = [
+pub const REPORTED: [&str; 10] = [
     "rpc",
     "blk",
     "fs",
@@ -28,6 +28,7 @@ pub const REPORTED: [&str; 9] = [
     vmm::EXITS,
     startup::NAME,
     density::NAME,
+    soak::NAME,
 ];
 
 fn role_name(role: Role) -> &'static str {
@@ -262,7 +263,11 @@ pub fn render(dir: &Path, output: &Path) -> Result<Vec<String>> {
         }
         for (json, run) in runs {
             let svg = json.with_extension("svg");
-            plot::chart(&run, &svg)?;
+            if subcommand == soak::NAME {
+                soak::chart(&run, &svg)?;
+            } else {
+                plot::chart(&run, &svg)?;
+            }
             let plots = base.join("plots");
             std::fs::create_dir_all(&plots)
                 .map_err(io_error(format!("creating {}", plots.display())))?;
@@ -283,7 +288,11 @@ pub fn render(dir: &Path, output: &Path) -> Result<Vec<String>> {
             std::fs::copy(&svg, &copy)
                 .map_err(io_error(format!("copying the chart to {}", copy.display())))?;
             let link = format!("plots/{stem}.svg");
-            let mut text = markdown(&run, Some(&link));
+            let mut text = if subcommand == soak::NAME {
+                soak::markdown(&run, Some(&link))
+            } else {
+                markdown(&run, Some(&link))
+            };
             let phases = startup::phase_chart_path(&json);
             if subcommand == startup::NAME && startup::phase_chart(&run, &phases).is_ok() {
                 let copy = plots.join(format!("{stem}-phases.svg"));
