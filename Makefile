@@ -20,7 +20,7 @@ APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-util
 	libseccomp-dev libcap-ng-dev fio \
 	containernetworking-plugins protobuf-compiler
 
-.PHONY: help deps build agent image lint test demo install clean-cache bench-deps
+.PHONY: help deps build agent image lint test demo install clean-cache bench-deps fuzz-smoke fuzz
 
 help:
 	@echo "make demo   install what is missing, build, and boot a hull guest"
@@ -28,6 +28,7 @@ help:
 	@echo "make image  build the guest kernel and initrd into $(HULL_CACHE_DIR)"
 	@echo "make deps   install missing Debian packages (as root)"
 	@echo "make bench-deps  install the benchmark peers Debian lacks (virtiofsd, vhost-device-vsock) into the cache"
+	@echo "make fuzz   run every fuzz target with cargo-fuzz (nightly; FUZZ_RUNS=1000000 inputs each)"
 	@echo "make install  install the shim, backends, guest image and default configuration"
 	@echo "             (PREFIX=/usr/local, DESTDIR= for staging)"
 
@@ -91,6 +92,7 @@ bench-deps:
 lint:
 	@echo "==> lints: rustfmt and clippy"
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 test: deps lint image bench-deps
@@ -98,9 +100,44 @@ test: deps lint image bench-deps
 	@rm -f target/test-skips.log
 	HULL_TEST_STRICT=1 HULL_SKIP_LOG=$(CURDIR)/target/test-skips.log \
 		$(CARGO) test --locked --release --workspace
+	$(MAKE) --no-print-directory fuzz-smoke
 	@if [ -s target/test-skips.log ]; then \
 		echo "==> skipped (each names what this machine lacks):"; sed 's/^/    /' target/test-skips.log; \
 	fi
+
+# The fuzz targets (fuzz/, its own workspace) over their corpus and FUZZ_SMOKE_RUNS generated
+# inputs each, on the stable toolchain. Built in the workspace's target directory, in release
+# like `test`, so the dependencies `test` built are reused.
+FUZZ_TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+FUZZ_SMOKE_RUNS ?= 20000
+fuzz-smoke:
+	@echo "==> fuzz smoke: every fuzz target over its corpus and $(FUZZ_SMOKE_RUNS) generated inputs"
+	CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) HULL_FUZZ_SMOKE_RUNS=$(FUZZ_SMOKE_RUNS) \
+		$(CARGO) test --locked --release --manifest-path fuzz/Cargo.toml
+
+# Every fuzz target under libFuzzer for FUZZ_RUNS inputs (FUZZ_TARGETS to pick some). Needs
+# the nightly toolchain and cargo-fuzz; new corpus entries go to $(HULL_CACHE_DIR)/fuzz-corpus,
+# crashes to fuzz/artifacts/<target>/. Built without a sanitizer: the code is Rust, and what
+# its unsafe blocks hand the kernel (iovecs into guest memory) no sanitizer sees.
+FUZZ_RUNS ?= 1000000
+FUZZ_MAX_LEN ?= 4096
+FUZZ_TARGETS ?= virtq_chain blk_request net_rx_tx vsock_packet vhost_user_msg virtio_mmio \
+	fuse_request agent_request oci_spec config_toml
+FUZZ_NIGHTLY_DIR ?= $(FUZZ_TARGET_DIR)/fuzz-nightly
+fuzz:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || { \
+		echo "error: make fuzz needs the nightly toolchain: rustup toolchain install nightly" >&2; exit 1; }
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || { \
+		echo "error: make fuzz needs cargo-fuzz: cargo install cargo-fuzz" >&2; exit 1; }
+	CARGO_TARGET_DIR=$(FUZZ_NIGHTLY_DIR) $(CARGO) +nightly fuzz build --no-default-features --features libfuzzer -s none
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(HULL_CACHE_DIR)/fuzz-corpus/$$t; \
+		echo "==> fuzzing $$t for $(FUZZ_RUNS) inputs"; \
+		CARGO_TARGET_DIR=$(FUZZ_NIGHTLY_DIR) $(CARGO) +nightly fuzz run --no-default-features --features libfuzzer -s none $$t \
+			$(HULL_CACHE_DIR)/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+			-runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAX_LEN) -timeout=10 -print_final_stats=1 2>&1 \
+			| grep -vE "^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse|RELOAD)" || exit 1; \
+	done
 
 demo: deps build image
 	@echo "==> running a busybox container in a hull microVM through a private containerd"
