@@ -9,6 +9,7 @@
 //! names itself, which is why `SandboxMode::None` is for debugging only.
 
 use std::fs::File;
+use std::os::fd::FromRawFd;
 use std::path::Path;
 
 use vhost::vhost_user::Listener;
@@ -80,7 +81,30 @@ pub fn enter(shared_dir: &Path, mode: SandboxMode, listener: Listener) -> Result
             dir: shared_dir.to_owned(),
             source,
         })?;
+    // The namespace mode's confined child is pid 1 of its pid namespace, where upstream's
+    // parent-death signal (SIGTERM) is ignored without a handler: a killed shim (and so a
+    // killed worker) left it serving (the fault matrix's "shim killed while creating"). It
+    // takes SIGKILL instead, which the kernel forces from the parent's namespace.
+    let parent = if mode == SandboxMode::Namespace {
+        // SAFETY: pidfd_open(2) of this process, with no flags; the result is checked.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        let fd = i32::try_from(fd)
+            .ok()
+            .filter(|fd| *fd >= 0)
+            .ok_or_else(|| {
+                err(virtiofsd::sandbox::Error::Fork(
+                    std::io::Error::last_os_error(),
+                ))
+            })?;
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    } else {
+        None
+    };
     let listener = sandbox.enter(listener).map_err(err)?;
+    if let Some(parent) = parent {
+        die_with(&parent);
+    }
     Ok(Entered {
         listener,
         root: ConfinedRoot {
@@ -90,6 +114,26 @@ pub fn enter(shared_dir: &Path, mode: SandboxMode, listener: Listener) -> Result
             mountinfo: sandbox.get_mountinfo_fd(),
         },
     })
+}
+
+/// Has the calling process (the confined child) get SIGKILL when its parent, `parent` (a
+/// pidfd), dies; exits at once if it died already.
+fn die_with(parent: &std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes nothing else.
+    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let mut poll = libc::pollfd {
+        fd: parent.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one pollfd we own, without waiting; a pidfd is readable once its
+    // process has exited.
+    let gone = unsafe { libc::poll(&mut poll, 1, 0) } != 0;
+    if set != 0 || gone {
+        tracing::error!("the process that started the sandbox is gone; exiting");
+        std::process::exit(1);
+    }
 }
 
 /// Installs upstream's seccomp filter on the calling thread and the threads it starts later:
