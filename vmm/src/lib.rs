@@ -18,12 +18,13 @@
 //!   KVM ioeventfds and interrupts as KVM irqfds, devices announced on the kernel command
 //!   line, and the generic vhost-user frontend for blk, net and fs backends
 //!   ([`virtio::vhost_user`]).
+//! - [`seccomp`]: a filter per kind of thread (vCPU, main), installed by each thread once
+//!   its set-up is done.
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
 //!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
 //! Not there yet (later slices of the issue): in-VMM virtio devices (vsock, console), the
-//! io_uring device loop, vhost-user reconnection, pause/resume,
-//! seccomp filters, the control socket and the in-process API for the shim beyond
+//! io_uring device loop, vhost-user reconnection, pause/resume, the control socket and the in-process API for the shim beyond
 //! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
 
 #![warn(clippy::cast_possible_truncation)]
@@ -32,10 +33,12 @@ pub mod boot;
 pub mod bus;
 pub mod cpu;
 pub mod devices;
+pub mod event_loop;
 mod error;
 pub mod lifecycle;
 pub mod memory;
 pub mod mptable;
+pub mod seccomp;
 pub mod virtio;
 pub mod vm;
 
