@@ -403,11 +403,10 @@ pub async fn boot_pod_with_disks(
         source,
     })?;
     let guard = RunDir(run_dir.to_owned());
-    let backends = run_dir;
-    let vhost_socket = backends.join("vsock.sock");
-    let uds = backends.join("agent.vsock");
+    let vhost_socket = run_dir.join("vsock.sock");
+    let uds = run_dir.join("agent.vsock");
     let cid = GUEST_CID.to_string();
-    let vsock_metrics = crate::monitor::backend_metrics_socket(backends, "hull-vsock");
+    let vsock_metrics = crate::monitor::backend_metrics_socket(run_dir, "hull-vsock");
     let args: [&OsStr; 8] = [
         "--socket".as_ref(),
         vhost_socket.as_os_str(),
@@ -422,7 +421,7 @@ pub async fn boot_pod_with_disks(
         &vsock_bin,
         &args,
         &vhost_socket,
-        &backends.join("hull-vsock.log"),
+        &run_dir.join("hull-vsock.log"),
         BACKEND_DEADLINE,
     )
     .await?;
@@ -439,12 +438,12 @@ pub async fn boot_pod_with_disks(
     // Every backend started joins `backends` at once, so that a failure of any later step
     // kills and reaps all of them before the error is returned (their Drop only signals).
     let mut share = None;
-    let started = async {
+    let booting = async {
         match fs_bin {
             Some(fs_bin) => {
                 let shared = SharedDir::create(&run_dir.join("shared"))?;
-                let fs_socket = backends.join("fs.sock");
-                let fs_metrics = crate::monitor::backend_metrics_socket(backends, "hull-fs");
+                let fs_socket = run_dir.join("fs.sock");
+                let fs_metrics = crate::monitor::backend_metrics_socket(run_dir, "hull-fs");
                 let args: [&OsStr; 6] = [
                     "--socket-path".as_ref(),
                     fs_socket.as_os_str(),
@@ -457,7 +456,7 @@ pub async fn boot_pod_with_disks(
                     &fs_bin,
                     &args,
                     &fs_socket,
-                    &backends.join("hull-fs.log"),
+                    &run_dir.join("hull-fs.log"),
                     BACKEND_DEADLINE,
                 )
                 .await?;
@@ -473,14 +472,14 @@ pub async fn boot_pod_with_disks(
 
         if let Some(blk_bin) = &blk_bin {
             for (index, disk) in disks.iter().enumerate() {
-                let socket = backends.join(format!("blk{index}.sock"));
+                let socket = run_dir.join(format!("blk{index}.sock"));
                 let args = disk.hull_blk_args(&socket);
                 let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
                 let blk = BackendProcess::start(
                     blk_bin,
                     &args,
                     &socket,
-                    &backends.join(format!("hull-blk{index}.log")),
+                    &run_dir.join(format!("hull-blk{index}.log")),
                     BACKEND_DEADLINE,
                 )
                 .await
@@ -517,7 +516,7 @@ pub async fn boot_pod_with_disks(
                     for (nic, crate::network::Nic { fds, mac, mtu }) in
                         network.nics().into_iter().enumerate()
                     {
-                        let socket = backends.join(format!("net{nic}.sock"));
+                        let socket = run_dir.join(format!("net{nic}.sock"));
                         let mut args: Vec<OsString> = vec![
                             "--socket".into(),
                             socket.clone().into(),
@@ -527,7 +526,7 @@ pub async fn boot_pod_with_disks(
                             mtu.to_string().into(),
                             "--metrics-socket".into(),
                             crate::monitor::backend_metrics_socket(
-                                backends,
+                                run_dir,
                                 &format!("hull-net{nic}"),
                             )
                             .into(),
@@ -541,7 +540,7 @@ pub async fn boot_pod_with_disks(
                             &args,
                             &fds,
                             &socket,
-                            &backends.join(format!("hull-net{nic}.log")),
+                            &run_dir.join(format!("hull-net{nic}.log")),
                             BACKEND_DEADLINE,
                         )
                         .await
@@ -577,7 +576,7 @@ pub async fn boot_pod_with_disks(
         )
         .await
     };
-    let (agent, vm, agent_log) = match started.await {
+    let (agent, vm, agent_log) = match booting.await {
         Ok(booted) => booted,
         // A backend that died is why the boot failed, whatever the VM made of it (QEMU
         // refused its socket, the agent became unreachable): named first.
