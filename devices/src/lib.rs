@@ -17,6 +17,7 @@ use std::path::PathBuf;
 pub mod blk;
 pub mod chain;
 pub mod config_space;
+pub mod exit_events;
 pub mod metrics;
 pub mod net;
 pub mod privileges;

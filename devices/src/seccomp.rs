@@ -139,7 +139,7 @@ const ALLOWED: &[libc::c_long] = &[
 ];
 
 /// The filter as BPF: [`ALLOWED`], `clone` for threads only, `setns` for network namespaces
-/// only, `prctl` for thread names and dropping capabilities only; everything else kills the
+/// only, `kcmp` for comparing files only, `prctl` for thread names and dropping capabilities only; everything else kills the
 /// process.
 pub fn filter() -> Result<BpfProgram, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
@@ -165,6 +165,9 @@ pub fn filter() -> Result<BpfProgram, Error> {
         vec![arg_has(0, libc::CLONE_THREAD as u64)?],
     );
     rules.insert(libc::SYS_setns, vec![arg_is(1, libc::CLONE_NEWNET as u64)?]);
+    // Comparing two open files (KCMP_FILE), before closing an exit event vhost-user-backend
+    // leaked (see crate::exit_events).
+    rules.insert(libc::SYS_kcmp, vec![arg_is(2, 0)?]);
     // Thread names, and the capability calls of dropping privileges after set-up (see
     // crate::privileges): they can only take capabilities away.
     rules.insert(

@@ -22,6 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::{BlkBackend, BlkDevice, DiskId, SyncEngine};
+use crate::exit_events::ExitEvents;
 use crate::metrics;
 use crate::net::{frontend_relay, Mac, NetBackend, NetDevice, Tap};
 use crate::vsock::backend::BACKEND_EVENT;
@@ -257,12 +258,14 @@ fn serve_vsock_frontend_with(
     let muxer = Muxer::new(&config.uds, config.guest_cid)?;
     let mut backend = VsockBackend::new(VsockDevice::new(muxer), config.guest_cid);
     let host_fd = backend.host_event_fd();
+    let exit_events = backend.exit_events();
     let backend = Arc::new(RwLock::new(backend));
     started(&backend);
     let outcome = serve_frontend(
         listener,
         "hull-vsock",
         Arc::clone(&backend),
+        &exit_events,
         stop,
         |daemon| {
             for handler in daemon.get_epoll_handlers() {
@@ -328,7 +331,15 @@ pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> 
         signals,
         |listener, stop| {
             let backend = Arc::new(BlkBackend::new(Arc::clone(&device)));
-            serve_frontend(listener, "hull-blk", backend, stop, |_| Ok(()))
+            let exit_events = backend.exit_events();
+            serve_frontend(
+                listener,
+                "hull-blk",
+                backend,
+                &exit_events,
+                stop,
+                |_| Ok(()),
+            )
         },
     );
     info!(counters = ?device.counters(), "device counters");
@@ -451,6 +462,7 @@ pub fn serve_net_frontend(
             &mut inner,
             "hull-net",
             Arc::clone(&backend),
+            &backend.exit_events(),
             stop,
             |daemon| backend.register_taps(daemon),
         );
@@ -490,11 +502,13 @@ impl Drop for PrivateDir {
 /// Serves one frontend from `listener` with `backend`: `setup` runs on the daemon before the
 /// frontend is accepted (to add device events to the worker threads). Returns when the
 /// frontend disconnects, or early when `stop` becomes readable; the daemon and its worker
-/// threads are gone when it returns.
+/// threads are gone when it returns, and so are the exit-event descriptors the daemon leaks
+/// (`exit_events`, the backend's: see [`crate::exit_events`]).
 pub fn serve_frontend<S>(
     listener: &mut Listener,
     name: &str,
     backend: S,
+    exit_events: &ExitEvents,
     stop: BorrowedFd<'_>,
     setup: impl FnOnce(&VhostUserDaemon<S>) -> Result<()>,
 ) -> Result<Outcome>
@@ -539,6 +553,8 @@ where
         handler.send_exit_event();
     }
     drop(daemon);
+    let closed = exit_events.close_leaked();
+    tracing::debug!(closed, "exit-event descriptors the daemon left open");
     match result {
         _ if stopped.load(Ordering::Acquire) => Ok(Outcome::Stopped),
         Ok(()) => Ok(Outcome::FrontendDisconnected),
@@ -793,7 +809,15 @@ mod tests {
         let backend_device = Arc::clone(&device);
         let backend = std::thread::spawn(move || {
             let backend = Arc::new(BlkBackend::new(backend_device));
-            serve_frontend(&mut listener, "hull-blk", backend, stop.as_fd(), |_| Ok(()))
+            let exit_events = backend.exit_events();
+            serve_frontend(
+                &mut listener,
+                "hull-blk",
+                backend,
+                &exit_events,
+                stop.as_fd(),
+                |_| Ok(()),
+            )
         });
 
         let (mut frontend, features) = connect_frontend(&socket);

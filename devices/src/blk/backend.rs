@@ -11,11 +11,10 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::device::BlkDevice;
+use crate::exit_events::ExitEvents;
 use crate::vsock::packet::Mem;
 
 /// Largest queue the device accepts, in descriptors.
@@ -25,6 +24,7 @@ const MAX_QUEUE_SIZE: usize = 1024;
 pub struct BlkBackend {
     device: Arc<BlkDevice>,
     mem: RwLock<Option<GuestMemoryAtomic<Mem>>>,
+    exit_events: Arc<ExitEvents>,
 }
 
 impl BlkBackend {
@@ -33,7 +33,13 @@ impl BlkBackend {
         Self {
             device,
             mem: RwLock::new(None),
+            exit_events: Arc::default(),
         }
+    }
+
+    /// The exit events of this backend's worker threads (see [`ExitEvents`]).
+    pub fn exit_events(&self) -> Arc<ExitEvents> {
+        Arc::clone(&self.exit_events)
     }
 
     /// The device.
@@ -85,7 +91,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        self.exit_events.create()
     }
 
     fn handle_event(

@@ -19,12 +19,11 @@ use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT}
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::device::{FrameFormat, NetDevice};
 use super::queue_pair::QueuePair;
+use crate::exit_events::ExitEvents;
 use crate::vsock::packet::Mem;
 use crate::{Error, Result};
 
@@ -43,6 +42,7 @@ pub struct NetBackend {
     tap_pending: Vec<AtomicBool>,
     /// Per queue pair: its tap queue is attached (see `attach`).
     attached: Vec<AtomicBool>,
+    exit_events: Arc<ExitEvents>,
 }
 
 impl NetBackend {
@@ -71,7 +71,13 @@ impl NetBackend {
             format: RwLock::new(format),
             tap_pending: (0..pairs).map(|_| AtomicBool::new(true)).collect(),
             attached: (0..pairs).map(|pair| AtomicBool::new(pair == 0)).collect(),
+            exit_events: Arc::default(),
         }
+    }
+
+    /// The exit events of this backend's worker threads (see [`ExitEvents`]).
+    pub fn exit_events(&self) -> Arc<ExitEvents> {
+        Arc::clone(&self.exit_events)
     }
 
     /// Attaches queue pair `pair`'s tap queue the first time its rx queue runs.
@@ -256,7 +262,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        self.exit_events.create()
     }
 
     fn handle_event(

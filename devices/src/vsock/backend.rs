@@ -18,9 +18,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::device::{VsockDevice, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::metrics::Counters;
@@ -42,6 +40,7 @@ pub struct VsockBackend {
     mem: Option<GuestMemoryAtomic<Mem>>,
     event_idx: bool,
     queue_events: crate::metrics::QueueEvents,
+    exit_events: std::sync::Arc<crate::exit_events::ExitEvents>,
 }
 
 impl VsockBackend {
@@ -54,7 +53,14 @@ impl VsockBackend {
             mem: None,
             event_idx: false,
             queue_events: crate::metrics::QueueEvents::new(NUM_QUEUES),
+            exit_events: std::sync::Arc::default(),
         }
+    }
+
+    /// The exit events of this backend's worker threads (see
+    /// [`crate::exit_events::ExitEvents`]).
+    pub fn exit_events(&self) -> std::sync::Arc<crate::exit_events::ExitEvents> {
+        std::sync::Arc::clone(&self.exit_events)
     }
 
     /// Kicks and interrupts of the rx, tx and event queues so far.
@@ -146,7 +152,7 @@ impl VhostUserBackendMut for VsockBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        self.exit_events.create()
     }
 
     fn handle_event(

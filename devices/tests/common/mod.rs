@@ -149,6 +149,49 @@ pub fn brief_frontend(socket: &Path) {
     assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1 offered");
 }
 
+/// How many descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// Serves `frontends` brief frontends one after another on a `--keep-listening` backend and
+/// asserts its descriptors come back to what they were after the first: a backend serving
+/// frontend after frontend must not keep anything of the ones that left. The count is taken
+/// once it settles (the backend tears one frontend's daemon down and makes the next one's
+/// after the frontend has gone); a leak never settles back, and fails at the bound.
+pub fn assert_no_descriptor_growth(backend: &Reaped, socket: &Path, frontends: usize) {
+    let pid = backend.0.id();
+    brief_frontend(socket);
+    let settled = || {
+        let mut last = open_fds(pid);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = open_fds(pid);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let baseline = settled();
+    for _ in 1..frontends {
+        brief_frontend(socket);
+    }
+    let deadline = Instant::now() + STARTUP_BOUND;
+    let mut now = settled();
+    while now > baseline && Instant::now() < deadline {
+        now = settled();
+    }
+    assert!(
+        now <= baseline,
+        "{now} descriptors open after {frontends} frontends, {baseline} after the first: \
+         {} kept per frontend",
+        (now - baseline) / (frontends - 1)
+    );
+}
+
 /// Waits for a backend whose frontend (QEMU) has gone: it must exit 0 and say why. Returns
 /// its log.
 pub fn expect_exit_after_frontend(backend: &mut Reaped, log: &Path, name: &str) -> String {

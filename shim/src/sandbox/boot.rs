@@ -439,35 +439,32 @@ pub async fn boot_pod_with_disks(
     // kills and reaps all of them before the error is returned (their Drop only signals).
     let mut share = None;
     let booting = async {
-        match fs_bin {
-            Some(fs_bin) => {
-                let shared = SharedDir::create(&run_dir.join("shared"))?;
-                let fs_socket = run_dir.join("fs.sock");
-                let fs_metrics = crate::monitor::backend_metrics_socket(run_dir, "hull-fs");
-                let args: [&OsStr; 6] = [
-                    "--socket-path".as_ref(),
-                    fs_socket.as_os_str(),
-                    "--shared-dir".as_ref(),
-                    shared.host().as_os_str(),
-                    "--metrics-socket".as_ref(),
-                    fs_metrics.as_os_str(),
-                ];
-                let fs = BackendProcess::start(
-                    &fs_bin,
-                    &args,
-                    &fs_socket,
-                    &run_dir.join("hull-fs.log"),
-                    BACKEND_DEADLINE,
-                )
-                .await?;
-                devices.push(VmDevice::VhostUserFs {
-                    socket: fs_socket,
-                    tag: SHARE_TAG.to_owned(),
-                });
-                backends.fs = Some(fs);
-                share = Some(shared);
-            }
-            None => {}
+        if let Some(fs_bin) = fs_bin {
+            let shared = SharedDir::create(&run_dir.join("shared"))?;
+            let fs_socket = run_dir.join("fs.sock");
+            let fs_metrics = crate::monitor::backend_metrics_socket(run_dir, "hull-fs");
+            let args: [&OsStr; 6] = [
+                "--socket-path".as_ref(),
+                fs_socket.as_os_str(),
+                "--shared-dir".as_ref(),
+                shared.host().as_os_str(),
+                "--metrics-socket".as_ref(),
+                fs_metrics.as_os_str(),
+            ];
+            let fs = BackendProcess::start(
+                &fs_bin,
+                &args,
+                &fs_socket,
+                &run_dir.join("hull-fs.log"),
+                BACKEND_DEADLINE,
+            )
+            .await?;
+            devices.push(VmDevice::VhostUserFs {
+                socket: fs_socket,
+                tag: SHARE_TAG.to_owned(),
+            });
+            backends.fs = Some(fs);
+            share = Some(shared);
         }
 
         if let Some(blk_bin) = &blk_bin {
