@@ -10,9 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{
-    assert_confined, brief_frontend, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND,
-};
+use common::{assert_confined, read, start_backend, terminate, Reaped, TempDir, GUEST_BOUND};
 use hull_tests::prereq::{find_program, Missing};
 use hull_tests::qemu::{Guest, GuestConfig, VhostUserDevice};
 use hull_tests::{artifacts, guest_program, require};
