@@ -20,11 +20,13 @@
 //!   ([`virtio::vhost_user`]).
 //! - [`seccomp`]: a filter per kind of thread (vCPU, main), installed by each thread once
 //!   its set-up is done.
+//! - [`event_loop`]: the device loop on io_uring, the one thread besides the vCPUs, driving
+//!   event sources (signals, sockets, device eventfds) added from any thread.
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
 //!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
 //! Not there yet (later slices of the issue): in-VMM virtio devices (vsock, console), the
-//! io_uring device loop, vhost-user reconnection, pause/resume, the control socket and the in-process API for the shim beyond
+//! vhost-user reconnection, pause/resume, the control socket and the in-process API for the shim beyond
 //! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
 
 #![warn(clippy::cast_possible_truncation)]
@@ -33,8 +35,8 @@ pub mod boot;
 pub mod bus;
 pub mod cpu;
 pub mod devices;
-pub mod event_loop;
 mod error;
+pub mod event_loop;
 pub mod lifecycle;
 pub mod memory;
 pub mod mptable;
