@@ -12,7 +12,7 @@
 //!   boot parameters, kernel command line, initrd.
 //! - [`mptable`]: the MP table announcing the vCPUs and the IOAPIC to the kernel.
 //! - [`devices`]: the 16550 serial port (vm-superio) and the i8042 reset line.
-//! - [`lifecycle`]: whether the VM runs and why it stopped (HLT, triple fault, i8042 reset,
+//! - [`lifecycle`]: whether the VM runs, is paused, and why it stopped (HLT, triple fault, i8042 reset,
 //!   system event, request, vCPU failure).
 //! - [`virtio`]: the virtio-mmio transport (version 2 register layout) with queue kicks as
 //!   KVM ioeventfds and interrupts as KVM irqfds, devices announced on the kernel command
@@ -26,7 +26,7 @@
 //!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
 //! Not there yet (later slices of the issue): in-VMM virtio devices (vsock, console), the
-//! vhost-user reconnection, pause/resume, the control socket and the in-process API for the shim beyond
+//! vhost-user reconnection, the control socket and the in-process API for the shim beyond
 //! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
 
 #![warn(clippy::cast_possible_truncation)]
