@@ -22,15 +22,19 @@
 //!   its set-up is done.
 //! - [`event_loop`]: the device loop on io_uring, the one thread besides the vCPUs, driving
 //!   event sources (signals, sockets, device eventfds) added from any thread.
+//! - [`signals`], [`metrics`], [`api`]: what hull-vmm's main thread serves on the device
+//!   loop besides devices: SIGINT/SIGTERM, the metrics socket, and the control socket (an
+//!   HTTP/1.1 API like cloud-hypervisor's: pause, resume, shutdown, info, ping).
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
 //!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
 //! Not there yet (later slices of the issue): in-VMM virtio devices (vsock, console), the
-//! vhost-user reconnection, the control socket and the in-process API for the shim beyond
+//! vhost-user reconnection, the in-process API for the shim beyond
 //! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
 
 #![warn(clippy::cast_possible_truncation)]
 
+pub mod api;
 pub mod boot;
 pub mod bus;
 pub mod cpu;
@@ -39,8 +43,10 @@ mod error;
 pub mod event_loop;
 pub mod lifecycle;
 pub mod memory;
+pub mod metrics;
 pub mod mptable;
 pub mod seccomp;
+pub mod signals;
 pub mod virtio;
 pub mod vm;
 

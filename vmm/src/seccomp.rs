@@ -15,9 +15,11 @@
 //! - vCPU threads: `ioctl` with KVM's vCPU and VM requests only (KVM_RUN, the register
 //!   reads of error reports, interrupt lines); `sendmsg`/`recvmsg`/`read`/`poll` for the
 //!   vhost-user frontend's messages, which a guest's driver writes set off;
-//! - the main thread: waiting on its signalfd and the metrics socket (`poll`, `read`,
-//!   `accept4`, `sendto`, `FIONBIO`, socket options), cutting vhost-user connections at the
-//!   stop (`shutdown`), removing the metrics socket (`unlink`).
+//! - the main thread: the device loop (`io_uring_enter`; the ring is set up before the
+//!   filter), its signalfd, the metrics and control sockets (`read`, `accept4`, `sendto`,
+//!   `FIONBIO`, socket options, `poll`), pausing vCPUs (`tgkill` with the kick, futexes),
+//!   cutting vhost-user connections at the stop (`shutdown`), removing the sockets
+//!   (`unlink`).
 //!
 //! Left out, which is the point: opening files, creating sockets or connecting, execve,
 //! fork and new threads, ptrace, mount and namespaces, bpf, module loading, keyctl,
@@ -109,6 +111,8 @@ const VCPU: &[libc::c_long] = &[
 
 /// What only the main thread may call, with any arguments.
 const MAIN: &[libc::c_long] = &[
+    // The device loop (its ring is set up before the filter).
+    libc::SYS_io_uring_enter,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_accept4,
