@@ -343,32 +343,20 @@ fn answer(buf: &[u8], vm: &VmControl) -> Option<Response> {
     }
 }
 
-/// The listening control socket, an [`EventSource`] on the device loop: each connection it
-/// accepts becomes a source of its own. The socket file is removed when it is dropped, if it
-/// is still the one it bound.
-pub struct ApiServer {
+/// The control socket's listener, bound before the VM starts (so a client can connect as
+/// soon as hull-vmm runs). Its file is removed when it is dropped, if it is still the one it
+/// bound.
+#[derive(Debug)]
+pub struct ApiSocket {
     listener: UnixListener,
     path: PathBuf,
     ino: u64,
-    vm: VmControl,
-    registrar: Registrar,
-    open: Arc<AtomicUsize>,
 }
 
-impl std::fmt::Debug for ApiServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiServer")
-            .field("path", &self.path)
-            .field("open", &self.open.load(Ordering::Relaxed))
-            .finish()
-    }
-}
-
-impl ApiServer {
+impl ApiSocket {
     /// Binds `path` with mode 0600, replacing a socket nobody listens on and never any other
-    /// file (as hull-metrics' listener does). Connections are added to the loop through
-    /// `registrar`. The error names the path.
-    pub fn bind(path: &Path, vm: VmControl, registrar: Registrar) -> io::Result<Self> {
+    /// file (as hull-metrics' listener does). The error names the path.
+    pub fn bind(path: &Path) -> io::Result<Self> {
         let named = |err: io::Error| {
             io::Error::new(err.kind(), format!("api socket {}: {err}", path.display()))
         };
@@ -388,17 +376,56 @@ impl ApiServer {
             let _ = std::fs::remove_file(path);
         }
         let listener = UnixListener::bind(path).map_err(named)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(named)?;
-        listener.set_nonblocking(true).map_err(named)?;
-        let ino = path.symlink_metadata().map_err(named)?.ino();
-        Ok(Self {
-            listener,
+        let socket = Self {
+            ino: path.symlink_metadata().map_err(named)?.ino(),
             path: path.to_owned(),
-            ino,
+            listener,
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(named)?;
+        socket.listener.set_nonblocking(true).map_err(named)?;
+        Ok(socket)
+    }
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        let ours = self
+            .path
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_socket() && m.ino() == self.ino);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The control socket on the device loop, an [`EventSource`]: each connection it accepts
+/// becomes a source of its own, added through the loop's [`Registrar`].
+pub struct ApiServer {
+    socket: ApiSocket,
+    vm: VmControl,
+    registrar: Registrar,
+    open: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("path", &self.socket.path)
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl ApiServer {
+    /// Serves `socket` for `vm`; connections are added to the loop through `registrar`.
+    pub fn new(socket: ApiSocket, vm: VmControl, registrar: Registrar) -> Self {
+        Self {
+            socket,
             vm,
             registrar,
             open: Arc::new(AtomicUsize::new(0)),
-        })
+        }
     }
 }
 
@@ -408,17 +435,17 @@ impl EventSource for ApiServer {
     }
 
     fn fds(&self) -> Vec<RawFd> {
-        vec![self.listener.as_raw_fd()]
+        vec![self.socket.listener.as_raw_fd()]
     }
 
     fn ready(&mut self, _fd: RawFd) -> Next {
         // One at a time: the loop calls again while more wait (level-triggered).
-        let mut stream = match self.listener.accept() {
+        let mut stream = match self.socket.listener.accept() {
             Ok((stream, _)) => stream,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Next::Continue,
             Err(err) => {
                 // EMFILE and the like: the client is refused, the socket stays.
-                tracing::warn!(%err, path = %self.path.display(), "cannot accept on the api socket");
+                tracing::warn!(%err, path = %self.socket.path.display(), "cannot accept on the api socket");
                 return Next::Continue;
             }
         };
@@ -434,12 +461,7 @@ impl EventSource for ApiServer {
             return Next::Continue;
         }
         self.open.fetch_add(1, Ordering::AcqRel);
-        let connection = Connection {
-            stream,
-            buf: Vec::new(),
-            vm: self.vm.clone(),
-            open: Arc::clone(&self.open),
-        };
+        let connection = Connection::new(stream, self.vm.clone(), Arc::clone(&self.open));
         if let Err(err) = self.registrar.add(Box::new(connection)) {
             tracing::warn!(%err, "cannot serve an api connection");
         }
@@ -447,29 +469,61 @@ impl EventSource for ApiServer {
     }
 }
 
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let ours = self
-            .path
-            .symlink_metadata()
-            .is_ok_and(|m| m.file_type().is_socket() && m.ino() == self.ino);
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// One client's connection: its request, read as it comes, then its answer.
+/// One client's connection: its request, read as it comes, then its answer; then whatever
+/// else the client sends is read and dropped until it closes (closing a unix socket with
+/// unread data resets it, and the client would lose the answer), a bounded amount per call.
 struct Connection {
     stream: UnixStream,
     buf: Vec<u8>,
     vm: VmControl,
     open: Arc<AtomicUsize>,
+    answered: bool,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Bytes dropped per call from a client that goes on sending after its answer.
+const DRAIN_PER_CALL: usize = 64 * 1024;
+
+impl Connection {
+    fn new(stream: UnixStream, vm: VmControl, open: Arc<AtomicUsize>) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+            vm,
+            open,
+            answered: false,
+        }
+    }
+
+    /// Reads what is there into `chunk`: `Some(n)` bytes (0 at the end), `None` if nothing
+    /// is there now; `Err` if the connection is broken.
+    fn read(&mut self, chunk: &mut [u8]) -> Result<Option<usize>, ()> {
+        loop {
+            match self.stream.read(chunk) {
+                Ok(read) => return Ok(Some(read)),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    fn drain(&mut self) -> Next {
+        let mut chunk = [0u8; 4096];
+        let mut dropped = 0;
+        while dropped < DRAIN_PER_CALL {
+            match self.read(&mut chunk) {
+                Ok(Some(0)) | Err(()) => return Next::Remove,
+                Ok(Some(read)) => dropped += read,
+                Ok(None) => return Next::Continue,
+            }
+        }
+        Next::Continue
     }
 }
 
@@ -483,25 +537,30 @@ impl EventSource for Connection {
     }
 
     fn ready(&mut self, _fd: RawFd) -> Next {
+        if self.answered {
+            return self.drain();
+        }
         let mut chunk = [0u8; 2048];
         loop {
             // One byte past the cap is enough to tell a request is too large.
             let room = (MAX_REQUEST + 1)
                 .saturating_sub(self.buf.len())
                 .min(chunk.len());
-            let read = match self.stream.read(chunk.get_mut(..room).unwrap_or_default()) {
-                Ok(read) => read,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Next::Continue,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Next::Remove,
+            let read = match self.read(chunk.get_mut(..room).unwrap_or_default()) {
+                Ok(Some(read)) => read,
+                Ok(None) => return Next::Continue,
+                Err(()) => return Next::Remove,
             };
             self.buf
                 .extend_from_slice(chunk.get(..read).unwrap_or_default());
             if let Some(response) = answer(&self.buf, &self.vm) {
                 // A few hundred bytes into an empty socket buffer; a client that does not
-                // read them loses them.
+                // read them loses them. Then the end of the answer, for the client to see.
                 let _ = self.stream.write_all(&response.to_bytes());
-                return Next::Remove;
+                let _ = self.stream.shutdown(std::net::Shutdown::Write);
+                self.answered = true;
+                self.buf = Vec::new();
+                return self.drain();
             }
             if read == 0 {
                 // The client went before finishing its request.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use hull_vmm::api::ApiServer;
+use hull_vmm::api::{ApiServer, ApiSocket};
 use hull_vmm::boot::{self, BootConfig, DEFAULT_CMDLINE};
 use hull_vmm::cpu::cpuid::CpuFeature;
 use hull_vmm::event_loop::{DeviceLoop, Registrar};
@@ -193,6 +193,11 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         .map(|path| hull_metrics::MetricsListener::bind(&path))
         .transpose()
         .context("cannot serve the metrics socket")?;
+    let api = args
+        .api_socket
+        .map(|path| ApiSocket::bind(&path))
+        .transpose()
+        .context("cannot serve the api socket")?;
     // Each thread confines itself once its set-up is done: the vCPUs before their first
     // KVM_RUN, this thread once they run (see hull_vmm::seccomp).
     let main_filter = if hull_vmm::seccomp::enabled() {
@@ -205,13 +210,7 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     // Everything privileged is open: no thread needs a capability from here on.
     hull_vmm::seccomp::drop_capabilities().context("cannot drop capabilities")?;
     let running = vm.start(entry).context("cannot start the vCPUs")?;
-    serve(
-        &registrar,
-        &running,
-        &signals,
-        metrics,
-        args.api_socket.as_deref(),
-    )?;
+    serve(&registrar, &running, &signals, metrics, api)?;
     if let Some(program) = main_filter {
         hull_vmm::seccomp::apply(ThreadKind::Main, &program)?;
     }
@@ -233,7 +232,7 @@ fn serve(
     running: &hull_vmm::vm::RunningVm,
     signals: &nix::sys::signal::SigSet,
     metrics: Option<hull_metrics::MetricsListener>,
-    api_socket: Option<&std::path::Path>,
+    api: Option<ApiSocket>,
 ) -> anyhow::Result<()> {
     let control = running.control();
     let signal_source =
@@ -242,10 +241,8 @@ fn serve(
     if let Some(listener) = metrics {
         registrar.add(Box::new(MetricsSource::new(listener, control.clone())))?;
     }
-    if let Some(path) = api_socket {
-        let server = ApiServer::bind(path, control, registrar.clone())
-            .context("cannot serve the api socket")?;
-        registrar.add(Box::new(server))?;
+    if let Some(socket) = api {
+        registrar.add(Box::new(ApiServer::new(socket, control, registrar.clone())))?;
     }
     Ok(())
 }
