@@ -366,6 +366,30 @@ mod tests {
     }
 
     #[test]
+    fn the_main_thread_may_wait_on_its_ring_and_read_sockets_but_a_vcpu_may_not_use_a_ring() {
+        // io_uring_enter on fd -1 passes the main thread's filter and fails with EBADF.
+        let enter: fn() -> libc::c_long = || {
+            // SAFETY: io_uring_enter on an invalid fd; the kernel answers EBADF.
+            unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0) }
+        };
+        assert!(exited_cleanly(after_filter(ThreadKind::Main, enter)));
+        assert!(killed_by_sigsys(after_filter(ThreadKind::Vcpu, enter)));
+        let recv: fn() -> libc::c_long = || {
+            // SAFETY: recvfrom on an invalid fd with no buffer; the kernel answers EBADF.
+            unsafe { libc::syscall(libc::SYS_recvfrom, -1, 0, 0, 0, 0, 0) }
+        };
+        assert!(exited_cleanly(after_filter(ThreadKind::Main, recv)));
+        // Neither may set up a ring of its own.
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            let status = after_filter(kind, || {
+                // SAFETY: io_uring_setup with no parameters; the filter acts first.
+                unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, 0) }
+            });
+            assert!(killed_by_sigsys(status), "{kind:?}: status {status:#x}");
+        }
+    }
+
+    #[test]
     fn signals_may_go_to_this_process_only() {
         // kill(getpid(), 0) passes; kill(1, 0) is refused.
         let status = after_filter(ThreadKind::Main, || {
