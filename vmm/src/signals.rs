@@ -1,7 +1,8 @@
 //! The process's signals as an [`EventSource`] of the device loop: hull-vmm's main thread
 //! blocks SIGINT, SIGTERM and SIGUSR1 before the vCPU threads start (they inherit the mask),
-//! and reads them from a signalfd on the loop. SIGINT and SIGTERM stop the VM; SIGUSR1, which
-//! an earlier hull-vmm sent itself to end its wait, is read and ignored.
+//! and reads them from a signalfd on the loop. SIGINT and SIGTERM stop the VM; SIGUSR1 (which
+//! hull-vmm's stop hook once sent itself) stays blocked and is read and ignored, so a stray
+//! one neither kills the VMM nor stops its guest.
 
 use std::os::fd::{AsRawFd, RawFd};
 
