@@ -457,7 +457,18 @@ impl EventSource for ApiServer {
                 503,
                 &format!("{MAX_CONNECTIONS} connections are open already: finish one first"),
             );
+            // What the client sent already is read first: closing a unix socket with unread
+            // data resets it, and the client would not see the answer.
+            let mut sent = [0u8; 4096];
+            let mut taken = 0;
+            while taken < MAX_REQUEST {
+                match stream.read(&mut sent) {
+                    Ok(read) if read > 0 => taken += read,
+                    _ => break,
+                }
+            }
             let _ = stream.write_all(&busy.to_bytes());
+            let _ = stream.shutdown(std::net::Shutdown::Write);
             return Next::Continue;
         }
         self.open.fetch_add(1, Ordering::AcqRel);
@@ -664,6 +675,34 @@ mod tests {
         let text = String::from_utf8(Response::empty(204).to_bytes()).unwrap();
         assert!(text.starts_with("HTTP/1.1 204 No Content\r\n") && text.ends_with("\r\n\r\n"));
         assert!(!text.contains("Content-Length"));
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_a_live_one_or_a_file_kept_and_ours_removed_on_drop() {
+        let dir = std::env::temp_dir().join(format!("hull-vmm-api-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        // Stale: bound by a listener that is gone.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let socket = ApiSocket::bind(&path).expect("a stale socket is replaced");
+        let mode = path.symlink_metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Live: refused, and left to its owner.
+        let err = ApiSocket::bind(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("another process serves it"),
+            "{err}"
+        );
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(socket);
+        assert!(!path.exists(), "the socket file is left behind");
+        // Not a socket: refused, kept.
+        std::fs::write(&path, b"data").unwrap();
+        let err = ApiSocket::bind(&path).unwrap_err();
+        assert!(err.to_string().contains("is not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     proptest::proptest! {
