@@ -17,8 +17,9 @@
 //! The peer is whoever can open the socket (mode 0600: hull-vmm's owner), still treated as
 //! hostile input: a request is read without blocking, a piece at a time as it comes, capped at
 //! [`MAX_REQUEST`] bytes head and body together; a client that never finishes its request
-//! holds one of [`MAX_CONNECTIONS`] connections and nothing else, and the parser answers any
-//! bytes with a request or a named error.
+//! holds one of [`MAX_CONNECTIONS`] connections and nothing else, for [`IDLE_TIMEOUT`] at most
+//! (a timerfd per connection, on the same loop), and the parser answers any bytes with a
+//! request or a named error.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -27,6 +28,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::event_loop::{EventSource, Next, Registrar};
 use crate::vm::VmControl;
@@ -35,6 +39,9 @@ use crate::vm::VmControl;
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// Connections open at once; more are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 16;
+/// How long a connection may stay open, its request and answer included (curl's take
+/// milliseconds); then it is closed whatever it was doing.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,8 +478,19 @@ impl EventSource for ApiServer {
             let _ = stream.shutdown(std::net::Shutdown::Write);
             return Next::Continue;
         }
+        let mut timer = match TimerFd::new() {
+            Ok(timer) => timer,
+            Err(err) => {
+                tracing::warn!(%err, "cannot time an api connection: refused");
+                return Next::Continue;
+            }
+        };
+        if let Err(err) = timer.reset(IDLE_TIMEOUT, None) {
+            tracing::warn!(%err, "cannot time an api connection: refused");
+            return Next::Continue;
+        }
         self.open.fetch_add(1, Ordering::AcqRel);
-        let connection = Connection::new(stream, self.vm.clone(), Arc::clone(&self.open));
+        let connection = Connection::new(stream, timer, self.vm.clone(), Arc::clone(&self.open));
         if let Err(err) = self.registrar.add(Box::new(connection)) {
             tracing::warn!(%err, "cannot serve an api connection");
         }
@@ -485,6 +503,8 @@ impl EventSource for ApiServer {
 /// unread data resets it, and the client would lose the answer), a bounded amount per call.
 struct Connection {
     stream: UnixStream,
+    /// Fires [`IDLE_TIMEOUT`] after the connection was accepted.
+    timer: TimerFd,
     buf: Vec<u8>,
     vm: VmControl,
     open: Arc<AtomicUsize>,
@@ -501,9 +521,10 @@ impl Drop for Connection {
 const DRAIN_PER_CALL: usize = 64 * 1024;
 
 impl Connection {
-    fn new(stream: UnixStream, vm: VmControl, open: Arc<AtomicUsize>) -> Self {
+    fn new(stream: UnixStream, timer: TimerFd, vm: VmControl, open: Arc<AtomicUsize>) -> Self {
         Self {
             stream,
+            timer,
             buf: Vec::new(),
             vm,
             open,
@@ -544,10 +565,17 @@ impl EventSource for Connection {
     }
 
     fn fds(&self) -> Vec<RawFd> {
-        vec![self.stream.as_raw_fd()]
+        vec![self.stream.as_raw_fd(), self.timer.as_raw_fd()]
     }
 
-    fn ready(&mut self, _fd: RawFd) -> Next {
+    fn ready(&mut self, fd: RawFd) -> Next {
+        if fd == self.timer.as_raw_fd() {
+            tracing::debug!(
+                answered = self.answered,
+                "api connection closed: open for {IDLE_TIMEOUT:?}"
+            );
+            return Next::Remove;
+        }
         if self.answered {
             return self.drain();
         }

@@ -16,7 +16,7 @@
 //!   reads of error reports, interrupt lines); `sendmsg`/`recvmsg`/`read`/`poll` for the
 //!   vhost-user frontend's messages, which a guest's driver writes set off;
 //! - the main thread: the device loop (`io_uring_enter`; the ring is set up before the
-//!   filter), its signalfd, the metrics and control sockets (`read`, `recvfrom`, `accept4`, `sendto`,
+//!   filter), its signalfd, the metrics and control sockets (`read`, `recvfrom`, `accept4`, `sendto`, timerfds,
 //!   `FIONBIO`, socket options, `poll`), pausing vCPUs (`tgkill` with the kick, futexes),
 //!   cutting vhost-user connections at the stop (`shutdown`), removing the sockets
 //!   (`unlink`).
@@ -118,6 +118,9 @@ const MAIN: &[libc::c_long] = &[
     libc::SYS_accept4,
     // A control connection's request (std's UnixStream reads with recv).
     libc::SYS_recvfrom,
+    // A control connection's time limit.
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
     libc::SYS_sendto,
     libc::SYS_sendmsg,
     libc::SYS_recvmsg,
