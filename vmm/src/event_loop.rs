@@ -676,6 +676,15 @@ mod tests {
 
     #[test]
     fn a_removed_source_is_never_called_again_and_its_polls_are_gone() {
+        removed_source_is_gone(false);
+    }
+
+    #[test]
+    fn a_removed_edge_triggered_source_is_gone_too_its_multishot_polls_cancelled() {
+        removed_source_is_gone(true);
+    }
+
+    fn removed_source_is_gone(edge: bool) {
         let mut lp = new_loop();
         let (ours, mut peer) = UnixStream::pair().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
@@ -685,8 +694,11 @@ mod tests {
         };
         // A second descriptor whose poll is still armed when the source goes.
         let (idle, mut idle_peer) = UnixStream::pair().unwrap();
-        struct Both(OneShot, UnixStream);
+        struct Both(OneShot, UnixStream, bool);
         impl EventSource for Both {
+            fn edge_triggered(&self) -> bool {
+                self.2
+            }
             fn name(&self) -> &str {
                 "both"
             }
@@ -697,7 +709,9 @@ mod tests {
                 self.0.ready(fd)
             }
         }
-        lp.registrar().add(Box::new(Both(source, idle))).unwrap();
+        lp.registrar()
+            .add(Box::new(Both(source, idle, edge)))
+            .unwrap();
         peer.write_all(b"x").unwrap();
         run_until(&mut lp, "the source is called", || {
             calls.load(Ordering::SeqCst) == 1
