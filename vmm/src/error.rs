@@ -166,6 +166,18 @@ pub enum Error {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// An io_uring call of the device loop failed.
+    #[error("device loop: {op} failed")]
+    Uring {
+        /// The system call.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device loop has no room for another event source.
+    #[error("device loop: no room for another event source")]
+    EventSources,
     /// The signal used to kick vCPUs out of KVM_RUN could not be installed or sent.
     #[error("cannot install or send the vCPU kick signal")]
     Signal(#[source] vmm_sys_util::errno::Error),

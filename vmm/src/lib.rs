@@ -12,7 +12,7 @@
 //!   boot parameters, kernel command line, initrd.
 //! - [`mptable`]: the MP table announcing the vCPUs and the IOAPIC to the kernel.
 //! - [`devices`]: the 16550 serial port (vm-superio) and the i8042 reset line.
-//! - [`lifecycle`]: whether the VM runs and why it stopped (HLT, triple fault, i8042 reset,
+//! - [`lifecycle`]: whether the VM runs, is paused, and why it stopped (HLT, triple fault, i8042 reset,
 //!   system event, request, vCPU failure).
 //! - [`virtio`]: the virtio-mmio transport (version 2 register layout) with queue kicks as
 //!   KVM ioeventfds and interrupts as KVM irqfds, devices announced on the kernel command
@@ -20,15 +20,21 @@
 //!   ([`virtio::vhost_user`]).
 //! - [`seccomp`]: a filter per kind of thread (vCPU, main), installed by each thread once
 //!   its set-up is done.
+//! - [`event_loop`]: the device loop on io_uring, the one thread besides the vCPUs, driving
+//!   event sources (signals, sockets, device eventfds) added from any thread.
+//! - [`signals`], [`metrics`], [`api`]: what hull-vmm's main thread serves on the device
+//!   loop besides devices: SIGINT/SIGTERM, the metrics socket, and the control socket (an
+//!   HTTP/1.1 API like cloud-hypervisor's: pause, resume, shutdown, info, ping).
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
 //!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
 //! Not there yet (later slices of the issue): in-VMM virtio devices (vsock, console), the
-//! io_uring device loop, vhost-user reconnection, pause/resume, the control socket and the in-process API for the shim beyond
+//! vhost-user reconnection, the in-process API for the shim beyond
 //! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
 
 #![warn(clippy::cast_possible_truncation)]
 
+pub mod api;
 pub mod boot;
 pub mod bus;
 pub mod cpu;
@@ -37,8 +43,10 @@ mod error;
 pub mod event_loop;
 pub mod lifecycle;
 pub mod memory;
+pub mod metrics;
 pub mod mptable;
 pub mod seccomp;
+pub mod signals;
 pub mod virtio;
 pub mod vm;
 

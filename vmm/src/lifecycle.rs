@@ -4,9 +4,13 @@
 //! [`RunState`]. The first stop request wins and records its [`StopReason`]; later ones are
 //! ignored. The VM's owner waits on it, then kicks and joins the vCPU threads (see
 //! [`crate::vm`]).
+//!
+//! A [`PauseGate`] parks the vCPU threads outside KVM_RUN while the VM is paused: each
+//! thread checks it before every KVM_RUN and waits on it, and the pauser counts them in.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 /// Why a VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +115,65 @@ impl RunState {
             }
             reason = self.stopped.wait(reason).unwrap_or_else(|p| p.into_inner());
         }
+    }
+}
+
+/// Where vCPU threads wait while the VM is paused.
+#[derive(Debug, Default)]
+pub struct PauseGate {
+    requested: AtomicBool,
+    /// vCPU threads waiting in [`PauseGate::park`].
+    parked: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl PauseGate {
+    /// An open gate (the VM runs).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the VM is to be paused; vCPU threads check it before every KVM_RUN.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Closes (`true`) or opens the gate, waking the threads parked at it.
+    pub fn set(&self, paused: bool) {
+        let _parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        self.requested.store(paused, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// On a vCPU thread: waits while the gate is closed and the VM is not stopping.
+    pub fn park(&self, state: &RunState) {
+        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        *parked += 1;
+        self.changed.notify_all();
+        // A stop sets its flag before it wakes the gate ([`Self::wake`], under this lock),
+        // so it is seen here either before the wait or by the wake-up.
+        while self.requested() && !state.stop_requested() {
+            parked = self.changed.wait(parked).unwrap_or_else(|p| p.into_inner());
+        }
+        *parked -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Wakes the parked threads so they see a stop.
+    pub fn wake(&self) {
+        let _parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        self.changed.notify_all();
+    }
+
+    /// Threads parked now.
+    pub fn parked(&self) -> usize {
+        *self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until a thread parks or leaves, or `timeout` passes.
+    pub fn wait_for_change(&self, timeout: Duration) {
+        let parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.changed.wait_timeout(parked, timeout);
     }
 }
 

@@ -6,16 +6,18 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use hull_vmm::api::{ApiServer, ApiSocket};
 use hull_vmm::boot::{self, BootConfig, DEFAULT_CMDLINE};
 use hull_vmm::cpu::cpuid::CpuFeature;
+use hull_vmm::event_loop::{DeviceLoop, Registrar};
 use hull_vmm::lifecycle::StopReason;
+use hull_vmm::metrics::MetricsSource;
 use hull_vmm::seccomp::ThreadKind;
+use hull_vmm::signals::SignalSource;
 use hull_vmm::virtio::vhost_user::{
     VhostUserDevice, VhostUserKind, FS_TAG_MAX, VSOCK_CID_MAX, VSOCK_CID_MIN,
 };
 use hull_vmm::vm::{KickPath, Vm, VmConfig, MAX_VCPUS};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// Boot a Linux kernel in a KVM microVM; the guest's serial console (COM1) goes to stdout.
 #[derive(Debug, Parser)]
@@ -62,6 +64,11 @@ struct Args {
     /// Prometheus' text format on this unix socket, once per connection, while it runs.
     #[arg(long, value_name = "PATH")]
     metrics_socket: Option<PathBuf>,
+    /// Serve the control API (HTTP/1.1, like cloud-hypervisor's) on this unix socket, mode
+    /// 0600: `PUT /api/v1/vm.pause`, `vm.resume`, `vm.shutdown`; `GET /api/v1/vm.info`,
+    /// `/api/v1/vmm.ping` (try `curl --unix-socket PATH http://localhost/api/v1/vm.info`).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 /// Parses `SOCK,cid=N`.
@@ -166,29 +173,31 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     let entry = boot::load(vm.memory(), &boot).context("cannot load the kernel")?;
     // SIGINT and SIGTERM stop the VM cleanly. The main thread takes them itself, so the
     // process has one thread besides its vCPUs (issue 7: threads = vCPUs + 1): they are
-    // blocked here, before the vCPU threads inherit the mask, and the main thread waits for
-    // them with sigwait. A stop the guest makes (reset, halt, fault) reaches that wait as
-    // GUEST_STOPPED, which the VM's stop hook sends to the process.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.add(GUEST_STOPPED);
+    // blocked here, before the vCPU threads inherit the mask, and read from a signalfd on the
+    // device loop, which this thread runs until the VM stops (a stop the guest makes wakes
+    // it through the VM's stop hook).
+    let signals = hull_vmm::signals::stop_signals();
     signals
         .thread_block()
         .context("cannot block SIGINT, SIGTERM and SIGUSR1")?;
+    let registrar = Registrar::new().context("cannot set up the device loop")?;
+    let mut device_loop =
+        DeviceLoop::new(registrar.clone()).context("cannot set up the device loop")?;
     let state = vm.run_state();
-    state.on_stop(|| {
-        let _ = nix::sys::signal::kill(nix::unistd::getpid(), GUEST_STOPPED);
+    let waker = registrar.clone();
+    state.on_stop(move || {
+        let _ = waker.wake();
     });
-    // The blocked signals arrive on a signalfd, so the same wait can also answer metrics
-    // readers.
-    let signal_fd =
-        SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).context("cannot open a signalfd")?;
     let metrics = args
         .metrics_socket
         .map(|path| hull_metrics::MetricsListener::bind(&path))
         .transpose()
         .context("cannot serve the metrics socket")?;
+    let api = args
+        .api_socket
+        .map(|path| ApiSocket::bind(&path))
+        .transpose()
+        .context("cannot serve the api socket")?;
     // Each thread confines itself once its set-up is done: the vCPUs before their first
     // KVM_RUN, this thread once they run (see hull_vmm::seccomp).
     let main_filter = if hull_vmm::seccomp::enabled() {
@@ -201,118 +210,41 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     // Everything privileged is open: no thread needs a capability from here on.
     hull_vmm::seccomp::drop_capabilities().context("cannot drop capabilities")?;
     let running = vm.start(entry).context("cannot start the vCPUs")?;
+    serve(&registrar, &running, &signals, metrics, api)?;
     if let Some(program) = main_filter {
         hull_vmm::seccomp::apply(ThreadKind::Main, &program)?;
     }
-    loop {
-        let (signalled, reader) = match wait_for(&signal_fd, metrics.as_ref()) {
-            Ok(ready) => ready,
-            // poll fails only on bad arguments; the VM's own stop still ends the run.
-            Err(err) => {
-                tracing::warn!(%err, "cannot wait for signals");
-                break;
-            }
-        };
-        if reader {
-            if let Some(listener) = &metrics {
-                listener.answer(|| {
-                    let (pio, mmio) = running.unmapped_accesses();
-                    render_metrics(&running.exit_counts(), pio, mmio)
-                });
-            }
-        }
-        if !signalled {
-            continue;
-        }
-        match signal_fd.read_signal() {
-            Ok(Some(info)) => {
-                let signal = i32::try_from(info.ssi_signo)
-                    .ok()
-                    .and_then(|n| Signal::try_from(n).ok());
-                match signal {
-                    // Sent by the stop hook; one from elsewhere while the VM runs is ignored.
-                    Some(GUEST_STOPPED) if !state.stop_requested() => {}
-                    Some(GUEST_STOPPED) => break,
-                    other => {
-                        tracing::info!(signal = ?other, "stopping the VM");
-                        state.request_stop(StopReason::Requested);
-                        break;
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(%err, "cannot read the signalfd");
-                break;
-            }
-        }
+    if let Err(err) = device_loop.run(|| state.stop_requested()) {
+        // The VM cannot be served any more: stop it rather than leave it unreachable.
+        let err = anyhow::Error::from(err);
+        tracing::error!("the device loop failed, stopping the VM: {err:#}");
+        running.stop();
     }
-    // The socket file goes with the listener.
-    drop(metrics);
+    // The sockets' files go with their sources.
+    drop(device_loop);
+    drop(registrar.take());
     Ok(running.wait())
 }
 
-/// Waits until a blocked signal is pending or a metrics reader connects; answers which.
-fn wait_for(
-    signals: &SignalFd,
-    metrics: Option<&hull_metrics::MetricsListener>,
-) -> nix::Result<(bool, bool)> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-    if let Some(metrics) = metrics {
-        fds.push(PollFd::new(metrics.as_fd(), PollFlags::POLLIN));
+/// Puts the signals, the metrics socket and the control socket on the device loop.
+fn serve(
+    registrar: &Registrar,
+    running: &hull_vmm::vm::RunningVm,
+    signals: &nix::sys::signal::SigSet,
+    metrics: Option<hull_metrics::MetricsListener>,
+    api: Option<ApiSocket>,
+) -> anyhow::Result<()> {
+    let control = running.control();
+    let signal_source =
+        SignalSource::new(signals, control.clone()).context("cannot open a signalfd")?;
+    registrar.add(Box::new(signal_source))?;
+    if let Some(listener) = metrics {
+        registrar.add(Box::new(MetricsSource::new(listener, control.clone())))?;
     }
-    loop {
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => break,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(err) => return Err(err),
-        }
+    if let Some(socket) = api {
+        registrar.add(Box::new(ApiServer::new(socket, control, registrar.clone())))?;
     }
-    let ready = |fd: Option<&PollFd<'_>>| {
-        fd.and_then(|fd| fd.revents())
-            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
-    };
-    Ok((ready(fds.first()), ready(fds.get(1))))
-}
-
-/// The signal the VM's stop hook sends the process, to end the main thread's wait.
-const GUEST_STOPPED: Signal = Signal::SIGUSR1;
-
-/// Prometheus text of the VM's counters.
-fn render_metrics(exits: &[hull_vmm::cpu::vcpu::ExitCounts], pio: u64, mmio: u64) -> String {
-    use hull_metrics::Sample;
-    let mut samples = Vec::new();
-    for (vcpu, counts) in exits.iter().enumerate() {
-        for (kind, value) in [
-            ("pio_in", counts.pio_in),
-            ("pio_out", counts.pio_out),
-            ("mmio_read", counts.mmio_read),
-            ("mmio_write", counts.mmio_write),
-            ("interrupted", counts.interrupted),
-        ] {
-            samples.push(
-                Sample::counter(
-                    "hull_vmm_vcpu_exits_total",
-                    "Exits to the VMM handled, by vCPU and kind.",
-                    value,
-                )
-                .with_labels(format!("vcpu=\"{vcpu}\",kind=\"{kind}\"")),
-            );
-        }
-    }
-    for (bus, value) in [("pio", pio), ("mmio", mmio)] {
-        samples.push(
-            Sample::counter(
-                "hull_vmm_unclaimed_accesses_total",
-                "Guest port and MMIO accesses no device claims.",
-                value,
-            )
-            .with_labels(format!("bus=\"{bus}\"")),
-        );
-    }
-    hull_metrics::render(&samples)
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -15,9 +15,11 @@
 //! - vCPU threads: `ioctl` with KVM's vCPU and VM requests only (KVM_RUN, the register
 //!   reads of error reports, interrupt lines); `sendmsg`/`recvmsg`/`read`/`poll` for the
 //!   vhost-user frontend's messages, which a guest's driver writes set off;
-//! - the main thread: waiting on its signalfd and the metrics socket (`poll`, `read`,
-//!   `accept4`, `sendto`, `FIONBIO`, socket options), cutting vhost-user connections at the
-//!   stop (`shutdown`), removing the metrics socket (`unlink`).
+//! - the main thread: the device loop (`io_uring_enter`; the ring is set up before the
+//!   filter), its signalfd, the metrics and control sockets (`read`, `recvfrom`, `accept4`, `sendto`, timerfds,
+//!   `FIONBIO`, socket options, `poll`), pausing vCPUs (`tgkill` with the kick, futexes),
+//!   cutting vhost-user connections at the stop (`shutdown`), removing the sockets
+//!   (`unlink`).
 //!
 //! Left out, which is the point: opening files, creating sockets or connecting, execve,
 //! fork and new threads, ptrace, mount and namespaces, bpf, module loading, keyctl,
@@ -109,9 +111,16 @@ const VCPU: &[libc::c_long] = &[
 
 /// What only the main thread may call, with any arguments.
 const MAIN: &[libc::c_long] = &[
+    // The device loop (its ring is set up before the filter).
+    libc::SYS_io_uring_enter,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_accept4,
+    // A control connection's request (std's UnixStream reads with recv).
+    libc::SYS_recvfrom,
+    // A control connection's time limit.
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
     libc::SYS_sendto,
     libc::SYS_sendmsg,
     libc::SYS_recvmsg,
@@ -357,6 +366,30 @@ mod tests {
             unsafe { libc::syscall(libc::SYS_ioctl, -1, libc::TIOCSTI, 0) }
         });
         assert!(killed_by_sigsys(status), "TIOCSTI: status {status:#x}");
+    }
+
+    #[test]
+    fn the_main_thread_may_wait_on_its_ring_and_read_sockets_but_a_vcpu_may_not_use_a_ring() {
+        // io_uring_enter on fd -1 passes the main thread's filter and fails with EBADF.
+        let enter: fn() -> libc::c_long = || {
+            // SAFETY: io_uring_enter on an invalid fd; the kernel answers EBADF.
+            unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0) }
+        };
+        assert!(exited_cleanly(after_filter(ThreadKind::Main, enter)));
+        assert!(killed_by_sigsys(after_filter(ThreadKind::Vcpu, enter)));
+        let recv: fn() -> libc::c_long = || {
+            // SAFETY: recvfrom on an invalid fd with no buffer; the kernel answers EBADF.
+            unsafe { libc::syscall(libc::SYS_recvfrom, -1, 0, 0, 0, 0, 0) }
+        };
+        assert!(exited_cleanly(after_filter(ThreadKind::Main, recv)));
+        // Neither may set up a ring of its own.
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            let status = after_filter(kind, || {
+                // SAFETY: io_uring_setup with no parameters; the filter acts first.
+                unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, 0) }
+            });
+            assert!(killed_by_sigsys(status), "{kind:?}: status {status:#x}");
+        }
     }
 
     #[test]

@@ -5,8 +5,12 @@
 //! and starts one thread per vCPU, giving a [`RunningVm`]. Waiting on or dropping the running
 //! VM stops every vCPU and joins its thread; dropping it then closes the vCPU fds, the VM fd
 //! and guest memory, in that order.
+//!
+//! A [`VmControl`] (from [`RunningVm::control`]) is what other threads hold: the device
+//! loop's control socket pauses, resumes and stops the VM through it and reads its counters.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,7 +28,7 @@ use crate::cpu::vcpu::{self, ExitCounters, ExitCounts, Vcpu, VcpuEnd};
 use crate::cpu::{regs, EntryMode};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::serial::{Serial, SerialOutput, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
-use crate::lifecycle::{RunState, StopReason};
+use crate::lifecycle::{PauseGate, RunState, StopReason};
 use crate::memory::GuestMemory;
 use crate::mptable;
 use crate::virtio::mmio::{MmioTransport, NOTIFY_OFFSET};
@@ -300,30 +304,43 @@ impl Vm {
         }
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
+        let exits: Vec<Arc<ExitCounters>> = (0..self.config.vcpus)
+            .map(|_| Arc::new(ExitCounters::default()))
+            .collect();
+        let pause = Arc::new(PauseGate::new());
+        let control = VmControl(Arc::new(Control {
+            state: Arc::clone(&self.state),
+            pause: Arc::clone(&pause),
+            exits: exits.clone(),
+            pio: Arc::clone(&pio),
+            mmio: Arc::clone(&mmio),
+            vcpus: Mutex::new(Vec::with_capacity(fds.len())),
+            memory_mib: self.config.memory_mib,
+            vcpu_count: self.config.vcpus,
+        }));
         let mut running = RunningVm {
             thread_prefix: format!("vm{}-", self.id),
             threads: Vec::with_capacity(fds.len()),
-            exits: Vec::with_capacity(fds.len()),
-            pio: Arc::clone(&pio),
-            mmio: Arc::clone(&mmio),
+            control,
             state: self.state,
             disconnectors: self.disconnectors,
             vm_fd: self.vm_fd,
             memory: self.memory,
         };
         let alive = Arc::new(AtomicU8::new(self.config.vcpus));
-        for (id, fd) in (0..).zip(fds) {
-            let exits = Arc::new(ExitCounters::default());
-            running.exits.push(Arc::clone(&exits));
+        for ((id, fd), exits) in (0..).zip(fds).zip(exits) {
             let vcpu = Vcpu {
                 id,
                 fd,
                 pio: Arc::clone(&pio),
                 mmio: Arc::clone(&mmio),
                 state: Arc::clone(&running.state),
+                pause: Arc::clone(&pause),
                 running: Arc::clone(&alive),
-                exits: Arc::clone(&exits),
+                exits,
             };
+            let ended = Arc::new(AtomicBool::new(false));
+            let ended_guard = Ended(Arc::clone(&ended));
             let name = format!("{}vcpu{id}", running.thread_prefix);
             let guard = PanicStops(Arc::clone(&running.state), id);
             let filter = self.vcpu_filter.clone();
@@ -342,11 +359,18 @@ impl Vm {
                     }
                     let end = vcpu.run();
                     drop(guard);
+                    drop(ended_guard);
                     end
                 })
                 .map_err(|source| Error::Spawn { name, source });
             match thread {
-                Ok(thread) => running.threads.push(thread),
+                Ok(thread) => {
+                    running.control.lock_vcpus().push(VcpuThread {
+                        pthread: thread.as_pthread_t(),
+                        ended,
+                    });
+                    running.threads.push(thread);
+                }
                 // Dropping `running` stops and joins the vCPUs already started.
                 Err(err) => return Err(err),
             }
@@ -381,13 +405,132 @@ impl Drop for PanicStops {
     }
 }
 
+/// Marks a vCPU thread as ended when its closure returns or unwinds.
+struct Ended(Arc<AtomicBool>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A vCPU thread as a [`VmControl`] kicks it: listed only until it is joined, so a kick
+/// never reaches a joined (freed) thread.
+struct VcpuThread {
+    pthread: libc::pthread_t,
+    ended: Arc<AtomicBool>,
+}
+
+/// What a [`VmControl`] shares with its [`RunningVm`].
+struct Control {
+    state: Arc<RunState>,
+    pause: Arc<PauseGate>,
+    exits: Vec<Arc<ExitCounters>>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    /// The vCPU threads not yet joined; emptied, under this lock, before they are.
+    vcpus: Mutex<Vec<VcpuThread>>,
+    memory_mib: u64,
+    vcpu_count: u8,
+}
+
+/// A handle on a running VM for other threads (the device loop's control and metrics
+/// sockets): pause, resume, stop, and what it reports. Cheap to clone; it outlives the VM
+/// harmlessly (a pause after the vCPUs are joined returns at once).
+#[derive(Clone)]
+pub struct VmControl(Arc<Control>);
+
+impl std::fmt::Debug for VmControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmControl")
+            .field("paused", &self.is_paused())
+            .field("stopping", &self.0.state.stop_requested())
+            .finish()
+    }
+}
+
+impl VmControl {
+    fn lock_vcpus(&self) -> std::sync::MutexGuard<'_, Vec<VcpuThread>> {
+        self.0.vcpus.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pauses the VM: every vCPU thread leaves KVM_RUN (kicked) and waits; returns once all
+    /// that still run are parked, or the VM stops meanwhile. Pausing a paused VM does
+    /// nothing more.
+    pub fn pause(&self) {
+        self.0.pause.set(true);
+        loop {
+            {
+                let vcpus = self.lock_vcpus();
+                let live: Vec<&VcpuThread> = vcpus
+                    .iter()
+                    .filter(|t| !t.ended.load(Ordering::Acquire))
+                    .collect();
+                if self.0.state.stop_requested() || self.0.pause.parked() >= live.len() {
+                    return;
+                }
+                // Re-kicked until parked: one signal may land just before KVM_RUN.
+                for thread in live {
+                    // SAFETY: the thread is listed, so it has not been joined: its pthread_t
+                    // is valid (an ended, unjoined thread answers ESRCH or nothing). The
+                    // kick's handler does nothing but interrupt KVM_RUN.
+                    unsafe { libc::pthread_kill(thread.pthread, vcpu::kick_signal()) };
+                }
+            }
+            self.0.pause.wait_for_change(Duration::from_millis(1));
+        }
+    }
+
+    /// Lets a paused VM's vCPUs run again; nothing if it is not paused.
+    pub fn resume(&self) {
+        self.0.pause.set(false);
+    }
+
+    /// Whether the VM is paused (or being paused).
+    pub fn is_paused(&self) -> bool {
+        self.0.pause.requested()
+    }
+
+    /// Asks the VM to stop, paused or not.
+    pub fn stop(&self) {
+        self.0.state.request_stop(StopReason::Requested);
+        self.0.pause.wake();
+    }
+
+    /// The VM's run state.
+    pub fn run_state(&self) -> Arc<RunState> {
+        Arc::clone(&self.0.state)
+    }
+
+    /// Number of vCPUs.
+    pub fn vcpus(&self) -> u8 {
+        self.0.vcpu_count
+    }
+
+    /// Guest RAM in MiB.
+    pub fn memory_mib(&self) -> u64 {
+        self.0.memory_mib
+    }
+
+    /// Exits handled so far, per vCPU (index = vCPU ID).
+    pub fn exit_counts(&self) -> Vec<ExitCounts> {
+        self.0.exits.iter().map(|exits| exits.snapshot()).collect()
+    }
+
+    /// Guest accesses that hit no device so far: (port I/O, MMIO).
+    pub fn unmapped_accesses(&self) -> (u64, u64) {
+        (
+            self.0.pio.unmapped_accesses(),
+            self.0.mmio.unmapped_accesses(),
+        )
+    }
+}
+
 /// A VM whose vCPUs run.
 pub struct RunningVm {
     thread_prefix: String,
     threads: Vec<JoinHandle<VcpuEnd>>,
-    exits: Vec<Arc<ExitCounters>>,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
+    control: VmControl,
     state: Arc<RunState>,
     disconnectors: Vec<Disconnector>,
     // Dropped after the threads are joined (in `Drop`), and before `memory`.
@@ -399,7 +542,28 @@ impl RunningVm {
     /// Asks the VM to stop; [`Self::wait`] then returns [`StopReason::Requested`] unless the
     /// guest stopped first.
     pub fn stop(&self) {
-        self.state.request_stop(StopReason::Requested);
+        self.control.stop();
+    }
+
+    /// Pauses the VM: returns once every vCPU is parked outside KVM_RUN (see
+    /// [`VmControl::pause`]).
+    pub fn pause(&self) {
+        self.control.pause();
+    }
+
+    /// Lets a paused VM run again.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
+    }
+
+    /// A handle for other threads: pause, resume, stop, counters.
+    pub fn control(&self) -> VmControl {
+        self.control.clone()
     }
 
     /// Waits until the VM stops, joins every vCPU thread, and returns why it stopped.
@@ -421,12 +585,12 @@ impl RunningVm {
 
     /// Exits handled so far, per vCPU (index = vCPU ID).
     pub fn exit_counts(&self) -> Vec<ExitCounts> {
-        self.exits.iter().map(|exits| exits.snapshot()).collect()
+        self.control.exit_counts()
     }
 
     /// Guest accesses that hit no device so far: (port I/O, MMIO).
     pub fn unmapped_accesses(&self) -> (u64, u64) {
-        (self.pio.unmapped_accesses(), self.mmio.unmapped_accesses())
+        self.control.unmapped_accesses()
     }
 
     /// Guest memory, for inspection by tests and tools.
@@ -445,7 +609,10 @@ impl RunningVm {
     }
 
     fn join_vcpus(&mut self) {
-        self.state.request_stop(StopReason::Requested);
+        // Parked vCPUs wake and see the stop.
+        self.control.stop();
+        // No kick from a VmControl reaches a thread from here on.
+        self.control.lock_vcpus().clear();
         // A vCPU may be waiting on a vhost-user backend's reply: cut those connections so
         // it returns (the backends see the frontend go, as they would at the VM's end).
         for disconnector in self.disconnectors.drain(..) {

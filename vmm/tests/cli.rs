@@ -54,6 +54,8 @@ fn help_documents_every_flag() {
         "--vhost-user-fs <SOCK,tag=TAG>",
         "--vhost-user-net <SOCK>",
         "--vhost-user-vsock <SOCK,cid=N>",
+        "--metrics-socket <PATH>",
+        "--api-socket <PATH>",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

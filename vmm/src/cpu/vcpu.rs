@@ -4,7 +4,8 @@
 //! Another thread stops a vCPU by setting the VM's stop flag and sending the thread
 //! [`kick_signal`]: the signal interrupts KVM_RUN (EINTR) and the loop sees the flag. The
 //! signal is re-sent until the thread has ended, so a kick that lands just before KVM_RUN
-//! is never lost.
+//! is never lost. A pause is the same kick with the pause flag: the thread then waits at the
+//! VM's [`PauseGate`] until it is resumed or stopped.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Once};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Once};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
-use crate::lifecycle::{RunState, StopReason};
+use crate::lifecycle::{PauseGate, RunState, StopReason};
 use crate::{Error, Result};
 
 /// The real-time signal (offset from SIGRTMIN) that kicks vCPU threads out of KVM_RUN.
@@ -101,6 +102,8 @@ pub struct Vcpu {
     pub mmio: Arc<Bus>,
     /// The VM's run state.
     pub state: Arc<RunState>,
+    /// Where the thread waits, outside KVM_RUN, while the VM is paused.
+    pub pause: Arc<PauseGate>,
     /// vCPUs still running; the last one to halt stops the VM.
     pub running: Arc<AtomicU8>,
     /// This vCPU's exit counters.
@@ -132,6 +135,10 @@ impl Vcpu {
         loop {
             if self.state.stop_requested() {
                 return VcpuEnd::Stopped;
+            }
+            if self.pause.requested() {
+                self.pause.park(&self.state);
+                continue;
             }
             let stop = |reason| {
                 self.state.request_stop(reason);
