@@ -88,3 +88,91 @@ impl Registrar {
         self.0.wake.write(1).map_err(crate::Error::EventFd)
     }
 }
+
+/// Sources a [`poll_sources`] caller drives, each with the descriptors it asked for when it
+/// was taken.
+pub type PolledSources = Vec<(Box<dyn EventSource>, Vec<RawFd>)>;
+
+/// STAND-IN for the io_uring device loop (to be replaced by it): one `poll(2)` round on the
+/// calling thread. Takes the sources `registrar` holds into `sources`, waits up to `timeout`
+/// (`None`: until something is ready) for `extra` (the caller's own descriptors), the
+/// registrar's wake-up and every source's descriptors, calls [`EventSource::ready`] for each
+/// ready source descriptor (dropping sources that answer [`Next::Remove`]), and answers,
+/// per `extra` descriptor, whether it is readable (or hung up, or in error).
+///
+/// hull-vmm's main thread calls it in its wait for signals, so in-VMM devices run before
+/// the loop exists; tests call it to drive devices by hand.
+pub fn poll_sources(
+    registrar: &Registrar,
+    sources: &mut PolledSources,
+    extra: &[std::os::fd::BorrowedFd<'_>],
+    timeout: Option<std::time::Duration>,
+) -> crate::Result<Vec<bool>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::BorrowedFd;
+
+    let take = |sources: &mut PolledSources| {
+        for source in registrar.take() {
+            let fds = source.fds();
+            sources.push((source, fds));
+        }
+    };
+    take(sources);
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        // Longer waits than PollTimeout::MAX (about 24 days) wait that long.
+        Some(timeout) => PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
+    };
+    let source_fds: Vec<RawFd> = sources
+        .iter()
+        .flat_map(|(_, fds)| fds.iter().copied())
+        .collect();
+    let wake_fd = registrar.wake_fd();
+    let (extra_ready, ready_fds) = {
+        // SAFETY: the registrar owns its wake eventfd and each source owns the descriptors
+        // it listed for as long as it lives (the contract of `EventSource::fds`); both
+        // outlive these borrows, which end with this block.
+        let borrowed: Vec<BorrowedFd<'_>> = std::iter::once(wake_fd)
+            .chain(source_fds.iter().copied())
+            .map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
+            .collect();
+        let mut pollfds: Vec<PollFd<'_>> = extra
+            .iter()
+            .chain(&borrowed)
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        loop {
+            match poll(&mut pollfds, timeout) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(err) => return Err(crate::Error::Poll(err.into())),
+            }
+        }
+        let readable = |fd: &PollFd<'_>| {
+            fd.revents().is_some_and(|r| {
+                r.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP)
+            })
+        };
+        let mut extra_ready: Vec<bool> = pollfds.iter().map(readable).collect();
+        let rest = extra_ready.split_off(extra.len());
+        let ready_fds: Vec<RawFd> = std::iter::once(wake_fd)
+            .chain(source_fds.iter().copied())
+            .zip(rest)
+            .filter_map(|(fd, ready)| ready.then_some(fd))
+            .collect();
+        (extra_ready, ready_fds)
+    };
+    if ready_fds.contains(&wake_fd) {
+        take(sources);
+    }
+    sources.retain_mut(|(source, fds)| {
+        for fd in fds.iter().filter(|fd| ready_fds.contains(fd)) {
+            if source.ready(*fd) == Next::Remove {
+                tracing::debug!(source = source.name(), "event source removed");
+                return false;
+            }
+        }
+        true
+    });
+    Ok(extra_ready)
+}
