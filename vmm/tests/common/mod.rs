@@ -10,6 +10,7 @@ use hull_tests::prereq::Missing;
 
 pub mod backend;
 pub mod driver;
+pub mod vsock;
 
 /// /dev/kvm opens read-write (small guests run even without hardware virtualization).
 pub fn kvm() -> Result<(), Missing> {
