@@ -1,5 +1,6 @@
 //! `hull-vmm`: boots one microVM from a kernel (and initrd) with the serial console on
-//! stdout, and vhost-user devices behind virtio-mmio, and exits when the guest stops.
+//! stdout, vhost-user devices and an in-VMM vsock device behind virtio-mmio, and exits when
+//! the guest stops.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,11 +9,13 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use hull_vmm::boot::{self, BootConfig, DEFAULT_CMDLINE};
 use hull_vmm::cpu::cpuid::CpuFeature;
+use hull_vmm::event_loop::{poll_sources, PolledSources, Registrar};
 use hull_vmm::lifecycle::StopReason;
 use hull_vmm::seccomp::ThreadKind;
 use hull_vmm::virtio::vhost_user::{
     VhostUserDevice, VhostUserKind, FS_TAG_MAX, VSOCK_CID_MAX, VSOCK_CID_MIN,
 };
+use hull_vmm::virtio::vsock::Vsock;
 use hull_vmm::vm::{KickPath, Vm, VmConfig, MAX_VCPUS};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -58,6 +61,21 @@ struct Args {
     /// backend on SOCK (hull-vsock, started with the same --guest-cid); at most one.
     #[arg(long, value_name = "SOCK,cid=N", value_parser = parse_vsock)]
     vhost_user_vsock: Option<(PathBuf, u64)>,
+    /// An in-VMM virtio-vsock device (no hull-vsock process) whose host side is the
+    /// hybrid-vsock unix socket PATH: a host process connects to PATH and writes
+    /// "CONNECT <port>\n" to reach the guest's port (answered "OK <hostport>\n"); a guest
+    /// connection to host port P goes to the unix socket PATH_P. Needs --guest-cid.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "guest_cid",
+        conflicts_with = "vhost_user_vsock"
+    )]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context id for --vsock-uds, 3 to 4294967294.
+    #[arg(long, value_name = "N", requires = "vsock_uds",
+          value_parser = clap::value_parser!(u64).range(VSOCK_CID_MIN..=VSOCK_CID_MAX))]
+    guest_cid: Option<u64>,
     /// Serve the VM's counters (vCPU exits by kind, unclaimed guest accesses) in
     /// Prometheus' text format on this unix socket, once per connection, while it runs.
     #[arg(long, value_name = "PATH")]
@@ -153,6 +171,14 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         vm.add_virtio_mmio(Box::new(device), KickPath::Kernel)
             .with_context(|| format!("cannot add the device of {}", socket.display()))?;
     }
+    // In-VMM devices hand their descriptors to the device loop through this registrar.
+    let registrar = Registrar::new().context("cannot set up the device loop")?;
+    if let (Some(path), Some(cid)) = (args.vsock_uds, args.guest_cid) {
+        let device = Vsock::new(&path, cid, registrar.clone())
+            .with_context(|| format!("cannot add the vsock device on {}", path.display()))?;
+        vm.add_virtio_mmio(Box::new(device), KickPath::Kernel)
+            .context("cannot add the vsock device")?;
+    }
     let mut cmdline = args.cmdline;
     let virtio = vm.virtio_cmdline();
     if !virtio.is_empty() {
@@ -204,8 +230,10 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     if let Some(program) = main_filter {
         hull_vmm::seccomp::apply(ThreadKind::Main, &program)?;
     }
+    let mut sources = PolledSources::new();
     loop {
-        let (signalled, reader) = match wait_for(&signal_fd, metrics.as_ref()) {
+        let waited = wait_for(&signal_fd, metrics.as_ref(), &registrar, &mut sources);
+        let (signalled, reader) = match waited {
             Ok(ready) => ready,
             // poll fails only on bad arguments; the VM's own stop still ends the run.
             Err(err) => {
@@ -249,32 +277,27 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     }
     // The socket file goes with the listener.
     drop(metrics);
-    Ok(running.wait())
+    let reason = running.wait();
+    // The vsock device's socket file goes with its source, once the VM is gone.
+    drop(sources);
+    Ok(reason)
 }
 
 /// Waits until a blocked signal is pending or a metrics reader connects; answers which.
+/// In-VMM devices' event sources are driven meanwhile (poll_sources stands in for the
+/// io_uring device loop until it lands).
 fn wait_for(
     signals: &SignalFd,
     metrics: Option<&hull_metrics::MetricsListener>,
-) -> nix::Result<(bool, bool)> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    registrar: &Registrar,
+    sources: &mut PolledSources,
+) -> hull_vmm::Result<(bool, bool)> {
     use std::os::fd::AsFd;
-    let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-    if let Some(metrics) = metrics {
-        fds.push(PollFd::new(metrics.as_fd(), PollFlags::POLLIN));
-    }
-    loop {
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => break,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(err) => return Err(err),
-        }
-    }
-    let ready = |fd: Option<&PollFd<'_>>| {
-        fd.and_then(|fd| fd.revents())
-            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
-    };
-    Ok((ready(fds.first()), ready(fds.get(1))))
+    let mut fds = vec![signals.as_fd()];
+    fds.extend(metrics.map(AsFd::as_fd));
+    let ready = poll_sources(registrar, sources, &fds, None)?;
+    let ready = |index: usize| ready.get(index).copied().unwrap_or(false);
+    Ok((ready(0), ready(1)))
 }
 
 /// The signal the VM's stop hook sends the process, to end the main thread's wait.
@@ -399,5 +422,46 @@ mod tests {
         let err = Args::try_parse_from(["hull-vmm", "--kernel", "k", "--vhost-user-vsock", "s"])
             .unwrap_err();
         assert!(err.to_string().contains("is not SOCK,cid=N"), "{err}");
+    }
+
+    #[test]
+    fn in_vmm_vsock_takes_a_socket_and_a_guest_cid_together() {
+        let args = Args::try_parse_from([
+            "hull-vmm",
+            "--kernel",
+            "k",
+            "--vsock-uds",
+            "/run/v.sock",
+            "--guest-cid",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(args.vsock_uds, Some(PathBuf::from("/run/v.sock")));
+        assert_eq!(args.guest_cid, Some(3));
+        let refused = |extra: &[&str]| {
+            let mut argv = vec!["hull-vmm", "--kernel", "k"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap_err().to_string()
+        };
+        let err = refused(&["--vsock-uds", "v.sock"]);
+        assert!(err.contains("--guest-cid"), "{err}");
+        let err = refused(&["--guest-cid", "3"]);
+        assert!(err.contains("--vsock-uds"), "{err}");
+        for cid in ["2", "4294967295", "x"] {
+            let err = refused(&["--vsock-uds", "v.sock", "--guest-cid", cid]);
+            assert!(err.contains("--guest-cid") && err.contains(cid), "{err}");
+        }
+        let err = refused(&[
+            "--vsock-uds",
+            "v.sock",
+            "--guest-cid",
+            "3",
+            "--vhost-user-vsock",
+            "s,cid=3",
+        ]);
+        assert!(
+            err.contains("--vsock-uds") && err.contains("--vhost-user-vsock"),
+            "{err}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use hull_tests::prereq::Missing;
 
+pub mod asm;
 pub mod backend;
 pub mod driver;
 pub mod vsock;
