@@ -16,15 +16,19 @@
 //!   system event, request, vCPU failure).
 //! - [`virtio`]: the virtio-mmio transport (version 2 register layout) with queue kicks as
 //!   KVM ioeventfds and interrupts as KVM irqfds, devices announced on the kernel command
-//!   line, and the generic vhost-user frontend for blk, net and fs backends
-//!   ([`virtio::vhost_user`]).
+//!   line, the generic vhost-user frontend for blk, net and fs backends
+//!   ([`virtio::vhost_user`]), and the in-VMM vsock device with a hybrid unix socket
+//!   ([`virtio::vsock`], on hull-devices' vsock model).
+//! - [`event_loop`]: how in-VMM devices hand their descriptors to the device loop
+//!   ([`event_loop::EventSource`], [`event_loop::Registrar`]), and `poll_sources`, which
+//!   drives them on hull-vmm's main thread until the io_uring loop lands.
 //! - [`seccomp`]: a filter per kind of thread (vCPU, main), installed by each thread once
 //!   its set-up is done.
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
 //!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
-//! Not there yet (later slices of the issue): in-VMM virtio devices (vsock, console), the
-//! io_uring device loop, vhost-user reconnection, pause/resume, the control socket and the in-process API for the shim beyond
+//! Not there yet (later slices of the issue): in-VMM virtio devices other than vsock
+//! (console), the io_uring device loop, vhost-user reconnection, pause/resume, the control socket and the in-process API for the shim beyond
 //! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
 
 #![warn(clippy::cast_possible_truncation)]
