@@ -133,6 +133,8 @@ const MAIN: &[libc::c_long] = &[
     libc::SYS_epoll_ctl,
     libc::SYS_timerfd_settime,
     libc::SYS_connect,
+    // std reads sockets with recv(2).
+    libc::SYS_recvfrom,
 ];
 
 /// KVM's ioctl requests a vCPU thread makes: running, the register reads of error reports,
