@@ -76,8 +76,9 @@ struct Args {
     #[arg(long, value_name = "N", requires = "vsock_uds",
           value_parser = clap::value_parser!(u64).range(VSOCK_CID_MIN..=VSOCK_CID_MAX))]
     guest_cid: Option<u64>,
-    /// Serve the VM's counters (vCPU exits by kind, unclaimed guest accesses) in
-    /// Prometheus' text format on this unix socket, once per connection, while it runs.
+    /// Serve the VM's counters (vCPU exits by kind, unclaimed guest accesses, the in-VMM
+    /// vsock device's packets and connections) in Prometheus' text format on this unix
+    /// socket, once per connection, while it runs.
     #[arg(long, value_name = "PATH")]
     metrics_socket: Option<PathBuf>,
 }
@@ -173,9 +174,11 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     }
     // In-VMM devices hand their descriptors to the device loop through this registrar.
     let registrar = Registrar::new().context("cannot set up the device loop")?;
+    let mut vsock_counters = None;
     if let (Some(path), Some(cid)) = (args.vsock_uds, args.guest_cid) {
         let device = Vsock::new(&path, cid, registrar.clone())
             .with_context(|| format!("cannot add the vsock device on {}", path.display()))?;
+        vsock_counters = Some(device.counters());
         vm.add_virtio_mmio(Box::new(device), KickPath::Kernel)
             .context("cannot add the vsock device")?;
     }
@@ -245,7 +248,12 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
             if let Some(listener) = &metrics {
                 listener.answer(|| {
                     let (pio, mmio) = running.unmapped_accesses();
-                    render_metrics(&running.exit_counts(), pio, mmio)
+                    let mut text = render_metrics(&running.exit_counts(), pio, mmio);
+                    if let Some(counters) = vsock_counters.as_ref().and_then(|c| c.snapshot()) {
+                        let samples = hull_devices::metrics::vsock_samples(&counters);
+                        text.push_str(&hull_metrics::render(&samples));
+                    }
+                    text
                 });
             }
         }

@@ -179,9 +179,15 @@ fn vsock_uds_is_there_while_hull_vmm_runs_and_gone_after() {
     ];
     let kernel = TempFile::new("vsock-spin-kernel", &tiny_kernel(&code));
     let uds = std::env::temp_dir().join(format!("hull-vmm-cli-{}-v.sock", std::process::id()));
+    let metrics = std::env::temp_dir().join(format!(
+        "hull-vmm-cli-{}-vsock-metrics.sock",
+        std::process::id()
+    ));
     let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
             .args(["--kernel", kernel.0.to_str().unwrap(), "--memory", "32"])
+            .arg("--metrics-socket")
+            .arg(&metrics)
             .arg("--vsock-uds")
             .arg(&uds)
             .args(["--guest-cid", "3"])
@@ -204,6 +210,16 @@ fn vsock_uds_is_there_while_hull_vmm_runs_and_gone_after() {
     assert!(meta.file_type().is_socket());
     // A host process can connect (the guest has no driver: nothing answers yet).
     std::os::unix::net::UnixStream::connect(&uds).expect("hull-vmm listens on it");
+    // The device's counters are on the metrics socket.
+    let mut text = String::new();
+    std::os::unix::net::UnixStream::connect(&metrics)
+        .expect("hull-vmm serves its metrics socket")
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(
+        text.contains("hull_vsock_connections_total 0\n"),
+        "no vsock series in:\n{text}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

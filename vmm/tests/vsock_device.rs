@@ -19,7 +19,7 @@ use hull_vmm::bus::{Bus, SharedDevice};
 use hull_vmm::event_loop::{poll_sources, PolledSources, Registrar};
 use hull_vmm::memory::GuestMemory;
 use hull_vmm::virtio::mmio::MmioTransport;
-use hull_vmm::virtio::vsock::Vsock;
+use hull_vmm::virtio::vsock::{Vsock, VsockCounters};
 use hull_vmm::virtio::{MMIO_BASE, MMIO_SIZE, TYPE_VSOCK};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -42,6 +42,7 @@ struct Rig {
     rx_seen: u16,
     /// Where the next transmitted packet is written.
     next_tx: u64,
+    counters: VsockCounters,
 }
 
 impl Rig {
@@ -52,6 +53,7 @@ impl Rig {
         let device = Vsock::new(&dir.0.join("v.sock"), GUEST_CID, registrar.clone())
             .expect("the device listens on its hybrid socket");
         assert!(dir.0.join("v.sock").exists(), "the hybrid socket is there");
+        let counters = device.counters();
         let transport = Arc::new(Mutex::new(
             MmioTransport::new(Box::new(device), memory.mmap().clone()).unwrap(),
         ));
@@ -70,6 +72,7 @@ impl Rig {
             rx_bufs: Vec::new(),
             rx_seen: 0,
             next_tx: 0,
+            counters,
         };
         rig.start(0x10_0000);
         rig
@@ -237,6 +240,12 @@ fn guest_connection_reaches_the_host_listener_and_bytes_flow_both_ways() {
     };
     assert_eq!((data.src_port, data.dst_port), (1024, 5000));
     assert_eq!(data.payload, b"hello from the host");
+    let counters = rig.counters.snapshot().expect("the device is there");
+    assert_eq!(
+        (counters.conns_opened, counters.tx_bytes, counters.rx_bytes),
+        (1, payload.len() as u64, 19),
+        "{counters:?}"
+    );
 }
 
 #[test]

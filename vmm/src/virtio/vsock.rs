@@ -19,9 +19,10 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use hull_devices::vsock::device::{EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+use hull_devices::vsock::metrics::Counters;
 use hull_devices::vsock::{Muxer, VsockDevice as VsockModel};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -108,6 +109,32 @@ impl Vsock {
     /// The hybrid-vsock socket's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A handle that reads the device's counters from another thread (the metrics socket);
+    /// it does not keep the device alive.
+    pub fn counters(&self) -> VsockCounters {
+        VsockCounters(Arc::downgrade(&self.shared))
+    }
+}
+
+/// Reads a [`Vsock`] device's counters (packets, bytes, drops, connections) since it was
+/// created, across driver resets.
+#[derive(Clone)]
+pub struct VsockCounters(Weak<Mutex<Shared>>);
+
+impl std::fmt::Debug for VsockCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("VsockCounters").finish_non_exhaustive()
+    }
+}
+
+impl VsockCounters {
+    /// The counters now; `None` once the device and its event source are gone.
+    pub fn snapshot(&self) -> Option<Counters> {
+        let shared = self.0.upgrade()?;
+        let counters = lock(&shared).model.counters();
+        Some(counters)
     }
 }
 
