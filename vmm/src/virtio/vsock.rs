@@ -11,11 +11,12 @@
 //! At activation the device hands an [`EventSource`] to the device loop through its
 //! [`Registrar`]: it waits on the rx, tx and event queues' kick eventfds, on the muxer's
 //! epoll descriptor (the host sockets) and on a stop eventfd. The source and the device
-//! share the device model behind a mutex that only the loop thread holds for long: a vCPU
-//! takes it only to read nothing and to mark a reset. A reset (on a vCPU thread, which may
-//! not touch sockets) marks the connections for closing and signals the stop eventfd; the
-//! loop thread closes them before anything else touches the host side, and the old source
-//! goes. The hybrid socket keeps listening for the next driver.
+//! share the device model behind a mutex that the loop thread holds while it handles an
+//! event; a vCPU takes it only briefly, at activation and reset (and the metrics reader to
+//! copy the counters). A reset (on a vCPU thread, whose seccomp filter forbids socket
+//! work) marks the connections for closing and signals the stop eventfd; the loop thread
+//! closes them before anything else touches the host side, and the old source goes. The
+//! hybrid socket keeps listening for the next driver.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
