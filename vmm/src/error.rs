@@ -189,6 +189,47 @@ pub enum Error {
         /// What is wrong with it.
         fault: crate::virtio::mmio::QueueFault,
     },
+    /// A queue the transport accepted cannot be set up by an in-VMM device.
+    #[error("virtio queue {index} cannot be set up")]
+    QueueSetup {
+        /// The queue index.
+        index: u16,
+        /// What virtio-queue refused.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The driver activated an in-VMM device without a queue it needs.
+    #[error("the driver did not make queue {index} ({name}) of the {device} device ready")]
+    QueueMissing {
+        /// The device (`"virtio-vsock"`).
+        device: &'static str,
+        /// The queue index.
+        index: u16,
+        /// The queue's name in the spec.
+        name: &'static str,
+    },
+    /// A vsock guest context id outside the range guests may have.
+    #[error(
+        "vsock guest cid {cid} must be {} to {}",
+        crate::virtio::vhost_user::VSOCK_CID_MIN,
+        crate::virtio::vhost_user::VSOCK_CID_MAX
+    )]
+    VsockCid {
+        /// The context id given.
+        cid: u64,
+    },
+    /// Waiting for the device loop's descriptors failed.
+    #[error("cannot poll the device loop's descriptors")]
+    Poll(#[source] std::io::Error),
+    /// The vsock device's host side (its hybrid unix socket) cannot be set up.
+    #[error("cannot set up the vsock device on {path}")]
+    Vsock {
+        /// The hybrid-vsock socket path.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: hull_devices::Error,
+    },
     /// No interrupt line or MMIO window is left for another virtio-mmio device.
     #[error("no room for another virtio-mmio device: {0}")]
     VirtioSlots(&'static str),

@@ -259,18 +259,42 @@ impl DeviceLoop {
     /// One turn: takes new sources, arms what needs arming, waits for at least one event
     /// and handles every completion there is.
     pub fn turn(&mut self) -> Result<()> {
+        self.turn_within(None)
+    }
+
+    /// [`Self::turn`], waiting at most `timeout` for an event (a test driving devices by
+    /// hand, which may expect none).
+    pub fn turn_for(&mut self, timeout: std::time::Duration) -> Result<()> {
+        self.turn_within(Some(timeout))
+    }
+
+    fn turn_within(&mut self, timeout: Option<std::time::Duration>) -> Result<()> {
         if std::mem::take(&mut self.woken) {
             self.take_new()?;
         }
         if !self.wake_armed {
             self.arm_wake()?;
         }
+        let timespec = timeout.map(|t| {
+            io_uring::types::Timespec::new()
+                .sec(t.as_secs())
+                .nsec(t.subsec_nanos())
+        });
+        let args = timespec
+            .as_ref()
+            .map(|ts| io_uring::types::SubmitArgs::new().timespec(ts));
         loop {
-            match self.ring.submit_and_wait(1) {
+            let waited = match &args {
+                None => self.ring.submit_and_wait(1),
+                Some(args) => self.ring.submitter().submit_with_args(1, args),
+            };
+            match waited {
                 Ok(_) => break,
                 Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
                 // The completion queue is full: handle what is there, then submit again.
                 Err(err) if err.raw_os_error() == Some(libc::EBUSY) => break,
+                // The timeout passed with nothing to handle.
+                Err(err) if err.raw_os_error() == Some(libc::ETIME) => break,
                 Err(err) => return Err(uring("io_uring_enter")(err)),
             }
         }

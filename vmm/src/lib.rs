@@ -16,20 +16,22 @@
 //!   system event, request, vCPU failure).
 //! - [`virtio`]: the virtio-mmio transport (version 2 register layout) with queue kicks as
 //!   KVM ioeventfds and interrupts as KVM irqfds, devices announced on the kernel command
-//!   line, and the generic vhost-user frontend for blk, net and fs backends
-//!   ([`virtio::vhost_user`]).
+//!   line, the generic vhost-user frontend for blk, net and fs backends
+//!   ([`virtio::vhost_user`]), and the in-VMM vsock device with a hybrid unix socket
+//!   ([`virtio::vsock`], on hull-devices' vsock model).
 //! - [`seccomp`]: a filter per kind of thread (vCPU, main), installed by each thread once
 //!   its set-up is done.
 //! - [`event_loop`]: the device loop on io_uring, the one thread besides the vCPUs, driving
-//!   event sources (signals, sockets, device eventfds) added from any thread.
+//!   event sources (signals, sockets, in-VMM devices' eventfds) added from any thread through
+//!   a [`event_loop::Registrar`].
 //! - [`signals`], [`metrics`], [`api`]: what hull-vmm's main thread serves on the device
 //!   loop besides devices: SIGINT/SIGTERM, the metrics socket, and the control socket (an
 //!   HTTP/1.1 API like cloud-hypervisor's: pause, resume, shutdown, info, ping).
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
 //!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
-//! Not there yet (later slices of the issue): in-VMM virtio devices (vsock, console), the
-//! vhost-user reconnection, the in-process API for the shim beyond
+//! Not there yet (later slices of the issue): in-VMM virtio devices other than vsock
+//! (console), vhost-user reconnection, the in-process API for the shim beyond
 //! create/start/stop/wait, serial input, ACPI tables, an RTC, hugepages.
 
 #![warn(clippy::cast_possible_truncation)]

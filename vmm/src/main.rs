@@ -1,5 +1,6 @@
 //! `hull-vmm`: boots one microVM from a kernel (and initrd) with the serial console on
-//! stdout, and vhost-user devices behind virtio-mmio, and exits when the guest stops.
+//! stdout, vhost-user devices and an in-VMM vsock device behind virtio-mmio, and exits when
+//! the guest stops.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use hull_vmm::signals::SignalSource;
 use hull_vmm::virtio::vhost_user::{
     VhostUserDevice, VhostUserKind, FS_TAG_MAX, VSOCK_CID_MAX, VSOCK_CID_MIN,
 };
+use hull_vmm::virtio::vsock::Vsock;
 use hull_vmm::vm::{KickPath, Vm, VmConfig, MAX_VCPUS};
 
 /// Boot a Linux kernel in a KVM microVM; the guest's serial console (COM1) goes to stdout.
@@ -60,8 +62,24 @@ struct Args {
     /// backend on SOCK (hull-vsock, started with the same --guest-cid); at most one.
     #[arg(long, value_name = "SOCK,cid=N", value_parser = parse_vsock)]
     vhost_user_vsock: Option<(PathBuf, u64)>,
-    /// Serve the VM's counters (vCPU exits by kind, unclaimed guest accesses) in
-    /// Prometheus' text format on this unix socket, once per connection, while it runs.
+    /// An in-VMM virtio-vsock device (no hull-vsock process) whose host side is the
+    /// hybrid-vsock unix socket PATH: a host process connects to PATH and writes
+    /// "CONNECT <port>\n" to reach the guest's port (answered "OK <hostport>\n"); a guest
+    /// connection to host port P goes to the unix socket PATH_P. Needs --guest-cid.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "guest_cid",
+        conflicts_with = "vhost_user_vsock"
+    )]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context id for --vsock-uds, 3 to 4294967294.
+    #[arg(long, value_name = "N", requires = "vsock_uds",
+          value_parser = clap::value_parser!(u64).range(VSOCK_CID_MIN..=VSOCK_CID_MAX))]
+    guest_cid: Option<u64>,
+    /// Serve the VM's counters (vCPU exits by kind, unclaimed guest accesses, the in-VMM
+    /// vsock device's packets and connections) in Prometheus' text format on this unix
+    /// socket, once per connection, while it runs.
     #[arg(long, value_name = "PATH")]
     metrics_socket: Option<PathBuf>,
     /// Serve the control API (HTTP/1.1, like cloud-hypervisor's) on this unix socket, mode
@@ -160,6 +178,16 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         vm.add_virtio_mmio(Box::new(device), KickPath::Kernel)
             .with_context(|| format!("cannot add the device of {}", socket.display()))?;
     }
+    // In-VMM devices hand their descriptors to the device loop through this registrar.
+    let registrar = Registrar::new().context("cannot set up the device loop")?;
+    let mut vsock_counters = None;
+    if let (Some(path), Some(cid)) = (args.vsock_uds, args.guest_cid) {
+        let device = Vsock::new(&path, cid, registrar.clone())
+            .with_context(|| format!("cannot add the vsock device on {}", path.display()))?;
+        vsock_counters = Some(device.counters());
+        vm.add_virtio_mmio(Box::new(device), KickPath::Kernel)
+            .context("cannot add the vsock device")?;
+    }
     let mut cmdline = args.cmdline;
     let virtio = vm.virtio_cmdline();
     if !virtio.is_empty() {
@@ -180,7 +208,6 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     signals
         .thread_block()
         .context("cannot block SIGINT, SIGTERM and SIGUSR1")?;
-    let registrar = Registrar::new().context("cannot set up the device loop")?;
     let mut device_loop =
         DeviceLoop::new(registrar.clone()).context("cannot set up the device loop")?;
     let state = vm.run_state();
@@ -210,7 +237,7 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     // Everything privileged is open: no thread needs a capability from here on.
     hull_vmm::seccomp::drop_capabilities().context("cannot drop capabilities")?;
     let running = vm.start(entry).context("cannot start the vCPUs")?;
-    serve(&registrar, &running, &signals, metrics, api)?;
+    serve(&registrar, &running, &signals, metrics, vsock_counters, api)?;
     if let Some(program) = main_filter {
         hull_vmm::seccomp::apply(ThreadKind::Main, &program)?;
     }
@@ -220,10 +247,11 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         tracing::error!("the device loop failed, stopping the VM: {err:#}");
         running.stop();
     }
-    // The sockets' files go with their sources.
+    let reason = running.wait();
+    // The sockets' files go with their sources (the vsock device's once no vCPU runs).
     drop(device_loop);
     drop(registrar.take());
-    Ok(running.wait())
+    Ok(reason)
 }
 
 /// Puts the signals, the metrics socket and the control socket on the device loop.
@@ -232,6 +260,7 @@ fn serve(
     running: &hull_vmm::vm::RunningVm,
     signals: &nix::sys::signal::SigSet,
     metrics: Option<hull_metrics::MetricsListener>,
+    vsock_counters: Option<hull_vmm::virtio::vsock::VsockCounters>,
     api: Option<ApiSocket>,
 ) -> anyhow::Result<()> {
     let control = running.control();
@@ -239,7 +268,16 @@ fn serve(
         SignalSource::new(signals, control.clone()).context("cannot open a signalfd")?;
     registrar.add(Box::new(signal_source))?;
     if let Some(listener) = metrics {
-        registrar.add(Box::new(MetricsSource::new(listener, control.clone())))?;
+        let mut source = MetricsSource::new(listener, control.clone());
+        if let Some(counters) = vsock_counters {
+            // The in-VMM vsock device's series, as hull-vsock serves them.
+            source = source.with_extra(move || {
+                counters.snapshot().map_or_else(String::new, |counters| {
+                    hull_metrics::render(&hull_devices::metrics::vsock_samples(&counters))
+                })
+            });
+        }
+        registrar.add(Box::new(source))?;
     }
     if let Some(socket) = api {
         registrar.add(Box::new(ApiServer::new(socket, control, registrar.clone())))?;
@@ -331,5 +369,46 @@ mod tests {
         let err = Args::try_parse_from(["hull-vmm", "--kernel", "k", "--vhost-user-vsock", "s"])
             .unwrap_err();
         assert!(err.to_string().contains("is not SOCK,cid=N"), "{err}");
+    }
+
+    #[test]
+    fn in_vmm_vsock_takes_a_socket_and_a_guest_cid_together() {
+        let args = Args::try_parse_from([
+            "hull-vmm",
+            "--kernel",
+            "k",
+            "--vsock-uds",
+            "/run/v.sock",
+            "--guest-cid",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(args.vsock_uds, Some(PathBuf::from("/run/v.sock")));
+        assert_eq!(args.guest_cid, Some(3));
+        let refused = |extra: &[&str]| {
+            let mut argv = vec!["hull-vmm", "--kernel", "k"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap_err().to_string()
+        };
+        let err = refused(&["--vsock-uds", "v.sock"]);
+        assert!(err.contains("--guest-cid"), "{err}");
+        let err = refused(&["--guest-cid", "3"]);
+        assert!(err.contains("--vsock-uds"), "{err}");
+        for cid in ["2", "4294967295", "x"] {
+            let err = refused(&["--vsock-uds", "v.sock", "--guest-cid", cid]);
+            assert!(err.contains("--guest-cid") && err.contains(cid), "{err}");
+        }
+        let err = refused(&[
+            "--vsock-uds",
+            "v.sock",
+            "--guest-cid",
+            "3",
+            "--vhost-user-vsock",
+            "s,cid=3",
+        ]);
+        assert!(
+            err.contains("--vsock-uds") && err.contains("--vhost-user-vsock"),
+            "{err}"
+        );
     }
 }

@@ -45,16 +45,35 @@ pub fn render(exits: &[ExitCounts], pio: u64, mmio: u64) -> String {
 
 /// The metrics socket on the device loop: each reader gets the VM's counters. Its file goes
 /// with it.
-#[derive(Debug)]
 pub struct MetricsSource {
     listener: MetricsListener,
     vm: VmControl,
+    extra: Option<Box<dyn Fn() -> String + Send>>,
+}
+
+impl std::fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSource")
+            .field("listener", &self.listener)
+            .field("extra", &self.extra.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MetricsSource {
     /// Serves `listener` with `vm`'s counters.
     pub fn new(listener: MetricsListener, vm: VmControl) -> Self {
-        Self { listener, vm }
+        Self {
+            listener,
+            vm,
+            extra: None,
+        }
+    }
+
+    /// Also serves the text `extra` renders (in-VMM devices' series) after the VM's own.
+    pub fn with_extra(mut self, extra: impl Fn() -> String + Send + 'static) -> Self {
+        self.extra = Some(Box::new(extra));
+        self
     }
 }
 
@@ -71,7 +90,11 @@ impl EventSource for MetricsSource {
         // One reader per call; the loop calls again while more wait (level-triggered).
         self.listener.answer(|| {
             let (pio, mmio) = self.vm.unmapped_accesses();
-            render(&self.vm.exit_counts(), pio, mmio)
+            let mut text = render(&self.vm.exit_counts(), pio, mmio);
+            if let Some(extra) = &self.extra {
+                text.push_str(&extra());
+            }
+            text
         });
         Next::Continue
     }

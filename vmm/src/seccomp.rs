@@ -16,12 +16,15 @@
 //!   reads of error reports, interrupt lines); `sendmsg`/`recvmsg`/`read`/`poll` for the
 //!   vhost-user frontend's messages, which a guest's driver writes set off;
 //! - the main thread: the device loop (`io_uring_enter`; the ring is set up before the
-//!   filter), its signalfd, the metrics and control sockets (`read`, `recvfrom`, `accept4`, `sendto`, timerfds,
-//!   `FIONBIO`, socket options, `poll`), pausing vCPUs (`tgkill` with the kick, futexes),
-//!   cutting vhost-user connections at the stop (`shutdown`), removing the sockets
-//!   (`unlink`).
+//!   filter), its signalfd, the metrics and control sockets (`read`, `recvfrom`,
+//!   `accept4`, `sendto`, timerfds, `FIONBIO`, socket options, `poll`), pausing vCPUs
+//!   (`tgkill` with the kick, futexes), cutting vhost-user connections at the stop
+//!   (`shutdown`), removing the sockets (`unlink`), and running the in-VMM vsock device's
+//!   host side (`epoll_*`, `timerfd_settime`, accepting host streams, and `socket` for
+//!   AF_UNIX only plus `connect` for guest connections to `<uds>_P`).
 //!
-//! Left out, which is the point: opening files, creating sockets or connecting, execve,
+//! Left out, which is the point: opening files, creating sockets other than unix ones (and
+//! any socket or connection on a vCPU thread), execve,
 //! fork and new threads, ptrace, mount and namespaces, bpf, module loading, keyctl,
 //! process_vm_*, kexec, reboot. `HULL_SECCOMP=off` in the environment skips the filters
 //! (with a warning), to find a call missing from a list; nothing else does.
@@ -131,6 +134,16 @@ const MAIN: &[libc::c_long] = &[
     libc::SYS_statx,
     libc::SYS_newfstatat,
     libc::SYS_fstat,
+    // The in-VMM vsock device's host side: its epoll set of host streams, its timer for
+    // unanswered connection requests, and guest connections to `<uds>_P` (socket(2) is
+    // allowed for AF_UNIX only, below).
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_timerfd_settime,
+    libc::SYS_connect,
+    // std reads sockets with recv(2).
+    libc::SYS_recvfrom,
 ];
 
 /// KVM's ioctl requests a vCPU thread makes: running, the register reads of error reports,
@@ -197,6 +210,15 @@ pub fn filter(kind: ThreadKind, pid: libc::pid_t) -> Result<BpfProgram, Error> {
         libc::SYS_tgkill,
         vec![rule(kind, vec![condition(kind, 0, Dword, Eq, pid)?])?],
     );
+    if kind == ThreadKind::Main {
+        rules.insert(
+            libc::SYS_socket,
+            vec![rule(
+                kind,
+                vec![condition(kind, 0, Dword, Eq, libc::AF_UNIX as u64)?],
+            )?],
+        );
+    }
     let ioctls: Vec<u64> = match kind {
         ThreadKind::Vcpu => vcpu_ioctls(),
         // Making an accepted metrics connection blocking.
@@ -405,5 +427,24 @@ mod tests {
             unsafe { libc::syscall(libc::SYS_kill, 1, 0) }
         });
         assert!(killed_by_sigsys(status), "pid 1: status {status:#x}");
+    }
+
+    #[test]
+    fn the_main_thread_may_open_unix_sockets_only() {
+        // SAFETY: a raw socket(2) with constant arguments; the child exits right after.
+        let status = after_filter(ThreadKind::Main, || unsafe {
+            libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0)
+        });
+        assert!(exited_cleanly(status), "AF_UNIX: status {status:#x}");
+        // SAFETY: as above; the filter acts before the kernel.
+        let status = after_filter(ThreadKind::Main, || unsafe {
+            libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0)
+        });
+        assert!(killed_by_sigsys(status), "AF_INET: status {status:#x}");
+        let status = after_filter(ThreadKind::Vcpu, || {
+            // SAFETY: as above.
+            unsafe { libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0) }
+        });
+        assert!(killed_by_sigsys(status), "vCPU AF_UNIX: status {status:#x}");
     }
 }

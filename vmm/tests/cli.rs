@@ -56,6 +56,8 @@ fn help_documents_every_flag() {
         "--vhost-user-vsock <SOCK,cid=N>",
         "--metrics-socket <PATH>",
         "--api-socket <PATH>",
+        "--vsock-uds <PATH>",
+        "--guest-cid <N>",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
@@ -110,6 +112,124 @@ fn vhost_user_fs_without_a_tag_is_refused() {
         "{}",
         stderr(&output)
     );
+}
+
+#[test]
+fn in_vmm_vsock_needs_both_flags_a_guest_cid_and_no_vhost_user_vsock() {
+    for (args, named) in [
+        (&["--vsock-uds", "v.sock"][..], "--guest-cid"),
+        (&["--guest-cid", "3"][..], "--vsock-uds"),
+        (
+            &["--vsock-uds", "v.sock", "--guest-cid", "2"][..],
+            "2 is not in 3..=4294967294",
+        ),
+        (
+            &[
+                "--vsock-uds",
+                "v.sock",
+                "--guest-cid",
+                "3",
+                "--vhost-user-vsock",
+                "s,cid=3",
+            ][..],
+            "cannot be used with",
+        ),
+    ] {
+        let mut argv = vec!["--kernel", "k"];
+        argv.extend_from_slice(args);
+        let output = hull_vmm(&argv);
+        assert!(!output.status.success(), "{args:?}");
+        let err = stderr(&output);
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn vsock_uds_that_is_not_a_socket_is_refused_naming_it() {
+    require!("vsock_uds_that_is_not_a_socket_is_refused_naming_it", kvm());
+    let file = TempFile::new("not-a-socket", b"data");
+    let output = hull_vmm(&[
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--vsock-uds",
+        file.0.to_str().unwrap(),
+        "--guest-cid",
+        "3",
+    ]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("exists and is not a socket") && err.contains(file.0.to_str().unwrap()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&file.0).unwrap(),
+        b"data",
+        "the file is left alone"
+    );
+}
+
+#[test]
+fn vsock_uds_is_there_while_hull_vmm_runs_and_gone_after() {
+    require!(
+        "vsock_uds_is_there_while_hull_vmm_runs_and_gone_after",
+        kvm()
+    );
+    // Print "up", then spin.
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xeb, 0xfe,
+    ];
+    let kernel = TempFile::new("vsock-spin-kernel", &tiny_kernel(&code));
+    let uds = std::env::temp_dir().join(format!("hull-vmm-cli-{}-v.sock", std::process::id()));
+    let metrics = std::env::temp_dir().join(format!(
+        "hull-vmm-cli-{}-vsock-metrics.sock",
+        std::process::id()
+    ));
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+            .args(["--kernel", kernel.0.to_str().unwrap(), "--memory", "32"])
+            .arg("--metrics-socket")
+            .arg(&metrics)
+            .arg("--vsock-uds")
+            .arg(&uds)
+            .args(["--guest-cid", "3"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut up = [0u8; 2];
+    child
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut up)
+        .unwrap();
+    assert_eq!(&up, b"up");
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::symlink_metadata(&uds).expect("the hybrid socket exists");
+    assert!(meta.file_type().is_socket());
+    // A host process can connect (the guest has no driver: nothing answers yet).
+    std::os::unix::net::UnixStream::connect(&uds).expect("hull-vmm listens on it");
+    // The device's counters are on the metrics socket.
+    let mut text = String::new();
+    std::os::unix::net::UnixStream::connect(&metrics)
+        .expect("hull-vmm serves its metrics socket")
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(
+        text.contains("hull_vsock_connections_total 0\n"),
+        "no vsock series in:\n{text}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status} after SIGTERM");
+    assert!(!uds.exists(), "hull-vmm removed its hybrid socket");
 }
 
 #[test]

@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,62 +20,18 @@ use hull_vmm::memory::GuestMemory;
 use hull_vmm::virtio::mmio::MmioTransport;
 use hull_vmm::virtio::vhost_user::{VhostUserDevice, VhostUserKind};
 use hull_vmm::virtio::{MMIO_BASE, MMIO_SIZE, TYPE_VSOCK};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use common::backend::*;
 use common::driver::*;
+use common::vsock::*;
 
-const GUEST_CID: u64 = 3;
-const HOST_CID: u64 = 2;
 const GUEST_PORT: u32 = 5000;
 const HOST_PORT: u32 = 1024;
-const HDR_LEN: usize = 44;
-const OP_REQUEST: u16 = 1;
-const OP_RESPONSE: u16 = 2;
-const OP_RW: u16 = 5;
-const TYPE_STREAM: u16 = 1;
-/// Bytes of each receive buffer.
-const RX_BUF: u32 = 4096;
 
 /// A virtio-vsock packet header from the guest to the host port.
 fn header(op: u16, len: u32) -> Vec<u8> {
-    let mut hdr = Vec::with_capacity(HDR_LEN);
-    hdr.extend_from_slice(&GUEST_CID.to_le_bytes());
-    hdr.extend_from_slice(&HOST_CID.to_le_bytes());
-    hdr.extend_from_slice(&GUEST_PORT.to_le_bytes());
-    hdr.extend_from_slice(&HOST_PORT.to_le_bytes());
-    hdr.extend_from_slice(&len.to_le_bytes());
-    hdr.extend_from_slice(&TYPE_STREAM.to_le_bytes());
-    hdr.extend_from_slice(&op.to_le_bytes());
-    hdr.extend_from_slice(&0u32.to_le_bytes()); // flags
-    hdr.extend_from_slice(&(256 * 1024u32).to_le_bytes()); // buf_alloc
-    hdr.extend_from_slice(&0u32.to_le_bytes()); // fwd_cnt
-    assert_eq!(hdr.len(), HDR_LEN);
-    hdr
-}
-
-/// A packet the device put in a receive buffer: (src port, dst cid, dst port, op, payload).
-struct RxPacket {
-    src_port: u32,
-    dst_cid: u64,
-    dst_port: u32,
-    op: u16,
-    payload: Vec<u8>,
-}
-
-fn rx_packet(mem: &GuestMemoryMmap, addr: u64, written: u32) -> RxPacket {
-    let mut bytes = vec![0u8; written as usize];
-    mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
-    assert!(bytes.len() >= HDR_LEN, "a packet of {} bytes", bytes.len());
-    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-    let len = u32_at(24) as usize;
-    RxPacket {
-        dst_cid: u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
-        src_port: u32_at(16),
-        dst_port: u32_at(20),
-        op: u16::from_le_bytes(bytes[30..32].try_into().unwrap()),
-        payload: bytes[HDR_LEN..HDR_LEN + len].to_vec(),
-    }
+    guest_header(op, GUEST_PORT, HOST_PORT, len)
 }
 
 /// Starts hull-vsock for guest CID 3 in `dir`; returns it, its vhost-user socket and the
@@ -108,29 +64,6 @@ fn hull_vsock(
         &dir.join("hull-vsock.log"),
     );
     Some((backend, socket, listener))
-}
-
-/// Accepts one connection, waiting (bounded) for it.
-fn accept(listener: &UnixListener) -> UnixStream {
-    listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + BOUND;
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false).unwrap();
-                stream.set_read_timeout(Some(BOUND)).unwrap();
-                return stream;
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(
-                    Instant::now() < deadline,
-                    "hull-vsock never connected the guest's stream"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(err) => panic!("accept: {err}"),
-        }
-    }
 }
 
 #[test]

@@ -17,6 +17,7 @@ use hull_vmm::virtio::{Activation, VirtioDevice, MMIO_BASE};
 use hull_vmm::vm::{KickPath, Vm, VmConfig};
 use vm_memory::{Bytes, GuestAddress};
 
+use common::asm::Asm;
 use common::backend::*;
 use common::driver::*;
 use common::{kvm, tiny_kernel, Console};
@@ -32,80 +33,10 @@ const HEADER: u32 = 0x30_0000;
 const DATA: u32 = 0x30_1000;
 const STATUS_BYTE: u32 = 0x30_2000;
 
-/// Machine code for 32-bit protected mode (flat segments, paging off: the PVH entry
-/// state) or 64-bit mode. The encodings are the same but for absolute memory operands,
-/// which 64-bit mode reads as RIP-relative in the short form: there the SIB form is used.
-#[derive(Default)]
-struct Asm {
-    code: Vec<u8>,
-    long: bool,
-}
-
-impl Asm {
-    /// The ModRM (and SIB) bytes of an absolute `[addr]` operand with register field `reg`.
-    fn absolute(&mut self, reg: u8, addr: u32) {
-        if self.long {
-            self.code.extend_from_slice(&[(reg << 3) | 0x04, 0x25]);
-        } else {
-            self.code.push((reg << 3) | 0x05);
-        }
-        self.code.extend_from_slice(&addr.to_le_bytes());
-    }
-
-    /// `mov dword [addr], value`.
-    fn store(&mut self, addr: u32, value: u32) -> &mut Self {
-        self.code.push(0xc7);
-        self.absolute(0, addr);
-        self.code.extend_from_slice(&value.to_le_bytes());
-        self
-    }
-
-    /// `movzx eax, word [addr]`.
-    fn load_word(&mut self, addr: u32) -> &mut Self {
-        self.code.extend_from_slice(&[0x0f, 0xb7]);
-        self.absolute(0, addr);
-        self
-    }
-
-    /// `mov al, byte [addr]`.
-    fn load_byte(&mut self, addr: u32) -> &mut Self {
-        self.code.push(0x8a);
-        self.absolute(0, addr);
-        self
-    }
-
-    /// `jne target` (a short jump back).
-    fn jne(&mut self, target: usize) {
-        let back = i8::try_from(target as isize - (self.code.len() as isize + 2)).unwrap();
-        self.code.extend_from_slice(&[0x75, back.to_le_bytes()[0]]);
-    }
-
-    /// `mov dword [ebx + offset], value`: a register write (ebx holds the device base).
-    fn reg(&mut self, offset: u64, value: u32) -> &mut Self {
-        self.code.extend_from_slice(&[0xc7, 0x83]);
-        self.code
-            .extend_from_slice(&u32::try_from(offset).unwrap().to_le_bytes());
-        self.code.extend_from_slice(&value.to_le_bytes());
-        self
-    }
-
-    /// `mov dx, 0x3f8`, then `mov al, c; out dx, al` for each byte.
-    fn print(&mut self, text: &[u8]) -> &mut Self {
-        self.code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]);
-        for byte in text {
-            self.code.extend_from_slice(&[0xb0, *byte, 0xee]);
-        }
-        self
-    }
-}
-
 /// The guest's driver: initialize the device, then `requests` times: queue a read of
 /// sector 0, kick, wait for the used ring; then print the last request's status as a digit.
 fn drive_blk(asm: &mut Asm, requests: u32) {
-    // mov ebx, MMIO_BASE
-    asm.code.push(0xbb);
-    asm.code
-        .extend_from_slice(&u32::try_from(MMIO_BASE).unwrap().to_le_bytes());
+    asm.device_base();
     asm.reg(STATUS, 0)
         .reg(STATUS, ACKNOWLEDGE)
         .reg(STATUS, ACKNOWLEDGE | DRIVER)
@@ -184,13 +115,9 @@ fn long_mode_guest_code() -> Vec<u8> {
         long: true,
         ..Asm::default()
     };
-    // PDPTE[3] -> a page directory at 0xc000 whose entry 128 maps 0xd000_0000 (2 MiB).
-    asm.store(0xa000 + 3 * 8, 0xc003)
-        .store(0xc000 + 128 * 8, 0xd000_0083);
-    asm.code
-        .extend_from_slice(&[0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8]); // mov rax, cr3; mov cr3, rax
-                                                                   // mov dx, 0x3f8; mov esi, 0x20000 (the command line);
-                                                                   // l: mov al, [rsi]; test al, al; jz done; out dx, al; inc rsi; jmp l; done: print '\n'.
+    asm.map_mmio_window();
+    // mov dx, 0x3f8; mov esi, 0x20000 (the command line);
+    // l: mov al, [rsi]; test al, al; jz done; out dx, al; inc rsi; jmp l; done: print '\n'.
     asm.code
         .extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0xbe, 0x00, 0x00, 0x02, 0x00]);
     asm.code.extend_from_slice(&[
@@ -198,8 +125,7 @@ fn long_mode_guest_code() -> Vec<u8> {
     ]);
     asm.print(b"\n");
     drive_blk(&mut asm, 1);
-    asm.code
-        .extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]); // i8042 reset; jmp $
+    asm.reset();
     asm.code
 }
 
@@ -444,8 +370,7 @@ fn irq_handler_code() -> Vec<u8> {
     asm.load_byte(STATUS_BYTE);
     asm.code.extend_from_slice(&[0x04, b'0', 0xee]);
     asm.print(b"\n");
-    asm.code
-        .extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]); // i8042 reset; jmp $
+    asm.reset();
     asm.code
 }
 

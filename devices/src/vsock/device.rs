@@ -212,6 +212,44 @@ mod tests {
     }
 
     #[test]
+    fn muxer_reset_closes_host_streams_forgets_pending_packets_and_keeps_listening() {
+        let dir = TestDir::new("reset");
+        let mem = test_memory();
+        let mut guest = MockGuest::new(&mem);
+        let mut device = test_device(&dir);
+        let (mut host, _) = host_connect(&dir, &mut device, &mut guest, 5);
+        // A host stream still in its CONNECT line, and a reset waiting for the guest.
+        let mut half = UnixStream::connect(dir.path().join("v.sock")).expect("connect");
+        half.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        half.write_all(b"CONN").expect("half a line");
+        device.muxer().process_host_events();
+        guest.send(&guest_packet(Op::Request, 4000, 7008), &[]); // no listener
+        guest.kick_tx(&mut device);
+        assert!(device.muxer().has_pending_rx());
+
+        device.muxer().reset();
+        assert_eq!(device.muxer().connection_count(), 0);
+        assert!(
+            !device.muxer().has_pending_rx(),
+            "nothing waits for the guest"
+        );
+        // Closed: EOF, or a reset where the muxer had not read all the stream sent.
+        let closed = |stream: &mut UnixStream| {
+            let mut buf = [0u8; 8];
+            match stream.read(&mut buf) {
+                Ok(n) => n == 0,
+                Err(err) => err.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        };
+        assert!(closed(&mut host), "the host stream is closed");
+        assert!(closed(&mut half), "the stream in its handshake is closed");
+        // The next driver is served on the same socket.
+        let (_host, _) = host_connect(&dir, &mut device, &mut guest, 6);
+        assert_eq!(device.muxer().connection_count(), 1);
+    }
+
+    #[test]
     fn data_flows_both_ways_and_carries_credit() {
         let dir = TestDir::new("data");
         let mem = test_memory();

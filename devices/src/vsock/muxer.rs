@@ -341,6 +341,39 @@ impl Muxer {
         }
     }
 
+    /// Forgets every connection after the driver reset the device: their host streams and
+    /// the streams still sending a `CONNECT` line are closed (the host sees EOF), and no
+    /// packet waits for the guest any more. The hybrid socket keeps listening, for the next
+    /// driver.
+    pub fn reset(&mut self) {
+        let streams: Vec<RawFd> = self
+            .endpoints
+            .iter()
+            .filter(|(_, endpoint)| {
+                matches!(
+                    endpoint,
+                    Endpoint::Handshake { .. } | Endpoint::Connection(_)
+                )
+            })
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in streams {
+            // Streams nobody polled are not in the set: the error is expected then.
+            let _ = self.epoll_ctl(ControlOperation::Delete, fd, EventSet::empty());
+            self.endpoints.remove(&fd);
+        }
+        let closed = self.conns.len();
+        // Dropping a connection closes its stream.
+        self.conns.clear();
+        self.interests.clear();
+        self.rxq.clear();
+        self.orphan_resets.clear();
+        self.arm_timer();
+        if closed > 0 {
+            info!(closed, "device reset: host streams closed");
+        }
+    }
+
     /// Whether a packet waits for an rx buffer.
     pub fn has_pending_rx(&self) -> bool {
         !self.orphan_resets.is_empty() || !self.rxq.is_empty()

@@ -14,6 +14,8 @@
 //! A write that does reach it (no ioeventfd registered, or a caller driving the bus
 //! directly) signals the same eventfd, so both paths end in the same place.
 
+use std::sync::Arc;
+
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -160,7 +162,7 @@ pub struct TransportCounts {
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
     memory: GuestMemoryMmap,
-    kicks: Vec<EventFd>,
+    kicks: Vec<Arc<EventFd>>,
     interrupt: Interrupt,
     status: u32,
     device_features_sel: u32,
@@ -187,7 +189,11 @@ impl MmioTransport {
     /// Puts `device` behind a virtio-mmio interface over guest RAM `memory`, with one
     /// notification eventfd per queue and one interrupt eventfd.
     pub fn new(device: Box<dyn VirtioDevice>, memory: GuestMemoryMmap) -> Result<Self> {
-        let new_fd = || EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd);
+        let new_fd = || {
+            EventFd::new(libc::EFD_NONBLOCK)
+                .map(Arc::new)
+                .map_err(Error::EventFd)
+        };
         let queues: Vec<QueueRegs> = device
             .queue_max_sizes()
             .iter()
@@ -219,7 +225,7 @@ impl MmioTransport {
 
     /// The notification eventfd of each queue (index = queue index), to register as KVM
     /// ioeventfds on [`NOTIFY_OFFSET`] with the index as datamatch.
-    pub fn kicks(&self) -> &[EventFd] {
+    pub fn kicks(&self) -> &[Arc<EventFd>] {
         &self.kicks
     }
 

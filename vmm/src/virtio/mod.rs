@@ -1,5 +1,6 @@
 //! Virtio devices of the VMM: the virtio-mmio transport the guest drives, and the device
-//! models behind it (today the vhost-user frontend, whose data plane is another process).
+//! models behind it: the vhost-user frontend, whose data plane is another process, and the
+//! in-VMM vsock device ([`vsock`]), driven by the VMM's device loop.
 //!
 //! The split follows the virtio spec: [`mmio::MmioTransport`] owns everything the spec puts
 //! in the transport (registers, status and feature negotiation, queue addresses, the
@@ -15,6 +16,7 @@
 
 pub mod mmio;
 pub mod vhost_user;
+pub mod vsock;
 
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
@@ -84,8 +86,9 @@ pub struct Activation<'a> {
     pub features: u64,
     /// The queues the driver made ready, checked against guest memory.
     pub queues: Vec<QueueConfig>,
-    /// Per queue index, the eventfd signalled when the driver notifies the queue.
-    pub kicks: &'a [EventFd],
+    /// Per queue index, the eventfd signalled when the driver notifies the queue (shared, so
+    /// that a device's event source holds its own reference without a `dup` on the vCPU).
+    pub kicks: &'a [Arc<EventFd>],
     /// The device's interrupt line and status.
     pub interrupt: Interrupt,
 }

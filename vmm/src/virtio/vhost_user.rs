@@ -635,7 +635,9 @@ mod tests {
         let backend = silent_backend(&socket, asked);
         let mut device = VhostUserDevice::connect(&socket, VhostUserKind::Block).unwrap();
         let memory = crate::memory::GuestMemory::new(16).unwrap();
-        let kicks = [EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let kicks = [std::sync::Arc::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        )];
         // Without REPLY_ACK nothing in the set-up waits for an answer.
         device
             .activate(Activation {

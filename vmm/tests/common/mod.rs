@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use hull_tests::prereq::Missing;
 
+pub mod asm;
 pub mod backend;
 pub mod driver;
+pub mod vsock;
 
 /// /dev/kvm opens read-write (small guests run even without hardware virtualization).
 pub fn kvm() -> Result<(), Missing> {
