@@ -31,6 +31,13 @@ pub enum VmDevice {
         /// The backend's vhost-user socket.
         socket: PathBuf,
     },
+    /// virtio-vsock served by the hypervisor itself (hull-vmm's in-VMM device), its host side
+    /// the hybrid-vsock unix socket `uds` (`CONNECT <port>`), as hull-vsock's: the builtin
+    /// backend's shim⇄agent link, with no backend process.
+    HybridVsock {
+        /// The hybrid socket the hypervisor listens on.
+        uds: PathBuf,
+    },
     /// virtio-fs (hull-fs), mounted in the guest by `tag`.
     VhostUserFs {
         /// The backend's vhost-user socket.

@@ -4,7 +4,9 @@
 //!
 //! Owns the hull-vmm process from spawn to reaping and its per-VM run directory (console log,
 //! hull-vmm's stderr). Like [`crate::qemu`], it does not start the device backends or talk to
-//! the agent. hull-vmm has no control socket: it is stopped with SIGTERM (it stops its vCPUs
+//! the agent. The pod's vsock is hull-vmm's own device ([`VmDevice::HybridVsock`]: no
+//! hull-vsock process), its hybrid socket where the agent link connects. hull-vmm is stopped
+//! with SIGTERM (it stops its vCPUs
 //! and exits), then killed after the grace period; pause and resume are not offered.
 //!
 //! What it cannot do yet, refused with an error naming it: taps served by the VMM itself
@@ -99,6 +101,18 @@ pub fn arguments(spec: &VmSpec, cid: u32) -> Result<Vec<OsString>> {
                     socket.clone().into(),
                     Some(format!(",cid={cid}")),
                 )
+            }
+            VmDevice::HybridVsock { uds } => {
+                if std::mem::replace(&mut vsock, true) {
+                    return Err(Error::Unsupported("serve two vsock devices"));
+                }
+                args.extend([
+                    "--vsock-uds".into(),
+                    uds.clone().into(),
+                    "--guest-cid".into(),
+                    cid.to_string().into(),
+                ]);
+                continue;
             }
             VmDevice::VhostUserFs { socket, tag } => (
                 "--vhost-user-fs",
@@ -360,6 +374,25 @@ mod tests {
             socket: "/v.sock".into(),
         };
         let err = arguments(&spec(vec![vsock.clone(), vsock]), 3).unwrap_err();
+        assert!(err.to_string().contains("two vsock devices"), "{err}");
+    }
+
+    #[test]
+    fn a_hybrid_vsock_is_hull_vmms_own_device_on_the_agent_socket() {
+        let hybrid = VmDevice::HybridVsock {
+            uds: "/run/p/agent.vsock".into(),
+        };
+        let args = strings(&arguments(&spec(vec![hybrid.clone()]), 3).unwrap());
+        let at = args.iter().position(|a| a == "--vsock-uds").unwrap();
+        assert_eq!(
+            args[at..at + 4],
+            ["--vsock-uds", "/run/p/agent.vsock", "--guest-cid", "3"]
+        );
+        assert!(!args.iter().any(|a| a == "--vhost-user-vsock"), "{args:?}");
+        let vhost = VmDevice::VhostUserVsock {
+            socket: "/v.sock".into(),
+        };
+        let err = arguments(&spec(vec![hybrid, vhost]), 3).unwrap_err();
         assert!(err.to_string().contains("two vsock devices"), "{err}");
     }
 

@@ -1,6 +1,7 @@
-//! `hypervisor = "builtin"`: the sandbox's boot with hull-vmm instead of QEMU. hull-vsock
-//! serves the VM's vsock device, hull-vmm (found next to hull-vsock, as next to the shim)
-//! boots the hull guest image, and hull-agent answers over the hybrid vsock socket. A Linux
+//! `hypervisor = "builtin"`: the sandbox's boot with hull-vmm instead of QEMU. hull-vmm
+//! (found next to the test's binaries, as next to the shim) boots the hull guest image and
+//! serves the VM's vsock device itself (no hull-vsock process), and hull-agent answers over
+//! its hybrid vsock socket. A Linux
 //! guest needs hardware virtualization under hull-vmm, so that test skips without it; a boot
 //! that hull-vmm cannot start (a kernel it cannot load) runs everywhere: the error carries
 //! hull-vmm's own words and nothing of the boot is left.
@@ -32,22 +33,21 @@ fn kvm() -> Result<(), Missing> {
         })
 }
 
-/// hull-vsock (with hull-vmm beside it) from this build, and a `builtin` configuration.
+/// hull-vmm from this build, and a `builtin` configuration.
 fn builtin_setup() -> Result<(PathBuf, Config), Missing> {
-    let vsock = artifacts::workspace_binary("hull-vsock")?;
-    artifacts::workspace_binary("hull-vmm")?;
+    let vmm = artifacts::workspace_binary("hull-vmm")?;
     let config = Config {
         hypervisor: HypervisorKind::Builtin,
         ..Config::default()
     };
-    Ok((vsock, config))
+    Ok((vmm, config))
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn builtin_boots_the_guest_agent_with_hull_vmm_and_nothing_is_left() {
     let test = "builtin_boots_the_guest_agent_with_hull_vmm_and_nothing_is_left";
     require!(test, hardware_virtualization());
-    let (vsock, mut config) = require!(test, builtin_setup());
+    let (vmm, mut config) = require!(test, builtin_setup());
     config.vm.kernel = require!(test, artifacts::vmlinux());
     config.vm.initrd = require!(test, artifacts::initrd());
     config.vm.vcpus = 2;
@@ -55,23 +55,20 @@ async fn builtin_boots_the_guest_agent_with_hull_vmm_and_nothing_is_left() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("pod-builtin");
 
-    let vm = boot(&config, "pod-builtin", &run_dir, Some(&vsock))
+    let vm = boot(&config, "pod-builtin", &run_dir, Some(&vmm))
         .await
         .expect("hull-vmm boots to a serving agent");
     let details = vm.agent.guest_details().await.expect("GetGuestDetails");
     assert_eq!(details.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(details.cpus, 2, "the guest sees the configured vCPUs");
-    assert!(
-        vm.processes().iter().any(|(role, _)| *role == "hull-vsock"),
-        "{:?}",
-        vm.processes()
-    );
+    let roles: Vec<&str> = vm.processes().iter().map(|(role, _)| *role).collect();
+    assert_eq!(roles, ["hull-vmm"], "hull-vmm serves the vsock itself");
     let console = vm.console();
     assert!(console.contains(" started as PID 1: "), "{console}");
 
     vm.shutdown(Duration::from_secs(10))
         .await
-        .expect("hull-vmm and hull-vsock stop");
+        .expect("hull-vmm stops");
     assert!(!run_dir.exists(), "the run directory was left behind");
     assert!(
         processes_mentioning(&run_dir).is_empty(),
@@ -85,7 +82,7 @@ async fn a_kernel_hull_vmm_cannot_load_fails_the_boot_with_its_words_and_leaves_
     let test = "a_kernel_hull_vmm_cannot_load_fails_the_boot_with_its_words_and_leaves_nothing";
     // hull-vmm creates its VM (so opens /dev/kvm) before it loads the kernel.
     require!(test, kvm());
-    let (vsock, mut config) = require!(test, builtin_setup());
+    let (vmm, mut config) = require!(test, builtin_setup());
     let dir = tempfile::tempdir().unwrap();
     config.vm.kernel = dir.path().join("not-a-kernel");
     config.vm.initrd = dir.path().join("initrd.img");
@@ -94,7 +91,7 @@ async fn a_kernel_hull_vmm_cannot_load_fails_the_boot_with_its_words_and_leaves_
     config.agent.start_timeout_secs = 60;
     let run_dir = dir.path().join("pod-bad-kernel");
 
-    let err = boot(&config, "pod-bad-kernel", &run_dir, Some(&vsock))
+    let err = boot(&config, "pod-bad-kernel", &run_dir, Some(&vmm))
         .await
         .err()
         .expect("the boot fails");

@@ -163,3 +163,19 @@ async fn dropping_a_vm_kills_qemu() {
         "the run directory was left behind"
     );
 }
+
+#[tokio::test]
+async fn a_hybrid_vsock_is_refused_before_qemu_starts() {
+    let test = "a_hybrid_vsock_is_refused_before_qemu_starts";
+    let (mut spec, options) = require!(test, setup(&[]));
+    spec.devices.push(VmDevice::HybridVsock {
+        uds: PathBuf::from("/run/p/agent.vsock"),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let err = QemuVm::start(&spec, &options, &run_dir(dir.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+    assert!(err.to_string().contains("hybrid vsock"), "{err}");
+    assert!(!run_dir(dir.path()).exists(), "nothing was made");
+}

@@ -76,6 +76,8 @@ pub fn arguments(
             | VmDevice::VhostUserFs { socket, .. }
             | VmDevice::VhostUserBlk { socket }
             | VmDevice::VhostUserNet { socket, .. } => socket,
+            // Refused before QEMU is started (QemuVm::start).
+            VmDevice::HybridVsock { .. } => continue,
             VmDevice::Tap { fds, mac } => {
                 // QEMU serves virtio-net itself on the tap descriptors it inherits. vhost=off:
                 // vhost-net needs /dev/vhost-net, which a pod's host may not give the shim.
@@ -132,7 +134,7 @@ pub fn arguments(
                 ]);
                 net_device(pci, &netdev, mac, 1)
             }
-            VmDevice::Tap { .. } => continue,
+            VmDevice::Tap { .. } | VmDevice::HybridVsock { .. } => continue,
         };
         push(&["-device", &device_arg]);
     }

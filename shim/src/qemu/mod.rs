@@ -63,6 +63,9 @@ pub enum Error {
         /// The bound.
         deadline: Duration,
     },
+    /// The spec has a device QEMU cannot serve.
+    #[error("QEMU cannot {0}")]
+    Unsupported(&'static str),
     /// A QMP command failed.
     #[error(transparent)]
     Qmp(#[from] QmpError),
@@ -119,6 +122,15 @@ impl QemuVm {
     /// Starts QEMU for `spec` with its files in `run_dir` (created 0700, must not exist) and
     /// returns once QEMU answers on QMP. The guest is then booting.
     pub async fn start(spec: &VmSpec, options: &QemuOptions, run_dir: &Path) -> Result<Self> {
+        if spec
+            .devices
+            .iter()
+            .any(|d| matches!(d, crate::vm_spec::VmDevice::HybridVsock { .. }))
+        {
+            return Err(Error::Unsupported(
+                "serve a hybrid vsock itself: its vsock is hull-vsock's (vhost-user)",
+            ));
+        }
         fs::DirBuilder::new()
             .mode(0o700)
             .create(run_dir)

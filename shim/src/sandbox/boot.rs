@@ -200,7 +200,8 @@ pub struct BootedVm {
     /// The agent.
     pub agent: AgentLink,
     vm: Vm,
-    vsock: BackendProcess,
+    /// hull-vsock, for QEMU (hull-vmm serves the vsock device itself).
+    vsock: Option<BackendProcess>,
     fs: Option<BackendProcess>,
     /// One hull-net per pod interface, with `network.backend = "hull-net"`.
     nets: Vec<BackendProcess>,
@@ -238,7 +239,10 @@ impl BootedVm {
     /// The host processes of the VM, by role, for the sandbox's persisted record.
     pub fn processes(&self) -> Vec<(&'static str, u32)> {
         [
-            ("hull-vsock", self.vsock.pid()),
+            (
+                "hull-vsock",
+                self.vsock.as_ref().and_then(BackendProcess::pid),
+            ),
             ("hull-fs", self.fs.as_ref().and_then(BackendProcess::pid)),
             (self.vm.role(), self.vm.pid()),
         ]
@@ -270,7 +274,9 @@ impl BootedVm {
         } = self;
         drop(agent);
         vm.stop(grace).await?;
-        vsock.stop(grace).await?;
+        if let Some(vsock) = vsock {
+            vsock.stop(grace).await?;
+        }
         if let Some(fs) = fs {
             fs.stop(grace).await?;
         }
@@ -359,8 +365,15 @@ pub async fn boot_pod_with_disks(
         }
     }
     let path_env = std::env::var_os("PATH");
-    let vsock_bin = crate::paths::find_helper("hull-vsock", beside, path_env.as_deref())
-        .ok_or(Error::Helper("hull-vsock"))?;
+    // hull-vmm serves the vsock device itself; QEMU's is hull-vsock's (vhost-user).
+    let vsock_bin = if kind == HypervisorKind::Builtin {
+        None
+    } else {
+        Some(
+            crate::paths::find_helper("hull-vsock", beside, path_env.as_deref())
+                .ok_or(Error::Helper("hull-vsock"))?,
+        )
+    };
     let vm_bin = if kind == HypervisorKind::Builtin {
         vmm::find_vmm(beside, path_env.as_deref())?
     } else {
@@ -417,18 +430,24 @@ pub async fn boot_pod_with_disks(
         "--metrics-socket".as_ref(),
         vsock_metrics.as_os_str(),
     ];
-    let vsock = BackendProcess::start(
-        &vsock_bin,
-        &args,
-        &vhost_socket,
-        &run_dir.join("hull-vsock.log"),
-        BACKEND_DEADLINE,
-    )
-    .await?;
-
-    let mut devices = vec![VmDevice::VhostUserVsock {
-        socket: vhost_socket,
-    }];
+    let (vsock, vsock_device) = match &vsock_bin {
+        Some(vsock_bin) => {
+            let vsock = BackendProcess::start(
+                vsock_bin,
+                &args,
+                &vhost_socket,
+                &run_dir.join("hull-vsock.log"),
+                BACKEND_DEADLINE,
+            )
+            .await?;
+            let device = VmDevice::VhostUserVsock {
+                socket: vhost_socket.clone(),
+            };
+            (Some(vsock), device)
+        }
+        None => (None, VmDevice::HybridVsock { uds: uds.clone() }),
+    };
+    let mut devices = vec![vsock_device];
     let mut backends = Backends {
         vsock,
         fs: None,
@@ -611,7 +630,7 @@ pub async fn boot_pod_with_disks(
 
 /// A VM's device backends, while it boots.
 struct Backends {
-    vsock: BackendProcess,
+    vsock: Option<BackendProcess>,
     fs: Option<BackendProcess>,
     nets: Vec<BackendProcess>,
     blks: Vec<BackendProcess>,
@@ -619,7 +638,10 @@ struct Backends {
 
 impl Backends {
     fn all(&mut self) -> Vec<(&'static str, &mut BackendProcess)> {
-        std::iter::once(("hull-vsock", &mut self.vsock))
+        self.vsock
+            .as_mut()
+            .map(|vsock| ("hull-vsock", vsock))
+            .into_iter()
             .chain(self.fs.as_mut().map(|fs| ("hull-fs", fs)))
             .chain(self.nets.iter_mut().map(|net| ("hull-net", net)))
             .chain(self.blks.iter_mut().map(|blk| ("hull-blk", blk)))
@@ -674,6 +696,10 @@ impl Backends {
                 })
             })
             .collect();
+        if waits.is_empty() {
+            // hull-vmm with no backend process: nothing here can die.
+            return std::future::pending().await;
+        }
         futures_util::future::select_all(waits).await.0
     }
 }
