@@ -21,6 +21,7 @@ pub mod exit_events;
 pub mod metrics;
 pub mod net;
 pub mod privileges;
+pub mod restricted_ring;
 pub mod seccomp;
 pub mod serve;
 pub mod vsock;

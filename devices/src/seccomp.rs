@@ -9,9 +9,9 @@
 //! keyctl, namespace creation, process_vm_*, kexec, reboot and the rest. `setns` is allowed
 //! for network namespaces only (hull-net reads its tap's MTU in the tap's namespace).
 //!
-//! io_uring operations submitted through `io_uring_enter` are not seen by seccomp; hull-blk
-//! submits only READ/WRITE/FSYNC on descriptors it opened, and restricting the ring to those
-//! opcodes (IORING_REGISTER_RESTRICTIONS) is the next step.
+//! io_uring operations submitted through `io_uring_enter` are not seen by seccomp, so
+//! hull-blk's rings are restricted to the READV/WRITEV/FSYNC it submits (see
+//! crate::restricted_ring): an open or connect through them fails with EACCES.
 //!
 //! `HULL_SECCOMP=off` in the environment skips the filter (with a warning), to find a call
 //! missing from the list; nothing else does.

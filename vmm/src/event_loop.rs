@@ -214,10 +214,16 @@ impl DeviceLoop {
     /// Sets up the ring. Sources already added to `registrar`, and those added later, are
     /// driven once [`Self::run`] is called.
     pub fn new(registrar: Registrar) -> Result<Self> {
-        let ring = IoUring::builder()
-            .setup_cqsize(CQ_ENTRIES)
-            .build(SQ_ENTRIES)
-            .map_err(uring("io_uring_setup"))?;
+        // Polls and their removal, nothing else: the main thread's seccomp filter allows
+        // io_uring_enter, and a ring that could open or connect would go around it (see
+        // hull_devices::restricted_ring).
+        let ring = hull_devices::restricted_ring::restricted_ring(
+            SQ_ENTRIES,
+            Some(CQ_ENTRIES),
+            &[opcode::PollAdd::CODE, opcode::PollRemove::CODE],
+            0,
+        )
+        .map_err(uring("io_uring_setup"))?;
         Ok(Self {
             ring,
             registrar,

@@ -45,7 +45,21 @@ impl UringQueues {
     /// both).
     pub fn new(queues: usize, file: &impl AsRawFd) -> io::Result<Self> {
         let rings = (0..queues)
-            .map(|_| IoUring::new(RING_DEPTH).map(Mutex::new))
+            .map(|_| {
+                // The ring can do what a batch does and nothing else (see
+                // crate::restricted_ring): hull-blk's seccomp filter lets it call io_uring_enter.
+                crate::restricted_ring::restricted_ring(
+                    RING_DEPTH,
+                    None,
+                    &[
+                        opcode::Readv::CODE,
+                        opcode::Writev::CODE,
+                        opcode::Fsync::CODE,
+                    ],
+                    squeue::Flags::IO_DRAIN.bits(),
+                )
+                .map(Mutex::new)
+            })
             .collect::<io::Result<_>>()?;
         Ok(Self {
             rings,
