@@ -128,6 +128,13 @@ fn in_netns<T: Send + 'static>(
     }))
 }
 
+/// What a thread of [`in_netns`] returned, once it has ended.
+fn joined<T>(thread: JoinHandle<Result<T>>) -> Result<T> {
+    thread
+        .join()
+        .map_err(|_| Error::Unexpected("a thread in the lab's namespace panicked".into()))?
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
@@ -283,24 +290,29 @@ impl Lab {
             ip_in(ns, &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
             ip_in(ns, &["link", "set", dev, "up"])?;
         }
-        let (tcp_stop, udp_stop) = (Arc::clone(&lab.stop), Arc::clone(&lab.stop));
+        // The sockets are bound in the namespace before this returns (a client connecting
+        // right after found no listener when the binding was left to the serving threads:
+        // CI's "connection refused"); a socket stays in the namespace it was made in, so the
+        // threads that serve them need not enter it.
         let path = lab.host.path();
-        lab.sinks.push(in_netns(&path, move || {
-            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT))
+        let (sink, source, echo) = joined(in_netns(&path, || {
+            let sink = TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT))
                 .map_err(io(format!("binding the TCP sink on port {TCP_PORT}")))?;
-            tcp_sink(listener, &tcp_stop)
-        })?);
-        let source_stop = Arc::clone(&lab.stop);
-        lab.sinks.push(in_netns(&path, move || {
-            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, SOURCE_PORT))
+            let source = TcpListener::bind((Ipv4Addr::UNSPECIFIED, SOURCE_PORT))
                 .map_err(io(format!("binding the TCP source on port {SOURCE_PORT}")))?;
-            tcp_source(listener, &source_stop)
-        })?);
-        lab.sinks.push(in_netns(&path, move || {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT))
+            let echo = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT))
                 .map_err(io(format!("binding the UDP echo on port {UDP_PORT}")))?;
-            udp_echo(socket, &udp_stop)
-        })?);
+            Ok((sink, source, echo))
+        })?)?;
+        let stop = Arc::clone(&lab.stop);
+        lab.sinks
+            .push(std::thread::spawn(move || tcp_sink(sink, &stop)));
+        let stop = Arc::clone(&lab.stop);
+        lab.sinks
+            .push(std::thread::spawn(move || tcp_source(source, &stop)));
+        let stop = Arc::clone(&lab.stop);
+        lab.sinks
+            .push(std::thread::spawn(move || udp_echo(echo, &stop)));
         Ok(lab)
     }
 
