@@ -2,7 +2,8 @@
 //! guests, which run under KVM without hardware virtualization: the guest's console reaches
 //! the VM's console file, the process has one more thread per vCPU while the VM runs (the
 //! shim's own thread, here the test's runtime thread, drives the device loop), and after the
-//! stop no thread and no descriptor is left. A guest that stops by itself is seen by `wait`.
+//! stop no thread and no descriptor is left. A guest that stops by itself is seen by `wait`
+//! and by the running sandbox's watch.
 //!
 //! One test in this binary: it counts the threads and descriptors of its whole process, so
 //! no other test may run beside it.
@@ -10,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hull_shim::sandbox::watch::{ProcessWatch, BUILTIN_VMM_ROLE};
 use hull_shim::vm_spec::{VmDevice, VmSpec};
 use hull_shim::vmm::in_process::InProcessVm;
 use hull_tests::prereq::Missing;
@@ -106,6 +108,25 @@ async fn the_vmm_in_the_shim_runs_a_guest_on_one_thread_per_vcpu_and_leaves_noth
         thread_names()
     );
     assert!(uds.exists(), "the vsock device's hybrid socket is served");
+    // The device loop runs on this thread's event loop: it answers the VM's metrics socket
+    // (beside the backends', in the sandbox's directory), the guest's console writes and
+    // the vsock device's counters among them.
+    let metrics = hull_shim::monitor::backend_metrics_socket(dir.path(), "hull-vmm");
+    let mut stream = tokio::net::UnixStream::connect(&metrics).await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text),
+    )
+    .await
+    .expect("the device loop answers")
+    .unwrap();
+    assert!(
+        text.contains("hull_vmm_vcpu_exits_total{vcpu=\"0\",kind=\"pio_out\"} 21"),
+        "{text}"
+    );
+    assert!(text.contains("hull_vsock_"), "{text}");
+    drop(stream);
     assert!(
         tokio::time::timeout(Duration::from_millis(100), vm.wait())
             .await
@@ -117,6 +138,7 @@ async fn the_vmm_in_the_shim_runs_a_guest_on_one_thread_per_vcpu_and_leaves_noth
     assert_eq!(threads(), before, "the vCPU threads are joined");
     assert!(!run_dir.exists(), "the VM's run directory is removed");
     assert!(!uds.exists(), "the hybrid socket goes with the device");
+    assert!(!metrics.exists(), "the metrics socket goes with the loop");
     assert_eq!(entries("/proc/self/fd"), fds, "no descriptor is left");
 
     // A guest that resets the machine: its VM stops by itself, and wait sees why.
@@ -125,6 +147,17 @@ async fn the_vmm_in_the_shim_runs_a_guest_on_one_thread_per_vcpu_and_leaves_noth
     code.extend_from_slice(&RESET);
     std::fs::write(&resetting, tiny_kernel(&code)).unwrap();
     let vm = InProcessVm::start(&spec(resetting, 1, &uds), 3, &run_dir).expect("the VM starts");
+    // The running sandbox's watch of it: the VM has no pid, its stop is the VMM's death.
+    let (stopped, status) = vm.watch().unwrap();
+    let watch = ProcessWatch::vm(BUILTIN_VMM_ROLE, stopped, status).unwrap();
+    let death = tokio::time::timeout(Duration::from_secs(60), watch.exited())
+        .await
+        .expect("the watch sees the VM stop");
+    assert_eq!(
+        death.to_string(),
+        "hull-vmm in the shim stopped: the guest reset the machine (i8042)"
+    );
+    drop(watch);
     let reason = tokio::time::timeout(Duration::from_secs(60), vm.wait())
         .await
         .expect("the guest's reset stops the VM")

@@ -19,6 +19,7 @@ use crate::cpu::EntryMode;
 use crate::devices::serial::SerialOutput;
 use crate::event_loop::{DeviceLoop, Registrar};
 use crate::lifecycle::RunState;
+use crate::metrics::MetricsSource;
 use crate::virtio::vhost_user::{VhostUserDevice, VhostUserKind};
 use crate::virtio::vsock::{Vsock, VsockCounters};
 use crate::vm::{KickPath, RunningVm, Vm, VmConfig};
@@ -129,6 +130,22 @@ pub struct LaunchedVm {
     pub registrar: Registrar,
     /// The in-VMM vsock device's counters, if it has one.
     pub vsock_counters: Option<VsockCounters>,
+}
+
+impl LaunchedVm {
+    /// Serves the VM's counters (vCPU exits, unclaimed accesses, and the in-VMM vsock
+    /// device's series as hull-vsock serves them) on `listener` from the device loop.
+    pub fn serve_metrics(&self, listener: hull_metrics::MetricsListener) -> crate::Result<()> {
+        let mut source = MetricsSource::new(listener, self.running.control());
+        if let Some(counters) = self.vsock_counters.clone() {
+            source = source.with_extra(move || {
+                counters.snapshot().map_or_else(String::new, |counters| {
+                    hull_metrics::render(&hull_devices::metrics::vsock_samples(&counters))
+                })
+            });
+        }
+        self.registrar.add(Box::new(source))
+    }
 }
 
 impl std::fmt::Debug for LaunchedVm {

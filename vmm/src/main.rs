@@ -10,10 +10,8 @@ use clap::{Parser, ValueEnum};
 use hull_vmm::api::{ApiServer, ApiSocket};
 use hull_vmm::boot::DEFAULT_CMDLINE;
 use hull_vmm::cpu::cpuid::CpuFeature;
-use hull_vmm::event_loop::Registrar;
 use hull_vmm::launch::{self, LaunchConfig, LaunchedVm};
 use hull_vmm::lifecycle::StopReason;
-use hull_vmm::metrics::MetricsSource;
 use hull_vmm::seccomp::ThreadKind;
 use hull_vmm::signals::SignalSource;
 use hull_vmm::virtio::vhost_user::{VhostUserKind, FS_TAG_MAX, VSOCK_CID_MAX, VSOCK_CID_MIN};
@@ -206,12 +204,11 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     };
     // Everything privileged is open: no thread needs a capability from here on.
     hull_vmm::seccomp::drop_capabilities().context("cannot drop capabilities")?;
+    let launched = prepared.start()?;
+    serve(&launched, &signals, metrics, api)?;
     let LaunchedVm {
-        running,
-        registrar,
-        vsock_counters,
-    } = prepared.start()?;
-    serve(&registrar, &running, &signals, metrics, vsock_counters, api)?;
+        running, registrar, ..
+    } = launched;
     if let Some(program) = main_filter {
         hull_vmm::seccomp::apply(ThreadKind::Main, &program)?;
     }
@@ -230,28 +227,18 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
 
 /// Puts the signals, the metrics socket and the control socket on the device loop.
 fn serve(
-    registrar: &Registrar,
-    running: &hull_vmm::vm::RunningVm,
+    launched: &LaunchedVm,
     signals: &nix::sys::signal::SigSet,
     metrics: Option<hull_metrics::MetricsListener>,
-    vsock_counters: Option<hull_vmm::virtio::vsock::VsockCounters>,
     api: Option<ApiSocket>,
 ) -> anyhow::Result<()> {
-    let control = running.control();
+    let control = launched.running.control();
+    let registrar = &launched.registrar;
     let signal_source =
         SignalSource::new(signals, control.clone()).context("cannot open a signalfd")?;
     registrar.add(Box::new(signal_source))?;
     if let Some(listener) = metrics {
-        let mut source = MetricsSource::new(listener, control.clone());
-        if let Some(counters) = vsock_counters {
-            // The in-VMM vsock device's series, as hull-vsock serves them.
-            source = source.with_extra(move || {
-                counters.snapshot().map_or_else(String::new, |counters| {
-                    hull_metrics::render(&hull_devices::metrics::vsock_samples(&counters))
-                })
-            });
-        }
-        registrar.add(Box::new(source))?;
+        launched.serve_metrics(listener)?;
     }
     if let Some(socket) = api {
         registrar.add(Box::new(ApiServer::new(socket, control, registrar.clone())))?;

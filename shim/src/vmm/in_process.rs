@@ -133,8 +133,23 @@ impl InProcessVm {
                 .vm_mut()
                 .confine_vcpus(hull_vmm::seccomp::filter(ThreadKind::Vcpu, pid)?);
         }
+        // The VM's counters beside the backends', where the pod's metrics gather them (the
+        // sandbox's run directory, this one's parent), as hull-vmm serves them.
+        let metrics = match run_dir.0.parent() {
+            Some(sandbox_dir) => {
+                let path = crate::monitor::backend_metrics_socket(sandbox_dir, "hull-vmm");
+                Some(hull_metrics::MetricsListener::bind(&path).map_err(Error::EventLoop)?)
+            }
+            None => None,
+        };
         let state = prepared.run_state();
         let launched = prepared.start()?;
+        if let Some(listener) = metrics {
+            if let Err(err) = launched.serve_metrics(listener) {
+                let err = anyhow::Error::from(err);
+                tracing::warn!("the VM's counters are not served: {err:#}");
+            }
+        }
         let control = launched.running.control();
         let ring = match register(Ring(device_loop)) {
             Ok(ring) => ring,
