@@ -20,7 +20,10 @@
 //!   cgroups): a bug in the device loop's code runs with the shim's privileges.
 //! - blocking: the set-up (connecting to the vhost-user backends, reading the kernel) and the
 //!   stop (joining the vCPU threads, which leave KVM_RUN within milliseconds of their kick)
-//!   run on the event loop's thread. Both are short and happen once per pod.
+//!   run on the event loop's thread. Both are short and happen once per pod, but a backend
+//!   that accepts the frontend's connection and then never answers its set-up would hang
+//!   the shim's thread (hull-vmm's child would hang alone, and be killed at the agent's
+//!   deadline): the frontend's set-up has no timeout yet.
 //! - fate sharing: a VM outlives no shim: if the shim dies, its VMs die with it, so there is
 //!   nothing to record for a later `shim delete` to kill (no pid).
 
@@ -92,7 +95,7 @@ impl InProcessVm {
     /// `cid`, with its files in `run_dir` (created 0700, must not exist; the guest console
     /// in `console.log`). Must be called within the shim's tokio runtime, whose thread then
     /// serves the VM's devices. A VM that cannot start (a kernel it cannot load, a backend
-    /// that does not answer) is an error naming why, and leaves nothing: no thread, no
+    /// that is not there) is an error naming why, and leaves nothing: no thread, no
     /// descriptor, no run directory.
     pub fn start(spec: &VmSpec, cid: u32, run_dir: &Path) -> Result<Self> {
         let vcpus =
