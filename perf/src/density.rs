@@ -495,8 +495,9 @@ fn notes(skipped: &[usize]) -> Vec<String> {
              guest RAM."
         ),
         "params.processes: the median per process of each runtime's pods (which process \
-         dominates). QEMU here is qemu-system-x86_64, not hull's builtin VMM, so the threads \
-         goal (≤ 1 + vCPUs for shim + VMM) is not what this measures."
+         dominates). QEMU here is qemu-system-x86_64, not hull's builtin VMM (which runs in \
+         the shim's process: a builtin pod's shim figures would include the VMM's), so the \
+         threads goal (≤ 1 + vCPUs for shim + VMM) is not what this measures."
             .into(),
     ];
     if !skipped.is_empty() {

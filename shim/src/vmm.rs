@@ -1,17 +1,23 @@
-//! The `builtin` hypervisor backend: one child `hull-vmm` per pod (this workspace's KVM VMM,
-//! `vmm/`), booting the [`VmSpec`]'s kernel and initrd with its vhost-user devices
-//! (vsock, fs, net, blk) behind virtio-mmio.
+//! The `builtin` hypervisor backend: this workspace's KVM VMM (`vmm/`) booting the
+//! [`VmSpec`]'s kernel and initrd with its vhost-user devices (fs, net, blk) and its own
+//! vsock device behind virtio-mmio. Two ways to run it (`vm.builtin_process`):
+//! - `shim` (the default): in the shim's own process ([`in_process`], as Kata's Dragonball):
+//!   the pod's threads are the shim's event-loop thread, which also drives the VMM's device
+//!   loop, and one per vCPU;
+//! - `hull-vmm`: a child `hull-vmm` per pod ([`VmmVm`]), confined apart (its main thread
+//!   under its own seccomp filter, no capabilities), at the cost of a process and a thread.
 //!
-//! Owns the hull-vmm process from spawn to reaping and its per-VM run directory (console log,
-//! hull-vmm's stderr). Like [`crate::qemu`], it does not start the device backends or talk to
-//! the agent. The pod's vsock is hull-vmm's own device ([`VmDevice::HybridVsock`]: no
-//! hull-vsock process), its hybrid socket where the agent link connects. hull-vmm is stopped
-//! with SIGTERM (it stops its vCPUs
-//! and exits), then killed after the grace period; pause and resume are not offered.
+//! Both assemble the VM with [`hull_vmm::launch`] from the same device list ([`devices`]).
+//! [`VmmVm`] owns the hull-vmm process from spawn to reaping and its per-VM run directory
+//! (console log, hull-vmm's stderr). Like [`crate::qemu`], neither starts the device backends
+//! or talks to the agent. The pod's vsock is the VMM's own device
+//! ([`VmDevice::HybridVsock`]: no hull-vsock process), its hybrid socket where the agent link
+//! connects. hull-vmm is stopped with SIGTERM (it stops its vCPUs and exits), then killed
+//! after the grace period; pause and resume are not offered.
 //!
 //! What it cannot do yet, refused with an error naming it: taps served by the VMM itself
-//! (hull-vmm has no virtio-net of its own: use `network.backend = "hull-net"`), and more
-//! than one vsock device.
+//! (it has no virtio-net of its own: use `network.backend = "hull-net"`), and more than one
+//! vsock device.
 
 use std::ffi::OsString;
 use std::fs;
@@ -20,9 +26,12 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use hull_vmm::virtio::vhost_user::VhostUserKind;
 use tokio::process::{Child, Command};
 
 use crate::vm_spec::{VmDevice, VmSpec};
+
+pub mod in_process;
 
 /// The VMM binary's name, found next to the shim, then on PATH.
 pub const VMM_BINARY: &str = "hull-vmm";
@@ -54,6 +63,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The VMM in the shim could not launch the VM.
+    #[error("the VMM in the shim")]
+    Launch(#[from] hull_vmm::launch::Error),
+    /// The vCPUs' seccomp filter could not be built.
+    #[error("the vCPUs' seccomp filter")]
+    Seccomp(#[from] hull_vmm::seccomp::Error),
+    /// The VM's stop eventfd, or the device loop's ring, could not be set up on the shim's
+    /// event loop.
+    #[error("serving the VM's device loop on the shim's event loop")]
+    EventLoop(#[source] std::io::Error),
     /// Waiting for or signalling hull-vmm failed.
     #[error("waiting for hull-vmm (pid {pid:?})")]
     Wait {
@@ -73,6 +92,61 @@ pub fn find_vmm(beside: Option<&Path>, path: Option<&std::ffi::OsStr>) -> Result
     crate::paths::find_helper(VMM_BINARY, beside, path).ok_or(Error::NotFound)
 }
 
+/// The VMM's devices for `spec`, in its order, the vsock device getting guest context id
+/// `cid`: the same for hull-vmm's flags ([`arguments`]) and the VMM in the shim
+/// ([`in_process`]). What the VMM cannot serve is refused by name.
+pub(crate) fn devices(spec: &VmSpec, cid: u32) -> Result<Vec<Device>> {
+    let mut devices = Vec::with_capacity(spec.devices.len());
+    let mut vsock = false;
+    for device in &spec.devices {
+        devices.push(match device {
+            VmDevice::VhostUserVsock { socket } | VmDevice::HybridVsock { uds: socket } => {
+                if std::mem::replace(&mut vsock, true) {
+                    return Err(Error::Unsupported("serve two vsock devices"));
+                }
+                let cid = u64::from(cid);
+                match device {
+                    VmDevice::HybridVsock { .. } => Device::InVmmVsock {
+                        uds: socket.clone(),
+                        cid,
+                    },
+                    _ => Device::VhostUser(socket.clone(), VhostUserKind::Vsock { cid }),
+                }
+            }
+            VmDevice::VhostUserFs { socket, tag } => {
+                Device::VhostUser(socket.clone(), VhostUserKind::Fs { tag: tag.clone() })
+            }
+            // The MAC is served by hull-net in the device's configuration space.
+            VmDevice::VhostUserNet { socket, .. } => {
+                Device::VhostUser(socket.clone(), VhostUserKind::Net)
+            }
+            VmDevice::VhostUserBlk { socket } => {
+                Device::VhostUser(socket.clone(), VhostUserKind::Block)
+            }
+            VmDevice::Tap { .. } => {
+                return Err(Error::Unsupported(
+                    "serve a tap itself: set network.backend = \"hull-net\"",
+                ))
+            }
+        });
+    }
+    Ok(devices)
+}
+
+/// A device of the built-in VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Device {
+    /// A vhost-user frontend on the backend's socket.
+    VhostUser(PathBuf, VhostUserKind),
+    /// The VMM's own vsock device on a hybrid unix socket.
+    InVmmVsock {
+        /// The hybrid socket.
+        uds: PathBuf,
+        /// The guest's context id.
+        cid: u64,
+    },
+}
+
 /// Builds hull-vmm's arguments for `spec`, the vsock device getting guest context id `cid`.
 pub fn arguments(spec: &VmSpec, cid: u32) -> Result<Vec<OsString>> {
     let mut args: Vec<OsString> = vec![
@@ -87,47 +161,34 @@ pub fn arguments(spec: &VmSpec, cid: u32) -> Result<Vec<OsString>> {
         "--vcpus".into(),
         spec.vcpus.to_string().into(),
     ];
-    let mut vsock = false;
-    for device in &spec.devices {
+    for device in devices(spec, cid)? {
         // hull-vmm's flags take `SOCK,key=value`: built as OsStrings so any socket path
         // passes through unchanged.
         let (flag, mut value, suffix): (&str, OsString, Option<String>) = match device {
-            VmDevice::VhostUserVsock { socket } => {
-                if std::mem::replace(&mut vsock, true) {
-                    return Err(Error::Unsupported("serve two vsock devices"));
-                }
-                (
-                    "--vhost-user-vsock",
-                    socket.clone().into(),
-                    Some(format!(",cid={cid}")),
-                )
-            }
-            VmDevice::HybridVsock { uds } => {
-                if std::mem::replace(&mut vsock, true) {
-                    return Err(Error::Unsupported("serve two vsock devices"));
-                }
+            Device::InVmmVsock { uds, cid } => {
                 args.extend([
                     "--vsock-uds".into(),
-                    uds.clone().into(),
+                    uds.into(),
                     "--guest-cid".into(),
                     cid.to_string().into(),
                 ]);
                 continue;
             }
-            VmDevice::VhostUserFs { socket, tag } => (
+            Device::VhostUser(socket, VhostUserKind::Vsock { cid }) => (
+                "--vhost-user-vsock",
+                socket.into(),
+                Some(format!(",cid={cid}")),
+            ),
+            Device::VhostUser(socket, VhostUserKind::Fs { tag }) => (
                 "--vhost-user-fs",
-                socket.clone().into(),
+                socket.into(),
                 Some(format!(",tag={tag}")),
             ),
-            // The MAC is served by hull-net in the device's configuration space.
-            VmDevice::VhostUserNet { socket, .. } => {
-                ("--vhost-user-net", socket.clone().into(), None)
+            Device::VhostUser(socket, VhostUserKind::Net) => {
+                ("--vhost-user-net", socket.into(), None)
             }
-            VmDevice::VhostUserBlk { socket } => ("--vhost-user-blk", socket.clone().into(), None),
-            VmDevice::Tap { .. } => {
-                return Err(Error::Unsupported(
-                    "serve a tap itself: set network.backend = \"hull-net\"",
-                ))
+            Device::VhostUser(socket, VhostUserKind::Block) => {
+                ("--vhost-user-blk", socket.into(), None)
             }
         };
         if let Some(suffix) = suffix {
@@ -149,7 +210,27 @@ pub struct VmmVm {
 
 /// The VM's run directory, removed with everything in it when dropped.
 #[derive(Debug)]
-struct RunDir(PathBuf);
+pub(crate) struct RunDir(pub(crate) PathBuf);
+
+impl RunDir {
+    /// Creates `path` (0700, must not exist).
+    pub(crate) fn create(path: &Path) -> Result<Self> {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path)
+            .map_err(|source| Error::RunDir {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self(path.to_owned()))
+    }
+
+    /// Creates the file `name` in it.
+    pub(crate) fn file(&self, name: &str) -> Result<fs::File> {
+        let path = self.0.join(name);
+        fs::File::create(&path).map_err(|source| Error::RunDir { path, source })
+    }
+}
 
 impl Drop for RunDir {
     fn drop(&mut self) {
@@ -176,20 +257,9 @@ impl VmmVm {
                 crate::monitor::backend_metrics_socket(sandbox_dir, "hull-vmm").into(),
             ]);
         }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(run_dir)
-            .map_err(|source| Error::RunDir {
-                path: run_dir.to_owned(),
-                source,
-            })?;
-        let run_dir = RunDir(run_dir.to_owned());
-        let file = |name: &str| {
-            let path = run_dir.0.join(name);
-            fs::File::create(&path).map_err(|source| Error::RunDir { path, source })
-        };
-        let console = file("console.log")?;
-        let stderr = file("vmm.stderr")?;
+        let run_dir = RunDir::create(run_dir)?;
+        let console = run_dir.file("console.log")?;
+        let stderr = run_dir.file("vmm.stderr")?;
         tracing::info!(vm = %spec.id, binary = %binary.display(), "starting hull-vmm");
         tracing::debug!(?args, "hull-vmm arguments");
         let mut command = Command::new(binary);

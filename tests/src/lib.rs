@@ -15,3 +15,4 @@ pub mod oci_image;
 pub mod prereq;
 pub mod qemu;
 pub mod stale;
+pub mod tiny_guest;

@@ -274,6 +274,39 @@ impl DeviceLoop {
         self.turn_within(Some(timeout))
     }
 
+    /// The ring's descriptor, for a loop that runs this one inside another event loop (the
+    /// shim's): it polls readable when completions wait, and [`Self::turn_nowait`] then
+    /// handles them. The descriptor stays the loop's.
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    /// One turn that does not wait: takes new sources, handles every completion there is,
+    /// and submits what that asked for (polls armed again, new sources' polls), so that the
+    /// next event makes [`Self::ring_fd`] readable. For another event loop that polls the
+    /// ring's descriptor; call it once before the first poll, to arm the sources.
+    pub fn turn_nowait(&mut self) -> Result<()> {
+        self.turn_within(Some(std::time::Duration::ZERO))?;
+        // A completion of the wake-up poll asks for the registrar's new sources, and the
+        // handled completions for polls armed again: all of it reaches the kernel now, not
+        // at a next turn that only an event would bring.
+        if std::mem::take(&mut self.woken) {
+            self.take_new()?;
+        }
+        if !self.wake_armed {
+            self.arm_wake()?;
+        }
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
+                // The completion queue is full: the ring is readable, the next turn drains it.
+                Err(err) if err.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(err) => return Err(uring("io_uring_enter")(err)),
+            }
+        }
+    }
+
     fn turn_within(&mut self, timeout: Option<std::time::Duration>) -> Result<()> {
         if std::mem::take(&mut self.woken) {
             self.take_new()?;
@@ -801,6 +834,59 @@ mod tests {
             .skip(1)
             .step_by(2)
             .all(|(_, calls)| calls.load(Ordering::SeqCst) == 0));
+    }
+
+    /// Whether `fd` polls readable within `timeout`.
+    fn readable(fd: RawFd, timeout: Duration) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap();
+        // SAFETY: poll(2) reads and writes the one valid pollfd passed.
+        let rc = unsafe { libc::poll(&mut pollfd, 1, ms) };
+        assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
+        rc == 1 && pollfd.revents & libc::POLLIN != 0
+    }
+
+    #[test]
+    fn another_loop_polls_the_ring_and_a_turn_without_wait_serves_the_ready_source() {
+        let mut lp = new_loop();
+        let (counter, calls) = Counter::new();
+        let trigger = counter.trigger();
+        // Arms the registrar's wake-up poll.
+        lp.turn_nowait().unwrap();
+        // Added from another thread, as a device activated on a vCPU thread is: the wake-up
+        // makes the ring readable, and a turn takes the source.
+        let registrar = lp.registrar().clone();
+        std::thread::spawn(move || registrar.add(Box::new(counter)).unwrap())
+            .join()
+            .unwrap();
+        for _ in 0..3 {
+            if lp.sources() == 0 {
+                assert!(readable(lp.ring_fd(), Duration::from_secs(30)));
+                lp.turn_nowait().unwrap();
+            }
+        }
+        assert_eq!(
+            lp.sources(),
+            1,
+            "the source is taken without a waiting turn"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "called before readable");
+        // Nothing ready: the ring does not poll readable, and a turn returns at once.
+        assert!(!readable(lp.ring_fd(), Duration::from_millis(0)));
+        lp.turn_nowait().unwrap();
+        for round in 1..=3 {
+            trigger.write(1).unwrap();
+            assert!(
+                readable(lp.ring_fd(), Duration::from_secs(30)),
+                "round {round}: the ready source makes the ring readable"
+            );
+            lp.turn_nowait().unwrap();
+            assert_eq!(calls.load(Ordering::SeqCst), round, "served by the turn");
+        }
     }
 
     #[test]

@@ -27,6 +27,9 @@
 //! - [`signals`], [`metrics`], [`api`]: what hull-vmm's main thread serves on the device
 //!   loop besides devices: SIGINT/SIGTERM, the metrics socket, and the control socket (an
 //!   HTTP/1.1 API like cloud-hypervisor's: pause, resume, shutdown, info, ping).
+//! - [`launch`]: the VM assembled from a [`launch::LaunchConfig`] (kernel, devices, serial
+//!   console), shared by hull-vmm's `main` and the shim, which runs the VMM in its own
+//!   process and drives the device loop from its event loop ([`event_loop::DeviceLoop::ring_fd`]).
 //! - [`vm`]: the VM that ties them together, and its clean stop (every vCPU thread joined,
 //!   every fd closed when the [`vm::RunningVm`] is dropped).
 //!
@@ -43,6 +46,7 @@ pub mod cpu;
 pub mod devices;
 mod error;
 pub mod event_loop;
+pub mod launch;
 pub mod lifecycle;
 pub mod memory;
 pub mod metrics;

@@ -40,6 +40,24 @@ pub enum StopReason {
     },
 }
 
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Halted => write!(f, "every vCPU halted"),
+            StopReason::I8042Reset => write!(f, "the guest reset the machine (i8042)"),
+            StopReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
+            StopReason::SystemEvent { kind } => {
+                write!(
+                    f,
+                    "the guest asked for a reset or power-off (system event {kind})"
+                )
+            }
+            StopReason::Requested => write!(f, "stopped on request"),
+            StopReason::VcpuError { vcpu, detail } => write!(f, "vCPU {vcpu} failed: {detail}"),
+        }
+    }
+}
+
 /// What [`RunState::on_stop`] runs.
 type StopHook = Box<dyn Fn() + Send + Sync>;
 

@@ -8,18 +8,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use hull_vmm::api::{ApiServer, ApiSocket};
-use hull_vmm::boot::{self, BootConfig, DEFAULT_CMDLINE};
+use hull_vmm::boot::DEFAULT_CMDLINE;
 use hull_vmm::cpu::cpuid::CpuFeature;
-use hull_vmm::event_loop::{DeviceLoop, Registrar};
+use hull_vmm::launch::{self, LaunchConfig, LaunchedVm};
 use hull_vmm::lifecycle::StopReason;
-use hull_vmm::metrics::MetricsSource;
 use hull_vmm::seccomp::ThreadKind;
 use hull_vmm::signals::SignalSource;
-use hull_vmm::virtio::vhost_user::{
-    VhostUserDevice, VhostUserKind, FS_TAG_MAX, VSOCK_CID_MAX, VSOCK_CID_MIN,
-};
-use hull_vmm::virtio::vsock::Vsock;
-use hull_vmm::vm::{KickPath, Vm, VmConfig, MAX_VCPUS};
+use hull_vmm::virtio::vhost_user::{VhostUserKind, FS_TAG_MAX, VSOCK_CID_MAX, VSOCK_CID_MIN};
+use hull_vmm::vm::MAX_VCPUS;
 
 /// Boot a Linux kernel in a KVM microVM; the guest's serial console (COM1) goes to stdout.
 #[derive(Debug, Parser)]
@@ -144,16 +140,7 @@ impl From<Feature> for CpuFeature {
 }
 
 fn run(args: Args) -> anyhow::Result<StopReason> {
-    let config = VmConfig {
-        memory_mib: args.memory,
-        vcpus: args.vcpus,
-        interrupt_controller: true,
-        hidden_cpu_features: args.hide_cpu_features.into_iter().map(Into::into).collect(),
-    };
-    let mut vm = Vm::new(config).context("cannot create the VM")?;
-    vm.add_serial(Box::new(std::io::stdout()))
-        .context("cannot add the serial console")?;
-    let devices = args
+    let vhost_user = args
         .vhost_user_blk
         .into_iter()
         .map(|socket| (socket, VhostUserKind::Block))
@@ -170,35 +157,19 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
         .chain(
             args.vhost_user_vsock
                 .map(|(socket, cid)| (socket, VhostUserKind::Vsock { cid })),
-        );
-    for (socket, kind) in devices {
-        let device = VhostUserDevice::connect(&socket, kind).with_context(|| {
-            format!("cannot connect to vhost-user backend {}", socket.display())
-        })?;
-        vm.add_virtio_mmio(Box::new(device), KickPath::Kernel)
-            .with_context(|| format!("cannot add the device of {}", socket.display()))?;
-    }
-    // In-VMM devices hand their descriptors to the device loop through this registrar.
-    let registrar = Registrar::new().context("cannot set up the device loop")?;
-    let mut vsock_counters = None;
-    if let (Some(path), Some(cid)) = (args.vsock_uds, args.guest_cid) {
-        let device = Vsock::new(&path, cid, registrar.clone())
-            .with_context(|| format!("cannot add the vsock device on {}", path.display()))?;
-        vsock_counters = Some(device.counters());
-        vm.add_virtio_mmio(Box::new(device), KickPath::Kernel)
-            .context("cannot add the vsock device")?;
-    }
-    let mut cmdline = args.cmdline;
-    let virtio = vm.virtio_cmdline();
-    if !virtio.is_empty() {
-        cmdline = format!("{cmdline} {virtio}");
-    }
-    let boot = BootConfig {
+        )
+        .collect();
+    let mut prepared = launch::prepare(LaunchConfig {
         kernel: args.kernel,
         initrd: args.initrd,
-        cmdline,
-    };
-    let entry = boot::load(vm.memory(), &boot).context("cannot load the kernel")?;
+        cmdline: args.cmdline,
+        memory_mib: args.memory,
+        vcpus: args.vcpus,
+        hidden_cpu_features: args.hide_cpu_features.into_iter().map(Into::into).collect(),
+        vhost_user,
+        vsock: args.vsock_uds.zip(args.guest_cid),
+        serial: Box::new(std::io::stdout()),
+    })?;
     // SIGINT and SIGTERM stop the VM cleanly. The main thread takes them itself, so the
     // process has one thread besides its vCPUs (issue 7: threads = vCPUs + 1): they are
     // blocked here, before the vCPU threads inherit the mask, and read from a signalfd on the
@@ -208,13 +179,8 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     signals
         .thread_block()
         .context("cannot block SIGINT, SIGTERM and SIGUSR1")?;
-    let mut device_loop =
-        DeviceLoop::new(registrar.clone()).context("cannot set up the device loop")?;
-    let state = vm.run_state();
-    let waker = registrar.clone();
-    state.on_stop(move || {
-        let _ = waker.wake();
-    });
+    let mut device_loop = prepared.device_loop(|| {})?;
+    let state = prepared.run_state();
     let metrics = args
         .metrics_socket
         .map(|path| hull_metrics::MetricsListener::bind(&path))
@@ -229,15 +195,20 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
     // KVM_RUN, this thread once they run (see hull_vmm::seccomp).
     let main_filter = if hull_vmm::seccomp::enabled() {
         let pid = nix::unistd::getpid().as_raw();
-        vm.confine_vcpus(hull_vmm::seccomp::filter(ThreadKind::Vcpu, pid)?);
+        prepared
+            .vm_mut()
+            .confine_vcpus(hull_vmm::seccomp::filter(ThreadKind::Vcpu, pid)?);
         Some(hull_vmm::seccomp::filter(ThreadKind::Main, pid)?)
     } else {
         None
     };
     // Everything privileged is open: no thread needs a capability from here on.
     hull_vmm::seccomp::drop_capabilities().context("cannot drop capabilities")?;
-    let running = vm.start(entry).context("cannot start the vCPUs")?;
-    serve(&registrar, &running, &signals, metrics, vsock_counters, api)?;
+    let launched = prepared.start()?;
+    serve(&launched, &signals, metrics, api)?;
+    let LaunchedVm {
+        running, registrar, ..
+    } = launched;
     if let Some(program) = main_filter {
         hull_vmm::seccomp::apply(ThreadKind::Main, &program)?;
     }
@@ -256,28 +227,18 @@ fn run(args: Args) -> anyhow::Result<StopReason> {
 
 /// Puts the signals, the metrics socket and the control socket on the device loop.
 fn serve(
-    registrar: &Registrar,
-    running: &hull_vmm::vm::RunningVm,
+    launched: &LaunchedVm,
     signals: &nix::sys::signal::SigSet,
     metrics: Option<hull_metrics::MetricsListener>,
-    vsock_counters: Option<hull_vmm::virtio::vsock::VsockCounters>,
     api: Option<ApiSocket>,
 ) -> anyhow::Result<()> {
-    let control = running.control();
+    let control = launched.running.control();
+    let registrar = &launched.registrar;
     let signal_source =
         SignalSource::new(signals, control.clone()).context("cannot open a signalfd")?;
     registrar.add(Box::new(signal_source))?;
     if let Some(listener) = metrics {
-        let mut source = MetricsSource::new(listener, control.clone());
-        if let Some(counters) = vsock_counters {
-            // The in-VMM vsock device's series, as hull-vsock serves them.
-            source = source.with_extra(move || {
-                counters.snapshot().map_or_else(String::new, |counters| {
-                    hull_metrics::render(&hull_devices::metrics::vsock_samples(&counters))
-                })
-            });
-        }
-        registrar.add(Box::new(source))?;
+        launched.serve_metrics(listener)?;
     }
     if let Some(socket) = api {
         registrar.add(Box::new(ApiServer::new(socket, control, registrar.clone())))?;
@@ -296,7 +257,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
         Ok(StopReason::VcpuError { vcpu, detail }) => {
-            eprintln!("hull-vmm: vCPU {vcpu} failed: {detail}");
+            eprintln!("hull-vmm: {}", StopReason::VcpuError { vcpu, detail });
             ExitCode::FAILURE
         }
         Ok(reason) => {

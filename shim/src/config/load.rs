@@ -205,6 +205,33 @@ mod tests {
     }
 
     #[test]
+    fn the_builtin_vmm_runs_in_the_shim_unless_hull_vmm_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("configuration.toml");
+        write(&file, "hypervisor = \"builtin\"\n");
+        let loaded = load(&search_system(&[&file])).unwrap();
+        assert_eq!(
+            loaded.config.vm.builtin_process,
+            super::super::BuiltinProcess::Shim
+        );
+        write(&file, "[vm]\nbuiltin_process = \"hull-vmm\"\n");
+        let loaded = load(&search_system(&[&file])).unwrap();
+        assert_eq!(
+            loaded.config.vm.builtin_process,
+            super::super::BuiltinProcess::HullVmm
+        );
+        write(&file, "[vm]\nbuiltin_process = \"qemu\"\n");
+        let err = format!(
+            "{:#}",
+            anyhow::Error::from(load(&search_system(&[&file])).unwrap_err())
+        );
+        assert!(
+            err.contains("builtin_process") && err.contains("shim") && err.contains("hull-vmm"),
+            "the bad value's error names the key and the choices: {err}"
+        );
+    }
+
+    #[test]
     fn first_existing_system_file_wins() {
         let dir = tempfile::tempdir().unwrap();
         let etc = dir.path().join("etc/configuration.toml");

@@ -96,6 +96,20 @@ pub enum QemuMachine {
     Q35,
 }
 
+/// Where the `builtin` hypervisor's VMM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuiltinProcess {
+    /// In the shim's own process (as Kata's Dragonball): one vCPU thread per vCPU beside the
+    /// shim's event-loop thread, which also drives the VMM's device loop. The VMM shares the
+    /// shim's privileges: only the vCPU threads are confined by seccomp.
+    #[default]
+    Shim,
+    /// A child `hull-vmm` per pod, confined apart: its main thread under its own seccomp
+    /// filter and with no capabilities, at the cost of one more process and thread.
+    HullVmm,
+}
+
 /// Who serves the virtio-net device of each pod interface, on the endpoint's tap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -153,6 +167,9 @@ pub struct VmConfig {
     /// and mounted in the guest, never on the host. false: mounted on the host and shared
     /// through hull-fs like any snapshot.
     pub block_rootfs: bool,
+    /// With `hypervisor = "builtin"`: the VMM in the shim's process (`shim`) or in a child
+    /// `hull-vmm` process (`hull-vmm`).
+    pub builtin_process: BuiltinProcess,
 }
 
 /// Settings of the `qemu` backend.
@@ -219,6 +236,7 @@ impl Default for VmConfig {
             vcpus: 1,
             memory_mib: 256,
             block_rootfs: true,
+            builtin_process: BuiltinProcess::Shim,
         }
     }
 }

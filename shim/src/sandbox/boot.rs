@@ -11,17 +11,19 @@ use std::time::{Duration, Instant};
 
 use crate::agent_link::{self, AgentLink};
 use crate::backend::{self, BackendProcess};
+use crate::config::BuiltinProcess;
 use crate::config::{Config, HypervisorKind, NetworkBackend};
 use crate::host::{find_program, Virtualization};
 use crate::network::PodNetwork;
 use crate::phase::Phase;
 use crate::qemu::{self, Accel, QemuOptions, QemuVm};
 use crate::vm_spec::{VmDevice, VmSpec};
+use crate::vmm::in_process::InProcessVm;
 use crate::vmm::{self, VmmVm};
 
 use super::disk::BlockDisk;
 use super::share::{SharedDir, SHARE_TAG};
-use super::watch::{Death, Ending, VMM_GRACE};
+use super::watch::{Death, Ending, ProcessWatch, VMM_GRACE};
 
 /// The guest's vsock context id (the first one past the reserved 0 to 2).
 pub const GUEST_CID: u32 = 3;
@@ -121,14 +123,16 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// What ended the wait for the agent.
 enum BootOutcome {
     Agent(agent_link::Result<AgentLink>),
-    VmExited(Result<std::process::ExitStatus>),
+    VmExited(Result<String>),
     BackendDied(Death),
 }
 
-/// The VM process: QEMU or hull-vmm, with what the boot and the shutdown need of either.
+/// The VM: QEMU, hull-vmm, or the built-in VMM in the shim's process, with what the boot
+/// and the shutdown need of each.
 enum Vm {
     Qemu(QemuVm),
     Builtin(VmmVm),
+    InProcess(InProcessVm),
 }
 
 impl Vm {
@@ -136,6 +140,7 @@ impl Vm {
         match self {
             Vm::Qemu(vm) => vm.pid(),
             Vm::Builtin(vm) => vm.pid(),
+            Vm::InProcess(_) => None,
         }
     }
 
@@ -143,7 +148,7 @@ impl Vm {
     fn role(&self) -> &'static str {
         match self {
             Vm::Qemu(_) => super::watch::VMM_ROLE,
-            Vm::Builtin(_) => super::watch::BUILTIN_VMM_ROLE,
+            Vm::Builtin(_) | Vm::InProcess(_) => super::watch::BUILTIN_VMM_ROLE,
         }
     }
 
@@ -151,11 +156,12 @@ impl Vm {
         match self {
             Vm::Qemu(vm) => vm.console_log(),
             Vm::Builtin(vm) => vm.console_log(),
+            Vm::InProcess(vm) => vm.console_log(),
         }
     }
 
     /// The console's last lines, and for hull-vmm its own last words (QEMU's are in the
-    /// error of its start).
+    /// error of its start), for the VMM in the shim why the VM stopped.
     fn last_words(&self) -> String {
         let console = last_lines(
             &std::fs::read_to_string(self.console_log()).unwrap_or_default(),
@@ -165,13 +171,19 @@ impl Vm {
             Vm::Qemu(_) => console,
             // Its lines start with "hull-vmm: ".
             Vm::Builtin(vm) => format!("{console}\n{}", last_lines(&vm.stderr(), 5)),
+            Vm::InProcess(vm) => match vm.stop_reason() {
+                Some(reason) => format!("{console}\nthe VM stopped: {reason}"),
+                None => console,
+            },
         }
     }
 
-    async fn wait(&mut self) -> Result<std::process::ExitStatus> {
+    /// Waits until the VM ends by itself, and says how (an exit status, a stop's reason).
+    async fn wait(&mut self) -> Result<String> {
         Ok(match self {
-            Vm::Qemu(vm) => vm.wait().await?,
-            Vm::Builtin(vm) => vm.wait().await?,
+            Vm::Qemu(vm) => vm.wait().await?.to_string(),
+            Vm::Builtin(vm) => vm.wait().await?.to_string(),
+            Vm::InProcess(vm) => format!("stopped: {}", vm.wait().await?),
         })
     }
 
@@ -180,6 +192,10 @@ impl Vm {
         let killed = match self {
             Vm::Qemu(vm) => vm.kill().await.map_err(Error::from),
             Vm::Builtin(vm) => vm.kill().await.map_err(Error::from),
+            Vm::InProcess(vm) => {
+                vm.kill().await;
+                Ok(())
+            }
         };
         if let Err(err) = killed {
             tracing::warn!(%err, "killing the VM of a failed boot");
@@ -190,6 +206,10 @@ impl Vm {
         match self {
             Vm::Qemu(vm) => drop(vm.stop(grace).await?),
             Vm::Builtin(vm) => drop(vm.stop(grace).await?),
+            Vm::InProcess(vm) => {
+                let reason = vm.stop(grace).await;
+                tracing::debug!(%reason, "the VM in the shim stopped");
+            }
         }
         Ok(())
     }
@@ -251,6 +271,22 @@ impl BootedVm {
         .chain(self.blks.iter().map(|blk| ("hull-blk", blk.pid())))
         .filter_map(|(role, pid)| Some((role, pid?)))
         .collect()
+    }
+
+    /// The watch of a VM run by the shim's own process (it has no pid to watch, see
+    /// [`super::watch`]); `None` for a VM in a process of its own.
+    pub fn in_process_watch(&self) -> Option<std::result::Result<ProcessWatch, String>> {
+        let Vm::InProcess(vm) = &self.vm else {
+            return None;
+        };
+        Some(
+            vm.watch()
+                .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+                .and_then(|(fd, status)| {
+                    ProcessWatch::vm(self.vm.role(), fd, status)
+                        .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+                }),
+        )
     }
 
     /// The pod's shared directory, when the VM was booted with one.
@@ -374,11 +410,16 @@ pub async fn boot_pod_with_disks(
                 .ok_or(Error::Helper("hull-vsock"))?,
         )
     };
-    let vm_bin = if kind == HypervisorKind::Builtin {
-        vmm::find_vmm(beside, path_env.as_deref())?
-    } else {
-        find_program(&config.qemu.path, path_env.as_deref())
-            .ok_or(Error::Helper("qemu-system-x86_64"))?
+    // The VMM in the shim needs no binary; hull-vmm and QEMU do.
+    let vm_bin = match (kind, config.vm.builtin_process) {
+        (HypervisorKind::Builtin, BuiltinProcess::Shim) => None,
+        (HypervisorKind::Builtin, BuiltinProcess::HullVmm) => {
+            Some(vmm::find_vmm(beside, path_env.as_deref())?)
+        }
+        _ => Some(
+            find_program(&config.qemu.path, path_env.as_deref())
+                .ok_or(Error::Helper("qemu-system-x86_64"))?,
+        ),
     };
     let fs_bin = if share {
         Some(
@@ -656,7 +697,7 @@ impl Backends {
         let rank = |death: &Death| match death.ending {
             Ending::Killed(_) => 0,
             Ending::Exited(_) => 1,
-            Ending::Unknown => 2,
+            Ending::Unknown | Ending::Stopped(_) => 2,
         };
         self.all()
             .into_iter()
@@ -665,7 +706,7 @@ impl Backends {
                 let status = backend.try_exited()?;
                 Some(Death {
                     role,
-                    pid,
+                    pid: Some(pid),
                     ending: status.into(),
                 })
             })
@@ -690,7 +731,7 @@ impl Backends {
             .into_iter()
             .map(|(role, backend)| {
                 Box::pin(async move {
-                    let pid = backend.pid().unwrap_or_default();
+                    let pid = backend.pid();
                     let ending = backend.exited().await.map_or(Ending::Unknown, Into::into);
                     Death { role, pid, ending }
                 })
@@ -714,7 +755,7 @@ async fn boot_vm(
     spec: &VmSpec,
     kind: HypervisorKind,
     virt: &Virtualization,
-    vm_bin: PathBuf,
+    vm_bin: Option<PathBuf>,
     uds: &Path,
     network: Option<&PodNetwork>,
     share: bool,
@@ -724,7 +765,12 @@ async fn boot_vm(
         if !virt.full_guests_on_kvm() {
             tracing::warn!(vm = %id, "no hardware virtualization: a Linux guest may not boot under hull-vmm here");
         }
-        Vm::Builtin(VmmVm::start(spec, GUEST_CID, &vm_bin, &run_dir.join("vmm")).await?)
+        let vmm_dir = run_dir.join("vmm");
+        match &vm_bin {
+            // hull-vmm, as vm.builtin_process = "hull-vmm" asked.
+            Some(vm_bin) => Vm::Builtin(VmmVm::start(spec, GUEST_CID, vm_bin, &vmm_dir).await?),
+            None => Vm::InProcess(InProcessVm::start(spec, GUEST_CID, &vmm_dir)?),
+        }
     } else {
         let accel = if virt.full_guests_on_kvm() {
             Accel::Kvm
@@ -735,7 +781,7 @@ async fn boot_vm(
             tracing::warn!(vm = %id, "no hardware virtualization: the guest runs under QEMU TCG, slowly");
         }
         let options = QemuOptions {
-            binary: vm_bin,
+            binary: vm_bin.ok_or(Error::Helper("qemu-system-x86_64"))?,
             machine: config.qemu.machine,
             accel,
         };
@@ -792,7 +838,7 @@ async fn agent_up(
             })
         }
         BootOutcome::VmExited(status) => {
-            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            let status = status.unwrap_or_else(|e| e.to_string());
             return Err(Error::VmExited {
                 status,
                 console: console(),

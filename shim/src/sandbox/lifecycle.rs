@@ -222,6 +222,17 @@ impl Sandbox {
                     })
                     .ok()
             })
+            .chain(match &runner {
+                // The built-in VMM in the shim: no process, its stop is watched instead.
+                Runner::Vm(vm) => vm.in_process_watch().and_then(|watch| {
+                    watch
+                        .map_err(|err| {
+                            tracing::warn!(sandbox = %id, "{err}; the VM's stop is noticed only by health checks");
+                        })
+                        .ok()
+                }),
+                Runner::Host(_) => None,
+            })
             .collect();
         // The serving shim itself, first (so killed last): a `shim delete` after containerd
         // lost track of it (a shim that hangs, a containerd that cannot find it again) must

@@ -1,7 +1,10 @@
 //! Watching a sandbox's host processes (QEMU, each device backend, or the `none`
 //! hypervisor's agent) for an unexpected death: one pidfd per process, polled on the shim's
 //! event loop (a pidfd turns readable when its process exits), so a VM or backend that dies
-//! is noticed at once, not at the next health check or never.
+//! is noticed at once, not at the next health check or never. A VM run by the shim's own
+//! process (the built-in VMM in the shim, [`crate::vmm::in_process`]) has no pid: its watch
+//! polls the VM's stop eventfd instead, and its "death" is the VM's stop, with its reason
+//! ([`Ending::Stopped`]), seen as a VMM process's exit is.
 //!
 //! A watch never reaps: the process's owner ([`crate::qemu::QemuVm`],
 //! [`crate::backend::BackendProcess`]) still does, and gets the same status. The exit status
@@ -11,6 +14,7 @@
 
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
@@ -30,10 +34,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A VM's stop eventfd could not be registered with the event loop.
+    #[error("watching {role} in the shim")]
+    Vm {
+        /// What the VM is.
+        role: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     /// It exited with this status.
     Exited(i32),
@@ -41,6 +54,8 @@ pub enum Ending {
     Killed(i32),
     /// It ended, but its status could not be read.
     Unknown,
+    /// A VM in the shim's process stopped, for this reason.
+    Stopped(String),
 }
 
 impl fmt::Display for Ending {
@@ -52,6 +67,7 @@ impl fmt::Display for Ending {
                 None => write!(f, "was killed by signal {signal}"),
             },
             Ending::Unknown => write!(f, "exited"),
+            Ending::Stopped(reason) => write!(f, "stopped: {reason}"),
         }
     }
 }
@@ -91,24 +107,44 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 pub struct Death {
     /// What it was (`qemu`, `hull-vsock`, `hull-fs`, `hull-agent`).
     pub role: &'static str,
-    /// Its pid.
-    pub pid: u32,
+    /// Its pid; `None` for a VM in the shim's own process.
+    pub pid: Option<u32>,
     /// How it ended.
     pub ending: Ending,
 }
 
 impl fmt::Display for Death {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (pid {}) {}", self.role, self.pid, self.ending)
+        match self.pid {
+            Some(pid) => write!(f, "{} (pid {pid}) {}", self.role, self.ending),
+            None => write!(f, "{} in the shim {}", self.role, self.ending),
+        }
     }
 }
 
-/// One watched child process of the shim.
+/// What the watch of a VM in the shim's own process asks of it.
+pub trait VmStatus: Send + Sync + fmt::Debug {
+    /// Why the VM stopped, once it has.
+    fn stop_reason(&self) -> Option<String>;
+    /// Asks it to stop (its vCPUs are joined by its owner).
+    fn stop(&self);
+}
+
+/// What a watch polls.
+#[derive(Debug)]
+enum Watched {
+    /// A child process's pidfd.
+    Process(AsyncFd<OwnedFd>),
+    /// A VM's stop eventfd (readable once it stopped), and the VM.
+    Vm(AsyncFd<OwnedFd>, Arc<dyn VmStatus>),
+}
+
+/// One watched child process of the shim, or a VM in its own process.
 #[derive(Debug)]
 pub struct ProcessWatch {
     role: &'static str,
-    pid: u32,
-    fd: AsyncFd<OwnedFd>,
+    pid: Option<u32>,
+    watched: Watched,
 }
 
 impl ProcessWatch {
@@ -132,7 +168,29 @@ impl ProcessWatch {
         // its as_raw_fd always answers that descriptor.
         let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
             .map_err(|e| error(e.into()))?;
-        Ok(Self { role, pid, fd })
+        Ok(Self {
+            role,
+            pid: Some(pid),
+            watched: Watched::Process(fd),
+        })
+    }
+
+    /// Watches a VM run by the shim's own process: `stopped` turns readable when it stops
+    /// (and stays so), `vm` says why and stops it.
+    pub fn vm(role: &'static str, stopped: OwnedFd, vm: Arc<dyn VmStatus>) -> Result<Self, Error> {
+        // SAFETY: `stopped` is an open descriptor owned by the AsyncFd from here on, and its
+        // as_raw_fd always answers that descriptor.
+        let fd = unsafe { AsyncFd::register_with_interest(stopped, Interest::READABLE) }.map_err(
+            |err| Error::Vm {
+                role,
+                source: err.into(),
+            },
+        )?;
+        Ok(Self {
+            role,
+            pid: None,
+            watched: Watched::Vm(fd, vm),
+        })
     }
 
     /// What the process is.
@@ -140,15 +198,21 @@ impl ProcessWatch {
         self.role
     }
 
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
+    /// Its pid; `None` for a VM in the shim's own process.
+    pub fn pid(&self) -> Option<u32> {
         self.pid
+    }
+
+    fn fd(&self) -> &AsyncFd<OwnedFd> {
+        match &self.watched {
+            Watched::Process(fd) | Watched::Vm(fd, _) => fd,
+        }
     }
 
     /// Waits until the process exits, and says how. Cancel-safe. Never returns if the event
     /// loop cannot poll the pidfd (logged): a watch must not invent a death.
     pub async fn exited(&self) -> Death {
-        if let Err(err) = self.fd.readable().await {
+        if let Err(err) = self.fd().readable().await {
             tracing::warn!(role = self.role, pid = self.pid, %err, "polling a pidfd; this process is no longer watched");
             std::future::pending::<()>().await;
         }
@@ -171,9 +235,13 @@ impl ProcessWatch {
     /// How the process ended, read without reaping it; `None` while it runs. A status that
     /// cannot be read is [`Ending::Unknown`].
     fn ending(&self) -> Option<Ending> {
+        let fd = match &self.watched {
+            Watched::Process(fd) => fd,
+            Watched::Vm(_, vm) => return vm.stop_reason().map(Ending::Stopped),
+        };
         // SAFETY: siginfo_t is plain data for which all zeroes is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let Ok(id) = libc::id_t::try_from(self.fd.get_ref().as_raw_fd()) else {
+        let Ok(id) = libc::id_t::try_from(fd.get_ref().as_raw_fd()) else {
             return Some(Ending::Unknown);
         };
         // SAFETY: waitid(2) writes one siginfo_t to the valid, exclusively borrowed `info`;
@@ -201,14 +269,19 @@ impl ProcessWatch {
         })
     }
 
-    /// Sends `signal` to the process, unless it has been reaped (then nothing happens).
+    /// Sends `signal` to the process, unless it has been reaped (then nothing happens). A
+    /// VM in the shim's process is asked to stop, whatever the signal.
     pub fn kill(&self, signal: i32) {
+        let fd = match &self.watched {
+            Watched::Process(fd) => fd,
+            Watched::Vm(_, vm) => return vm.stop(),
+        };
         // SAFETY: pidfd_send_signal(2) with our pidfd, a signal number, no siginfo and no
         // flags; the pidfd keeps naming this process, never one that reused its pid.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
-                self.fd.get_ref().as_raw_fd(),
+                fd.get_ref().as_raw_fd(),
                 signal,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
@@ -300,7 +373,7 @@ pub async fn loss(watches: &[ProcessWatch], grace: Duration) -> Loss {
             later.extend(
                 watches
                     .iter()
-                    .filter(|w| !first.iter().any(|d| d.pid == w.pid))
+                    .filter(|w| !first.iter().any(|d| d.pid == w.pid && d.role == w.role))
                     .filter_map(ProcessWatch::death_now),
             );
         }
@@ -325,7 +398,7 @@ impl Death {
         match self.ending {
             Ending::Killed(_) => true,
             Ending::Exited(code) => code != 0,
-            Ending::Unknown => false,
+            Ending::Unknown | Ending::Stopped(_) => false,
         }
     }
 }
@@ -419,7 +492,7 @@ mod tests {
             found,
             [Death {
                 role: "hull-fs",
-                pid: short_pid,
+                pid: Some(short_pid),
                 ending: Ending::Exited(3)
             }]
         );
@@ -446,7 +519,11 @@ mod tests {
     }
 
     fn death(role: &'static str, pid: u32, ending: Ending) -> Death {
-        Death { role, pid, ending }
+        Death {
+            role,
+            pid: Some(pid),
+            ending,
+        }
     }
 
     const QEMU_KILLED: Ending = Ending::Killed(libc::SIGKILL);
@@ -595,6 +672,62 @@ mod tests {
         assert_eq!(loss.cause.ending, Ending::Exited(0));
         assert!(loss.also.is_empty(), "{loss}");
         backend.wait().await.unwrap();
+    }
+
+    /// A VM in the shim's process, as the watch sees it.
+    #[derive(Debug, Default)]
+    struct FakeVm {
+        reason: std::sync::Mutex<Option<String>>,
+        stops: std::sync::atomic::AtomicUsize,
+    }
+
+    impl VmStatus for FakeVm {
+        fn stop_reason(&self) -> Option<String> {
+            self.reason.lock().unwrap().clone()
+        }
+        fn stop(&self) {
+            self.stops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vm_in_the_shim_that_stops_is_a_vmm_death_with_its_reason_and_no_pid() {
+        let vm = Arc::new(FakeVm::default());
+        let (stopped, stop) = std::os::unix::net::UnixStream::pair().unwrap();
+        let watch = ProcessWatch::vm(BUILTIN_VMM_ROLE, stopped.into(), vm.clone()).unwrap();
+        assert_eq!(watch.pid(), None);
+        let backend = spawn(&["sleep", "100"]);
+        let watches = [
+            ProcessWatch::open("hull-fs", backend.id().unwrap()).unwrap(),
+            watch,
+        ];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), deaths(&watches))
+                .await
+                .is_err(),
+            "a running VM is not dead"
+        );
+        // Losing the sandbox stops the VM, whatever the signal.
+        watches[1].kill(libc::SIGKILL);
+        assert_eq!(vm.stops.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The VM stops (the reason first, then its descriptor turns readable).
+        *vm.reason.lock().unwrap() = Some("vCPU 0 failed: KVM_RUN failed".to_owned());
+        use std::io::Write;
+        (&stop).write_all(b"x").unwrap();
+        let loss = loss(&watches, VMM_GRACE).await;
+        assert_eq!(
+            loss.cause,
+            Death {
+                role: BUILTIN_VMM_ROLE,
+                pid: None,
+                ending: Ending::Stopped("vCPU 0 failed: KVM_RUN failed".to_owned()),
+            }
+        );
+        assert_eq!(
+            loss.to_string(),
+            "hull-vmm in the shim stopped: vCPU 0 failed: KVM_RUN failed"
+        );
+        assert!(!waits_for_vmm(std::slice::from_ref(&loss.cause)));
     }
 
     #[test]

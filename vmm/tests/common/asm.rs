@@ -63,10 +63,8 @@ impl Asm {
 
     /// `mov dx, 0x3f8`, then `mov al, c; out dx, al` for each byte.
     pub fn print(&mut self, text: &[u8]) -> &mut Self {
-        self.code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]);
-        for byte in text {
-            self.code.extend_from_slice(&[0xb0, *byte, 0xee]);
-        }
+        self.code
+            .extend_from_slice(&hull_tests::tiny_guest::print(text));
         self
     }
 
@@ -94,7 +92,6 @@ impl Asm {
     /// Resets through the i8042 (HLT does not end a VM with interrupt controllers), then
     /// `jmp $`.
     pub fn reset(&mut self) {
-        self.code
-            .extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]);
+        self.code.extend_from_slice(&hull_tests::tiny_guest::RESET);
     }
 }
