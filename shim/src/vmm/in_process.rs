@@ -20,10 +20,10 @@
 //!   cgroups): a bug in the device loop's code runs with the shim's privileges.
 //! - blocking: the set-up (connecting to the vhost-user backends, reading the kernel) and the
 //!   stop (joining the vCPU threads, which leave KVM_RUN within milliseconds of their kick)
-//!   run on the event loop's thread. Both are short and happen once per pod, but a backend
-//!   that accepts the frontend's connection and then never answers its set-up would hang
-//!   the shim's thread (hull-vmm's child would hang alone, and be killed at the agent's
-//!   deadline): the frontend's set-up has no timeout yet.
+//!   run on the event loop's thread. Both are short and happen once per pod; a backend
+//!   that accepts the frontend's connection and then stops answering holds the thread until
+//!   the set-up's deadline (hull_vmm's `SETUP_DEADLINE`, 10 s), when a watchdog cuts the
+//!   connection and the boot fails naming the backend.
 //! - fate sharing: a VM outlives no shim: if the shim dies, its VMs die with it, so there is
 //!   nothing to record for a later `shim delete` to kill (no pid).
 

@@ -23,6 +23,8 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -58,6 +60,47 @@ pub const VSOCK_CID_MAX: u64 = u32::MAX as u64 - 1;
 
 /// Connects to `socket`, retrying a few times while it refuses: a backend creates its
 /// socket file just before it listens on it (as `Frontend::connect` does).
+/// How long a backend may take to answer the set-up's messages (SET_OWNER to the
+/// protocol features): a local backend answers in microseconds.
+pub const SETUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Cuts a connection (shutdown both ways) if its set-up outlasts the deadline.
+struct SetupWatchdog {
+    done: Arc<(Mutex<bool>, Condvar)>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+impl SetupWatchdog {
+    fn start(connection: &UnixStream, deadline: Duration) -> std::io::Result<Self> {
+        let connection = connection.try_clone()?;
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let watched = Arc::clone(&done);
+        let thread = std::thread::Builder::new()
+            .name("vhost-user-setup".into())
+            .spawn(move || {
+                let (lock, finished) = &*watched;
+                let guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                let (guard, _) = finished
+                    .wait_timeout_while(guard, deadline, |done| !*done)
+                    .unwrap_or_else(PoisonError::into_inner);
+                let expired = !*guard;
+                if expired {
+                    let _ = connection.shutdown(std::net::Shutdown::Both);
+                }
+                expired
+            })?;
+        Ok(Self { done, thread })
+    }
+
+    /// Ends the watch; whether the deadline passed (and the connection was cut) first.
+    fn finish(self) -> bool {
+        let (lock, finished) = &*self.done;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        finished.notify_one();
+        self.thread.join().unwrap_or(true)
+    }
+}
+
 fn connect_retrying(socket: &Path) -> std::io::Result<UnixStream> {
     let mut retries = 5;
     loop {
@@ -225,8 +268,18 @@ impl std::fmt::Debug for VhostUserDevice {
 impl VhostUserDevice {
     /// Connects to the backend listening on `socket`, takes ownership of it and negotiates
     /// the protocol features. Fails, naming the socket, if the backend is not there, lacks
-    /// VIRTIO_F_VERSION_1, or serves fewer queues than `kind` needs.
+    /// VIRTIO_F_VERSION_1, or serves fewer queues than `kind` needs, or does not finish the
+    /// set-up within [`SETUP_DEADLINE`].
     pub fn connect(socket: &Path, kind: VhostUserKind) -> Result<Self> {
+        Self::connect_within(socket, kind, SETUP_DEADLINE)
+    }
+
+    /// [`Self::connect`] with the set-up's deadline: a backend that accepts the connection
+    /// and then stops answering would otherwise block the caller for ever (the shim's one
+    /// thread, when the VMM runs in the shim), as the vhost crate retries a read that timed
+    /// out. A watchdog thread, alive only during the set-up, cuts the connection when the
+    /// deadline passes, and the set-up fails naming the backend.
+    pub fn connect_within(socket: &Path, kind: VhostUserKind, deadline: Duration) -> Result<Self> {
         if let VhostUserKind::Fs { tag } = &kind {
             if tag.is_empty() || tag.len() > FS_TAG_MAX {
                 return Err(Error::VhostUserBackend {
@@ -249,7 +302,6 @@ impl VhostUserDevice {
             let socket = socket.to_owned();
             move |source| Error::VhostUser { socket, op, source }
         };
-        let queues = kind.queues();
         // Connected here rather than by Frontend::connect, to keep a handle on the
         // connection that can cut it (see `Disconnector`).
         let connect_err = |err| {
@@ -259,6 +311,32 @@ impl VhostUserDevice {
         };
         let stream = connect_retrying(socket).map_err(connect_err)?;
         let connection = stream.try_clone().map_err(connect_err)?;
+        let watchdog = SetupWatchdog::start(&connection, deadline).map_err(connect_err)?;
+        let set_up = Self::set_up(socket, kind, stream, connection);
+        if watchdog.finish() {
+            return Err(Error::VhostUserBackend {
+                socket: socket.to_owned(),
+                reason: format!(
+                    "the backend accepted the connection but did not finish the set-up within \
+                     {deadline:?}"
+                ),
+            });
+        }
+        set_up
+    }
+
+    /// The set-up's messages on a connected `stream` (`connection` its duplicate).
+    fn set_up(
+        socket: &Path,
+        kind: VhostUserKind,
+        stream: UnixStream,
+        connection: UnixStream,
+    ) -> Result<Self> {
+        let fail = |op: &'static str| {
+            let socket = socket.to_owned();
+            move |source| Error::VhostUser { socket, op, source }
+        };
+        let queues = kind.queues();
         let mut frontend = Frontend::from_stream(stream, queues as u64);
         frontend.set_owner().map_err(fail("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(fail("GET_FEATURES"))?;
@@ -565,6 +643,35 @@ mod tests {
             let err = VhostUserDevice::connect(Path::new("/nonexistent"), kind).unwrap_err();
             assert!(err.to_string().contains(&format!("cid {cid}")), "{err}");
         }
+    }
+
+    #[test]
+    fn a_backend_that_accepts_and_never_answers_fails_the_set_up_at_its_deadline() {
+        let dir = std::env::temp_dir().join(format!("hull-vmm-mute-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("mute.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        // Accepts, reads what it is sent, answers nothing, and keeps the connection open.
+        let mute = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stream, &mut sink);
+        });
+        let err = VhostUserDevice::connect_within(
+            &socket,
+            VhostUserKind::Block,
+            Duration::from_millis(200),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("did not finish the set-up within 200ms") && err.contains("mute.sock"),
+            "{err}"
+        );
+        // The cut connection ends the backend's read too.
+        mute.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
