@@ -254,14 +254,8 @@ impl BackendProcess {
             return status.map_err(|source| self.wait_error(source));
         }
         tracing::warn!(program = %self.program.display(), "backend ignored SIGTERM; killing it");
-        self.child
-            .kill()
-            .await
-            .map_err(|source| self.wait_error(source))?;
-        self.child
-            .wait()
-            .await
-            .map_err(|source| self.wait_error(source))
+        self.kill().await?;
+        self.exited().await
     }
 }
 

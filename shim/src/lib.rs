@@ -31,6 +31,7 @@ pub mod paths;
 pub mod phase;
 pub mod qemu;
 pub mod rootfs;
+pub mod run_dir;
 pub mod sandbox;
 pub mod service;
 pub mod uring;

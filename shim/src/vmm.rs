@@ -21,7 +21,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -29,6 +28,7 @@ use std::time::Duration;
 use hull_vmm::virtio::vhost_user::VhostUserKind;
 use tokio::process::{Child, Command};
 
+use crate::run_dir::RunDir;
 use crate::vm_spec::{VmDevice, VmSpec};
 
 pub mod in_process;
@@ -208,38 +208,19 @@ pub struct VmmVm {
     run_dir: RunDir,
 }
 
-/// The VM's run directory, removed with everything in it when dropped.
-#[derive(Debug)]
-pub(crate) struct RunDir(pub(crate) PathBuf);
-
-impl RunDir {
-    /// Creates `path` (0700, must not exist).
-    pub(crate) fn create(path: &Path) -> Result<Self> {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(path)
-            .map_err(|source| Error::RunDir {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Self(path.to_owned()))
-    }
-
-    /// Creates the file `name` in it.
-    pub(crate) fn file(&self, name: &str) -> Result<fs::File> {
-        let path = self.0.join(name);
-        fs::File::create(&path).map_err(|source| Error::RunDir { path, source })
-    }
+/// Creates the VM's run directory `path` (0700, must not exist).
+pub(crate) fn create_run_dir(path: &Path) -> Result<RunDir> {
+    RunDir::create(path).map_err(|source| Error::RunDir {
+        path: path.to_owned(),
+        source,
+    })
 }
 
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.0.display(), %err, "could not remove the VM run directory");
-            }
-        }
-    }
+/// Creates the file `name` in the VM's run directory.
+pub(crate) fn run_file(run_dir: &RunDir, name: &str) -> Result<fs::File> {
+    run_dir
+        .file(name)
+        .map_err(|(path, source)| Error::RunDir { path, source })
 }
 
 impl VmmVm {
@@ -257,9 +238,9 @@ impl VmmVm {
                 crate::monitor::backend_metrics_socket(sandbox_dir, "hull-vmm").into(),
             ]);
         }
-        let run_dir = RunDir::create(run_dir)?;
-        let console = run_dir.file("console.log")?;
-        let stderr = run_dir.file("vmm.stderr")?;
+        let run_dir = create_run_dir(run_dir)?;
+        let console = run_file(&run_dir, "console.log")?;
+        let stderr = run_file(&run_dir, "vmm.stderr")?;
         tracing::info!(vm = %spec.id, binary = %binary.display(), "starting hull-vmm");
         tracing::debug!(?args, "hull-vmm arguments");
         let mut command = Command::new(binary);
@@ -291,12 +272,12 @@ impl VmmVm {
 
     /// The file the guest's serial console is written to.
     pub fn console_log(&self) -> PathBuf {
-        self.run_dir.0.join("console.log")
+        self.run_dir.path().join("console.log")
     }
 
     /// What hull-vmm itself wrote (why it could not start, a vCPU's failure).
     pub fn stderr(&self) -> String {
-        fs::read_to_string(self.run_dir.0.join("vmm.stderr")).unwrap_or_default()
+        fs::read_to_string(self.run_dir.path().join("vmm.stderr")).unwrap_or_default()
     }
 
     /// Kills hull-vmm (SIGKILL) and reaps it, for a boot that failed: it has ended when this
@@ -334,14 +315,8 @@ impl VmmVm {
             Ok(status) => status.map_err(|source| Error::Wait { pid, source }),
             Err(_) => {
                 tracing::warn!(?pid, ?grace, "hull-vmm did not stop in time; killing it");
-                self.child
-                    .kill()
-                    .await
-                    .map_err(|source| Error::Wait { pid, source })?;
-                self.child
-                    .wait()
-                    .await
-                    .map_err(|source| Error::Wait { pid, source })
+                self.kill().await?;
+                self.wait().await
             }
         }
     }

@@ -10,7 +10,6 @@ pub mod command;
 pub mod qmp;
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -21,6 +20,7 @@ pub use command::Accel;
 pub use qmp::{Qmp, QmpError};
 
 use crate::config::QemuMachine;
+use crate::run_dir::RunDir;
 use crate::vm_spec::{VmDevice, VmSpec};
 
 /// How long QEMU may take to answer on QMP after it is spawned.
@@ -104,20 +104,6 @@ pub struct QemuVm {
     run_dir: RunDir,
 }
 
-/// The VM's run directory, removed with everything in it when dropped.
-#[derive(Debug)]
-struct RunDir(PathBuf);
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.0.display(), %err, "could not remove the VM run directory");
-            }
-        }
-    }
-}
-
 impl QemuVm {
     /// Starts QEMU for `spec` with its files in `run_dir` (created 0700, must not exist) and
     /// returns once QEMU answers on QMP. The guest is then booting.
@@ -131,20 +117,15 @@ impl QemuVm {
                 "serve a hybrid vsock itself: its vsock is hull-vsock's (vhost-user)",
             ));
         }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(run_dir)
-            .map_err(|source| Error::RunDir {
-                path: run_dir.to_owned(),
-                source,
-            })?;
-        let run_dir = RunDir(run_dir.to_owned());
-        let stderr_path = run_dir.0.join("qemu.stderr");
-        let stderr = fs::File::create(&stderr_path).map_err(|source| Error::RunDir {
-            path: stderr_path.clone(),
+        let run_dir = RunDir::create(run_dir).map_err(|source| Error::RunDir {
+            path: run_dir.to_owned(),
             source,
         })?;
-        let args = command::arguments(spec, options.machine, options.accel, &run_dir.0);
+        let stderr_path = run_dir.path().join("qemu.stderr");
+        let stderr = run_dir
+            .file("qemu.stderr")
+            .map_err(|(path, source)| Error::RunDir { path, source })?;
+        let args = command::arguments(spec, options.machine, options.accel, run_dir.path());
         tracing::info!(vm = %spec.id, binary = %options.binary.display(), accel = ?options.accel, "starting QEMU");
         tracing::debug!(?args, "QEMU arguments");
         // Tap descriptors are inherited by QEMU under the numbers its arguments name.
@@ -187,7 +168,7 @@ impl QemuVm {
             })?;
         let pid = child.id();
 
-        let qmp_path = run_dir.0.join("qmp.sock");
+        let qmp_path = run_dir.path().join("qmp.sock");
         let deadline = tokio::time::Instant::now() + QMP_DEADLINE;
         let qmp = loop {
             if let Some(status) = child
@@ -230,7 +211,7 @@ impl QemuVm {
 
     /// The file the guest's serial console is written to.
     pub fn console_log(&self) -> PathBuf {
-        self.run_dir.0.join("console.log")
+        self.run_dir.path().join("console.log")
     }
 
     /// The VM's run state as QEMU reports it (`running`, `paused`, ...).
@@ -281,14 +262,8 @@ impl QemuVm {
             Ok(status) => status.map_err(|source| Error::Wait { pid, source }),
             Err(_) => {
                 tracing::warn!(?pid, ?grace, "QEMU did not quit in time; killing it");
-                self.child
-                    .kill()
-                    .await
-                    .map_err(|source| Error::Wait { pid, source })?;
-                self.child
-                    .wait()
-                    .await
-                    .map_err(|source| Error::Wait { pid, source })
+                self.kill().await?;
+                self.wait().await
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::host::{find_program, Virtualization};
 use crate::network::PodNetwork;
 use crate::phase::Phase;
 use crate::qemu::{self, Accel, QemuOptions, QemuVm};
+use crate::run_dir::RunDir;
 use crate::vm_spec::{VmDevice, VmSpec};
 use crate::vmm::in_process::InProcessVm;
 use crate::vmm::{self, VmmVm};
@@ -237,19 +238,6 @@ pub struct BootedVm {
     _run_dir: RunDir,
 }
 
-/// The boot's run directory, removed with everything in it when dropped.
-struct RunDir(PathBuf);
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if let Err(err) = std::fs::remove_dir_all(&self.0) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.0.display(), %err, "removing the VM's run directory");
-            }
-        }
-    }
-}
-
 impl BootedVm {
     /// The guest's serial console so far.
     pub fn console(&self) -> String {
@@ -456,7 +444,7 @@ pub async fn boot_pod_with_disks(
         path: run_dir.to_owned(),
         source,
     })?;
-    let guard = RunDir(run_dir.to_owned());
+    let guard = RunDir::adopt(run_dir);
     let vhost_socket = run_dir.join("vsock.sock");
     let uds = run_dir.join("agent.vsock");
     let cid = GUEST_CID.to_string();

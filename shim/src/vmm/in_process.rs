@@ -42,7 +42,8 @@ use tokio::io::Interest;
 use tokio::task::JoinHandle;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{devices, Device, Error, Result, RunDir};
+use super::{create_run_dir, devices, run_file, Device, Error, Result};
+use crate::run_dir::RunDir;
 use crate::sandbox::watch::VmStatus;
 use crate::vm_spec::VmSpec;
 
@@ -68,7 +69,7 @@ impl std::fmt::Debug for InProcessVm {
         f.debug_struct("InProcessVm")
             .field("threads", &self.thread_prefix)
             .field("vcpus", &self.vcpus)
-            .field("run_dir", &self.run_dir.0)
+            .field("run_dir", &self.run_dir.path())
             .finish_non_exhaustive()
     }
 }
@@ -108,8 +109,8 @@ impl InProcessVm {
                 Device::InVmmVsock { uds, cid } => vsock = Some((uds, cid)),
             }
         }
-        let run_dir = RunDir::create(run_dir)?;
-        let console = run_dir.file("console.log")?;
+        let run_dir = create_run_dir(run_dir)?;
+        let console = run_file(&run_dir, "console.log")?;
         tracing::info!(vm = %spec.id, vcpus, "starting the VM in the shim's process");
         let mut prepared = launch::prepare(LaunchConfig {
             kernel: spec.kernel.clone(),
@@ -138,7 +139,7 @@ impl InProcessVm {
         }
         // The VM's counters beside the backends', where the pod's metrics gather them (the
         // sandbox's run directory, this one's parent), as hull-vmm serves them.
-        let metrics = match run_dir.0.parent() {
+        let metrics = match run_dir.path().parent() {
             Some(sandbox_dir) => {
                 let path = crate::monitor::backend_metrics_socket(sandbox_dir, "hull-vmm");
                 Some(hull_metrics::MetricsListener::bind(&path).map_err(Error::EventLoop)?)
@@ -178,7 +179,7 @@ impl InProcessVm {
 
     /// The file the guest's serial console is written to.
     pub fn console_log(&self) -> PathBuf {
-        self.run_dir.0.join("console.log")
+        self.run_dir.path().join("console.log")
     }
 
     /// The names of the VM's vCPU threads start with this (`vm<N>-vcpu<M>`).
