@@ -541,6 +541,9 @@ async fn destroy_sandbox_removes_the_state_directory_before_it_answers() {
     let _ = fx.agent.kill();
     let _ = fx.agent.wait();
     let _ = std::fs::remove_dir_all(&state_dir);
+    // The fixture's own directory goes too (the container's rootfs is unmounted by now);
+    // only a test failing half-way leaves it to the next run's stale sweep.
+    std::fs::remove_dir_all(&fx.dir).expect("removing the test's directory");
     assert!(
         !left,
         "{} is there when DestroySandbox answers",
