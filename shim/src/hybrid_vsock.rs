@@ -90,7 +90,10 @@ pub async fn connect(uds: &Path, port: u32) -> Result<UnixStream> {
 }
 
 /// Connects like [`connect`], retrying every `interval` until `deadline` passes: while the
-/// guest boots, the socket may not exist yet and the port may have no listener.
+/// guest boots, the socket may not exist yet and the port may have no listener. An attempt
+/// whose `CONNECT` the guest never answers (a guest that hung in its boot, or whose vsock
+/// driver never takes the request off its queue) is cut at the deadline too: the deadline
+/// bounds the whole wait, not only the number of attempts.
 pub async fn connect_until(
     uds: &Path,
     port: u32,
@@ -99,7 +102,18 @@ pub async fn connect_until(
 ) -> Result<UnixStream> {
     let end = tokio::time::Instant::now() + deadline;
     loop {
-        match connect(uds, port).await {
+        let attempt = match tokio::time::timeout_at(end, connect(uds, port)).await {
+            Ok(attempt) => attempt,
+            Err(_) => Err(Error::Io {
+                uds: uds.to_owned(),
+                port,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer to CONNECT: the guest did not take the request",
+                ),
+            }),
+        };
+        match attempt {
             Ok(stream) => return Ok(stream),
             Err(err) => {
                 if tokio::time::Instant::now() + interval >= end {
@@ -202,6 +216,36 @@ mod tests {
         )
         .await;
         assert!(stream.is_ok(), "{stream:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_the_guest_never_answers_ends_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("silent.sock");
+        // A backend that takes the connection and the CONNECT line and never answers, as
+        // one does for a guest that never takes the request off its queue.
+        let listener = UnixListener::bind(&uds).unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let waited = tokio::time::timeout(
+            Duration::from_secs(30),
+            connect_until(
+                &uds,
+                1024,
+                Duration::from_millis(300),
+                Duration::from_millis(20),
+            ),
+        )
+        .await
+        .expect("connect_until returns although the guest never answers");
+        let err = waited.unwrap_err();
+        assert!(matches!(err, Error::Timeout { port: 1024, .. }), "{err:?}");
+        let chain = format!("{:?}", anyhow::Error::from(err));
+        assert!(chain.contains("no answer to CONNECT"), "{chain}");
     }
 
     #[tokio::test]
