@@ -33,6 +33,11 @@ pub enum Runtime {
     /// hull with the `qemu` hypervisor: a QEMU microVM per pod (TCG without hardware
     /// virtualization), hull-vsock and hull-fs beside it.
     HullQemu,
+    /// hull with the `builtin` hypervisor: the VMM inside the shim's own process, hull-fs
+    /// beside it. Where a Linux guest cannot boot under it (no hardware virtualization), its
+    /// pods get a guest that only halts and never get past their boot (see
+    /// [`Pods::builtin_boots_linux`]).
+    HullBuiltin,
     /// hull with the `none` hypervisor: hull-agent on the host, no VM (the runtime's own
     /// overhead, for measurement only).
     HullNone,
@@ -46,6 +51,8 @@ impl Runtime {
         match self {
             Runtime::HullQemu if tcg => "hull-qemu (TCG)".into(),
             Runtime::HullQemu => "hull-qemu (KVM)".into(),
+            Runtime::HullBuiltin if tcg => "hull-builtin (boot only)".into(),
+            Runtime::HullBuiltin => "hull-builtin".into(),
             Runtime::HullNone => "hull-none".into(),
             Runtime::Runc => "runc".into(),
         }
@@ -54,7 +61,7 @@ impl Runtime {
     /// Its runtime type in containerd.
     pub fn runtime_type(self) -> &'static str {
         match self {
-            Runtime::HullQemu | Runtime::HullNone => HULL_RUNTIME,
+            Runtime::HullQemu | Runtime::HullBuiltin | Runtime::HullNone => HULL_RUNTIME,
             Runtime::Runc => RUNC_RUNTIME,
         }
     }
@@ -63,10 +70,45 @@ impl Runtime {
     fn helpers(self) -> &'static [&'static str] {
         match self {
             Runtime::HullQemu => &["hull-vsock", "hull-fs"],
+            Runtime::HullBuiltin => &["hull-fs"],
             Runtime::HullNone => &["hull-agent"],
             Runtime::Runc => &[],
         }
     }
+}
+
+/// The agent's start timeout of builtin pods that cannot boot Linux here, seconds: long
+/// enough for a batch of pods to start and be measured, short enough not to keep the run
+/// waiting (each such pod's boot fails when it expires, as it must).
+pub const BUILTIN_BOOT_TIMEOUT_SECS: u64 = 30;
+
+/// The configuration of the `builtin` hypervisor's pods, with `phase_key` (the shim's phase
+/// file): the guest image `make image` built where Linux boots under the builtin VMM, else a
+/// guest that writes a line and halts (its vCPU sleeps in KVM) with the agent's start
+/// timeout cut to [`BUILTIN_BOOT_TIMEOUT_SECS`].
+fn builtin_config(dir: &Path, phase_key: &str) -> Result<String> {
+    let initrd = hull_tests::artifacts::initrd()?;
+    let (kernel, agent) = if Pods::builtin_boots_linux() {
+        (hull_tests::artifacts::vmlinux()?, String::new())
+    } else {
+        use hull_tests::tiny_guest::{print, tiny_kernel, HALT};
+        let mut code = print(b"hull-bench: a guest that halts\n");
+        code.extend_from_slice(&HALT);
+        let kernel = dir.join("halting-guest");
+        std::fs::write(&kernel, tiny_kernel(&code)).map_err(|source| Error::Io {
+            what: format!("writing {}", kernel.display()),
+            source,
+        })?;
+        (
+            kernel,
+            format!("[agent]\nstart_timeout_secs = {BUILTIN_BOOT_TIMEOUT_SECS}\n"),
+        )
+    };
+    Ok(format!(
+        "hypervisor = \"builtin\"\n[vm]\nkernel = {:?}\ninitrd = {:?}\n{agent}[runtime]\n{phase_key}",
+        kernel.display().to_string(),
+        initrd.display().to_string()
+    ))
 }
 
 /// Whether full guests run on KVM here (/dev/kvm opens and the CPU has VMX or SVM); the
@@ -130,6 +172,7 @@ impl Pods {
                         initrd.display().to_string()
                     )
                 }
+                Runtime::HullBuiltin => builtin_config(dir.path(), &phase_key)?,
                 Runtime::HullNone => format!(
                     "hypervisor = \"none\"\n[runtime]\nenable_none_hypervisor = true\n{phase_key}"
                 ),
@@ -165,6 +208,30 @@ impl Pods {
             phase_file,
             _dir: dir,
         })
+    }
+
+    /// Whether a builtin pod boots the Linux guest here (hardware virtualization): where it
+    /// does not, its VM runs a guest that only halts, and the pod stays in its boot until
+    /// the agent's start timeout ([`BUILTIN_BOOT_TIMEOUT_SECS`]) fails it.
+    pub fn builtin_boots_linux() -> bool {
+        !tcg()
+    }
+
+    /// The pid of the shim process of pod `id`, found by its command line (`-id ID`), for
+    /// a pod whose task does not exist yet.
+    pub fn shim_pid(&self, id: &str) -> Option<u32> {
+        let wanted = format!("\0-id\0{id}\0");
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                let program = cmdline.split(|b| *b == 0).next()?;
+                let is_shim = program.ends_with(SHIM.as_bytes());
+                let text = String::from_utf8_lossy(&cmdline);
+                (is_shim && format!("{text}\0").contains(&wanted)).then_some(pid)
+            })
     }
 
     /// The shim binary the pods use.

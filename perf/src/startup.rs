@@ -260,7 +260,7 @@ impl Contestant<Starts> for Starter<'_> {
     fn role(&self) -> Role {
         match self.runtime {
             Runtime::Runc => Role::Peer,
-            Runtime::HullQemu | Runtime::HullNone => Role::Subject,
+            Runtime::HullQemu | Runtime::HullBuiltin | Runtime::HullNone => Role::Subject,
         }
     }
 

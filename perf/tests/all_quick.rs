@@ -457,19 +457,32 @@ fn assert_startup_phases(path: &Path, qemu: &str) {
     assert!(chart.starts_with("<svg") && chart.contains("boot to agent"));
 }
 
-/// A density run of 1 and 2 pods: per pod PSS, threads and descriptors for hull and runc,
-/// guest RAM for hull only, one value per pod; hull's processes named; the growth chart.
+/// A density run of 1 and 2 pods: per pod PSS, threads and descriptors for hull (QEMU, and
+/// the builtin VMM where /dev/kvm opens) and runc, guest RAM for hull only, one value per pod;
+/// hull's processes named; a builtin pod's shim has one thread per vCPU besides its own; the
+/// growth chart.
 fn assert_density(path: &Path, qemu: &str) {
     let run = read_json(path);
     assert_eq!(run["subcommand"], "density");
     assert_eq!(run["params"]["pods"], serde_json::json!([1, 2]), "{run}");
+    let builtin = hull_tests::prereq::kvm().is_ok().then(|| {
+        if hull_tests::prereq::hardware_virtualization().is_ok() {
+            "hull-builtin"
+        } else {
+            "hull-builtin (boot only)"
+        }
+    });
     let series = run["series"].as_array().expect("series");
-    assert_eq!(series.len(), 4, "{run}");
+    assert_eq!(series.len(), if builtin.is_some() { 6 } else { 4 }, "{run}");
+    let hull_metrics = &["pss_mib", "guest_pss_mib", "threads", "fds"][..];
     for (workload, pods) in [("1 pod", 1), ("2 pods", 2)] {
         for (contestant, metrics) in [
-            (qemu, &["pss_mib", "guest_pss_mib", "threads", "fds"][..]),
+            (qemu, hull_metrics),
             ("runc", &["pss_mib", "threads", "fds"][..]),
-        ] {
+        ]
+        .into_iter()
+        .chain(builtin.map(|b| (b, hull_metrics)))
+        {
             let entry = series
                 .iter()
                 .find(|s| s["workload"] == workload && s["contestant"] == contestant)
@@ -503,6 +516,30 @@ fn assert_density(path: &Path, qemu: &str) {
         "hull-fs",
     ] {
         assert!(roles.contains(&process), "{process} in {roles:?}");
+    }
+    if let Some(builtin) = builtin {
+        let processes: Vec<&serde_json::Value> = run["params"]["processes"]
+            .as_array()
+            .expect("params.processes")
+            .iter()
+            .filter(|p| p["contestant"] == builtin && p["workload"] == "1 pod")
+            .collect();
+        let roles: Vec<&str> = processes
+            .iter()
+            .filter_map(|p| p["role"].as_str())
+            .collect();
+        assert_eq!(
+            roles,
+            ["containerd-shim-hull-v2", "hull-fs"],
+            "the VMM and its vsock device are in the shim, no QEMU or hull-vsock"
+        );
+        // The shim's thread, one per vCPU (1 by default), and KVM's own worker that Linux
+        // attaches to a process with a VM (`kvm-nx-lpage-recovery`), counted in Threads.
+        let shim_threads = processes[0]["threads"].as_f64().expect("threads");
+        assert!(
+            (2.0..=3.0).contains(&shim_threads),
+            "a builtin pod's shim: {shim_threads} threads"
+        );
     }
     assert!(
         run["notes"].as_array().expect("notes").iter().any(|n| n

@@ -14,25 +14,10 @@ use std::time::{Duration, Instant};
 use hull_shim::sandbox::watch::{ProcessWatch, BUILTIN_VMM_ROLE};
 use hull_shim::vm_spec::{VmDevice, VmSpec};
 use hull_shim::vmm::in_process::InProcessVm;
-use hull_tests::prereq::Missing;
+use hull_tests::prereq::kvm;
 use hull_tests::require;
 use hull_tests::tiny_guest::{print, tiny_kernel, HALT, RESET};
 use hull_vmm::lifecycle::StopReason;
-
-/// /dev/kvm opens read-write (small guests run even without hardware virtualization).
-fn kvm() -> Result<(), Missing> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|err| {
-            Missing::hardware(
-                format!("usable /dev/kvm ({err})"),
-                "load the kvm module and grant access to /dev/kvm",
-            )
-        })
-}
 
 fn entries(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()

@@ -12,26 +12,11 @@ use std::time::Duration;
 
 use hull_shim::config::{BuiltinProcess, Config, HypervisorKind};
 use hull_shim::sandbox::boot::boot;
-use hull_tests::prereq::{hardware_virtualization, Missing};
+use hull_tests::prereq::{hardware_virtualization, kvm, Missing};
 use hull_tests::{artifacts, require};
 
 fn processes_mentioning(needle: &Path) -> Vec<String> {
     hull_tests::leftovers::processes_with(&[&needle.to_string_lossy()])
-}
-
-/// /dev/kvm opens read-write (hull-vmm's VM is created; guests may still need more).
-fn kvm() -> Result<(), Missing> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|err| {
-            Missing::hardware(
-                format!("usable /dev/kvm ({err})"),
-                "load the kvm module and grant access to /dev/kvm",
-            )
-        })
 }
 
 /// hull-vmm from this build, and a `builtin` configuration running it as a child.

@@ -96,17 +96,27 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Whether /dev/kvm opens read-write: small guests run under the builtin VMM, even without
+/// hardware virtualization.
+pub fn kvm() -> Result<(), Missing> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|err| {
+            Missing::hardware(
+                format!("usable /dev/kvm ({err})"),
+                "load kvm_intel or kvm_amd, or run on a host with hardware virtualization",
+            )
+        })
+}
+
 /// Whether this host can run full Linux guests on KVM: /dev/kvm opens and the CPU reports
 /// VMX or SVM. A /dev/kvm without them (this project's test machine: kvm_pvm, shadow paging)
 /// runs small guests only.
 pub fn hardware_virtualization() -> Result<(), Missing> {
-    let kvm = OpenOptions::new().read(true).write(true).open("/dev/kvm");
-    if let Err(err) = kvm {
-        return Err(Missing::hardware(
-            format!("usable /dev/kvm ({err})"),
-            "load kvm_intel or kvm_amd, or run on a host with hardware virtualization",
-        ));
-    }
+    kvm()?;
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let has_flag = cpuinfo
         .lines()
