@@ -329,21 +329,38 @@ pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> 
         &config.socket,
         config.keep_listening,
         signals,
-        |listener, stop| {
-            let backend = Arc::new(BlkBackend::new(Arc::clone(&device)));
-            let exit_events = backend.exit_events();
-            serve_frontend(
-                listener,
-                "hull-blk",
-                backend,
-                &exit_events,
-                stop,
-                |_| Ok(()),
-            )
-        },
+        |listener, stop| serve_blk_frontend(listener, &device, stop),
     );
     info!(counters = ?device.counters(), "device counters");
     reason
+}
+
+/// Serves one frontend from `listener` with a fresh backend on `device`, each queue's
+/// io_uring in the event loop of the worker thread that owns the queue (its completions go
+/// back to the guest as they come). Returns early when `stop` becomes readable.
+pub fn serve_blk_frontend(
+    listener: &mut Listener,
+    device: &Arc<BlkDevice>,
+    stop: BorrowedFd<'_>,
+) -> Result<Outcome> {
+    let backend = Arc::new(BlkBackend::new(Arc::clone(device)));
+    let exit_events = backend.exit_events();
+    let completions = Arc::clone(&backend);
+    serve_frontend(
+        listener,
+        "hull-blk",
+        backend,
+        &exit_events,
+        stop,
+        move |daemon| {
+            completions
+                .register_completions(&daemon.get_epoll_handlers())
+                .map_err(|source| Error::Os {
+                    what: "polling the io_uring completions",
+                    source,
+                })
+        },
+    )
 }
 
 /// Opens the tap, then serves vhost-user-net frontends on `config.socket` until one
@@ -808,16 +825,7 @@ mod tests {
         ));
         let backend_device = Arc::clone(&device);
         let backend = std::thread::spawn(move || {
-            let backend = Arc::new(BlkBackend::new(backend_device));
-            let exit_events = backend.exit_events();
-            serve_frontend(
-                &mut listener,
-                "hull-blk",
-                backend,
-                &exit_events,
-                stop.as_fd(),
-                |_| Ok(()),
-            )
+            serve_blk_frontend(&mut listener, &backend_device, stop.as_fd())
         });
 
         let (mut frontend, features) = connect_frontend(&socket);
@@ -831,6 +839,7 @@ mod tests {
         assert_eq!(config[34..36], 2u16.to_le_bytes(), "num_queues");
 
         let (mem, file) = shared_test_memory();
+        let mem = Arc::new(mem);
         let mut guest = BlkGuest::new(&mem);
         let rings = [guest.ring_addrs(), (0x10_000, 0x11_000, 0x12_000)];
         let (kicks, calls) = share_rings(&mut frontend, &mem, &rings);

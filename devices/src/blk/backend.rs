@@ -104,19 +104,40 @@ impl VhostUserBackend for BlkBackend {
         let Some(atomic) = self.mem.read().ok().and_then(|m| m.clone()) else {
             return Ok(());
         };
-        // `vrings` are this thread's and `device_event` indexes them; thread `t` owns queue
-        // `t` alone (see `queues_per_thread`).
-        let Some(vring) = vrings.get(usize::from(device_event)) else {
+        // Thread `t` owns queue `t` alone (see `queues_per_thread`): its kick is the
+        // thread's event 0, the completions of its ring event `completion_event()`.
+        let completion = usize::from(device_event) == self.completion_event();
+        let Some(vring) = vrings.get(if completion {
+            0
+        } else {
+            usize::from(device_event)
+        }) else {
             warn!(event = device_event, "unexpected event");
             return Ok(());
         };
-        let index = thread_id + usize::from(device_event);
-        self.device.queue_events().kick(index);
-        let mem = atomic.memory();
+        let index = thread_id;
+        let mem = atomic.memory().into_inner();
         let notify = {
             let mut state = vring.get_mut();
+            let ready = state.get_queue().ready();
             let queue = state.get_queue_mut();
-            match self.device.process_queue(index, queue, &mem) {
+            let served = if completion {
+                if ready {
+                    self.device.complete_queue(index, queue, &mem, false)
+                } else {
+                    // A stopped queue's answers have nowhere to go: drop them.
+                    let dropped = self.device.drop_completions(index);
+                    warn!(
+                        queue = index,
+                        dropped, "requests completed after their queue stopped"
+                    );
+                    Ok(0)
+                }
+            } else {
+                self.device.queue_events().kick(index);
+                self.device.process_queue(index, queue, &mem)
+            };
+            match served {
                 Ok(0) => false,
                 Ok(_) => queue.needs_notification(&*mem).unwrap_or(true),
                 Err(err) => {
@@ -134,5 +155,38 @@ impl VhostUserBackend for BlkBackend {
             }
         }
         Ok(())
+    }
+}
+
+impl BlkBackend {
+    /// The worker event of the completions of a thread's queue: the first past the numbers
+    /// vhost-user-backend keeps for the queues and its exit event.
+    pub fn completion_event(&self) -> usize {
+        usize::from(self.device.num_queues()) + 1
+    }
+
+    /// Adds each queue's io_uring to the event loop of the worker thread that owns it, so
+    /// its completions go back to the guest as they come.
+    pub fn register_completions(
+        &self,
+        handlers: &[Arc<vhost_user_backend::VringEpollHandler<Arc<BlkBackend>>>],
+    ) -> io::Result<()> {
+        for (index, handler) in handlers.iter().enumerate() {
+            if let Some(fd) = self.device.completion_fd(index) {
+                handler.register_listener(fd, EventSet::IN, self.completion_event() as u64)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BlkBackend {
+    fn drop(&mut self) {
+        // The frontend is gone with its queues: what is still in flight completes into
+        // nothing, and must not reach the next frontend's queues.
+        let dropped = self.device.quiesce();
+        if dropped > 0 {
+            warn!(dropped, "requests in flight when the frontend went");
+        }
     }
 }

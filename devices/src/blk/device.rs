@@ -5,6 +5,7 @@
 //! business ([`super::backend`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tracing::{debug, warn};
 use virtio_bindings::virtio_blk::{
@@ -17,7 +18,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use super::disk_id::DiskId;
-use super::io::{Batch, SyncEngine, UringQueues};
+use super::io::{QueueRing, SyncEngine, UringQueues};
 use super::request::{Rejected, Request, RequestType, Status, MAX_SEGMENTS, SECTOR_SIZE};
 use crate::vsock::packet::Mem;
 
@@ -97,6 +98,17 @@ impl BlkDevice {
     /// The same device answering `id` to GET_ID (hull-blk's `--serial`).
     pub fn with_id(mut self, id: DiskId) -> Self {
         self.id = id;
+        self
+    }
+
+    /// The same device with io_uring rings of `depth` requests in flight per queue (instead
+    /// of [`super::io::uring::RING_DEPTH`]), for tests of a full ring.
+    #[cfg(test)]
+    pub fn with_ring_depth(mut self, depth: u32) -> Self {
+        self.uring = Some(
+            UringQueues::with_depth(usize::from(self.num_queues), self.engine.file(), depth)
+                .expect("io_uring"),
+        );
         self
     }
 
@@ -185,76 +197,137 @@ impl BlkDevice {
     /// Serves every request available on `queue` (the device's queue `index`), with
     /// notifications from the guest off while it does and a last look after turning them
     /// back on (so a request made meanwhile is not missed). Reads, writes and flushes go to
-    /// the queue's io_uring as one batch per pass (when io_uring is in use); the rest is
-    /// served synchronously as it comes. Returns how many chains went back to the guest.
+    /// the queue's io_uring, all of a pass submitted together, and return to the guest as
+    /// they complete: here if they already have, else from [`Self::complete_queue`] when the
+    /// ring's descriptor turns readable (without io_uring, every request runs synchronously
+    /// here). The rest is served synchronously as it comes. Returns how many chains went back
+    /// to the guest.
     pub fn process_queue(
         &self,
         index: usize,
         queue: &mut Queue,
-        mem: &Mem,
+        mem: &Arc<Mem>,
     ) -> Result<usize, virtio_queue::Error> {
         let mut served = 0;
-        let mut batch = self.uring.as_ref().and_then(|u| u.batch(index, mem));
+        let mut ring = self.uring.as_ref().and_then(|u| u.queue(index));
         loop {
-            queue.disable_notification(mem)?;
+            queue.disable_notification(&**mem)?;
             let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            while let Some(chain) = queue.pop_descriptor_chain(&**mem) {
                 let head = chain.head_index();
                 popped = true;
-                served += 1;
                 let request = match Request::parse(chain, mem, self.engine.capacity()) {
                     Ok(request) => request,
                     Err(rejected) => {
-                        queue.add_used(mem, head, self.reject(rejected, mem))?;
+                        queue.add_used(&**mem, head, self.reject(rejected, mem))?;
+                        served += 1;
                         continue;
                     }
                 };
                 let refused = self.readonly && request.kind == RequestType::Out;
-                let request = match batch.as_mut() {
-                    Some(batch) if !refused => match batch.push(head, request) {
-                        Ok(()) => {
-                            if batch.is_full() {
-                                self.complete(batch, queue, mem)?;
-                            }
-                            continue;
+                let request = match ring.as_mut() {
+                    Some(ring) if !refused && QueueRing::takes(request.kind) => {
+                        if ring.is_full() {
+                            // Room for it: the first completions of what is in flight.
+                            ring.submit();
+                            served += self.answer_completions(ring, true, queue, mem)?;
                         }
-                        Err(request) => request,
-                    },
+                        match ring.push(head, request, mem) {
+                            Ok(()) => continue,
+                            Err(request) => request,
+                        }
+                    }
                     _ => request,
                 };
                 let result = self.run_sync(&request, mem);
                 let (status, written) = self.conclude(&request, result);
-                queue.add_used(mem, head, answer(mem, request.status, status, written))?;
+                queue.add_used(&**mem, head, answer(mem, request.status, status, written))?;
+                served += 1;
             }
-            if let Some(batch) = batch.as_mut() {
-                self.complete(batch, queue, mem)?;
+            if let Some(ring) = ring.as_mut() {
+                ring.submit();
+                served += self.answer_completions(ring, false, queue, mem)?;
             }
             // More work after re-enabling means the guest added requests meanwhile; if this
             // round found none, the ring's index lies (it claims more than the ring holds,
             // which the queue refuses to pop) and looking again would spin forever.
-            if !queue.enable_notification(mem)? || !popped {
-                if let Some(count) = self.counters.per_queue.get(index) {
-                    count.fetch_add(served as u64, Ordering::Relaxed);
-                }
+            if !queue.enable_notification(&**mem)? || !popped {
+                self.count_served(index, served);
                 return Ok(served);
             }
         }
     }
 
-    /// Submits `batch`, waits for it, and returns its chains with their statuses. A short
-    /// transfer (the file shrank, or the kernel split it) is finished synchronously.
-    fn complete(
+    /// Returns to the guest every request of queue `index` whose I/O has completed (the
+    /// ring's descriptor turned readable), and submits what a full ring had left queued.
+    /// With `wait`, first waits for at least one if any is in flight. Returns how many
+    /// chains went back to the guest.
+    pub fn complete_queue(
         &self,
-        batch: &mut Batch<'_>,
+        index: usize,
+        queue: &mut Queue,
+        mem: &Arc<Mem>,
+        wait: bool,
+    ) -> Result<usize, virtio_queue::Error> {
+        let Some(mut ring) = self.uring.as_ref().and_then(|u| u.queue(index)) else {
+            return Ok(0);
+        };
+        ring.submit();
+        let served = self.answer_completions(&mut ring, wait, queue, mem)?;
+        self.count_served(index, served);
+        Ok(served)
+    }
+
+    /// Requests of queue `index` still in flight on its ring.
+    pub fn in_flight(&self, index: usize) -> usize {
+        self.uring
+            .as_ref()
+            .and_then(|u| u.queue(index))
+            .map_or(0, |ring| ring.in_flight())
+    }
+
+    /// The descriptor of queue `index`'s io_uring, readable while completions wait (none
+    /// without io_uring).
+    pub fn completion_fd(&self, index: usize) -> Option<std::os::fd::RawFd> {
+        self.uring.as_ref()?.ring_fd(index)
+    }
+
+    /// Reaps the completions of queue `index` without answering them (its queue stopped).
+    pub fn drop_completions(&self, index: usize) -> usize {
+        self.uring
+            .as_ref()
+            .and_then(|u| u.queue(index))
+            .map_or(0, |mut ring| {
+                ring.submit();
+                ring.reap(false, |_, _| {})
+            })
+    }
+
+    /// Waits for every request in flight and drops them unanswered: the frontend whose
+    /// queues they came from is gone. Returns how many there were.
+    pub fn quiesce(&self) -> usize {
+        self.uring.as_ref().map_or(0, UringQueues::quiesce)
+    }
+
+    fn count_served(&self, index: usize, served: usize) {
+        if let Some(count) = self.counters.per_queue.get(index) {
+            count.fetch_add(served as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Reaps `ring`'s completions (see [`QueueRing::reap`]) and puts each chain in the used
+    /// ring with its status. A short transfer (the file shrank, or the kernel split it) is
+    /// finished synchronously.
+    fn answer_completions(
+        &self,
+        ring: &mut QueueRing,
+        wait: bool,
         queue: &mut Queue,
         mem: &Mem,
-    ) -> Result<(), virtio_queue::Error> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    ) -> Result<usize, virtio_queue::Error> {
         let mut used = Vec::new();
-        batch.complete(|pending, result| {
-            let request = &pending.request;
+        ring.reap(wait, |in_flight, result| {
+            let request = &in_flight.request;
             let result = result.and_then(|done| match request.kind {
                 RequestType::In | RequestType::Out if done < request.data_len => {
                     self.engine.finish_short(request, done, mem)
@@ -262,12 +335,12 @@ impl BlkDevice {
                 _ => Ok(()),
             });
             let (status, written) = self.conclude(request, result);
-            used.push((pending.head, answer(mem, request.status, status, written)));
+            used.push((in_flight.head, answer(mem, request.status, status, written)));
         });
-        for (head, len) in used {
+        for &(head, len) in &used {
             queue.add_used(mem, head, len)?;
         }
-        Ok(())
+        Ok(used.len())
     }
 
     /// Answers a refused request: IOERR in its status byte when it has one.
@@ -420,7 +493,7 @@ mod tests {
     fn write_then_read_returns_the_written_sectors_and_lands_in_the_file() {
         let disk = TempDisk::new("blk-rw", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         write(&mut guest, &device, 8, 4096, 0xab);
         assert!(disk_range(&disk, 8, 4096).iter().all(|&b| b == 0xab));
@@ -440,7 +513,7 @@ mod tests {
     fn last_sector_of_the_disk_can_be_written_and_read() {
         let disk = TempDisk::new("blk-last", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         write(&mut guest, &device, SECTORS - 1, 512, 0x5a);
         assert!(disk_range(&disk, SECTORS - 1, 512)
@@ -457,7 +530,7 @@ mod tests {
     fn data_split_over_several_descriptors_is_read_in_order() {
         let disk = TempDisk::new("blk-split", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         write(&mut guest, &device, 0, 512, 1);
         write(&mut guest, &device, 1, 512, 2);
@@ -486,7 +559,7 @@ mod tests {
     fn reads_and_writes_outside_the_disk_fail_with_ioerr_and_touch_nothing() {
         let disk = TempDisk::new("blk-range", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         for (kind, sector, len) in [
             (T_IN, SECTORS, 512),
@@ -513,7 +586,7 @@ mod tests {
     fn lengths_that_are_not_whole_sectors_fail_with_ioerr() {
         let disk = TempDisk::new("blk-unaligned", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         for (kind, len) in [(T_IN, 100), (T_OUT, 513), (T_IN, 0)] {
             let (_, status) = guest.request(kind, 0, len, kind == T_IN, 0x77);
@@ -528,7 +601,7 @@ mod tests {
     fn data_in_buffers_of_the_wrong_direction_fails_with_ioerr() {
         let disk = TempDisk::new("blk-direction", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         // A read whose data buffer the device may not write, a write whose data it may not
         // read, a get-id with driver data, a discard with device data.
@@ -555,7 +628,7 @@ mod tests {
     fn a_readable_buffer_after_a_writable_one_is_refused() {
         let disk = TempDisk::new("blk-order", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         let header = guest.header(T_OUT, 0);
         let data = guest.buf(512, 0x11);
@@ -574,7 +647,7 @@ mod tests {
     fn looping_chain_is_returned_unused_and_the_queue_keeps_working() {
         let disk = TempDisk::new("blk-loop", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         let header = guest.header(T_IN, 0);
         let data = guest.buf(512, 0x77);
@@ -598,7 +671,7 @@ mod tests {
     fn a_ring_index_beyond_the_ring_size_does_not_spin_the_worker() {
         let disk = TempDisk::new("blk-lying-index", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         let (_, status) = guest.request(T_FLUSH, 0, 0, false, 0);
         assert_eq!(guest.run(&device).len(), 1);
@@ -616,7 +689,7 @@ mod tests {
     fn buffer_outside_guest_memory_fails_with_ioerr_in_the_status_byte() {
         let disk = TempDisk::new("blk-oom", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         for outside in [MEM_SIZE, MEM_SIZE - 256, u64::MAX - 100] {
             let header = guest.header(T_IN, 0);
@@ -645,7 +718,7 @@ mod tests {
     fn chain_without_a_status_byte_or_with_a_short_header_is_refused() {
         let disk = TempDisk::new("blk-short", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         let header = guest.header(T_OUT, 0);
         let data = guest.buf(512, 0x11);
@@ -664,7 +737,7 @@ mod tests {
     fn request_in_an_indirect_table_is_served() {
         let disk = TempDisk::new("blk-indirect", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         write(&mut guest, &device, 3, 512, 0x6d);
         let header = guest.header(T_IN, 3);
@@ -681,11 +754,57 @@ mod tests {
         assert!(guest.bytes(data, 512).iter().all(|&b| b == 0x6d));
     }
 
+    /// More requests in one pass than the queue's io_uring holds in flight: the pass makes
+    /// room by answering the first completions, and every request lands and is answered
+    /// once.
+    #[test]
+    fn more_requests_than_the_ring_holds_are_all_served_once() {
+        let disk = TempDisk::new("blk-many", SECTORS);
+        // A ring of 16 (the mock queue's used ring overlaps its avail ring past 128 entries,
+        // so the test stays below that with more requests than the ring holds).
+        let depth = 16;
+        let device = disk.device(false).with_ring_depth(depth);
+        let mem = Arc::new(test_memory());
+        let mut guest = BlkGuest::new(&mem);
+        let count = u64::from(depth) * 6 + 5;
+        let mut statuses = Vec::new();
+        for sector in 0..count {
+            let header = guest.header(T_OUT, sector);
+            let data = guest.buf(512, (sector % 251) as u8 + 1);
+            let status = guest.buf(1, 0xee);
+            let table = guest.indirect_table(&[
+                (header, 16, R_NEXT, 1),
+                (data, 512, R_NEXT, 2),
+                (status, 1, W_LAST, 0),
+            ]);
+            guest.raw(&[(table, 48, VRING_DESC_F_INDIRECT as u16, 0)]);
+            statuses.push(status);
+        }
+        let used = guest.run(&device);
+        assert_eq!(used.len() as u64, count, "each chain comes back once");
+        let mut heads: Vec<u32> = used.iter().map(|&(head, _)| head).collect();
+        heads.sort_unstable();
+        heads.dedup();
+        assert_eq!(heads.len() as u64, count, "no chain comes back twice");
+        assert!(statuses.iter().all(|&s| guest.byte(s) == S_OK));
+        for sector in 0..count {
+            let expected = (sector % 251) as u8 + 1;
+            assert!(
+                disk_range(&disk, sector, 512)
+                    .iter()
+                    .all(|&b| b == expected),
+                "sector {sector}"
+            );
+        }
+        assert_eq!(device.in_flight(0), 0);
+        assert_eq!(device.counters().ok, count);
+    }
+
     #[test]
     fn indirect_table_that_loops_or_nests_is_returned_without_a_write() {
         let disk = TempDisk::new("blk-indirect-bad", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         let header = guest.header(T_IN, 0);
         let data = guest.buf(512, 0x77);
@@ -704,7 +823,7 @@ mod tests {
     fn flush_succeeds() {
         let disk = TempDisk::new("blk-flush", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         let (_, status) = guest.request(T_FLUSH, 0, 0, false, 0);
         assert_eq!(guest.run(&device)[0].1, 1);
@@ -715,7 +834,7 @@ mod tests {
     fn get_id_answers_the_disk_file_name_in_20_bytes() {
         let disk = TempDisk::new("blk-id", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         let (data, status) = guest.request(T_GET_ID, 0, 20, true, 0xff);
         assert_eq!(guest.run(&device)[0].1, 21);
@@ -731,7 +850,7 @@ mod tests {
         let device = disk
             .device(false)
             .with_id("hull-test-disk".parse().unwrap());
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         let (data, status) = guest.request(T_GET_ID, 0, 20, true, 0xff);
         assert_eq!(guest.run(&device)[0].1, 21);
@@ -745,7 +864,7 @@ mod tests {
     fn discard_and_write_zeroes_make_sectors_read_as_zeroes() {
         let disk = TempDisk::new("blk-discard", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         write(&mut guest, &device, 0, 512 * 48, 0x33);
         for (kind, sector, flags) in [
@@ -775,7 +894,7 @@ mod tests {
     fn malformed_discard_segments_fail_with_ioerr() {
         let disk = TempDisk::new("blk-badseg", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         write(&mut guest, &device, 0, 512 * 8, 0x33);
         // Past the end, overflowing, and unmap on a discard.
@@ -811,7 +930,7 @@ mod tests {
     fn unknown_request_type_is_answered_unsupp() {
         let disk = TempDisk::new("blk-unsupp", SECTORS);
         let device = disk.device(false);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         for kind in [2, 7, 99, u32::MAX] {
             let (_, status) = guest.request(kind, 0, 512, false, 0);
@@ -832,7 +951,7 @@ mod tests {
             "RO advertised"
         );
         assert_eq!(device.features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
-        let mem = test_memory();
+        let mem = Arc::new(test_memory());
         let mut guest = BlkGuest::new(&mem);
         let (_, status) = guest.request(T_OUT, 0, 512, false, 0x11);
         guest.run(&device);
@@ -907,7 +1026,7 @@ mod tests {
             "a_kick_of_many_writes_reads_and_a_flush_is_served_in_one_batch_by_either_engine";
         let disk = TempDisk::new("blk-batch", SECTORS);
         for (round, device) in both_engines(&disk, test).iter().enumerate() {
-            let mem = test_memory();
+            let mem = Arc::new(test_memory());
             let mut guest = BlkGuest::new(&mem);
             let fill = |i: u64| (i as u8).wrapping_mul(31).wrapping_add(round as u8 + 1);
             let mut statuses: Vec<u64> = (0..16)
@@ -952,7 +1071,7 @@ mod tests {
                 .open(&disk.path)
                 .and_then(|f| f.set_len(1024 * 512))
                 .expect("shrinking the disk file");
-            let mem = test_memory();
+            let mem = Arc::new(test_memory());
             let mut guest = BlkGuest::new(&mem);
             // Half before the new end, half after: a short transfer, then nothing.
             let (_, short) = guest.request(T_IN, 1020, 4096, true, 0);
@@ -977,7 +1096,7 @@ mod tests {
         ) {
             let disk = TempDisk::new("blk-prop-header", SECTORS);
             let device = disk.device(false);
-            let mem = test_memory();
+            let mem = Arc::new(test_memory());
             let mut guest = BlkGuest::new(&mem);
             let len = sectors * 512 + odd * 100;
             let (_, status) = guest.request(kind, sector, len, kind != T_OUT, 0x99);
@@ -1015,7 +1134,7 @@ mod tests {
         ) {
             let disk = TempDisk::new("blk-prop-table", SECTORS);
             let device = disk.device(false);
-            let mem = test_memory();
+            let mem = Arc::new(test_memory());
             let mut guest = BlkGuest::new(&mem);
             // Headers at the start of the buffer area, so some descriptors point at them.
             let _ = guest.header(kind, sector);

@@ -5,6 +5,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::mock::MockSplitQueue;
@@ -60,7 +61,7 @@ impl TempDisk {
 /// A guest with one request queue of 256 entries at address 0 and a bump allocator for
 /// request buffers.
 pub struct BlkGuest<'a> {
-    mem: &'a Mem,
+    mem: &'a Arc<Mem>,
     mock: MockSplitQueue<'a, Mem>,
     /// The device's view of the queue.
     pub queue: Queue,
@@ -72,8 +73,8 @@ pub struct BlkGuest<'a> {
 
 impl<'a> BlkGuest<'a> {
     /// A guest on `mem`.
-    pub fn new(mem: &'a Mem) -> Self {
-        let mock = MockSplitQueue::create(mem, GuestAddress(0), 256);
+    pub fn new(mem: &'a Arc<Mem>) -> Self {
+        let mock = MockSplitQueue::create(&**mem, GuestAddress(0), 256);
         let queue = mock.create_queue::<Queue>().expect("queue");
         Self {
             mem,
@@ -177,11 +178,18 @@ impl<'a> BlkGuest<'a> {
         addr
     }
 
-    /// Lets the device serve the queue; returns the (head, used length) entries it produced.
+    /// Lets the device serve the queue, as its worker does: a pass over the queue, then the
+    /// completions of its ring as they come until none is in flight. Returns the (head, used
+    /// length) entries it produced.
     pub fn run(&mut self, device: &BlkDevice) -> Vec<(u32, u32)> {
         device
             .process_queue(0, &mut self.queue, self.mem)
             .expect("queue usable");
+        while device.in_flight(0) > 0 {
+            device
+                .complete_queue(0, &mut self.queue, self.mem, true)
+                .expect("queue usable");
+        }
         let (idx, entries) = used_entries(self.mem, &self.mock, self.used_seen);
         self.used_seen = idx;
         entries

@@ -4,11 +4,11 @@
 //! - [`sync`], the backing file and blocking calls on the queue's worker thread: every request
 //!   when io_uring is unavailable (or `--sync-io`), and otherwise the rare ones (discard,
 //!   write-zeroes, get-id) and the rest of a short transfer.
-//! - [`uring`], one io_uring per queue: the reads, writes and flushes of one kick are
-//!   submitted as one batch and completed together.
+//! - [`uring`], one io_uring per queue: the reads, writes and flushes of a queue, submitted
+//!   together per pass over the queue and answered one by one as they complete.
 
 pub mod sync;
 pub mod uring;
 
 pub use sync::SyncEngine;
-pub use uring::{Batch, UringQueues};
+pub use uring::{InFlight, QueueRing, UringQueues};
