@@ -239,20 +239,30 @@ fn measure_pods(pods: &Pods, runtime: Runtime, count: usize) -> Result<Measured>
     result
 }
 
+/// `ctr run -d` of a `sleep` container for each of `ids`, all at once.
+fn spawn_runs<'a>(
+    pods: &Pods,
+    runtime: Runtime,
+    ids: &'a [String],
+) -> Result<Vec<(&'a String, std::process::Child)>> {
+    ids.iter()
+        .map(|id| {
+            let child = pods
+                .run_command(runtime, &["-d"], id, &["sleep", "3600"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|source| Error::Io {
+                    what: "running ctr".into(),
+                    source,
+                })?;
+            Ok((id, child))
+        })
+        .collect()
+}
+
 fn start_and_measure(pods: &Pods, runtime: Runtime, ids: &[String]) -> Result<Measured> {
-    let mut children = Vec::new();
-    for id in ids {
-        let child = pods
-            .run_command(runtime, &["-d"], id, &["sleep", "3600"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| Error::Io {
-                what: "running ctr".into(),
-                source,
-            })?;
-        children.push((id, child));
-    }
+    let children = spawn_runs(pods, runtime, ids)?;
     let mut failure = None;
     for (id, child) in children {
         match child.wait_with_output() {
@@ -307,22 +317,9 @@ fn start_and_measure(pods: &Pods, runtime: Runtime, ids: &[String]) -> Result<Me
 /// ([`pods::BUILTIN_BOOT_TIMEOUT_SECS`]) fails it. Measured in that wait, once every pod's
 /// shim has its VM (the guest RAM mapped, the vCPU threads started) and its hull-fs: the
 /// shim with the VMM in it and the backends, as they are before the agent's connection and
-/// the container (a few hundred KiB of the shim's, in the QEMU pods). Then every boot must
-/// fail and every pod's processes end.
+/// the container. Then every boot must fail and every pod's processes end.
 fn measure_booting(pods: &Pods, runtime: Runtime, ids: &[String]) -> Result<Measured> {
-    let mut children = Vec::new();
-    for id in ids {
-        let child = pods
-            .run_command(runtime, &["-d"], id, &["sleep", "3600"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| Error::Io {
-                what: "running ctr".into(),
-                source,
-            })?;
-        children.push((id, child));
-    }
+    let children = spawn_runs(pods, runtime, ids)?;
     let limit = Duration::from_secs(pods::BUILTIN_BOOT_TIMEOUT_SECS);
     let deadline = Instant::now() + limit;
     let mut shims = Vec::new();

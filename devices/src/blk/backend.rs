@@ -127,10 +127,12 @@ impl VhostUserBackend for BlkBackend {
                 } else {
                     // A stopped queue's answers have nowhere to go: drop them.
                     let dropped = self.device.drop_completions(index);
-                    warn!(
-                        queue = index,
-                        dropped, "requests completed after their queue stopped"
-                    );
+                    if dropped > 0 {
+                        warn!(
+                            queue = index,
+                            dropped, "requests completed after their queue stopped"
+                        );
+                    }
                     Ok(0)
                 }
             } else {

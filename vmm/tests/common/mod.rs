@@ -6,27 +6,14 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use hull_tests::prereq::Missing;
-
 pub mod asm;
 pub mod backend;
 pub mod driver;
 pub mod vsock;
 
 /// /dev/kvm opens read-write (small guests run even without hardware virtualization).
-pub fn kvm() -> Result<(), Missing> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|err| {
-            Missing::hardware(
-                format!("usable /dev/kvm ({err})"),
-                "load the kvm module and grant access to /dev/kvm",
-            )
-        })
-}
+#[allow(unused_imports)]
+pub use hull_tests::prereq::kvm;
 
 /// What the guest wrote to its serial port.
 #[derive(Clone, Default)]
