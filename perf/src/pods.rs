@@ -229,8 +229,8 @@ impl Pods {
                 let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
                 let program = cmdline.split(|b| *b == 0).next()?;
                 let is_shim = program.ends_with(SHIM.as_bytes());
-                let text = String::from_utf8_lossy(&cmdline);
-                (is_shim && format!("{text}\0").contains(&wanted)).then_some(pid)
+                // /proc/PID/cmdline ends every argument, the last one too, with a NUL.
+                (is_shim && String::from_utf8_lossy(&cmdline).contains(&wanted)).then_some(pid)
             })
     }
 

@@ -19,6 +19,18 @@ fn processes_mentioning(needle: &Path) -> Vec<String> {
     hull_tests::leftovers::processes_with(&[&needle.to_string_lossy()])
 }
 
+/// A stopped or failed boot left nothing: no run directory, no vCPU thread in this process,
+/// no process naming the run directory (hull-vmm, backends).
+fn assert_nothing_left(run_dir: &Path) {
+    assert!(!run_dir.exists(), "the run directory was left behind");
+    assert!(vcpu_threads().is_empty(), "{:?}", vcpu_threads());
+    assert!(
+        processes_mentioning(run_dir).is_empty(),
+        "left running: {:?}",
+        processes_mentioning(run_dir)
+    );
+}
+
 /// hull-vmm from this build, and a `builtin` configuration running it as a child.
 fn builtin_setup() -> Result<(PathBuf, Config), Missing> {
     let vmm = artifacts::workspace_binary("hull-vmm")?;
@@ -80,13 +92,7 @@ async fn builtin_boots_the_guest_agent_with_hull_vmm_and_nothing_is_left() {
         vm.shutdown(Duration::from_secs(10))
             .await
             .expect("the VM stops");
-        assert!(!run_dir.exists(), "the run directory was left behind");
-        assert!(vcpu_threads().is_empty(), "{:?}", vcpu_threads());
-        assert!(
-            processes_mentioning(&run_dir).is_empty(),
-            "left running: {:?}",
-            processes_mentioning(&run_dir)
-        );
+        assert_nothing_left(&run_dir);
     }
 }
 
@@ -136,12 +142,6 @@ async fn a_kernel_hull_vmm_cannot_load_fails_the_boot_with_its_words_and_leaves_
                 );
             }
         }
-        assert!(!run_dir.exists(), "the run directory was left behind");
-        assert!(vcpu_threads().is_empty(), "{:?}", vcpu_threads());
-        assert!(
-            processes_mentioning(&run_dir).is_empty(),
-            "left running: {:?}",
-            processes_mentioning(&run_dir)
-        );
+        assert_nothing_left(&run_dir);
     }
 }

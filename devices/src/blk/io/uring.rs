@@ -247,23 +247,17 @@ impl QueueRing {
             }
         }
         let mut reaped = 0;
-        // Collected first: `done` may not borrow the ring.
-        let completions: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|entry| (entry.user_data(), entry.result()))
-            .collect();
-        for (user_data, result) in completions {
-            let Some(in_flight) = usize::try_from(user_data)
+        // The completion queue borrows the ring alone: the slots and `done` are apart from it,
+        // so each entry is handed on as it is read, with nothing collected first.
+        for entry in self.ring.completion() {
+            let result = entry.result();
+            let Some((slot, in_flight)) = usize::try_from(entry.user_data())
                 .ok()
                 .and_then(|slot| Some((slot, self.slots.get_mut(slot)?.take()?)))
-                .map(|(slot, in_flight)| {
-                    self.free.push(slot);
-                    in_flight
-                })
             else {
                 continue;
             };
+            self.free.push(slot);
             let result = usize::try_from(result).map_err(|_| io::Error::from_raw_os_error(-result));
             reaped += 1;
             done(in_flight, result);
