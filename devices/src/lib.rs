@@ -3,6 +3,7 @@
 //!
 //! - [`chain`], validating guest descriptor chains before a device acts on them.
 //! - [`config_space`], reading a config space window the guest chose, clipped.
+//! - [`notify`], serving a virtqueue with the guest's kicks off, and the last look after.
 //! - [`vsock`], the virtio-vsock device with a hybrid-vsock host side.
 //! - [`blk`], the virtio-blk device over a file or block device.
 //! - [`net`], the virtio-net device on a tap.
@@ -20,6 +21,7 @@ pub mod config_space;
 pub mod exit_events;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod privileges;
 pub mod restricted_ring;
 pub mod seccomp;

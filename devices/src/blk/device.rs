@@ -210,52 +210,52 @@ impl BlkDevice {
     ) -> Result<usize, virtio_queue::Error> {
         let mut served = 0;
         let mut ring = self.uring.as_ref().and_then(|u| u.queue(index));
-        loop {
-            queue.disable_notification(&**mem)?;
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(&**mem) {
-                let head = chain.head_index();
-                popped = true;
-                let request = match Request::parse(chain, mem, self.engine.capacity()) {
-                    Ok(request) => request,
-                    Err(rejected) => {
-                        queue.add_used(&**mem, head, self.reject(rejected, mem))?;
-                        served += 1;
-                        continue;
-                    }
-                };
-                let refused = self.readonly && request.kind == RequestType::Out;
-                let request = match ring.as_mut() {
-                    Some(ring) if !refused && QueueRing::takes(request.kind) => {
-                        if ring.is_full() {
-                            // Room for it: the first completions of what is in flight.
-                            ring.submit();
-                            served += self.answer_completions(ring, true, queue, mem)?;
+        crate::notify::serve_with_kicks_off(
+            queue,
+            mem,
+            |err| err,
+            |queue| {
+                let mut popped = false;
+                while let Some(chain) = queue.pop_descriptor_chain(&**mem) {
+                    let head = chain.head_index();
+                    popped = true;
+                    let request = match Request::parse(chain, mem, self.engine.capacity()) {
+                        Ok(request) => request,
+                        Err(rejected) => {
+                            queue.add_used(&**mem, head, self.reject(rejected, mem))?;
+                            served += 1;
+                            continue;
                         }
-                        match ring.push(head, request, mem) {
-                            Ok(()) => continue,
-                            Err(request) => request,
+                    };
+                    let refused = self.readonly && request.kind == RequestType::Out;
+                    let request = match ring.as_mut() {
+                        Some(ring) if !refused && QueueRing::takes(request.kind) => {
+                            if ring.is_full() {
+                                // Room for it: the first completions of what is in flight.
+                                ring.submit();
+                                served += self.answer_completions(ring, true, queue, mem)?;
+                            }
+                            match ring.push(head, request, mem) {
+                                Ok(()) => continue,
+                                Err(request) => request,
+                            }
                         }
-                    }
-                    _ => request,
-                };
-                let result = self.run_sync(&request, mem);
-                let (status, written) = self.conclude(&request, result);
-                queue.add_used(&**mem, head, answer(mem, request.status, status, written))?;
-                served += 1;
-            }
-            if let Some(ring) = ring.as_mut() {
-                ring.submit();
-                served += self.answer_completions(ring, false, queue, mem)?;
-            }
-            // More work after re-enabling means the guest added requests meanwhile; if this
-            // round found none, the ring's index lies (it claims more than the ring holds,
-            // which the queue refuses to pop) and looking again would spin forever.
-            if !queue.enable_notification(&**mem)? || !popped {
-                self.count_served(index, served);
-                return Ok(served);
-            }
-        }
+                        _ => request,
+                    };
+                    let result = self.run_sync(&request, mem);
+                    let (status, written) = self.conclude(&request, result);
+                    queue.add_used(&**mem, head, answer(mem, request.status, status, written))?;
+                    served += 1;
+                }
+                if let Some(ring) = ring.as_mut() {
+                    ring.submit();
+                    served += self.answer_completions(ring, false, queue, mem)?;
+                }
+                Ok(popped)
+            },
+        )?;
+        self.count_served(index, served);
+        Ok(served)
     }
 
     /// Returns to the guest every request of queue `index` whose I/O has completed (the

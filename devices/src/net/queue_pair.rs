@@ -88,37 +88,37 @@ impl<'a> QueuePair<'a> {
     /// many chains went back to the guest.
     pub fn process_tx(&self, queue: &mut Queue, mem: &Mem) -> Result<usize, virtio_queue::Error> {
         let mut used = 0;
-        loop {
-            queue.disable_notification(mem)?;
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                popped = true;
-                let head = chain.head_index();
-                let max = self.format.hdr_len + MAX_FRAME_LEN;
-                match chain::validate_buffers(&chain, mem, Direction::DeviceReadable, max) {
-                    Ok((valid, buffers)) if valid.len >= self.format.hdr_len => {
-                        self.send(&buffers, valid.len, mem);
+        crate::notify::serve_with_kicks_off(
+            queue,
+            mem,
+            |err| err,
+            |queue| {
+                let mut popped = false;
+                while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                    popped = true;
+                    let head = chain.head_index();
+                    let max = self.format.hdr_len + MAX_FRAME_LEN;
+                    match chain::validate_buffers(&chain, mem, Direction::DeviceReadable, max) {
+                        Ok((valid, buffers)) if valid.len >= self.format.hdr_len => {
+                            self.send(&buffers, valid.len, mem);
+                        }
+                        Ok((valid, _)) => {
+                            debug!(head, len = valid.len, "tx chain shorter than the header");
+                            self.drop_tx_malformed();
+                        }
+                        Err(err) => {
+                            debug!(%err, "refusing a tx chain");
+                            self.drop_tx_malformed();
+                        }
                     }
-                    Ok((valid, _)) => {
-                        debug!(head, len = valid.len, "tx chain shorter than the header");
-                        self.drop_tx_malformed();
-                    }
-                    Err(err) => {
-                        debug!(%err, "refusing a tx chain");
-                        self.drop_tx_malformed();
-                    }
+                    // The device writes nothing into tx buffers.
+                    queue.add_used(mem, head, 0)?;
+                    used += 1;
                 }
-                // The device writes nothing into tx buffers.
-                queue.add_used(mem, head, 0)?;
-                used += 1;
-            }
-            // More work after re-enabling means the guest added chains meanwhile; if this
-            // round found none, the ring's index lies (it claims more than the ring holds,
-            // which the queue refuses to pop) and looking again would spin forever.
-            if !queue.enable_notification(mem)? || !popped {
-                return Ok(used);
-            }
-        }
+                Ok(popped)
+            },
+        )?;
+        Ok(used)
     }
 
     fn drop_tx_malformed(&self) {

@@ -61,8 +61,7 @@ impl VsockDevice {
         if !queue.ready() {
             return Ok(false);
         }
-        loop {
-            queue.disable_notification(mem).map_err(Error::Queue)?;
+        crate::notify::serve_with_kicks_off(queue, mem, Error::Queue, |queue| {
             let mut popped = false;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 popped = true;
@@ -80,12 +79,9 @@ impl VsockDevice {
                 queue.add_used(mem, head, 0).map_err(Error::Queue)?;
                 used = true;
             }
-            // More work after re-enabling means the guest added packets meanwhile; if this
-            // round found none, the ring's index lies and looking again would spin.
-            if !queue.enable_notification(mem).map_err(Error::Queue)? || !popped {
-                return Ok(used);
-            }
-        }
+            Ok(popped)
+        })?;
+        Ok(used)
     }
 
     /// Fills rx buffers with the packets the muxer has for the guest, while both last.

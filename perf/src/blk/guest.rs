@@ -8,8 +8,9 @@
 //! ring arithmetic, is written here with its descriptor and used-element layouts.
 //!
 //! The driver negotiates VERSION_1 and the vhost-user protocol features, and nothing else:
-//! no EVENT_IDX (every used buffer is signalled, every batch kicked) and no indirect
-//! descriptors, the same for every backend it measures. Whatever the backend writes into the
+//! no EVENT_IDX (every used buffer is signalled, every batch kicked unless the backend set
+//! VRING_USED_F_NO_NOTIFY, which it honours as Linux does) and no indirect descriptors, the
+//! same for every backend it measures. Whatever the backend writes into the
 //! used ring is checked before use: a used element must name a request in flight, and every
 //! request must end with VIRTIO_BLK_S_OK.
 
@@ -24,7 +25,7 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Le32};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -268,7 +269,10 @@ impl FakeGuest {
         Ok(())
     }
 
-    /// Publishes the posted requests (avail idx, release order) and kicks the backend.
+    /// Publishes the posted requests (avail idx, release order) and kicks the backend,
+    /// unless the backend asked for no kicks (VRING_USED_F_NO_NOTIFY in the used ring's
+    /// flags: it is looking at the ring anyway), as Linux's virtio drivers do
+    /// (`virtqueue_kick_prepare`).
     fn publish(&self) -> Result<()> {
         self.mem
             .store(
@@ -277,6 +281,17 @@ impl FakeGuest {
                 Ordering::Release,
             )
             .map_err(|err| self.memory_error("publishing the avail idx", err))?;
+        // The index store before the flags load (Linux's virtio_mb): with the backend's own
+        // barrier between turning kicks back on and its last look at the index, either it
+        // sees these requests or this sees the flag cleared and kicks.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let flags: u16 = self
+            .mem
+            .load(GuestAddress(USED_RING), Ordering::Acquire)
+            .map_err(|err| self.memory_error("reading the used flags", err))?;
+        if u32::from(flags) & VRING_USED_F_NO_NOTIFY != 0 {
+            return Ok(());
+        }
         self.kick.write(1).map_err(|source| Error::Io {
             what: format!("kicking {}", self.backend),
             source,

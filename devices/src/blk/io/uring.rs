@@ -216,6 +216,11 @@ impl QueueRing {
     /// kernel did not take stays queued for the next call (the ring is never left with
     /// requests nobody submits: every pass and every completion event calls this).
     pub fn submit(&mut self) {
+        if self.ring.submission().is_empty() {
+            // Nothing to hand over: no system call (each completion event calls this, and
+            // most have nothing queued).
+            return;
+        }
         loop {
             match self.ring.submit() {
                 Ok(_) => return,
