@@ -20,6 +20,7 @@ use vm_memory::Bytes;
 use super::disk_id::DiskId;
 use super::io::{QueueRing, SyncEngine, UringQueues};
 use super::request::{Rejected, Request, RequestType, Status, MAX_SEGMENTS, SECTOR_SIZE};
+use crate::notify::Pass;
 use crate::vsock::packet::Mem;
 
 /// Bytes of `struct virtio_blk_config` up to and including `write_zeroes_may_unmap` and its
@@ -214,44 +215,46 @@ impl BlkDevice {
             queue,
             mem,
             |err| err,
-            |queue| {
-                let mut popped = false;
-                while let Some(chain) = queue.pop_descriptor_chain(&**mem) {
-                    let head = chain.head_index();
-                    popped = true;
-                    let request = match Request::parse(chain, mem, self.engine.capacity()) {
-                        Ok(request) => request,
-                        Err(rejected) => {
-                            queue.add_used(&**mem, head, self.reject(rejected, mem))?;
-                            served += 1;
-                            continue;
+            |queue, pass| {
+                let chain = match pass {
+                    Pass::Chain(chain) => chain,
+                    Pass::End => {
+                        if let Some(ring) = ring.as_mut() {
+                            ring.submit();
+                            served += self.answer_completions(ring, false, queue, mem)?;
                         }
-                    };
-                    let refused = self.readonly && request.kind == RequestType::Out;
-                    let request = match ring.as_mut() {
-                        Some(ring) if !refused && QueueRing::takes(request.kind) => {
-                            if ring.is_full() {
-                                // Room for it: the first completions of what is in flight.
-                                ring.submit();
-                                served += self.answer_completions(ring, true, queue, mem)?;
-                            }
-                            match ring.push(head, request, mem) {
-                                Ok(()) => continue,
-                                Err(request) => request,
-                            }
+                        return Ok(());
+                    }
+                };
+                let head = chain.head_index();
+                let request = match Request::parse(chain, mem, self.engine.capacity()) {
+                    Ok(request) => request,
+                    Err(rejected) => {
+                        queue.add_used(&**mem, head, self.reject(rejected, mem))?;
+                        served += 1;
+                        return Ok(());
+                    }
+                };
+                let refused = self.readonly && request.kind == RequestType::Out;
+                let request = match ring.as_mut() {
+                    Some(ring) if !refused && QueueRing::takes(request.kind) => {
+                        if ring.is_full() {
+                            // Room for it: the first completions of what is in flight.
+                            ring.submit();
+                            served += self.answer_completions(ring, true, queue, mem)?;
                         }
-                        _ => request,
-                    };
-                    let result = self.run_sync(&request, mem);
-                    let (status, written) = self.conclude(&request, result);
-                    queue.add_used(&**mem, head, answer(mem, request.status, status, written))?;
-                    served += 1;
-                }
-                if let Some(ring) = ring.as_mut() {
-                    ring.submit();
-                    served += self.answer_completions(ring, false, queue, mem)?;
-                }
-                Ok(popped)
+                        match ring.push(head, request, mem) {
+                            Ok(()) => return Ok(()),
+                            Err(request) => request,
+                        }
+                    }
+                    _ => request,
+                };
+                let result = self.run_sync(&request, mem);
+                let (status, written) = self.conclude(&request, result);
+                queue.add_used(&**mem, head, answer(mem, request.status, status, written))?;
+                served += 1;
+                Ok(())
             },
         )?;
         self.count_served(index, served);

@@ -27,6 +27,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::device::{Counters, FrameFormat, MAX_FRAME_LEN};
 use crate::chain::{self, Buffer, Direction};
+use crate::notify::Pass;
 use crate::vsock::packet::Mem;
 
 /// Most buffers one `readv`/`writev` takes (`IOV_MAX` on Linux).
@@ -92,30 +93,29 @@ impl<'a> QueuePair<'a> {
             queue,
             mem,
             |err| err,
-            |queue| {
-                let mut popped = false;
-                while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                    popped = true;
-                    let head = chain.head_index();
-                    let max = self.format.hdr_len + MAX_FRAME_LEN;
-                    match chain::validate_buffers(&chain, mem, Direction::DeviceReadable, max) {
-                        Ok((valid, buffers)) if valid.len >= self.format.hdr_len => {
-                            self.send(&buffers, valid.len, mem);
-                        }
-                        Ok((valid, _)) => {
-                            debug!(head, len = valid.len, "tx chain shorter than the header");
-                            self.drop_tx_malformed();
-                        }
-                        Err(err) => {
-                            debug!(%err, "refusing a tx chain");
-                            self.drop_tx_malformed();
-                        }
+            |queue, pass| {
+                let Pass::Chain(chain) = pass else {
+                    return Ok(());
+                };
+                let head = chain.head_index();
+                let max = self.format.hdr_len + MAX_FRAME_LEN;
+                match chain::validate_buffers(&chain, mem, Direction::DeviceReadable, max) {
+                    Ok((valid, buffers)) if valid.len >= self.format.hdr_len => {
+                        self.send(&buffers, valid.len, mem);
                     }
-                    // The device writes nothing into tx buffers.
-                    queue.add_used(mem, head, 0)?;
-                    used += 1;
+                    Ok((valid, _)) => {
+                        debug!(head, len = valid.len, "tx chain shorter than the header");
+                        self.drop_tx_malformed();
+                    }
+                    Err(err) => {
+                        debug!(%err, "refusing a tx chain");
+                        self.drop_tx_malformed();
+                    }
                 }
-                Ok(popped)
+                // The device writes nothing into tx buffers.
+                queue.add_used(mem, head, 0)?;
+                used += 1;
+                Ok(())
             },
         )?;
         Ok(used)

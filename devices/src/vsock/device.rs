@@ -17,6 +17,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use super::metrics::Counters;
 use super::muxer::Muxer;
 use super::packet::{Mem, RxBuffer, TxPacket, MAX_PKT_DATA};
+use crate::notify::Pass;
 use crate::{Error, Result};
 
 /// Index of the rx queue (device to guest).
@@ -61,25 +62,24 @@ impl VsockDevice {
         if !queue.ready() {
             return Ok(false);
         }
-        crate::notify::serve_with_kicks_off(queue, mem, Error::Queue, |queue| {
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                popped = true;
-                let head = chain.head_index();
-                match TxPacket::from_chain(chain, mem) {
-                    Ok(mut packet) => {
-                        self.muxer
-                            .send_pkt(&packet.header, &mut packet.payload, &mut self.scratch)
-                    }
-                    Err(err) => {
-                        self.muxer.counters_mut().tx_malformed += 1;
-                        debug!(head, %err, "dropping malformed tx packet");
-                    }
+        crate::notify::serve_with_kicks_off(queue, mem, Error::Queue, |queue, pass| {
+            let Pass::Chain(chain) = pass else {
+                return Ok(());
+            };
+            let head = chain.head_index();
+            match TxPacket::from_chain(chain, mem) {
+                Ok(mut packet) => {
+                    self.muxer
+                        .send_pkt(&packet.header, &mut packet.payload, &mut self.scratch)
                 }
-                queue.add_used(mem, head, 0).map_err(Error::Queue)?;
-                used = true;
+                Err(err) => {
+                    self.muxer.counters_mut().tx_malformed += 1;
+                    debug!(head, %err, "dropping malformed tx packet");
+                }
             }
-            Ok(popped)
+            queue.add_used(mem, head, 0).map_err(Error::Queue)?;
+            used = true;
+            Ok(())
         })?;
         Ok(used)
     }
