@@ -495,23 +495,23 @@ pub fn run(options: &Options) -> Result<Run> {
                 metrics,
             });
         }
-        let runc = per_runtime.get(&Runtime::Runc);
-        for (hull_runtime, hull) in per_runtime.iter().filter(|(r, _)| **r != Runtime::Runc) {
-            let Some(runc) = runc else { break };
-            for (metric, stat) in hull {
-                let Some(peer) = runc.get(metric).filter(|p| p.median != 0.0) else {
-                    continue;
-                };
-                if let Some(ratio) = Stat::of(vec![stat.median / peer.median]) {
-                    ratios.push(Ratio {
-                        workload: workload.clone(),
-                        metric: *metric,
-                        subject: hull_runtime.label(tcg),
-                        against: Runtime::Runc.label(tcg),
-                        against_role: Role::Peer,
-                        ratio,
-                        higher_is_better: false,
-                    });
+        if let Some(runc) = per_runtime.get(&Runtime::Runc) {
+            for (hull_runtime, hull) in per_runtime.iter().filter(|(r, _)| **r != Runtime::Runc) {
+                for (metric, stat) in hull {
+                    let Some(peer) = runc.get(metric).filter(|p| p.median != 0.0) else {
+                        continue;
+                    };
+                    if let Some(ratio) = Stat::of(vec![stat.median / peer.median]) {
+                        ratios.push(Ratio {
+                            workload: workload.clone(),
+                            metric: *metric,
+                            subject: hull_runtime.label(tcg),
+                            against: Runtime::Runc.label(tcg),
+                            against_role: Role::Peer,
+                            ratio,
+                            higher_is_better: false,
+                        });
+                    }
                 }
             }
         }

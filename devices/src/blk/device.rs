@@ -210,7 +210,7 @@ impl BlkDevice {
         mem: &Arc<Mem>,
     ) -> Result<usize, virtio_queue::Error> {
         let mut served = 0;
-        let mut ring = self.uring.as_ref().and_then(|u| u.queue(index));
+        let mut ring = self.ring(index);
         crate::notify::serve_with_kicks_off(
             queue,
             mem,
@@ -272,7 +272,7 @@ impl BlkDevice {
         mem: &Arc<Mem>,
         wait: bool,
     ) -> Result<usize, virtio_queue::Error> {
-        let Some(mut ring) = self.uring.as_ref().and_then(|u| u.queue(index)) else {
+        let Some(mut ring) = self.ring(index) else {
             return Ok(0);
         };
         ring.submit();
@@ -283,10 +283,7 @@ impl BlkDevice {
 
     /// Requests of queue `index` still in flight on its ring.
     pub fn in_flight(&self, index: usize) -> usize {
-        self.uring
-            .as_ref()
-            .and_then(|u| u.queue(index))
-            .map_or(0, |ring| ring.in_flight())
+        self.ring(index).map_or(0, |ring| ring.in_flight())
     }
 
     /// The descriptor of queue `index`'s io_uring, readable while completions wait (none
@@ -297,19 +294,21 @@ impl BlkDevice {
 
     /// Reaps the completions of queue `index` without answering them (its queue stopped).
     pub fn drop_completions(&self, index: usize) -> usize {
-        self.uring
-            .as_ref()
-            .and_then(|u| u.queue(index))
-            .map_or(0, |mut ring| {
-                ring.submit();
-                ring.reap(false, |_, _| {})
-            })
+        self.ring(index).map_or(0, |mut ring| {
+            ring.submit();
+            ring.reap(false, |_, _| {})
+        })
     }
 
     /// Waits for every request in flight and drops them unanswered: the frontend whose
     /// queues they came from is gone. Returns how many there were.
     pub fn quiesce(&self) -> usize {
         self.uring.as_ref().map_or(0, UringQueues::quiesce)
+    }
+
+    /// Queue `index`'s io_uring, locked (none without io_uring).
+    fn ring(&self, index: usize) -> Option<std::sync::MutexGuard<'_, QueueRing>> {
+        self.uring.as_ref()?.queue(index)
     }
 
     fn count_served(&self, index: usize, served: usize) {
@@ -328,7 +327,11 @@ impl BlkDevice {
         queue: &mut Queue,
         mem: &Mem,
     ) -> Result<usize, virtio_queue::Error> {
-        let mut used = Vec::new();
+        // Each chain goes into the used ring as it is reaped (no list per completion event);
+        // after a used ring that refuses one, the rest are concluded but not added, and the
+        // error is the answer.
+        let mut answered = 0;
+        let mut refused = None;
         ring.reap(wait, |in_flight, result| {
             let request = &in_flight.request;
             let result = result.and_then(|done| match request.kind {
@@ -338,12 +341,15 @@ impl BlkDevice {
                 _ => Ok(()),
             });
             let (status, written) = self.conclude(request, result);
-            used.push((in_flight.head, answer(mem, request.status, status, written)));
+            let len = answer(mem, request.status, status, written);
+            if refused.is_none() {
+                match queue.add_used(mem, in_flight.head, len) {
+                    Ok(()) => answered += 1,
+                    Err(err) => refused = Some(err),
+                }
+            }
         });
-        for &(head, len) in &used {
-            queue.add_used(mem, head, len)?;
-        }
-        Ok(used.len())
+        refused.map_or(Ok(answered), Err)
     }
 
     /// Answers a refused request: IOERR in its status byte when it has one.

@@ -361,7 +361,8 @@ pub fn run(options: &Options) -> Result<Run> {
     run.notes = vec![
         "hull-blk and qemu-storage-daemon are driven by the same fake guest (hull-bench as the \
          vhost-user frontend: memfd memory, one 256-entry split queue, no EVENT_IDX, no \
-         indirect descriptors, no kick while the backend sets VRING_USED_F_NO_NOTIFY); latency runs from publishing a request to seeing it used."
+         indirect descriptors, no kick while the backend sets VRING_USED_F_NO_NOTIFY); \
+         latency runs from publishing a request to seeing it used."
             .into(),
         "fio's latency is its total latency (lat: submission to completion) on the host, \
          with no vhost-user hop."
