@@ -91,6 +91,10 @@ struct BlkOnly {
     /// (threads is its default).
     #[arg(long, value_delimiter = ',', default_value = "threads")]
     qsd_aio: Vec<blk::QsdAio>,
+    /// Only these workloads, comma-separated, named as the report names them with dashes
+    /// for spaces (`4k-randread-qd32`) [default: all five].
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    workloads: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -390,6 +394,7 @@ fn blk_options(common: &Common, blk: &BlkOnly) -> blk::Options {
         } else {
             blk.qsd_aio.clone()
         },
+        workloads: blk.workloads.clone(),
     }
 }
 

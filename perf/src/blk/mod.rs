@@ -50,6 +50,8 @@ pub struct Options {
     pub cache: Cache,
     /// One qemu-storage-daemon peer per I/O engine listed (at least one).
     pub qsd_aio: Vec<QsdAio>,
+    /// The names of the workloads to run ([`select_workloads`]); every one when empty.
+    pub workloads: Vec<String>,
 }
 
 /// qemu-storage-daemon's I/O engine (`aio=` of its file driver).
@@ -152,6 +154,32 @@ pub const WORKLOADS: [Workload; 5] = [
     },
 ];
 
+/// The workloads `names` picks out of [`WORKLOADS`], in run order: each name as the report
+/// prints it, with dashes or spaces between its words ("4k-randread-qd32"), in any case. Every
+/// workload when `names` is empty; an error naming the first name that matches none.
+pub fn select_workloads(names: &[String]) -> Result<Vec<Workload>> {
+    use measure::Workload as _;
+    let normal = |name: &str| name.trim().to_lowercase().replace(['-', '_'], " ");
+    if let Some(unknown) = names
+        .iter()
+        .find(|name| !WORKLOADS.iter().any(|w| w.name() == normal(name)))
+    {
+        let known: Vec<String> = WORKLOADS
+            .iter()
+            .map(|w| w.name().replace(' ', "-"))
+            .collect();
+        return Err(Error::Unexpected(format!(
+            "no blk workload is called {unknown:?}; the workloads are {}",
+            known.join(", ")
+        )));
+    }
+    Ok(WORKLOADS
+        .iter()
+        .filter(|w| names.is_empty() || names.iter().any(|name| w.name() == normal(name)))
+        .copied()
+        .collect())
+}
+
 /// A vhost-user-blk backend process driven by the fake guest.
 struct Backend {
     name: String,
@@ -223,6 +251,7 @@ pub(crate) fn create_file(path: &Path, size: u64) -> Result<()> {
 /// Runs the benchmark and returns its results.
 pub fn run(options: &Options) -> Result<Run> {
     // Started now: the record says when the measurement began.
+    let workloads = select_workloads(&options.workloads)?;
     let mut run = Run::new("blk", options.quick, options.plan, Machine::probe());
     let hull_blk = find_program(
         "hull-blk",
@@ -335,9 +364,9 @@ pub fn run(options: &Options) -> Result<Run> {
         contestants.push(Box::new(peer));
     }
     contestants.push(Box::new(fio));
-    let trials = (options.plan.rounds * contestants.len() * WORKLOADS.len()) as u64;
+    let trials = (options.plan.rounds * contestants.len() * workloads.len()) as u64;
     let progress = Progress::new("blk", trials);
-    let outcome = measure::run(&options.plan, &WORKLOADS, &mut contestants, &progress)?;
+    let outcome = measure::run(&options.plan, &workloads, &mut contestants, &progress)?;
     drop(progress);
     drop(contestants);
 
@@ -382,4 +411,35 @@ pub fn run(options: &Options) -> Result<Run> {
     ];
     run.record(outcome);
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use measure::Workload as _;
+
+    #[test]
+    fn no_names_selects_every_workload_in_run_order() {
+        assert_eq!(select_workloads(&[]).unwrap(), WORKLOADS.to_vec());
+    }
+
+    #[test]
+    fn names_pick_their_workloads_in_run_order_whatever_their_spelling() {
+        let names = ["128k-seqread-qd8".to_owned(), "4K randread QD32".to_owned()];
+        let picked: Vec<String> = select_workloads(&names)
+            .unwrap()
+            .iter()
+            .map(|w| w.name())
+            .collect();
+        assert_eq!(picked, ["4k randread qd32", "128k seqread qd8"]);
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_with_the_names_there_are() {
+        let err = select_workloads(&["4k-randread-qd64".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"4k-randread-qd64\""), "{err}");
+        assert!(err.contains("4k-randwrite-qd32"), "{err}");
+    }
 }
