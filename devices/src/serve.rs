@@ -6,6 +6,7 @@
 //! frontend's connection down so the daemon returns, and the device is dropped normally (its
 //! unix socket removed, host streams closed).
 
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,6 +67,9 @@ pub struct BlkConfig {
     /// The id answered to GET_ID (`/sys/block/vd*/serial` in a Linux guest); the backing
     /// file's name when `None`.
     pub serial: Option<DiskId>,
+    /// Requests a pass over a queue hands to the kernel per `io_uring_enter`
+    /// ([`crate::blk::DEFAULT_SUBMIT_BATCH`] when `None`).
+    pub submit_batch: Option<NonZeroUsize>,
 }
 
 /// Most request queues `hull-blk` serves (one worker thread each).
@@ -298,6 +302,9 @@ pub fn run_blk(config: &BlkConfig, signals: &TermSignals) -> Result<ExitReason> 
     let mut device = BlkDevice::new(engine, config.readonly, config.queues);
     if let Some(serial) = config.serial {
         device = device.with_id(serial);
+    }
+    if let Some(batch) = config.submit_batch {
+        device = device.with_submit_batch(batch);
     }
     if config.sync_io {
         device = device.without_uring();

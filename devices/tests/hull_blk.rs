@@ -317,6 +317,29 @@ fn a_serial_longer_than_20_bytes_is_refused_naming_the_limit() {
 }
 
 #[test]
+fn a_submission_group_outside_the_ring_is_refused_naming_the_range() {
+    let dir = TempDir::new("blk-submit-batch");
+    let disk = sparse_disk(&dir.0);
+    for batch in ["0", "129"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_hull-blk"))
+            .arg("--socket")
+            .arg(dir.0.join("vu.sock"))
+            .arg("--path")
+            .arg(&disk)
+            .args(["--submit-batch", batch])
+            .output()
+            .expect("hull-blk runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            stderr.contains("--submit-batch") && stderr.contains("1..=128"),
+            "{stderr}"
+        );
+        assert!(!dir.0.join("vu.sock").exists());
+    }
+}
+
+#[test]
 fn help_lists_the_command_line() {
     let output = Command::new(env!("CARGO_BIN_EXE_hull-blk"))
         .arg("--help")

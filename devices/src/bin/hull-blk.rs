@@ -1,11 +1,12 @@
 //! `hull-blk`: the vhost-user-blk backend over a file or block device.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use hull_devices::blk::DiskId;
+use hull_devices::blk::{DiskId, DEFAULT_SUBMIT_BATCH, RING_DEPTH};
 use hull_devices::serve::{run_blk, BlkConfig};
 
 #[path = "cli/mod.rs"]
@@ -47,6 +48,17 @@ struct Args {
     /// default.
     #[arg(long, value_name = "ID")]
     serial: Option<DiskId>,
+    /// Requests handed to the kernel per io_uring_enter while a pass over a queue parses the
+    /// guest's requests (the rest at the end of the pass): small groups start the disk on the
+    /// first requests while the others are parsed; the whole pass at once saves system calls
+    /// but holds every request back until the last is ready.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_SUBMIT_BATCH as u64,
+        value_parser = clap::value_parser!(u64).range(1..=u64::from(RING_DEPTH)),
+    )]
+    submit_batch: u64,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +73,9 @@ fn main() -> ExitCode {
         metrics_socket: args.metrics_socket,
         sync_io: args.sync_io,
         serial: args.serial,
+        submit_batch: usize::try_from(args.submit_batch)
+            .ok()
+            .and_then(NonZeroUsize::new),
     };
     cli::run("hull-blk", &config.socket.clone(), |signals| {
         run_blk(&config, signals).with_context(|| {

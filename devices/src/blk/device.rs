@@ -4,6 +4,7 @@
 //! one batch, the rest run synchronously. Which thread serves which queue is the backend's
 //! business ([`super::backend`]).
 
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use super::disk_id::DiskId;
-use super::io::{QueueRing, SyncEngine, UringQueues};
+use super::io::{QueueRing, SyncEngine, UringQueues, DEFAULT_SUBMIT_BATCH};
 use super::request::{Rejected, Request, RequestType, Status, MAX_SEGMENTS, SECTOR_SIZE};
 use crate::notify::Pass;
 use crate::vsock::packet::Mem;
@@ -41,6 +42,8 @@ pub struct BlkDevice {
     readonly: bool,
     num_queues: u16,
     id: DiskId,
+    /// Requests of a pass per `io_uring_enter` (see [`DEFAULT_SUBMIT_BATCH`]).
+    submit_batch: usize,
     counters: Counters,
     queue_events: crate::metrics::QueueEvents,
 }
@@ -88,6 +91,7 @@ impl BlkDevice {
             readonly,
             num_queues: num_queues.max(1),
             id,
+            submit_batch: DEFAULT_SUBMIT_BATCH,
             counters: Counters {
                 per_queue: (0..num_queues.max(1)).map(|_| AtomicU64::new(0)).collect(),
                 ..Counters::default()
@@ -99,6 +103,13 @@ impl BlkDevice {
     /// The same device answering `id` to GET_ID (hull-blk's `--serial`).
     pub fn with_id(mut self, id: DiskId) -> Self {
         self.id = id;
+        self
+    }
+
+    /// The same device handing a pass's requests to the kernel `batch` at a time (hull-blk's
+    /// `--submit-batch`; [`DEFAULT_SUBMIT_BATCH`] otherwise).
+    pub fn with_submit_batch(mut self, batch: NonZeroUsize) -> Self {
+        self.submit_batch = batch.get();
         self
     }
 
@@ -198,7 +209,8 @@ impl BlkDevice {
     /// Serves every request available on `queue` (the device's queue `index`), with
     /// notifications from the guest off while it does and a last look after turning them
     /// back on (so a request made meanwhile is not missed). Reads, writes and flushes go to
-    /// the queue's io_uring, all of a pass submitted together, and return to the guest as
+    /// the queue's io_uring, handed to the kernel `submit_batch` at a time as they are parsed
+    /// (the rest at the end of the pass), and return to the guest as
     /// they complete: here if they already have, else from [`Self::complete_queue`] when the
     /// ring's descriptor turns readable (without io_uring, every request runs synchronously
     /// here). The rest is served synchronously as it comes. Returns how many chains went back
@@ -244,7 +256,10 @@ impl BlkDevice {
                             served += self.answer_completions(ring, true, queue, mem)?;
                         }
                         match ring.push(head, request, mem) {
-                            Ok(()) => return Ok(()),
+                            Ok(()) => {
+                                ring.submit_every(self.submit_batch);
+                                return Ok(());
+                            }
                             Err(request) => request,
                         }
                     }
@@ -279,6 +294,12 @@ impl BlkDevice {
         let served = self.answer_completions(&mut ring, wait, queue, mem)?;
         self.count_served(index, served);
         Ok(served)
+    }
+
+    /// Requests of queue `index` queued on its ring but not yet handed to the kernel.
+    #[cfg(test)]
+    pub fn unsubmitted(&self, index: usize) -> usize {
+        self.ring(index).map_or(0, |mut ring| ring.queued())
     }
 
     /// Requests of queue `index` still in flight on its ring.
@@ -448,6 +469,7 @@ mod tests {
 
     use super::*;
     use crate::blk::test_utils::{BlkGuest, TempDisk, R_NEXT, W_LAST, W_NEXT};
+    use crate::blk::RING_DEPTH;
     use crate::vsock::test_utils::{test_memory, MEM_SIZE};
 
     const T_IN: u32 = 0;
@@ -1066,6 +1088,45 @@ mod tests {
                     guest.bytes(data, 4096).iter().all(|&b| b == fill(i)),
                     "{}",
                     device.engine_name()
+                );
+            }
+        }
+    }
+
+    /// Whatever the submission group, a pass hands every request it parsed to the kernel
+    /// before it returns (one left queued would wait for an event that may never come), and
+    /// every request is served once, in order with a flush between writes and reads.
+    #[test]
+    fn every_submission_group_size_hands_the_whole_pass_to_the_kernel() {
+        let disk = TempDisk::new("blk-submit-batch", SECTORS);
+        for batch in [1, 2, 3, 7, RING_DEPTH as usize] {
+            let device = disk
+                .device(false)
+                .with_submit_batch(NonZeroUsize::new(batch).unwrap());
+            let mem = Arc::new(test_memory());
+            let mut guest = BlkGuest::new(&mem);
+            let fill = |i: u64| (i as u8).wrapping_mul(17).wrapping_add(batch as u8);
+            // Seven writes and a flush: a remainder after every group size but 1 and 7.
+            let mut statuses: Vec<u64> = (0..7)
+                .map(|i| guest.request(T_OUT, i * 8, 4096, false, fill(i)).1)
+                .collect();
+            statuses.push(guest.request(T_FLUSH, 0, 0, false, 0).1);
+            device
+                .process_queue(0, &mut guest.queue, &mem)
+                .expect("queue usable");
+            assert_eq!(device.unsubmitted(0), 0, "batch {batch}: left queued");
+            assert_eq!(guest.run(&device).len(), 8, "batch {batch}");
+            assert!(statuses.iter().all(|&s| guest.byte(s) == S_OK));
+            let reads: Vec<(u64, u64)> = (0..7)
+                .map(|i| guest.request(T_IN, i * 8, 4096, true, 0))
+                .collect();
+            assert_eq!(guest.run(&device).len(), 7, "batch {batch}");
+            assert_eq!(device.unsubmitted(0), 0);
+            for (i, (data, status)) in (0u64..).zip(reads) {
+                assert_eq!(guest.byte(status), S_OK);
+                assert!(
+                    guest.bytes(data, 4096).iter().all(|&b| b == fill(i)),
+                    "batch {batch}, request {i}"
                 );
             }
         }
