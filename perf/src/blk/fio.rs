@@ -53,6 +53,10 @@ impl Fio {
             format!("--bs={}", workload.block),
             format!("--iodepth={}", workload.depth),
             "--norandommap".into(),
+            // fio drops the file's pages from the page cache before each trial by default: in
+            // the buffered variant the contestant after it then read from the disk what the
+            // others read from memory (hull-blk followed fio in three rounds of five).
+            "--invalidate=0".into(),
             "--randrepeat=0".into(),
             // Percentiles of the whole latency (submission included), as the fake guest
             // measures: fio's default clat leaves out an io_uring_enter that completed inline.
@@ -178,5 +182,42 @@ mod tests {
         let err = parse_report(REPORT, Op::Write).expect_err("no writes");
         assert!(err.to_string().contains("counts no I/O"), "{err}");
         assert!(parse_report("fio: command not understood", Op::Read).is_err());
+    }
+
+    /// Resident bytes of `file` in the page cache, by util-linux's `fincore`.
+    fn resident_bytes(fincore: &Path, file: &Path) -> u64 {
+        let output = Command::new(fincore)
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(file)
+            .output()
+            .expect("fincore runs");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("fincore prints a byte count")
+    }
+
+    /// The buffered variant measures the page cache: fio must not drop the file's pages
+    /// before its trial (its default), or the next contestant reads from the disk.
+    #[test]
+    fn a_buffered_trial_leaves_the_file_in_the_page_cache() {
+        let test = "a_buffered_trial_leaves_the_file_in_the_page_cache";
+        let fio = hull_tests::require!(test, hull_tests::prereq::find_program("fio", "fio"));
+        let fincore = hull_tests::require!(
+            test,
+            hull_tests::prereq::find_program("fincore", "util-linux")
+        );
+        let dir = crate::child::RunDir::new(&std::env::temp_dir(), "fio-cache").expect("dir");
+        let file = dir.path().join("disk.img");
+        // Large enough that a 50 ms trial at QD1 cannot read it all back in.
+        let size = 64 << 20;
+        crate::blk::create_file(&file, size).expect("file");
+        std::fs::read(&file).expect("reading the file into the page cache");
+        assert_eq!(resident_bytes(&fincore, &file), size, "cached before fio");
+        let mut fio = Fio::new(&fio, &file, size, Cache::Buffered);
+        let workload = crate::blk::WORKLOADS[0];
+        fio.trial(&workload, Duration::from_millis(50))
+            .expect("fio trial");
+        assert_eq!(resident_bytes(&fincore, &file), size, "cached after fio");
     }
 }
