@@ -1,8 +1,9 @@
 //! The io_uring engine: one ring per queue (a queue's worker thread is the only user of its
 //! ring, so its lock is never contended), with the queue's requests **in flight across
 //! kicks**: a pass over the queue submits what it finds in small groups as it parses them
-//! ([`DEFAULT_SUBMIT_BATCH`]) and returns without waiting, and each request goes back to the guest when its own I/O completes (the
-//! ring's descriptor is one of the worker's events, see [`UringQueues::ring_fd`]). The disk
+//! ([`DEFAULT_SUBMIT_BATCH`]) and returns without waiting, and each request goes back to the
+//! guest when its own I/O completes (the ring's descriptor is one of the worker's events, see
+//! [`UringQueues::ring_fd`]). The disk
 //! keeps up to [`RING_DEPTH`] requests of a queue busy, not one batch at a time: a batch that
 //! waited for its slowest request left the disk idle meanwhile, and a request that arrived
 //! meanwhile waited for the whole batch.
@@ -37,10 +38,11 @@ pub const RING_DEPTH: u32 = 128;
 /// of it back until the last is queued, and then rings the disk once. A pass of 32 requests
 /// submitted together kept the disk idle while all 32 were prepared, and the requests then
 /// came back together, so the next pass did the same: the queue ran in lock-step. Measured
-/// with host fio alone on the same disk (perf/RESULTS.md, "Submitting in pairs"): 32 per
-/// submission, each batch waited for whole, made 57–62 k IOPS at QD32 against 71–72 k with one
-/// per submission; hull-blk went from 0.76× host fio to 0.93× by submitting in pairs, for
-/// about one more system call per two requests (CPU per request still 0.25× qemu-storage-daemon's).
+/// with host fio alone on the same disk (perf/RESULTS.md, "`blk`: both goals met by
+/// submitting in pairs"): 32 per submission, each batch waited for whole, made 54–62 k IOPS at
+/// QD32 against 71–72 k with one per submission; hull-blk went from 0.76× host fio to 0.93×
+/// by submitting in pairs, for about one more system call per two requests (CPU per request
+/// still 0.25× qemu-storage-daemon's).
 pub const DEFAULT_SUBMIT_BATCH: usize = 2;
 
 /// Most iovecs one `readv`/`writev` takes (Linux's `IOV_MAX`); a request with more buffers is
