@@ -16,7 +16,7 @@ AGENT_BIN := target/$(HOST_TRIPLE)/release/hull-agent
 # CNI plugins (bridge, host-local, loopback); protoc builds the CRI client's gRPC code.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 \
 	linux-source-6.1 qemu-system-x86 qemu-system-data seabios qemu-system-common \
-	busybox-static containerd runc iproute2 procps util-linux \
+	busybox-static containerd runc iproute2 procps util-linux e2fsprogs \
 	libseccomp-dev libcap-ng-dev fio \
 	containernetworking-plugins protobuf-compiler
 

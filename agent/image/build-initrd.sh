@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the hull guest initrd: a newc cpio archive whose /init is a statically linked
-# hull-agent. HULL_IMAGE_DEBUG=1 adds busybox (/bin/sh and friends) for debugging.
+# hull-agent. HULL_IMAGE_DEBUG=1 adds busybox (/bin/sh and friends) for debugging;
+# HULL_INITRD_PROGRAMS adds host programs with their shared libraries (see below).
 # Usage: build-initrd.sh AGENT_BINARY [OUTPUT]   (OUTPUT defaults to $HULL_CACHE_DIR/initrd.img)
 set -euo pipefail
 
@@ -56,6 +57,23 @@ if [ "${HULL_IMAGE_DEBUG:-0}" = 1 ]; then
     [ -x /bin/busybox ] || die "HULL_IMAGE_DEBUG=1 needs /bin/busybox: apt-get install busybox-static"
     printf 'dir /bin 0755 0 0\nfile /bin/busybox /bin/busybox 0755 0 0\nslink /bin/sh busybox 0777 0 0\n' >> "$list"
 fi
+
+# HULL_INITRD_PROGRAMS="PATH ..." adds host programs under /bin, each with the shared
+# libraries ldd lists for it at their own paths (test guests use it for e2fsprogs).
+add_dir() {
+    [ "$1" = / ] && return
+    add_dir "$(dirname "$1")"
+    grep -qx "dir $1 0755 0 0" "$list" || printf 'dir %s 0755 0 0\n' "$1" >> "$list"
+}
+for program in ${HULL_INITRD_PROGRAMS:-}; do
+    [ -x "$program" ] || die "HULL_INITRD_PROGRAMS: $program is not an executable"
+    add_dir /bin
+    printf 'file /bin/%s %s 0755 0 0\n' "$(basename "$program")" "$(readlink -f "$program")" >> "$list"
+    for lib in $(ldd "$program" 2>/dev/null | grep -o '/[^ ]*' || true); do
+        add_dir "$(dirname "$lib")"
+        grep -q "^file $lib " "$list" || printf 'file %s %s 0755 0 0\n' "$lib" "$(readlink -f "$lib")" >> "$list"
+    done
+done
 
 mkdir -p "$(dirname "$out")"
 "$gen" "$list" > "$out.tmp"

@@ -2,8 +2,9 @@
 //! guest), and a sparse disk file the host checks afterwards.
 //!
 //! The guest is `tests/guest/blk_rw.rs`, built and packed as `/init` of a test initrd by
-//! `hull_tests::guest_program`; it writes and reads raw sectors of /dev/vda with checksums
-//! (the initrd has no mkfs: a filesystem on the disk is a later test).
+//! `hull_tests::guest_program`; it writes and reads raw sectors of /dev/vda with checksums,
+//! and, with e2fsprogs from the host in its initrd, makes an ext4 file system, writes files,
+//! checks it with e2fsck and reads the files back.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
@@ -100,11 +101,39 @@ struct TestGuest {
 }
 
 fn guest(dir: &TempDir) -> Result<TestGuest, Missing> {
+    guest_with_programs(dir, &[])
+}
+
+/// [`guest`] with host `programs` under the initrd's /bin.
+fn guest_with_programs(dir: &TempDir, programs: &[&Path]) -> Result<TestGuest, Missing> {
     find_program("qemu-system-x86_64", "qemu-system-x86")?;
     let kernel = artifacts::vmlinux()?;
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/blk_rw.rs");
-    let initrd = guest_program::build_initrd(&source, &dir.0)?.expect("the guest program builds");
+    let initrd = guest_program::build_initrd_with_programs(&source, &dir.0, programs)?
+        .expect("the guest program builds");
     Ok(TestGuest { kernel, initrd })
+}
+
+/// The files the guest's `fs` mode writes, by name and size (see `tests/guest/blk_rw.rs`).
+const FILES: [(&str, usize); 3] = [
+    ("small", 4096 + 17),
+    ("medium", 1 << 20),
+    ("large", 8 << 20),
+];
+
+/// The guest program's FNV-1a.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The contents the guest gives file `name` of `len` bytes.
+fn file_bytes(name: &str, len: usize) -> Vec<u8> {
+    let base = checksum(name.as_bytes());
+    (0..len as u64)
+        .map(|i| pattern(base.wrapping_add(i)))
+        .collect()
 }
 
 /// Boots `guest` on hull-blk (started with `extra` options) in `mode`; returns the console
@@ -166,6 +195,52 @@ fn guest_writes_flushes_and_reads_back_sectors_through_hull_blk_under_qemu() {
         DISK_BYTES,
         "the disk file keeps its size"
     );
+}
+
+/// mkfs, files, fsck and read-back in the guest, on hull-blk: then the host finds the same
+/// file system in the disk file, clean, with the guest's files in it byte for byte.
+#[test]
+fn guest_makes_ext4_writes_files_fscks_and_reads_them_back_through_hull_blk_under_qemu() {
+    let test =
+        "guest_makes_ext4_writes_files_fscks_and_reads_them_back_through_hull_blk_under_qemu";
+    let mke2fs = require!(test, find_program("mke2fs", "e2fsprogs"));
+    let e2fsck = require!(test, find_program("e2fsck", "e2fsprogs"));
+    let debugfs = require!(test, find_program("debugfs", "e2fsprogs"));
+    let dir = TempDir::new("blk-qemu-fs");
+    let disk = sparse_disk(&dir.0);
+    let guest = require!(test, guest_with_programs(&dir, &[&mke2fs, &e2fsck]));
+    let console = run_guest(&guest, &dir, &disk, "fs", &[]);
+    assert!(
+        console.contains("blk-guest: PASS") && console.contains("blk-guest: e2fsck clean"),
+        "guest verdict; console:\n{console}"
+    );
+    let fsck = Command::new(&e2fsck)
+        .args(["-f", "-n"])
+        .arg(&disk)
+        .output()
+        .expect("e2fsck runs");
+    assert!(
+        fsck.status.success(),
+        "the host's e2fsck finds the guest's file system damaged: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    for (name, len) in FILES {
+        let copy = dir.0.join(format!("{name}.copy"));
+        let dump = Command::new(&debugfs)
+            .arg("-R")
+            .arg(format!("dump /{name} {}", copy.display()))
+            .arg(&disk)
+            .output()
+            .expect("debugfs runs");
+        assert!(dump.status.success(), "debugfs dump /{name}: {dump:?}");
+        let bytes = std::fs::read(&copy).expect("debugfs wrote the file out");
+        assert!(
+            bytes == file_bytes(name, len),
+            "/{name} in the disk file differs from what the guest wrote ({} bytes; it wrote {len})",
+            bytes.len()
+        );
+    }
 }
 
 #[test]
@@ -276,18 +351,30 @@ fn keep_listening_serves_the_next_frontend_until_sigterm() {
     assert!(!socket.exists(), "socket removed");
 }
 
+/// Runs hull-blk on `path` with `extra` arguments, expecting it to refuse them before it
+/// serves: it fails and makes no socket. Returns what it printed on stderr.
+fn refusal(dir: &Path, path: &Path, extra: &[&str]) -> String {
+    let socket = dir.join("vu.sock");
+    let output = Command::new(env!("CARGO_BIN_EXE_hull-blk"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--path")
+        .arg(path)
+        .args(extra)
+        .output()
+        .expect("hull-blk runs");
+    assert!(!output.status.success());
+    assert!(
+        !socket.exists(),
+        "refused before serving, yet made its socket"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn missing_disk_is_refused_with_a_message_naming_it() {
     let dir = TempDir::new("blk-missing");
-    let output = Command::new(env!("CARGO_BIN_EXE_hull-blk"))
-        .arg("--socket")
-        .arg(dir.0.join("vu.sock"))
-        .arg("--path")
-        .arg(dir.0.join("nope.img"))
-        .output()
-        .expect("hull-blk runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = refusal(&dir.0, &dir.0.join("nope.img"), &[]);
     assert!(
         stderr.contains("cannot use") && stderr.contains("nope.img"),
         "{stderr}"
@@ -298,22 +385,11 @@ fn missing_disk_is_refused_with_a_message_naming_it() {
 fn a_serial_longer_than_20_bytes_is_refused_naming_the_limit() {
     let dir = TempDir::new("blk-serial");
     let disk = sparse_disk(&dir.0);
-    let output = Command::new(env!("CARGO_BIN_EXE_hull-blk"))
-        .arg("--socket")
-        .arg(dir.0.join("vu.sock"))
-        .arg("--path")
-        .arg(&disk)
-        .args(["--serial", "abcdefghijklmnopqrstu"])
-        .output()
-        .expect("hull-blk runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = refusal(&dir.0, &disk, &["--serial", "abcdefghijklmnopqrstu"]);
     assert!(
         stderr.contains("--serial") && stderr.contains("21 bytes") && stderr.contains("at most 20"),
         "{stderr}"
     );
-    // Refused before serving: no socket was made.
-    assert!(!dir.0.join("vu.sock").exists());
 }
 
 #[test]
@@ -321,21 +397,11 @@ fn a_submission_group_outside_the_ring_is_refused_naming_the_range() {
     let dir = TempDir::new("blk-submit-batch");
     let disk = sparse_disk(&dir.0);
     for batch in ["0", "129"] {
-        let output = Command::new(env!("CARGO_BIN_EXE_hull-blk"))
-            .arg("--socket")
-            .arg(dir.0.join("vu.sock"))
-            .arg("--path")
-            .arg(&disk)
-            .args(["--submit-batch", batch])
-            .output()
-            .expect("hull-blk runs");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success());
+        let stderr = refusal(&dir.0, &disk, &["--submit-batch", batch]);
         assert!(
             stderr.contains("--submit-batch") && stderr.contains("1..=128"),
             "{stderr}"
         );
-        assert!(!dir.0.join("vu.sock").exists());
     }
 }
 

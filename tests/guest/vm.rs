@@ -29,6 +29,17 @@ pub fn mount_fs(source: &str, target: &str, fstype: &str) -> Result<(), String> 
     }
 }
 
+/// Unmounts the file system on `target`.
+pub fn unmount(target: &str) -> Result<(), String> {
+    let target = CString::new(target).map_err(|e| e.to_string())?;
+    // SAFETY: `target` is a NUL-terminated string that outlives the call.
+    if unsafe { umount2(target.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
+}
+
 /// Ends the VM: with `reboot=t` a restart is a triple fault, which QEMU under `-no-reboot`
 /// treats as the end, which is how the host sees the guest finish.
 pub fn stop() -> ! {
@@ -58,6 +69,7 @@ extern "C" {
         flags: u64,
         data: *const std::ffi::c_void,
     ) -> i32;
+    fn umount2(target: *const std::ffi::c_char, flags: i32) -> i32;
     fn sync();
     fn reboot(cmd: i32) -> i32;
 }

@@ -57,6 +57,28 @@ fn run(step: String, command: &mut Command) -> Result<(), Error> {
 /// Compiles `source` (a std-only program) into a static binary in `dir` and packs it as the
 /// /init of `dir/initrd.img`, which it returns.
 pub fn build_initrd(source: &Path, dir: &Path) -> Result<Result<PathBuf, Error>, Missing> {
+    build_initrd_with_programs(source, dir, &[])
+}
+
+/// [`build_initrd`], with host `programs` under /bin of the initrd, each with the shared
+/// libraries it loads (the guest runs them as they are on the host: e2fsprogs' mke2fs, say).
+pub fn build_initrd_with_programs(
+    source: &Path,
+    dir: &Path,
+    programs: &[&Path],
+) -> Result<Result<PathBuf, Error>, Missing> {
+    if let Some(spaced) = programs
+        .iter()
+        .find(|p| p.to_string_lossy().contains(char::is_whitespace))
+    {
+        return Ok(Err(Error::Build {
+            step: "listing the programs of the initrd".into(),
+            output: format!(
+                "{}: the initrd builder takes no path with spaces",
+                spaced.display()
+            ),
+        }));
+    }
     let rustc = rustc()?;
     let script = repo_root().join("agent/image/build-initrd.sh");
     if !script.is_file() {
@@ -95,8 +117,23 @@ pub fn build_initrd(source: &Path, dir: &Path) -> Result<Result<PathBuf, Error>,
     .and_then(|()| {
         run(
             format!("packing {} into an initrd", binary.display()),
-            Command::new(&script).arg(&binary).arg(&initrd),
+            Command::new(&script)
+                .arg(&binary)
+                .arg(&initrd)
+                .env("HULL_INITRD_PROGRAMS", programs_list(programs)),
         )
     });
     Ok(built.map(|()| initrd))
+}
+
+/// `programs` as `HULL_INITRD_PROGRAMS` takes them: paths separated by spaces.
+fn programs_list(programs: &[&Path]) -> std::ffi::OsString {
+    let mut list = std::ffi::OsString::new();
+    for (i, program) in programs.iter().enumerate() {
+        if i > 0 {
+            list.push(" ");
+        }
+        list.push(program.as_os_str());
+    }
+    list
 }

@@ -1,7 +1,7 @@
 //! The guest side of hull-blk's QEMU integration test, run as `/init` of a test initrd.
 //!
-//! The initrd has no mkfs, so this exercises the disk as raw sectors with checksums (ext4 on
-//! it is a later test): it mounts devtmpfs on /dev, opens /dev/vda with `O_DIRECT` (so every
+//! It exercises the disk as raw sectors with checksums, or as an ext4 file system: it mounts
+//! devtmpfs on /dev, opens /dev/vda with `O_DIRECT` (so every
 //! read and write reaches the device, not the guest's page cache), and then, by the
 //! `HULL_BLK_MODE` the kernel passes from its command line:
 //!
@@ -14,11 +14,17 @@
 //!   the disk's serial (GET_ID) from sysfs.
 //! - `readonly`: checks that a write fails (the disk is advertised read-only),
 //!   and that the chunks the host put at [`OFFSETS`] read back with the pattern.
+//! - `fs`: makes an ext4 file system on the disk (`/bin/mke2fs`, e2fsprogs from the host in
+//!   the initrd), writes [`FILES`] on it with their checksums, unmounts, checks it with
+//!   `/bin/e2fsck -f -n`, mounts it again and reads every file back, comparing checksums; the
+//!   page cache is dropped before each look so the device is read.
 //!
 //! Prints `blk-guest: PASS` or `blk-guest: FAIL <why>` and stops the VM. Like
 //! `vsock_echo.rs`, it depends on nothing but std and is compiled with one `rustc` call.
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::process::Command;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 /// Byte offsets of the chunks the test writes (the host checks the same ones).
@@ -147,6 +153,7 @@ fn run() -> Result<(), String> {
             println!("blk-guest: read {} chunks the host wrote", OFFSETS.len());
             Ok(())
         }
+        "fs" => filesystem(),
         other => Err(format!("unknown HULL_BLK_MODE {other}")),
     }
 }
@@ -196,6 +203,75 @@ fn clear_chunks(disk: &File, storage: &mut Vec<u8>) -> Result<(), String> {
         println!("blk-guest: {what} at {offset} reads back as zeroes");
     }
     Ok(())
+}
+
+/// The files of the `fs` mode, by name and size (the host test lists the same).
+const FILES: [(&str, usize); 3] = [("small", 4096 + 17), ("medium", 1 << 20), ("large", 8 << 20)];
+
+/// The contents of file `name` of `len` bytes: the pattern from an offset its name picks (the
+/// host test computes the same).
+fn file_bytes(name: &str, len: usize) -> Vec<u8> {
+    let base = checksum(name.as_bytes());
+    (0..len as u64).map(|i| pattern(base.wrapping_add(i))).collect()
+}
+
+/// Runs `program` with `args`, failing with what it printed unless it exits 0.
+fn run_program(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("running {program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}: {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Drops the guest's page cache, so the next reads come from the device.
+fn drop_caches() -> Result<(), String> {
+    // SAFETY: no pointers.
+    unsafe { sys::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| format!("drop_caches: {e}"))
+}
+
+/// The `fs` mode: mkfs, files written with checksums, fsck, files read back.
+fn filesystem() -> Result<(), String> {
+    std::fs::create_dir_all("/proc").map_err(|e| format!("mkdir /proc: {e}"))?;
+    vm::mount_fs("proc", "/proc", "proc").map_err(|e| format!("mount proc: {e}"))?;
+    run_program("/bin/mke2fs", &["-q", "-F", "-t", "ext4", "-L", "hull", "/dev/vda"])?;
+    println!("blk-guest: mkfs.ext4 done");
+    std::fs::create_dir_all("/mnt").map_err(|e| format!("mkdir /mnt: {e}"))?;
+    vm::mount_fs("/dev/vda", "/mnt", "ext4").map_err(|e| format!("mount ext4: {e}"))?;
+    for (name, len) in FILES {
+        let bytes = file_bytes(name, len);
+        let mut file =
+            File::create(format!("/mnt/{name}")).map_err(|e| format!("create {name}: {e}"))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("write {name}: {e}"))?;
+        println!("blk-guest: wrote {name} checksum {:016x}", checksum(&bytes));
+    }
+    vm::unmount("/mnt").map_err(|e| format!("umount: {e}"))?;
+    drop_caches()?;
+    run_program("/bin/e2fsck", &["-f", "-n", "/dev/vda"])?;
+    println!("blk-guest: e2fsck clean");
+    drop_caches()?;
+    vm::mount_fs("/dev/vda", "/mnt", "ext4").map_err(|e| format!("mount ext4 again: {e}"))?;
+    for (name, len) in FILES {
+        let got = std::fs::read(format!("/mnt/{name}")).map_err(|e| format!("read {name}: {e}"))?;
+        let (got, want) = (checksum(&got), checksum(&file_bytes(name, len)));
+        println!("blk-guest: read back {name} checksum {got:016x} (want {want:016x})");
+        if got != want {
+            return Err(format!("{name} reads back differently"));
+        }
+    }
+    vm::unmount("/mnt").map_err(|e| format!("umount: {e}"))
 }
 
 /// Checks the disk's serial (virtio-blk GET_ID) through sysfs.
@@ -280,5 +356,6 @@ mod sys {
         ) -> i32;
         pub fn ioctl(fd: i32, request: u64, arg: *const u64) -> i32;
         pub fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+        pub fn sync();
     }
 }
