@@ -1,7 +1,7 @@
 //! The virtio-blk device: its features, its config space, and serving a queue (pop each
 //! chain, parse it into a [`Request`], run it on an engine, write the status, return the
-//! chain): reads, writes and flushes of one pass over the queue go to the queue's io_uring as
-//! one batch, the rest run synchronously. Which thread serves which queue is the backend's
+//! chain): reads, writes and flushes go to the queue's io_uring, handed to the kernel in small
+//! groups as a pass over the queue parses them; the rest run synchronously. Which thread serves which queue is the backend's
 //! business ([`super::backend`]).
 
 use std::num::NonZeroUsize;
@@ -1106,7 +1106,8 @@ mod tests {
             let mem = Arc::new(test_memory());
             let mut guest = BlkGuest::new(&mem);
             let fill = |i: u64| (i as u8).wrapping_mul(17).wrapping_add(batch as u8);
-            // Seven writes and a flush: a remainder after every group size but 1 and 7.
+            // Eight entries (seven writes, a flush), then seven reads: every size but 1 leaves
+            // a remainder for the end of a pass in one of the two.
             let mut statuses: Vec<u64> = (0..7)
                 .map(|i| guest.request(T_OUT, i * 8, 4096, false, fill(i)).1)
                 .collect();
