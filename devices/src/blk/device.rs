@@ -1,8 +1,8 @@
 //! The virtio-blk device: its features, its config space, and serving a queue (pop each
 //! chain, parse it into a [`Request`], run it on an engine, write the status, return the
 //! chain): reads, writes and flushes go to the queue's io_uring, handed to the kernel in small
-//! groups as a pass over the queue parses them; the rest run synchronously. Which thread serves which queue is the backend's
-//! business ([`super::backend`]).
+//! groups as a pass over the queue parses them; the rest run synchronously. Which thread
+//! serves which queue is the backend's business ([`super::backend`]).
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,11 +210,10 @@ impl BlkDevice {
     /// notifications from the guest off while it does and a last look after turning them
     /// back on (so a request made meanwhile is not missed). Reads, writes and flushes go to
     /// the queue's io_uring, handed to the kernel `submit_batch` at a time as they are parsed
-    /// (the rest at the end of the pass), and return to the guest as
-    /// they complete: here if they already have, else from [`Self::complete_queue`] when the
-    /// ring's descriptor turns readable (without io_uring, every request runs synchronously
-    /// here). The rest is served synchronously as it comes. Returns how many chains went back
-    /// to the guest.
+    /// (the rest at the end of the pass), and return to the guest as they complete: here if
+    /// they already have, else from [`Self::complete_queue`] when the ring's descriptor turns
+    /// readable (without io_uring, every request runs synchronously here). The rest is served
+    /// synchronously as it comes. Returns how many chains went back to the guest.
     pub fn process_queue(
         &self,
         index: usize,
